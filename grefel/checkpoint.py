@@ -1,0 +1,141 @@
+"""Checkpoints: `NAME.safetensors` (weights) + `NAME.json` (config, classes, preprocessing,
+metrics), and a separate resumable training state `NAME.state.pt`.
+
+Nothing here unpickles arbitrary objects: weights are safetensors, the training state is read
+with `torch.load(..., weights_only=True)`. Loading is strict: a missing, unexpected or
+mis-shaped tensor is an error naming the file, never a silent partial load.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple, Union
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from grefel import __version__
+from grefel.config import GReFELConfig
+from grefel.fileio import atomic_path, atomic_write_json, sha256_file
+from grefel.model.grefel import GReFEL
+
+__all__ = [
+    "FORMAT",
+    "CheckpointError",
+    "load_checkpoint",
+    "load_weights_into",
+    "read_meta",
+    "save_checkpoint",
+    "sidecar_path",
+]
+
+FORMAT = "grefel-checkpoint/1"
+PREPROCESSING = {
+    "input": "images",
+    "shape": ["B", 3, 112, 112],
+    "dtype": "float32",
+    "color": "RGB",
+    "range": [0.0, 1.0],
+    "resize": "antialiased to 112x112 after face crop",
+    "normalisation": "inside the model",
+}
+
+PathLike = Union[str, Path]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used as asked; the message names the file and the problem."""
+
+
+def sidecar_path(weights: PathLike) -> Path:
+    return Path(weights).with_suffix(".json")
+
+
+def save_checkpoint(
+    path: PathLike, model: GReFEL, metrics: Optional[Dict[str, Any]] = None, **extra: Any
+) -> Path:
+    """Write `path` (.safetensors) and its JSON sidecar atomically; returns the weights path."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise CheckpointError(f"{path}: checkpoints are .safetensors files")
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={"format": FORMAT})
+    meta = {
+        "format": FORMAT,
+        "grefel_version": __version__,
+        "config": model.cfg.to_dict(),
+        "class_names": list(model.cfg.class_names),
+        "preprocessing": PREPROCESSING,
+        "metrics": metrics or {},
+        "weights_sha256": sha256_file(path),
+        **extra,
+    }
+    atomic_write_json(sidecar_path(path), meta)
+    return path
+
+
+def read_meta(path: PathLike) -> Dict[str, Any]:
+    """The sidecar of checkpoint `path`, checked for format."""
+    path = Path(path)
+    side = sidecar_path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    if not side.is_file():
+        raise CheckpointError(f"{path}: its sidecar {side.name} is missing (config and classes)")
+    try:
+        meta = json.loads(side.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{side}: not valid JSON ({exc})") from None
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{side}: format {meta.get('format')!r}, expected {FORMAT!r}")
+    return meta
+
+
+def load_weights_into(model: torch.nn.Module, path: PathLike) -> None:
+    """Strictly load safetensors `path` into `model`; every mismatch is reported."""
+    try:
+        state = load_file(str(path))
+    except Exception as exc:  # safetensors raises several types for corrupt files
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = sorted(
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in set(own) & set(state)
+        if state[k].shape != own[k].shape
+    )
+    if missing or unexpected or shapes:
+        parts = []
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("shape", shapes)):
+            if items:
+                more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
+                parts.append(f"{len(items)} {label}: {', '.join(items[:5])}{more}")
+        raise CheckpointError(f"{path}: weights do not fit the model: " + "; ".join(parts))
+    model.load_state_dict(state, strict=True)
+
+
+def load_checkpoint(
+    path: PathLike, preset: Optional[str] = None, map_location: str = "cpu"
+) -> Tuple[GReFEL, Dict[str, Any]]:
+    """Build the model its sidecar describes and load its weights (eval mode).
+
+    Args:
+        path: the .safetensors file.
+        preset: when given, the checkpoint must be of this preset.
+        map_location: device for the model.
+    """
+    meta = read_meta(path)
+    try:
+        cfg = GReFELConfig.from_dict(meta["config"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{sidecar_path(path)}: bad config ({exc})") from None
+    if preset is not None and cfg.name != preset:
+        raise CheckpointError(
+            f"{path}: checkpoint of preset {cfg.name!r}, but preset {preset!r} was asked for"
+        )
+    model = GReFEL(cfg)
+    load_weights_into(model, path)
+    return model.to(map_location).eval(), meta

@@ -1,0 +1,221 @@
+"""GReFEL configuration: one frozen dataclass per concern, and the presets.
+
+`GReFELConfig` is the model contract: every shape, width and switch of the network in
+`grefel.model`, plus the loss weights of eq. 23. It is the only home of these defaults; modules
+receive plain keyword arguments taken from it (see `grefel.model.grefel.GReFEL`).
+
+Presets:
+    paper  the architecture of the paper / POSTER V2 (dims 64/128/256, heads 2/4/8, windows
+           28/14/7, 147 tokens of 768, fusion ViT depth 2 with 8 heads, SE block, MLP head with two
+           hidden layers of 64, K = 10 anchors per class, delta = 1, MHSA head size 64).
+    tiny   the same code with small widths and depths, trains on a CPU in minutes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any, Dict, Tuple
+
+__all__ = [
+    "DATASET_CLASSES",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "PRESETS",
+    "VARIANTS",
+    "GReFELConfig",
+]
+
+# Class names, in label-index order, of every dataset reader in grefel.data.
+DATASET_CLASSES: Dict[str, Tuple[str, ...]] = {
+    # RAF-DB basic: labels 1..7 in list_patition_label.txt map to these (index = label - 1).
+    "rafdb": ("surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral"),
+    "affectnet7": ("neutral", "happiness", "sadness", "surprise", "fear", "disgust", "anger"),
+    "affectnet8": (
+        "neutral", "happiness", "sadness", "surprise", "fear", "disgust", "anger", "contempt",
+    ),
+    "ferplus": (
+        "neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt",
+    ),
+    "fergdb": ("anger", "disgust", "fear", "joy", "neutral", "sadness", "surprise"),
+    "affwild2": (
+        "neutral", "anger", "disgust", "fear", "happiness", "sadness", "surprise", "other",
+    ),
+    "jaffe": ("neutral", "happiness", "sadness", "surprise", "anger", "disgust", "fear"),
+    "synthfer": ("neutral", "happiness", "sadness", "surprise", "fear", "disgust", "anger"),
+    "synthfer8": (
+        "neutral", "happiness", "sadness", "surprise", "fear", "disgust", "anger", "contempt",
+    ),
+}
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# face.evoLVe trained IR-50 on MS-Celeb-1M with (x - 0.5) / 0.5.
+FACE_EVOLVE_MEAN = (0.5, 0.5, 0.5)
+FACE_EVOLVE_STD = (0.5, 0.5, 0.5)
+
+Triple = Tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class GReFELConfig:
+    """Everything that fixes the GReFEL network and its loss (paper §3, Fig. 2).
+
+    Build one with `GReFELConfig.preset("paper" | "tiny", **overrides)`.
+    """
+
+    name: str = "paper"  # the preset this config was made from
+    num_classes: int = 7
+    class_names: Tuple[str, ...] = DATASET_CLASSES["rafdb"]
+    image_size: int = 112  # both streams see 112x112 (POSTER V2 decimates 224 -> 112 in forward)
+
+    # Per-stream input normalisation, applied inside the model to RGB in [0, 1].
+    image_mean: Tuple[float, float, float] = FACE_EVOLVE_MEAN
+    image_std: Tuple[float, float, float] = FACE_EVOLVE_STD
+    landmark_mean: Tuple[float, float, float] = IMAGENET_MEAN  # what POSTER V2 feeds MobileFaceNet
+    landmark_std: Tuple[float, float, float] = IMAGENET_STD
+
+    # Image stream: IR-50 stages 1-3 (face.evoLVe `body.0-20`); widths are the level dims.
+    dims: Triple = (64, 128, 256)  # channels of the three cross-attention levels
+    ir_units: Triple = (3, 4, 14)
+    # Landmark stream: MobileFaceNet trunk up to conv_6_sep.
+    mfn_blocks: Triple = (4, 6, 2)  # residual blocks in conv_3, conv_4, conv_5
+    mfn_out: int = 512  # conv_6_sep channels
+    # Window cross-attention (eqs. 1-5).
+    heads: Triple = (2, 4, 8)
+    windows: Triple = (28, 14, 7)  # window side per level; maps are 28, 14, 7 at 112 input
+    drop_path: Tuple[float, float, float] = (0.0, 0.125, 0.25)
+    layer_scale_init: float = 1e-5
+    # Multi-scale tokens and fusion ViT (eqs. 6-8).
+    embed_dim: int = 768
+    vit_depth: int = 2
+    vit_heads: int = 8
+    mlp_ratio: float = 4.0
+    # MLP head (eq. 9).
+    head_hidden: Tuple[int, ...] = (64, 64)
+    head_dropout: float = 0.5
+    # Reliability balancing (eqs. 10-19).
+    use_anchors: bool = True
+    use_attention: bool = True
+    anchors_per_class: int = 10  # K
+    delta: float = 1.0  # softmax steepness of eq. 14
+    attn_head_dim: int = 64  # d_Q = d_K = d_V of eq. 16
+    # Loss weights (eq. 23).
+    lambda_cls: float = 1.0
+    lambda_anchor: float = 1.0
+    lambda_center: float = 1.0
+    # Parts frozen at construction: requires_grad off and BatchNorm kept in eval mode.
+    frozen: Tuple[str, ...] = ("landmark",)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.num_classes < 2:
+            problems.append(f"num_classes must be >= 2, got {self.num_classes}")
+        if len(self.class_names) != self.num_classes:
+            problems.append(
+                f"class_names has {len(self.class_names)} names but num_classes is "
+                f"{self.num_classes}"
+            )
+        if self.embed_dim % self.vit_heads:
+            problems.append(f"embed_dim {self.embed_dim} is not divisible by vit_heads")
+        if self.embed_dim % self.attn_head_dim:
+            problems.append(f"embed_dim {self.embed_dim} is not divisible by attn_head_dim")
+        for dim, heads in zip(self.dims, self.heads):
+            if dim % heads:
+                problems.append(f"level dim {dim} is not divisible by its {heads} heads")
+        maps = (self.image_size // 4, self.image_size // 8, self.image_size // 16)
+        for side, win in zip(maps, self.windows):
+            if side % win:
+                problems.append(f"window {win} does not tile the {side}x{side} feature map")
+        if self.image_size % 16:
+            problems.append(f"image_size must be a multiple of 16, got {self.image_size}")
+        if self.anchors_per_class < 1:
+            problems.append("anchors_per_class must be >= 1")
+        if not self.delta > 0:
+            problems.append(f"delta must be > 0, got {self.delta}")
+        unknown = set(self.frozen) - {"landmark", "image"}
+        if unknown:
+            problems.append(f"unknown frozen parts {sorted(unknown)} (use landmark, image)")
+        if problems:
+            raise ValueError("invalid GReFELConfig: " + "; ".join(problems))
+
+    @property
+    def attn_heads(self) -> int:
+        """Heads of the attentive-correction MHSA (eq. 16): d_model / 64 in the paper."""
+        return self.embed_dim // self.attn_head_dim
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> GReFELConfig:
+        """The named preset with keyword overrides, e.g. `preset("paper", num_classes=8)`.
+
+        When `num_classes` is overridden without `class_names`, generic names are generated
+        (or the 8-class AffectNet list when it has 8 classes and the preset's list has 7).
+        """
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+        values = dict(PRESETS[name])
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown GReFELConfig fields: {sorted(unknown)}")
+        values.update(overrides)
+        if "num_classes" in overrides and "class_names" not in overrides:
+            n = int(overrides["num_classes"])
+            base = values.get("class_names", DATASET_CLASSES["rafdb"])
+            if len(base) != n:
+                generic = tuple(f"class{i}" for i in range(n))
+                values["class_names"] = DATASET_CLASSES["affectnet8"] if n == 8 else generic
+        for key in ("class_names", "frozen", "head_hidden"):
+            if key in values:
+                values[key] = tuple(values[key])
+        return cls(name=name, **values)
+
+    def replace(self, **changes: Any) -> GReFELConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> GReFELConfig:
+        """Inverse of `to_dict`; unknown keys are an error (a config of another version)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f"config has unknown fields {sorted(unknown)}")
+        values = {}
+        for f in dataclasses.fields(cls):
+            if f.name in data:
+                v = data[f.name]
+                values[f.name] = tuple(v) if isinstance(v, list) else v
+        return cls(**values)
+
+
+PRESETS: Dict[str, Dict[str, Any]] = {
+    "paper": {},
+    "tiny": {
+        "dims": (16, 32, 64),
+        "ir_units": (1, 1, 2),
+        "mfn_blocks": (1, 1, 1),
+        "mfn_out": 128,
+        "heads": (1, 2, 4),
+        "embed_dim": 96,
+        "vit_depth": 1,
+        "vit_heads": 4,
+        "head_hidden": (64, 64),
+        "attn_head_dim": 32,
+        "drop_path": (0.0, 0.05, 0.1),
+    },
+}
+
+# The four rows of the paper's Table 2 (reliability-balancing ablation).
+VARIANTS: Dict[str, Dict[str, bool]] = {
+    "no_rb": {"use_anchors": False, "use_attention": False},
+    "anchors": {"use_anchors": True, "use_attention": False},
+    "mhsa": {"use_anchors": False, "use_attention": True},
+    "both": {"use_anchors": True, "use_attention": True},
+}
+

@@ -1,0 +1,84 @@
+"""Image stream: IR-50 stages 1-3 (paper §3.1, Fig. 2 "image backbone").
+
+Upstream: face.evoLVe `backbone/model_irse.py` (IR-50, `bottleneck_IR` units), as truncated by
+POSTER V2 (`models/ir50.py`: `input_layer`, `body1/2/3`; the 512-channel fourth stage and the
+`output_layer` are not part of the model). The three stage outputs are reduced by one strided
+3x3 convolution each (POSTER V2's `conv1/2/3`) so that they line up with the landmark maps:
+
+    112x112 -> input_layer 64x112x112 -> stage1 64x56x56 -> stage2 128x28x28 -> stage3 256x14x14
+    reduce: 64x28x28, 128x14x14, 256x7x7       (paper preset; widths are `dims`)
+"""
+
+from __future__ import annotations
+
+from typing import List, Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["BottleneckIR", "IR50Stream"]
+
+
+class BottleneckIR(nn.Module):
+    """One `bottleneck_IR` unit: BN-Conv3x3-PReLU-Conv3x3(stride)-BN plus a shortcut.
+
+    Args:
+        in_chs: input channels.
+        out_chs: output channels.
+        stride: stride of the second convolution (and of the shortcut).
+    """
+
+    def __init__(self, in_chs: int, out_chs: int, stride: int) -> None:
+        super().__init__()
+        if in_chs == out_chs:
+            self.shortcut_layer: nn.Module = nn.MaxPool2d(1, stride)
+        else:
+            self.shortcut_layer = nn.Sequential(
+                nn.Conv2d(in_chs, out_chs, 1, stride, bias=False), nn.BatchNorm2d(out_chs)
+            )
+        self.res_layer = nn.Sequential(
+            nn.BatchNorm2d(in_chs),
+            nn.Conv2d(in_chs, out_chs, 3, 1, 1, bias=False),
+            nn.PReLU(out_chs),
+            nn.Conv2d(out_chs, out_chs, 3, stride, 1, bias=False),
+            nn.BatchNorm2d(out_chs),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.res_layer(x) + self.shortcut_layer(x)
+
+
+def _stage(in_chs: int, out_chs: int, units: int) -> nn.Sequential:
+    """face.evoLVe `get_block`: the first unit strides by 2, the rest keep the size."""
+    blocks = [BottleneckIR(in_chs, out_chs, 2)]
+    blocks += [BottleneckIR(out_chs, out_chs, 1) for _ in range(units - 1)]
+    return nn.Sequential(*blocks)
+
+
+class IR50Stream(nn.Module):
+    """IR-50 stages 1-3 and the per-level reduction convolutions.
+
+    Args:
+        dims: channels of the three stages (64, 128, 256 in IR-50).
+        units: units per stage (3, 4, 14 in IR-50).
+    """
+
+    def __init__(self, dims: Sequence[int] = (64, 128, 256), units: Sequence[int] = (3, 4, 14)):
+        super().__init__()
+        d1, d2, d3 = dims
+        self.input_layer = nn.Sequential(
+            nn.Conv2d(3, d1, 3, 1, 1, bias=False), nn.BatchNorm2d(d1), nn.PReLU(d1)
+        )
+        self.body1 = _stage(d1, d1, units[0])
+        self.body2 = _stage(d1, d2, units[1])
+        self.body3 = _stage(d2, d3, units[2])
+        # POSTER V2 conv1/2/3: halve each map so the levels are 28, 14, 7 at 112 input.
+        self.reduce = nn.ModuleList(nn.Conv2d(d, d, 3, 2, 1) for d in (d1, d2, d3))
+
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """x: (B, 3, H, W) normalised image -> [(B, d1, H/4, W/4), (B, d2, H/8), (B, d3, H/16)]."""
+        x = self.input_layer(x)  # (B, d1, H, W)
+        f1 = self.body1(x)  # (B, d1, H/2, W/2)
+        f2 = self.body2(f1)  # (B, d2, H/4, W/4)
+        f3 = self.body3(f2)  # (B, d3, H/8, W/8)
+        return [conv(f) for conv, f in zip(self.reduce, (f1, f2, f3))]
