@@ -29,6 +29,7 @@ import io
 import pickle
 import sys
 import threading
+import warnings
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
@@ -181,11 +182,10 @@ def safe_load(path: PathLike) -> SafeLoadResult:
             "loading it would run its code"
         )
     try:
-        return SafeLoadResult(
-            torch.load(str(path), map_location="cpu", weights_only=True),
-            "torch.load(weights_only=True)",
-            (),
-        )
+        with warnings.catch_warnings():  # e.g. "pickle protocol 4" notes on raw pickles
+            warnings.simplefilter("ignore")
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        return SafeLoadResult(obj, "torch.load(weights_only=True)", ())
     except Exception as first:  # weights-only refusal, or a raw pickle / legacy oddity
         first_error = f"{type(first).__name__}: {str(first).splitlines()[0] if str(first) else ''}"
     _TLS.seen = set()

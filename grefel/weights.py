@@ -394,6 +394,7 @@ def _plan(
     own = model.state_dict()
     linear_head = len(model.cfg.head_hidden) == 0
     mapped: Dict[str, str] = {}
+    mismatched = set()
     for src, tensor in state.items():
         ours, why = layout.map_key(src)
         if ours is None:
@@ -406,6 +407,7 @@ def _plan(
         elif ours not in own:
             report.unexpected.append(f"{src} (-> {ours}, which this model does not have)")
         elif tuple(tensor.shape) != tuple(own[ours].shape):
+            mismatched.add(ours)  # reported here, so not again as missing
             report.shape_mismatch.append(
                 f"{src} -> {ours}: file {tuple(tensor.shape)} vs model {tuple(own[ours].shape)}"
             )
@@ -413,7 +415,7 @@ def _plan(
             mapped[ours] = src
     in_scope = [k for k in own if k.startswith(layout.scope)]
     for key in in_scope:
-        if key in mapped:
+        if key in mapped or key in mismatched:
             continue
         if key.endswith("num_batches_tracked"):
             report.notes.append(f"{key}: not in the file, kept at {int(own[key])} (unused in eval)")
