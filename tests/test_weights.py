@@ -381,3 +381,14 @@ def test_round_trip_through_posterv2_layout_is_exact(paper_model, tmp_path):
         assert (getattr(a, name) - getattr(b, name)).abs().max().item() == 0.0, name
     assert (a.embedding - c.embedding).abs().max().item() == 0.0
     assert set(report_mlp.not_imported) == {"VIT.head.linear.weight", "VIT.head.linear.bias"}
+
+
+def test_cli_help_and_bad_out_suffix(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(cli, ["weights", "import", "--help"])
+    assert result.exit_code == 0 and "--kind [ir50|mobilefacenet|posterv2]" in result.output
+    src = tmp_path / "w.pth"
+    torch.save(_small_state(), src)
+    result = runner.invoke(cli, ["weights", "import", str(src), "--kind", "ir50", "--out",
+                                 str(tmp_path / "x.pt")])
+    assert result.exit_code == 2 and "must end in .safetensors" in result.output
