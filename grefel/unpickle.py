@@ -33,7 +33,7 @@ import warnings
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Callable, Dict, List, NamedTuple, Tuple, Type, Union
+from typing import Any, Callable, Dict, NamedTuple, Tuple, Type, Union
 
 import torch
 
@@ -200,18 +200,3 @@ def safe_load(path: PathLike) -> SafeLoadResult:
     finally:
         _TLS.seen = None
 
-
-def find_inert(obj: Any, limit: int = 10000) -> List[str]:
-    """Names of the placeholders reachable from `obj` through dicts, lists and tuples."""
-    found: List[str] = []
-    stack = [obj]
-    while stack and limit > 0:
-        limit -= 1
-        item = stack.pop()
-        if isinstance(item, Inert):
-            found.append(item._pickled_as)
-        elif isinstance(item, dict):
-            stack.extend(item.values())
-        elif isinstance(item, (list, tuple)):
-            stack.extend(item)
-    return sorted(set(found))
