@@ -357,6 +357,11 @@ def read_state_dict(path: PathLike) -> Tuple[Dict[str, torch.Tensor], Dict[str, 
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not obj:
         raise WeightsError(f"{path}: holds {type(obj).__name__}, not a state dict of tensors")
+    if {"state", "param_groups"} <= set(obj):
+        raise WeightsError(
+            f"{path}: an optimizer state, not model weights (POSTER V2's main.py at 18de559 "
+            "writes the optimizer into its model_best file; use the other checkpoint)"
+        )
     bad = [str(k) for k, v in obj.items() if not (isinstance(k, str) and torch.is_tensor(v))]
     if bad:
         raise WeightsError(f"{path}: entries that are not named tensors: {', '.join(bad[:10])}")

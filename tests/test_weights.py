@@ -286,6 +286,11 @@ def test_wrong_kind_and_bad_files_are_clear_errors(paper_model, tmp_path):
     torch.save({"state_dict": _strip(_poster_full(), "face_landback.")}, mfn)
     with pytest.raises(WeightsError, match=r"mfn\.pth: no ir50 weights.*--kind mobilefacenet"):
         import_pretrained(paper_model, mfn, "ir50")
+    optimizer_file = tmp_path / "model_best.pth"
+    torch.save(torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1).state_dict(),
+               optimizer_file)
+    with pytest.raises(WeightsError, match=r"model_best\.pth: an optimizer state"):
+        import_pretrained(paper_model, optimizer_file, "posterv2")
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(WeightsError, match=r"junk\.pth: cannot read"):
