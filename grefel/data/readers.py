@@ -379,7 +379,7 @@ def read_fergdb(root: Path, split: str, **_: object) -> Result:
     _check_split(split, ("train", "val", "test", "all"), root, "FERG-DB")
     classes = DATASET_CLASSES["fergdb"]
     characters = sorted(p for p in root.iterdir() if p.is_dir())
-    samples, empty, unknown = [], [], []
+    samples, empty, unknown, total = [], [], [], 0
     for char in characters:
         for folder in sorted(p for p in char.iterdir() if p.is_dir()):
             emotion = folder.name.rsplit("_", 1)[-1].lower()
@@ -389,6 +389,7 @@ def read_fergdb(root: Path, split: str, **_: object) -> Result:
             files = _image_files(folder)
             if not files:
                 empty.append(str(folder))
+            total += len(files)
             for p in files:
                 if split in ("all", _stable_split(p.name)):
                     samples.append(Sample(str(p.resolve()), classes.index(emotion), char.name,
@@ -398,7 +399,7 @@ def read_fergdb(root: Path, split: str, **_: object) -> Result:
                            f"{_listing(unknown)}")
     if empty:
         raise DatasetError(f"{root}: {len(empty)} empty emotion folder(s): {_listing(empty)}")
-    if not samples:
+    if not total:
         raise DatasetError(f"{root}: no FERG-DB images (layout ROOT/<character>/"
                            "<character>_<emotion>/*.png)")
     return samples, classes

@@ -6,7 +6,7 @@ Every image is one face drawn with PIL's ImageDraw at twice the output size and 
   size and tilt, brow thickness/arch/gap, nose length and width, mouth height/width, lip
   thickness, a resting mouth curve and brow height, hair style and colour, iris colour, and a skin
   tone from five buckets (recorded as attrs `skin`, so bias reports have a demographic attribute);
-- expression through geometry, scaled by a per-sample intensity in [0.3, 1] so classes overlap:
+- expression through geometry, scaled by a per-sample intensity in [0.4, 1] so classes overlap:
   brow height/angle/squeeze, eye openness and lower-lid raise, mouth corner curve, opening,
   width, upper-lip raise and lip pressing, nose wrinkle (disgust), asymmetric smirk (contempt),
   plus intensity-weighted wrinkles (forehead lines, frown lines, nasolabial folds);
@@ -57,7 +57,7 @@ SKIN_TONES: Tuple[Tuple[str, Tuple[int, int, int]], ...] = (
 _HAIR = ((30, 22, 18), (70, 45, 25), (120, 80, 40), (190, 150, 90), (110, 110, 110), (15, 15, 15))
 _IRIS = ((70, 45, 30), (100, 70, 40), (60, 90, 125), (80, 110, 70), (35, 28, 24))
 _OCCLUSIONS = ("none", "bar", "blob", "hand", "sunglasses", "mask")
-_OCCLUSION_P = (0.64, 0.1, 0.08, 0.07, 0.05, 0.06)
+_OCCLUSION_P = (0.76, 0.07, 0.05, 0.05, 0.03, 0.04)
 
 
 @dataclass(frozen=True)
@@ -118,17 +118,17 @@ def make_identity(rng: np.random.Generator) -> Identity:
 #   frl: frown lines, asym: one corner up (contempt).
 _EXPRESSIONS: Dict[str, Dict[str, float]] = {
     "neutral": {},
-    "happiness": {"mc": 0.13, "mwd": 0.18, "mo": 0.07, "eo": -0.3, "ll": 0.35, "chk": 1.0},
-    "sadness": {"bi": 0.09, "bo": -0.035, "bsq": 0.02, "mc": -0.1, "mwd": -0.06, "eo": -0.2,
-                "lt": 0.15},
-    "surprise": {"bi": 0.13, "bo": 0.12, "eo": 0.65, "mo": 0.26, "mwd": -0.25, "fl": 1.0},
-    "fear": {"bi": 0.11, "bo": 0.03, "bsq": 0.04, "eo": 0.5, "mo": 0.1, "mwd": 0.18,
-             "mc": -0.03, "fl": 0.6},
-    "disgust": {"bi": -0.05, "bo": -0.02, "bsq": 0.025, "eo": -0.3, "ll": 0.3, "ulr": 0.06,
-                "mo": 0.03, "mc": -0.05, "nw": 1.0, "mwd": -0.05},
-    "anger": {"bi": -0.1, "bo": 0.01, "bsq": 0.05, "eo": -0.15, "ll": 0.35, "lt": -0.55,
-              "mwd": -0.12, "frl": 1.0, "mc": -0.02},
-    "contempt": {"asym": 0.1, "eo": -0.12, "lt": -0.2, "mwd": -0.04},
+    "happiness": {"mc": 0.17, "mwd": 0.22, "mo": 0.1, "eo": -0.35, "ll": 0.4, "chk": 1.0},
+    "sadness": {"bi": 0.12, "bo": -0.05, "bsq": 0.03, "mc": -0.13, "mwd": -0.08, "eo": -0.25,
+                "lt": 0.2},
+    "surprise": {"bi": 0.16, "bo": 0.15, "eo": 0.8, "mo": 0.32, "mwd": -0.28, "fl": 1.0},
+    "fear": {"bi": 0.14, "bo": 0.03, "bsq": 0.05, "eo": 0.6, "mo": 0.12, "mwd": 0.25,
+             "mc": -0.04, "fl": 0.7},
+    "disgust": {"bi": -0.07, "bo": -0.02, "bsq": 0.03, "eo": -0.35, "ll": 0.35, "ulr": 0.08,
+                "mo": 0.04, "mc": -0.06, "nw": 1.0, "mwd": -0.05},
+    "anger": {"bi": -0.13, "bo": 0.02, "bsq": 0.06, "eo": -0.2, "ll": 0.4, "lt": -0.6,
+              "mwd": -0.15, "frl": 1.0, "mc": -0.03},
+    "contempt": {"asym": 0.13, "eo": -0.15, "lt": -0.25, "mwd": -0.04},
 }
 _KEYS = ("bi", "bo", "bsq", "eo", "ll", "mc", "mo", "mwd", "ulr", "lt", "nw", "chk", "fl", "frl",
          "asym")
@@ -271,24 +271,27 @@ class Pose:
 
 def _depth(f: Identity, p: np.ndarray) -> np.ndarray:
     """Depth of canonical points on a shallow ellipsoid, plus the nose's protrusion."""
-    r = 1 - (p[:, 0] / f.fw) ** 2 - (p[:, 1] / (1.1 * f.fh)) ** 2
-    z = 0.8 * np.sqrt(np.clip(r, 0, 1))
-    nose = np.exp(-((p[:, 0] / (0.7 * f.nose_w)) ** 2)) * np.clip(
-        (p[:, 1] - f.eye_y) / (f.nose_y - f.eye_y + 1e-6), 0, 1.1)
-    return z + 0.35 * nose * (p[:, 1] < f.nose_y + 0.1)
+    x, y = p[:, 0], p[:, 1]
+    z = 0.8 * np.sqrt(np.maximum(1 - (x / f.fw) ** 2 - (y / (1.1 * f.fh)) ** 2, 0))
+    along = np.minimum(np.maximum((y - f.eye_y) / (f.nose_y - f.eye_y + 1e-6), 0), 1.1)
+    nose = np.exp(-((x / (0.7 * f.nose_w)) ** 2)) * along * (y < f.nose_y + 0.1)
+    return z + 0.35 * nose
 
 
 def project(f: Identity, pose: Pose, p: np.ndarray) -> np.ndarray:
-    """Canonical [N,2] -> canvas pixels [N,2]: yaw, pitch, roll, scale, shift."""
-    z = _depth(f, p)
+    """Canonical [N,2] -> canvas pixels [N,2]: yaw, then pitch (orthographic), roll, scale, shift.
+
+    With (x, y, z) the point and its depth: x1 = x cos(yaw) + z sin(yaw),
+    y1 = y cos(pitch) + (x sin(yaw) - z cos(yaw)) sin(pitch), then a roll rotation of (x1, y1).
+    """
     cy, sy = math.cos(pose.yaw), math.sin(pose.yaw)
-    x = p[:, 0] * cy + z * sy
-    z2 = -p[:, 0] * sy + z * cy
     cp, sp = math.cos(pose.pitch), math.sin(pose.pitch)
-    y = p[:, 1] * cp - z2 * sp
     cr, sr = math.cos(pose.roll), math.sin(pose.roll)
-    xr, yr = x * cr - y * sr, x * sr + y * cr
-    return np.stack([pose.cx + pose.scale * xr, pose.cy + pose.scale * yr], 1)
+    a = np.array([[cy, 0.0, sy], [sy * sp, cp, -cy * sp]])  # [2,3] yaw then pitch
+    m = pose.scale * (np.array([[cr, -sr], [sr, cr]]) @ a)  # [2,3] with roll and scale
+    p = np.asarray(p, dtype=np.float64)
+    out = p @ m[:, :2].T + _depth(f, p)[:, None] * m[:, 2]  # [N,2]
+    return out + np.array([pose.cx, pose.cy])
 
 
 # --- drawing ------------------------------------------------------------------------------------
@@ -326,9 +329,9 @@ def _background(rng: np.random.Generator, side: int) -> Image.Image:
     c0, c1 = rng.uniform(20, 235, 3), rng.uniform(20, 235, 3)
     t = np.linspace(0, 1, side)[:, None, None]
     column = (c0 * (1 - t) + c1 * t).astype(np.uint8)  # [side,1,3]
-    img = Image.fromarray(np.ascontiguousarray(np.repeat(column, side, axis=1)), "RGB")
+    img = Image.fromarray(column, "RGB").resize((side, side), Image.NEAREST)
     d = ImageDraw.Draw(img)
-    for _ in range(int(rng.integers(4, 12))):
+    for _ in range(int(rng.integers(2, 8))):
         col = tuple(int(v) for v in rng.integers(0, 256, 3))
         x0, y0 = rng.uniform(-0.2, 1.0, 2) * side
         w, h = rng.uniform(0.05, 0.5, 2) * side
@@ -516,7 +519,7 @@ def render_face(
 ) -> Tuple[Image.Image, np.ndarray, Dict[str, str]]:
     """Draw one face -> (RGB image size x size, landmarks [68,2] in its pixels, attrs)."""
     canvas = 2 * size
-    intensity = 0.0 if expression == "neutral" else float(rng.uniform(0.3, 1.0))
+    intensity = 0.0 if expression == "neutral" else float(rng.uniform(0.4, 1.0))
     e = expression_params(expression, intensity, rng)
     pose = Pose(
         yaw=rng.uniform(-0.35, 0.35), pitch=rng.uniform(-0.15, 0.15),
