@@ -628,7 +628,7 @@ def generate_synthfer(
         img, lm, attrs = render_face(np.random.default_rng([seed, 1, k]), idents[i],
                                      classes[labels[k]], size)
         rel = f"images/{k:06d}.png"
-        img.save(out / rel, format="PNG", compress_level=6)
+        img.save(out / rel, format="PNG", compress_level=3)
         rows[split[i]].append([rel, classes[labels[k]], f"id{i:04d}", classes[labels[k]],
                                attrs["skin"], attrs["occlusion"], attrs["intensity"]])
         lm_rows.append([rel] + [f"{v:.2f}" for v in lm.reshape(-1)])
