@@ -404,6 +404,8 @@ def test_collate_skip_drops_none_and_reports_indices(odd_images):
     assert indices.tolist() == [4, 5, 6, 7] and skipped == []
     fresh = FERDataset(odd_images, ("a", "b"))  # as the main process sees a worker's skips
     assert "truncated.png" in fresh.failure(1) and fresh.failure(0) == ""
+    workers = DataLoader(fresh, batch_size=2, num_workers=2, collate_fn=collate_skip)
+    assert [b[3] for b in workers] == [[1], [2, 3], [], []]  # skips named from worker processes
     assert labels.dtype == torch.int64 and indices.dtype == torch.int64
     empty = collate_skip([None, None])
     assert empty[0].shape == (0, 3, 112, 112) and empty[1].numel() == 0
