@@ -14,17 +14,15 @@ from click.testing import CliRunner
 from grefel.cli import cli
 from grefel.config import DATASET_CLASSES
 from grefel.data import load_samples
-from grefel.data.synthfer import (
-    RAFDB_TRAIN_COUNTS,
+from grefel.data.faces import (
     Pose,
-    _plan,
     expression_params,
-    generate_synthfer,
     landmarks68,
     make_identity,
     project,
     render_face,
 )
+from grefel.data.synthfer import RAFDB_TRAIN_COUNTS, _plan, generate_synthfer
 
 
 def _rows(root: Path, split: str) -> List[Dict[str, str]]:
