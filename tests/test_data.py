@@ -212,6 +212,9 @@ def test_rafdb_reader_with_manual_attributes(tmp_path):
     assert train[0].path.endswith("Image/aligned/train_00001_aligned.jpg")
     assert train[0].attrs == {"gender": "female", "race": "asian", "age": "40-69"}
     assert train[1].attrs == {}
+    (root / "Annotation" / "manual" / "train_00002_manu_attri.txt").write_text("1\n2\n")
+    with pytest.raises(DatasetError, match=r"train_00002_manu_attri.txt: expected 5 landmark"):
+        load_samples(root, "rafdb", split="train")
     test, _ = load_samples(root, "rafdb", split="test")
     assert [s.label for s in test] == [3, 6]
     with pytest.raises(DatasetError, match="RAF-DB has splits train, test"):

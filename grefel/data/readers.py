@@ -209,12 +209,13 @@ _RAF_ATTRS = {
 
 
 def _raf_attrs(path: Path) -> Dict[str, str]:
-    """gender / race / age from a RAF-DB manual attribute file (its last three lines)."""
+    """gender / race / age from a RAF-DB manual attribute file (lines 6-8, after 5 landmarks)."""
     lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
-    if len(lines) < 3:
-        raise DatasetError(f"{path}: expected landmark lines then gender, race, age")
+    if len(lines) < 8:
+        raise DatasetError(f"{path}: expected 5 landmark lines then gender, race, age "
+                           f"({len(lines)} lines)")
     attrs = {}
-    for (key, names), value in zip(_RAF_ATTRS.items(), lines[-3:]):
+    for (key, names), value in zip(_RAF_ATTRS.items(), lines[5:8]):
         if not value.isdigit() or int(value) >= len(names):
             raise DatasetError(f"{path}: {key} code {value!r} is not one of 0..{len(names) - 1}")
         attrs[key] = names[int(value)]
