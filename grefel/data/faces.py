@@ -20,6 +20,7 @@ mouth 48-67) are computed from the same canonical geometry and projection that d
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Dict, List, Sequence, Tuple
@@ -284,6 +285,11 @@ def _pts(a: np.ndarray) -> List[float]:
     return np.asarray(a, dtype=np.float64).reshape(-1).tolist()
 
 
+def _canvas_pts(f: Identity, pose: Pose, a: object) -> List[float]:
+    """Canonical points -> the flat canvas coordinate list ImageDraw takes."""
+    return _pts(project(f, pose, np.asarray(a, dtype=np.float64)))
+
+
 def _shade(rgb: Sequence[int], k: float, add: Sequence[float] = (0, 0, 0)) -> Tuple[int, ...]:
     return tuple(int(min(max(c * k + a, 0), 255)) for c, a in zip(rgb, add))
 
@@ -330,7 +336,7 @@ def _background(rng: np.random.Generator, side: int) -> Image.Image:
 def _draw_head(d: ImageDraw.ImageDraw, f: Identity, pose: Pose, e: Dict[str, float],
                rng: np.random.Generator) -> None:
     """Shoulders, hair behind, ears, face shape and the hair in front."""
-    P = lambda a: _pts(project(f, pose, np.asarray(a, dtype=np.float64)))  # noqa: E731
+    P = functools.partial(_canvas_pts, f, pose)
     cloth = tuple(int(v) for v in rng.integers(0, 256, 3))
     d.polygon(P([[-2.4, 3.0], [-2.2, 2.0], [-0.5, 1.6], [0.5, 1.6], [2.2, 2.0], [2.4, 3.0]]),
               fill=cloth)
@@ -360,7 +366,7 @@ def _draw_head(d: ImageDraw.ImageDraw, f: Identity, pose: Pose, e: Dict[str, flo
 def _draw_wrinkles(d: ImageDraw.ImageDraw, f: Identity, pose: Pose, e: Dict[str, float],
                    lm: np.ndarray, w: int) -> None:
     """Forehead lines, frown lines, nose wrinkles and smile folds, darker with intensity."""
-    P = lambda a: _pts(project(f, pose, np.asarray(a, dtype=np.float64)))  # noqa: E731
+    P = functools.partial(_canvas_pts, f, pose)
     brow_y = min(lm[19, 1], lm[24, 1])
     if e["fl"] > 0.2:
         col = _shade(f.skin_rgb, 1 - 0.25 * min(e["fl"], 1))
@@ -393,7 +399,7 @@ def _draw_wrinkles(d: ImageDraw.ImageDraw, f: Identity, pose: Pose, e: Dict[str,
 def _draw_eyes(img: Image.Image, d: ImageDraw.ImageDraw, f: Identity, pose: Pose,
                e: Dict[str, float], rng: np.random.Generator, w: int) -> None:
     """Sclera, iris (clipped to the eye opening), pupil, lids and lashes."""
-    P = lambda a: _pts(project(f, pose, np.asarray(a, dtype=np.float64)))  # noqa: E731
+    P = functools.partial(_canvas_pts, f, pose)
     u = np.linspace(-1, 1, 11)
     gaze = rng.normal(0, 0.03, 2)
     for cx in (-f.eye_sep, f.eye_sep):
@@ -411,7 +417,7 @@ def _draw_eyes(img: Image.Image, d: ImageDraw.ImageDraw, f: Identity, pose: Pose
 
 def _draw_brows_nose(d: ImageDraw.ImageDraw, f: Identity, pose: Pose, e: Dict[str, float],
                      lm: np.ndarray, w: int) -> None:
-    P = lambda a: _pts(project(f, pose, np.asarray(a, dtype=np.float64)))  # noqa: E731
+    P = functools.partial(_canvas_pts, f, pose)
     u = np.linspace(0, 1, 9)
     brow_col = _shade(f.hair_rgb, 0.8)
     for cx in (-f.eye_sep, f.eye_sep):
@@ -431,7 +437,7 @@ def _draw_brows_nose(d: ImageDraw.ImageDraw, f: Identity, pose: Pose, e: Dict[st
 def _draw_mouth(img: Image.Image, d: ImageDraw.ImageDraw, f: Identity, pose: Pose,
                 e: Dict[str, float], w: int) -> None:
     """Mouth cavity with teeth when open, then the two lips."""
-    P = lambda a: _pts(project(f, pose, np.asarray(a, dtype=np.float64)))  # noqa: E731
+    P = functools.partial(_canvas_pts, f, pose)
     mw, mid, ui, li, uo, lo = _mouth_fns(f, e)
     xi = np.linspace(-0.86 * mw, 0.86 * mw, 13)
     lip = _shade(f.skin_rgb, 0.8, (45, -10, -5))
