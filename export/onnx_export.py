@@ -13,6 +13,7 @@ returns the exported tensors in a fixed order so the ONNX outputs have stable na
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Dict, List, Sequence, Union
 
@@ -117,7 +118,10 @@ def export_onnx(
     axes = {n: {0: "batch"} for n in [INPUT_NAME, *names]} if dynamic else None
     path = Path(path)
     try:
-        with atomic_path(path) as tmp, torch.no_grad():
+        with atomic_path(path) as tmp, torch.no_grad(), warnings.catch_warnings():
+            # Chosen on purpose (see the module doc); the one trace-time constant is log(C).
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
             torch.onnx.export(
                 wrapper, (example,), str(tmp), dynamo=False, opset_version=opset,
                 input_names=[INPUT_NAME], output_names=names, dynamic_axes=axes,

@@ -122,6 +122,18 @@ def run_export(source: Path, opts: ExportOptions, log: Log = print) -> ExportRes
         return _Run(source, opts, log, Path(tmp), trt, missing, target, lint_targets).run()
 
 
+def _check_onnx_source(path: Path) -> None:
+    """A given ONNX must load, pass onnx.checker and have the `images` input."""
+    try:
+        onnx.checker.check_model(str(path))
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # DecodeError, ValidationError, OSError
+        raise ExportError(f"{path}: not a valid ONNX model ({exc})") from None
+    inputs = [i.name for i in model.graph.input]
+    if inputs[:1] != ["images"]:
+        raise ExportError(f"{path}: expected the input `images` of a grefel export, got {inputs}")
+
+
 class _Run:
     """One export: state shared by the stage methods."""
 
@@ -139,8 +151,11 @@ class _Run:
     def run(self) -> ExportResult:
         if not self.source.is_file():
             raise ExportError(f"{self.source}: no such file")
+        if self.source.suffix.lower() not in (".onnx", ".safetensors"):
+            raise ExportError(f"{self.source}: expected a .safetensors checkpoint or an .onnx")
         onnx_path = self.work / f"{self.name}.onnx"
         if self.is_onnx:
+            _check_onnx_source(self.source)
             shutil.copyfile(self.source, onnx_path)
         else:
             self._load_checkpoint()
