@@ -140,6 +140,8 @@ def _configure(trt, builder, config, opts: BuildOptions, mode: str, log: Log) ->
         config.set_flag(obey if obey is not None else trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
     if opts.dla_core is not None:
         available = int(getattr(builder, "num_DLA_cores", 0))
+        if not opts.fp16:
+            raise ExportError("--dla-core needs an FP16 build (DLA runs FP16/INT8 only)")
         if opts.dla_core >= available:
             raise ExportError(f"--dla-core {opts.dla_core}: this device has {available} DLA cores")
         config.default_device_type = trt.DeviceType.DLA
@@ -154,7 +156,9 @@ def _configure(trt, builder, config, opts: BuildOptions, mode: str, log: Log) ->
 def _timing_cache(config, path: Optional[Path]):
     data = path.read_bytes() if path is not None and path.is_file() else b""
     cache = config.create_timing_cache(data)
-    config.set_timing_cache(cache, False)  # ignore_mismatch=False: a foreign cache is an error
+    if not config.set_timing_cache(cache, False):  # ignore_mismatch=False
+        raise ExportError(f"{path}: TensorRT rejected this timing cache (made on another GPU or "
+                          "TensorRT version?); delete it or pass another --timing-cache")
     return cache
 
 

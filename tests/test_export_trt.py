@@ -107,6 +107,7 @@ def make_fake_trt(gen: str, plan: Optional[bytes] = b"\x00PLAN", parse_errors=()
 
         def set_timing_cache(self, cache, ignore):
             self.cache, rec.ignore_mismatch = cache, ignore
+            return cache.data != b"foreign"
 
         def get_timing_cache(self):
             return self.cache
@@ -290,6 +291,9 @@ def test_builder_trt86_weak_typing_flags_profile_pins_cache(tmp_path, monkeypatc
     assert rec.pool == ("WORKSPACE", 2 * 2**30)
     assert rec.cache_in == b"old" and rec.ignore_mismatch is False
     assert cache.read_bytes() == b"old|tuned"
+    cache.write_bytes(b"foreign")
+    with pytest.raises(ExportError, match="rejected this timing cache"):
+        build_engine(tmp_path / "m.onnx", tmp_path / "m.engine", opts, log=str)
     pinned = {layer.name for layer in rec.layers if layer.precision_set == F32}
     assert pinned == {"/model/levels.0/attn/Softmax", "/model/fusion/se/Mul", "Gemm_4_1"}
     assert all(layer.output_types == {0: F32} for layer in rec.layers if layer.name in pinned)
@@ -333,6 +337,9 @@ def test_builder_dla_core_with_gpu_fallback(tmp_path, monkeypatch):
     assert "GPU_FALLBACK" in trt.rec.config_flags
     with pytest.raises(ExportError, match="has 2 DLA cores"):
         build_engine(tmp_path / "m.onnx", tmp_path / "m.engine", BuildOptions(dla_core=2), log=str)
+    with pytest.raises(ExportError, match="needs an FP16 build"):
+        build_engine(tmp_path / "m.onnx", tmp_path / "m.engine",
+                     BuildOptions(fp16=False, dla_core=0), log=str)
 
 
 def test_parser_errors_and_none_plan_keep_the_good_engine(tmp_path, monkeypatch):
@@ -457,3 +464,17 @@ def test_pipeline_builds_verifies_and_writes_sidecar(tiny_onnx, tmp_path, monkey
     _install(monkeypatch, make_fake_trt("11", engine_fn=fn))
     run_export(tiny_onnx, ExportOptions(out=out, max_batch=4), log=str)
     assert json.loads(sidecar.read_text())["onnx"] == "tiny.fp16.onnx"
+
+
+def test_auto_target_follows_the_installed_tensorrt():
+    """--target auto maps the installed version to a lint table (our glue, not TensorRT)."""
+    from export.lint import TARGETS
+    from export.pipeline import resolve_target
+
+    found = {v: resolve_target("auto", SimpleNamespace(__version__=v))
+             for v in ("8.5.2.2", "8.6.2", "10.3.0", "10.13.3", "11.4.1")}
+    assert {v: t for v, (t, _) in found.items()} == {
+        "8.5.2.2": "trt8.5", "8.6.2": "trt8.6", "10.3.0": "trt10", "10.13.3": "trt10.15",
+        "11.4.1": "trt11"}
+    assert resolve_target("auto", None) == ("trt10", list(TARGETS))
+    assert resolve_target("trt8.6", None) == ("trt8.6", ["trt8.6"])
