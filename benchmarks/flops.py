@@ -10,7 +10,6 @@ MACs, so compare its column with GMACs = GFLOPs / 2.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence

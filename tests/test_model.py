@@ -94,9 +94,10 @@ def test_one_hot_and_uniform_are_finite(dtype: torch.dtype) -> None:
     uniform = torch.full((3, C), 1.0 / C, dtype=dtype)
     assert torch.allclose(confidence(one_hot).float(), torch.ones(3))
     assert torch.allclose(confidence(uniform).float(), torch.zeros(3), atol=2e-2)
-    for l, g, a in [(one_hot, uniform, uniform), (uniform, uniform, uniform),
-                    (one_hot, one_hot, one_hot), (uniform, one_hot, None), (uniform, None, one_hot)]:
-        p = balance(l, g, a)
+    cases = [(one_hot, uniform, uniform), (uniform, uniform, uniform), (one_hot, one_hot, one_hot),
+             (uniform, one_hot, None), (uniform, None, one_hot)]
+    for primary, geometric, attentive in cases:
+        p = balance(primary, geometric, attentive)
         c = confidence(p)
         assert torch.isfinite(p).all() and torch.isfinite(c).all()
         torch.testing.assert_close(p.float().sum(-1), torch.ones(3), atol=1e-2, rtol=0)

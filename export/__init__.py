@@ -1,0 +1,27 @@
+"""grefel's export package: checkpoint -> ONNX -> checks -> FP16 TensorRT engine + sidecar.
+
+One plain path-to-path function per step, each in its own small module (Polygraphy's
+loader / runner / comparator split, without its lazy loader chains):
+
+    onnx_export.export_onnx   torch model -> FP32 ONNX (dynamic batch, metadata)      [torch]
+    simplify.simplify_onnx    ONNX -> onnxsim'd ONNX, node counts before/after
+    runners                   ONNX Runtime and torch runners on the same inputs
+    compare                   per-output atol/rtol comparator, top-1 agreement
+    lint                      the graph's ops and opset against TensorRT's ONNX op table
+    fp16                      FP16-typed ONNX (sensitive parts kept FP32) + the FP16 gate
+    trt_builder.build_engine  ONNX -> plain TensorRT plan, API feature-detected    [tensorrt]
+    verify                    engine vs ONNX Runtime on the device                  [tensorrt]
+    sidecar                   the engine's JSON sidecar
+    pipeline                  the stages in order, a progress line and a time each
+
+Importing this package imports neither torch nor TensorRT; only `onnx_export` needs torch,
+so `grefel export MODEL.onnx` runs on a Jetson that has no torch.
+"""
+
+from __future__ import annotations
+
+__all__ = ["ExportError"]
+
+
+class ExportError(RuntimeError):
+    """An export step failed; the message names the file and what went wrong."""

@@ -1,0 +1,321 @@
+"""`grefel export`: the stages in order, a progress line and a time each.
+
+    checkpoint -> ONNX FP32 (opset per target, dynamic batch) -> onnxsim -> ONNX Runtime parity
+    with torch -> TensorRT op lint -> FP16-typed ONNX + FP16 gate -> ONNX artifacts -> engine
+    build -> --verify on the device -> engine + sidecar
+
+`MODEL.onnx` as the source skips the torch stages (no torch import), for a Jetson that builds
+its own engine. Every artifact is made in a work folder inside `--out` and moved into place only
+when its checks pass, so a failed export or build never replaces a good file. Without
+TensorRT the checked ONNX artifacts are written and the result says what to run on the target.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+
+import onnx
+
+from export import ExportError
+from export.fp16 import convert_to_fp16, fp16_gate, fp32_node_names, gate_images
+from export.lint import TARGETS, lint_onnx
+from export.sidecar import device_info, engine_stem, onnx_meta, write_sidecar
+from export.simplify import simplify_onnx
+from grefel._lazy import MissingDependency, require
+from grefel.fileio import atomic_write_json
+
+__all__ = ["ExportOptions", "ExportResult", "resolve_target", "run_export"]
+
+Log = Callable[[str], None]
+PARITY_TOL = {"probs": (1e-4, 0.0), "primary": (1e-4, 0.0), "confidence": (1e-4, 0.0)}
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    fp16: bool = True
+    batch: int = 1
+    max_batch: int = 8
+    dynamic: bool = True
+    opset: Optional[int] = None  # None: chosen for the target
+    simplify: bool = True
+    workspace_gib: Optional[float] = None
+    dla_core: Optional[int] = None
+    timing_cache: Optional[Path] = None
+    target: str = "auto"
+    onnx_only: bool = False
+    force: bool = False
+    verify: bool = False
+    out: Path = Path("engines")
+    name: Optional[str] = None
+    embedding: bool = False
+    calib_data: Optional[Path] = None
+    min_agreement: float = 0.99
+
+
+@dataclass
+class ExportResult:
+    exit_code: int
+    artifacts: List[Path] = field(default_factory=list)
+    gates: Dict[str, Any] = field(default_factory=dict)
+    message: str = ""
+
+
+def resolve_target(target: str, trt: Any) -> Tuple[str, List[str]]:
+    """(build target, targets to lint). auto: the installed TensorRT, else trt10 + all."""
+    if target != "auto":
+        return target, [target]
+    if trt is None:
+        return "trt10", list(TARGETS)
+    major, minor = (int(x) for x in str(trt.__version__).split(".")[:2])
+    if major <= 8:
+        found = "trt8.5" if (major, minor) <= (8, 5) else "trt8.6"
+    elif major < 11:  # the op table for 10.12-10.16 is the 10.15 one
+        found = "trt10.15" if (major, minor) >= (10, 12) else "trt10"
+    else:
+        found = "trt11"
+    return found, [found]
+
+
+class _Stages:
+    """Numbered progress lines on `log`, each with its wall time."""
+
+    def __init__(self, log: Log) -> None:
+        self.log = log
+        self.n = 0
+        self.times: Dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, title: str) -> Iterator[List[str]]:
+        self.n += 1
+        n = self.n
+        notes: List[str] = []
+        start = time.perf_counter()
+        self.log(f"[{n}] {title} ...")
+        yield notes
+        seconds = time.perf_counter() - start
+        self.times[title] = round(seconds, 3)
+        self.log(f"[{n}] {title}: {'; '.join(notes) or 'done'} ({seconds:.1f} s)")
+
+
+def _require_trt() -> Tuple[Any, str]:
+    try:
+        return require("tensorrt"), ""
+    except MissingDependency as exc:
+        return None, str(exc)
+
+
+def run_export(source: Path, opts: ExportOptions, log: Log = print) -> ExportResult:
+    """Run every stage for `source` (.safetensors checkpoint or .onnx); see the module doc."""
+    if opts.batch > opts.max_batch:
+        raise ExportError(f"--batch {opts.batch} is larger than --max-batch {opts.max_batch}")
+    trt, missing = _require_trt()
+    target, lint_targets = resolve_target(opts.target, trt)
+    opts.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".export-", dir=opts.out) as tmp:
+        return _Run(source, opts, log, Path(tmp), trt, missing, target, lint_targets).run()
+
+
+def _check_onnx_source(path: Path) -> None:
+    """A given ONNX must load, pass onnx.checker and have the `images` input."""
+    try:
+        onnx.checker.check_model(str(path))
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # DecodeError, ValidationError, OSError
+        raise ExportError(f"{path}: not a valid ONNX model ({exc})") from None
+    inputs = [i.name for i in model.graph.input]
+    if inputs[:1] != ["images"]:
+        raise ExportError(f"{path}: expected the input `images` of a grefel export, got {inputs}")
+
+
+class _Run:
+    """One export: state shared by the stage methods."""
+
+    def __init__(self, source, opts, log, work, trt, missing, target, lint_targets) -> None:
+        self.source, self.opts, self.log, self.work = Path(source), opts, log, work
+        self.trt, self.missing, self.target, self.lint_targets = trt, missing, target, lint_targets
+        self.stage = _Stages(log)
+        self.gates: Dict[str, Any] = {}
+        self.model = None
+        self.is_onnx = self.source.suffix.lower() == ".onnx"
+        self.name = opts.name or self.source.stem.replace(".fp16", "")
+        self.opset = opts.opset or (16 if target == "trt8.5" else 17)
+
+    # --- ONNX stages ---------------------------------------------------------------------
+    def run(self) -> ExportResult:
+        if not self.source.is_file():
+            raise ExportError(f"{self.source}: no such file")
+        if self.source.suffix.lower() not in (".onnx", ".safetensors"):
+            raise ExportError(f"{self.source}: expected a .safetensors checkpoint or an .onnx")
+        onnx_path = self.work / f"{self.name}.onnx"
+        if self.is_onnx:
+            _check_onnx_source(self.source)
+            shutil.copyfile(self.source, onnx_path)
+        else:
+            self._load_checkpoint()
+            self._export(onnx_path, self.opset)
+            self._parity(onnx_path)
+        self._lint(onnx_path)
+        artifacts = [onnx_path]
+        if self.opts.fp16:
+            artifacts.append(self._fp16(onnx_path))
+        artifacts.append(self.work / f"{self.name}.checks.json")
+        atomic_write_json(artifacts[-1], {"source": str(self.source), "target": self.target,
+                                          "stage_seconds": self.stage.times, **self.gates})
+        final = [self._publish(p) for p in artifacts]
+        self.log("ONNX artifacts: " + ", ".join(str(p) for p in final))
+        if self.opts.onnx_only:
+            return ExportResult(0, final, self.gates, "ONNX artifacts written (--onnx-only)")
+        if self.trt is None:
+            return ExportResult(2, final, self.gates, self._how_to_build(final[0]))
+        return self._engine(final)
+
+    def _load_checkpoint(self) -> None:
+        from grefel.checkpoint import CheckpointError, load_checkpoint
+
+        with self.stage("load checkpoint") as notes:
+            try:
+                self.model, meta = load_checkpoint(self.source)
+            except CheckpointError as exc:
+                raise ExportError(str(exc)) from None
+            notes.append(f"preset {self.model.cfg.name}, {self.model.cfg.num_classes} classes")
+
+    def _export(self, path: Path, opset: int, quiet: bool = False) -> None:
+        from export.onnx_export import export_onnx
+
+        raw = path.with_suffix(".raw.onnx") if self.opts.simplify else path
+        with self.stage(f"export ONNX (opset {opset}, "
+                        f"{'dynamic' if self.opts.dynamic else 'static'} batch)") as notes:
+            export_onnx(self.model, raw, opset=opset, batch=self.opts.max_batch if not
+                        self.opts.dynamic else 2, dynamic=self.opts.dynamic,
+                        embedding=self.opts.embedding)
+            notes.append(f"{len(onnx.load(str(raw)).graph.node)} nodes")
+        if self.opts.simplify:
+            with self.stage("onnxsim") as notes:
+                report = simplify_onnx(raw, path)
+                raw.unlink()
+                notes.append(f"{report.nodes_before} -> {report.nodes_after} nodes")
+                self.gates.setdefault("onnxsim", {})[str(opset)] = report.to_dict()
+
+    def _parity(self, path: Path) -> None:
+        import numpy as np
+
+        from export.compare import compare
+        from export.runners import ort_session, run_onnxruntime, run_torch
+
+        sizes = (1, 3, 8) if self.opts.dynamic else (self.opts.max_batch,)
+        with self.stage(f"ONNX Runtime vs torch at batch {'/'.join(map(str, sizes))}") as notes:
+            session = ort_session(path)
+            rng = np.random.default_rng(0)
+            results = []
+            for b in sizes:
+                x = rng.random((b, 3, 112, 112), dtype=np.float32)
+                ref = run_torch(self.model, x, list(PARITY_TOL))
+                result = compare(ref, run_onnxruntime(session, x), PARITY_TOL, f"batch {b}")
+                results.append(result.to_dict())
+                notes.append(str(result))
+                if not result:
+                    raise ExportError(f"{path}: ONNX Runtime disagrees with torch: {result}")
+            self.gates["parity"] = results
+
+    def _lint(self, path: Path) -> None:
+        with self.stage(f"TensorRT op lint ({', '.join(self.lint_targets)})") as notes:
+            reports = {}
+            for target in self.lint_targets:
+                reports[target] = lint_onnx(self._onnx_for_lint(path, target), target)
+                for line in reports[target].lines():
+                    self.log("    " + line)
+            self.gates["lint"] = {t: r.to_dict() for t, r in reports.items()}
+            failed = [t for t, r in reports.items() if not r]
+            notes.append(f"failed: {', '.join(failed)}" if failed else "every target passes")
+        if failed and not self.opts.force:
+            hint = (" (re-export from the checkpoint with --target trt8.5 for opset 16)"
+                    if "trt8.5" in failed else "")
+            raise ExportError(f"{path}: TensorRT op lint failed for {', '.join(failed)}{hint}; "
+                              "--force builds anyway")
+
+    def _onnx_for_lint(self, path: Path, target: str) -> Path:
+        """The target's own ONNX: the main one, or a re-export at the target's opset."""
+        opset = 16 if target == "trt8.5" else 17
+        if self.is_onnx or self.opts.opset or opset == self.opset:
+            return path
+        other = self.work / f"{self.name}.opset{opset}.lint.onnx"
+        if not other.exists():
+            self._export(other, opset)
+        return other
+
+    def _fp16(self, path: Path) -> Path:
+        fp16_path = path.with_name(f"{self.name}.fp16.onnx")
+        with self.stage("FP16-typed ONNX + FP16 gate") as notes:
+            counts = convert_to_fp16(path, fp16_path)
+            images = gate_images(self.opts.calib_data)
+            gate = fp16_gate(path, fp16_path, images, min_agreement=self.opts.min_agreement,
+                             torch_model=self.model)
+            self.gates["fp16_gate"] = {**gate.to_dict(), **counts,
+                                       "calib_data": str(self.opts.calib_data or "")}
+            notes.append(str(gate))
+        if not gate and not self.opts.force:
+            raise ExportError(f"{path}: {gate}; --force exports anyway")
+        return fp16_path
+
+    def _publish(self, path: Path) -> Path:
+        dest = self.opts.out / path.name
+        os.replace(path, dest)
+        return dest
+
+    def _how_to_build(self, onnx_path: Path) -> str:
+        flags = f"--fp16 --batch {self.opts.batch} --max-batch {self.opts.max_batch}"
+        lines = [
+            f"No engine built: {self.missing}",
+            "Build it on the target GPU (TensorRT + pycuda; no torch needed; --target auto "
+            "picks the installed TensorRT):",
+            f"  grefel export {onnx_path} {flags} --target auto --verify",
+        ]
+        if not self.is_onnx:
+            lines.append("For TensorRT 8.5 (JetPack 5.1.x) export opset 16 first: grefel export "
+                         f"{self.source} --target trt8.5 --onnx-only, then build that ONNX.")
+        return "\n".join(lines)
+
+    # --- engine stages -------------------------------------------------------------------
+    def _engine(self, final: List[Path]) -> ExportResult:
+        from export.trt_builder import BuildOptions, build_engine
+
+        onnx_fp32 = final[0]
+        onnx_fp16 = final[1] if self.opts.fp16 else None
+        stem = engine_stem(self.name, self.opts.fp16, self.opts.max_batch)
+        work_engine = self.work / f"{stem}.engine"
+        build_opts = BuildOptions(self.opts.fp16, self.opts.batch, self.opts.max_batch,
+                                  self.opts.workspace_gib, self.opts.timing_cache,
+                                  self.opts.dla_core)
+        with self.stage("build TensorRT engine") as notes:
+            fp32_layers = fp32_node_names(onnx.load(str(onnx_fp32)))
+            build = build_engine(onnx_fp32, work_engine, build_opts, onnx_fp16=onnx_fp16,
+                                 fp32_layers=fp32_layers, log=self.log)
+            notes.append(f"{build.precision_mode}, {build.plan_bytes / 2**20:.1f} MiB")
+        if self.opts.verify:
+            self._verify(work_engine, onnx_fp32)
+        engine = self._publish(work_engine)
+        build = replace(build, engine=engine)
+        sidecar = self.opts.out / f"{stem}.json"
+        with self.stage("sidecar"):
+            write_sidecar(sidecar, engine=engine, onnx_built=build.onnx_built,
+                          onnx_fp32=onnx_fp32, build=build.to_dict(), gates=self.gates,
+                          device=device_info(self.trt), meta=onnx_meta(onnx_fp32))
+        return ExportResult(0, [*final, engine, sidecar], self.gates, f"engine: {engine}")
+
+    def _verify(self, engine: Path, onnx_fp32: Path) -> None:
+        from export.verify import verify_engine
+
+        with self.stage("verify engine vs ONNX Runtime") as notes:
+            result = verify_engine(engine, onnx_fp32, gate_images(self.opts.calib_data),
+                                   min_agreement=self.opts.min_agreement)
+            self.gates["verify"] = result.to_dict()
+            notes.append(str(result))
+        if not result and not self.opts.force:
+            raise ExportError(f"{engine.name}: {result}; the engine was not installed")
