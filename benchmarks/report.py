@@ -18,6 +18,7 @@ from grefel.fileio import atomic_write_bytes, atomic_write_json
 
 __all__ = [
     "MAC_NOTE",
+    "backend_ratios",
     "SCHEMA",
     "compare",
     "env_lines",
@@ -192,6 +193,23 @@ def env_lines(env: Dict[str, Any]) -> List[str]:
     return lines
 
 
+def backend_ratios(record: Dict[str, Any], base: str = "torch") -> List[str]:
+    """Lines "onnx / torch, model m, batch b: median 0.55x (1.8x faster)" for every other
+    backend timed on the same model and batch as `base`."""
+    ok = [r for r in record["latency"] if r["status"] == "ok"]
+    ref = {(r["model"], r["batch"]): r for r in ok if r["backend"] == base}
+    lines = []
+    for r in ok:
+        b = ref.get((r["model"], r["batch"]))
+        if r["backend"] != base and b is not None and r["median_ms"]:
+            ratio = r["median_ms"] / b["median_ms"]
+            lines.append(
+                f"{r['backend']} / {base}, {r['model']}, batch {r['batch']}: median "
+                f"latency ratio {ratio:.3f} ({1 / ratio:.2f}x the speed)"
+            )
+    return lines
+
+
 def to_markdown(record: Dict[str, Any]) -> str:
     parts = [f"# grefel bench, {record['created']}", "", "## Environment", ""]
     parts += [f"- {line}" for line in env_lines(record["environment"])]
@@ -206,14 +224,16 @@ def to_markdown(record: Dict[str, Any]) -> str:
             MAC_NOTE,
         ]
     parts += ["", "## Latency", "", _markdown(*_rows_latency(record["latency"])), ""]
-    return "\n".join(parts)
+    parts += [f"- {line}" for line in backend_ratios(record)]
+    return "\n".join(parts + [""])
 
 
 def to_text(record: Dict[str, Any]) -> str:
     out = ["Environment:"] + [f"  {line}" for line in env_lines(record["environment"])]
     if record["sizes"]:
         out += ["", "Params and FLOPs vs the paper (Table 2):", sizes_table(record), MAC_NOTE]
-    return "\n".join(out + ["", "Latency:", latency_table(record)])
+    out += ["", "Latency:", latency_table(record)]
+    return "\n".join(out + backend_ratios(record))
 
 
 def write_record(record: Dict[str, Any], out_dir: Path) -> Tuple[Path, Path]:

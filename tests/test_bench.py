@@ -174,3 +174,4 @@ def test_bench_tiny_writes_table_json_and_compares(tmp_path: Path) -> None:
     assert {s["variant"] for s in record["sizes"]} == {"no_rb", "anchors", "mhsa", "both"}
     assert "Latency:" in res.stdout and "median ms" in res.stdout and "GMACs" in res.stdout
     assert "latency ratio" in res.stdout  # onnx batch 1 matched the earlier run
+    assert "onnx / torch, tiny-random, batch 2: median latency ratio" in res.stdout
