@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 demo: venv
-	$(PY) -m benchmarks.flops --presets paper tiny
+	$(PY) -m benchmarks.flops -p paper -p tiny
 
 lint: venv
 	$(PY) -m ruff check .

@@ -1,0 +1,20 @@
+"""Shared test settings: small thread count so parallel CI steps stay predictable."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _torch_threads() -> None:
+    torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def paper_model():
+    """One paper-preset model (both RB parts) shared by the tests that need its size."""
+    from grefel.model import create_model
+
+    torch.manual_seed(0)
+    return create_model("paper", "both").eval()
