@@ -48,6 +48,8 @@ class TorchBackend(Backend):
         if self._threads:
             torch.set_num_threads(self._threads)
         self.device = self._want_device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise BackendError(f"{self.path}: PyTorch sees no CUDA GPU here; use --device cpu")
         if self._model is None:
             from grefel.checkpoint import CheckpointError, load_checkpoint
 
