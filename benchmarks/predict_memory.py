@@ -67,7 +67,8 @@ def measure(weights: Path, count: int, extra: Optional[List[str]] = None) -> Dic
         "records": records,
         "peak_rss_mib": round(peak_kib / 1024, 1),
         "seconds": round(seconds, 1),
-        "command": " ".join(cmd[1:3] + cmd[4:5] + cmd[5:7]),
+        "command": f"grefel predict <{count} images> --weights {weights} --out records.jsonl "
+        + " ".join(extra or []),
     }
 
 

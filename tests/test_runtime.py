@@ -174,6 +174,7 @@ def make_fake_trt(
     version: str = "10.3.0",
     max_batch: int = 4,
     input_dtype: Any = np.float32,
+    static: bool = False,
 ) -> types.ModuleType:
     """`tensorrt` stand-in whose engine computes its outputs with `run` (ONNX Runtime here)."""
     trt = types.ModuleType("tensorrt")
@@ -227,7 +228,11 @@ def make_fake_trt(
         def get_tensor_dtype(self, name: str) -> Any:
             return input_dtype if name == "images" else np.float32
 
+        def get_tensor_shape(self, name: str) -> tuple:
+            return (max_batch if static else -1, 3, 112, 112)
+
         def get_tensor_profile_shape(self, name: str, profile: int) -> list:
+            assert not static, "a fixed-shape engine has no optimization profile"
             return [(1, 3, 112, 112), (1, 3, 112, 112), (max_batch, 3, 112, 112)]
 
         def create_execution_context(self) -> Context:
@@ -396,6 +401,21 @@ def test_tensorrt_fp16_input_and_gpu_time(
         out, gpu_ms = trt.infer_timed(images(3))
     assert ("pagelocked_empty", 2 * 3 * 112 * 112, "float16") in calls
     assert gpu_ms == pytest.approx(3.0) and out["probs"].shape == (3, 7)
+
+
+def test_tensorrt_fixed_batch_engine_pads_the_last_chunk(
+    fake_trt: Any, models: Dict[str, Path], monkeypatch: Any
+) -> None:
+    """Checks our glue, not TensorRT: a static batch-4 engine runs 5 images as 4 + (1 padded)."""
+    calls, engine, cuda, run = fake_trt
+    install_fakes(monkeypatch, calls, run, cuda, static=True)
+    x = images(5, seed=3)
+    with open_backend(engine) as trt:
+        out = trt.infer(x)
+    with open_backend(models["onnx"]) as ox:
+        ref = ox.infer(x)
+    np.testing.assert_allclose(out["probs"], ref["probs"], atol=1e-5)
+    assert [c[2] for c in calls if c[0] == "execute_async_v3"] == [4, 4]
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,8 @@
   CUDA runtime that TensorRT uses; popped on exit. Another thread uses the backend inside
   `with backend.thread_context():`, which makes the context current there.
 - Pinned host buffers and device buffers sized once for the profile's maximum batch, one
-  non-default stream; a larger batch is split into chunks of that maximum.
+  non-default stream; a larger batch is split into chunks of that maximum (a fixed-batch engine
+  gets its last chunk zero-padded; samples never influence each other).
 - Teardown order: execution context -> engine -> runtime -> device buffers -> context pop.
 - An engine built for another GPU or TensorRT version is refused by comparing the sidecar
   (`NAME.json`: tensorrt_version, gpu_name, compute_capability, classes, input) with what is
@@ -95,6 +96,7 @@ class TensorRTBackend(Backend):
         super().__init__(path)
         self.gpu = gpu
         self.max_batch = 0
+        self._static = False
         self._trt: Any = None
         self._cuda: Any = None
         self._ctx: Any = None
@@ -144,7 +146,11 @@ class TensorRTBackend(Backend):
         inputs = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         if len(inputs) != 1:
             raise BackendError(f"{self.path}: expected one input tensor, got {inputs}")
-        max_shape = tuple(self._engine.get_tensor_profile_shape(inputs[0], 0)[2])
+        shape = tuple(self._engine.get_tensor_shape(inputs[0]))
+        self._static = -1 not in shape  # a fixed-batch engine: smaller chunks are zero-padded
+        max_shape = (
+            shape if self._static else tuple(self._engine.get_tensor_profile_shape(inputs[0], 0)[2])
+        )
         if tuple(max_shape[1:]) != INPUT_SHAPE:
             raise BackendError(f"{self.path}: input shape {max_shape}, expected (N, 3, 112, 112)")
         self.max_batch = int(max_shape[0])
@@ -213,6 +219,11 @@ class TensorRTBackend(Backend):
         return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
     def _run_chunk(self, chunk: np.ndarray, gpu_times: Optional[List[float]]) -> Outputs:
+        n = len(chunk)
+        if self._static and n < self.max_batch:
+            pad = np.zeros((self.max_batch - n,) + chunk.shape[1:], chunk.dtype)
+            out = self._run_chunk(np.concatenate([chunk, pad]), gpu_times)
+            return {name: value[:n] for name, value in out.items()}
         cuda, ctx, stream, inp = self._cuda, self._context, self._stream, self._input
         ctx.set_input_shape(inp.name, chunk.shape)
         n_in = chunk.size
