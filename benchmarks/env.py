@@ -8,6 +8,8 @@ when those tools exist (their output is recorded as is; "unreadable" when they n
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import platform
 import shutil
@@ -74,6 +76,10 @@ def _gpu() -> Dict[str, Any]:
             gpu["compute_capability"] = ".".join(map(str, torch.cuda.get_device_capability(0)))
     except ImportError:
         pass
+    toolkit = _read("/usr/local/cuda/version.json")
+    if toolkit:
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            gpu["cuda"] = json.loads(toolkit)["cuda"]["version"]
     smi = _run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"])
     if smi and not smi.startswith("unreadable"):
         name, _, driver = smi.splitlines()[0].partition(",")

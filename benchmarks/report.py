@@ -181,7 +181,9 @@ def env_lines(env: Dict[str, Any]) -> List[str]:
         + (f", driver {gpu['driver']}" if gpu.get("driver") else ""),
         "versions: "
         + ", ".join(f"{k} {val}" for k, val in v.items() if val and k != "onnxruntime_providers"),
-        f"CUDA {gpu.get('cuda') or gpu.get('torch_cuda') or 'none'}; ONNX Runtime providers "
+        f"TensorRT {v.get('tensorrt') or 'not installed'}; "
+        f"pycuda {v.get('pycuda') or 'not installed'}"
+        f"; CUDA {gpu.get('cuda') or gpu.get('torch_cuda') or 'none'}; ONNX Runtime providers "
         f"{v.get('onnxruntime_providers')}",
     ]
     jet = env.get("jetson")
@@ -302,7 +304,6 @@ def table2_sizes(presets: Sequence[str], num_classes: int = 7) -> List[Dict[str,
     beside the paper preset's rows (benchmarks.flops, benchmarks.paper)."""
     from benchmarks.flops import measure
     from benchmarks.paper import TABLE2
-
     from grefel.config import VARIANTS
 
     rows = []
