@@ -418,6 +418,23 @@ def test_tensorrt_fixed_batch_engine_pads_the_last_chunk(
     assert [c[2] for c in calls if c[0] == "execute_async_v3"] == [4, 4]
 
 
+def test_tensorrt_reads_the_export_packages_sidecar_layout(fake_trt: Any) -> None:
+    """Checks our glue, not TensorRT: `versions: {tensorrt, gpu, compute_capability}` and
+    `class_names` (export/sidecar.py) are understood like the flat keys."""
+    _, engine, _, _ = fake_trt
+    doc = {
+        "class_names": list(CLASSES),
+        "versions": {"tensorrt": "10.3.0", "gpu": "Fake Orin", "compute_capability": "8.7"},
+    }
+    engine.with_suffix(".json").write_text(json.dumps(doc))
+    with open_backend(engine) as trt:
+        assert trt.classes == CLASSES
+    doc["versions"]["compute_capability"] = "7.2"
+    engine.with_suffix(".json").write_text(json.dumps(doc))
+    with pytest.raises(BackendError, match="compute capability 7.2"), open_backend(engine):
+        pass
+
+
 @pytest.mark.parametrize(
     "sidecar, message",
     [

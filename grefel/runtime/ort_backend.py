@@ -93,8 +93,8 @@ class OrtBackend(Backend):
         if "grefel.class_names" in meta:
             return tuple(json.loads(meta["grefel.class_names"]))
         side = read_sidecar(Path(self.path))
-        if side and side.get("classes"):
-            return tuple(side["classes"])
+        if side and (side.get("classes") or side.get("class_names")):
+            return tuple(side.get("classes") or side["class_names"])
         n = int(self._session.get_outputs()[self._outputs.index("probs")].shape[-1])
         log.warning("%s: no class names in metadata or sidecar; using class0..", self.path)
         return generic_classes(n)

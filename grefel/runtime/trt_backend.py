@@ -34,7 +34,7 @@ from grefel.runtime.base import (
     read_sidecar,
 )
 
-__all__ = ["TensorRTBackend", "check_build_target"]
+__all__ = ["TensorRTBackend", "check_build_target", "sidecar_facts"]
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +51,27 @@ def _trt_release(version: str) -> str:
     return ".".join(str(version).split(".")[:3])
 
 
+def sidecar_facts(sidecar: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """tensorrt_version, gpu_name, compute_capability and classes from a sidecar: flat keys, or
+    the export package's layout (`versions: {tensorrt, gpu, compute_capability}`,
+    `class_names`)."""
+    side = sidecar or {}
+    nested = side.get("versions") if isinstance(side.get("versions"), dict) else {}
+    return {
+        "tensorrt_version": side.get("tensorrt_version") or nested.get("tensorrt"),
+        "gpu_name": side.get("gpu_name") or nested.get("gpu"),
+        "compute_capability": side.get("compute_capability") or nested.get("compute_capability"),
+        "classes": side.get("classes") or side.get("class_names"),
+    }
+
+
 def check_build_target(
     path: Path, sidecar: Optional[Dict[str, Any]], trt_version: str, gpu: str, cc: str
 ) -> None:
     """Raise BackendError if the sidecar says the engine was built elsewhere."""
     if not sidecar:
         return
+    sidecar = sidecar_facts(sidecar)
     problems = []
     built_trt = sidecar.get("tensorrt_version")
     if built_trt and _trt_release(built_trt) != _trt_release(trt_version):
@@ -172,8 +187,9 @@ class TensorRTBackend(Backend):
         return _IO(name, dtype, host, device)
 
     def _classes(self, sidecar: Optional[Dict[str, Any]]) -> Tuple[str, ...]:
-        if sidecar and sidecar.get("classes"):
-            return tuple(sidecar["classes"])
+        classes = sidecar_facts(sidecar)["classes"]
+        if classes:
+            return tuple(classes)
         probs = next(io for io in self._outputs if io.name == "probs")
         return generic_classes(probs.host.size // max(self.max_batch, 1))
 
