@@ -96,7 +96,7 @@ def test_predict_folder_skips_non_image_and_writes_csv(
         "3",
     )
     assert res.exit_code == 0, res.output
-    assert "skipped" in res.stderr and "notes.txt: not a decodable image" in res.stderr
+    assert "skipped" in res.output and "notes.txt: not a decodable image" in res.output
     rows = list(csv.DictReader(out.open()))
     assert [Path(r["source"]).name for r in rows] == ["a.png", "b.jpg", "c.png", "d.bmp"]
     for r in rows:
