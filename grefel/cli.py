@@ -195,28 +195,15 @@ def predict(
     from grefel.runtime import BackendError
     from grefel.runtime.sources import SourceError
 
-    def skip(file: str, reason: str) -> None:
-        click.echo(f"skipped {file}: {reason}", err=True)
-
     try:
         summary = run_predict(
-            src,
-            weights,
-            PredictOptions(**opts),
-            fmt,
-            out,
-            annotate,
+            src, weights, PredictOptions(**opts), fmt, out, annotate,
             None if device == "auto" else device,
-            on_skip=skip,
-        )
+            on_skip=lambda file, why: click.echo(f"skipped {file}: {why}", err=True),
+        )  # fmt: skip
     except (BackendError, SourceError, MissingDependency) as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(
-        f"{summary.frames} frames, {summary.faces} faces, {summary.no_face_frames} "
-        f"frames without a face, {len(summary.skipped)} files skipped "
-        f"({summary.seconds:.1f} s)",
-        err=True,
-    )
+    click.echo(summary.describe(), err=True)
     if json_path:
         atomic_write_json(json_path, summary.to_dict())
     if summary.frames == 0:

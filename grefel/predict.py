@@ -66,6 +66,13 @@ class PredictSummary:
     seconds: float = 0.0
     interrupted: bool = False
 
+    def describe(self) -> str:
+        return (
+            f"{self.frames} frames, {self.faces} faces, {self.no_face_frames} frames without a "
+            f"face, {len(self.skipped)} files skipped ({self.seconds:.1f} s)"
+            + (" (interrupted)" if self.interrupted else "")
+        )
+
     def to_dict(self) -> Dict[str, Any]:
         return {
             "frames": self.frames,
