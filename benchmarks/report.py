@@ -304,8 +304,6 @@ def bench_targets(weights: Sequence[Path], backends: Sequence[str], presets: Seq
         from grefel.model import create_model
 
         models = [(f"{p}-random", create_model(p).eval()) for p in presets]
-        if "tensorrt" in want:
-            targets.append(Target("(no engine)", "tensorrt"))
     for path in weights:
         suffix = Path(path).suffix.lower()
         if suffix == ".safetensors":
@@ -318,6 +316,8 @@ def bench_targets(weights: Sequence[Path], backends: Sequence[str], presets: Seq
             )
     for label, model in models:
         targets += [Target(label, b, model=model) for b in ("torch", "onnx") if b in want]
+    if "tensorrt" in want and not any(t.backend == "tensorrt" for t in targets):
+        targets.insert(0, Target("(no engine)", "tensorrt"))  # a row that says why, not nothing
     return targets
 
 
