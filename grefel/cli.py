@@ -8,7 +8,7 @@ its options to one library call.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import click
 
@@ -197,6 +197,215 @@ def export_cmd(ctx: click.Context, source: Path, json_path: Optional[Path], **op
 
 
 # --- predict, bench, info (issue 6) ------------------------------------------------------------
+
+
+def _csv_list(kind: type, allowed: Optional[Sequence[str]] = None) -> Callable[..., list]:
+    """A click callback parsing "a,b,c" into a list of `kind`, checked against `allowed`."""
+
+    def parse(ctx: click.Context, param: click.Parameter, value: Optional[str]) -> list:
+        if value is None:
+            return []
+        try:
+            items = [kind(v.strip()) for v in value.split(",") if v.strip()]
+        except ValueError:
+            msg = f"{value!r}: not a comma-separated list of {kind.__name__}"
+            raise click.BadParameter(msg) from None
+        bad = [i for i in items if allowed is not None and i not in allowed]
+        if bad or not items or (kind is int and min(items) < 1):
+            raise click.BadParameter(
+                f"{value!r}: choose from {allowed}"
+                if bad
+                else f"{value!r}: give at least one positive value"
+            )
+        return items
+
+    return parse
+
+
+@cli.command(
+    epilog="""\b
+Examples:
+  grefel predict photo.jpg --weights engines/best_fp16.engine
+  grefel predict faces/ --weights runs/demo/best.safetensors --aligned --format csv --out p.csv
+  grefel predict clip.mp4 --weights model.onnx --annotate clip_annotated.avi
+  grefel predict 0 --weights engines/best_fp16.engine --max-frames 300   # camera 0
+"""
+)
+@click.argument("src")
+@click.option(
+    "--weights",
+    "-w",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="A .engine (TensorRT), .onnx (ONNX Runtime) or .safetensors checkpoint.",
+)
+@click.option("--aligned", is_flag=True, help="Inputs are face crops: skip face detection.")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Records file (written atomically); stdout when absent.",
+)
+@click.option(
+    "--annotate",
+    type=click.Path(path_type=Path),
+    help="Annotated image (folder for a folder source; .avi/.mp4 for video or camera).",
+)
+@click.option(
+    "--threshold",
+    type=click.FloatRange(0, 1),
+    default=0.3,
+    help="Records with confidence below this are marked uncertain.",
+)
+@click.option(
+    "--smooth",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=0.6,
+    help="Per-face smoothing across video frames (weight of the past; 0 = off).",
+)
+@click.option("--batch", type=click.IntRange(min=1), default=32, help="Faces per backend call.")
+@click.option("--max-frames", type=click.IntRange(min=1), help="Stop after this many frames.")
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    help="ONNX Runtime / PyTorch device (an engine always runs on the GPU).",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the run summary (counts, skipped files) as JSON.",
+)
+def predict(
+    src: str,
+    weights: Path,
+    fmt: str,
+    out: Optional[Path],
+    annotate: Optional[Path],
+    device: str,
+    json_path: Optional[Path],
+    **opts: Any,
+) -> None:
+    """Classify the faces in SRC: an image, a folder (recursive), a video file or a camera index."""
+    from grefel._lazy import MissingDependency
+    from grefel.fileio import atomic_write_json
+    from grefel.predict import PredictOptions, run_predict
+    from grefel.runtime import BackendError
+    from grefel.runtime.sources import SourceError
+
+    try:
+        summary = run_predict(
+            src, weights, PredictOptions(**opts), fmt, out, annotate,
+            None if device == "auto" else device,
+            on_skip=lambda file, why: click.echo(f"skipped {file}: {why}", err=True),
+        )  # fmt: skip
+    except (BackendError, SourceError, MissingDependency) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(summary.describe(), err=True)
+    if json_path:
+        atomic_write_json(json_path, summary.to_dict())
+    if summary.frames == 0:
+        raise click.ClickException(f"{src}: no readable image or frame")
+
+
+@cli.command(
+    epilog="""\b
+Examples:
+  grefel bench                                   # random-init paper model: torch + ONNX Runtime
+  grefel bench --weights runs/demo/best.safetensors --batch-sizes 1,8 --iters 10 --seconds 2
+  grefel bench --weights engines/best_fp16.engine --backends trt --batch-sizes 1,8,32
+  grefel bench --compare benchmarks/results/bench_20260101-120000_orin.json
+"""
+)
+@click.option(
+    "--weights",
+    "-w",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Model files to time (repeatable); none: random init.",
+)
+@click.option(
+    "--backends",
+    default="torch,onnx,trt",
+    callback=_csv_list(str, ["torch", "onnx", "trt"]),
+    help="Backends to time.",
+)
+@click.option("--batch-sizes", default="1,8,32", callback=_csv_list(int))
+@click.option("--iters", type=click.IntRange(min=1), default=20, help="Timed calls, at least.")
+@click.option("--seconds", type=click.FloatRange(min=0), default=3.0, help="Timed time, at least.")
+@click.option(
+    "--presets",
+    default="paper",
+    callback=_csv_list(str, ["paper", "tiny"]),
+    help="Presets for the params/FLOPs table and the random-init model.",
+)
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads (default: all).")
+@click.option(
+    "--compare",
+    "compare_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="An earlier run's JSON: print ratios against it.",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("benchmarks/results"),
+    help="Folder for the JSON and Markdown record.",
+)
+def bench(
+    weights: Tuple[Path, ...],
+    backends: List[str],
+    batch_sizes: List[int],
+    iters: int,
+    seconds: float,
+    presets: List[str],
+    threads: Optional[int],
+    compare_path: Optional[Path],
+    out: Path,
+) -> None:
+    """Params/FLOPs vs the paper's Table 2, latency per backend and batch size, environment."""
+    from benchmarks.report import compare, load_record, run_bench, to_text
+
+    try:
+        previous = load_record(compare_path) if compare_path else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--compare") from None
+    record, paths = run_bench(
+        list(weights),
+        backends,
+        batch_sizes,
+        iters,
+        seconds,
+        presets,
+        out,
+        threads,
+        progress=lambda m: click.echo(m, err=True),
+    )
+    click.echo(to_text(record))
+    if previous is not None:
+        click.echo(f"\nCompared with {compare_path}:\n" + compare(record, previous))
+    click.echo(f"wrote {paths[0]} and {paths[1]}", err=True)
+
+
+@cli.command(
+    epilog="""\b
+Examples:
+  grefel info
+  grefel info --json env.json
+"""
+)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path))
+def info(json_path: Optional[Path]) -> None:
+    """Versions, CPU, GPU, TensorRT, Jetson model and power mode."""
+    from benchmarks.env import environment
+    from benchmarks.report import env_lines
+    from grefel.fileio import atomic_write_json
+
+    env = environment()
+    click.echo("\n".join(env_lines(env)))
+    if json_path:
+        atomic_write_json(json_path, env)
 
 
 def main() -> None:

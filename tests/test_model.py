@@ -166,8 +166,8 @@ def test_anchor_loss_alone_stays_finite_and_bounded() -> None:
 
 def test_tiny_preset_fits_random_labels() -> None:
     """The model can learn: 32 random images with random labels reach >= 90% training accuracy
-    (the train-mode forward of the last three steps, averaged) within a minute of CPU: one thread, 60 s of process time
-    (not wall time, so that a loaded machine does not fail it)."""
+    (the train-mode forward of the last three steps, averaged) within a minute of CPU: one
+    thread, 60 s of process time (not wall time, so that a loaded machine does not fail it)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # idle OpenMP threads spin and would inflate the process time
     torch.manual_seed(0)

@@ -30,11 +30,16 @@ class BottleneckIR(nn.Module):
 
     def __init__(self, in_chs: int, out_chs: int, stride: int) -> None:
         super().__init__()
+        self.stride = stride
+        # Upstream's shortcut is MaxPool2d(1, stride) or Conv2d(1x1, stride) + BN. Both only
+        # read every stride-th pixel, so forward subsamples by slicing first and the shortcut
+        # runs at stride 1: same values and state-dict keys, no pooling pass, and the 1x1 conv
+        # stays on oneDNN's fast path (strided 1x1 convs fall back to a slow im2col kernel).
         if in_chs == out_chs:
-            self.shortcut_layer: nn.Module = nn.MaxPool2d(1, stride)
+            self.shortcut_layer: nn.Module = nn.Identity()
         else:
             self.shortcut_layer = nn.Sequential(
-                nn.Conv2d(in_chs, out_chs, 1, stride, bias=False), nn.BatchNorm2d(out_chs)
+                nn.Conv2d(in_chs, out_chs, 1, 1, bias=False), nn.BatchNorm2d(out_chs)
             )
         self.res_layer = nn.Sequential(
             nn.BatchNorm2d(in_chs),
@@ -45,7 +50,8 @@ class BottleneckIR(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.res_layer(x) + self.shortcut_layer(x)
+        s = self.stride
+        return self.res_layer(x) + self.shortcut_layer(x[:, :, ::s, ::s] if s > 1 else x)
 
 
 def _stage(in_chs: int, out_chs: int, units: int) -> nn.Sequential:

@@ -16,6 +16,8 @@ smaller windows partition both streams the same way.
 
 from __future__ import annotations
 
+from typing import Any, Optional, Tuple
+
 import torch
 from torch import nn
 
@@ -89,6 +91,22 @@ class WindowCrossAttention(nn.Module):
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
         # Derived, not learned: recomputed at construction, never saved.
         self.register_buffer("relative_position_index", _relative_index(window), persistent=False)
+        self._bias_cache: Optional[Tuple[Tuple[Any, ...], torch.Tensor]] = None
+
+    def relative_bias(self) -> torch.Tensor:
+        """b of eq. 2 as (1, h, N, N). Under inference mode the gather from the table is
+        cached until the table changes (in-place updates bump its version counter)."""
+        table = self.relative_position_bias_table
+        if not torch.is_inference_mode_enabled():
+            return self._gather_bias()
+        key = (id(table), table._version, table.device, table.dtype)
+        if self._bias_cache is None or self._bias_cache[0] != key:
+            self._bias_cache = (key, self._gather_bias())
+        return self._bias_cache[1]
+
+    def _gather_bias(self) -> torch.Tensor:
+        bias = self.relative_position_bias_table[self.relative_position_index]  # (N, N, h)
+        return bias.permute(2, 0, 1).unsqueeze(0).contiguous()  # (1, h, N, N)
 
     def forward(self, query: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """query: landmark (B', N, C); tokens: normalised image (B', N, C) -> (B', N, C)."""
@@ -99,8 +117,7 @@ class WindowCrossAttention(nn.Module):
         # Scale q before the matmul so q k^T stays in FP16 range.
         q = query.reshape(-1, N, h, d).transpose(1, 2) * self.scale  # (B', h, N, d)
         attn = q @ k.transpose(-2, -1)  # (B', h, N, N)
-        bias = self.relative_position_bias_table[self.relative_position_index]  # (N, N, h)
-        attn = attn + bias.permute(2, 0, 1).unsqueeze(0)  # eq. 2: + b
+        attn = attn + self.relative_bias()  # eq. 2: + b
         attn = attn.softmax(dim=-1)
         out = (attn @ v).transpose(1, 2).reshape(-1, N, C)  # (B', N, C), heads merged
         return self.proj(out)

@@ -1,0 +1,188 @@
+"""Latency and throughput of inference backends (`grefel bench` part b).
+
+Protocol (mirrors trtexec, reference/tensorrt_jetson.md §5): warm up for at least
+`warmup_iters` calls and `warmup_seconds`, then time at least `min_iters` calls and at least
+`min_seconds` of wall time with `time.perf_counter`; report the median / p90 / p99 (nearest
+rank) of the end-to-end latency per call, and images/s = batch * calls / total time. Backends
+that time the GPU (TensorRT, PyTorch on CUDA) also give the GPU compute time from CUDA events,
+apart from the end-to-end time that includes host-device copies.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence
+
+import numpy as np
+
+from grefel._lazy import MissingDependency, require
+from grefel.runtime import Backend, BackendError, open_backend
+
+__all__ = [
+    "LatencyResult",
+    "Target",
+    "export_onnx_for_bench",
+    "measure_latency",
+    "percentile",
+    "run",
+]
+
+
+@dataclass
+class LatencyResult:
+    backend: str
+    model: str
+    device: str
+    batch: int
+    status: str = "ok"  # "ok", or why the backend did not run
+    iters: int = 0
+    seconds: float = 0.0
+    median_ms: Optional[float] = None
+    p90_ms: Optional[float] = None
+    p99_ms: Optional[float] = None
+    images_per_s: Optional[float] = None
+    gpu_median_ms: Optional[float] = None
+    gpu_p90_ms: Optional[float] = None
+    gpu_p99_ms: Optional[float] = None
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in [0, 100]) of a non-empty sequence."""
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100.0 * len(ordered)))
+    return float(ordered[rank - 1])
+
+
+def measure_latency(
+    backend: Backend,
+    batch: int,
+    min_iters: int = 20,
+    min_seconds: float = 3.0,
+    warmup_iters: int = 3,
+    warmup_seconds: float = 0.5,
+    model: str = "",
+    seed: int = 0,
+) -> LatencyResult:
+    """Time `backend.infer_timed` on a fixed random batch (the backend must be open)."""
+    images = np.random.default_rng(seed).random((batch, 3, 112, 112), dtype=np.float32)
+    start = time.perf_counter()
+    done = 0
+    while done < warmup_iters or time.perf_counter() - start < warmup_seconds:
+        backend.infer_timed(images)
+        done += 1
+    wall: List[float] = []
+    gpu: List[float] = []
+    begin = time.perf_counter()
+    while len(wall) < min_iters or time.perf_counter() - begin < min_seconds:
+        t0 = time.perf_counter()
+        _, gpu_ms = backend.infer_timed(images)
+        wall.append((time.perf_counter() - t0) * 1e3)
+        if gpu_ms is not None:
+            gpu.append(gpu_ms)
+    total = time.perf_counter() - begin
+    res = LatencyResult(
+        backend.name, model, backend.device, batch, iters=len(wall), seconds=round(total, 3)
+    )
+    res.median_ms, res.p90_ms, res.p99_ms = (round(percentile(wall, q), 3) for q in (50, 90, 99))
+    res.images_per_s = round(batch * len(wall) / total, 2) if total > 0 else None
+    if gpu:
+        res.gpu_median_ms, res.gpu_p90_ms, res.gpu_p99_ms = (
+            round(percentile(gpu, q), 3) for q in (50, 90, 99)
+        )
+    return res
+
+
+def export_onnx_for_bench(model: Any, path: Path) -> Path:
+    """A dynamic-batch FP32 ONNX of `model` (probs, primary, confidence) for timing only."""
+    import torch
+
+    class _Outputs(torch.nn.Module):
+        def __init__(self, inner: Any) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, images: torch.Tensor):
+            out = self.inner(images)
+            return out.probs, out.primary, out.confidence
+
+    names = ["probs", "primary", "confidence"]
+    with torch.no_grad():
+        torch.onnx.export(
+            _Outputs(model.eval()),
+            (torch.rand(2, 3, 112, 112),),
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            input_names=["images"],
+            output_names=names,
+            dynamic_axes={n: {0: "batch"} for n in ["images", *names]},
+            do_constant_folding=True,
+        )
+    return path
+
+
+@dataclass
+class Target:
+    """One thing to time: a model file, or an in-memory torch model (random init / checkpoint)."""
+
+    label: str
+    backend: str  # torch, onnx, tensorrt
+    path: Optional[Path] = None
+    model: Any = None
+
+
+def _open(target: Target, threads: Optional[int]) -> Backend:
+    if target.model is not None:
+        from grefel.runtime.torch_backend import TorchBackend
+
+        return TorchBackend(model=target.model, threads=threads)
+    if target.path is None:  # TensorRT asked for without an engine file
+        require("tensorrt")
+        raise BackendError("no .engine file given: build one on this GPU with `grefel export`")
+    return open_backend(target.path, threads=threads)
+
+
+def _iter_targets(targets: Sequence[Target], tmp: Path) -> Iterator[Target]:
+    """Targets, with each in-memory model's ONNX target exported on demand into `tmp`."""
+    for t in targets:
+        if t.backend == "onnx" and t.path is None:
+            yield Target(t.label, "onnx", export_onnx_for_bench(t.model, tmp / f"{t.label}.onnx"))
+        else:
+            yield t
+
+
+def run(
+    targets: Sequence[Target],
+    batch_sizes: Sequence[int],
+    min_iters: int,
+    min_seconds: float,
+    threads: Optional[int] = None,
+    progress: Any = None,
+) -> List[LatencyResult]:
+    """Time every target at every batch size; a backend that cannot run gives a status row."""
+    results: List[LatencyResult] = []
+    with tempfile.TemporaryDirectory(prefix="grefel-bench-") as tmp:
+        for target in _iter_targets(targets, Path(tmp)):
+            try:
+                with _open(target, threads) as backend:
+                    for b in batch_sizes:
+                        if progress:
+                            progress(f"{target.backend} {target.label} batch {b} ...")
+                        results.append(
+                            measure_latency(backend, b, min_iters, min_seconds, model=target.label)
+                        )
+            except (MissingDependency, BackendError) as exc:
+                results += [
+                    LatencyResult(
+                        target.backend, target.label, "-", b, status=f"unavailable: {exc}"
+                    )
+                    for b in batch_sizes
+                ]
+    return results

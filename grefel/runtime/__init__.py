@@ -1,0 +1,65 @@
+"""Inference backends behind one interface, and the preprocessing that feeds them.
+
+    with open_backend("engines/best_fp16.engine") as backend:   # or .onnx / .safetensors
+        out = backend.infer(batch)        # float32 (N, 3, 112, 112) -> {"probs": (N, C), ...}
+
+Importing this package imports neither torch nor onnxruntime, tensorrt or pycuda: each backend
+imports its library when it opens, so a Jetson that runs engines needs numpy, TensorRT and
+pycuda only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from grefel.runtime.base import INPUT_SHAPE, OUTPUTS, Backend, BackendError, Outputs
+
+__all__ = [
+    "BACKENDS",
+    "INPUT_SHAPE",
+    "OUTPUTS",
+    "Backend",
+    "BackendError",
+    "Outputs",
+    "open_backend",
+]
+
+# File suffix -> backend name.
+BACKENDS = {".engine": "tensorrt", ".plan": "tensorrt", ".onnx": "onnx", ".safetensors": "torch"}
+
+
+def open_backend(
+    path: Union[str, Path], device: Optional[str] = None, threads: Optional[int] = None
+) -> Backend:
+    """The backend for a model file, chosen by suffix (not yet opened: use it with `with`).
+
+    Args:
+        path: `.engine` (TensorRT + pycuda), `.onnx` (ONNX Runtime, CUDA provider when present)
+            or `.safetensors` (a grefel checkpoint, PyTorch).
+        device: "cpu" or "cuda" (ONNX Runtime and PyTorch); None picks CUDA when available.
+        threads: CPU threads for ONNX Runtime / PyTorch (None: the library default).
+    """
+    path = Path(path)
+    kind = BACKENDS.get(path.suffix.lower())
+    if kind is None:
+        raise BackendError(
+            f"{path}: unknown model file type {path.suffix!r}; use .engine (TensorRT), "
+            ".onnx (ONNX Runtime) or .safetensors (PyTorch checkpoint)"
+        )
+    if not path.is_file():
+        raise BackendError(f"{path}: no such model file")
+    backend: Any
+    if kind == "tensorrt":
+        from grefel.runtime.trt_backend import TensorRTBackend
+
+        backend = TensorRTBackend(path)
+    elif kind == "onnx":
+        from grefel.runtime.ort_backend import OrtBackend
+
+        backend = OrtBackend(path, device=device, threads=threads)
+    else:
+        from grefel.runtime.torch_backend import TorchBackend
+
+        backend = TorchBackend(path, device=device, threads=threads)
+    return backend

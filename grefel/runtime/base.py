@@ -1,0 +1,128 @@
+"""The one interface every inference backend shares (TensorRT, ONNX Runtime, PyTorch).
+
+A backend is a context manager: construction only records the file, `__enter__` loads the model
+and allocates memory, `__exit__` frees it. The public `infer` checks the batch against the model
+contract (float32, (N, 3, 112, 112), finite) and then calls the backend's `_infer`, which returns
+numpy arrays keyed by the ONNX output names (at least probs, primary, confidence).
+
+No module here imports torch, onnxruntime, tensorrt or pycuda at import time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import numpy as np
+
+__all__ = [
+    "INPUT_SHAPE",
+    "OUTPUTS",
+    "Backend",
+    "BackendError",
+    "check_outputs",
+    "Outputs",
+    "generic_classes",
+    "read_sidecar",
+]
+
+log = logging.getLogger(__name__)
+
+INPUT_SHAPE = (3, 112, 112)
+OUTPUTS = ("probs", "primary", "confidence")
+
+Outputs = Dict[str, np.ndarray]
+
+
+class BackendError(RuntimeError):
+    """A model file or batch that a backend cannot use; the message names the file and why."""
+
+
+def generic_classes(n: int) -> Tuple[str, ...]:
+    return tuple(f"class{i}" for i in range(n))
+
+
+def read_sidecar(path: Path) -> Optional[Dict[str, Any]]:
+    """The JSON sidecar `NAME.json` beside a model file, or None (with a warning) if absent."""
+    side = Path(path).with_suffix(".json")
+    if not side.is_file():
+        log.warning("%s: no sidecar %s; classes and build target are unknown", path, side.name)
+        return None
+    try:
+        return json.loads(side.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise BackendError(f"{side}: unreadable sidecar JSON ({exc})") from None
+
+
+class Backend:
+    """Base class: context manager plus a validating `infer` (polygraphy's BaseRunner shape).
+
+    Subclasses set `name` and implement `_open`, `_close` and `_infer`; `_open` sets
+    `self.classes` (class names in output order).
+    """
+
+    name = "base"
+
+    def __init__(self, path: Optional[Path] = None) -> None:
+        self.path = Path(path) if path is not None else None
+        self.classes: Tuple[str, ...] = ()
+        self.device = "cpu"
+        self.active = False
+
+    def __enter__(self) -> Backend:
+        if not self.active:
+            self._open()
+            self.active = True
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.active:
+            self.active = False
+            self._close()
+
+    def infer(self, batch: np.ndarray) -> Outputs:
+        """float32 (N, 3, 112, 112) RGB in [0, 1] -> {"probs": (N, C), "primary": (N, C),
+        "confidence": (N,), ...}."""
+        return self._infer(self._check(batch))
+
+    def infer_timed(self, batch: np.ndarray) -> Tuple[Outputs, Optional[float]]:
+        """`infer` plus the GPU compute time in ms (CUDA events), or None on the CPU."""
+        return self.infer(batch), None
+
+    def describe(self) -> str:
+        return f"{self.name} on {self.device}" + (f" ({self.path.name})" if self.path else "")
+
+    def _check(self, batch: Any) -> np.ndarray:
+        if not self.active:
+            raise BackendError(f"{self.describe()}: use the backend inside `with` (not opened)")
+        if not isinstance(batch, np.ndarray):
+            raise BackendError(f"expected a numpy array, got {type(batch).__name__}")
+        if batch.dtype != np.float32:
+            raise BackendError(f"expected float32 images, got {batch.dtype}")
+        if batch.ndim != 4 or tuple(batch.shape[1:]) != INPUT_SHAPE or batch.shape[0] < 1:
+            raise BackendError(f"expected shape (N, 3, 112, 112) with N >= 1, got {batch.shape}")
+        if not np.isfinite(batch).all():
+            raise BackendError("the batch contains NaN or inf")
+        return np.ascontiguousarray(batch)
+
+    def _open(self) -> None:
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        raise NotImplementedError
+
+    def _infer(self, batch: np.ndarray) -> Outputs:
+        raise NotImplementedError
+
+
+def check_outputs(outputs: Outputs, names: Sequence[str] = OUTPUTS) -> Outputs:
+    """Every backend returns at least `names`; a missing output is a model-file problem."""
+    missing = [n for n in names if n not in outputs]
+    if missing:
+        raise BackendError(f"the model has no output(s) {missing}; got {sorted(outputs)}")
+    return outputs

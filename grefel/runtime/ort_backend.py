@@ -1,0 +1,107 @@
+"""ONNX Runtime backend: an `.onnx` file, on the CUDA provider when ONNX Runtime has it.
+
+Class names come from the model's metadata (`grefel.class_names`, written by `grefel export`),
+else from the sidecar's `classes`, else generic names with a warning.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Optional, Tuple
+
+import numpy as np
+
+from grefel._lazy import require
+from grefel.runtime.base import (
+    Backend,
+    BackendError,
+    Outputs,
+    check_outputs,
+    generic_classes,
+    read_sidecar,
+)
+
+__all__ = ["OrtBackend"]
+
+log = logging.getLogger(__name__)
+
+
+class OrtBackend(Backend):
+    """An ONNX model in ONNX Runtime.
+
+    Args:
+        path: the .onnx file (input `images`, outputs probs / primary / confidence).
+        device: "cpu", "cuda" or None for CUDA when the CUDA provider is installed.
+        threads: intra-op threads (None: ONNX Runtime's default, all cores).
+    """
+
+    name = "onnx"
+
+    def __init__(
+        self, path: Path, device: Optional[str] = None, threads: Optional[int] = None
+    ) -> None:
+        super().__init__(path)
+        self._want_device = device
+        self._threads = threads
+        self._session: Any = None
+
+    def _providers(self, ort: Any) -> Tuple[str, ...]:
+        available = ort.get_available_providers()
+        want_cuda = self._want_device in (None, "cuda")
+        if want_cuda and "CUDAExecutionProvider" in available:
+            self.device = "cuda"
+            return ("CUDAExecutionProvider", "CPUExecutionProvider")
+        if self._want_device == "cuda":
+            raise BackendError(
+                f"{self.path}: ONNX Runtime has no CUDA provider here ({available}); "
+                "install onnxruntime-gpu or use --device cpu"
+            )
+        self.device = "cpu"
+        return ("CPUExecutionProvider",)
+
+    def _open(self) -> None:
+        ort = require("onnxruntime")
+        if not Path(self.path).is_file():
+            raise BackendError(f"{self.path}: no such ONNX file")
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.inter_op_num_threads = 1
+        if self._threads:
+            opts.intra_op_num_threads = self._threads
+        opts.log_severity_level = 3
+        try:
+            self._session = ort.InferenceSession(
+                str(self.path), opts, providers=list(self._providers(ort))
+            )
+        except BackendError:
+            raise
+        except Exception as exc:  # onnxruntime raises its own exception types for bad files
+            raise BackendError(f"{self.path}: not a loadable ONNX model ({exc})") from None
+        inputs = self._session.get_inputs()
+        if len(inputs) != 1:
+            raise BackendError(f"{self.path}: expected one input, got {len(inputs)}")
+        self._input = inputs[0].name
+        self._outputs = [o.name for o in self._session.get_outputs()]
+        check_outputs(dict.fromkeys(self._outputs))
+        self.classes = self._read_classes()
+
+    def _read_classes(self) -> Tuple[str, ...]:
+        meta = self._session.get_modelmeta().custom_metadata_map
+        if "grefel.class_names" in meta:
+            return tuple(json.loads(meta["grefel.class_names"]))
+        side = read_sidecar(Path(self.path))
+        if side and (side.get("classes") or side.get("class_names")):
+            return tuple(side.get("classes") or side["class_names"])
+        n = int(self._session.get_outputs()[self._outputs.index("probs")].shape[-1])
+        log.warning("%s: no class names in metadata or sidecar; using class0..", self.path)
+        return generic_classes(n)
+
+    def _close(self) -> None:
+        self._session = None
+
+    def _infer(self, batch: np.ndarray) -> Outputs:
+        values = self._session.run(self._outputs, {self._input: batch})
+        return {n: np.asarray(v, dtype=np.float32) for n, v in zip(self._outputs, values)}

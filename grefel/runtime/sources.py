@@ -1,0 +1,110 @@
+"""Frame sources for `grefel predict`: an image, a folder (recursive), a video file, a camera.
+
+Every source is a lazy iterator of `Frame`s (one decoded RGB frame at a time), so a folder of
+any size is streamed with flat memory. A file in a folder that cannot be decoded comes out as a
+`Skipped` item (the caller logs, counts and lists it) and the walk goes on. A source that cannot
+be opened at all (missing path, unreadable video, absent camera) raises `SourceError`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator, NamedTuple, Optional, Union
+
+import numpy as np
+
+from grefel._lazy import require
+from grefel.runtime.preprocess import ImageError, decode_image
+
+__all__ = ["VIDEO_SUFFIXES", "Frame", "Skipped", "SourceError", "iter_source", "source_kind"]
+
+VIDEO_SUFFIXES = {".avi", ".mp4", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"}
+
+
+class SourceError(ValueError):
+    """The source as a whole cannot be read; the message names it and the problem."""
+
+
+class Frame(NamedTuple):
+    source: str  # file path, or "camera:N"
+    index: int  # frame number within a video / camera, 0 for images
+    image: np.ndarray  # RGB uint8 (H, W, 3)
+    fps: float  # frames per second of a video or camera, 0 for images
+
+
+class Skipped(NamedTuple):
+    source: str
+    reason: str
+
+
+Item = Union[Frame, Skipped]
+
+
+def source_kind(src: str) -> str:
+    """ "camera" (an integer), "folder", "video" (by suffix) or "image"."""
+    if src.strip().isdigit():
+        return "camera"
+    path = Path(src)
+    if not path.exists():
+        raise SourceError(f"{src}: no such file or folder")
+    if path.is_dir():
+        return "folder"
+    return "video" if path.suffix.lower() in VIDEO_SUFFIXES else "image"
+
+
+def iter_source(src: str, max_frames: Optional[int] = None) -> Iterator[Item]:
+    """Frames of `src` in order (a folder: sorted, recursive), at most `max_frames` of them."""
+    kind = source_kind(src)
+    if kind == "image":
+        items: Iterator[Item] = iter([_image(Path(src), strict=True)])
+    elif kind == "folder":
+        items = _folder(Path(src))
+    elif kind == "video":
+        items = _capture(src, src, f"{src}: unreadable video (OpenCV cannot decode it)")
+    else:
+        index = int(src)
+        items = _capture(
+            index, f"camera:{index}", f"camera index {index} does not exist or cannot be opened"
+        )
+    frames = 0
+    for item in items:
+        if max_frames is not None and frames >= max_frames:
+            break
+        frames += isinstance(item, Frame)
+        yield item
+
+
+def _image(path: Path, strict: bool) -> Item:
+    try:
+        return Frame(str(path), 0, decode_image(path), 0.0)
+    except ImageError as exc:
+        if strict:
+            raise SourceError(str(exc)) from None
+        return Skipped(str(path), str(exc).split(": ", 1)[-1])
+
+
+def _folder(root: Path) -> Iterator[Item]:
+    """Every regular file under `root` (hidden ones excluded), sorted, one at a time."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if not name.startswith("."):
+                yield _image(Path(dirpath) / name, strict=False)
+
+
+def _capture(target: Union[str, int], label: str, error: str) -> Iterator[Item]:
+    cv2 = require("cv2")
+    cap = cv2.VideoCapture(target)
+    try:
+        ok, frame = cap.read() if cap.isOpened() else (False, None)
+        if not ok or frame is None:
+            raise SourceError(error)
+        fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+        index = 0
+        while ok and frame is not None:
+            yield Frame(label, index, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), fps)
+            index += 1
+            ok, frame = cap.read()
+    finally:
+        cap.release()

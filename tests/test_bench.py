@@ -1,0 +1,177 @@
+"""`grefel bench` / `grefel info`: latency protocol, records, comparison, environment."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any, List, Optional, Tuple
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from benchmarks.env import device_label, environment
+from benchmarks.latency import LatencyResult, measure_latency, percentile
+from benchmarks.report import compare, load_record, make_record, to_markdown, write_record
+from grefel.cli import cli
+from grefel.runtime.base import Backend
+
+
+class SleepyBackend(Backend):
+    """Sleeps `ms` per call and counts calls; optionally reports a fixed GPU time."""
+
+    name = "sleepy"
+
+    def __init__(self, ms: float, gpu_ms: Optional[float] = None) -> None:
+        super().__init__()
+        self.ms, self.gpu_ms, self.calls = ms, gpu_ms, 0
+
+    def _open(self) -> None:
+        self.classes = ("a", "b")
+
+    def _close(self) -> None:
+        pass
+
+    def _infer(self, batch: np.ndarray) -> Any:
+        self.calls += 1
+        time.sleep(self.ms / 1e3)
+        n = len(batch)
+        return {"probs": np.full((n, 2), 0.5, np.float32)}
+
+    def infer_timed(self, batch: np.ndarray) -> Tuple[Any, Optional[float]]:
+        return self.infer(batch), self.gpu_ms
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = list(range(1, 101))
+    assert percentile(values, 50) == 50 and percentile(values, 90) == 90
+    assert percentile(values, 99) == 99 and percentile([7.0], 99) == 7.0
+    assert percentile([3, 1, 2], 100) == 3
+
+
+def test_measure_latency_runs_at_least_n_iters_and_t_seconds() -> None:
+    with SleepyBackend(2.0) as b:
+        res = measure_latency(
+            b, batch=4, min_iters=5, min_seconds=0.1, warmup_iters=2, warmup_seconds=0.0
+        )
+    assert res.iters >= 5 and res.seconds >= 0.1
+    assert b.calls == res.iters + 2
+    assert 2.0 <= res.median_ms <= res.p90_ms <= res.p99_ms
+    assert res.images_per_s == pytest.approx(4 * res.iters / res.seconds, rel=0.05)
+    assert res.gpu_median_ms is None
+    with SleepyBackend(0.0, gpu_ms=1.25) as b:
+        res = measure_latency(b, batch=1, min_iters=3, min_seconds=0.0, warmup_seconds=0.0)
+    assert res.gpu_median_ms == res.gpu_p99_ms == 1.25
+
+
+def _row(backend: str, batch: int, median: float, model: str = "m") -> dict:
+    r = LatencyResult(
+        backend,
+        model,
+        "cpu",
+        batch,
+        iters=10,
+        seconds=1.0,
+        median_ms=median,
+        p90_ms=median,
+        p99_ms=median,
+        images_per_s=1e3 * batch / median,
+    )
+    return r.to_dict()
+
+
+def test_record_files_markdown_and_compare(tmp_path: Path) -> None:
+    env = {
+        "host": "my host!",
+        "cpu": "x",
+        "cpu_cores": 2,
+        "gpu": {},
+        "jetson": None,
+        "versions": {"grefel": "0.1.0"},
+    }
+    old = make_record(
+        {"batch_sizes": [1, 8]}, env, [], [_row("torch", 1, 100.0), _row("onnx", 8, 400.0)]
+    )
+    new = make_record(
+        {"batch_sizes": [1, 8]}, env, [], [_row("torch", 1, 50.0), _row("onnx", 8, 400.0)]
+    )
+    json_path, md_path = write_record(old, tmp_path)
+    assert re.fullmatch(r"bench_\d{8}-\d{6}_my-host\.json", json_path.name)
+    assert (
+        md_path.with_suffix(".json") == json_path
+        and "| torch | m | cpu | 1 |" in md_path.read_text()
+    )
+    assert load_record(json_path) == json.loads(json_path.read_text())
+    text = compare(new, load_record(json_path))
+    assert "0.500" in text and "2.000" in text  # latency halved, throughput doubled
+    assert "1.000" in text
+    assert "## Latency" in to_markdown(new)
+    (tmp_path / "other.json").write_text("{}")
+    with pytest.raises(ValueError, match="not a grefel bench record"):
+        load_record(tmp_path / "other.json")
+
+
+def test_environment_block_and_device_label() -> None:
+    env = environment()
+    assert env["cpu_cores"] >= 1 and env["versions"]["grefel"]
+    assert (
+        env["versions"]["onnxruntime"]
+        and "CPUExecutionProvider" in env["versions"]["onnxruntime_providers"]
+    )
+    assert device_label({"host": "a.b", "jetson": {"model": "NVIDIA Jetson AGX Orin"}}) == (
+        "nvidia-jetson-agx-orin"
+    )
+
+
+@pytest.mark.parametrize("command", ["predict", "bench", "info"])
+def test_help(command: str) -> None:
+    res = CliRunner().invoke(cli, [command, "--help"])
+    assert res.exit_code == 0 and "Examples:" in res.output
+
+
+def test_info_prints_environment(tmp_path: Path) -> None:
+    res = CliRunner().invoke(cli, ["info", "--json", str(tmp_path / "env.json")])
+    assert res.exit_code == 0 and "versions:" in res.output
+    assert json.loads((tmp_path / "env.json").read_text())["cpu_cores"] >= 1
+
+
+def test_bench_tiny_writes_table_json_and_compares(tmp_path: Path) -> None:
+    earlier = tmp_path / "earlier.json"
+    env = {"host": "h", "gpu": {}, "versions": {}}
+    earlier.write_text(json.dumps(make_record({}, env, [], [_row("onnx", 1, 1e6, "tiny-random")])))
+    out = tmp_path / "results"
+    args = [
+        "bench",
+        "--presets",
+        "tiny",
+        "--backends",
+        "torch,onnx,trt",
+        "--batch-sizes",
+        "1,2",
+        "--iters",
+        "2",
+        "--seconds",
+        "0",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+        "--compare",
+        str(earlier),
+    ]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    (json_path,) = out.glob("bench_*.json")
+    record = load_record(json_path)
+    rows: List[dict] = record["latency"]
+    ok = {(r["backend"], r["batch"]) for r in rows if r["status"] == "ok"}
+    assert ok == {("torch", 1), ("torch", 2), ("onnx", 1), ("onnx", 2)}
+    assert all(r["median_ms"] > 0 and r["iters"] >= 2 for r in rows if r["status"] == "ok")
+    trt = [r for r in rows if r["backend"] == "tensorrt"]
+    assert len(trt) == 2 and all(r["status"].startswith("unavailable") for r in trt)
+    assert {s["variant"] for s in record["sizes"]} == {"no_rb", "anchors", "mhsa", "both"}
+    assert "Latency:" in res.stdout and "median ms" in res.stdout and "GMACs" in res.stdout
+    assert "latency ratio" in res.stdout  # onnx batch 1 matched the earlier run
+    assert "onnx / torch, tiny-random, batch 2: median latency ratio" in res.stdout

@@ -1,0 +1,196 @@
+"""`grefel predict` over an image, a folder and a video; bad inputs give clear errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any, Dict, List
+
+import cv2
+import numpy as np
+import pytest
+import test_runtime as rt  # the model files and TensorRT fakes (same module object as pytest's)
+from click.testing import CliRunner
+
+from grefel.cli import cli
+from grefel.predict import Tracker, entropy_confidence
+
+CLASSES = rt.CLASSES
+models = rt.models
+fake_trt = rt.fake_trt
+
+
+def _noise(h: int, w: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Path]:
+    """A folder of 4 images (one nested) plus a text file, a 6-frame MJPG video, a bad video."""
+    root = tmp_path_factory.mktemp("media")
+    folder = root / "faces"
+    (folder / "sub").mkdir(parents=True)
+    for i, name in enumerate(["a.png", "b.jpg", "sub/c.png", "sub/d.bmp"]):
+        cv2.imwrite(str(folder / name), _noise(96 + 8 * i, 112, i))
+    (folder / "notes.txt").write_text("not an image")
+    video = root / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (128, 96))
+    for i in range(6):
+        writer.write(_noise(96, 128, 100 + i))
+    writer.release()
+    bad_video = root / "broken.avi"
+    bad_video.write_bytes(b"RIFF0000AVI garbage")
+    return {"folder": folder, "image": folder / "a.png", "video": video, "bad_video": bad_video}
+
+
+def _invoke(*args: Any) -> Any:
+    return CliRunner().invoke(cli, ["predict", *map(str, args)])
+
+
+def _jsonl(text: str) -> List[Dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def _check_record(rec: Dict[str, Any]) -> None:
+    assert set(rec) >= {
+        "source",
+        "frame",
+        "box",
+        "label",
+        "probs",
+        "primary",
+        "confidence",
+        "uncertain",
+        "face",
+    }
+    assert list(rec["probs"]) == list(CLASSES) and rec["label"] in CLASSES
+    assert abs(sum(rec["probs"].values()) - 1.0) < 1e-4
+    assert rec["uncertain"] == (rec["confidence"] < 0.3)
+
+
+def test_predict_image_jsonl(models: Dict[str, Path], media: Dict[str, Path]) -> None:
+    res = _invoke(media["image"], "--weights", models["onnx"], "--aligned")
+    assert res.exit_code == 0, res.output
+    (rec,) = _jsonl(res.stdout)
+    _check_record(rec)
+    assert rec["box"] == [0, 0, 112, 96] and rec["face"] is True and rec["frame"] == 0
+
+
+def test_predict_folder_skips_non_image_and_writes_csv(
+    models: Dict[str, Path], media: Dict[str, Path], tmp_path: Path
+) -> None:
+    out, summary = tmp_path / "p.csv", tmp_path / "summary.json"
+    res = _invoke(
+        media["folder"],
+        "-w",
+        models["ckpt"],
+        "--aligned",
+        "--format",
+        "csv",
+        "--out",
+        out,
+        "--json",
+        summary,
+        "--batch",
+        "3",
+    )
+    assert res.exit_code == 0, res.output
+    assert "skipped" in res.output and "notes.txt: not a decodable image" in res.output
+    rows = list(csv.DictReader(out.open()))
+    assert [Path(r["source"]).name for r in rows] == ["a.png", "b.jpg", "c.png", "d.bmp"]
+    for r in rows:
+        assert abs(sum(float(r[f"prob_{c}"]) for c in CLASSES) - 1.0) < 1e-4
+        assert r["label"] in CLASSES
+    info = json.loads(summary.read_text())
+    assert info["frames"] == 4 and [Path(s["file"]).name for s in info["skipped"]] == ["notes.txt"]
+
+
+def test_predict_backends_agree_on_a_folder(
+    models: Dict[str, Path], media: Dict[str, Path], fake_trt: Any
+) -> None:
+    """Torch, ONNX Runtime and (fake) TensorRT give the same records for the same folder."""
+    _, engine, _, _ = fake_trt
+    runs = [
+        _jsonl(_invoke(media["folder"], "-w", w, "--aligned").stdout)
+        for w in (models["ckpt"], models["onnx"], engine)
+    ]
+    assert len(runs[0]) == 4
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            assert a["label"] == b["label"] and a["box"] == b["box"]
+            for c in CLASSES:
+                assert abs(a["probs"][c] - b["probs"][c]) < 1e-4
+
+
+def test_predict_video_tracks_smooths_and_annotates(
+    models: Dict[str, Path], media: Dict[str, Path], tmp_path: Path
+) -> None:
+    annotated = tmp_path / "annotated.avi"
+    res = _invoke(
+        media["video"], "-w", models["onnx"], "--annotate", annotated, "--max-frames", "5"
+    )
+    assert res.exit_code == 0, res.output
+    recs = _jsonl(res.stdout)
+    assert [r["frame"] for r in recs] == [0, 1, 2, 3, 4]
+    for r in recs:
+        _check_record(r)
+    # Haar finds no face in noise: documented fallback, whole frame with face: false
+    assert all(r["face"] is False and r["box"] == [0, 0, 128, 96] for r in recs)
+    assert {r["track"] for r in recs} == {0}  # the same box across frames is one track
+    cap = cv2.VideoCapture(str(annotated))
+    assert cap.isOpened() and int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 5
+    cap.release()
+
+
+def test_tracker_smooths_matched_faces_only() -> None:
+    tr = Tracker(smooth=0.6)
+    p0 = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
+    ids, s0 = tr.update("v", [(0, 0, 10, 10), (50, 50, 60, 60)], p0)
+    assert ids == [0, 1] and np.allclose(s0, p0)
+    p1 = np.array([[0.0, 1.0], [0.5, 0.5]], np.float32)
+    ids, s1 = tr.update("v", [(1, 1, 11, 11), (200, 200, 210, 210)], p1)
+    assert ids == [0, 2]  # first matches track 0 by IoU; the far box is a new face
+    assert np.allclose(s1[0], [0.6, 0.4]) and np.allclose(s1[1], [0.5, 0.5])
+    ids, _ = tr.update("other", [(1, 1, 11, 11)], p1[:1])
+    assert ids == [3]  # a new source starts fresh
+
+
+def test_entropy_confidence_guards() -> None:
+    c = entropy_confidence(np.array([[1.0, 0.0, 0.0], [1 / 3, 1 / 3, 1 / 3]], np.float32))
+    assert np.allclose(c, [1.0, 0.0], atol=1e-6) and np.isfinite(c).all()
+
+
+@pytest.mark.parametrize(
+    "src, message",
+    [
+        ("bad_video", "unreadable video"),
+        ("97", "camera index 97 does not exist or cannot be opened"),
+        ("missing.png", "no such file or folder"),
+        ("text", "not a decodable image"),
+    ],
+)
+def test_predict_bad_sources_fail_clearly(
+    models: Dict[str, Path], media: Dict[str, Path], src: str, message: str
+) -> None:
+    target = {"bad_video": media["bad_video"], "text": media["folder"] / "notes.txt"}.get(src, src)
+    res = _invoke(target, "-w", models["onnx"])
+    assert res.exit_code == 1 and message in res.output
+    assert "Traceback" not in res.output
+
+
+def test_predict_engine_that_is_not_an_engine(fake_trt: Any, media: Dict[str, Path]) -> None:
+    """With the TensorRT fakes (checks our glue): a non-engine file is a clear error."""
+    _, engine, _, _ = fake_trt
+    engine.write_bytes(b"\x00garbage")
+    res = _invoke(media["folder"], "-w", engine, "--aligned")
+    assert res.exit_code == 1 and "not a TensorRT engine" in res.output
+
+
+def test_predict_engine_without_tensorrt_says_what_to_install(
+    tmp_path: Path, media: Dict[str, Path]
+) -> None:
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"plan")
+    res = _invoke(media["image"], "-w", engine)
+    assert res.exit_code == 1 and "tensorrt is not available" in res.output
