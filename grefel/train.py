@@ -170,7 +170,7 @@ def _check_finite(run: Run, loss: torch.Tensor, indices: torch.Tensor, epoch: in
     kept = f"{run.out / 'last.safetensors'} (epoch {run.epoch})" if run.epoch else "none yet"
     where = "this batch" if not torch.isfinite(loss) else "another rank's batch"
     raise TrainingError(
-        f"non-finite loss ({float(loss)}) at epoch {epoch + 1}, step {step + 1} on {where}; "
+        f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {step + 1} on {where}; "
         f"the run stops. Files of rank {run.rank}'s batch: {', '.join(files)}. "
         f"Last good checkpoint: {kept}."
     )
@@ -426,7 +426,8 @@ def _prepare_out(out: Path, cfg: TrainConfig, config: Dict[str, Any], rank: int)
                             "continue it or choose another --out")
     if cfg.resume and saved.is_file():
         before = json.loads(saved.read_text()).get("model", {})
-        diff = sorted(k for k in config["model"] if before.get(k) != config["model"][k])
+        now = json.loads(json.dumps(config["model"]))  # tuples as lists, like the saved file
+        diff = sorted(k for k in now if before.get(k) != now[k])
         if diff:
             raise TrainingError(f"--resume: the model config differs from {saved} in {diff}")
     if rank == 0:
