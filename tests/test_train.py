@@ -174,7 +174,8 @@ def test_unreadable_images_are_named_or_an_error_with_strict(tmp_path):
     assert res.exit_code == 0, res.output
     assert "skipped 1 unreadable" in res.output and "train_003.png" in res.output
     assert _rows(tmp_path / "a")[0]["skipped"] == "1"
-    res = CliRunner().invoke(cli, _train_args(data, tmp_path / "b", 1) + ["--strict", "--val-split", ""])
+    strict = ["--strict", "--val-split", ""]
+    res = CliRunner().invoke(cli, _train_args(data, tmp_path / "b", 1) + strict)
     assert res.exit_code == 1 and "train_003.png" in res.output
     assert "Traceback" not in res.output
 
