@@ -1,0 +1,43 @@
+"""Datasets for grefel: readers, the synthetic SynthFER set, data refinement and transforms.
+
+    from grefel.data import load_samples, FERDataset, collate_skip, make_transforms, RefinedSampler
+    samples, classes = load_samples("data/synthfer", split="train")
+
+Names are loaded on first use, so `grefel.data.synthfer` (numpy + PIL only) does not import torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "DatasetError",
+    "FERDataset",
+    "RefinedSampler",
+    "Sample",
+    "class_counts",
+    "collate_skip",
+    "generate_synthfer",
+    "load_samples",
+    "make_transforms",
+]
+
+_LAZY = {
+    "DatasetError": "grefel.data.datasets",
+    "FERDataset": "grefel.data.datasets",
+    "Sample": "grefel.data.datasets",
+    "class_counts": "grefel.data.datasets",
+    "collate_skip": "grefel.data.datasets",
+    "load_samples": "grefel.data.datasets",
+    "RefinedSampler": "grefel.data.sampler",
+    "make_transforms": "grefel.data.transforms",
+    "generate_synthfer": "grefel.data.synthfer",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'grefel.data' has no attribute {name!r}")

@@ -1,0 +1,237 @@
+"""Samples, the dataset-reader entry point, the torch Dataset and its skip-aware collate.
+
+`load_samples(root, kind, split)` turns a dataset folder into `(samples, class_names)`; the
+per-dataset readers and their expected layouts live in `grefel.data.readers`. `FERDataset`
+decodes one image per item (any PIL mode -> RGB), applies a transform and returns
+`(image [3,S,S] in [0,1], label, index)`; an unreadable file is `None` (or a `DatasetError` when
+strict), and `collate_skip` drops those and reports which dataset indices they were.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+__all__ = [
+    "KINDS",
+    "MIN_SIDE",
+    "DatasetError",
+    "FERDataset",
+    "Sample",
+    "class_counts",
+    "collate_skip",
+    "detect_kind",
+    "load_image",
+    "load_samples",
+]
+
+_log = logging.getLogger("grefel.data")
+
+MIN_SIDE = 16  # images smaller than this (either side, in pixels) are refused as unreadable
+KINDS = (
+    "auto", "rafdb", "affectnet7", "affectnet8", "ferplus", "fergdb", "affwild2", "jaffe",
+    "imagefolder", "csv",
+)
+
+
+class DatasetError(ValueError):
+    """A dataset folder or file does not match what its reader expects; the message names it."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One labelled image.
+
+    path: absolute file path, or `FILE#ROW` for images stored inside a table (FER2013 pixels).
+    label: class index into the reader's class names.
+    group: the video / identity / face group for data refinement ("" = its own group).
+    attrs: extra string attributes (RAF-DB gender/race/age, SynthFER skin, clean_label, ...).
+    """
+
+    path: str
+    label: int
+    group: str = ""
+    attrs: Dict[str, str] = field(default_factory=dict)
+
+
+def class_counts(samples: Sequence[Sample], num_classes: int) -> List[int]:
+    """Number of samples per class index 0..num_classes-1."""
+    counts = [0] * num_classes
+    for s in samples:
+        if not 0 <= s.label < num_classes:
+            raise DatasetError(f"{s.path}: label {s.label} outside 0..{num_classes - 1}")
+        counts[s.label] += 1
+    return counts
+
+
+# --- reading a dataset folder -------------------------------------------------------------------
+
+
+def detect_kind(root: Union[str, Path], split: str = "train") -> str:
+    """The reader kind whose layout `root` matches (see grefel.data.readers for the layouts)."""
+    from grefel.data import readers
+
+    return readers.detect_kind(Path(root), split)
+
+
+def load_samples(
+    root: Union[str, Path], kind: str = "auto", split: str = "train", **kw: object
+) -> Tuple[List[Sample], Tuple[str, ...]]:
+    """Read the `split` of the dataset at `root` -> (samples, class names in label order).
+
+    kind: one of KINDS; "auto" detects the layout. Extra keywords go to the reader
+    (e.g. `fold=` for JAFFE). Raises DatasetError naming the missing or malformed file.
+    """
+    from grefel.data import readers
+
+    root = Path(root).expanduser()
+    if kind not in KINDS:
+        raise DatasetError(f"unknown dataset kind {kind!r}; choose from {', '.join(KINDS)}")
+    if not root.is_dir():
+        raise DatasetError(f"{root}: dataset folder does not exist")
+    if kind == "auto":
+        kind = readers.detect_kind(root, split)
+    samples, classes = readers.READERS[kind](root, split, **kw)
+    if not samples:
+        raise DatasetError(f"{root}: the {kind} reader found no samples for split {split!r}")
+    class_counts(samples, len(classes))  # validates every label index
+    _log.info("%s: %d %s samples (%s)", root, len(samples), split, kind)
+    return samples, tuple(classes)
+
+
+# --- decoding one image -------------------------------------------------------------------------
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB: grey, 16-bit/float grey, CMYK, palette, alpha over white."""
+    if im.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        a = np.asarray(im, dtype=np.float32)
+        lo, hi = float(a.min()), float(a.max())
+        a = (a - lo) * (255.0 / max(hi - lo, 1e-6))
+        im = Image.fromarray(a.clip(0, 255).astype(np.uint8), "L")
+    has_alpha = im.mode in ("RGBA", "LA", "PA") or (
+        im.mode == "P" and "transparency" in im.info
+    )
+    if has_alpha:
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def load_image(path: str) -> Image.Image:
+    """Decode `path` (or `TABLE#ROW`) to an RGB PIL image; DatasetError naming the file if not."""
+    if Path(path).name.partition("#")[0].endswith(".csv") and "#" in path:
+        from grefel.data.readers import table_image
+
+        img = table_image(path)
+    else:
+        try:
+            with Image.open(path) as im:
+                im.load()
+                img = _to_rgb(im)
+        except FileNotFoundError:
+            raise DatasetError(f"{path}: file not found") from None
+        except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, struct.error...
+            raise DatasetError(f"{path}: unreadable or corrupt image ({e})") from None
+    w, h = img.size
+    if min(w, h) < MIN_SIDE:
+        raise DatasetError(f"{path}: image too small ({w}x{h} px; need at least {MIN_SIDE} px)")
+    return img
+
+
+def _crop_box(img: Image.Image, attrs: Dict[str, str]) -> Image.Image:
+    """Crop to attrs["box"] = "x,y,w,h" (AffectNet face boxes) when the sample has one."""
+    if "box" not in attrs:
+        return img
+    x, y, w, h = (float(v) for v in attrs["box"].split(","))
+    if w < MIN_SIDE or h < MIN_SIDE:
+        return img
+    return img.crop((int(x), int(y), int(x + w), int(y + h)))
+
+
+# --- the torch Dataset ---------------------------------------------------------------------------
+
+# Dataset indices whose image was unreadable, recorded in the process that decoded them. The
+# DataLoader runs __getitem__ and the collate function of one batch in the same process (the main
+# one, or the worker), so collate_skip can name the indices behind a batch's None items.
+_SKIPPED: List[int] = []
+
+
+class FERDataset(Dataset):
+    """Samples -> (image FloatTensor [3,S,S] in [0,1], label, index), or None if unreadable.
+
+    Args:
+        samples: from `load_samples`.
+        class_names: the class names in label order.
+        transform: PIL RGB image -> FloatTensor [3,S,S]; default the eval transform at 112.
+        strict: raise DatasetError on an unreadable image instead of returning None.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        class_names: Sequence[str],
+        transform: Optional[Callable[[Image.Image], torch.Tensor]] = None,
+        strict: bool = False,
+    ) -> None:
+        from grefel.data.transforms import make_transforms
+
+        self.samples = list(samples)
+        self.class_names = tuple(class_names)
+        self.transform = transform if transform is not None else make_transforms(False)
+        self.strict = strict
+        self.failures: Dict[int, str] = {}  # index -> reason, for items decoded in this process
+        class_counts(self.samples, len(self.class_names))
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def labels(self) -> List[int]:
+        return [s.label for s in self.samples]
+
+    @property
+    def groups(self) -> List[str]:
+        return [s.group for s in self.samples]
+
+    def __getitem__(self, i: int) -> Optional[Tuple[torch.Tensor, int, int]]:
+        s = self.samples[i]
+        try:
+            img = _crop_box(load_image(s.path), s.attrs)
+        except DatasetError as e:
+            if self.strict:
+                raise
+            self.failures[i] = str(e)
+            _SKIPPED.append(i)
+            _log.warning("skipping %s", e)
+            return None
+        return self.transform(img), s.label, i
+
+
+def collate_skip(
+    batch: Sequence[Optional[Tuple[torch.Tensor, int, int]]],
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, List[int]]:
+    """Stack the readable items -> (images [B,3,S,S], labels [B], indices [B], skipped indices).
+
+    `skipped` lists the dataset indices of the None items (unreadable images) in this batch. A
+    batch with no readable item gives empty tensors of shape [0,3,112,112] / [0].
+    """
+    items = [b for b in batch if b is not None]
+    n_bad = len(batch) - len(items)
+    skipped = _SKIPPED[len(_SKIPPED) - n_bad:] if n_bad else []
+    del _SKIPPED[:]
+    if not items:
+        empty = torch.empty(0, dtype=torch.int64)
+        return torch.empty(0, 3, 112, 112), empty, empty.clone(), skipped
+    images = torch.stack([b[0] for b in items])  # [B,3,S,S]
+    labels = torch.tensor([b[1] for b in items], dtype=torch.int64)
+    indices = torch.tensor([b[2] for b in items], dtype=torch.int64)
+    return images, labels, indices, list(skipped)
