@@ -41,6 +41,44 @@ def weights() -> None:
 
 # --- train, eval, data synth (issue 3) ---------------------------------------------------------
 
+
+@data.command(
+    "synth",
+    epilog="""\b
+Examples:
+  grefel data synth --out data/synthfer --n 2000
+  grefel data synth --out data/synthfer_noisy --n 2000 --noise 0.2
+  grefel data synth --out data/synthfer8 --n 4000 --imbalance uniform --contempt
+""",
+)
+@click.option("--out", "out", type=click.Path(file_okay=False), required=True,
+              help="Folder to write images/, train/val/test.csv, classes.txt, landmarks.csv.")
+@click.option("--n", "n", type=click.IntRange(min=3), default=2000, help="Number of images.")
+@click.option("--seed", type=int, default=0, help="Same seed and options give the same bytes.")
+@click.option("--noise", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.0,
+              help="Fraction of TRAIN labels flipped to another class (val/test stay clean).")
+@click.option("--imbalance", type=click.Choice(["rafdb", "uniform"]), default="rafdb",
+              help="Class frequencies: RAF-DB basic train counts, or equal.")
+@click.option("--contempt/--no-contempt", default=False, help="Add contempt as an 8th class.")
+@click.option("--size", type=click.IntRange(min=32), default=112, help="Image side in pixels.")
+def data_synth(out: str, n: int, seed: int, noise: float, imbalance: str, contempt: bool,
+               size: int) -> None:
+    """Generate SynthFER, the bundled procedurally drawn expression dataset."""
+    import time
+
+    from grefel.data.synthfer import generate_synthfer
+
+    start = time.perf_counter()
+    click.echo(f"drawing {n} faces into {out} ...", err=True)
+    try:
+        path = generate_synthfer(out, n, seed=seed, noise=noise, imbalance=imbalance,
+                                 contempt=contempt, size=size)
+    except (OSError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"done in {time.perf_counter() - start:.1f} s", err=True)
+    click.echo((path / "README.txt").read_text(), nl=False)
+
+
 def _user_error(exc: BaseException) -> click.ClickException:
     """A ClickException from a library error; a DataLoader worker's traceback is cut off."""
     text = str(exc).strip()
@@ -187,43 +225,6 @@ def eval_(checkpoint, data, dataset, split, out, batch_size, workers, device, st
         from grefel.fileio import atomic_write_json
 
         atomic_write_json(json_path, report)
-
-
-@data.command(
-    "synth",
-    epilog="""\b
-Examples:
-  grefel data synth --out data/synthfer --n 2000
-  grefel data synth --out data/synthfer_noisy --n 2000 --noise 0.2
-  grefel data synth --out data/synthfer8 --n 4000 --imbalance uniform --contempt
-""",
-)
-@click.option("--out", "out", type=click.Path(file_okay=False), required=True,
-              help="Folder to write images/, train/val/test.csv, classes.txt, landmarks.csv.")
-@click.option("--n", "n", type=click.IntRange(min=3), default=2000, help="Number of images.")
-@click.option("--seed", type=int, default=0, help="Same seed and options give the same bytes.")
-@click.option("--noise", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.0,
-              help="Fraction of TRAIN labels flipped to another class (val/test stay clean).")
-@click.option("--imbalance", type=click.Choice(["rafdb", "uniform"]), default="rafdb",
-              help="Class frequencies: RAF-DB basic train counts, or equal.")
-@click.option("--contempt/--no-contempt", default=False, help="Add contempt as an 8th class.")
-@click.option("--size", type=click.IntRange(min=32), default=112, help="Image side in pixels.")
-def data_synth(out: str, n: int, seed: int, noise: float, imbalance: str, contempt: bool,
-               size: int) -> None:
-    """Generate SynthFER, the bundled procedurally drawn expression dataset."""
-    import time
-
-    from grefel.data.synthfer import generate_synthfer
-
-    start = time.perf_counter()
-    click.echo(f"drawing {n} faces into {out} ...", err=True)
-    try:
-        path = generate_synthfer(out, n, seed=seed, noise=noise, imbalance=imbalance,
-                                 contempt=contempt, size=size)
-    except (OSError, ValueError) as e:
-        raise click.ClickException(str(e)) from None
-    click.echo(f"done in {time.perf_counter() - start:.1f} s", err=True)
-    click.echo((path / "README.txt").read_text(), nl=False)
 
 
 # --- weights import (issue 4) ------------------------------------------------------------------

@@ -45,6 +45,9 @@ from grefel.metrics import (
 __all__ = ["EvalError", "evaluate_checkpoint", "format_report", "predict", "score_predictions"]
 
 PathLike = Union[str, Path]
+# Sample attributes that are not groups to report accuracy over (labels, boxes, per-sample
+# continuous values): RAF-DB gender/race/age and SynthFER skin/occlusion remain.
+NOT_GROUPS = frozenset({"clean_label", "box", "intensity"})
 
 
 class EvalError(ValueError):
@@ -118,7 +121,7 @@ def score_predictions(
     majority, base_acc = majority_baseline(
         train_labels if train_labels is not None else labels, labels, len(class_names)
     )
-    keys = sorted({k for a in attrs for k in a})
+    keys = sorted({k for a in attrs for k in a} - NOT_GROUPS)
     return {
         "n": int(len(labels)),
         "final": _classification(labels, final, class_names),
