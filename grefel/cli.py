@@ -133,6 +133,10 @@ def _train_options(func):
         click.option("--strict", is_flag=True, help="Unreadable images are an error."),
         click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
                      help="Override any DataConfig/TrainConfig field (data.KEY for data)."),
+        click.option("--pretrained-ir50", default="", type=click.Path(dir_okay=False),
+                     help="face.evoLVe / POSTER V2 IR-50 weights for the image stream."),
+        click.option("--pretrained-mobilefacenet", default="", type=click.Path(dir_okay=False),
+                     help="pytorch_face_landmark MobileFaceNet weights (landmark stream)."),
         click.option("--json", "json_path", type=click.Path(dir_okay=False),
                      help="Write the run summary as JSON."),
     ]
@@ -162,6 +166,7 @@ def train(**opts) -> None:
     from grefel.config import DataConfig, TrainConfig
     from grefel.data import DatasetError
     from grefel.train import TrainingError, apply_overrides, run_training
+    from grefel.weights import WeightsError
 
     overrides, json_path = opts.pop("overrides"), opts.pop("json_path")
     data_keys = {f.name for f in dataclasses.fields(DataConfig)}
@@ -173,7 +178,7 @@ def train(**opts) -> None:
         raise click.BadParameter(str(exc)) from None
     try:
         summary = run_training(d, t)
-    except (DatasetError, TrainingError) as exc:
+    except (DatasetError, TrainingError, WeightsError) as exc:
         raise _user_error(exc) from None
     if summary["rank"] != 0:
         return

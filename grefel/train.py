@@ -261,12 +261,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _sampler_state(run: Run, epoch: int) -> Dict[str, Any]:
-    if hasattr(run.sampler, "state_dict"):
-        return run.sampler.state_dict()
-    return {"epoch": epoch}
-
-
 def save_epoch(run: Run, row: Dict[str, Any], rngs: List[Dict[str, Any]]) -> None:
     """Rank 0: best/last checkpoints, the resumable state (last), then the metric files."""
     meta = {"epoch": run.epoch, "data_config": dataclasses.asdict(run.data_cfg),
@@ -295,7 +289,7 @@ def write_state(run: Run, rngs: List[Dict[str, Any]]) -> None:
         "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(),
         "scaler": run.scaler.state_dict(),
-        "sampler": _sampler_state(run, run.epoch),
+        "sampler": getattr(run.sampler, "state_dict", lambda: {"epoch": run.epoch})(),
         "rng": rngs,
         "best": dict(run.best),
         "history": list(run.history),
@@ -336,12 +330,9 @@ def write_metrics(out: Path, history: List[Dict[str, Any]]) -> None:
     for row in history:
         keys += [k for k in row if k not in keys]
     lines = [",".join(keys)]
-    lines += [",".join(_csv_cell(row.get(k, "")) for k in keys) for row in history]
+    cell = lambda v: f"{v:.6g}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines += [",".join(cell(row.get(k, "")) for k in keys) for row in history]
     atomic_write_bytes(out / "metrics.csv", ("\n".join(lines) + "\n").encode())
-
-
-def _csv_cell(value: Any) -> str:
-    return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
 
@@ -411,9 +402,20 @@ def build_loaders(d: DataConfig, seed: int, rank: int, world: int) -> Dict[str, 
             "val_loader": val_loader, "classes": classes}
 
 
-def build_model(model_cfg: GReFELConfig, cfg: TrainConfig) -> GReFEL:
-    """The network of `model_cfg`, with the pretrained stream weights `cfg` names."""
-    return GReFEL(model_cfg)
+def build_model(model_cfg: GReFELConfig, cfg: TrainConfig, rank: int = 0) -> GReFEL:
+    """The network of `model_cfg`, with the pretrained stream weights `cfg` names.
+
+    An import also sets that stream's input normalisation in `model.cfg` (grefel.weights).
+    """
+    model = GReFEL(model_cfg)
+    for path, kind in ((cfg.pretrained_ir50, "ir50"), (cfg.pretrained_mobilefacenet,
+                                                        "mobilefacenet")):
+        if path:
+            from grefel.weights import import_pretrained
+
+            report = import_pretrained(model, path, kind)
+            log(rank, f"imported {len(report.loaded)} {kind} tensors from {path}")
+    return model
 
 
 def _prepare_out(out: Path, cfg: TrainConfig, config: Dict[str, Any], rank: int) -> None:
@@ -438,12 +440,11 @@ def build_run(d: DataConfig, cfg: TrainConfig) -> Run:
     rank, world, device = setup_distributed(cfg.device)
     seed_everything(cfg.seed + rank)
     data = build_loaders(d, cfg.seed, rank, world)
-    model_cfg = cfg.model_config(data["classes"])
-    out = Path(cfg.out)
+    raw = build_model(cfg.model_config(data["classes"]), cfg, rank).to(device)
+    model_cfg, out = raw.cfg, Path(cfg.out)
     config = {"model": model_cfg.to_dict(), "data": dataclasses.asdict(d),
               "train": dataclasses.asdict(cfg), "world_size": world}
     _prepare_out(out, cfg, config, rank)
-    raw = build_model(model_cfg, cfg).to(device)
     model: torch.nn.Module = raw
     if world > 1:
         ids = [device.index] if device.type == "cuda" else None
