@@ -202,6 +202,17 @@ class FERDataset(Dataset):
     def groups(self) -> List[str]:
         return [s.group for s in self.samples]
 
+    def failure(self, i: int) -> str:
+        """Why item i is unreadable ("" if it decodes): for logging indices that collate_skip
+        reported from DataLoader workers, whose `failures` dicts the main process cannot see."""
+        if i in self.failures:
+            return self.failures[i]
+        try:
+            load_image(self.samples[i].path)
+        except DatasetError as e:
+            return str(e)
+        return ""
+
     def __getitem__(self, i: int) -> Optional[Tuple[torch.Tensor, int, int]]:
         s = self.samples[i]
         try:
@@ -226,7 +237,7 @@ def collate_skip(
     """
     items = [b for b in batch if b is not None]
     n_bad = len(batch) - len(items)
-    skipped = _SKIPPED[len(_SKIPPED) - n_bad:] if n_bad else []
+    skipped = _SKIPPED[max(len(_SKIPPED) - n_bad, 0):] if n_bad else []
     del _SKIPPED[:]
     if not items:
         empty = torch.empty(0, dtype=torch.int64)

@@ -209,12 +209,13 @@ _RAF_ATTRS = {
 
 
 def _raf_attrs(path: Path) -> Dict[str, str]:
-    """gender / race / age from a RAF-DB manual attribute file (its last three lines)."""
+    """gender / race / age from a RAF-DB manual attribute file (lines 6-8, after 5 landmarks)."""
     lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
-    if len(lines) < 3:
-        raise DatasetError(f"{path}: expected landmark lines then gender, race, age")
+    if len(lines) < 8:
+        raise DatasetError(f"{path}: expected 5 landmark lines then gender, race, age "
+                           f"({len(lines)} lines)")
     attrs = {}
-    for (key, names), value in zip(_RAF_ATTRS.items(), lines[-3:]):
+    for (key, names), value in zip(_RAF_ATTRS.items(), lines[5:8]):
         if not value.isdigit() or int(value) >= len(names):
             raise DatasetError(f"{path}: {key} code {value!r} is not one of 0..{len(names) - 1}")
         attrs[key] = names[int(value)]
@@ -379,7 +380,7 @@ def read_fergdb(root: Path, split: str, **_: object) -> Result:
     _check_split(split, ("train", "val", "test", "all"), root, "FERG-DB")
     classes = DATASET_CLASSES["fergdb"]
     characters = sorted(p for p in root.iterdir() if p.is_dir())
-    samples, empty, unknown = [], [], []
+    samples, empty, unknown, total = [], [], [], 0
     for char in characters:
         for folder in sorted(p for p in char.iterdir() if p.is_dir()):
             emotion = folder.name.rsplit("_", 1)[-1].lower()
@@ -389,6 +390,7 @@ def read_fergdb(root: Path, split: str, **_: object) -> Result:
             files = _image_files(folder)
             if not files:
                 empty.append(str(folder))
+            total += len(files)
             for p in files:
                 if split in ("all", _stable_split(p.name)):
                     samples.append(Sample(str(p.resolve()), classes.index(emotion), char.name,
@@ -398,7 +400,7 @@ def read_fergdb(root: Path, split: str, **_: object) -> Result:
                            f"{_listing(unknown)}")
     if empty:
         raise DatasetError(f"{root}: {len(empty)} empty emotion folder(s): {_listing(empty)}")
-    if not samples:
+    if not total:
         raise DatasetError(f"{root}: no FERG-DB images (layout ROOT/<character>/"
                            "<character>_<emotion>/*.png)")
     return samples, classes
