@@ -129,6 +129,8 @@ def _train_options(func):
         click.option("--workers", type=int, default=d.workers, help="DataLoader workers."),
         click.option("--seed", type=int, default=t.seed),
         click.option("--device", default=t.device, help="auto, cpu, cuda or cuda:N."),
+        click.option("--threads", type=int, default=t.threads,
+                     help="torch CPU threads per process; 0 = torch's default."),
         click.option("--resume", is_flag=True, help="Continue the run in --out."),
         click.option("--strict", is_flag=True, help="Unreadable images are an error."),
         click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",

@@ -272,6 +272,7 @@ class TrainConfig:
     amp: bool = True  # autocast + GradScaler, on CUDA only
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int = 0  # torch CPU threads per process; 0 = torch's default
     resume: bool = False
     lambda_cls: Optional[float] = None
     lambda_anchor: Optional[float] = None
@@ -288,7 +289,7 @@ class TrainConfig:
         _require(self.lr > 0 and 0 < self.gamma <= 1, "need lr > 0 and 0 < gamma <= 1")
         _require(0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)")
         _require(self.class_weights in ("none", "inverse"), "class_weights: none or inverse")
-        _require(self.clip_grad >= 0, "clip_grad must be >= 0")
+        _require(self.clip_grad >= 0 and self.threads >= 0, "clip_grad, threads must be >= 0")
         _require(self.freeze in ("landmark", "image", "none"), "freeze: landmark, image or none")
         _require(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda"),
                  f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")

@@ -119,8 +119,7 @@ class Run:
 
 def log(run_or_rank: Any, message: str) -> None:
     """A line on stderr, from rank 0 only."""
-    rank = run_or_rank if isinstance(run_or_rank, int) else run_or_rank.rank
-    if rank == 0:
+    if getattr(run_or_rank, "rank", run_or_rank) == 0:
         sys.stderr.write(message + "\n")
         sys.stderr.flush()
 
@@ -438,6 +437,8 @@ def _prepare_out(out: Path, cfg: TrainConfig, config: Dict[str, Any], rank: int)
 
 def build_run(d: DataConfig, cfg: TrainConfig) -> Run:
     rank, world, device = setup_distributed(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed + rank)
     data = build_loaders(d, cfg.seed, rank, world)
     raw = build_model(cfg.model_config(data["classes"]), cfg, rank).to(device)
