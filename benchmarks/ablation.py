@@ -19,11 +19,13 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import multiprocessing
 import os
 import platform
 import statistics
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
@@ -43,7 +45,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--threads", type=int, default=1, help="torch threads (shared machines: 1)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained in parallel processes")
     p.add_argument("--work", default="runs/ablation", help="datasets and run folders")
     p.add_argument("--out", default=str(RESULTS), help="where the JSON/Markdown record goes")
     return p.parse_args(argv)
@@ -88,6 +91,13 @@ def one_run(args: argparse.Namespace, data: Path, noise: float, variant: str, se
         "majority_acc": report["majority_baseline"]["accuracy"],
         "train_seconds": round(train_s, 1), "total_seconds": round(time.perf_counter() - start, 1),
     }
+
+
+def _init(args: argparse.Namespace) -> None:
+    """Worker start: its torch thread count."""
+    import torch
+
+    torch.set_num_threads(args.threads)
 
 
 def _mean_std(values: List[float]) -> Dict[str, float]:
@@ -141,28 +151,28 @@ def main(argv: Sequence[str] = ()) -> int:
     args = parse_args(argv or sys.argv[1:])
     import torch
 
-    torch.set_num_threads(args.threads)
     work, out = Path(args.work), Path(args.out)
     settings = {k: getattr(args, k) for k in ("n", "noise", "variants", "seeds", "epochs",
-                                              "batch_size", "lr", "threads")}
+                                              "batch_size", "lr", "threads", "jobs")}
     partial = work / "ablation_partial.json"
     runs: List[Dict[str, Any]] = []
     if partial.is_file() and json.loads(partial.read_text())["settings"] == settings:
         runs = json.loads(partial.read_text())["runs"]
     start = time.perf_counter()
-    for noise in args.noise:
-        data = dataset(work, args.n, noise)
-        for variant in args.variants:
-            for seed in args.seeds:
-                if any((r["noise"], r["variant"], r["seed"]) == (noise, variant, seed)
-                       for r in runs):
-                    continue
-                runs.append(one_run(args, data, noise, variant, seed))
-                r = runs[-1]
-                print(f"noise {noise:g} {variant:8s} seed {seed}: test acc {r['test_acc']:.3f} "
-                      f"macro-F1 {r['test_macro_f1']:.3f} ({r['total_seconds']:.0f}s)",
-                      file=sys.stderr, flush=True)
-                atomic_write_json(partial, {"settings": settings, "runs": runs})
+    done = {(r["noise"], r["variant"], r["seed"]) for r in runs}
+    todo = [(dataset(work, args.n, noise), noise, variant, seed)
+            for noise in args.noise for variant in args.variants for seed in args.seeds
+            if (noise, variant, seed) not in done]
+    ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch state
+    with ProcessPoolExecutor(args.jobs, mp_context=ctx, initializer=_init, initargs=(args,)) as ex:
+        futures = [ex.submit(one_run, args, *job) for job in todo]
+        for future in as_completed(futures):
+            r = future.result()
+            runs.append(r)
+            print(f"noise {r['noise']:g} {r['variant']:8s} seed {r['seed']}: test acc "
+                  f"{r['test_acc']:.3f} macro-F1 {r['test_macro_f1']:.3f} "
+                  f"({r['total_seconds']:.0f}s)", file=sys.stderr, flush=True)
+            atomic_write_json(partial, {"settings": settings, "runs": runs})
     date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
     record = {
         "date": date, "settings": settings, "summary": summarise(runs), "runs": runs,

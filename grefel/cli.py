@@ -113,12 +113,18 @@ def _train_options(func):
         click.option("--lambda-center", type=float, help="Eq. 23 weight [preset: 1]."),
         click.option("--anchors-per-class", type=int, help="K [preset: 10]."),
         click.option("--delta", type=float, help="Eq. 14 softmax steepness [preset: 1]."),
+        click.option("--head-dropout", type=float, help="Eq. 9 MLP dropout [preset: 0.5]."),
+        click.option("--augment/--no-augment", default=d.augment,
+                     help="Training augmentation (off: eval resize only)."),
         click.option("--label-smoothing", type=float, default=t.label_smoothing,
                      help="Eq. 20 smoothing; the paper supplement's \"smoothing term 11\" "
                           "reads as 0.11 to us."),
         click.option("--class-weights", type=click.Choice(["none", "inverse"]),
                      default=t.class_weights, help="inverse: inverse frequency, mean 1."),
         click.option("--clip-grad", type=float, default=t.clip_grad, help="Max grad norm; 0 off."),
+        click.option("--precise-bn", type=int, default=t.precise_bn,
+                     help="Training images to recompute BatchNorm statistics on after each "
+                          "epoch; 0 = off."),
         click.option("--freeze", type=click.Choice(["landmark", "image", "none"]),
                      default=t.freeze, help="Stream kept frozen."),
         click.option("--amp/--no-amp", default=t.amp, help="Mixed precision (CUDA only)."),

@@ -238,6 +238,7 @@ class DataConfig:
     refine_per_class: int = 0  # B of paper §4.1; 0 = plain shuffle of the whole split
     refine_per_group: int = 0  # N_pg of paper §4.1; 0 = no per-group cap
     strict: bool = False  # unreadable images are an error instead of skipped
+    augment: bool = True  # the training augmentation; off = the eval resize only
 
     def __post_init__(self) -> None:
         _require(self.batch_size >= 2, f"batch_size must be >= 2, got {self.batch_size}")
@@ -248,7 +249,9 @@ class DataConfig:
 
 
 # TrainConfig fields that override GReFELConfig fields (None keeps the preset's value).
-MODEL_OVERRIDES = ("lambda_cls", "lambda_anchor", "lambda_center", "anchors_per_class", "delta")
+MODEL_OVERRIDES = (
+    "lambda_cls", "lambda_anchor", "lambda_center", "anchors_per_class", "delta", "head_dropout",
+)
 
 
 @dataclass(frozen=True)
@@ -268,6 +271,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     class_weights: str = "none"  # none | inverse (inverse frequency, mean 1)
     clip_grad: float = 5.0  # max gradient norm; 0 = off
+    precise_bn: int = 512  # training images to recompute BatchNorm statistics on; 0 = off
     freeze: str = "landmark"  # landmark | image | none
     amp: bool = True  # autocast + GradScaler, on CUDA only
     seed: int = 0
@@ -279,6 +283,7 @@ class TrainConfig:
     lambda_center: Optional[float] = None
     anchors_per_class: Optional[int] = None  # K
     delta: Optional[float] = None
+    head_dropout: Optional[float] = None  # dropout of eq. 9's MLP head [preset: 0.5]
     pretrained_ir50: str = ""
     pretrained_mobilefacenet: str = ""
 
@@ -289,7 +294,8 @@ class TrainConfig:
         _require(self.lr > 0 and 0 < self.gamma <= 1, "need lr > 0 and 0 < gamma <= 1")
         _require(0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)")
         _require(self.class_weights in ("none", "inverse"), "class_weights: none or inverse")
-        _require(self.clip_grad >= 0 and self.threads >= 0, "clip_grad, threads must be >= 0")
+        _require(min(self.clip_grad, self.threads, self.precise_bn) >= 0,
+                 "clip_grad, threads and precise_bn must be >= 0")
         _require(self.freeze in ("landmark", "image", "none"), "freeze: landmark, image or none")
         _require(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda"),
                  f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")

@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import random
 import sys
 import time
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ from grefel.fileio import atomic_path, atomic_write_bytes, atomic_write_json
 from grefel.metrics import confusion_matrix, inverse_frequency_weights, macro_f1
 from grefel.model.grefel import GReFEL, GReFELOutput
 from grefel.model.losses import GReFELLoss
+from grefel.train_utils import recalibrate_batchnorm, rng_state, seed_everything, set_rng_state
 
 __all__ = [
     "DataConfig",
@@ -219,6 +219,13 @@ def _epoch_summary(run: Run, sums: torch.Tensor, skipped: List[int], secs: float
     }
 
 
+def precise_bn(run: Run) -> None:
+    """Recompute the trainable BatchNorm statistics on this epoch's training batches."""
+    images = (batch[0].to(run.device) for batch in run.train_loader)
+    reduce = (lambda t: _all_sum(run, t)) if run.world > 1 else None
+    recalibrate_batchnorm(run.raw, images, run.cfg.precise_bn, reduce)
+
+
 def validate(run: Run) -> Dict[str, float]:
     """Accuracy and macro-F1 of L_final on the validation split (confusion all-reduced)."""
     if run.val_loader is None:
@@ -228,36 +235,6 @@ def validate(run: Run) -> Dict[str, float]:
     cm = confusion_matrix(pred["labels"], pred["probs"].argmax(axis=1), c)
     cm = _all_sum(run, torch.from_numpy(cm)).numpy()
     return {"val_acc": float(np.trace(cm) / max(cm.sum(), 1)), "val_macro_f1": macro_f1(cm)}
-
-
-def rng_state() -> Dict[str, Any]:
-    """torch, CUDA, numpy and Python RNG states as tensors and plain types (weights_only-safe)."""
-    _, keys, pos, has_gauss, cached = np.random.get_state()
-    version, py_state, py_gauss = random.getstate()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached": float(cached)},
-        "python": {"version": version, "state": list(py_state), "gauss": py_gauss},
-    }
-
-
-def set_rng_state(state: Dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    n = state["numpy"]
-    keys = n["keys"].numpy().astype(np.uint32)
-    np.random.set_state(("MT19937", keys, n["pos"], n["has_gauss"], n["cached"]))
-    p = state["python"]
-    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def save_epoch(run: Run, row: Dict[str, Any], rngs: List[Dict[str, Any]]) -> None:
@@ -377,7 +354,7 @@ def build_loaders(d: DataConfig, seed: int, rank: int, world: int) -> Dict[str, 
     from grefel.data import FERDataset, RefinedSampler, collate_skip, load_samples, make_transforms
 
     samples, classes = load_samples(d.root, d.dataset, d.train_split)
-    train_set = FERDataset(samples, classes, make_transforms(True), strict=d.strict)
+    train_set = FERDataset(samples, classes, make_transforms(d.augment), strict=d.strict)
     if d.refine_per_class:  # paper §4.1: B per class (N_pg per group) drawn anew every epoch
         sampler = RefinedSampler([s.label for s in samples], [s.group for s in samples],
                                  len(classes), d.refine_per_class, d.refine_per_group,
@@ -482,7 +459,9 @@ def run_training(data_cfg: DataConfig, cfg: TrainConfig) -> Dict[str, Any]:
             write_metrics(run.out, run.history)
         for epoch in range(run.epoch, cfg.epochs):
             lr = run.optimizer.param_groups[0]["lr"]
-            row = {"epoch": epoch + 1, "lr": lr, **train_one_epoch(run, epoch), **validate(run)}
+            row = {"epoch": epoch + 1, "lr": lr, **train_one_epoch(run, epoch)}
+            precise_bn(run)  # eval-mode statistics that match the weights (train_utils)
+            row.update(validate(run))
             run.epoch = epoch + 1
             run.history.append(row)
             score = row.get("val_acc", row["train_acc"])

@@ -23,14 +23,8 @@ from PIL import Image
 from grefel.checkpoint import load_checkpoint, read_meta, sha256_file
 from grefel.cli import cli
 from grefel.config import DataConfig, TrainConfig
-from grefel.train import (
-    TrainingError,
-    apply_overrides,
-    lr_at_epoch,
-    rng_state,
-    run_training,
-    set_rng_state,
-)
+from grefel.train import TrainingError, apply_overrides, lr_at_epoch, run_training
+from grefel.train_utils import recalibrate_batchnorm, rng_state, set_rng_state
 
 CLASSES = ("neutral", "happiness", "sadness", "surprise", "fear", "disgust", "anger")
 ROOT = Path(__file__).resolve().parents[1]
@@ -234,3 +228,25 @@ def test_torchrun_two_cpu_processes(tmp_path):
     state = torch.load(out / "last.state.pt", weights_only=True)
     assert state["world_size"] == 2 and len(state["rng"]) == 2
     load_checkpoint(out / "last.safetensors")
+
+
+def test_recalibrate_batchnorm_averages_batches_and_spares_frozen_parts():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.BatchNorm1d(3))
+    batches = [torch.randn(4, 3) * 2 + 5 for _ in range(3)]
+    assert recalibrate_batchnorm(net, batches, max_images=8) == 8  # stops after two batches
+    bn = net[1]
+    means = torch.stack([b.mean(0) for b in batches[:2]]).mean(0)  # plain average, not an EMA
+    vars_ = torch.stack([b.var(0) for b in batches[:2]]).mean(0)  # unbiased, as BatchNorm
+    assert torch.allclose(bn.running_mean, means) and torch.allclose(bn.running_var, vars_)
+    assert bn.momentum == 0.1 and net.training
+
+    from grefel.model.grefel import GReFEL
+
+    model = GReFEL(TrainConfig(preset="tiny").model_config(CLASSES))  # landmark stream frozen
+    frozen = next(m for m in model.landmark.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    head = model.head.net[2]  # BatchNorm1d of eq. 9's MLP
+    before = frozen.running_mean.clone()
+    recalibrate_batchnorm(model.eval(), [torch.rand(2, 3, 112, 112)], max_images=2)
+    assert torch.equal(frozen.running_mean, before) and not model.training
+    assert not torch.equal(head.running_mean, torch.zeros_like(head.running_mean))
