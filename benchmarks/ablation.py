@@ -38,13 +38,16 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.ablation", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--n", type=int, default=900, help="SynthFER images (all splits)")
+    p.add_argument("--n", type=int, default=500, help="SynthFER images (all splits)")
+    p.add_argument("--imbalance", default="uniform", choices=["uniform", "rafdb"])
     p.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.2])
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--freeze", default="none", choices=["landmark", "image", "none"])
+    p.add_argument("--precise-bn", type=int, default=128, help="see grefel.train_utils")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--jobs", type=int, default=1, help="runs trained in parallel processes")
     p.add_argument("--work", default="runs/ablation", help="datasets and run folders")
@@ -52,14 +55,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def dataset(work: Path, n: int, noise: float) -> Path:
+def dataset(work: Path, n: int, noise: float, imbalance: str) -> Path:
     """The SynthFER dataset of this noise rate (drawn once, then reused)."""
     from grefel.data.synthfer import generate_synthfer
 
-    root = work / f"synthfer_n{n}_noise{noise:g}"
+    root = work / f"synthfer_n{n}_{imbalance}_noise{noise:g}"
     if not (root / "test.csv").is_file():
         print(f"drawing {root} ...", file=sys.stderr, flush=True)
-        generate_synthfer(root, n, seed=0, noise=noise)
+        generate_synthfer(root, n, seed=0, noise=noise, imbalance=imbalance)
     return root
 
 
@@ -77,7 +80,8 @@ def one_run(args: argparse.Namespace, data: Path, noise: float, variant: str, se
     summary = run_training(
         DataConfig(root=str(data), batch_size=args.batch_size),
         TrainConfig(out=str(out), preset="tiny", variant=variant, epochs=args.epochs,
-                    lr=args.lr, seed=seed, device="cpu"),
+                    lr=args.lr, seed=seed, device="cpu", freeze=args.freeze,
+                    precise_bn=args.precise_bn),
     )
     train_s = time.perf_counter() - start
     report = evaluate_checkpoint(out / "best.safetensors", data, split="test", device="cpu")
@@ -125,8 +129,9 @@ def markdown(record: Dict[str, Any]) -> str:
         f"# Mini-ablation ({record['date']}): Table 2 variants x label noise, tiny preset, "
         "SynthFER",
         "",
-        f"SynthFER n={s['n']} (seed 0; noise flips train labels only), {s['epochs']} epochs, "
-        f"batch {s['batch_size']}, Adam lr {s['lr']}, seeds {s['seeds']}, "
+        f"SynthFER n={s['n']}, {s['imbalance']} classes (seed 0; noise flips train labels "
+        f"only), {s['epochs']} epochs, batch {s['batch_size']}, Adam lr {s['lr']}, freeze "
+        f"{s['freeze']}, precise BN on {s['precise_bn']} images, seeds {s['seeds']}, "
         f"{s['threads']} torch thread(s) on {record['env']['cpus']} shared CPU cores. "
         "Test split is clean; each run's best-validation checkpoint is scored. "
         "Mean +- sample std over seeds.",
@@ -152,15 +157,16 @@ def main(argv: Sequence[str] = ()) -> int:
     import torch
 
     work, out = Path(args.work), Path(args.out)
-    settings = {k: getattr(args, k) for k in ("n", "noise", "variants", "seeds", "epochs",
-                                              "batch_size", "lr", "threads", "jobs")}
+    settings = {k: getattr(args, k) for k in ("n", "imbalance", "noise", "variants", "seeds",
+                                              "epochs", "batch_size", "lr", "freeze",
+                                              "precise_bn", "threads", "jobs")}
     partial = work / "ablation_partial.json"
     runs: List[Dict[str, Any]] = []
     if partial.is_file() and json.loads(partial.read_text())["settings"] == settings:
         runs = json.loads(partial.read_text())["runs"]
     start = time.perf_counter()
     done = {(r["noise"], r["variant"], r["seed"]) for r in runs}
-    todo = [(dataset(work, args.n, noise), noise, variant, seed)
+    todo = [(dataset(work, args.n, noise, args.imbalance), noise, variant, seed)
             for noise in args.noise for variant in args.variants for seed in args.seeds
             if (noise, variant, seed) not in done]
     ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch state
