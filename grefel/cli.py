@@ -168,33 +168,26 @@ def train(**opts) -> None:
 
     Under torchrun it runs DDP (gloo on CPU, nccl on GPU); only rank 0 writes files.
     """
-    import dataclasses
     import json
 
-    from grefel.config import DataConfig, TrainConfig
     from grefel.data import DatasetError
-    from grefel.train import TrainingError, apply_overrides, run_training
+    from grefel.fileio import atomic_write_json
+    from grefel.train import TrainingError, configs_from_options, run_training
     from grefel.weights import WeightsError
 
-    overrides, json_path = opts.pop("overrides"), opts.pop("json_path")
-    data_keys = {f.name for f in dataclasses.fields(DataConfig)}
+    json_path = opts.pop("json_path")
     try:
-        d = DataConfig(**{k: v for k, v in opts.items() if k in data_keys})
-        t = TrainConfig(**{k: v for k, v in opts.items() if k not in data_keys})
-        d, t = apply_overrides(d, t, overrides)
+        d, t = configs_from_options(opts, opts.pop("overrides"))
     except (TypeError, ValueError) as exc:
         raise click.BadParameter(str(exc)) from None
     try:
         summary = run_training(d, t)
     except (DatasetError, TrainingError, WeightsError) as exc:
         raise _user_error(exc) from None
-    if summary["rank"] != 0:
-        return
-    click.echo(json.dumps(summary, indent=2))
-    if json_path:
-        from grefel.fileio import atomic_write_json
-
-        atomic_write_json(json_path, summary)
+    if summary["rank"] == 0:
+        click.echo(json.dumps(summary, indent=2))
+        if json_path:
+            atomic_write_json(json_path, summary)
 
 
 @cli.command(

@@ -48,6 +48,7 @@ __all__ = [
     "TrainConfig",
     "TrainingError",
     "apply_overrides",
+    "configs_from_options",
     "lr_at_epoch",
     "run_training",
 ]
@@ -83,6 +84,16 @@ def apply_overrides(
         changes[scopes[0]][name] = value
     return (dataclasses.replace(data_cfg, **changes["data"]),
             dataclasses.replace(train_cfg, **changes["train"]))
+
+
+def configs_from_options(
+    options: Dict[str, Any], overrides: Sequence[str] = ()
+) -> Tuple[DataConfig, TrainConfig]:
+    """Split flat `grefel train` options between the two configs, then apply KEY=VALUE."""
+    data_keys = {f.name for f in dataclasses.fields(DataConfig)}
+    d = DataConfig(**{k: v for k, v in options.items() if k in data_keys})
+    t = TrainConfig(**{k: v for k, v in options.items() if k not in data_keys})
+    return apply_overrides(d, t, overrides)
 
 
 def lr_at_epoch(base_lr: float, gamma: float, epoch: int) -> float:
