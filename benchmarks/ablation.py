@@ -52,6 +52,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=1, help="runs trained in parallel processes")
     p.add_argument("--work", default="runs/ablation", help="datasets and run folders")
     p.add_argument("--out", default=str(RESULTS), help="where the JSON/Markdown record goes")
+    p.add_argument("--report-only", action="store_true",
+                   help="write the record from the finished runs of the partial record, "
+                        "train nothing (the table then says how many runs it has)")
     return p.parse_args(argv)
 
 
@@ -136,13 +139,14 @@ def markdown(record: Dict[str, Any]) -> str:
         "Test split is clean; each run's best-validation checkpoint is scored. "
         "Mean +- sample std over seeds.",
         "",
-        "| noise | variant | test acc | test macro-F1 | primary acc | primary macro-F1 |",
-        "|---|---|---|---|---|---|",
+        "| noise | variant | test acc | test macro-F1 | primary acc | primary macro-F1 | seeds |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in record["summary"]:
         cells = [f"{r[k]['mean']:.3f} +- {r[k]['std']:.3f}"
                  for k in ("test_acc", "test_macro_f1", "primary_acc", "primary_macro_f1")]
-        lines.append(f"| {r['noise']:g} | {r['variant']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {r['noise']:g} | {r['variant']} | " + " | ".join(cells)
+                     + f" | {r['test_acc']['n']} |")
     majority = sorted({round(r["majority_acc"], 4) for r in record["runs"]})
     lines += ["", f"Majority-class baseline accuracy on the test split: {majority}.",
               f"Time: {record['run_seconds'] / 60:.1f} min of training + evaluation for "
@@ -168,7 +172,7 @@ def main(argv: Sequence[str] = ()) -> int:
     done = {(r["noise"], r["variant"], r["seed"]) for r in runs}
     todo = [(dataset(work, args.n, noise, args.imbalance), noise, variant, seed)
             for noise in args.noise for variant in args.variants for seed in args.seeds
-            if (noise, variant, seed) not in done]
+            if (noise, variant, seed) not in done and not args.report_only]
     ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch state
     with ProcessPoolExecutor(args.jobs, mp_context=ctx, initializer=_init, initargs=(args,)) as ex:
         futures = [ex.submit(one_run, args, *job) for job in todo]
