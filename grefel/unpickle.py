@@ -187,7 +187,7 @@ def safe_load(path: PathLike) -> SafeLoadResult:
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
         return SafeLoadResult(obj, "torch.load(weights_only=True)", ())
     except Exception as first:  # weights-only refusal, or a raw pickle / legacy oddity
-        first_error = f"{type(first).__name__}: {str(first).splitlines()[0] if str(first) else ''}"
+        first_error = f"{type(first).__name__}: {str(first).split('. ')[0]}"
     _TLS.seen = set()
     try:
         obj, method = _restricted(path)

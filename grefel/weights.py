@@ -523,7 +523,10 @@ def import_weights(
     `GReFELConfig` fields, e.g. {"head_hidden": ()} for a linear primary head that takes POSTER
     V2's classifier as it is.
     """
+    if kind not in KINDS:
+        raise WeightsError(f"{src_path}: unknown kind {kind!r}; choose from {', '.join(KINDS)}")
     state, meta = read_state_dict(src_path)
+    _detect(kind, list(state), str(src_path))  # a wrong kind fails before a model is built
     head = state.get("VIT.head.linear.weight")
     values = dict(overrides or {})
     if num_classes is None and kind == "posterv2" and head is not None:

@@ -287,8 +287,7 @@ def test_wrong_kind_and_bad_files_are_clear_errors(paper_model, tmp_path):
     with pytest.raises(WeightsError, match=r"mfn\.pth: no ir50 weights.*--kind mobilefacenet"):
         import_pretrained(paper_model, mfn, "ir50")
     optimizer_file = tmp_path / "model_best.pth"
-    torch.save(torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1).state_dict(),
-               optimizer_file)
+    torch.save({"state": {}, "param_groups": [{"lr": 0.1, "params": [0]}]}, optimizer_file)
     with pytest.raises(WeightsError, match=r"model_best\.pth: an optimizer state"):
         import_pretrained(paper_model, optimizer_file, "posterv2")
     junk = tmp_path / "junk.pth"
@@ -377,7 +376,7 @@ def test_round_trip_through_posterv2_layout_is_exact(paper_model, tmp_path):
     imported, report = import_weights(path, "posterv2", overrides=dict(
         head_hidden=(), use_anchors=False, use_attention=False))
     assert report.errors == [] and report.not_imported == {}
-    x = torch.rand(2, 3, 112, 112)
+    x = torch.rand(1, 3, 112, 112)
     with torch.no_grad():
         a, b = source(x), imported(x)
         report_mlp = import_pretrained(paper_model, path, "posterv2")  # MLP head: head not fitted
