@@ -166,3 +166,11 @@ def tmp_config(classes):
     from grefel.config import TrainConfig
 
     return TrainConfig(preset="tiny").model_config(classes)
+
+
+@pytest.mark.parametrize("command", ["train", "eval"])
+def test_help(command):
+    res = CliRunner().invoke(cli, [command, "--help"])
+    assert res.exit_code == 0 and "Examples:" in res.output
+    if command == "train":
+        assert "0.11" in res.output  # the label-smoothing reading of the supplement

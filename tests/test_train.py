@@ -250,3 +250,23 @@ def test_recalibrate_batchnorm_averages_batches_and_spares_frozen_parts():
     recalibrate_batchnorm(model.eval(), [torch.rand(2, 3, 112, 112)], max_images=2)
     assert torch.equal(frozen.running_mean, before) and not model.training
     assert not torch.equal(head.running_mean, torch.zeros_like(head.running_mean))
+
+
+def test_pretrained_mobilefacenet_flag_loads_the_frozen_landmark_stream(tmp_path):
+    """--pretrained-mobilefacenet goes through grefel.weights.import_pretrained."""
+    from grefel.model.grefel import GReFEL
+
+    torch.manual_seed(123)
+    donor = GReFEL(TrainConfig(preset="tiny").model_config(CLASSES))
+    trunk = {k[len("landmark."):]: v for k, v in donor.state_dict().items()
+             if k.startswith("landmark.")}
+    torch.save({"state_dict": trunk}, tmp_path / "mfn.pth.tar")
+    data = make_dataset(tmp_path / "ds", n_train=14, n_val=0)
+    out = tmp_path / "run"
+    res = CliRunner().invoke(cli, _train_args(data, out, 1) + [
+        "--val-split", "", "--pretrained-mobilefacenet", str(tmp_path / "mfn.pth.tar")])
+    assert res.exit_code == 0, res.output
+    assert "mobilefacenet tensors" in res.output
+    model, _ = load_checkpoint(out / "last.safetensors")
+    for k, v in trunk.items():  # frozen by default: still exactly the imported weights
+        assert torch.equal(model.landmark.state_dict()[k], v), k
