@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 __all__ = [
     "DATASET_CLASSES",
@@ -219,3 +219,92 @@ VARIANTS: Dict[str, Dict[str, bool]] = {
     "both": {"use_anchors": True, "use_attention": True},
 }
 
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the training images come from and how they are batched (`grefel train`)."""
+
+    root: str = "data/synthfer"
+    dataset: str = "auto"  # a grefel.data.load_samples kind
+    train_split: str = "train"
+    val_split: str = "val"  # "" = no validation (best = best training accuracy)
+    batch_size: int = 32  # per process
+    workers: int = 0
+    refine_per_class: int = 0  # B of paper §4.1; 0 = plain shuffle of the whole split
+    refine_per_group: int = 0  # N_pg of paper §4.1; 0 = no per-group cap
+    strict: bool = False  # unreadable images are an error instead of skipped
+    augment: bool = True  # the training augmentation; off = the eval resize only
+
+    def __post_init__(self) -> None:
+        _require(self.batch_size >= 2, f"batch_size must be >= 2, got {self.batch_size}")
+        _require(self.workers >= 0, "workers must be >= 0")
+        _require(self.refine_per_class >= 0 and self.refine_per_group >= 0, "refine sizes >= 0")
+        _require(self.refine_per_group == 0 or self.refine_per_class > 0,
+                 "refine_per_group needs refine_per_class (refinement draws B per class)")
+
+
+# TrainConfig fields that override GReFELConfig fields (None keeps the preset's value).
+MODEL_OVERRIDES = (
+    "lambda_cls", "lambda_anchor", "lambda_center", "anchors_per_class", "delta", "head_dropout",
+)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation, regularisation and bookkeeping of one training run (paper §4.2).
+
+    The only home of the training defaults: Adam lr 3e-4, exponential decay 0.995 per epoch,
+    gradient clipping at norm 5, landmark stream frozen.
+    """
+
+    out: str = "runs/grefel"
+    preset: str = "tiny"
+    variant: str = "both"  # row of the paper's Table 2
+    epochs: int = 10
+    lr: float = 3e-4  # Adam
+    gamma: float = 0.995  # exponential LR decay per epoch
+    label_smoothing: float = 0.0
+    class_weights: str = "none"  # none | inverse (inverse frequency, mean 1)
+    clip_grad: float = 5.0  # max gradient norm; 0 = off
+    precise_bn: int = 512  # training images to recompute BatchNorm statistics on; 0 = off
+    freeze: str = "landmark"  # landmark | image | none
+    amp: bool = True  # autocast + GradScaler, on CUDA only
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int = 0  # torch CPU threads per process; 0 = torch's default
+    resume: bool = False
+    lambda_cls: Optional[float] = None
+    lambda_anchor: Optional[float] = None
+    lambda_center: Optional[float] = None
+    anchors_per_class: Optional[int] = None  # K
+    delta: Optional[float] = None
+    head_dropout: Optional[float] = None  # dropout of eq. 9's MLP head [preset: 0.5]
+    pretrained_ir50: str = ""
+    pretrained_mobilefacenet: str = ""
+
+    def __post_init__(self) -> None:
+        _require(self.preset in PRESETS, f"unknown preset {self.preset!r}")
+        _require(self.variant in VARIANTS, f"unknown variant {self.variant!r}")
+        _require(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
+        _require(self.lr > 0 and 0 < self.gamma <= 1, "need lr > 0 and 0 < gamma <= 1")
+        _require(0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)")
+        _require(self.class_weights in ("none", "inverse"), "class_weights: none or inverse")
+        _require(min(self.clip_grad, self.threads, self.precise_bn) >= 0,
+                 "clip_grad, threads and precise_bn must be >= 0")
+        _require(self.freeze in ("landmark", "image", "none"), "freeze: landmark, image or none")
+        _require(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda"),
+                 f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+
+    def model_config(self, class_names: Sequence[str]) -> GReFELConfig:
+        """The preset, the Table 2 variant, the dataset's classes and this config's overrides."""
+        overrides = {k: getattr(self, k) for k in MODEL_OVERRIDES if getattr(self, k) is not None}
+        frozen = () if self.freeze == "none" else (self.freeze,)
+        return GReFELConfig.preset(
+            self.preset, **VARIANTS[self.variant], num_classes=len(class_names),
+            class_names=tuple(class_names), frozen=frozen, **overrides,
+        )

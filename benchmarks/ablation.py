@@ -1,0 +1,202 @@
+"""Mini-ablation: the paper's Tables 2 and 7 at small scale, on SynthFER with the tiny preset.
+
+    python -m benchmarks.ablation                      # 2 noise levels x 4 variants x 3 seeds
+    python -m benchmarks.ablation --seeds 0 --noise 0  # a quick look
+
+For each label-noise rate a SynthFER dataset is drawn once (same pictures for every rate: the
+noise only flips training labels; val and test stay clean). Every Table 2 variant (no_rb,
+anchors, mhsa, both) is trained with `grefel.train.run_training` for each seed; the checkpoint
+with the best validation accuracy is scored on the clean test split with
+`grefel.evaluate.evaluate_checkpoint`. The record holds every run and, per (noise, variant),
+the mean and sample standard deviation over seeds of test accuracy and macro-F1 (of the final
+prediction L_final and of the primary l), written to benchmarks/results/ablation_<date>.json and
+.md. Runs already in the partial record of the same settings are not repeated, so an interrupted
+ablation continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import multiprocessing
+import os
+import platform
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any, Dict, List, Sequence
+
+from grefel.fileio import atomic_write_bytes, atomic_write_json
+
+VARIANTS = ("no_rb", "anchors", "mhsa", "both")
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.ablation", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=500, help="SynthFER images (all splits)")
+    p.add_argument("--imbalance", default="uniform", choices=["uniform", "rafdb"])
+    p.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.2])
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--freeze", default="none", choices=["landmark", "image", "none"])
+    p.add_argument("--precise-bn", type=int, default=128, help="see grefel.train_utils")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained in parallel processes")
+    p.add_argument("--work", default="runs/ablation", help="datasets and run folders")
+    p.add_argument("--out", default=str(RESULTS), help="where the JSON/Markdown record goes")
+    p.add_argument("--report-only", action="store_true",
+                   help="write the record from the finished runs of the partial record, "
+                        "train nothing (the table then says how many runs it has)")
+    return p.parse_args(argv)
+
+
+def dataset(work: Path, n: int, noise: float, imbalance: str) -> Path:
+    """The SynthFER dataset of this noise rate (drawn once, then reused)."""
+    from grefel.data.synthfer import generate_synthfer
+
+    root = work / f"synthfer_n{n}_{imbalance}_noise{noise:g}"
+    if not (root / "test.csv").is_file():
+        print(f"drawing {root} ...", file=sys.stderr, flush=True)
+        generate_synthfer(root, n, seed=0, noise=noise, imbalance=imbalance)
+    return root
+
+
+def one_run(args: argparse.Namespace, data: Path, noise: float, variant: str, seed: int) -> Dict:
+    """Train one (noise, variant, seed) cell and score its best checkpoint on the test split."""
+    import shutil
+
+    from grefel.config import DataConfig, TrainConfig
+    from grefel.evaluate import evaluate_checkpoint
+    from grefel.train import run_training
+
+    out = Path(args.work) / f"noise{noise:g}_{variant}_seed{seed}"
+    shutil.rmtree(out, ignore_errors=True)  # a run cut off earlier starts over
+    start = time.perf_counter()
+    summary = run_training(
+        DataConfig(root=str(data), batch_size=args.batch_size),
+        TrainConfig(out=str(out), preset="tiny", variant=variant, epochs=args.epochs,
+                    lr=args.lr, seed=seed, device="cpu", freeze=args.freeze,
+                    precise_bn=args.precise_bn),
+    )
+    train_s = time.perf_counter() - start
+    report = evaluate_checkpoint(out / "best.safetensors", data, split="test", device="cpu")
+    return {
+        "noise": noise, "variant": variant, "seed": seed,
+        "test_acc": report["final"]["accuracy"], "test_macro_f1": report["final"]["macro_f1"],
+        "primary_acc": report["primary"]["accuracy"],
+        "primary_macro_f1": report["primary"]["macro_f1"],
+        "changes": report["balancing_changes"], "best_epoch": summary["best"]["epoch"],
+        "best_val_acc": summary["best"]["value"],
+        "majority_acc": report["majority_baseline"]["accuracy"],
+        "train_seconds": round(train_s, 1), "total_seconds": round(time.perf_counter() - start, 1),
+    }
+
+
+def _init(args: argparse.Namespace) -> None:
+    """Worker start: its torch thread count."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+
+
+def _mean_std(values: List[float]) -> Dict[str, float]:
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return {"mean": statistics.fmean(values), "std": std, "n": len(values)}
+
+
+def summarise(runs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Mean and sample std over seeds per (noise, variant)."""
+    rows = []
+    for noise in sorted({r["noise"] for r in runs}):
+        for variant in VARIANTS:
+            cell = [r for r in runs if r["noise"] == noise and r["variant"] == variant]
+            if cell:
+                rows.append({"noise": noise, "variant": variant, **{
+                    k: _mean_std([r[k] for r in cell])
+                    for k in ("test_acc", "test_macro_f1", "primary_acc", "primary_macro_f1")
+                }})
+    return rows
+
+
+def markdown(record: Dict[str, Any]) -> str:
+    s = record["settings"]
+    lines = [
+        f"# Mini-ablation ({record['date']}): Table 2 variants x label noise, tiny preset, "
+        "SynthFER",
+        "",
+        f"SynthFER n={s['n']}, {s['imbalance']} classes (seed 0; noise flips train labels "
+        f"only), {s['epochs']} epochs, batch {s['batch_size']}, Adam lr {s['lr']}, freeze "
+        f"{s['freeze']}, precise BN on {s['precise_bn']} images, seeds {s['seeds']}, "
+        f"{s['threads']} torch thread(s) on {record['env']['cpus']} shared CPU cores. "
+        "Test split is clean; each run's best-validation checkpoint is scored. "
+        "Mean +- sample std over seeds.",
+        "",
+        "| noise | variant | test acc | test macro-F1 | primary acc | primary macro-F1 | seeds |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in record["summary"]:
+        cells = [f"{r[k]['mean']:.3f} +- {r[k]['std']:.3f}"
+                 for k in ("test_acc", "test_macro_f1", "primary_acc", "primary_macro_f1")]
+        lines.append(f"| {r['noise']:g} | {r['variant']} | " + " | ".join(cells)
+                     + f" | {r['test_acc']['n']} |")
+    majority = sorted({round(r["majority_acc"], 4) for r in record["runs"]})
+    lines += ["", f"Majority-class baseline accuracy on the test split: {majority}.",
+              f"Time: {record['run_seconds'] / 60:.1f} min of training + evaluation for "
+              f"{len(record['runs'])} runs ({record['wall_seconds'] / 60:.1f} min wall for "
+              "this invocation, including drawing the datasets).",
+              "", "Per run: see the JSON record (`runs`)."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] = ()) -> int:
+    args = parse_args(argv or sys.argv[1:])
+    import torch
+
+    work, out = Path(args.work), Path(args.out)
+    settings = {k: getattr(args, k) for k in ("n", "imbalance", "noise", "variants", "seeds",
+                                              "epochs", "batch_size", "lr", "freeze",
+                                              "precise_bn", "threads", "jobs")}
+    partial = work / "ablation_partial.json"
+    runs: List[Dict[str, Any]] = []
+    if partial.is_file() and json.loads(partial.read_text())["settings"] == settings:
+        runs = json.loads(partial.read_text())["runs"]
+    start = time.perf_counter()
+    done = {(r["noise"], r["variant"], r["seed"]) for r in runs}
+    todo = [(dataset(work, args.n, noise, args.imbalance), noise, variant, seed)
+            for noise in args.noise for variant in args.variants for seed in args.seeds
+            if (noise, variant, seed) not in done and not args.report_only]
+    ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch state
+    with ProcessPoolExecutor(args.jobs, mp_context=ctx, initializer=_init, initargs=(args,)) as ex:
+        futures = [ex.submit(one_run, args, *job) for job in todo]
+        for future in as_completed(futures):
+            r = future.result()
+            runs.append(r)
+            print(f"noise {r['noise']:g} {r['variant']:8s} seed {r['seed']}: test acc "
+                  f"{r['test_acc']:.3f} macro-F1 {r['test_macro_f1']:.3f} "
+                  f"({r['total_seconds']:.0f}s)", file=sys.stderr, flush=True)
+            atomic_write_json(partial, {"settings": settings, "runs": runs})
+    date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
+    record = {
+        "date": date, "settings": settings, "summary": summarise(runs), "runs": runs,
+        "wall_seconds": round(time.perf_counter() - start, 1),  # this invocation (+ drawing)
+        "run_seconds": round(sum(r["total_seconds"] for r in runs), 1),  # all runs, train+eval
+        "env": {"python": platform.python_version(), "torch": torch.__version__,
+                "platform": platform.platform(), "cpus": os.cpu_count(),
+                "load_average_end": list(os.getloadavg())},
+    }
+    atomic_write_json(out / f"ablation_{date}.json", record)
+    atomic_write_bytes(out / f"ablation_{date}.md", markdown(record).encode())
+    print(markdown(record))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

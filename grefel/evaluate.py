@@ -1,0 +1,317 @@
+"""`grefel eval`: accuracy, macro-F1, calibration, embedding quality and bias of a checkpoint.
+
+    report = evaluate_checkpoint("runs/demo/best.safetensors", "data/synthfer", out="runs/eval")
+
+Everything is measured on one split (test by default) and written to OUT:
+
+    metrics.json            every number below, machine-readable
+    confusion_final.png     confusion matrix of L_final (eq. 19), the prediction
+    confusion_primary.png   confusion matrix of the primary distribution l (eq. 9)
+    confusion.json          both matrices, rows = true class, columns = predicted
+    reliability.png         reliability diagram of C_f (eq. 10) and of max p, with their ECE
+    embedding.png           the pooled embeddings e projected to 2-D with PCA (numpy SVD), coloured
+                            by true class (paper Fig. 5 uses t-SNE; PCA is deterministic and
+                            needs no extra package)
+
+Primary vs final shows what reliability balancing changed (paper Figs. 4 and 9): how many
+predictions it changed, how many wrong ones it fixed and how many right ones it broke.
+Davies-Bouldin and Calinski-Harabasz are computed on the full D-dimensional embedding.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from grefel.metrics import (
+    accuracy,
+    calinski_harabasz,
+    confusion_matrix,
+    davies_bouldin,
+    expected_calibration_error,
+    group_accuracy,
+    macro_f1,
+    majority_baseline,
+    pca_2d,
+    per_class_scores,
+    prediction_changes,
+    reliability_bins,
+)
+
+__all__ = ["EvalError", "evaluate_checkpoint", "format_report", "predict", "score_predictions"]
+
+PathLike = Union[str, Path]
+# Sample attributes that are not groups to report accuracy over (labels, boxes, per-sample
+# continuous values): RAF-DB gender/race/age and SynthFER skin/occlusion remain.
+NOT_GROUPS = frozenset({"clean_label", "box", "intensity"})
+
+
+class EvalError(ValueError):
+    """Data and checkpoint that do not fit together; the message says how."""
+
+
+@torch.no_grad()
+def predict(
+    model: torch.nn.Module, loader: Any, device: torch.device, amp: bool = False
+) -> Dict[str, np.ndarray]:
+    """Run `model` (eval mode) over a loader of collate_skip batches.
+
+    Returns numpy arrays: indices (N,), labels (N,), probs and primary (N, C), confidence (N,),
+    embedding (N, D), and skipped (dataset indices of unreadable images).
+    """
+    was_training = model.training
+    model.eval()
+    parts: Dict[str, List[np.ndarray]] = {k: [] for k in
+                                          ("indices", "labels", "probs", "primary",
+                                           "confidence", "embedding")}
+    skipped: List[int] = []
+    for images, labels, indices, bad in loader:
+        skipped.extend(bad)
+        if len(labels) == 0:
+            continue
+        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            out = model(images.to(device, non_blocking=True))  # GReFELOutput, (B, C) / (B,)
+        parts["indices"].append(indices.numpy())
+        parts["labels"].append(labels.numpy())
+        for name in ("probs", "primary", "confidence", "embedding"):
+            parts[name].append(getattr(out, name).float().cpu().numpy())
+    model.train(was_training)
+    result = {k: (np.concatenate(v) if v else np.zeros((0,))) for k, v in parts.items()}
+    result["skipped"] = np.asarray(skipped, dtype=np.int64)
+    return result
+
+
+def _classification(labels: np.ndarray, pred: np.ndarray, names: Sequence[str]) -> Dict:
+    cm = confusion_matrix(labels, pred, len(names))
+    scores = per_class_scores(cm)
+    return {
+        "accuracy": accuracy(labels, pred),
+        "macro_f1": macro_f1(cm),
+        "per_class": {
+            name: {k: float(scores[k][i]) for k in ("precision", "recall", "f1", "support")}
+            for i, name in enumerate(names)
+        },
+        "confusion": cm.tolist(),
+    }
+
+
+def score_predictions(
+    pred: Dict[str, np.ndarray],
+    class_names: Sequence[str],
+    attrs: Sequence[Dict[str, str]],
+    train_labels: Optional[Sequence[int]] = None,
+    n_bins: int = 15,
+) -> Dict[str, Any]:
+    """Every metric of `grefel eval` from the arrays of `predict` (pure: no files, no model).
+
+    attrs: per-sample attribute dicts aligned with pred["labels"] (for per-group accuracy).
+    train_labels: labels of the training split, for the majority-class baseline; without
+        them the baseline's majority class is taken from the evaluated split itself.
+    """
+    labels = pred["labels"].astype(np.int64)
+    final = pred["probs"].argmax(axis=1)
+    primary = pred["primary"].argmax(axis=1)
+    max_p = pred["probs"].max(axis=1)
+    correct = final == labels
+    source = "train" if train_labels is not None else "evaluated split"
+    majority, base_acc = majority_baseline(
+        train_labels if train_labels is not None else labels, labels, len(class_names)
+    )
+    keys = sorted({k for a in attrs for k in a} - NOT_GROUPS)
+    return {
+        "n": int(len(labels)),
+        "final": _classification(labels, final, class_names),
+        "primary": _classification(labels, primary, class_names),
+        "balancing_changes": prediction_changes(labels, primary, final),
+        "majority_baseline": {"class": class_names[majority], "accuracy": base_acc,
+                              "majority_from": source},
+        "calibration": {
+            "ece_confidence": expected_calibration_error(pred["confidence"], correct, n_bins),
+            "ece_max_prob": expected_calibration_error(max_p, correct, n_bins),
+            "n_bins": n_bins,
+        },
+        "embedding": {
+            "davies_bouldin": davies_bouldin(pred["embedding"], labels),
+            "calinski_harabasz": calinski_harabasz(pred["embedding"], labels),
+            "dim": int(pred["embedding"].shape[1]) if pred["embedding"].ndim == 2 else 0,
+        },
+        "per_group": {
+            key: group_accuracy(labels, final, [a.get(key, "") for a in attrs]) for key in keys
+        },
+    }
+
+
+def format_report(report: Dict[str, Any]) -> str:
+    """The plain-text table `grefel eval` prints on stdout."""
+    f, p = report["final"], report["primary"]
+    cal, emb = report["calibration"], report["embedding"]
+    base = report["majority_baseline"]
+    ch = report["balancing_changes"]
+
+    def num(v: Optional[float]) -> str:
+        return "n/a" if v is None else f"{v:.4f}"
+
+    lines = [
+        f"{'metric':<34}{'value':>12}",
+        f"{'samples':<34}{report['n']:>12}",
+        f"{'accuracy (final, eq. 19)':<34}{num(f['accuracy']):>12}",
+        f"{'macro-F1 (final)':<34}{num(f['macro_f1']):>12}",
+        f"{'accuracy (primary, eq. 9)':<34}{num(p['accuracy']):>12}",
+        f"{'macro-F1 (primary)':<34}{num(p['macro_f1']):>12}",
+        f"{'majority baseline (' + base['class'] + ')':<34}{num(base['accuracy']):>12}",
+        f"{'balancing changed / fixed / broke':<34}"
+        f"{str(ch['changed']) + ' / ' + str(ch['fixed']) + ' / ' + str(ch['broken']):>12}",
+        f"{'ECE of confidence C_f':<34}{num(cal['ece_confidence']):>12}",
+        f"{'ECE of max prob':<34}{num(cal['ece_max_prob']):>12}",
+        f"{'Davies-Bouldin (lower better)':<34}{num(emb['davies_bouldin']):>12}",
+        f"{'Calinski-Harabasz (higher better)':<34}{num(emb['calinski_harabasz']):>12}",
+        "",
+        f"{'class':<14}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}",
+    ]
+    for name, s in f["per_class"].items():
+        lines.append(f"{name:<14}{s['precision']:>10.3f}{s['recall']:>10.3f}{s['f1']:>10.3f}"
+                     f"{int(s['support']):>10}")
+    for key, groups in report["per_group"].items():
+        lines += ["", f"{'accuracy by ' + key:<24}{'n':>8}{'accuracy':>10}"]
+        for name, g in groups.items():
+            lines.append(f"{name or '(none)':<24}{g['n']:>8}{g['accuracy']:>10.3f}")
+    return "\n".join(lines)
+
+
+def evaluate_checkpoint(
+    checkpoint: PathLike,
+    data: PathLike,
+    dataset: str = "auto",
+    split: str = "test",
+    out: Optional[PathLike] = None,
+    batch_size: int = 64,
+    workers: int = 0,
+    device: str = "auto",
+    strict: bool = False,
+) -> Dict[str, Any]:
+    """Evaluate `checkpoint` on `split` of the dataset at `data`; write plots + JSON to `out`."""
+    from torch.utils.data import DataLoader
+
+    from grefel.checkpoint import load_checkpoint
+    from grefel.data import DatasetError, FERDataset, collate_skip, load_samples, make_transforms
+    from grefel.train import resolve_device
+
+    dev = resolve_device(device)
+    model, _ = load_checkpoint(checkpoint, map_location=str(dev))
+    samples, classes = load_samples(data, dataset, split)
+    if tuple(classes) != tuple(model.cfg.class_names):
+        raise EvalError(f"{data} ({split}) has classes {list(classes)}, but {checkpoint} was "
+                        f"trained on {list(model.cfg.class_names)}")
+    dataset_ = FERDataset(samples, classes, make_transforms(False), strict=strict)
+    loader = DataLoader(dataset_, batch_size, shuffle=False, num_workers=workers,
+                        collate_fn=collate_skip)
+    pred = predict(model, loader, dev)
+    if len(pred["labels"]) == 0:
+        raise EvalError(f"{data} ({split}): none of its {len(samples)} images could be read")
+    train_labels = None  # without a train split the majority class is the evaluated split's
+    with contextlib.suppress(DatasetError):
+        train_labels = [s.label for s in load_samples(data, dataset, "train")[0]]
+    attrs = [samples[int(i)].attrs for i in pred["indices"]]
+    report = score_predictions(pred, classes, attrs, train_labels)
+    report.update(checkpoint=str(checkpoint), data=str(data), split=split,
+                  skipped=[samples[int(i)].path for i in pred["skipped"]])
+    if out is not None:
+        write_outputs(Path(out), report, pred, classes)
+    return report
+
+
+def write_outputs(
+    out: Path, report: Dict[str, Any], pred: Dict[str, np.ndarray], names: Sequence[str]
+) -> None:
+    """metrics.json, confusion.json and the four PNG plots, each written atomically."""
+    from grefel.fileio import atomic_write_json
+
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "metrics.json", report)
+    atomic_write_json(out / "confusion.json", {
+        "class_names": list(names), "rows": "true class", "columns": "predicted class",
+        "final": report["final"]["confusion"], "primary": report["primary"]["confusion"],
+    })
+    for kind in ("final", "primary"):
+        plot_confusion(np.asarray(report[kind]["confusion"]), names,
+                       f"{kind} prediction, accuracy {report[kind]['accuracy']:.3f}",
+                       out / f"confusion_{kind}.png")
+    correct = pred["probs"].argmax(axis=1) == pred["labels"]
+    plot_reliability(pred["confidence"], pred["probs"].max(axis=1), correct,
+                     report["calibration"], out / "reliability.png")
+    plot_embedding(pca_2d(pred["embedding"]), pred["labels"], names, report["embedding"],
+                   out / "embedding.png")
+
+
+def _save(fig: Any, path: Path) -> None:
+    from grefel.fileio import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+
+
+def plot_confusion(cm: np.ndarray, names: Sequence[str], title: str, path: Path) -> None:
+    """Row-normalised confusion matrix with counts in the cells."""
+    from matplotlib.figure import Figure
+
+    rows = cm.sum(axis=1, keepdims=True)
+    norm = np.divide(cm, rows, out=np.zeros(cm.shape), where=rows > 0)
+    fig = Figure(figsize=(1.0 + 0.8 * len(names), 0.8 + 0.7 * len(names)))
+    ax = fig.add_subplot()
+    ax.imshow(norm, cmap="Blues", vmin=0.0, vmax=1.0)
+    for (i, j), v in np.ndenumerate(cm):
+        ax.text(j, i, str(v), ha="center", va="center",
+                color="white" if norm[i, j] > 0.5 else "black", fontsize=8)
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    _save(fig, path)
+
+
+def plot_reliability(
+    conf: np.ndarray, max_p: np.ndarray, correct: np.ndarray, cal: Dict[str, Any], path: Path
+) -> None:
+    """Accuracy per confidence bin for C_f (eq. 10) and for max p, against the diagonal."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5, 4.5))
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", label="perfectly calibrated")
+    for values, label, ece in ((conf, "confidence C_f", cal["ece_confidence"]),
+                               (max_p, "max prob", cal["ece_max_prob"])):
+        bins = reliability_bins(values, correct, cal["n_bins"])
+        used = bins["count"] > 0
+        ax.plot(bins["confidence"][used], bins["accuracy"][used], marker="o",
+                label=f"{label} (ECE {ece:.3f})")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("mean confidence in bin")
+    ax.set_ylabel("accuracy in bin")
+    ax.set_title("reliability diagram")
+    ax.legend(loc="upper left", fontsize=8)
+    _save(fig, path)
+
+
+def plot_embedding(
+    xy: np.ndarray, labels: np.ndarray, names: Sequence[str], scores: Dict[str, Any], path: Path
+) -> None:
+    """2-D PCA of the embeddings e, one colour per true class (cf. paper Fig. 5)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.5, 4.5))
+    ax = fig.add_subplot()
+    for c, name in enumerate(names):
+        mask = labels == c
+        if mask.any():
+            ax.scatter(xy[mask, 0], xy[mask, 1], s=6, label=name)
+    db, ch = scores["davies_bouldin"], scores["calinski_harabasz"]
+    ax.set_title(f"embedding (PCA)  DB {db if db is None else round(db, 3)}  "
+                 f"CH {ch if ch is None else round(ch, 1)}", fontsize=9)
+    ax.legend(fontsize=7, markerscale=2)
+    _save(fig, path)

@@ -1,0 +1,489 @@
+"""Training GReFEL: configs, the epoch loop, checkpoints and resume (paper §4.1-4.2).
+
+    run_training(DataConfig(root="data/synthfer"), TrainConfig(preset="tiny", epochs=5))
+
+`DataConfig` and `TrainConfig` are the only home of the training defaults (Adam lr 3e-4,
+exponential decay 0.995 per epoch, gradient clipping 5); model defaults (K, delta, the lambdas
+of eq. 23) stay in `GReFELConfig`, and a `TrainConfig` field set to None keeps the preset's value.
+Everything a run writes lands in its folder:
+
+    config.json            the resolved model, data and train configs
+    metrics.csv / .json    one row per finished epoch
+    last.safetensors       weights after the latest epoch (+ .json sidecar)
+    best.safetensors       weights of the best validation accuracy (+ .json sidecar)
+    last.state.pt          the resumable state: model, optimizer, scheduler, AMP scaler, epoch,
+                           sampler, RNG states, best metric and the metric history; read back
+                           with torch.load(weights_only=True)
+
+Under `torchrun` the run is DDP (gloo on CPU, nccl on GPU): every rank draws its share of the
+epoch, metrics are all-reduced and only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from grefel.checkpoint import save_checkpoint
+from grefel.config import DataConfig, GReFELConfig, TrainConfig
+from grefel.evaluate import predict
+from grefel.fileio import atomic_path, atomic_write_bytes, atomic_write_json
+from grefel.metrics import confusion_matrix, inverse_frequency_weights, macro_f1
+from grefel.model.grefel import GReFEL, GReFELOutput
+from grefel.model.losses import GReFELLoss
+from grefel.train_utils import recalibrate_batchnorm, rng_state, seed_everything, set_rng_state
+
+__all__ = [
+    "DataConfig",
+    "TrainConfig",
+    "TrainingError",
+    "apply_overrides",
+    "configs_from_options",
+    "lr_at_epoch",
+    "run_training",
+]
+
+STATE_FORMAT = "grefel-train-state/1"
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on; the message says why and what was kept."""
+
+
+def apply_overrides(
+    data_cfg: DataConfig, train_cfg: TrainConfig, pairs: Sequence[str]
+) -> Tuple[DataConfig, TrainConfig]:
+    """Apply `key=value` overrides (`lr=1e-3`, `data.workers=2`); values are JSON or strings."""
+    changes: Dict[str, Dict[str, Any]] = {"data": {}, "train": {}}
+    fields = {name: {f.name: f for f in dataclasses.fields(c)}
+              for name, c in (("data", data_cfg), ("train", train_cfg))}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        scope, _, name = key.strip().rpartition(".")
+        scopes = [scope] if scope else [s for s in ("train", "data") if name in fields[s]]
+        if not sep or not scopes or scopes[0] not in fields or name not in fields[scopes[0]]:
+            raise ValueError(f"bad override {pair!r}: use KEY=VALUE with a DataConfig or "
+                             f"TrainConfig field ({', '.join(sorted(fields['train']))}; "
+                             f"data.{', data.'.join(sorted(fields['data']))})")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        if isinstance(value, int) and "float" in str(fields[scopes[0]][name].type):
+            value = float(value)
+        changes[scopes[0]][name] = value
+    return (dataclasses.replace(data_cfg, **changes["data"]),
+            dataclasses.replace(train_cfg, **changes["train"]))
+
+
+def configs_from_options(
+    options: Dict[str, Any], overrides: Sequence[str] = ()
+) -> Tuple[DataConfig, TrainConfig]:
+    """Split flat `grefel train` options between the two configs, then apply KEY=VALUE."""
+    data_keys = {f.name for f in dataclasses.fields(DataConfig)}
+    d = DataConfig(**{k: v for k, v in options.items() if k in data_keys})
+    t = TrainConfig(**{k: v for k, v in options.items() if k not in data_keys})
+    return apply_overrides(d, t, overrides)
+
+
+def lr_at_epoch(base_lr: float, gamma: float, epoch: int) -> float:
+    """The learning rate of (0-based) `epoch` under ExponentialLR: base_lr * gamma^epoch."""
+    return base_lr * gamma**epoch
+
+
+@dataclass
+class Run:
+    """Everything the epoch loop touches."""
+
+    model: torch.nn.Module  # DDP-wrapped under torchrun
+    raw: GReFEL
+    loss_fn: GReFELLoss
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    params: List[torch.nn.Parameter]
+    device: torch.device
+    amp: bool
+    rank: int
+    world: int
+    train_set: Any
+    train_loader: Any
+    sampler: Any
+    val_loader: Any
+    cfg: TrainConfig
+    data_cfg: DataConfig
+    history: List[Dict[str, Any]]
+    best: Dict[str, Any]
+    out: Path
+    epoch: int = 0  # epochs completed
+
+
+def log(run_or_rank: Any, message: str) -> None:
+    """A line on stderr, from rank 0 only."""
+    if getattr(run_or_rank, "rank", run_or_rank) == 0:
+        sys.stderr.write(message + "\n")
+        sys.stderr.flush()
+
+
+def train_one_epoch(run: Run, epoch: int) -> Dict[str, Any]:
+    """One pass over this epoch's draw, with AMP, clipping and the LR schedule inline."""
+    run.model.train()
+    run.sampler.set_epoch(epoch)
+    sums = torch.zeros(6, dtype=torch.float64)  # loss terms total/cls/anchor/center x n, hits, n
+    skipped: List[int] = []
+    start = time.perf_counter()
+    steps = len(run.train_loader)
+    for step, (images, labels, indices, bad) in enumerate(run.train_loader):
+        skipped.extend(bad)
+        if len(labels) < 2:  # the MLP head's BatchNorm (eq. 9) needs two samples
+            continue
+        images = images.to(run.device, non_blocking=True)  # (B, 3, 112, 112)
+        labels = labels.to(run.device, non_blocking=True)  # (B,)
+        with torch.autocast(run.device.type, dtype=torch.float16, enabled=run.amp):
+            out = run.model(images)
+        out = GReFELOutput(*(t.float() if t is not None else None for t in out))
+        terms = run.loss_fn(out, labels, run.raw)  # eq. 23, in float32
+        _check_finite(run, terms.total, indices, epoch, step)
+        run.optimizer.zero_grad(set_to_none=True)
+        run.scaler.scale(terms.total).backward()
+        if run.cfg.clip_grad > 0:
+            run.scaler.unscale_(run.optimizer)
+            torch.nn.utils.clip_grad_norm_(run.params, run.cfg.clip_grad)
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        n = len(labels)
+        hits = (out.probs.argmax(dim=1) == labels).sum().item()
+        sums += torch.tensor([*(t.item() * n for t in terms), hits, n], dtype=torch.float64)
+        _show_progress(run, epoch, step + 1, steps, sums, time.perf_counter() - start)
+    run.scheduler.step()  # ExponentialLR, once per epoch: see lr_at_epoch
+    return _epoch_summary(run, sums, skipped, time.perf_counter() - start)
+
+
+def _check_finite(run: Run, loss: torch.Tensor, indices: torch.Tensor, epoch: int, step: int):
+    """Stop on a NaN/inf loss (on any rank), naming this rank's batch files."""
+    bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=run.device)
+    if run.world > 1:
+        dist.all_reduce(bad)
+    if bad.item() == 0:
+        return
+    files = [run.train_set.samples[int(i)].path for i in indices]
+    kept = f"{run.out / 'last.safetensors'} (epoch {run.epoch})" if run.epoch else "none yet"
+    where = "this batch" if not torch.isfinite(loss) else "another rank's batch"
+    raise TrainingError(
+        f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {step + 1} on {where}; "
+        f"the run stops. Files of rank {run.rank}'s batch: {', '.join(files)}. "
+        f"Last good checkpoint: {kept}."
+    )
+
+
+def _show_progress(run: Run, epoch: int, step: int, steps: int, sums: torch.Tensor, secs: float):
+    if run.rank != 0 or not sys.stderr.isatty():
+        return
+    n = max(sums[5].item(), 1.0)
+    sys.stderr.write(
+        f"\repoch {epoch + 1}/{run.cfg.epochs} {step}/{steps}  loss {sums[0] / n:.4f}  "
+        f"acc {sums[4] / n:.3f}  {sums[5] * run.world / max(secs, 1e-9):.1f} img/s "
+    )
+    if step == steps:
+        sys.stderr.write("\n")
+    sys.stderr.flush()
+
+
+def _all_sum(run: Run, t: torch.Tensor) -> torch.Tensor:
+    if run.world > 1:
+        t = t.to(run.device)
+        dist.all_reduce(t)
+    return t.cpu()
+
+
+def _epoch_summary(run: Run, sums: torch.Tensor, skipped: List[int], secs: float) -> Dict:
+    """All-reduced training metrics of one epoch; logs the unreadable images it skipped."""
+    sums = _all_sum(run, sums)
+    if run.world > 1:
+        gathered: List[Any] = [None] * run.world
+        dist.all_gather_object(gathered, skipped)
+        skipped = [i for part in gathered for i in part]
+    if skipped:
+        names = sorted({run.train_set.samples[i].path for i in skipped})
+        log(run, f"skipped {len(skipped)} unreadable image(s) (use --strict to stop on them): "
+                 + ", ".join(names))
+    n = max(sums[5].item(), 1.0)
+    return {
+        "train_loss": sums[0].item() / n,
+        "train_cls": sums[1].item() / n,
+        "train_anchor": sums[2].item() / n,
+        "train_center": sums[3].item() / n,
+        "train_acc": sums[4].item() / n,
+        "images_per_s": sums[5].item() / max(secs, 1e-9),
+        "epoch_seconds": secs,
+        "skipped": len(skipped),
+    }
+
+
+def precise_bn(run: Run) -> None:
+    """Recompute the trainable BatchNorm statistics on this epoch's training batches."""
+    images = (batch[0].to(run.device) for batch in run.train_loader)
+    reduce = (lambda t: _all_sum(run, t)) if run.world > 1 else None
+    recalibrate_batchnorm(run.raw, images, run.cfg.precise_bn, reduce)
+
+
+def validate(run: Run) -> Dict[str, float]:
+    """Accuracy and macro-F1 of L_final on the validation split (confusion all-reduced)."""
+    if run.val_loader is None:
+        return {}
+    pred = predict(run.raw, run.val_loader, run.device, amp=run.amp)
+    c = run.raw.cfg.num_classes
+    cm = confusion_matrix(pred["labels"], pred["probs"].argmax(axis=1), c)
+    cm = _all_sum(run, torch.from_numpy(cm)).numpy()
+    return {"val_acc": float(np.trace(cm) / max(cm.sum(), 1)), "val_macro_f1": macro_f1(cm)}
+
+
+def save_epoch(run: Run, row: Dict[str, Any], rngs: List[Dict[str, Any]]) -> None:
+    """Rank 0: best/last checkpoints, the resumable state (last), then the metric files."""
+    meta = {"epoch": run.epoch, "data_config": dataclasses.asdict(run.data_cfg),
+            "train_config": dataclasses.asdict(run.cfg)}
+    if run.best.get("epoch") == run.epoch:
+        save_checkpoint(run.out / "best.safetensors", run.raw, metrics=row, **meta)
+    save_checkpoint(run.out / "last.safetensors", run.raw, metrics=row, **meta)
+    write_state(run, rngs)
+    write_metrics(run.out, run.history)
+
+
+def _gather_rng(run: Run) -> List[Dict[str, Any]]:
+    """Every rank's RNG state, in rank order (collective: all ranks call it)."""
+    if run.world == 1:
+        return [rng_state()]
+    gathered: List[Any] = [None] * run.world
+    dist.all_gather_object(gathered, rng_state())
+    return gathered
+
+
+def write_state(run: Run, rngs: List[Dict[str, Any]]) -> None:
+    state = {
+        "format": STATE_FORMAT,
+        "epoch": run.epoch,
+        "model": {k: v.detach().cpu() for k, v in run.raw.state_dict().items()},
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "scaler": run.scaler.state_dict(),
+        "sampler": getattr(run.sampler, "state_dict", lambda: {"epoch": run.epoch})(),
+        "rng": rngs,
+        "best": dict(run.best),
+        "history": list(run.history),
+        "world_size": run.world,
+    }
+    with atomic_path(run.out / "last.state.pt") as tmp:
+        torch.save(state, tmp)
+
+
+def load_state(run: Run) -> None:
+    """Restore a run from RUN_DIR/last.state.pt (model, optimizer, scheduler, scaler, epoch,
+    sampler, RNG, best metric, history)."""
+    path = run.out / "last.state.pt"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a truncated or foreign file: say which and why
+        raise TrainingError(f"{path}: cannot read the training state ({exc})") from None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise TrainingError(f"{path}: not a grefel training state ({STATE_FORMAT})")
+    try:
+        run.raw.load_state_dict(state["model"], strict=True)
+    except RuntimeError as exc:
+        raise TrainingError(f"{path}: the saved model does not fit this config ({exc})") from None
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.scaler.load_state_dict(state["scaler"])
+    if hasattr(run.sampler, "load_state_dict"):
+        run.sampler.load_state_dict(state["sampler"])
+    rngs = state["rng"]
+    set_rng_state(rngs[run.rank] if len(rngs) == run.world else rngs[0])
+    run.epoch, run.best, run.history = state["epoch"], state["best"], state["history"]
+
+
+def write_metrics(out: Path, history: List[Dict[str, Any]]) -> None:
+    """metrics.csv and metrics.json, rewritten atomically from the history (one row per epoch)."""
+    atomic_write_json(out / "metrics.json", history)
+    keys: List[str] = []
+    for row in history:
+        keys += [k for k in row if k not in keys]
+    lines = [",".join(keys)]
+    cell = lambda v: f"{v:.6g}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines += [",".join(cell(row.get(k, "")) for k in keys) for row in history]
+    atomic_write_bytes(out / "metrics.csv", ("\n".join(lines) + "\n").encode())
+
+
+
+
+def _epoch_line(run: Run, row: Dict[str, Any]) -> str:
+    val = (f"  val acc {row['val_acc']:.3f}  val macro-F1 {row['val_macro_f1']:.3f}"
+           if "val_acc" in row else "")
+    return (f"epoch {row['epoch']}/{run.cfg.epochs}  loss {row['train_loss']:.4f}  "
+            f"train acc {row['train_acc']:.3f}{val}  {row['images_per_s']:.1f} img/s  "
+            f"{row['epoch_seconds']:.0f}s")
+
+
+# Setup: devices, data, model and optimiser from the configs -----------------------------------
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """auto -> this rank's GPU when CUDA is available, else the CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        name = f"cuda:{local_rank}"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise TrainingError(f"--device {name} asked for, but this torch sees no CUDA GPU")
+    return torch.device(name)
+
+
+def setup_distributed(device_name: str) -> Tuple[int, int, torch.device]:
+    """(rank, world size, device); joins the torchrun process group when WORLD_SIZE > 1."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    device = resolve_device(device_name, int(os.environ.get("LOCAL_RANK", "0")))
+    if world == 1:
+        return 0, 1, device
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), world, device
+
+
+def build_loaders(d: DataConfig, seed: int, rank: int, world: int) -> Dict[str, Any]:
+    """Train and validation loaders; each rank reads a disjoint share of both."""
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    from grefel.data import FERDataset, RefinedSampler, collate_skip, load_samples, make_transforms
+
+    samples, classes = load_samples(d.root, d.dataset, d.train_split)
+    train_set = FERDataset(samples, classes, make_transforms(d.augment), strict=d.strict)
+    if d.refine_per_class:  # paper §4.1: B per class (N_pg per group) drawn anew every epoch
+        sampler = RefinedSampler([s.label for s in samples], [s.group for s in samples],
+                                 len(classes), d.refine_per_class, d.refine_per_group,
+                                 seed=seed, rank=rank, world_size=world)
+    else:
+        sampler = DistributedSampler(train_set, world, rank, shuffle=True, seed=seed)
+    common = {"num_workers": d.workers, "collate_fn": collate_skip,
+              "pin_memory": torch.cuda.is_available()}
+    train_loader = DataLoader(train_set, d.batch_size, sampler=sampler,
+                              drop_last=len(sampler) > d.batch_size, **common)
+    val_loader = None
+    if d.val_split:
+        val_samples, val_classes = load_samples(d.root, d.dataset, d.val_split)
+        if tuple(val_classes) != tuple(classes):
+            raise TrainingError(f"{d.root}: split {d.val_split!r} has classes {val_classes}, "
+                                f"split {d.train_split!r} has {classes}")
+        val_set = FERDataset(val_samples, classes, make_transforms(False), strict=d.strict)
+        val_loader = DataLoader(val_set, d.batch_size, sampler=range(rank, len(val_set), world),
+                                **common)
+    return {"train_set": train_set, "train_loader": train_loader, "sampler": sampler,
+            "val_loader": val_loader, "classes": classes}
+
+
+def build_model(model_cfg: GReFELConfig, cfg: TrainConfig, rank: int = 0) -> GReFEL:
+    """The network of `model_cfg`, with the pretrained stream weights `cfg` names.
+
+    An import also sets that stream's input normalisation in `model.cfg` (grefel.weights).
+    """
+    model = GReFEL(model_cfg)
+    for path, kind in ((cfg.pretrained_ir50, "ir50"), (cfg.pretrained_mobilefacenet,
+                                                        "mobilefacenet")):
+        if path:
+            from grefel.weights import import_pretrained
+
+            report = import_pretrained(model, path, kind)
+            log(rank, f"imported {len(report.loaded)} {kind} tensors from {path}")
+    return model
+
+
+def _prepare_out(out: Path, cfg: TrainConfig, config: Dict[str, Any], rank: int) -> None:
+    """Refuse to overwrite a run (or resume a missing or different one); write config.json."""
+    state, saved = out / "last.state.pt", out / "config.json"
+    if cfg.resume and not state.is_file():
+        raise TrainingError(f"--resume: {state} does not exist; nothing to resume")
+    if not cfg.resume and state.is_file():
+        raise TrainingError(f"{out} already holds a run ({state.name}); pass --resume to "
+                            "continue it or choose another --out")
+    if cfg.resume and saved.is_file():
+        before = json.loads(saved.read_text()).get("model", {})
+        now = json.loads(json.dumps(config["model"]))  # tuples as lists, like the saved file
+        diff = sorted(k for k in now if before.get(k) != now[k])
+        if diff:
+            raise TrainingError(f"--resume: the model config differs from {saved} in {diff}")
+    if rank == 0:
+        atomic_write_json(saved, config)
+
+
+def build_run(d: DataConfig, cfg: TrainConfig) -> Run:
+    rank, world, device = setup_distributed(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed + rank)
+    data = build_loaders(d, cfg.seed, rank, world)
+    raw = build_model(cfg.model_config(data["classes"]), cfg, rank).to(device)
+    model_cfg, out = raw.cfg, Path(cfg.out)
+    config = {"model": model_cfg.to_dict(), "data": dataclasses.asdict(d),
+              "train": dataclasses.asdict(cfg), "world_size": world}
+    _prepare_out(out, cfg, config, rank)
+    model: torch.nn.Module = raw
+    if world > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        model = torch.nn.parallel.DistributedDataParallel(raw, device_ids=ids)
+    weights = None
+    if cfg.class_weights == "inverse":
+        from grefel.data import class_counts
+
+        counts = class_counts(data["train_set"].samples, model_cfg.num_classes)
+        weights = torch.tensor(inverse_frequency_weights(counts), dtype=torch.float32)
+    loss_fn = GReFELLoss(model_cfg, weights, cfg.label_smoothing).to(device)
+    params = [p for p in raw.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=cfg.lr)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.gamma)
+    amp = cfg.amp and device.type == "cuda"
+    return Run(model, raw, loss_fn, optimizer, scheduler, torch.amp.GradScaler("cuda", enabled=amp),
+               params, device, amp, rank, world, data["train_set"], data["train_loader"],
+               data["sampler"], data["val_loader"], cfg, d, [], {}, out)
+
+
+def finish_distributed(world: int) -> None:
+    if world > 1 and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def run_training(data_cfg: DataConfig, cfg: TrainConfig) -> Dict[str, Any]:
+    """Train (or resume) one run; returns the best metric and the last epoch's row."""
+    run = build_run(data_cfg, cfg)
+    try:
+        if cfg.resume:
+            load_state(run)
+            log(run, f"resumed {run.out} after epoch {run.epoch} of {cfg.epochs}")
+        if run.rank == 0:
+            write_metrics(run.out, run.history)
+        for epoch in range(run.epoch, cfg.epochs):
+            lr = run.optimizer.param_groups[0]["lr"]
+            row = {"epoch": epoch + 1, "lr": lr, **train_one_epoch(run, epoch)}
+            precise_bn(run)  # eval-mode statistics that match the weights (train_utils)
+            row.update(validate(run))
+            run.epoch = epoch + 1
+            run.history.append(row)
+            score = row.get("val_acc", row["train_acc"])
+            if not run.best or score > run.best["value"]:
+                metric = "val_acc" if "val_acc" in row else "train_acc"
+                run.best = {"metric": metric, "value": score, "epoch": run.epoch}
+            rngs = _gather_rng(run)
+            if run.rank == 0:
+                save_epoch(run, row, rngs)
+            log(run, _epoch_line(run, row))
+        return {"out": str(run.out), "rank": run.rank, "epochs": run.epoch, "best": run.best,
+                "last": run.history[-1] if run.history else {}}
+    finally:
+        finish_distributed(run.world)

@@ -1,0 +1,272 @@
+"""grefel.train: configs, pure schedule and RNG helpers, and `grefel train` end to end
+(NaN stop, unreadable images, kill-and-resume in a subprocess, 2-process torchrun on CPU)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from grefel.checkpoint import load_checkpoint, read_meta, sha256_file
+from grefel.cli import cli
+from grefel.config import DataConfig, TrainConfig
+from grefel.train import TrainingError, apply_overrides, lr_at_epoch, run_training
+from grefel.train_utils import recalibrate_batchnorm, rng_state, set_rng_state
+
+CLASSES = ("neutral", "happiness", "sadness", "surprise", "fear", "disgust", "anger")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_dataset(root: Path, n_train: int = 14, n_val: int = 7, n_test: int = 7,
+                 corrupt: Sequence[int] = ()) -> Path:
+    """A SynthFER-layout CSV dataset of small noisy PNGs (class = brightness), 7 classes.
+
+    `corrupt`: train-split indices written as garbage bytes instead of a PNG.
+    """
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "classes.txt").write_text("\n".join(CLASSES) + "\n")
+    for split, n in (("train", n_train), ("val", n_val), ("test", n_test)):
+        if n == 0:
+            continue
+        with open(root / f"{split}.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["path", "label", "group", "skin"])
+            for i in range(n):
+                c = i % len(CLASSES)
+                rel = f"images/{split}_{i:03d}.png"
+                if split == "train" and i in corrupt:
+                    (root / rel).write_bytes(b"this is not a png")
+                else:
+                    img = (rng.random((32, 32, 3)) * 60 + 25 * c).astype(np.uint8)
+                    Image.fromarray(img).save(root / rel)
+                w.writerow([rel, CLASSES[c], f"person{i % 3}", "light" if i % 2 else "dark"])
+    return root
+
+
+def _rows(run: Path) -> List[Dict[str, str]]:
+    with open(run / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def _env() -> Dict[str, str]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    env.pop("WORLD_SIZE", None)
+    return env
+
+
+def _train_args(data: Path, out: Path, epochs: int, batch: int = 7) -> List[str]:
+    return ["train", "--data", str(data), "--out", str(out), "--epochs", str(epochs),
+            "--batch-size", str(batch), "--device", "cpu", "--preset", "tiny"]
+
+
+def test_lr_at_epoch_matches_exponential_lr():
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=3e-4)
+    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.995)
+    for epoch in range(5):
+        assert opt.param_groups[0]["lr"] == pytest.approx(lr_at_epoch(3e-4, 0.995, epoch))
+        opt.step()
+        sched.step()
+    assert lr_at_epoch(1.0, 0.5, 3) == 0.125
+
+
+def test_configs_validate_override_and_build_model_config():
+    d, t = apply_overrides(DataConfig(), TrainConfig(), ["lr=1e-3", "data.workers=2",
+                                                         "epochs=3", "delta=2", "device=cpu"])
+    assert (t.lr, d.workers, t.epochs, t.delta, t.device) == (1e-3, 2, 3, 2.0, "cpu")
+    for bad in (["nope=1"], ["lr"], ["data.lr=1"]):
+        with pytest.raises(ValueError):
+            apply_overrides(DataConfig(), TrainConfig(), bad)
+    with pytest.raises(ValueError, match="freeze"):
+        TrainConfig(freeze="everything")
+    with pytest.raises(ValueError, match="batch_size"):
+        DataConfig(batch_size=1)
+    cfg = TrainConfig(variant="anchors", anchors_per_class=3, freeze="none").model_config(CLASSES)
+    assert (cfg.anchors_per_class, cfg.frozen, cfg.use_attention) == (3, (), False)
+    assert cfg.class_names == CLASSES and cfg.delta == 1.0 and cfg.name == "tiny"
+
+
+def test_rng_state_survives_weights_only_load(tmp_path):
+    import random
+
+    torch.manual_seed(1)
+    np.random.seed(2)
+    random.seed(3)
+    torch.save(rng_state(), tmp_path / "rng.pt")
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    again = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(expected[0], again[0]) and np.array_equal(expected[1], again[1])
+    assert expected[2] == again[2]
+
+
+def test_train_writes_run_folder_and_refuses_to_overwrite(tmp_path):
+    data = make_dataset(tmp_path / "ds", n_train=14, n_val=7)
+    out = tmp_path / "run"
+    runner = CliRunner()
+    res = runner.invoke(cli, _train_args(data, out, 1) + ["--class-weights", "inverse",
+                                                           "--set", "label_smoothing=0.11"])
+    assert res.exit_code == 0, res.output
+    config = json.loads((out / "config.json").read_text())
+    assert config["train"]["label_smoothing"] == 0.11 and config["model"]["num_classes"] == 7
+    meta = read_meta(out / "best.safetensors")
+    assert meta["epoch"] == 1 and meta["train_config"]["class_weights"] == "inverse"
+    assert meta["data_config"]["root"] == str(data) and meta["class_names"] == list(CLASSES)
+    assert "val_acc" in meta["metrics"]
+    state = torch.load(out / "last.state.pt", weights_only=True)
+    assert state["epoch"] == 1 and len(state["history"]) == 1
+    assert [r["epoch"] for r in _rows(out)] == ["1"]
+    res = runner.invoke(cli, _train_args(data, out, 1))
+    assert res.exit_code == 1 and "--resume" in res.output and "Traceback" not in res.output
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    from grefel.model.losses import GReFELLoss, LossTerms
+
+    data = make_dataset(tmp_path / "ds", n_train=14, n_val=0)
+    out = tmp_path / "run"
+    forward = GReFELLoss.forward
+    calls = {"n": 0}
+
+    def poisoned(self, o, targets, model):
+        calls["n"] += 1
+        terms = forward(self, o, targets, model)
+        if calls["n"] > 2:  # epoch 1 has 2 steps; the first step of epoch 2 turns NaN
+            return LossTerms(terms.total * float("nan"), *terms[1:])
+        return terms
+
+    monkeypatch.setattr(GReFELLoss, "forward", poisoned)
+    d = DataConfig(root=str(data), val_split="", batch_size=7)
+    t = TrainConfig(out=str(out), epochs=3, device="cpu")
+    with pytest.raises(TrainingError) as err:
+        run_training(d, t)
+    message = str(err.value)
+    assert "non-finite loss" in message and "epoch 2, step 1" in message
+    assert str(data / "images") in message  # names the batch's files
+    assert "last.safetensors (epoch 1)" in message
+    assert read_meta(out / "last.safetensors")["epoch"] == 1
+    assert load_checkpoint(out / "last.safetensors")[1]["weights_sha256"] == sha256_file(
+        out / "last.safetensors")
+
+
+def test_unreadable_images_are_named_or_an_error_with_strict(tmp_path):
+    data = make_dataset(tmp_path / "ds", n_train=14, n_val=0, corrupt=(3,))
+    res = CliRunner().invoke(cli, _train_args(data, tmp_path / "a", 1) + ["--val-split", ""])
+    assert res.exit_code == 0, res.output
+    assert "skipped 1 unreadable" in res.output and "train_003.png" in res.output
+    assert _rows(tmp_path / "a")[0]["skipped"] == "1"
+    strict = ["--strict", "--val-split", ""]
+    res = CliRunner().invoke(cli, _train_args(data, tmp_path / "b", 1) + strict)
+    assert res.exit_code == 1 and "train_003.png" in res.output
+    assert "Traceback" not in res.output
+
+
+def test_bad_dataset_folder_is_a_click_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    res = CliRunner().invoke(cli, _train_args(tmp_path / "empty", tmp_path / "run", 1))
+    assert res.exit_code == 1 and "Error" in res.output and "Traceback" not in res.output
+    assert str(tmp_path / "empty") in res.output
+
+
+def test_kill_mid_epoch_then_resume(tmp_path):
+    """SIGKILL during epoch 2 (after epoch 1's state exists), then --resume to 3 epochs."""
+    data = make_dataset(tmp_path / "ds", n_train=14, n_val=7)
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "grefel"] + _train_args(data, out, 3)
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    state = out / "last.state.pt"
+    deadline = time.monotonic() + 120
+    while not state.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert state.exists(), proc.stderr.read().decode()[-2000:]
+    assert torch.load(state, weights_only=True)["epoch"] == 1  # killed inside epoch 2
+    res = subprocess.run(cmd + ["--resume"], env=_env(), capture_output=True, text=True,
+                         timeout=180)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "resumed" in res.stderr
+    assert [r["epoch"] for r in _rows(out)] == ["1", "2", "3"]
+    assert len(json.loads((out / "metrics.json").read_text())) == 3
+    final = torch.load(state, weights_only=True)
+    assert final["epoch"] == 3 and final["scheduler"]["last_epoch"] == 3
+    model, meta = load_checkpoint(out / "best.safetensors")
+    assert meta["epoch"] == final["best"]["epoch"] and model.cfg.num_classes == 7
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_torchrun_two_cpu_processes(tmp_path):
+    data = make_dataset(tmp_path / "ds", n_train=16, n_val=7)
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", str(_free_port()), "-m", "grefel"] + _train_args(data, out, 1, 4)
+    res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert json.loads((out / "config.json").read_text())["world_size"] == 2
+    rows = _rows(out)
+    assert [r["epoch"] for r in rows] == ["1"]
+    assert float(rows[0]["val_acc"]) * 7 == pytest.approx(round(float(rows[0]["val_acc"]) * 7))
+    assert res.stdout.count('"epochs": 1') == 1  # only rank 0 prints the summary
+    state = torch.load(out / "last.state.pt", weights_only=True)
+    assert state["world_size"] == 2 and len(state["rng"]) == 2
+    load_checkpoint(out / "last.safetensors")
+
+
+def test_recalibrate_batchnorm_averages_batches_and_spares_frozen_parts():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.BatchNorm1d(3))
+    batches = [torch.randn(4, 3) * 2 + 5 for _ in range(3)]
+    assert recalibrate_batchnorm(net, batches, max_images=8) == 8  # stops after two batches
+    bn = net[1]
+    means = torch.stack([b.mean(0) for b in batches[:2]]).mean(0)  # plain average, not an EMA
+    vars_ = torch.stack([b.var(0) for b in batches[:2]]).mean(0)  # unbiased, as BatchNorm
+    assert torch.allclose(bn.running_mean, means) and torch.allclose(bn.running_var, vars_)
+    assert bn.momentum == 0.1 and net.training
+
+    from grefel.model.grefel import GReFEL
+
+    model = GReFEL(TrainConfig(preset="tiny").model_config(CLASSES))  # landmark stream frozen
+    frozen = next(m for m in model.landmark.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    head = model.head.net[2]  # BatchNorm1d of eq. 9's MLP
+    before = frozen.running_mean.clone()
+    recalibrate_batchnorm(model.eval(), [torch.rand(2, 3, 112, 112)], max_images=2)
+    assert torch.equal(frozen.running_mean, before) and not model.training
+    assert not torch.equal(head.running_mean, torch.zeros_like(head.running_mean))
+
+
+def test_pretrained_mobilefacenet_flag_loads_the_frozen_landmark_stream(tmp_path):
+    """--pretrained-mobilefacenet goes through grefel.weights.import_pretrained."""
+    from grefel.model.grefel import GReFEL
+
+    torch.manual_seed(123)
+    donor = GReFEL(TrainConfig(preset="tiny").model_config(CLASSES))
+    trunk = {k[len("landmark."):]: v for k, v in donor.state_dict().items()
+             if k.startswith("landmark.")}
+    torch.save({"state_dict": trunk}, tmp_path / "mfn.pth.tar")
+    data = make_dataset(tmp_path / "ds", n_train=14, n_val=0)
+    out = tmp_path / "run"
+    res = CliRunner().invoke(cli, _train_args(data, out, 1) + [
+        "--val-split", "", "--pretrained-mobilefacenet", str(tmp_path / "mfn.pth.tar")])
+    assert res.exit_code == 0, res.output
+    assert "mobilefacenet tensors" in res.output
+    model, _ = load_checkpoint(out / "last.safetensors")
+    for k, v in trunk.items():  # frozen by default: still exactly the imported weights
+        assert torch.equal(model.landmark.state_dict()[k], v), k
