@@ -18,8 +18,26 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
+# The main job: SynthFER -> train (tiny) -> eval -> export (ONNX + gates; the engine where
+# TensorRT and a GPU exist) -> predict -> bench. Minutes on a 2-core CPU.
+DEMO ?= runs/demo
+DEMO_N ?= 1200
+DEMO_EPOCHS ?= 4
+GREFEL := $(VENV)/bin/grefel
+HAVE_TRT = $(PY) -c "from grefel._lazy import require; require('tensorrt'); require('pycuda.driver')" 2>/dev/null
+
 demo: venv
-	$(PY) -m benchmarks.flops -p paper -p tiny
+	rm -rf $(DEMO)
+	$(GREFEL) data synth --out $(DEMO)/synthfer --n $(DEMO_N) --imbalance uniform --difficulty 0.3
+	$(GREFEL) train --data $(DEMO)/synthfer --preset tiny --epochs $(DEMO_EPOCHS) --batch-size 32 \
+		--lr 2e-3 --freeze none --out $(DEMO)/train
+	$(GREFEL) eval $(DEMO)/train/best.safetensors --data $(DEMO)/synthfer --out $(DEMO)/eval
+	$(GREFEL) export $(DEMO)/train/best.safetensors --fp16 --out $(DEMO)/engines \
+		--calib-data $(DEMO)/synthfer/images $$($(HAVE_TRT) || echo --onnx-only)
+	$(GREFEL) predict $(DEMO)/synthfer/images --weights $(DEMO)/engines/best.onnx --aligned \
+		--max-frames 16 --out $(DEMO)/predictions.jsonl
+	$(GREFEL) bench --weights $(DEMO)/train/best.safetensors --batch-sizes 1,8 --iters 10 \
+		--seconds 1 --out $(DEMO)/bench
 
 lint: venv
 	$(PY) -m ruff check .

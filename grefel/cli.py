@@ -64,8 +64,11 @@ Examples:
               help="Class frequencies: RAF-DB basic train counts, or equal.")
 @click.option("--contempt/--no-contempt", default=False, help="Add contempt as an 8th class.")
 @click.option("--size", type=click.IntRange(min=32), default=112, help="Image side in pixels.")
+@click.option("--difficulty", type=click.FloatRange(0.0, 1.0), default=1.0,
+              help="Scale of pose, clutter, occlusion, blur, noise and weak expressions "
+                   "(the CPU demo uses a lower value).")
 def data_synth(out: str, n: int, seed: int, noise: float, imbalance: str, contempt: bool,
-               size: int) -> None:
+               size: int, difficulty: float) -> None:
     """Generate SynthFER, the bundled procedurally drawn expression dataset."""
     import time
 
@@ -75,7 +78,7 @@ def data_synth(out: str, n: int, seed: int, noise: float, imbalance: str, contem
     click.echo(f"drawing {n} faces into {out} ...", err=True)
     try:
         path = generate_synthfer(out, n, seed=seed, noise=noise, imbalance=imbalance,
-                                 contempt=contempt, size=size)
+                                 contempt=contempt, size=size, difficulty=difficulty)
     except (OSError, ValueError) as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"done in {time.perf_counter() - start:.1f} s", err=True)

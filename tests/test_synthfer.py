@@ -157,3 +157,21 @@ def test_cli_data_synth(tmp_path):
     clash.write_text("x")
     res = runner.invoke(cli, ["data", "synth", "--out", str(clash / "sub"), "--n", "3"])
     assert res.exit_code == 1 and "Error" in res.output and "Traceback" not in res.output
+
+
+def test_difficulty_zero_removes_nuisances(tmp_path) -> None:
+    """--difficulty 0: no occlusions and full-strength expressions; out of range is refused."""
+    import csv
+
+    import pytest
+
+    from grefel.data.synthfer import generate_synthfer
+
+    out = generate_synthfer(tmp_path / "easy", n=12, seed=1, imbalance="uniform", difficulty=0.0)
+    rows = [r for split in ("train", "val", "test")
+            for r in csv.DictReader(open(out / f"{split}.csv"))]
+    assert len(rows) == 12
+    assert {r["occlusion"] for r in rows} == {"none"}
+    assert {r["intensity"] for r in rows if r["label"] != "neutral"} == {"1.00"}
+    with pytest.raises(ValueError, match="difficulty"):
+        generate_synthfer(tmp_path / "bad", n=12, difficulty=1.5)

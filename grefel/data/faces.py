@@ -312,14 +312,14 @@ def _masked_fill(img: Image.Image, poly: np.ndarray, other: np.ndarray, ellipse:
     img.paste(fill, (x0, y0, x1, y1), mask=ImageChops.multiply(ma, mb))
 
 
-def _background(rng: np.random.Generator, side: int) -> Image.Image:
-    """A colour gradient with random clutter: rectangles, ellipses and lines."""
+def _background(rng: np.random.Generator, side: int, difficulty: float = 1.0) -> Image.Image:
+    """A colour gradient with random clutter (rectangles, ellipses, lines; more with difficulty)."""
     c0, c1 = rng.uniform(20, 235, 3), rng.uniform(20, 235, 3)
     t = np.linspace(0, 1, side)[:, None, None]
     column = (c0 * (1 - t) + c1 * t).astype(np.uint8)  # [side,1,3]
     img = Image.fromarray(column, "RGB").resize((side, side), Image.NEAREST)
     d = ImageDraw.Draw(img)
-    for _ in range(int(rng.integers(2, 8))):
+    for _ in range(int(rng.integers(0, 2 + round(6 * difficulty)))):
         col = tuple(int(v) for v in rng.integers(0, 256, 3))
         x0, y0 = rng.uniform(-0.2, 1.0, 2) * side
         w, h = rng.uniform(0.05, 0.5, 2) * side
@@ -486,38 +486,51 @@ def _draw_occlusion(d: ImageDraw.ImageDraw, f: Identity, pose: Pose, kind: str,
         d.polygon(_pts(poly), fill=tuple(int(v) for v in rng.integers(150, 256, 3)))
 
 
-def _finish(img: Image.Image, size: int, rng: np.random.Generator) -> Image.Image:
+def _finish(
+    img: Image.Image, size: int, rng: np.random.Generator, difficulty: float = 1.0
+) -> Image.Image:
     """Downsample, blur sometimes, lighting gradient, brightness, tint, pixel noise."""
     img = img.resize((size, size), Image.BOX)
-    if rng.random() < 0.3:
+    if rng.random() < 0.3 * difficulty:
         img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 0.9)))
     a = np.asarray(img, dtype=np.float32)
     ramp = np.linspace(-0.5, 0.5, size, dtype=np.float32)
     ang = rng.uniform(0, 2 * math.pi)
-    k = rng.uniform(0, 0.6)
+    k = rng.uniform(0, 0.6) * difficulty
     light = 1 + k * (math.cos(ang) * ramp[None, :] + math.sin(ang) * ramp[:, None])  # [S,S]
     gain = (rng.uniform(0.7, 1.1) * rng.uniform(0.93, 1.07, 3)).astype(np.float32)
-    sigma = np.float32(rng.uniform(0, 6))
+    sigma = np.float32(rng.uniform(0, 6) * difficulty)
     a = a * light[..., None] * gain + sigma * rng.standard_normal(a.shape, dtype=np.float32)
     return Image.fromarray(a.clip(0, 255).astype(np.uint8), "RGB")
 
 
 def render_face(
-    rng: np.random.Generator, ident: Identity, expression: str, size: int = 112
+    rng: np.random.Generator,
+    ident: Identity,
+    expression: str,
+    size: int = 112,
+    difficulty: float = 1.0,
 ) -> Tuple[Image.Image, np.ndarray, Dict[str, str]]:
-    """Draw one face -> (RGB image size x size, landmarks [68,2] in its pixels, attrs)."""
+    """Draw one face -> (RGB image size x size, landmarks [68,2] in its pixels, attrs).
+
+    `difficulty` in [0, 1] scales every nuisance: the spread of expression intensity (down to
+    0.4 at 1, always 1 at 0), pose ranges, clutter, occlusion rate, blur, lighting and noise.
+    """
     canvas = 2 * size
-    intensity = 0.0 if expression == "neutral" else float(rng.uniform(0.4, 1.0))
+    dif = float(difficulty)
+    low = 1.0 - 0.6 * dif
+    intensity = 0.0 if expression == "neutral" else float(rng.uniform(low, 1.0))
     e = expression_params(expression, intensity, rng)
+    u = rng.uniform
     pose = Pose(
-        yaw=rng.uniform(-0.35, 0.35), pitch=rng.uniform(-0.15, 0.15),
-        roll=math.radians(rng.uniform(-15, 15)), scale=canvas * rng.uniform(0.29, 0.35),
-        cx=canvas * (0.5 + rng.uniform(-0.06, 0.06)), cy=canvas * (0.45 + rng.uniform(-0.05, 0.05)),
+        yaw=u(-0.35, 0.35) * dif, pitch=u(-0.15, 0.15) * dif,
+        roll=math.radians(u(-15, 15) * dif), scale=canvas * u(0.35 - 0.06 * dif, 0.35),
+        cx=canvas * (0.5 + u(-0.06, 0.06) * dif), cy=canvas * (0.45 + u(-0.05, 0.05) * dif),
     )
     lm = landmarks68(ident, e)  # [68,2] canonical
     lm_px = project(ident, pose, lm)  # [68,2] canvas pixels
     w = max(int(round(pose.scale * 0.025)), 1)
-    img = _background(rng, canvas)
+    img = _background(rng, canvas, dif)
     d = ImageDraw.Draw(img)
     _draw_head(d, ident, pose, e, rng)
     _draw_wrinkles(d, ident, pose, e, lm, w)
@@ -525,7 +538,9 @@ def render_face(
     _draw_eyes(img, d, ident, pose, e, rng, w)
     _draw_mouth(img, d, ident, pose, e, w)
     occlusion = _OCCLUSIONS[int(rng.choice(len(_OCCLUSIONS), p=_OCCLUSION_P))]
+    if rng.random() >= dif:
+        occlusion = "none"
     _draw_occlusion(d, ident, pose, occlusion, rng, lm_px)
     attrs = {"skin": SKIN_TONES[ident.skin][0], "occlusion": occlusion,
              "intensity": f"{intensity:.2f}"}
-    return _finish(img, size, rng), lm_px * (size / canvas), attrs
+    return _finish(img, size, rng, dif), lm_px * (size / canvas), attrs

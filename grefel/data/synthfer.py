@@ -96,8 +96,16 @@ def generate_synthfer(
     imbalance: str = "rafdb",
     contempt: bool = False,
     size: int = 112,
+    difficulty: float = 1.0,
 ) -> Path:
-    """Write a SynthFER dataset of `n` images to `out` (layout in the module docstring)."""
+    """Write a SynthFER dataset of `n` images to `out` (layout in the module docstring).
+
+    `difficulty` in [0, 1] scales the nuisances (pose, clutter, occlusions, blur, lighting,
+    noise, weak expressions; `grefel.data.faces.render_face`): 1 is the full set, lower values
+    give data a small model learns in CPU minutes.
+    """
+    if not 0.0 <= difficulty <= 1.0:
+        raise ValueError(f"difficulty must be in [0, 1], got {difficulty}")
     if n < 3:
         raise ValueError(f"n must be >= 3 (one identity per split), got {n}")
     if not 0.0 <= noise < 1.0:
@@ -119,7 +127,7 @@ def generate_synthfer(
         if i not in idents:
             idents[i] = make_identity(np.random.default_rng([seed, 3, i]))
         img, lm, attrs = render_face(np.random.default_rng([seed, 1, k]), idents[i],
-                                     classes[labels[k]], size)
+                                     classes[labels[k]], size, difficulty)
         rel = f"images/{k:06d}.png"
         img.save(out / rel, format="PNG", compress_level=3)
         rows[split[i]].append([rel, classes[labels[k]], f"id{i:04d}", classes[labels[k]],
