@@ -169,7 +169,7 @@ def test_difficulty_zero_removes_nuisances(tmp_path) -> None:
 
     out = generate_synthfer(tmp_path / "easy", n=12, seed=1, imbalance="uniform", difficulty=0.0)
     rows = [r for split in ("train", "val", "test")
-            for r in csv.DictReader(open(out / f"{split}.csv"))]
+            for r in csv.DictReader((out / f"{split}.csv").read_text().splitlines())]
     assert len(rows) == 12
     assert {r["occlusion"] for r in rows} == {"none"}
     assert {r["intensity"] for r in rows if r["label"] != "neutral"} == {"1.00"}
