@@ -140,7 +140,8 @@ def generate_synthfer(
     lm_header = ["path"] + [f"{a}{j}" for j in range(68) for a in "xy"]
     atomic_write_bytes(out / "landmarks.csv", _csv_bytes(lm_header, lm_rows))
     atomic_write_bytes(out / "classes.txt", ("\n".join(classes) + "\n").encode())
-    atomic_write_bytes(out / "README.txt", _readme(n, seed, noise, imbalance, size, classes, rows))
+    readme = _readme(n, seed, noise, imbalance, size, difficulty, classes, rows)
+    atomic_write_bytes(out / "README.txt", readme)
     return out
 
 
@@ -153,11 +154,12 @@ def _add_noise(rows: List[List[object]], noise: float, classes: Sequence[str],
         rows[j][1] = classes[(clean + int(rng.integers(1, len(classes)))) % len(classes)]
 
 
-def _readme(n: int, seed: int, noise: float, imbalance: str, size: int,
+def _readme(n: int, seed: int, noise: float, imbalance: str, size: int, difficulty: float,
             classes: Sequence[str], rows: Dict[str, List[List[object]]]) -> bytes:
     lines = [
         "SynthFER: procedurally drawn facial expressions (grefel.data.synthfer).",
-        f"Generated with: n={n} seed={seed} noise={noise} imbalance={imbalance} size={size}",
+        f"Generated with: n={n} seed={seed} noise={noise} imbalance={imbalance} size={size} "
+        f"difficulty={difficulty}",
         "Columns: path,label,group,clean_label,skin,occlusion,intensity.",
         "label = class name (noisy in train when noise > 0), clean_label = the drawn expression,",
         "group = identity id (no identity is in two splits). landmarks.csv: iBUG-68 x,y pixels.",
