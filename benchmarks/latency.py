@@ -100,32 +100,11 @@ def measure_latency(
 
 
 def export_onnx_for_bench(model: Any, path: Path) -> Path:
-    """A dynamic-batch FP32 ONNX of `model` (probs, primary, confidence) for timing only."""
-    import torch
+    """A dynamic-batch FP32 ONNX of `model` (probs, primary, confidence) for timing only: the
+    export package's own `export_onnx`, so the timed graph is the graph `grefel export` writes."""
+    from export.onnx_export import export_onnx
 
-    class _Outputs(torch.nn.Module):
-        def __init__(self, inner: Any) -> None:
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, images: torch.Tensor):
-            out = self.inner(images)
-            return out.probs, out.primary, out.confidence
-
-    names = ["probs", "primary", "confidence"]
-    with torch.no_grad():
-        torch.onnx.export(
-            _Outputs(model.eval()),
-            (torch.rand(2, 3, 112, 112),),
-            str(path),
-            dynamo=False,
-            opset_version=17,
-            input_names=["images"],
-            output_names=names,
-            dynamic_axes={n: {0: "batch"} for n in ["images", *names]},
-            do_constant_folding=True,
-        )
-    return path
+    return export_onnx(model, path)
 
 
 @dataclass
