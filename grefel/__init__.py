@@ -8,7 +8,7 @@ so a Jetson that only runs engines (`grefel.runtime`) needs numpy, TensorRT and 
 
 from __future__ import annotations
 
-from typing import Any
+from grefel._lazy import lazy_exports
 
 __version__ = "0.1.0"
 __all__ = ["GReFEL", "GReFELConfig", "GReFELLoss", "GReFELOutput", "__version__"]
@@ -20,10 +20,4 @@ _LAZY = {
     "GReFELConfig": "grefel.config",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'grefel' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
+from typing import Any, Callable, Dict
 
-__all__ = ["MissingDependency", "require"]
+__all__ = ["MissingDependency", "lazy_exports", "require"]
 
 _HINTS = {
     "tensorrt": "TensorRT Python bindings: `pip install 'grefel[trt]'` on a desktop GPU; on Jetson "
@@ -46,3 +47,17 @@ def require(name: str) -> ModuleType:
             f"Install {_HINTS['tensorrt']}."
         )
     return module
+
+
+def lazy_exports(package: str, names: Dict[str, str]) -> Callable[[str], Any]:
+    """A module `__getattr__` (PEP 562) that imports `names[attr]` on first access of `attr`.
+
+    Keeps `import grefel` and `import grefel.data` free of torch until a name is used.
+    """
+
+    def __getattr__(name: str) -> Any:
+        if name in names:
+            return getattr(importlib.import_module(names[name]), name)
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    return __getattr__

@@ -218,8 +218,6 @@ def eval_(checkpoint, data, dataset, split, out, batch_size, workers, device, st
 
     Prints a table on stdout; writes metrics.json, confusion.json and PNG plots to --out.
     """
-    from pathlib import Path
-
     from grefel.checkpoint import CheckpointError
     from grefel.data import DatasetError
     from grefel.evaluate import EvalError, evaluate_checkpoint, format_report

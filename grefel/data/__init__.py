@@ -8,7 +8,7 @@ Names are loaded on first use, so `grefel.data.synthfer` (numpy + PIL only) does
 
 from __future__ import annotations
 
-from typing import Any
+from grefel._lazy import lazy_exports
 
 __all__ = [
     "DatasetError",
@@ -34,10 +34,4 @@ _LAZY = {
     "generate_synthfer": "grefel.data.synthfer",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'grefel.data' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)
