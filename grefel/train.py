@@ -9,6 +9,7 @@ Everything a run writes lands in its folder:
 
     config.json            the resolved model, data and train configs
     metrics.csv / .json    one row per finished epoch
+    tensorboard/           the same rows as TensorBoard scalars, when `tensorboard` is installed
     last.safetensors       weights after the latest epoch (+ .json sidecar)
     best.safetensors       weights of the best validation accuracy (+ .json sidecar)
     last.state.pt          the resumable state: model, optimizer, scheduler, AMP scaler, epoch,
@@ -310,6 +311,26 @@ def load_state(run: Run) -> None:
     run.epoch, run.best, run.history = state["epoch"], state["best"], state["history"]
 
 
+def open_tensorboard(out: Path) -> Any:
+    """A SummaryWriter on OUT/tensorboard when the `tensorboard` package is installed, else None
+    (the metric files hold the same numbers)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # torch.utils.tensorboard needs the optional tensorboard package
+        return None
+    return SummaryWriter(log_dir=str(out / "tensorboard"))
+
+
+def write_tensorboard(writer: Any, row: Dict[str, Any]) -> None:
+    """One epoch's numeric metrics as scalars (train/..., val/..., lr), step = epoch."""
+    for key, value in row.items():
+        if key == "epoch" or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        tag = key.replace("_", "/", 1) if key.startswith(("train_", "val_")) else key
+        writer.add_scalar(tag, value, row["epoch"])
+    writer.flush()
+
+
 def write_metrics(out: Path, history: List[Dict[str, Any]]) -> None:
     """metrics.csv and metrics.json, rewritten atomically from the history (one row per epoch)."""
     atomic_write_json(out / "metrics.json", history)
@@ -462,12 +483,14 @@ def finish_distributed(world: int) -> None:
 def run_training(data_cfg: DataConfig, cfg: TrainConfig) -> Dict[str, Any]:
     """Train (or resume) one run; returns the best metric and the last epoch's row."""
     run = build_run(data_cfg, cfg)
+    tensorboard = None
     try:
         if cfg.resume:
             load_state(run)
             log(run, f"resumed {run.out} after epoch {run.epoch} of {cfg.epochs}")
         if run.rank == 0:
             write_metrics(run.out, run.history)
+            tensorboard = open_tensorboard(run.out)
         for epoch in range(run.epoch, cfg.epochs):
             lr = run.optimizer.param_groups[0]["lr"]
             row = {"epoch": epoch + 1, "lr": lr, **train_one_epoch(run, epoch)}
@@ -482,8 +505,12 @@ def run_training(data_cfg: DataConfig, cfg: TrainConfig) -> Dict[str, Any]:
             rngs = _gather_rng(run)
             if run.rank == 0:
                 save_epoch(run, row, rngs)
+                if tensorboard is not None:
+                    write_tensorboard(tensorboard, row)
             log(run, _epoch_line(run, row))
         return {"out": str(run.out), "rank": run.rank, "epochs": run.epoch, "best": run.best,
                 "last": run.history[-1] if run.history else {}}
     finally:
+        if tensorboard is not None:
+            tensorboard.close()
         finish_distributed(run.world)

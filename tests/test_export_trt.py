@@ -23,7 +23,7 @@ from export.onnx_export import export_onnx
 from export.pipeline import ExportOptions, run_export
 from export.runners import ort_session, run_onnxruntime
 from export.trt_builder import BuildOptions, build_engine, network_flags
-from export.verify import EngineRunner, verify_engine
+from export.verify import verify_engine
 from grefel.model import create_model
 
 F32, F16, I32 = "float32", "float16", "int32"
@@ -181,10 +181,14 @@ MEMORY: Dict[int, object] = {}
 class DeviceMem:
     def __init__(self, nbytes: int) -> None:
         self.data = np.zeros(nbytes // 4, np.float32)
+        self.freed = False
         MEMORY[id(self)] = self
 
     def __int__(self) -> int:
         return id(self)
+
+    def free(self) -> None:
+        self.freed = True
 
 
 class FakeContext:
@@ -203,7 +207,8 @@ class FakeContext:
 
     def execute_async_v3(self, handle):
         assert handle == 1234
-        x = MEMORY[self.addr["images"]].data.reshape(self.shapes[-1])
+        shape = self.shapes[-1]
+        x = MEMORY[self.addr["images"]].data[: int(np.prod(shape))].reshape(shape)
         for name, value in self.fn(x).items():
             MEMORY[self.addr[name]].data[: value.size] = value.ravel()
         return True
@@ -397,7 +402,8 @@ def _engine_math(flip: bool = False):
 
 @pytest.mark.parametrize("static", [None, 4])
 def test_verify_runs_engine_in_chunks_and_compares(tmp_path, monkeypatch, static):
-    """Engine runner control flow: chunks of max batch, static padding, agreement; our glue."""
+    """--verify runs the engine in the runtime's TensorRTBackend (chunks of the max batch, static
+    padding) against ONNX Runtime. Checks our glue with recording fakes, not TensorRT."""
     ref = _mean_softmax_onnx(tmp_path / "ref.onnx")
     plan = tmp_path / "m.engine"
     plan.write_bytes(b"\x00PLAN")
@@ -405,15 +411,15 @@ def test_verify_runs_engine_in_chunks_and_compares(tmp_path, monkeypatch, static
     _install(monkeypatch, make_fake_trt("10", static_batch=static, engine_fn=_engine_math()),
              cuda)
     images = np.random.default_rng(0).random((10, 3, 112, 112), dtype=np.float32)
-    runner = EngineRunner(plan)
-    result = verify_engine(plan, ref, images, runner=runner)
+    result = verify_engine(plan, ref, images)
     assert result and result.samples == 10 and result.max_abs_dprobs < 1e-5
     assert cuda.ctx.pushed == 0  # the primary context was pushed and popped
     _install(monkeypatch, make_fake_trt("10", engine_fn=_engine_math(flip=True)))
-    assert not verify_engine(plan, ref, images, runner=EngineRunner(plan))
+    assert not verify_engine(plan, ref, images)
     plan.write_bytes(b"another GPU's plan")
-    with pytest.raises(ExportError, match="could not deserialize"):
-        verify_engine(plan, ref, images, runner=EngineRunner(plan))
+    with pytest.raises(ExportError, match="--verify: .*not a TensorRT engine"):
+        verify_engine(plan, ref, images)
+    assert cuda.ctx.pushed == 0
 
 
 # --- the whole command with fakes ---------------------------------------------------------------

@@ -270,3 +270,40 @@ def test_pretrained_mobilefacenet_flag_loads_the_frozen_landmark_stream(tmp_path
     model, _ = load_checkpoint(out / "last.safetensors")
     for k, v in trunk.items():  # frozen by default: still exactly the imported weights
         assert torch.equal(model.landmark.state_dict()[k], v), k
+
+
+def test_tensorboard_scalars_when_installed(tmp_path, monkeypatch):
+    """Checks our glue, not TensorBoard: a recording stand-in for torch.utils.tensorboard
+    receives every epoch's numeric metrics (the real package is an optional extra)."""
+    import types
+
+    calls: List[tuple] = []
+
+    class RecordingWriter:
+        def __init__(self, log_dir: str) -> None:
+            calls.append(("open", log_dir))
+
+        def add_scalar(self, tag: str, value: float, step: int) -> None:
+            calls.append(("scalar", tag, value, step))
+
+        def flush(self) -> None:
+            pass
+
+        def close(self) -> None:
+            calls.append(("close",))
+
+    fake = types.ModuleType("torch.utils.tensorboard")
+    fake.SummaryWriter = RecordingWriter
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", fake)
+    data = make_dataset(tmp_path / "ds", n_train=14, n_val=7)
+    out = tmp_path / "run"
+    res = CliRunner().invoke(cli, _train_args(data, out, 2))
+    assert res.exit_code == 0, res.output
+    assert calls[0] == ("open", str(out / "tensorboard")) and calls[-1] == ("close",)
+    scalars = {(c[1], c[3]): c[2] for c in calls if c[0] == "scalar"}
+    rows = _rows(out)
+    for epoch in (1, 2):
+        row = rows[epoch - 1]
+        assert scalars[("train/loss", epoch)] == pytest.approx(float(row["train_loss"]), rel=1e-5)
+        assert scalars[("val/acc", epoch)] == pytest.approx(float(row["val_acc"]), rel=1e-5)
+        assert ("lr", epoch) in scalars and ("images_per_s", epoch) in scalars

@@ -103,13 +103,16 @@ class TensorRTBackend(Backend):
     Args:
         path: the .engine file (a plain plan) with its `NAME.json` sidecar beside it.
         gpu: CUDA device index.
+        sidecar: False for an engine this process has just built (`grefel export --verify`):
+            no sidecar is read, so there is no build-target check and classes are generic.
     """
 
     name = "tensorrt"
 
-    def __init__(self, path: Path, gpu: int = 0) -> None:
+    def __init__(self, path: Path, gpu: int = 0, sidecar: bool = True) -> None:
         super().__init__(path)
         self.gpu = gpu
+        self._read_sidecar = sidecar
         self.max_batch = 0
         self._static = False
         self._trt: Any = None
@@ -127,7 +130,7 @@ class TensorRTBackend(Backend):
     def _open(self) -> None:
         if not Path(self.path).is_file():
             raise BackendError(f"{self.path}: no such engine file")
-        sidecar = read_sidecar(Path(self.path))
+        sidecar = read_sidecar(Path(self.path)) if self._read_sidecar else None
         self._trt, self._cuda = require("tensorrt"), require("pycuda.driver")
         cuda = self._cuda
         cuda.init()
