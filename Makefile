@@ -21,7 +21,7 @@ venv: $(VENV)/.installed
 # The main job: SynthFER -> train (tiny) -> eval -> export (ONNX + gates; the engine where
 # TensorRT and a GPU exist) -> predict -> bench. Minutes on a 2-core CPU.
 DEMO ?= runs/demo
-DEMO_N ?= 1200
+DEMO_N ?= 3000
 DEMO_EPOCHS ?= 4
 GREFEL := $(VENV)/bin/grefel
 HAVE_TRT = $(PY) -c "from grefel._lazy import require; require('tensorrt'); require('pycuda.driver')" 2>/dev/null
@@ -30,7 +30,7 @@ demo: venv
 	rm -rf $(DEMO)
 	$(GREFEL) data synth --out $(DEMO)/synthfer --n $(DEMO_N) --imbalance uniform --difficulty 0.3
 	$(GREFEL) train --data $(DEMO)/synthfer --preset tiny --epochs $(DEMO_EPOCHS) --batch-size 32 \
-		--lr 2e-3 --freeze none --out $(DEMO)/train
+		--lr 1e-3 --freeze none --image-warmup 150 --no-augment --out $(DEMO)/train
 	$(GREFEL) eval $(DEMO)/train/best.safetensors --data $(DEMO)/synthfer --out $(DEMO)/eval
 	$(GREFEL) export $(DEMO)/train/best.safetensors --fp16 --out $(DEMO)/engines \
 		--calib-data $(DEMO)/synthfer/images $$($(HAVE_TRT) || echo --onnx-only)

@@ -38,14 +38,19 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.ablation", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--n", type=int, default=500, help="SynthFER images (all splits)")
+    p.add_argument("--n", type=int, default=1500, help="SynthFER images (all splits)")
     p.add_argument("--imbalance", default="uniform", choices=["uniform", "rafdb"])
+    p.add_argument("--difficulty", type=float, default=0.3, help="SynthFER --difficulty")
     p.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.2])
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--image-warmup", type=int, default=100,
+                   help="image-stream warm-up steps (grefel.train.warm_up_image_stream)")
+    p.add_argument("--augment", action="store_true",
+                   help="the training augmentation (off: SynthFER draws new faces instead)")
     p.add_argument("--freeze", default="none", choices=["landmark", "image", "none"])
     p.add_argument("--precise-bn", type=int, default=128, help="see grefel.train_utils")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
@@ -58,14 +63,15 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def dataset(work: Path, n: int, noise: float, imbalance: str) -> Path:
+def dataset(work: Path, n: int, noise: float, imbalance: str, difficulty: float) -> Path:
     """The SynthFER dataset of this noise rate (drawn once, then reused)."""
     from grefel.data.synthfer import generate_synthfer
 
-    root = work / f"synthfer_n{n}_{imbalance}_noise{noise:g}"
+    root = work / f"synthfer_n{n}_{imbalance}_d{difficulty:g}_noise{noise:g}"
     if not (root / "test.csv").is_file():
         print(f"drawing {root} ...", file=sys.stderr, flush=True)
-        generate_synthfer(root, n, seed=0, noise=noise, imbalance=imbalance)
+        generate_synthfer(root, n, seed=0, noise=noise, imbalance=imbalance,
+                          difficulty=difficulty)
     return root
 
 
@@ -81,10 +87,10 @@ def one_run(args: argparse.Namespace, data: Path, noise: float, variant: str, se
     shutil.rmtree(out, ignore_errors=True)  # a run cut off earlier starts over
     start = time.perf_counter()
     summary = run_training(
-        DataConfig(root=str(data), batch_size=args.batch_size),
+        DataConfig(root=str(data), batch_size=args.batch_size, augment=args.augment),
         TrainConfig(out=str(out), preset="tiny", variant=variant, epochs=args.epochs,
                     lr=args.lr, seed=seed, device="cpu", freeze=args.freeze,
-                    precise_bn=args.precise_bn),
+                    precise_bn=args.precise_bn, image_warmup=args.image_warmup),
     )
     train_s = time.perf_counter() - start
     report = evaluate_checkpoint(out / "best.safetensors", data, split="test", device="cpu")
@@ -132,8 +138,10 @@ def markdown(record: Dict[str, Any]) -> str:
         f"# Mini-ablation ({record['date']}): Table 2 variants x label noise, tiny preset, "
         "SynthFER",
         "",
-        f"SynthFER n={s['n']}, {s['imbalance']} classes (seed 0; noise flips train labels "
-        f"only), {s['epochs']} epochs, batch {s['batch_size']}, Adam lr {s['lr']}, freeze "
+        f"SynthFER n={s['n']}, {s['imbalance']} classes, difficulty {s['difficulty']} (seed 0; "
+        f"noise flips train labels only), image-stream warm-up {s['image_warmup']} steps, "
+        f"augmentation {'on' if s['augment'] else 'off'}, "
+        f"{s['epochs']} epochs, batch {s['batch_size']}, Adam lr {s['lr']}, freeze "
         f"{s['freeze']}, precise BN on {s['precise_bn']} images, seeds {s['seeds']}, "
         f"{s['threads']} torch thread(s) on {record['env']['cpus']} shared CPU cores. "
         "Test split is clean; each run's best-validation checkpoint is scored. "
@@ -161,18 +169,23 @@ def main(argv: Sequence[str] = ()) -> int:
     import torch
 
     work, out = Path(args.work), Path(args.out)
-    settings = {k: getattr(args, k) for k in ("n", "imbalance", "noise", "variants", "seeds",
-                                              "epochs", "batch_size", "lr", "freeze",
-                                              "precise_bn", "threads", "jobs")}
+    settings = {k: getattr(args, k) for k in ("n", "imbalance", "difficulty", "noise",
+                                              "variants", "seeds", "epochs", "batch_size", "lr",
+                                              "image_warmup", "augment", "freeze", "precise_bn",
+                                              "threads", "jobs")}
+    # Runs of the same training settings are reused (more seeds can be added later).
+    same = lambda a, b: all(a.get(k) == b.get(k) for k in settings  # noqa: E731
+                            if k not in ("seeds", "threads", "jobs"))
     partial = work / "ablation_partial.json"
     runs: List[Dict[str, Any]] = []
-    if partial.is_file() and json.loads(partial.read_text())["settings"] == settings:
+    if partial.is_file() and same(json.loads(partial.read_text())["settings"], settings):
         runs = json.loads(partial.read_text())["runs"]
     start = time.perf_counter()
     done = {(r["noise"], r["variant"], r["seed"]) for r in runs}
-    todo = [(dataset(work, args.n, noise, args.imbalance), noise, variant, seed)
-            for noise in args.noise for variant in args.variants for seed in args.seeds
-            if (noise, variant, seed) not in done and not args.report_only]
+    todo = [(dataset(work, args.n, noise, args.imbalance, args.difficulty), noise, variant, seed)
+            for seed in args.seeds for noise in args.noise for variant in args.variants
+            if (noise, variant, seed) not in done and not args.report_only]  # seed-major: a
+    # cut-off ablation holds whole grids of the first seeds
     ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch state
     with ProcessPoolExecutor(args.jobs, mp_context=ctx, initializer=_init, initargs=(args,)) as ex:
         futures = [ex.submit(one_run, args, *job) for job in todo]
@@ -184,6 +197,7 @@ def main(argv: Sequence[str] = ()) -> int:
                   f"({r['total_seconds']:.0f}s)", file=sys.stderr, flush=True)
             atomic_write_json(partial, {"settings": settings, "runs": runs})
     date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
+    settings["seeds"] = sorted({r["seed"] for r in runs})  # what the record holds
     record = {
         "date": date, "settings": settings, "summary": summarise(runs), "runs": runs,
         "wall_seconds": round(time.perf_counter() - start, 1),  # this invocation (+ drawing)

@@ -19,8 +19,9 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "max_con
     context_settings=CONTEXT,
     epilog="""\b
 Examples:
-  grefel data synth --out data/synthfer --n 2000
-  grefel train --data data/synthfer --preset tiny --epochs 5 --out runs/demo
+  grefel data synth --out data/synthfer --n 3000 --imbalance uniform --difficulty 0.3
+  grefel train --data data/synthfer --preset tiny --epochs 4 --lr 1e-3 --freeze none \\
+      --image-warmup 150 --no-augment --out runs/demo
   grefel eval runs/demo/best.safetensors --data data/synthfer
   grefel export runs/demo/best.safetensors --fp16
   grefel predict photo.jpg --weights engines/best_fp16_b8.engine
@@ -147,6 +148,10 @@ def _train_options(func):
                      help="Override any DataConfig/TrainConfig field (data.KEY for data)."),
         click.option("--pretrained-ir50", default="", type=click.Path(dir_okay=False),
                      help="face.evoLVe / POSTER V2 IR-50 weights for the image stream."),
+        click.option("--image-warmup", type=int, default=t.image_warmup, show_default=True,
+                     help="Steps that train the image stream alone (pooled linear classifier, "
+                          "then dropped) before epoch 1: a stand-in for a pretrained IR-50 when "
+                          "there is none (the tiny preset)."),
         click.option("--pretrained-mobilefacenet", default="", type=click.Path(dir_okay=False),
                      help="pytorch_face_landmark MobileFaceNet weights (landmark stream)."),
         click.option("--json", "json_path", type=click.Path(dir_okay=False),
@@ -160,8 +165,10 @@ def _train_options(func):
 @cli.command(
     epilog="""\b
 Examples:
-  grefel train --data data/synthfer --preset tiny --epochs 8 --out runs/demo
-  grefel train --data data/synthfer --out runs/demo --epochs 12 --resume
+  grefel train --data data/synthfer --preset tiny --epochs 4 --lr 1e-3 --freeze none \\
+      --image-warmup 150 --no-augment --out runs/demo
+  grefel train --data data/synthfer --preset tiny --epochs 8 --lr 1e-3 --freeze none \\
+      --image-warmup 150 --no-augment --out runs/demo --resume
   grefel train --data data/rafdb --preset paper --refine-per-class 32 --label-smoothing 0.11
   torchrun --nproc_per_node 2 -m grefel train --data data/rafdb --preset paper --out runs/ddp
 """

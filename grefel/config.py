@@ -202,6 +202,9 @@ PRESETS: Dict[str, Dict[str, Any]] = {
         "mfn_blocks": (1, 1, 1),
         "mfn_out": 128,
         "heads": (1, 2, 4),
+        # 7x7 windows on every level (16 + 4 + 1 windows at 112 input): level 1's attention
+        # is 16 times cheaper than one 28x28 window, which makes CPU training ~20% faster.
+        "windows": (7, 7, 7),
         "embed_dim": 96,
         "vit_depth": 1,
         "vit_heads": 4,
@@ -286,6 +289,9 @@ class TrainConfig:
     head_dropout: Optional[float] = None  # dropout of eq. 9's MLP head [preset: 0.5]
     pretrained_ir50: str = ""
     pretrained_mobilefacenet: str = ""
+    # Steps that train the image stream alone before epoch 1 (grefel.train.warm_up_image_stream):
+    # a stand-in for the paper's pretrained IR-50 where no pretrained weights exist (tiny).
+    image_warmup: int = 0
 
     def __post_init__(self) -> None:
         _require(self.preset in PRESETS, f"unknown preset {self.preset!r}")
@@ -297,6 +303,9 @@ class TrainConfig:
         _require(min(self.clip_grad, self.threads, self.precise_bn) >= 0,
                  "clip_grad, threads and precise_bn must be >= 0")
         _require(self.freeze in ("landmark", "image", "none"), "freeze: landmark, image or none")
+        _require(self.image_warmup >= 0, "image_warmup must be >= 0")
+        _require(not (self.image_warmup and self.freeze == "image"),
+                 "image_warmup trains the image stream, which freeze=image keeps frozen")
         _require(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda"),
                  f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 

@@ -12,6 +12,7 @@ Everything a run writes lands in its folder:
     tensorboard/           the same rows as TensorBoard scalars, when `tensorboard` is installed
     last.safetensors       weights after the latest epoch (+ .json sidecar)
     best.safetensors       weights of the best validation accuracy (+ .json sidecar)
+    warmup.json            the image-stream warm-up's losses, when TrainConfig.image_warmup > 0
     last.state.pt          the resumable state: model, optimizer, scheduler, AMP scaler, epoch,
                            sampler, RNG states, best metric and the metric history; read back
                            with torch.load(weights_only=True)
@@ -127,6 +128,7 @@ class Run:
     best: Dict[str, Any]
     out: Path
     epoch: int = 0  # epochs completed
+    warmed_up: bool = False  # the image-stream warm-up (TrainConfig.image_warmup) is done
 
 
 def log(run_or_rank: Any, message: str) -> None:
@@ -168,6 +170,76 @@ def train_one_epoch(run: Run, epoch: int) -> Dict[str, Any]:
         _show_progress(run, epoch, step + 1, steps, sums, time.perf_counter() - start)
     run.scheduler.step()  # ExponentialLR, once per epoch: see lr_at_epoch
     return _epoch_summary(run, sums, skipped, time.perf_counter() - start)
+
+
+def warm_up_image_stream(run: Run) -> Dict[str, Any]:
+    """Train the image stream alone for `image_warmup` steps before epoch 1.
+
+    The paper starts the image stream from an IR-50 pretrained on MS-Celeb-1M. A preset without
+    pretrained weights (tiny) starts from random convolutions, and the gradient that reaches
+    them through the cross-attention levels, the fusion ViT and the MLP head trains them
+    slowly: on SynthFER the whole tiny model sits at chance for ~200 steps at lr 1e-3, and
+    learns from the first steps after 100 steps of this warm-up
+    (benchmarks/results/warmup_2026-11-29.md). The warm-up trains the stream with a temporary
+    linear classifier on its mean-pooled level-3 map (cross-entropy with the run's class weights
+    and label smoothing, Adam at the run's lr, the training split's own labels) and then drops
+    that classifier: the model and its checkpoints stay exactly GReFEL. Under DDP the gradients
+    are averaged across ranks.
+    """
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    from grefel.data import collate_skip
+
+    raw, cfg, steps = run.raw, run.cfg, run.cfg.image_warmup
+    probe = torch.nn.Linear(raw.cfg.dims[2], raw.cfg.num_classes).to(run.device)
+    params = list(raw.image.parameters()) + list(probe.parameters())
+    optimizer = torch.optim.Adam(params, lr=cfg.lr)
+    scaler = torch.amp.GradScaler("cuda", enabled=run.amp)
+    sampler = DistributedSampler(run.train_set, run.world, run.rank, shuffle=True,
+                                 seed=cfg.seed + 1)  # not the epochs' draw
+    loader = DataLoader(run.train_set, run.data_cfg.batch_size, sampler=sampler,
+                        drop_last=len(sampler) > run.data_cfg.batch_size,
+                        collate_fn=collate_skip, num_workers=run.data_cfg.workers)
+    raw.image.train()
+    weights = run.loss_fn.class_weights
+    sums, first, step, start = torch.zeros(3, dtype=torch.float64), None, 0, time.perf_counter()
+    while step < steps:
+        sampler.set_epoch(step)
+        for images, labels, _, _ in loader:
+            if step == steps:
+                break
+            if len(labels) < 2:
+                continue
+            images, labels = images.to(run.device), labels.to(run.device)
+            with torch.autocast(run.device.type, dtype=torch.float16, enabled=run.amp):
+                x = (images - raw.image_mean) / raw.image_std
+                logits = probe(raw.image(x)[2].mean(dim=(2, 3)))  # (B, C)
+            loss = torch.nn.functional.cross_entropy(
+                logits.float(), labels, weight=weights, label_smoothing=cfg.label_smoothing)
+            if not torch.isfinite(loss):
+                raise TrainingError(f"non-finite loss in the image-stream warm-up, step {step + 1}")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if run.world > 1:
+                for p in params:
+                    if p.grad is not None:
+                        dist.all_reduce(p.grad)
+                        p.grad /= run.world
+            if cfg.clip_grad > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
+            scaler.step(optimizer)
+            scaler.update()
+            step += 1
+            first = loss.item() if first is None else first
+            if step > steps - max(steps // 4, 1):  # the last quarter's mean
+                hits = (logits.argmax(dim=1) == labels).sum().item()
+                sums += torch.tensor([loss.item() * len(labels), hits, len(labels)],
+                                     dtype=torch.float64)
+    sums = _all_sum(run, sums)
+    n = max(sums[2].item(), 1.0)
+    return {"steps": steps, "first_loss": first, "loss": sums[0].item() / n,
+            "acc": sums[1].item() / n, "seconds": time.perf_counter() - start}
 
 
 def _check_finite(run: Run, loss: torch.Tensor, indices: torch.Tensor, epoch: int, step: int):
@@ -282,6 +354,7 @@ def write_state(run: Run, rngs: List[Dict[str, Any]]) -> None:
         "best": dict(run.best),
         "history": list(run.history),
         "world_size": run.world,
+        "warmed_up": run.warmed_up,
     }
     with atomic_path(run.out / "last.state.pt") as tmp:
         torch.save(state, tmp)
@@ -309,6 +382,7 @@ def load_state(run: Run) -> None:
     rngs = state["rng"]
     set_rng_state(rngs[run.rank] if len(rngs) == run.world else rngs[0])
     run.epoch, run.best, run.history = state["epoch"], state["best"], state["history"]
+    run.warmed_up = bool(state.get("warmed_up", False))
 
 
 def open_tensorboard(out: Path) -> Any:
@@ -491,6 +565,16 @@ def run_training(data_cfg: DataConfig, cfg: TrainConfig) -> Dict[str, Any]:
         if run.rank == 0:
             write_metrics(run.out, run.history)
             tensorboard = open_tensorboard(run.out)
+        if cfg.image_warmup and not run.warmed_up and run.epoch == 0:
+            warm = warm_up_image_stream(run)
+            run.warmed_up = True
+            rngs = _gather_rng(run)
+            if run.rank == 0:
+                atomic_write_json(run.out / "warmup.json", warm)
+                write_state(run, rngs)  # a kill from here on resumes after the warm-up
+            log(run, f"image-stream warm-up: {warm['steps']} steps, loss {warm['first_loss']:.3f}"
+                     f" -> {warm['loss']:.3f}, train acc {warm['acc']:.3f} (last quarter), "
+                     f"{warm['seconds']:.0f}s")
         for epoch in range(run.epoch, cfg.epochs):
             lr = run.optimizer.param_groups[0]["lr"]
             row = {"epoch": epoch + 1, "lr": lr, **train_one_epoch(run, epoch)}

@@ -307,3 +307,42 @@ def test_tensorboard_scalars_when_installed(tmp_path, monkeypatch):
         assert scalars[("train/loss", epoch)] == pytest.approx(float(row["train_loss"]), rel=1e-5)
         assert scalars[("val/acc", epoch)] == pytest.approx(float(row["val_acc"]), rel=1e-5)
         assert ("lr", epoch) in scalars and ("images_per_s", epoch) in scalars
+
+
+def test_image_warmup_trains_only_the_image_stream_and_is_not_repeated(tmp_path, monkeypatch):
+    """The warm-up changes the image stream only, leaves GReFEL's keys as they are, is recorded
+    (warmup.json, the resumable state) and a resumed run does not warm up again."""
+    import grefel.train as train_mod
+    from grefel.train import build_run, warm_up_image_stream
+
+    data = make_dataset(tmp_path / "ds", n_train=14, n_val=7)
+    d = DataConfig(root=str(data), batch_size=7)
+    cfg = TrainConfig(out=str(tmp_path / "probe"), preset="tiny", epochs=1, image_warmup=3,
+                      freeze="none", device="cpu", seed=0)
+    run = build_run(d, cfg)
+    before = {k: v.clone() for k, v in run.raw.state_dict().items()}
+    warm = warm_up_image_stream(run)
+    after = run.raw.state_dict()
+    assert warm["steps"] == 3 and np.isfinite(warm["loss"]) and set(after) == set(before)
+    changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"image"}
+
+    out = tmp_path / "run"
+    runner = CliRunner()
+    args = _train_args(data, out, 1) + ["--image-warmup", "3", "--freeze", "none"]
+    res = runner.invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "warmup.json").read_text())["steps"] == 3
+    assert torch.load(out / "last.state.pt", weights_only=True)["warmed_up"] is True
+
+    def no_second_warmup(run):
+        raise AssertionError("the warm-up ran again on --resume")
+
+    monkeypatch.setattr(train_mod, "warm_up_image_stream", no_second_warmup)
+    res = runner.invoke(cli, _train_args(data, out, 2) + ["--image-warmup", "3", "--freeze",
+                                                           "none", "--resume"])
+    assert res.exit_code == 0, res.output
+    assert [r["epoch"] for r in _rows(out)] == ["1", "2"]
+    res = runner.invoke(cli, _train_args(data, tmp_path / "x", 1) + ["--image-warmup", "3",
+                                                                      "--freeze", "image"])
+    assert res.exit_code == 2 and "freeze=image" in res.output
