@@ -138,6 +138,30 @@ def log(run_or_rank: Any, message: str) -> None:
         sys.stderr.flush()
 
 
+def optimizer_step(
+    loss: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    params: List[torch.nn.Parameter],
+    clip_grad: float,
+    average_over: int = 1,
+) -> None:
+    """Backward (scaled for AMP), optional all-reduce mean of the gradients over `average_over`
+    ranks (for parameters trained outside DDP), clipping at `clip_grad` (0 = off), step."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if average_over > 1:
+        for p in params:
+            if p.grad is not None:
+                dist.all_reduce(p.grad)
+                p.grad /= average_over
+    if clip_grad > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(params, clip_grad)
+    scaler.step(optimizer)
+    scaler.update()
+
+
 def train_one_epoch(run: Run, epoch: int) -> Dict[str, Any]:
     """One pass over this epoch's draw, with AMP, clipping and the LR schedule inline."""
     run.model.train()
@@ -157,13 +181,7 @@ def train_one_epoch(run: Run, epoch: int) -> Dict[str, Any]:
         out = GReFELOutput(*(t.float() if t is not None else None for t in out))
         terms = run.loss_fn(out, labels, run.raw)  # eq. 23, in float32
         _check_finite(run, terms.total, indices, epoch, step)
-        run.optimizer.zero_grad(set_to_none=True)
-        run.scaler.scale(terms.total).backward()
-        if run.cfg.clip_grad > 0:
-            run.scaler.unscale_(run.optimizer)
-            torch.nn.utils.clip_grad_norm_(run.params, run.cfg.clip_grad)
-        run.scaler.step(run.optimizer)
-        run.scaler.update()
+        optimizer_step(terms.total, run.optimizer, run.scaler, run.params, run.cfg.clip_grad)
         n = len(labels)
         hits = (out.probs.argmax(dim=1) == labels).sum().item()
         sums += torch.tensor([*(t.item() * n for t in terms), hits, n], dtype=torch.float64)
@@ -218,18 +236,8 @@ def warm_up_image_stream(run: Run) -> Dict[str, Any]:
                 logits.float(), labels, weight=weights, label_smoothing=cfg.label_smoothing)
             if not torch.isfinite(loss):
                 raise TrainingError(f"non-finite loss in the image-stream warm-up, step {step + 1}")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if run.world > 1:
-                for p in params:
-                    if p.grad is not None:
-                        dist.all_reduce(p.grad)
-                        p.grad /= run.world
-            if cfg.clip_grad > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
+            optimizer_step(loss, optimizer, scaler, params, cfg.clip_grad,
+                           average_over=run.world)  # the stream runs outside the DDP wrapper
             step += 1
             first = loss.item() if first is None else first
             if step > steps - max(steps // 4, 1):  # the last quarter's mean
