@@ -15,28 +15,31 @@ The same node set is what the weakly typed TensorRT build (8.5-10.11) pins to FP
 (`fp32_node_names`). The converter is ours (about 100 lines) so its rules are visible and the
 engine-only Jetson path needs nothing beyond `onnx`.
 
-`fp16_gate` runs that FP16 ONNX in ONNX Runtime on the CPU against the FP32 ONNX on the same
-images; where ORT has no FP16 CPU kernel for an op it falls back to the torch model in
-`.half()` (the whole network in FP16, stricter than the ONNX), and says which one it used.
+Initializers cast to float16 are clamped to its finite range (+-65504); magnitudes too small
+for its smallest subnormal (2^-24) round to 0; both counts are in the returned report.
+
+`fp16_gate` runs, in the runtime's `OrtBackend` on the CPU, the FP32 ONNX against an emulation
+of the FP16 rounding (`emulate_fp16`: ONNX Runtime's CPU provider would run most of the
+FP16-typed ONNX in FP32) on the same images, compared by `export.compare.measure_agreement`;
+the FP16-typed file is run as well, to show that it loads and agrees.
 """
 
 from __future__ import annotations
 
-import copy
+import tempfile
 from collections import defaultdict
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Set, Union
+from typing import Any, Dict, Iterable, List, Optional, Set, Tuple, Union
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from export import ExportError
-from export.compare import Agreement, agreement
-from export.runners import ort_session, run_onnxruntime, run_torch
+from export.compare import FP16_CRITERIA, Agreement, GateCriteria, measure_agreement, run_backend
 from grefel.fileio import atomic_path
 
-__all__ = ["convert_to_fp16", "fp16_gate", "fp32_node_names", "gate_images"]
+__all__ = ["convert_to_fp16", "emulate_fp16", "fp16_gate", "fp32_node_names", "to_float16"]
 
 # Ops computed in FP16 when not in the FP32 set; every other op keeps its float32 tensors.
 FP16_OPS = {
@@ -46,6 +49,18 @@ FP16_OPS = {
     "Transpose", "Unsqueeze", "Where",
 }
 FLOAT, HALF = TensorProto.FLOAT, TensorProto.FLOAT16
+FP16_MAX = float(np.finfo(np.float16).max)  # 65504
+FP16_TINY = 2.0**-24  # smallest positive subnormal
+
+
+def to_float16(values: np.ndarray) -> Tuple[np.ndarray, int, int]:
+    """float32 -> float16 without inf: (array, values clamped to +-65504, nonzero values too
+    small for float16's smallest subnormal 2^-24, which round to 0)."""
+    values = np.asarray(values, dtype=np.float32)
+    finite = np.isfinite(values)
+    clamped = int(np.count_nonzero(finite & (np.abs(values) > FP16_MAX)))
+    flushed = int(np.count_nonzero((values != 0) & (np.abs(values) < FP16_TINY / 2)))
+    return np.clip(values, -FP16_MAX, FP16_MAX).astype(np.float16), clamped, flushed
 
 
 class _Graph:
@@ -136,12 +151,15 @@ def convert_to_fp16(src: Union[str, Path], dst: Union[str, Path]) -> Dict[str, i
     casts: Dict[str, str] = {}  # (tensor, to) -> cast output name, cached
     new_nodes: List[onnx.NodeProto] = []
     new_inits: List[onnx.TensorProto] = []
+    range_counts = {"init_values_clamped": 0, "init_values_flushed": 0}
 
     def cast(name: str, to: int) -> str:
         key = f"{name}__to_{'fp16' if to == HALF else 'fp32'}"
         if key not in casts:
             if name in inits and to == HALF:
-                arr = numpy_helper.to_array(inits[name]).astype(np.float16)
+                arr, clamped, flushed = to_float16(numpy_helper.to_array(inits[name]))
+                range_counts["init_values_clamped"] += clamped
+                range_counts["init_values_flushed"] += flushed
                 new_inits.append(numpy_helper.from_array(arr, key))
             else:
                 new_nodes.append(helper.make_node("Cast", [name], [key], name=key, to=to))
@@ -187,34 +205,64 @@ def convert_to_fp16(src: Union[str, Path], dst: Union[str, Path]) -> Dict[str, i
         raise ExportError(f"{dst}: the FP16-typed graph is invalid ({exc})") from exc
     with atomic_path(dst) as tmp:
         onnx.save(model, str(tmp))
-    return {"fp16_nodes": converted, "fp32_nodes": len(keep), "casts": len(casts)}
+    return {"fp16_nodes": converted, "fp32_nodes": len(keep), "casts": len(casts),
+            **range_counts}
 
 
-def gate_images(calib_dir: Optional[Union[str, Path]], n_random: int = 32, n_data: int = 64,
-                seed: int = 0) -> np.ndarray:
-    """Gate inputs (N, 3, 112, 112) float32 in [0, 1]: images of `calib_dir` + random ones."""
-    rng = np.random.default_rng(seed)
-    parts = [rng.random((n_random, 3, 112, 112), dtype=np.float32)]
-    if calib_dir is not None:
-        parts.insert(0, _load_folder(Path(calib_dir), n_data))
-    return np.concatenate(parts)
+def emulate_fp16(src: Union[str, Path], dst: Union[str, Path]) -> None:
+    """Write an FP32 graph that rounds like the FP16-typed one: the same node set computes with
+    float16 weights (clamped as `convert_to_fp16` does) and every float tensor entering or
+    leaving it is rounded through float16 (Cast to float16 and back), so an overflow becomes
+    inf exactly where an FP16 engine's would. The arithmetic inside an op stays FP32, as in
+    TensorRT's FP16 kernels that accumulate in FP32.
 
+    Why not run the FP16-typed ONNX itself: ONNX Runtime's CPU provider lacks FP16 kernels for
+    most ops, inserts Casts to run them in FP32 and removes the Cast pairs between them, so a
+    chain of "FP16" ops runs in FP32 without any rounding (an activation of 1.2e5 that overflows
+    float16 passed through it unnoticed).
+    """
+    model = onnx.load(str(src))
+    for i, n in enumerate(model.graph.node):
+        n.name = n.name or f"{n.op_type}_{i}"
+    keep = set(fp32_node_names(model))
+    types = _float_types(model)
+    inits = {t.name: t for t in model.graph.initializer}
+    rounded: Dict[str, str] = {}  # float tensor -> its float16-rounded twin
+    new_nodes: List[onnx.NodeProto] = []
 
-def _load_folder(folder: Path, limit: int) -> np.ndarray:
-    from PIL import Image
+    def round_trip(name: str, out: Optional[str] = None) -> str:
+        out = out or f"{name}__fp16r"
+        half = f"{out}__fp16"
+        new_nodes.append(helper.make_node("Cast", [name], [half], name=half, to=HALF))
+        new_nodes.append(helper.make_node("Cast", [half], [out], name=f"{half}_back", to=FLOAT))
+        return out
 
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
-    if not files:
-        raise ExportError(f"{folder}: no .png/.jpg images for the FP16 gate")
-    step = max(1, len(files) // limit)
-    out = []
-    for p in files[::step][:limit]:
-        try:
-            img = Image.open(p).convert("RGB").resize((112, 112), Image.BICUBIC, reducing_gap=2.0)
-        except OSError as exc:
-            raise ExportError(f"{p}: unreadable image ({exc})") from exc
-        out.append(np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / 255.0)
-    return np.stack(out)
+    for node in model.graph.node:
+        half = node.op_type in FP16_OPS and node.name not in keep
+        if half:
+            for k, name in enumerate(node.input):
+                if not name or types.get(name) != FLOAT:
+                    continue
+                if name not in rounded:
+                    if name in inits:
+                        arr, _, _ = to_float16(numpy_helper.to_array(inits[name]))
+                        rounded[name] = f"{name}__fp16r"
+                        model.graph.initializer.append(
+                            numpy_helper.from_array(arr.astype(np.float32), rounded[name]))
+                    else:
+                        rounded[name] = round_trip(name)
+                node.input[k] = rounded[name]
+        new_nodes.append(node)
+        if half:
+            for k, out in enumerate(node.output):
+                if types.get(out) == FLOAT:
+                    node.output[k] = f"{out}__fp32"
+                    rounded[out] = round_trip(node.output[k], out=out)
+    del model.graph.node[:]
+    model.graph.node.extend(new_nodes)
+    del model.graph.value_info[:]
+    with atomic_path(dst) as tmp:
+        onnx.save(model, str(tmp))
 
 
 def fp16_gate(
@@ -222,20 +270,30 @@ def fp16_gate(
     fp16_onnx: Union[str, Path],
     images: np.ndarray,
     *,
-    min_agreement: float = 0.99,
-    torch_model=None,
-    names: Sequence[str] = ("probs", "primary", "confidence"),
-) -> Agreement:
-    """FP16 arithmetic vs FP32 on the same images; the result's truth value is pass/fail."""
-    reference = run_onnxruntime(ort_session(fp32_onnx), images, chunk=16)
+    criteria: GateCriteria = FP16_CRITERIA,
+) -> Tuple[Agreement, Dict[str, Any]]:
+    """FP16 arithmetic vs FP32 on the same images, through the runtime's `OrtBackend`.
+
+    Returns (the gate, a check of the FP16-typed file). The gate runs `emulate_fp16` of the FP32
+    ONNX (the rounding an FP16 engine does) against the FP32 ONNX; its truth value is pass/fail
+    (`export.compare.measure_agreement`). The FP16-typed ONNX, the file TensorRT builds, is run
+    too, to prove it loads and computes the same outputs; where ONNX Runtime has no CPU kernel
+    for one of its ops, the check says so.
+    """
+    from grefel.runtime.base import BackendError
+    from grefel.runtime.ort_backend import OrtBackend
+
+    reference = run_backend(OrtBackend(Path(fp32_onnx), device="cpu"), images)
+    with tempfile.TemporaryDirectory(prefix="grefel-fp16-") as tmp:
+        emulated = Path(tmp) / "emulated.onnx"
+        emulate_fp16(fp32_onnx, emulated)
+        candidate = run_backend(OrtBackend(emulated, device="cpu"), images)
+    gate = measure_agreement(reference, candidate, criteria, label="FP16 gate",
+                             backend="FP16 rounding emulated in ONNX Runtime CPU")
     try:
-        candidate = run_onnxruntime(ort_session(fp16_onnx), images, chunk=16)
-        backend = f"onnxruntime CPU on {Path(fp16_onnx).name}"
-    except Exception as exc:  # no FP16 CPU kernel for some op (NOT_IMPLEMENTED)
-        if torch_model is None:
-            raise ExportError(f"{fp16_onnx}: ONNX Runtime cannot run it on the CPU ({exc}) and "
-                              "no torch model is at hand for the FP16 gate") from exc
-        half = copy.deepcopy(torch_model).eval().half()
-        candidate = run_torch(half, images, names, half=True)
-        backend = f"torch .half() on CPU (ONNX Runtime: {str(exc).splitlines()[0][:120]})"
-    return agreement(reference, candidate, min_agreement, label="FP16 gate", backend=backend)
+        typed = run_backend(OrtBackend(Path(fp16_onnx), device="cpu"), images)
+    except BackendError as exc:  # no FP16 CPU kernel for some op (NOT_IMPLEMENTED)
+        return gate, {"ran": False, "why": str(exc).splitlines()[0][:200]}
+    check = measure_agreement(reference, typed, criteria, label="FP16-typed ONNX",
+                              backend=f"onnxruntime CPU on {Path(fp16_onnx).name}")
+    return gate, {"ran": True, **check.to_dict()}

@@ -24,8 +24,11 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 import onnx
 
 from export import ExportError
-from export.fp16 import convert_to_fp16, fp16_gate, fp32_node_names, gate_images
-from export.lint import TARGETS, lint_onnx
+from export.compare import FP16_CRITERIA
+from export.fp16 import convert_to_fp16, fp16_gate, fp32_node_names
+from export.gate_images import gate_images
+from export.lint import TARGETS, lint_onnx, target_table
+from export.onnx_export import opset_for_target
 from export.sidecar import device_info, engine_stem, onnx_meta, write_sidecar
 from export.simplify import simplify_onnx
 from grefel._lazy import MissingDependency, require
@@ -34,6 +37,9 @@ from grefel.fileio import atomic_write_json
 __all__ = ["ExportOptions", "ExportResult", "resolve_target", "run_export"]
 
 Log = Callable[[str], None]
+# The exporter writes LayerNormalization from opset 17 on, which TensorRT 8.5's parser lacks
+# although its range reaches 17: a grefel ONNX of opset 17 can never lint for 8.5.
+OPSET_CEILING = {"trt8.5": 16}
 PARITY_TOL = {"probs": (1e-4, 0.0), "primary": (1e-4, 0.0), "confidence": (1e-4, 0.0)}
 
 
@@ -56,7 +62,6 @@ class ExportOptions:
     name: Optional[str] = None
     embedding: bool = False
     calib_data: Optional[Path] = None
-    min_agreement: float = 0.99
 
 
 @dataclass
@@ -119,7 +124,23 @@ def run_export(source: Path, opts: ExportOptions, log: Log = print) -> ExportRes
     target, lint_targets = resolve_target(opts.target, trt)
     opts.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".export-", dir=opts.out) as tmp:
-        return _Run(source, opts, log, Path(tmp), trt, missing, target, lint_targets).run()
+        try:
+            return _Run(source, opts, log, Path(tmp), trt, missing, target, lint_targets).run()
+        except ExportError as exc:
+            raise ExportError(_user_message(str(exc), Path(source), Path(tmp))) from None
+
+
+def _user_message(message: str, source: Path, work: Path) -> str:
+    """An error names the user's file, never the hidden work folder that is removed anyway."""
+    if str(work) not in message:
+        return message
+    message = message.replace(f"{work}{os.sep}", "").replace(str(work), "")
+    return message if message.startswith(str(source)) else f"{source}: {message}"
+
+
+def _model_opset(path: Path) -> int:
+    model = onnx.load(str(path), load_external_data=False)
+    return max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
 
 
 def _check_onnx_source(path: Path) -> None:
@@ -145,7 +166,9 @@ class _Run:
         self.model = None
         self.is_onnx = self.source.suffix.lower() == ".onnx"
         self.name = opts.name or self.source.stem.replace(".fp16", "")
-        self.opset = opts.opset or (16 if target == "trt8.5" else 17)
+        self.opset = opts.opset or opset_for_target(target)
+        self.explicit_target = opts.target != "auto"
+        self._images: Optional[Tuple[Any, str]] = None
 
     # --- ONNX stages ---------------------------------------------------------------------
     def run(self) -> ExportResult:
@@ -206,43 +229,75 @@ class _Run:
     def _parity(self, path: Path) -> None:
         import numpy as np
 
-        from export.compare import compare
-        from export.runners import ort_session, run_onnxruntime, run_torch
+        from export.compare import check_parity, run_backend
+        from grefel.runtime.ort_backend import OrtBackend
+        from grefel.runtime.torch_backend import TorchBackend
 
         sizes = (1, 3, 8) if self.opts.dynamic else (self.opts.max_batch,)
         with self.stage(f"ONNX Runtime vs torch at batch {'/'.join(map(str, sizes))}") as notes:
-            session = ort_session(path)
             rng = np.random.default_rng(0)
             results = []
             for b in sizes:
                 x = rng.random((b, 3, 112, 112), dtype=np.float32)
-                ref = run_torch(self.model, x, list(PARITY_TOL))
-                result = compare(ref, run_onnxruntime(session, x), PARITY_TOL, f"batch {b}")
+                ref = run_backend(TorchBackend(model=self.model, device="cpu"), x, chunk=b)
+                got = run_backend(OrtBackend(path, device="cpu"), x, chunk=b)
+                result = check_parity(ref, got, PARITY_TOL, label=f"batch {b}")
                 results.append(result.to_dict())
                 notes.append(str(result))
                 if not result:
-                    raise ExportError(f"{path}: ONNX Runtime disagrees with torch: {result}")
+                    raise ExportError(f"{self.source}: the exported ONNX disagrees with torch "
+                                      f"in ONNX Runtime: {result}")
             self.gates["parity"] = results
 
+    def gate_images(self) -> Tuple[Any, str]:
+        """The precision gates' images (made once per export)."""
+        if self._images is None:
+            self._images = gate_images(self.opts.calib_data)
+        return self._images
+
     def _lint(self, path: Path) -> None:
-        with self.stage(f"TensorRT op lint ({', '.join(self.lint_targets)})") as notes:
+        targets, skipped = self._lint_targets(path)
+        with self.stage(f"TensorRT op lint ({', '.join(targets) or 'no target'})") as notes:
             reports = {}
-            for target in self.lint_targets:
+            for target in targets:
                 reports[target] = lint_onnx(self._onnx_for_lint(path, target), target)
                 for line in reports[target].lines():
-                    self.log("    " + line)
+                    self.log("    " + line.replace(str(self.work / path.name), str(self.source)))
             self.gates["lint"] = {t: r.to_dict() for t, r in reports.items()}
+            self.gates["lint_skipped"] = skipped
             failed = [t for t, r in reports.items() if not r]
             notes.append(f"failed: {', '.join(failed)}" if failed else "every target passes")
+            notes += [f"skipped {t}: {why}" for t, why in skipped.items()]
         if failed and not self.opts.force:
             hint = (" (re-export from the checkpoint with --target trt8.5 for opset 16)"
                     if "trt8.5" in failed else "")
-            raise ExportError(f"{path}: TensorRT op lint failed for {', '.join(failed)}{hint}; "
-                              "--force builds anyway")
+            raise ExportError(f"{self.source}: TensorRT op lint failed for {', '.join(failed)}"
+                              f"{hint}; --force builds anyway")
+
+    def _lint_targets(self, path: Path) -> Tuple[List[str], Dict[str, str]]:
+        """(targets to lint, {skipped target: why}). A given ONNX has one opset: targets whose
+        parser range does not contain it are skipped with how to export for them, unless the
+        target was named with --target (then it is linted and fails)."""
+        if not self.is_onnx or self.explicit_target:
+            return list(self.lint_targets), {}
+        opset = _model_opset(path)
+        targets, skipped = [], {}
+        for target in self.lint_targets:
+            _, lo, hi = target_table(target)
+            if lo <= opset <= min(hi, OPSET_CEILING.get(target, hi)):
+                targets.append(target)
+            else:
+                skipped[target] = (f"{self.source.name} is opset {opset}; {target} needs opset "
+                                   f"{opset_for_target(target)}: grefel export CKPT --target "
+                                   f"{target} --onnx-only writes one")
+        if not targets:
+            raise ExportError(f"{self.source}: opset {opset} fits no TensorRT target "
+                              f"({'; '.join(skipped.values())})")
+        return targets, skipped
 
     def _onnx_for_lint(self, path: Path, target: str) -> Path:
         """The target's own ONNX: the main one, or a re-export at the target's opset."""
-        opset = 16 if target == "trt8.5" else 17
+        opset = opset_for_target(target)
         if self.is_onnx or self.opts.opset or opset == self.opset:
             return path
         other = self.work / f"{self.name}.opset{opset}.lint.onnx"
@@ -254,14 +309,25 @@ class _Run:
         fp16_path = path.with_name(f"{self.name}.fp16.onnx")
         with self.stage("FP16-typed ONNX + FP16 gate") as notes:
             counts = convert_to_fp16(path, fp16_path)
-            images = gate_images(self.opts.calib_data)
-            gate = fp16_gate(path, fp16_path, images, min_agreement=self.opts.min_agreement,
-                             torch_model=self.model)
-            self.gates["fp16_gate"] = {**gate.to_dict(), **counts,
-                                       "calib_data": str(self.opts.calib_data or "")}
-            notes.append(str(gate))
+            images, what = self.gate_images()
+            gate, typed = fp16_gate(path, fp16_path, images, criteria=FP16_CRITERIA)
+            self.gates["fp16_gate"] = {**gate.to_dict(), **counts, "images": what,
+                                       "calib_data": str(self.opts.calib_data or ""),
+                                       "fp16_onnx_in_onnxruntime": typed}
+            typed_ok = typed.get("ran") is False or typed.get("passed")
+            notes.append(f"{gate} on {what}")
+            notes.append(f"the FP16-typed ONNX in ONNX Runtime: {typed.get('why') or 'agrees'}"
+                         if typed_ok else "the FP16-typed ONNX in ONNX Runtime disagrees")
+            if counts["init_values_clamped"] or counts["init_values_flushed"]:
+                notes.append(f"{counts['init_values_clamped']} weights clamped to +-65504, "
+                             f"{counts['init_values_flushed']} below float16's range set to 0")
         if not gate and not self.opts.force:
-            raise ExportError(f"{path}: {gate}; --force exports anyway")
+            raise ExportError(f"{self.source}: FP16 breaks this model: {gate}; --fp32 exports "
+                              "an FP32 engine, --force exports anyway")
+        if not typed_ok and not self.opts.force:
+            raise ExportError(f"{self.source}: the FP16-typed ONNX disagrees with the FP32 one "
+                              f"in ONNX Runtime ({'; '.join(typed['reasons'])}); --force "
+                              "exports anyway")
         return fp16_path
 
     def _publish(self, path: Path) -> Path:
@@ -313,9 +379,9 @@ class _Run:
         from export.verify import verify_engine
 
         with self.stage("verify engine vs ONNX Runtime") as notes:
-            result = verify_engine(engine, onnx_fp32, gate_images(self.opts.calib_data),
-                                   min_agreement=self.opts.min_agreement)
+            images, what = self.gate_images()
+            result = verify_engine(engine, onnx_fp32, images, criteria=FP16_CRITERIA)
             self.gates["verify"] = result.to_dict()
-            notes.append(str(result))
+            notes.append(f"{result} on {what}")
         if not result and not self.opts.force:
             raise ExportError(f"{engine.name}: {result}; the engine was not installed")

@@ -4,8 +4,9 @@ The engine runs in the runtime's `grefel.runtime.trt_backend.TensorRTBackend` (t
 `grefel predict` and `grefel bench` use: tensor-name API, primary CUDA context, pinned buffers,
 chunks of the profile's maximum batch, zero-padded last chunk on a fixed-batch engine), so the
 check exercises exactly what will serve the engine (the engine was just built here, so its
-sidecar, written after this check, is not read). The reference is the FP32 ONNX model in
-ONNX Runtime on the CPU.
+sidecar, written after this check, is not read). The reference is the FP32 ONNX model in the
+runtime's `OrtBackend` on the CPU; both are compared by `export.compare.measure_agreement`, the
+criterion of the FP16 gate.
 """
 
 from __future__ import annotations
@@ -16,8 +17,7 @@ from typing import Union
 import numpy as np
 
 from export import ExportError
-from export.compare import Agreement, agreement
-from export.runners import ort_session, run_onnxruntime
+from export.compare import FP16_CRITERIA, Agreement, GateCriteria, measure_agreement, run_backend
 
 __all__ = ["verify_engine"]
 
@@ -27,17 +27,17 @@ def verify_engine(
     onnx_path: Union[str, Path],
     images: np.ndarray,
     *,
-    min_agreement: float = 0.99,
+    criteria: GateCriteria = FP16_CRITERIA,
 ) -> Agreement:
-    """Engine vs ONNX Runtime FP32 on `images`: top-1 agreement, |dprobs|, NaN/inf."""
+    """Engine vs ONNX Runtime FP32 on `images`: decisive flips, |dprobs|, NaN/inf."""
     from grefel.runtime.base import BackendError
+    from grefel.runtime.ort_backend import OrtBackend
     from grefel.runtime.trt_backend import TensorRTBackend
 
-    reference = run_onnxruntime(ort_session(onnx_path), images, chunk=16)
     try:
-        with TensorRTBackend(Path(engine_path), sidecar=False) as engine:
-            got = engine.infer(np.ascontiguousarray(images, dtype=np.float32))
+        reference = run_backend(OrtBackend(Path(onnx_path), device="cpu"), images)
+        got = run_backend(TensorRTBackend(Path(engine_path), sidecar=False), images)
     except BackendError as exc:
         raise ExportError(f"--verify: {exc}") from None
-    return agreement(reference, got, min_agreement, label="engine vs ONNX Runtime",
-                     backend=f"TensorRT {Path(engine_path).name}")
+    return measure_agreement(reference, got, criteria, label="engine vs ONNX Runtime",
+                             backend=f"TensorRT {Path(engine_path).name}")

@@ -1,7 +1,9 @@
 """ONNX Runtime backend: an `.onnx` file, on the CUDA provider when ONNX Runtime has it.
 
 Class names come from the model's metadata (`grefel.class_names`, written by `grefel export`),
-else from the sidecar's `classes`, else generic names with a warning.
+else from the sidecar's `classes`, else generic names with a warning. A fixed-batch graph
+(`grefel export --static`) takes any number of images: they run in chunks of its batch, the last
+chunk zero-padded (a sample's outputs never depend on the others), as the TensorRT backend does.
 """
 
 from __future__ import annotations
@@ -84,6 +86,8 @@ class OrtBackend(Backend):
         if len(inputs) != 1:
             raise BackendError(f"{self.path}: expected one input, got {len(inputs)}")
         self._input = inputs[0].name
+        batch_dim = inputs[0].shape[0] if inputs[0].shape else None
+        self.fixed_batch: Optional[int] = batch_dim if isinstance(batch_dim, int) else None
         self._outputs = [o.name for o in self._session.get_outputs()]
         check_outputs(dict.fromkeys(self._outputs))
         self.classes = self._read_classes()
@@ -103,5 +107,22 @@ class OrtBackend(Backend):
         self._session = None
 
     def _infer(self, batch: np.ndarray) -> Outputs:
-        values = self._session.run(self._outputs, {self._input: batch})
+        if self.fixed_batch is None:
+            return self._run(batch)
+        step, parts = self.fixed_batch, []
+        for i in range(0, len(batch), step):
+            chunk = batch[i : i + step]
+            if len(chunk) < step:
+                pad = np.zeros((step - len(chunk), *chunk.shape[1:]), dtype=chunk.dtype)
+                chunk = np.concatenate([chunk, pad])
+            parts.append(self._run(chunk))
+        n = len(batch)
+        return {k: np.concatenate([p[k] for p in parts])[:n] for k in self._outputs}
+
+    def _run(self, batch: np.ndarray) -> Outputs:
+        try:
+            values = self._session.run(self._outputs, {self._input: batch})
+        except Exception as exc:  # onnxruntime's own exception types (shape, kernel errors)
+            raise BackendError(f"{self.path}: ONNX Runtime failed on a batch of "
+                               f"{len(batch)} ({str(exc).splitlines()[0][:200]})") from None
         return {n: np.asarray(v, dtype=np.float32) for n, v in zip(self._outputs, values)}

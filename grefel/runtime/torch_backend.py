@@ -58,6 +58,8 @@ class TorchBackend(Backend):
             except CheckpointError as exc:
                 raise BackendError(str(exc)) from None
         self._model = self._model.to(self.device).eval()
+        # Inputs take the model's dtype: a .half() model (the FP16 gate's fallback) runs in FP16.
+        self._dtype = next(self._model.parameters()).dtype
         self.classes = tuple(self._model.cfg.class_names)
 
     def _close(self) -> None:
@@ -67,7 +69,7 @@ class TorchBackend(Backend):
     def _forward(self, batch: np.ndarray) -> Tuple[Outputs, Any]:
         torch = self._torch
         with torch.inference_mode():
-            x = torch.from_numpy(batch).to(self.device, non_blocking=True)
+            x = torch.from_numpy(batch).to(self.device, dtype=self._dtype, non_blocking=True)
             out = self._model(x)
             return {n: getattr(out, n) for n in OUTPUTS}, out
 
