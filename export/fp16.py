@@ -201,7 +201,7 @@ def gate_images(calib_dir: Optional[Union[str, Path]], n_random: int = 32, n_dat
 
 
 def _load_folder(folder: Path, limit: int) -> np.ndarray:
-    from PIL import Image
+    from grefel.contract import ImageError, load_model_input
 
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
     if not files:
@@ -210,10 +210,9 @@ def _load_folder(folder: Path, limit: int) -> np.ndarray:
     out = []
     for p in files[::step][:limit]:
         try:
-            img = Image.open(p).convert("RGB").resize((112, 112), Image.BICUBIC, reducing_gap=2.0)
-        except OSError as exc:
-            raise ExportError(f"{p}: unreadable image ({exc})") from exc
-        out.append(np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / 255.0)
+            out.append(load_model_input(p))  # the decode and resize of every path
+        except ImageError as exc:
+            raise ExportError(str(exc)) from None
     return np.stack(out)
 
 

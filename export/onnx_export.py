@@ -23,6 +23,8 @@ from torch import nn
 
 from export import ExportError
 from grefel import __version__
+from grefel.contract import INPUT_NAME, input_spec, opset_for_target
+from grefel.contract import OUTPUTS as BASE_OUTPUTS
 from grefel.fileio import atomic_path
 
 __all__ = [
@@ -34,23 +36,7 @@ __all__ = [
     "output_names",
 ]
 
-INPUT_NAME = "images"
-BASE_OUTPUTS = ("probs", "primary", "confidence")
-INPUT_SPEC = {
-    "name": INPUT_NAME,
-    "shape": ["batch", 3, 112, 112],
-    "dtype": "float32",
-    "layout": "NCHW",
-    "color": "RGB",
-    "range": [0.0, 1.0],
-    "normalisation": "inside the model (per-stream mean/std)",
-    "resize": "antialiased to 112x112 after the face crop",
-}
-
-
-def opset_for_target(target: str) -> int:
-    """ONNX opset for a TensorRT target: 16 for 8.5 (no LayerNormalization), else 17."""
-    return 16 if target == "trt8.5" else 17
+INPUT_SPEC = input_spec()
 
 
 def output_names(embedding: bool = False) -> List[str]:

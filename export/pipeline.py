@@ -29,6 +29,7 @@ from export.lint import TARGETS, lint_onnx
 from export.sidecar import device_info, engine_stem, onnx_meta, write_sidecar
 from export.simplify import simplify_onnx
 from grefel._lazy import MissingDependency, require
+from grefel.contract import opset_for_target
 from grefel.fileio import atomic_write_json
 
 __all__ = ["ExportOptions", "ExportResult", "resolve_target", "run_export"]
@@ -145,7 +146,7 @@ class _Run:
         self.model = None
         self.is_onnx = self.source.suffix.lower() == ".onnx"
         self.name = opts.name or self.source.stem.replace(".fp16", "")
-        self.opset = opts.opset or (16 if target == "trt8.5" else 17)
+        self.opset = opts.opset or opset_for_target(target)
 
     # --- ONNX stages ---------------------------------------------------------------------
     def run(self) -> ExportResult:
@@ -242,7 +243,7 @@ class _Run:
 
     def _onnx_for_lint(self, path: Path, target: str) -> Path:
         """The target's own ONNX: the main one, or a re-export at the target's opset."""
-        opset = 16 if target == "trt8.5" else 17
+        opset = opset_for_target(target)
         if self.is_onnx or self.opts.opset or opset == self.opset:
             return path
         other = self.work / f"{self.name}.opset{opset}.lint.onnx"
