@@ -1,6 +1,6 @@
 """Latency and throughput of inference backends (`grefel bench` part b).
 
-Protocol (mirrors trtexec, reference/tensorrt_jetson.md §5): warm up for at least
+Protocol (mirrors trtexec, docs/tensorrt.md, "Timing"): warm up for at least
 `warmup_iters` calls and `warmup_seconds`, then time at least `min_iters` calls and at least
 `min_seconds` of wall time with `time.perf_counter`; report the median / p90 / p99 (nearest
 rank) of the end-to-end latency per call, and images/s = batch * calls / total time. Backends

@@ -2,7 +2,7 @@
 
 The TorchScript exporter (`dynamo=False`) is used on purpose: the dynamo exporter of torch 2.x
 emits opset >= 18 (and the single `Gelu` op at 20) that TensorRT 8.5 / 8.6 cannot parse
-(reference/tensorrt_jetson.md §3). Opset 16 for TensorRT 8.5 (no LayerNormalization importer, so
+(docs/tensorrt.md, "ONNX export"). Opset 16 for TensorRT 8.5 (no LayerNormalization importer, so
 LayerNorm is exported decomposed), 17 for every later version (one LayerNormalization node that
 TensorRT computes in FP32).
 
