@@ -209,5 +209,7 @@ def build_engine(
     if opts.timing_cache is not None:
         updated = config.get_timing_cache() or cache
         atomic_write_bytes(opts.timing_cache, bytes(updated.serialize()))
-    return BuildResult(Path(engine_path), str(trt.__version__), mode, source,
-                       time.perf_counter() - start, len(data), pinned, notes)
+    return BuildResult(engine=Path(engine_path), tensorrt_version=str(trt.__version__),
+                       precision_mode=mode, onnx_built=source,
+                       seconds=time.perf_counter() - start, plan_bytes=len(data),
+                       pinned_fp32_layers=pinned, notes=notes)

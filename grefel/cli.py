@@ -232,8 +232,9 @@ def eval_(checkpoint, data, dataset, split, out, batch_size, workers, device, st
 
     out = out or str(Path(checkpoint).parent / f"eval-{split}")
     try:
-        report = evaluate_checkpoint(checkpoint, data, dataset, split, out, batch_size,
-                                     workers, device, strict)
+        report = evaluate_checkpoint(checkpoint, data, dataset=dataset, split=split, out=out,
+                                     batch_size=batch_size, workers=workers, device=device,
+                                     strict=strict)
     except (CheckpointError, DatasetError, EvalError, TrainingError) as exc:
         raise _user_error(exc) from None
     click.echo(format_report(report))
@@ -458,8 +459,8 @@ def predict(
 
     try:
         summary = run_predict(
-            src, weights, PredictOptions(**opts), fmt, out, annotate,
-            None if device == "auto" else device,
+            src, weights, PredictOptions(**opts), fmt=fmt, out=out, annotate=annotate,
+            device=None if device == "auto" else device,
             on_skip=lambda file, why: click.echo(f"skipped {file}: {why}", err=True),
         )  # fmt: skip
     except (BackendError, SourceError, MissingDependency) as exc:
@@ -534,14 +535,14 @@ def bench(
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--compare") from None
     record, paths = run_bench(
-        list(weights),
-        backends,
-        batch_sizes,
-        iters,
-        seconds,
-        presets,
-        out,
-        threads,
+        weights=list(weights),
+        backends=backends,
+        batch_sizes=batch_sizes,
+        min_iters=iters,
+        min_seconds=seconds,
+        presets=presets,
+        out_dir=out,
+        threads=threads,
         progress=lambda m: click.echo(m, err=True),
     )
     click.echo(to_text(record))
