@@ -386,6 +386,7 @@ def _csv_list(kind: type, allowed: Optional[Sequence[str]] = None) -> Callable[.
 
 
 @cli.command(
+    "predict",
     epilog="""\b
 Examples:
   grefel predict photo.jpg --weights engines/best_fp16_b8.engine
@@ -440,7 +441,7 @@ Examples:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write the run summary (counts, skipped files) as JSON.",
 )
-def predict(
+def predict_command(
     src: str,
     weights: Path,
     fmt: str,
