@@ -20,6 +20,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 import numpy as np
 
 from grefel._lazy import MissingDependency, require
+from grefel.contract import INPUT_SHAPE
 from grefel.runtime import Backend, BackendError, open_backend
 
 __all__ = [
@@ -71,7 +72,7 @@ def measure_latency(
     seed: int = 0,
 ) -> LatencyResult:
     """Time `backend.infer_timed` on a fixed random batch (the backend must be open)."""
-    images = np.random.default_rng(seed).random((batch, 3, 112, 112), dtype=np.float32)
+    images = np.random.default_rng(seed).random((batch, *INPUT_SHAPE), dtype=np.float32)
     start = time.perf_counter()
     done = 0
     while done < warmup_iters or time.perf_counter() - start < warmup_seconds:

@@ -27,11 +27,12 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Union
 
 from export import ExportError
 from grefel._lazy import require
+from grefel.contract import INPUT_SHAPE
 from grefel.fileio import atomic_path, atomic_write_bytes
 
 __all__ = ["BuildOptions", "BuildResult", "build_engine", "network_flags", "precision_mode"]
 
-INPUT_CHW = (3, 112, 112)
+INPUT_CHW = INPUT_SHAPE  # the model contract (grefel.contract)
 Log = Callable[[str], None]
 
 
