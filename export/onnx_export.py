@@ -23,7 +23,7 @@ from torch import nn
 
 from export import ExportError
 from grefel import __version__
-from grefel.contract import INPUT_NAME, input_spec, opset_for_target
+from grefel.contract import INPUT_NAME, INPUT_SHAPE, input_spec, opset_for_target
 from grefel.contract import OUTPUTS as BASE_OUTPUTS
 from grefel.fileio import atomic_path
 
@@ -100,7 +100,7 @@ def export_onnx(
     wrapper = _SelectOutputs(model, names).eval()  # export restores the wrapper's mode
     was_training = model.training
     model.eval()
-    example = torch.rand(batch, 3, 112, 112)
+    example = torch.rand(batch, *INPUT_SHAPE)
     axes = {n: {0: "batch"} for n in [INPUT_NAME, *names]} if dynamic else None
     path = Path(path)
     try:

@@ -110,7 +110,8 @@ class Backend:
         if batch.dtype != np.float32:
             raise BackendError(f"expected float32 images, got {batch.dtype}")
         if batch.ndim != 4 or tuple(batch.shape[1:]) != INPUT_SHAPE or batch.shape[0] < 1:
-            raise BackendError(f"expected shape (N, 3, 112, 112) with N >= 1, got {batch.shape}")
+            want = ", ".join(map(str, INPUT_SHAPE))
+            raise BackendError(f"expected shape (N, {want}) with N >= 1, got {batch.shape}")
         if not np.isfinite(batch).all():
             raise BackendError("the batch contains NaN or inf")
         return np.ascontiguousarray(batch)
