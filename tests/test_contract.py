@@ -266,12 +266,15 @@ def test_image_size_is_fixed_by_the_contract() -> None:
 
 
 def test_opset_per_target_is_one_rule() -> None:
-    from export.lint import TARGETS
+    from export.lint import TARGETS, target_table
     from export.onnx_export import opset_for_target
 
     assert opset_for_target is contract.opset_for_target
     assert {t: contract.opset_for_target(t) for t in TARGETS} == {
         "trt8.5": 16, "trt8.6": 17, "trt10": 17, "trt10.15": 17, "trt11": 17}
+    for target in TARGETS:  # the opset we export is one the target's ONNX parser accepts
+        _, lo, hi = target_table(target)
+        assert lo <= contract.opset_for_target(target) <= hi, target
 
 
 def test_engine_sidecar_round_trip_and_format_check(tmp_path: Path) -> None:
