@@ -1,6 +1,6 @@
 """ONNX -> TensorRT plan, for TensorRT 8.5 through 11.x, the API feature-detected.
 
-No version string decides a code path; the attributes do (reference/tensorrt_jetson.md §1):
+No version string decides a code path; the attributes do (docs/tensorrt.md, "API across versions"):
 
 - network flags: `EXPLICIT_BATCH` where it exists (required on 8.x, ignored on 10.x, gone in
   11.x); `STRONGLY_TYPED` for the strongly typed build;
