@@ -1,6 +1,6 @@
 """Latency and throughput of inference backends (`grefel bench` part b).
 
-Protocol (mirrors trtexec, reference/tensorrt_jetson.md §5): warm up for at least
+Protocol (mirrors trtexec, docs/tensorrt.md, "Timing"): warm up for at least
 `warmup_iters` calls and `warmup_seconds`, then time at least `min_iters` calls and at least
 `min_seconds` of wall time with `time.perf_counter`; report the median / p90 / p99 (nearest
 rank) of the end-to-end latency per call, and images/s = batch * calls / total time. Backends
@@ -20,6 +20,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 import numpy as np
 
 from grefel._lazy import MissingDependency, require
+from grefel.contract import INPUT_SHAPE
 from grefel.runtime import Backend, BackendError, open_backend
 
 __all__ = [
@@ -71,7 +72,7 @@ def measure_latency(
     seed: int = 0,
 ) -> LatencyResult:
     """Time `backend.infer_timed` on a fixed random batch (the backend must be open)."""
-    images = np.random.default_rng(seed).random((batch, 3, 112, 112), dtype=np.float32)
+    images = np.random.default_rng(seed).random((batch, *INPUT_SHAPE), dtype=np.float32)
     start = time.perf_counter()
     done = 0
     while done < warmup_iters or time.perf_counter() - start < warmup_seconds:

@@ -2,7 +2,7 @@
 
 The paper's "FLOPs" are thop MACs (POSTER V2's `compute_param_flop()` prints thop.profile's MAC
 count as "G FLOPs"); its parameter counts are thop's, which skip raw nn.Parameters and modules
-never called in forward. See reference/reference_models.md §5.
+never called in forward. See docs/model.md.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The images every precision gate runs on (FP16 gate, `--verify`, INT8 gate and calibration).
 
 Real images, not uniform noise: a folder given with `--calib-data` (every image is taken as an
-aligned face crop, decoded and resized by the runtime's preprocessing, as `grefel predict
---aligned` feeds the model), or, without one, SynthFER faces drawn on the fly (numpy + PIL,
+aligned face crop, decoded and resized by `grefel.contract`, as `grefel predict --aligned` and
+`grefel eval` feed the model), or, without one, SynthFER faces drawn on the fly (numpy + PIL,
 no torch, no files), balanced over the seven classes.
 """
 
@@ -32,7 +32,7 @@ def gate_images(
 
 
 def _folder(folder: Path, limit: int) -> Tuple[np.ndarray, str]:
-    from grefel.runtime.preprocess import ImageError, decode_image, to_input
+    from grefel.contract import ImageError, load_model_input
 
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
@@ -43,7 +43,7 @@ def _folder(folder: Path, limit: int) -> Tuple[np.ndarray, str]:
     out = []
     for path in picked:
         try:
-            out.append(to_input(decode_image(path)))
+            out.append(load_model_input(path))  # the decode and resize of every path
         except ImageError as exc:
             raise ExportError(f"{exc}; remove it from --calib-data {folder}") from None
     return np.stack(out), f"{len(out)} images of {folder} (every {step}. of {len(files)})"

@@ -18,6 +18,8 @@ from typing import Any, Callable, Dict, List, Optional, Set, Tuple, Union
 
 import onnx
 
+from grefel.contract import opset_for_target
+
 __all__ = ["TARGETS", "LintReport", "lint_onnx", "load_op_table", "target_table"]
 
 TABLE_PATH = Path(__file__).with_name("data") / "trt_onnx_supported_ops.json"
@@ -89,6 +91,7 @@ class LintReport:
         d = asdict(self)
         d["passed"] = bool(self)
         d["opset_ok"] = self.opset_ok
+        d["export_opset"] = opset_for_target(self.target)
         return d
 
     def lines(self) -> List[str]:
@@ -98,6 +101,9 @@ class LintReport:
             f"{self.opset} {'in' if self.opset_ok else 'OUTSIDE'} {lo}-{hi}; "
             f"{len(self.op_counts)} op types, {sum(self.op_counts.values())} nodes"
         ]
+        if self.opset != opset_for_target(self.target):
+            out.append(f"  grefel exports opset {opset_for_target(self.target)} for this target: "
+                       f"grefel export CHECKPOINT --target {self.target}")
         out += [f"  unsupported: {op} x{n}" for op, n in sorted(self.unsupported.items())]
         for r in self.restrictions:
             verdict = {True: "met", False: "BROKEN", None: "not checkable here"}[r.met]

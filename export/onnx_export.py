@@ -2,7 +2,7 @@
 
 The TorchScript exporter (`dynamo=False`) is used on purpose: the dynamo exporter of torch 2.x
 emits opset >= 18 (and the single `Gelu` op at 20) that TensorRT 8.5 / 8.6 cannot parse
-(reference/tensorrt_jetson.md §3). Opset 16 for TensorRT 8.5 (no LayerNormalization importer, so
+(docs/tensorrt.md, "ONNX export"). Opset 16 for TensorRT 8.5 (no LayerNormalization importer, so
 LayerNorm is exported decomposed), 17 for every later version (one LayerNormalization node that
 TensorRT computes in FP32).
 
@@ -23,6 +23,8 @@ from torch import nn
 
 from export import ExportError
 from grefel import __version__
+from grefel.contract import INPUT_NAME, INPUT_SHAPE, input_spec, opset_for_target
+from grefel.contract import OUTPUTS as BASE_OUTPUTS
 from grefel.fileio import atomic_path
 
 __all__ = [
@@ -34,23 +36,7 @@ __all__ = [
     "output_names",
 ]
 
-INPUT_NAME = "images"
-BASE_OUTPUTS = ("probs", "primary", "confidence")
-INPUT_SPEC = {
-    "name": INPUT_NAME,
-    "shape": ["batch", 3, 112, 112],
-    "dtype": "float32",
-    "layout": "NCHW",
-    "color": "RGB",
-    "range": [0.0, 1.0],
-    "normalisation": "inside the model (per-stream mean/std)",
-    "resize": "antialiased to 112x112 after the face crop",
-}
-
-
-def opset_for_target(target: str) -> int:
-    """ONNX opset for a TensorRT target: 16 for 8.5 (no LayerNormalization), else 17."""
-    return 16 if target == "trt8.5" else 17
+INPUT_SPEC = input_spec()
 
 
 def output_names(embedding: bool = False) -> List[str]:
@@ -114,7 +100,7 @@ def export_onnx(
     wrapper = _SelectOutputs(model, names).eval()  # export restores the wrapper's mode
     was_training = model.training
     model.eval()
-    example = torch.rand(batch, 3, 112, 112)
+    example = torch.rand(batch, *INPUT_SHAPE)
     axes = {n: {0: "batch"} for n in [INPUT_NAME, *names]} if dynamic else None
     path = Path(path)
     try:

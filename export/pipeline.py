@@ -28,10 +28,10 @@ from export.compare import FP16_CRITERIA
 from export.fp16 import convert_to_fp16, fp16_gate, fp32_node_names
 from export.gate_images import gate_images
 from export.lint import TARGETS, lint_onnx, target_table
-from export.onnx_export import opset_for_target
 from export.sidecar import device_info, engine_stem, onnx_meta, write_sidecar
 from export.simplify import simplify_onnx
 from grefel._lazy import MissingDependency, require
+from grefel.contract import opset_for_target
 from grefel.fileio import atomic_write_json
 
 __all__ = ["ExportOptions", "ExportResult", "resolve_target", "run_export"]

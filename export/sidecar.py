@@ -1,7 +1,9 @@
 """The engine's JSON sidecar and the facts it records (versions, GPU, ONNX, gates).
 
 The engine file itself is a plain plan with no header bytes (trtexec, DeepStream and C++
-loaders read it); everything a consumer needs to know travels in `NAME_fp16_bMAX.json`.
+loaders read it); everything a consumer needs to know travels in `NAME_fp16_bMAX.json`. Its
+schema (format `grefel-engine/1`) is `grefel.contract.engine_sidecar_doc`; `write_sidecar` here
+is its one writer and `grefel.contract.read_engine_sidecar` its one reader (docs/contract.md).
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ from typing import Any, Dict, Optional, Union
 
 from grefel import __version__
 from grefel._lazy import MissingDependency, require
+from grefel.contract import ENGINE_SIDECAR_FORMAT, engine_sidecar_doc
 from grefel.fileio import atomic_write_json, sha256_file
 
 __all__ = ["FORMAT", "device_info", "engine_stem", "onnx_meta", "write_sidecar"]
 
-FORMAT = "grefel-engine/1"
+FORMAT = ENGINE_SIDECAR_FORMAT
 
 
 def engine_stem(name: str, fp16: bool, max_batch: int) -> str:
@@ -90,21 +93,19 @@ def write_sidecar(
 ) -> Path:
     """Write the engine's sidecar atomically; returns its path."""
     meta = meta or {}
-    doc = {
-        "format": FORMAT,
-        "engine": engine.name,
-        "engine_sha256": sha256_file(engine),
-        "onnx": onnx_built.name,
-        "onnx_sha256": sha256_file(onnx_built),
-        "onnx_fp32_sha256": sha256_file(onnx_fp32),
-        "class_names": meta.get("class_names"),
-        "input": meta.get("input"),
-        "outputs": meta.get("outputs"),
-        "model_config": meta.get("config"),
-        "versions": device,
-        "build": build,
-        "gates": gates,
-        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
+    doc = engine_sidecar_doc(
+        engine=engine.name,
+        engine_sha256=sha256_file(engine),
+        onnx=onnx_built.name,
+        onnx_sha256=sha256_file(onnx_built),
+        onnx_fp32_sha256=sha256_file(onnx_fp32),
+        class_names=meta.get("class_names") or [],
+        outputs=meta.get("outputs"),
+        model_config=meta.get("config"),
+        versions=device,
+        build=build,
+        gates=gates,
+        created_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    )
     atomic_write_json(path, doc)
     return Path(path)

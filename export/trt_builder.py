@@ -1,6 +1,6 @@
 """ONNX -> TensorRT plan, for TensorRT 8.5 through 11.x, the API feature-detected.
 
-No version string decides a code path; the attributes do (reference/tensorrt_jetson.md §1):
+No version string decides a code path; the attributes do (docs/tensorrt.md, "API across versions"):
 
 - network flags: `EXPLICIT_BATCH` where it exists (required on 8.x, ignored on 10.x, gone in
   11.x); `STRONGLY_TYPED` for the strongly typed build;
@@ -27,11 +27,12 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Union
 
 from export import ExportError
 from grefel._lazy import require
+from grefel.contract import INPUT_SHAPE
 from grefel.fileio import atomic_path, atomic_write_bytes
 
 __all__ = ["BuildOptions", "BuildResult", "build_engine", "network_flags", "precision_mode"]
 
-INPUT_CHW = (3, 112, 112)
+INPUT_CHW = INPUT_SHAPE  # the model contract (grefel.contract)
 Log = Callable[[str], None]
 
 
@@ -209,5 +210,7 @@ def build_engine(
     if opts.timing_cache is not None:
         updated = config.get_timing_cache() or cache
         atomic_write_bytes(opts.timing_cache, bytes(updated.serialize()))
-    return BuildResult(Path(engine_path), str(trt.__version__), mode, source,
-                       time.perf_counter() - start, len(data), pinned, notes)
+    return BuildResult(engine=Path(engine_path), tensorrt_version=str(trt.__version__),
+                       precision_mode=mode, onnx_built=source,
+                       seconds=time.perf_counter() - start, plan_bytes=len(data),
+                       pinned_fp32_layers=pinned, notes=notes)

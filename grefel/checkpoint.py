@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from grefel import __version__
 from grefel.config import GReFELConfig
+from grefel.contract import input_spec
 from grefel.fileio import atomic_path, atomic_write_json, sha256_file
 from grefel.model.grefel import GReFEL
 
@@ -31,15 +32,7 @@ __all__ = [
 ]
 
 FORMAT = "grefel-checkpoint/1"
-PREPROCESSING = {
-    "input": "images",
-    "shape": ["B", 3, 112, 112],
-    "dtype": "float32",
-    "color": "RGB",
-    "range": [0.0, 1.0],
-    "resize": "antialiased to 112x112 after face crop",
-    "normalisation": "inside the model",
-}
+PREPROCESSING = input_spec()  # the input contract, carried in every checkpoint sidecar
 
 PathLike = Union[str, Path]
 

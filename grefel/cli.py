@@ -19,13 +19,13 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "max_con
     context_settings=CONTEXT,
     epilog="""\b
 Examples:
-  grefel data synth --out data/synthfer --n 3000 --imbalance uniform --difficulty 0.3
-  grefel train --data data/synthfer --preset tiny --epochs 4 --lr 1e-3 --freeze none \\
-      --image-warmup 150 --no-augment --out runs/demo
-  grefel eval runs/demo/best.safetensors --data data/synthfer
-  grefel export runs/demo/best.safetensors --fp16
+  grefel data synth --out runs/demo/synthfer --n 3000 --imbalance uniform --difficulty 0.3
+  grefel train --data runs/demo/synthfer --preset tiny --epochs 4 --lr 1e-3 --freeze none \\
+      --image-warmup 150 --no-augment --out runs/demo/train
+  grefel eval runs/demo/train/best.safetensors --data runs/demo/synthfer
+  grefel export runs/demo/train/best.safetensors --fp16
   grefel predict photo.jpg --weights engines/best_fp16_b8.engine
-  grefel bench --weights runs/demo/best.safetensors
+  grefel bench --weights runs/demo/train/best.safetensors
 """,
 )
 @click.version_option(package_name="grefel")
@@ -166,9 +166,9 @@ def _train_options(func):
     epilog="""\b
 Examples:
   grefel train --data data/synthfer --preset tiny --epochs 4 --lr 1e-3 --freeze none \\
-      --image-warmup 150 --no-augment --out runs/demo
+      --image-warmup 150 --no-augment --out runs/demo/train
   grefel train --data data/synthfer --preset tiny --epochs 8 --lr 1e-3 --freeze none \\
-      --image-warmup 150 --no-augment --out runs/demo --resume
+      --image-warmup 150 --no-augment --out runs/demo/train --resume
   grefel train --data data/rafdb --preset paper --refine-per-class 32 --label-smoothing 0.11
   torchrun --nproc_per_node 2 -m grefel train --data data/rafdb --preset paper --out runs/ddp
 """
@@ -205,8 +205,8 @@ def train(**opts) -> None:
     "eval",
     epilog="""\b
 Examples:
-  grefel eval runs/demo/best.safetensors --data data/synthfer
-  grefel eval runs/demo/best.safetensors --data data/rafdb --split test --out runs/demo/eval
+  grefel eval runs/demo/train/best.safetensors --data runs/demo/synthfer
+  grefel eval runs/demo/train/best.safetensors --data data/rafdb --split test --out runs/demo/eval
 """,
 )
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
@@ -232,8 +232,9 @@ def eval_(checkpoint, data, dataset, split, out, batch_size, workers, device, st
 
     out = out or str(Path(checkpoint).parent / f"eval-{split}")
     try:
-        report = evaluate_checkpoint(checkpoint, data, dataset, split, out, batch_size,
-                                     workers, device, strict)
+        report = evaluate_checkpoint(checkpoint, data, dataset=dataset, split=split, out=out,
+                                     batch_size=batch_size, workers=workers, device=device,
+                                     strict=strict)
     except (CheckpointError, DatasetError, EvalError, TrainingError) as exc:
         raise _user_error(exc) from None
     click.echo(format_report(report))
@@ -309,8 +310,8 @@ def _opset(ctx: click.Context, param: click.Parameter, value: str) -> Optional[i
     context_settings=CONTEXT,
     epilog="""\b
 Examples:
-  grefel export runs/demo/best.safetensors --fp16
-  grefel export runs/demo/best.safetensors --target trt8.5 --onnx-only
+  grefel export runs/demo/train/best.safetensors --fp16
+  grefel export runs/demo/train/best.safetensors --target trt8.5 --onnx-only
   grefel export engines/best.onnx --fp16 --max-batch 8 --verify   (on the Jetson)
 """,
 )
@@ -385,12 +386,13 @@ def _csv_list(kind: type, allowed: Optional[Sequence[str]] = None) -> Callable[.
 
 
 @cli.command(
+    "predict",
     epilog="""\b
 Examples:
-  grefel predict photo.jpg --weights engines/best_fp16.engine
-  grefel predict faces/ --weights runs/demo/best.safetensors --aligned --format csv --out p.csv
+  grefel predict photo.jpg --weights engines/best_fp16_b8.engine
+  grefel predict faces/ -w runs/demo/train/best.safetensors --aligned --format csv --out p.csv
   grefel predict clip.mp4 --weights model.onnx --annotate clip_annotated.avi
-  grefel predict 0 --weights engines/best_fp16.engine --max-frames 300   # camera 0
+  grefel predict 0 --weights engines/best_fp16_b8.engine --max-frames 300   # camera 0
 """
 )
 @click.argument("src")
@@ -439,7 +441,7 @@ Examples:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write the run summary (counts, skipped files) as JSON.",
 )
-def predict(
+def predict_command(
     src: str,
     weights: Path,
     fmt: str,
@@ -458,8 +460,8 @@ def predict(
 
     try:
         summary = run_predict(
-            src, weights, PredictOptions(**opts), fmt, out, annotate,
-            None if device == "auto" else device,
+            src, weights, PredictOptions(**opts), fmt=fmt, out=out, annotate=annotate,
+            device=None if device == "auto" else device,
             on_skip=lambda file, why: click.echo(f"skipped {file}: {why}", err=True),
         )  # fmt: skip
     except (BackendError, SourceError, MissingDependency) as exc:
@@ -475,8 +477,8 @@ def predict(
     epilog="""\b
 Examples:
   grefel bench                                   # random-init paper model: torch + ONNX Runtime
-  grefel bench --weights runs/demo/best.safetensors --batch-sizes 1,8 --iters 10 --seconds 2
-  grefel bench --weights engines/best_fp16.engine --backends trt --batch-sizes 1,8,32
+  grefel bench --weights runs/demo/train/best.safetensors --batch-sizes 1,8 --iters 10 --seconds 2
+  grefel bench --weights engines/best_fp16_b8.engine --backends trt --batch-sizes 1,8,32
   grefel bench --compare benchmarks/results/bench_20260101-120000_orin.json
 """
 )
@@ -534,14 +536,14 @@ def bench(
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--compare") from None
     record, paths = run_bench(
-        list(weights),
-        backends,
-        batch_sizes,
-        iters,
-        seconds,
-        presets,
-        out,
-        threads,
+        weights=list(weights),
+        backends=backends,
+        batch_sizes=batch_sizes,
+        min_iters=iters,
+        min_seconds=seconds,
+        presets=presets,
+        out_dir=out,
+        threads=threads,
         progress=lambda m: click.echo(m, err=True),
     )
     click.echo(to_text(record))

@@ -18,6 +18,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence, Tuple
 
+from grefel.contract import INPUT_SIZE
+
 __all__ = [
     "DATASET_CLASSES",
     "IMAGENET_MEAN",
@@ -68,7 +70,10 @@ class GReFELConfig:
     name: str = "paper"  # the preset this config was made from
     num_classes: int = 7
     class_names: Tuple[str, ...] = DATASET_CLASSES["rafdb"]
-    image_size: int = 112  # both streams see 112x112 (POSTER V2 decimates 224 -> 112 in forward)
+    # The input side, fixed by the contract (grefel.contract.INPUT_SIZE = 112: both streams see
+    # 112x112, POSTER V2 decimates 224 -> 112 in forward). Recorded in every checkpoint; another
+    # value is refused, because export, the engines and every preprocessing path feed 112.
+    image_size: int = INPUT_SIZE
 
     # Per-stream input normalisation, applied inside the model to RGB in [0, 1].
     image_mean: Tuple[float, float, float] = FACE_EVOLVE_MEAN
@@ -128,8 +133,11 @@ class GReFELConfig:
         for side, win in zip(maps, self.windows):
             if side % win:
                 problems.append(f"window {win} does not tile the {side}x{side} feature map")
-        if self.image_size % 16:
-            problems.append(f"image_size must be a multiple of 16, got {self.image_size}")
+        if self.image_size != INPUT_SIZE:
+            problems.append(
+                f"image_size is fixed at {INPUT_SIZE} (the input contract that export, the "
+                f"engines and every preprocessing path share), got {self.image_size}"
+            )
         if self.anchors_per_class < 1:
             problems.append("anchors_per_class must be >= 1")
         if not self.delta > 0:

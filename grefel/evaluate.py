@@ -1,6 +1,6 @@
 """`grefel eval`: accuracy, macro-F1, calibration, embedding quality and bias of a checkpoint.
 
-    report = evaluate_checkpoint("runs/demo/best.safetensors", "data/synthfer", out="runs/eval")
+    report = evaluate_checkpoint("runs/demo/train/best.safetensors", "data/synthfer", out="ev")
 
 Everything is measured on one split (test by default) and written to OUT:
 
@@ -42,7 +42,9 @@ from grefel.metrics import (
     reliability_bins,
 )
 
-__all__ = ["EvalError", "evaluate_checkpoint", "format_report", "predict", "score_predictions"]
+__all__ = [
+    "EvalError", "collect_outputs", "evaluate_checkpoint", "format_report", "score_predictions",
+]
 
 PathLike = Union[str, Path]
 # Sample attributes that are not groups to report accuracy over (labels, boxes, per-sample
@@ -55,7 +57,7 @@ class EvalError(ValueError):
 
 
 @torch.no_grad()
-def predict(
+def collect_outputs(
     model: torch.nn.Module, loader: Any, device: torch.device, amp: bool = False
 ) -> Dict[str, np.ndarray]:
     """Run `model` (eval mode) over a loader of collate_skip batches.
@@ -198,18 +200,21 @@ def evaluate_checkpoint(
 
     from grefel.checkpoint import load_checkpoint
     from grefel.data import DatasetError, FERDataset, collate_skip, load_samples, make_transforms
-    from grefel.train import resolve_device
+    from grefel.devices import DeviceError, resolve_device
 
-    dev = resolve_device(device)
+    try:
+        dev = resolve_device(device)
+    except DeviceError as exc:
+        raise EvalError(str(exc)) from None
     model, _ = load_checkpoint(checkpoint, map_location=str(dev))
     samples, classes = load_samples(data, dataset, split)
     if tuple(classes) != tuple(model.cfg.class_names):
         raise EvalError(f"{data} ({split}) has classes {list(classes)}, but {checkpoint} was "
                         f"trained on {list(model.cfg.class_names)}")
-    dataset_ = FERDataset(samples, classes, make_transforms(False), strict=strict)
-    loader = DataLoader(dataset_, batch_size, shuffle=False, num_workers=workers,
+    dataset_ = FERDataset(samples, classes, transform=make_transforms(False), strict=strict)
+    loader = DataLoader(dataset_, batch_size=batch_size, shuffle=False, num_workers=workers,
                         collate_fn=collate_skip)
-    pred = predict(model, loader, dev)
+    pred = collect_outputs(model, loader, dev)
     if len(pred["labels"]) == 0:
         raise EvalError(f"{data} ({split}): none of its {len(samples)} images could be read")
     train_labels = None  # without a train split the majority class is the evaluated split's

@@ -1,9 +1,10 @@
 """`grefel predict`: run a backend over an image, a folder, a video file or a camera.
 
 Per frame: detect faces (OpenCV Haar cascade; `aligned=True` takes the whole image as the face),
-crop each with a margin, resize to 112 with antialiasing, and run all faces of the frame through
-the backend in one batch (faces of consecutive frames share a batch up to `batch`). Each face
-gives one record:
+crop each with a margin, resize to 112 with antialiasing (decode, crop and resize are
+`grefel.contract`'s, shared with the dataset path), and run all faces of the frame through the
+backend in one batch (faces of consecutive frames share a batch up to `batch`). Each face gives
+one record:
 
     source, frame, face, track, box [x1, y1, x2, y2], label, confidence, uncertain,
     probs {class: p}, primary {class: p}
@@ -31,8 +32,9 @@ from typing import IO, Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from grefel._lazy import require
+from grefel.contract import Box, square_crop, to_model_input
 from grefel.runtime.base import Backend, Outputs
-from grefel.runtime.preprocess import Box, FaceDetector, crop_face, to_input, whole_frame
+from grefel.runtime.preprocess import FaceDetector, whole_frame
 from grefel.runtime.sources import Frame, Skipped, iter_source, source_kind
 
 __all__ = [
@@ -42,8 +44,8 @@ __all__ = [
     "RecordWriter",
     "Tracker",
     "entropy_confidence",
-    "predict",
     "run_predict",
+    "stream_predictions",
 ]
 
 
@@ -289,9 +291,11 @@ class _Predictor:
             self.flush()  # all faces of a frame go in the same backend call
         for box in boxes:
             crop = (
-                crop_face(frame.image, box, self.opts.margin) if found and self.detector else None
+                square_crop(frame.image, box, margin=self.opts.margin)
+                if found and self.detector
+                else None
             )
-            self.inputs.append(to_input(frame.image if crop is None else crop))
+            self.inputs.append(to_model_input(frame.image if crop is None else crop))
         self.frames.append((frame, boxes, found))
         self.summary.frames += 1
         self.summary.faces += len(boxes) if found else 0
@@ -315,7 +319,7 @@ class _Predictor:
         self.frames, self.inputs = [], []
 
 
-def predict(
+def stream_predictions(
     src: str,
     backend: Backend,
     writer: RecordWriter,
@@ -371,4 +375,6 @@ def run_predict(
         if annotator is not None:
             stack.callback(annotator.close)
         writer = RecordWriter(stream, fmt, backend.classes)
-        return predict(src, backend, writer, opts, annotator, on_skip)
+        return stream_predictions(
+            src, backend, writer, opts=opts, annotator=annotator, on_skip=on_skip
+        )

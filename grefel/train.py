@@ -38,7 +38,7 @@ import torch.distributed as dist
 
 from grefel.checkpoint import save_checkpoint
 from grefel.config import DataConfig, GReFELConfig, TrainConfig
-from grefel.evaluate import predict
+from grefel.evaluate import collect_outputs as predict
 from grefel.fileio import atomic_path, atomic_write_bytes, atomic_write_json
 from grefel.metrics import confusion_matrix, inverse_frequency_weights, macro_f1
 from grefel.model.grefel import GReFEL, GReFELOutput

@@ -1,20 +1,30 @@
 """Load third-party PyTorch checkpoints without executing anything pickled in them.
 
 A pickle is a program: every global it names is imported and called while it loads, which is
-how a checkpoint can run code. grefel never lets that happen (DESIGN.md, "Checkpoints"):
+how a checkpoint can run code. grefel never lets that happen (docs/weights.md):
 
 1. `torch.load(path, map_location="cpu", weights_only=True)`: PyTorch's own restricted
    unpickler. Plain state dicts (face.evoLVe IR-50, POSTER V2 `ir50.pth`, MobileFaceNet) load here.
 2. Files that name other globals (POSTER V2's full checkpoints pickle `__main__.RecorderMeter`
-   objects holding numpy arrays) are refused by step 1 and go through `RestrictedUnpickler`
-   instead. Its `find_class` returns a real object for a short allow-list only (the tensor
-   rebuild functions, `torch.Size`, `OrderedDict`, torch dtypes; storage classes are resolved by
-   `torch.load` itself before our `find_class` is asked). Every other global becomes an inert
-   placeholder class (`Inert`): calling it, building it or setting its state only records the
-   arguments. So a `__reduce__` that names `os.system` or any function yields a placeholder
-   holding the arguments, and the function is never looked up, let alone called.
-3. A raw pickle (not a torch.save file) goes through the same `RestrictedUnpickler`; its
-   tensors' storages (pickled as `torch.storage._load_from_bytes(bytes)`, which would call an
+   objects holding numpy arrays and scalars): where the installed torch has
+   `torch.serialization.safe_globals` and `get_unsafe_globals_in_checkpoint` (2.5 and later),
+   the globals the file names are listed statically and each is allow-listed as an inert
+   stand-in (`Inert`, registered under the name the file uses), and the file is read again by
+   torch's own weights-only unpickler. No real class or function of those names is ever looked
+   up; building a stand-in only records its arguments and state.
+3. Everything torch's unpickler cannot read that way goes through `Unpickler` (below): torch
+   older than 2.5 (the supported floor, pyproject `torch>=2.1`, has neither API), legacy
+   (non-zip) `torch.save` files and raw pickles (`get_unsafe_globals_in_checkpoint` reads zip
+   archives only), files naming a module that torch blocks outright (`os`, `posix`, `nt`,
+   `sys`: torch refuses the whole file, we keep the call as inert data), and pickles that add
+   items to a stand-in (torch only fills real dicts and lists). Its `find_class` returns a real
+   object for a short allow-list only (the tensor rebuild functions, `torch.Size`,
+   `OrderedDict`, torch dtypes; storage classes are resolved by `torch.load` itself before our
+   `find_class` is asked). Every other global becomes the same inert placeholder class
+   (`Inert`): calling it, building it or setting its state only records the arguments. So a
+   `__reduce__` that names `os.system` or any function yields a placeholder holding the
+   arguments, and the function is never looked up, let alone called. A raw pickle's tensor
+   storages (pickled as `torch.storage._load_from_bytes(bytes)`, which would call an
    unrestricted `torch.load`) are rebuilt by `_load_storage_bytes`, which recurses into this
    same safe path.
 
@@ -33,7 +43,7 @@ import warnings
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Callable, Dict, NamedTuple, Tuple, Type, Union
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple, Type, Union
 
 import torch
 
@@ -83,7 +93,9 @@ class SafeLoadResult(NamedTuple):
     """What `safe_load` read, how, and which globals it replaced by placeholders."""
 
     obj: Any
-    method: str  # "torch.load(weights_only=True)" | "restricted torch.load" | "restricted pickle"
+    # "torch.load(weights_only=True)" | "restricted torch.load(weights_only=True) with inert
+    # stand-ins" | "restricted torch.load" | "restricted pickle"
+    method: str
     placeholders: Tuple[str, ...]  # sorted names of the globals that became `Inert`
 
 
@@ -150,6 +162,32 @@ def _load_bytes(data: bytes) -> Any:
         return _restricted_torch_load(io.BytesIO(data))
 
 
+# Modules whose globals torch's weights-only unpickler refuses even when allow-listed.
+_TORCH_BLOCKED = ("sys", "os", "posix", "nt")
+
+
+def _torch_with_stand_ins(path: Path) -> Optional[Any]:
+    """Step 2: torch's weights-only load with every unsafe global allow-listed as an `Inert`
+    stand-in; None where this torch or this file cannot be read that way (then step 3)."""
+    ser = torch.serialization
+    if not (hasattr(ser, "safe_globals") and hasattr(ser, "get_unsafe_globals_in_checkpoint")):
+        return None  # torch < 2.5
+    try:
+        names = sorted(ser.get_unsafe_globals_in_checkpoint(str(path)))
+    except Exception:  # not a zip torch.save archive (legacy format, raw pickle, corrupt)
+        return None
+    if any(n.split(".")[0] in _TORCH_BLOCKED for n in names):
+        return None
+    stand_ins = [(_placeholder(*n.rsplit(".", 1)), n) for n in names if "." in n]
+    try:
+        with ser.safe_globals(stand_ins), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception:  # e.g. SETITEMS on a stand-in, a global pushed dynamically
+        _TLS.seen = set()
+        return None
+
+
 def _is_torchscript(path: Path) -> bool:
     if not zipfile.is_zipfile(path):
         return False
@@ -190,6 +228,10 @@ def safe_load(path: PathLike) -> SafeLoadResult:
         first_error = f"{type(first).__name__}: {str(first).split('. ')[0]}"
     _TLS.seen = set()
     try:
+        obj = _torch_with_stand_ins(path)
+        if obj is not None:
+            return SafeLoadResult(obj, "restricted torch.load(weights_only=True) with inert "
+                                  "stand-ins", tuple(sorted(_TLS.seen)))
         obj, method = _restricted(path)
         return SafeLoadResult(obj, method, tuple(sorted(_TLS.seen)))
     except Exception as exc:

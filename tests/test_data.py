@@ -268,7 +268,7 @@ def test_ferplus_reader_decodes_pixel_rows(tmp_path):
     assert classes == DATASET_CLASSES["ferplus"] and [s.label for s in samples] == [0, 1]
     assert samples[1].path.endswith("fer2013.csv#1")
     img = load_image(samples[1].path)
-    assert img.size == (48, 48) and img.mode == "RGB"
+    assert img.shape == (48, 48, 3) and img.dtype == np.uint8
     x, label, _ = FERDataset(samples, classes)[1]
     assert x.shape == (3, 112, 112) and label == 1
     val, _ = load_samples(root, "ferplus", split="val")
@@ -373,8 +373,8 @@ def test_ferdataset_converts_modes_and_skips_unreadable(odd_images, caplog):
     with caplog.at_level(logging.WARNING, logger="grefel.data"):
         items = [ds[i] for i in range(len(ds))]
     assert [i for i, it in enumerate(items) if it is None] == [1, 2, 3]
-    assert "truncated.png: unreadable or corrupt image" in ds.failures[1]
-    assert "notes.jpg: unreadable or corrupt image" in ds.failures[2]
+    assert "truncated.png: not a decodable image" in ds.failures[1]
+    assert "notes.jpg: not a decodable image" in ds.failures[2]
     assert "tiny.png: image too small (12x30 px" in ds.failures[3]
     assert "truncated.png" in caplog.text
     for it in (items[0], items[4], items[5], items[6], items[7]):

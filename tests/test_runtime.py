@@ -291,15 +291,18 @@ def install_fakes(
 
 
 def write_sidecar(engine: Path, **over: Any) -> None:
-    meta = {
-        "tensorrt_version": "10.3.0.26",
-        "gpu_name": "Fake Orin",
-        "compute_capability": "8.7",
-        "classes": list(CLASSES),
-        "input": {"name": "images", "shape": ["batch", 3, 112, 112]},
-    }
-    meta.update(over)
-    engine.with_suffix(".json").write_text(json.dumps(meta))
+    """The engine sidecar as `grefel export` writes it (grefel.contract.engine_sidecar_doc);
+    `over` replaces entries of its `versions` (tensorrt, gpu, compute_capability)."""
+    from grefel.contract import engine_sidecar_doc
+
+    versions = {"tensorrt": "10.3.0.26", "gpu": "Fake Orin", "compute_capability": "8.7"}
+    versions.update(over)
+    doc = engine_sidecar_doc(
+        engine=engine.name, engine_sha256="", onnx="tiny.onnx", onnx_sha256="",
+        onnx_fp32_sha256="", class_names=CLASSES, model_config=None, versions=versions,
+        build={}, gates={}, created_utc="2026-01-01T00:00:00Z",
+    )
+    engine.with_suffix(".json").write_text(json.dumps(doc))
 
 
 # -- tests ----------------------------------------------------------------------------------------
@@ -418,29 +421,30 @@ def test_tensorrt_fixed_batch_engine_pads_the_last_chunk(
     assert [c[2] for c in calls if c[0] == "execute_async_v3"] == [4, 4]
 
 
-def test_tensorrt_reads_the_export_packages_sidecar_layout(fake_trt: Any) -> None:
-    """Checks our glue, not TensorRT: `versions: {tensorrt, gpu, compute_capability}` and
-    `class_names` (export/sidecar.py) are understood like the flat keys."""
+def test_tensorrt_reads_only_the_export_sidecar_layout(fake_trt: Any) -> None:
+    """Checks our glue, not TensorRT: the sidecar export writes is read through the contract
+    (`versions: {tensorrt, gpu, compute_capability}`, `class_names`); the old flat layout
+    without a format version is refused with one line naming the file."""
     _, engine, _, _ = fake_trt
-    doc = {
-        "class_names": list(CLASSES),
-        "versions": {"tensorrt": "10.3.0", "gpu": "Fake Orin", "compute_capability": "8.7"},
-    }
-    engine.with_suffix(".json").write_text(json.dumps(doc))
     with open_backend(engine) as trt:
         assert trt.classes == CLASSES
-    doc["versions"]["compute_capability"] = "7.2"
-    engine.with_suffix(".json").write_text(json.dumps(doc))
+    write_sidecar(engine, compute_capability="7.2")
     with pytest.raises(BackendError, match="compute capability 7.2"), open_backend(engine):
+        pass
+    flat = {"tensorrt_version": "10.3.0", "gpu_name": "Fake Orin", "classes": list(CLASSES)}
+    engine.with_suffix(".json").write_text(json.dumps(flat))
+    with pytest.raises(BackendError, match=r"tiny.json: sidecar format None"), open_backend(
+        engine
+    ):
         pass
 
 
 @pytest.mark.parametrize(
     "sidecar, message",
     [
-        ({"tensorrt_version": "8.5.2.2"}, "TensorRT 8.5.2.2 (running 10.3.0)"),
+        ({"tensorrt": "8.5.2.2"}, "TensorRT 8.5.2.2 (running 10.3.0)"),
         (
-            {"gpu_name": "NVIDIA GeForce RTX 4090", "compute_capability": [8, 9]},
+            {"gpu": "NVIDIA GeForce RTX 4090", "compute_capability": [8, 9]},
             "compute capability 8.9 (running 8.7)",
         ),
     ],

@@ -23,10 +23,10 @@ __all__ = [
 ]
 
 _LAZY = {
-    "DatasetError": "grefel.data.datasets",
+    "DatasetError": "grefel.data.samples",
     "FERDataset": "grefel.data.datasets",
-    "Sample": "grefel.data.datasets",
-    "class_counts": "grefel.data.datasets",
+    "Sample": "grefel.data.samples",
+    "class_counts": "grefel.data.samples",
     "collate_skip": "grefel.data.datasets",
     "load_samples": "grefel.data.datasets",
     "RefinedSampler": "grefel.data.sampler",

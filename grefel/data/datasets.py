@@ -1,23 +1,28 @@
 """Samples, the dataset-reader entry point, the torch Dataset and its skip-aware collate.
 
 `load_samples(root, kind, split)` turns a dataset folder into `(samples, class_names)`; the
-per-dataset readers and their expected layouts live in `grefel.data.readers`. `FERDataset`
-decodes one image per item (any PIL mode -> RGB), applies a transform and returns
-`(image [3,S,S] in [0,1], label, index)`; an unreadable file is `None` (or a `DatasetError` when
-strict), and `collate_skip` drops those and reports which dataset indices they were.
+per-dataset readers and their expected layouts live in `grefel.data.readers`, the `Sample` and
+`DatasetError` they return in `grefel.data.samples` (torch-free). `FERDataset` decodes one image
+per item with `grefel.contract.decode_image` (the decoder predict uses: EXIF orientation, every
+mode -> RGB, the pixel limit), crops a face box with `grefel.contract.crop_box`, applies a
+transform and returns `(image [3,S,S] in [0,1], label, index)`; an unreadable file is `None` (or
+a `DatasetError` when strict), and `collate_skip` drops those and reports which dataset indices
+they were.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
+
+from grefel import contract
+from grefel.data import readers
+from grefel.data.samples import DatasetError, Sample, class_counts
 
 __all__ = [
     "KINDS",
@@ -41,43 +46,11 @@ KINDS = (
 )
 
 
-class DatasetError(ValueError):
-    """A dataset folder or file does not match what its reader expects; the message names it."""
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One labelled image.
-
-    path: absolute file path, or `FILE#ROW` for images stored inside a table (FER2013 pixels).
-    label: class index into the reader's class names.
-    group: the video / identity / face group for data refinement ("" = its own group).
-    attrs: extra string attributes (RAF-DB gender/race/age, SynthFER skin, clean_label, ...).
-    """
-
-    path: str
-    label: int
-    group: str = ""
-    attrs: Dict[str, str] = field(default_factory=dict)
-
-
-def class_counts(samples: Sequence[Sample], num_classes: int) -> List[int]:
-    """Number of samples per class index 0..num_classes-1."""
-    counts = [0] * num_classes
-    for s in samples:
-        if not 0 <= s.label < num_classes:
-            raise DatasetError(f"{s.path}: label {s.label} outside 0..{num_classes - 1}")
-        counts[s.label] += 1
-    return counts
-
-
 # --- reading a dataset folder -------------------------------------------------------------------
 
 
 def detect_kind(root: Union[str, Path], split: str = "train") -> str:
     """The reader kind whose layout `root` matches (see grefel.data.readers for the layouts)."""
-    from grefel.data import readers
-
     return readers.detect_kind(Path(root), split)
 
 
@@ -89,8 +62,6 @@ def load_samples(
     kind: one of KINDS; "auto" detects the layout. Extra keywords go to the reader
     (e.g. `fold=` for JAFFE). Raises DatasetError naming the missing or malformed file.
     """
-    from grefel.data import readers
-
     root = Path(root).expanduser()
     if kind not in KINDS:
         raise DatasetError(f"unknown dataset kind {kind!r}; choose from {', '.join(KINDS)}")
@@ -109,52 +80,32 @@ def load_samples(
 # --- decoding one image -------------------------------------------------------------------------
 
 
-def _to_rgb(im: Image.Image) -> Image.Image:
-    """Any PIL mode -> 8-bit RGB: grey, 16-bit/float grey, CMYK, palette, alpha over white."""
-    if im.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-        a = np.asarray(im, dtype=np.float32)
-        lo, hi = float(a.min()), float(a.max())
-        a = (a - lo) * (255.0 / max(hi - lo, 1e-6))
-        im = Image.fromarray(a.clip(0, 255).astype(np.uint8), "L")
-    has_alpha = im.mode in ("RGBA", "LA", "PA") or (
-        im.mode == "P" and "transparency" in im.info
-    )
-    if has_alpha:
-        rgba = im.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return im.convert("RGB")
+def load_image(path: str) -> np.ndarray:
+    """Decode `path` (or `TABLE#ROW`) -> RGB uint8 (H, W, 3); DatasetError naming the file if not.
 
-
-def load_image(path: str) -> Image.Image:
-    """Decode `path` (or `TABLE#ROW`) to an RGB PIL image; DatasetError naming the file if not."""
+    Files go through `grefel.contract.decode_image`, the decoder every path shares.
+    """
     if Path(path).name.partition("#")[0].endswith(".csv") and "#" in path:
-        from grefel.data.readers import table_image
-
-        img = table_image(path)
+        image = readers.table_image(path)
     else:
         try:
-            with Image.open(path) as im:
-                im.load()
-                img = _to_rgb(im)
-        except FileNotFoundError:
-            raise DatasetError(f"{path}: file not found") from None
-        except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, struct.error...
-            raise DatasetError(f"{path}: unreadable or corrupt image ({e})") from None
-    w, h = img.size
+            image = contract.decode_image(path)
+        except contract.ImageError as e:
+            raise DatasetError(str(e)) from None
+    h, w = image.shape[:2]
     if min(w, h) < MIN_SIDE:
         raise DatasetError(f"{path}: image too small ({w}x{h} px; need at least {MIN_SIDE} px)")
-    return img
+    return image
 
 
-def _crop_box(img: Image.Image, attrs: Dict[str, str]) -> Image.Image:
+def _crop_box(image: np.ndarray, attrs: Dict[str, str]) -> np.ndarray:
     """Crop to attrs["box"] = "x,y,w,h" (AffectNet face boxes) when the sample has one."""
     if "box" not in attrs:
-        return img
+        return image
     x, y, w, h = (float(v) for v in attrs["box"].split(","))
     if w < MIN_SIDE or h < MIN_SIDE:
-        return img
-    return img.crop((int(x), int(y), int(x + w), int(y + h)))
+        return image
+    return contract.crop_box(image, (int(x), int(y), int(x + w), int(y + h)))
 
 
 # --- the torch Dataset ---------------------------------------------------------------------------
@@ -171,7 +122,8 @@ class FERDataset(Dataset):
     Args:
         samples: from `load_samples`.
         class_names: the class names in label order.
-        transform: PIL RGB image -> FloatTensor [3,S,S]; default the eval transform at 112.
+        transform: RGB uint8 array (H, W, 3) -> FloatTensor [3,S,S]; default the eval
+            transform (`grefel.contract.to_model_input`).
         strict: raise DatasetError on an unreadable image instead of returning None.
     """
 
@@ -179,7 +131,7 @@ class FERDataset(Dataset):
         self,
         samples: Sequence[Sample],
         class_names: Sequence[str],
-        transform: Optional[Callable[[Image.Image], torch.Tensor]] = None,
+        transform: Optional[Callable[[np.ndarray], torch.Tensor]] = None,
         strict: bool = False,
     ) -> None:
         from grefel.data.transforms import make_transforms
@@ -241,7 +193,7 @@ def collate_skip(
     del _SKIPPED[:]
     if not items:
         empty = torch.empty(0, dtype=torch.int64)
-        return torch.empty(0, 3, 112, 112), empty, empty.clone(), skipped
+        return torch.empty(0, *contract.INPUT_SHAPE), empty, empty.clone(), skipped
     images = torch.stack([b[0] for b in items])  # [B,3,S,S]
     labels = torch.tensor([b[1] for b in items], dtype=torch.int64)
     indices = torch.tensor([b[2] for b in items], dtype=torch.int64)

@@ -535,7 +535,7 @@ def render_face(
     _draw_head(d, ident, pose, e, rng)
     _draw_wrinkles(d, ident, pose, e, lm, w)
     _draw_brows_nose(d, ident, pose, e, lm, w)
-    _draw_eyes(img, d, ident, pose, e, rng, w)
+    _draw_eyes(img, d, f=ident, pose=pose, e=e, rng=rng, w=w)
     _draw_mouth(img, d, ident, pose, e, w)
     occlusion = _OCCLUSIONS[int(rng.choice(len(_OCCLUSIONS), p=_OCCLUSION_P))]
     if rng.random() >= dif:

@@ -60,10 +60,9 @@ from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
-from PIL import Image
 
 from grefel.config import DATASET_CLASSES
-from grefel.data.datasets import DatasetError, Sample
+from grefel.data.samples import DatasetError, Sample
 
 __all__ = ["READERS", "detect_kind", "table_image"]
 
@@ -354,8 +353,8 @@ def _fer2013_pixels(path: str) -> Tuple[str, ...]:
     return tuple(r["pixels"] for r in rows)
 
 
-def table_image(path: str) -> Image.Image:
-    """Decode "TABLE.csv#ROW" (a FER2013 48x48 pixel string) to an RGB image."""
+def table_image(path: str) -> np.ndarray:
+    """Decode "TABLE.csv#ROW" (a FER2013 48x48 pixel string) -> RGB uint8 (H, W, 3)."""
     table, _, row = path.rpartition("#")
     if not Path(table).exists():
         raise DatasetError(f"{table}: file not found")
@@ -369,7 +368,8 @@ def table_image(path: str) -> Image.Image:
     side = int(round(len(a) ** 0.5))
     if side * side != len(a) or a.min(initial=0) < 0 or a.max(initial=0) > 255:
         raise DatasetError(f"{path}: {len(a)} pixel values are not a square 8-bit image")
-    return Image.fromarray(a.reshape(side, side).astype(np.uint8), "L").convert("RGB")
+    grey = a.reshape(side, side).astype(np.uint8)  # (H, W)
+    return np.repeat(grey[:, :, None], 3, axis=2)  # grey replicated, as contract.to_rgb does
 
 
 # --- FERG-DB --------------------------------------------------------------------------------------

@@ -140,7 +140,8 @@ def generate_synthfer(
     lm_header = ["path"] + [f"{a}{j}" for j in range(68) for a in "xy"]
     atomic_write_bytes(out / "landmarks.csv", _csv_bytes(lm_header, lm_rows))
     atomic_write_bytes(out / "classes.txt", ("\n".join(classes) + "\n").encode())
-    readme = _readme(n, seed, noise, imbalance, size, difficulty, classes, rows)
+    readme = _readme(n=n, seed=seed, noise=noise, imbalance=imbalance, size=size,
+                     difficulty=difficulty, classes=classes, rows=rows)
     atomic_write_bytes(out / "README.txt", readme)
     return out
 

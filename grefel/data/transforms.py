@@ -1,7 +1,10 @@
 """Image transforms: the paper's heavy training augmentation and the eval resize (paper §4.1).
 
-Written with torch tensor ops (F.interpolate with antialias, affine_grid / grid_sample) and PIL
-for decoding instead of torchvision: PyPI's torchvision wheels fail to import beside the CPU
+Both start from the decoded image of `grefel.contract.decode_image` (RGB uint8 (H, W, 3)) and
+resize it with `grefel.contract.resize`, the one antialiased resize of every path: the eval
+transform is exactly `grefel.contract.to_model_input`, what `grefel predict` feeds a backend.
+The augmentation after that first resize uses torch tensor ops (affine_grid / grid_sample)
+instead of torchvision: PyPI's torchvision wheels fail to import beside the CPU
 torch 2.13.0 this project pins, and NVIDIA's Jetson torch wheels ship without a matching
 torchvision, so depending on it would break training on both. Each step is a few lines and
 tested (shape, range, determinism under a seeded generator).
@@ -9,41 +12,43 @@ tested (shape, range, determinism under a seeded generator).
     train: resize to 128 (the paper's 256 -> 224 crop ratio at our 112 scale), random crop 112,
            horizontal flip, rotation within +-10 degrees, colour jitter (brightness, contrast,
            saturation), random erasing.
-    eval:  antialiased resize to 112.
+    eval:  antialiased resize to 112 (`grefel.contract.to_model_input`).
 
-Every transform maps a PIL RGB image to a float32 tensor [3,S,S] in [0,1] and takes an optional
+Every transform maps an RGB uint8 array (H, W, 3) (or a PIL image, converted by
+`grefel.contract.to_rgb`) to a float32 tensor [3,S,S] in [0,1] and takes an optional
 `torch.Generator` so a seeded call is reproducible.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-__all__ = ["EvalTransform", "TrainTransform", "make_transforms", "resize", "to_tensor"]
+from grefel import contract
+
+__all__ = ["EvalTransform", "TrainTransform", "make_transforms"]
+
+ImageLike = Union[np.ndarray, Image.Image]
 
 # Luma weights (ITU-R BT.601), as PIL's "L" conversion uses.
 _LUMA = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)
 
 
-def to_tensor(img: Image.Image) -> torch.Tensor:
-    """PIL RGB image -> float32 [3,H,W] in [0,1]."""
-    a = np.asarray(img.convert("RGB"), dtype=np.uint8)  # [H,W,3]
-    return torch.from_numpy(a.copy()).permute(2, 0, 1).float().div_(255.0)
+def _rgb_array(img: ImageLike) -> np.ndarray:
+    """RGB uint8 (H, W, 3) from a decoded array or a PIL image of any mode."""
+    if isinstance(img, Image.Image):
+        return np.asarray(contract.to_rgb(img), dtype=np.uint8)
+    return img
 
 
-def resize(x: torch.Tensor, size: int) -> torch.Tensor:
-    """[3,H,W] -> [3,size,size], bilinear with antialiasing (a proper low-pass when shrinking)."""
-    if x.shape[-2:] == (size, size):
-        return x
-    y = F.interpolate(x[None], size=(size, size), mode="bilinear", antialias=True,
-                      align_corners=False)
-    return y[0].clamp_(0.0, 1.0)
+def _tensor(a: np.ndarray) -> torch.Tensor:
+    """RGB uint8 (H, W, 3) -> float32 [3,H,W] in [0,1]."""
+    return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1))).float().div_(255.0)
 
 
 def _uniform(lo: float, hi: float, g: Optional[torch.Generator]) -> float:
@@ -87,14 +92,14 @@ def _erase_box(
 
 
 class EvalTransform:
-    """Antialiased resize to `size`: deterministic."""
+    """`grefel.contract.to_model_input`: the antialiased resize to `size`, deterministic."""
 
-    def __init__(self, size: int = 112) -> None:
+    def __init__(self, size: int = contract.INPUT_SIZE) -> None:
         self.size = size
 
-    def __call__(self, img: Image.Image, generator: Optional[torch.Generator] = None
+    def __call__(self, img: ImageLike, generator: Optional[torch.Generator] = None
                  ) -> torch.Tensor:
-        return resize(to_tensor(img), self.size)  # [3,S,S]
+        return torch.from_numpy(contract.to_model_input(_rgb_array(img), self.size))  # [3,S,S]
 
     def __repr__(self) -> str:
         return f"EvalTransform(size={self.size})"
@@ -114,7 +119,7 @@ class TrainTransform:
 
     def __init__(
         self,
-        size: int = 112,
+        size: int = contract.INPUT_SIZE,
         resize_to: Optional[int] = None,
         flip_p: float = 0.5,
         max_degrees: float = 10.0,
@@ -128,10 +133,10 @@ class TrainTransform:
         self.jitter = jitter
         self.erase_p = erase_p
 
-    def __call__(self, img: Image.Image, generator: Optional[torch.Generator] = None
+    def __call__(self, img: ImageLike, generator: Optional[torch.Generator] = None
                  ) -> torch.Tensor:
         g, s = generator, self.size
-        x = resize(to_tensor(img), self.resize_to)  # [3,R,R]
+        x = _tensor(contract.resize(_rgb_array(img), self.resize_to))  # [3,R,R]
         top = int(torch.randint(0, self.resize_to - s + 1, (), generator=g))
         left = int(torch.randint(0, self.resize_to - s + 1, (), generator=g))
         x = x[:, top:top + s, left:left + s]  # [3,S,S]
@@ -153,6 +158,6 @@ class TrainTransform:
                 f"erase_p={self.erase_p})")
 
 
-def make_transforms(train: bool, image_size: int = 112):
+def make_transforms(train: bool, image_size: int = contract.INPUT_SIZE):
     """The training augmentation (train=True) or the eval resize, at `image_size`."""
     return TrainTransform(image_size) if train else EvalTransform(image_size)

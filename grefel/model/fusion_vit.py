@@ -20,6 +20,7 @@ from typing import Sequence, Tuple
 import torch
 from torch import nn
 
+from grefel.model.attention import attend
 from grefel.model.window_attention import Mlp
 
 __all__ = ["FusionViT", "SEBlock", "SelfAttention", "ViTBlock"]
@@ -43,13 +44,10 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, N, C) -> (B, N, C)."""
-        _, N, C = x.shape
+        _, N, _ = x.shape
         h, d = self.heads, self.head_dim
         qkv = self.qkv(x).reshape(-1, N, 3, h, d).permute(2, 0, 3, 1, 4)  # (3, B, h, N, d)
-        q, k, v = qkv[0] * self.scale, qkv[1], qkv[2]  # (B, h, N, d), q pre-scaled for FP16
-        attn = (q @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, h, N, N)
-        out = (attn @ v).transpose(1, 2).reshape(-1, N, C)  # (B, N, C)
-        return self.proj(out)
+        return self.proj(attend(qkv[0], qkv[1], qkv[2], self.scale))  # (B, N, C)
 
 
 class ViTBlock(nn.Module):

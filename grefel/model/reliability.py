@@ -2,7 +2,7 @@
 
 No upstream code matches the paper here: ARBEx (`takihasan/ARBEx`, the authors' predecessor)
 attends across the minibatch, zero-initialises the anchors and divides the entropy without a
-guard. This file follows the paper with the readings recorded in DESIGN.md:
+guard. This file follows the paper with the readings recorded in docs/model.md:
 
     l    = softmax(MLP(e))                                     eq. 9   (primary)
     C_f  = 1 - H(p) / log C                                    eqs. 10-11 (entropy / log C, so a

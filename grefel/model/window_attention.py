@@ -21,6 +21,8 @@ from typing import Any, Optional, Tuple
 import torch
 from torch import nn
 
+from grefel.model.attention import attend
+
 __all__ = ["CrossAttentionLevel", "DropPath", "Mlp", "WindowCrossAttention"]
 
 
@@ -110,16 +112,11 @@ class WindowCrossAttention(nn.Module):
 
     def forward(self, query: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """query: landmark (B', N, C); tokens: normalised image (B', N, C) -> (B', N, C)."""
-        _, N, C = tokens.shape
+        _, N, _ = tokens.shape
         h, d = self.heads, self.head_dim
         kv = self.kv(tokens).reshape(-1, N, 2, h, d).permute(2, 0, 3, 1, 4)  # (2, B', h, N, d)
-        k, v = kv[0], kv[1]  # (B', h, N, d)
-        # Scale q before the matmul so q k^T stays in FP16 range.
-        q = query.reshape(-1, N, h, d).transpose(1, 2) * self.scale  # (B', h, N, d)
-        attn = q @ k.transpose(-2, -1)  # (B', h, N, N)
-        attn = attn + self.relative_bias()  # eq. 2: + b
-        attn = attn.softmax(dim=-1)
-        out = (attn @ v).transpose(1, 2).reshape(-1, N, C)  # (B', N, C), heads merged
+        q = query.reshape(-1, N, h, d).transpose(1, 2)  # (B', h, N, d): no w_q (eq. 1)
+        out = attend(q, kv[0], kv[1], self.scale, bias=self.relative_bias())  # (B', N, C)
         return self.proj(out)
 
 

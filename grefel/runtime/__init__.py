@@ -1,6 +1,6 @@
 """Inference backends behind one interface, and the preprocessing that feeds them.
 
-    with open_backend("engines/best_fp16.engine") as backend:   # or .onnx / .safetensors
+    with open_backend("engines/best_fp16_b8.engine") as backend:   # or .onnx / .safetensors
         out = backend.infer(batch)        # float32 (N, 3, 112, 112) -> {"probs": (N, C), ...}
 
 Importing this package imports neither torch nor onnxruntime, tensorrt or pycuda: each backend

@@ -10,12 +10,13 @@ No module here imports torch, onnxruntime, tensorrt or pycuda at import time.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
+
+from grefel import contract
 
 __all__ = [
     "INPUT_SHAPE",
@@ -30,8 +31,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-INPUT_SHAPE = (3, 112, 112)
-OUTPUTS = ("probs", "primary", "confidence")
+INPUT_SHAPE = contract.INPUT_SHAPE
+OUTPUTS = contract.OUTPUTS
 
 Outputs = Dict[str, np.ndarray]
 
@@ -44,16 +45,20 @@ def generic_classes(n: int) -> Tuple[str, ...]:
     return tuple(f"class{i}" for i in range(n))
 
 
-def read_sidecar(path: Path) -> Optional[Dict[str, Any]]:
-    """The JSON sidecar `NAME.json` beside a model file, or None (with a warning) if absent."""
+def read_sidecar(path: Path) -> Optional[contract.EngineSidecar]:
+    """The checked engine sidecar `NAME.json` beside `path`, or None (with a warning) if absent.
+
+    `grefel.contract.read_engine_sidecar` reads it (format version and input contract checked);
+    a sidecar of another layout or version is a BackendError naming it.
+    """
     side = Path(path).with_suffix(".json")
     if not side.is_file():
         log.warning("%s: no sidecar %s; classes and build target are unknown", path, side.name)
         return None
     try:
-        return json.loads(side.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise BackendError(f"{side}: unreadable sidecar JSON ({exc})") from None
+        return contract.read_engine_sidecar(side)
+    except contract.SidecarError as exc:
+        raise BackendError(str(exc)) from None
 
 
 class Backend:
@@ -105,7 +110,8 @@ class Backend:
         if batch.dtype != np.float32:
             raise BackendError(f"expected float32 images, got {batch.dtype}")
         if batch.ndim != 4 or tuple(batch.shape[1:]) != INPUT_SHAPE or batch.shape[0] < 1:
-            raise BackendError(f"expected shape (N, 3, 112, 112) with N >= 1, got {batch.shape}")
+            want = ", ".join(map(str, INPUT_SHAPE))
+            raise BackendError(f"expected shape (N, {want}) with N >= 1, got {batch.shape}")
         if not np.isfinite(batch).all():
             raise BackendError("the batch contains NaN or inf")
         return np.ascontiguousarray(batch)

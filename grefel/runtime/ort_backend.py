@@ -1,7 +1,8 @@
 """ONNX Runtime backend: an `.onnx` file, on the CUDA provider when ONNX Runtime has it.
 
 Class names come from the model's metadata (`grefel.class_names`, written by `grefel export`),
-else from the sidecar's `classes`, else generic names with a warning. A fixed-batch graph
+else from a grefel sidecar `NAME.json` beside it (`grefel.contract.sidecar_classes`: an engine
+or checkpoint sidecar, format checked), else generic names with a warning. A fixed-batch graph
 (`grefel export --static`) takes any number of images: they run in chunks of its batch, the last
 chunk zero-padded (a sample's outputs never depend on the others), as the TensorRT backend does.
 """
@@ -15,15 +16,9 @@ from typing import Any, Optional, Tuple
 
 import numpy as np
 
+from grefel import contract
 from grefel._lazy import require
-from grefel.runtime.base import (
-    Backend,
-    BackendError,
-    Outputs,
-    check_outputs,
-    generic_classes,
-    read_sidecar,
-)
+from grefel.runtime.base import Backend, BackendError, Outputs, check_outputs, generic_classes
 
 __all__ = ["OrtBackend"]
 
@@ -96,9 +91,12 @@ class OrtBackend(Backend):
         meta = self._session.get_modelmeta().custom_metadata_map
         if "grefel.class_names" in meta:
             return tuple(json.loads(meta["grefel.class_names"]))
-        side = read_sidecar(Path(self.path))
-        if side and (side.get("classes") or side.get("class_names")):
-            return tuple(side.get("classes") or side["class_names"])
+        try:
+            classes = contract.sidecar_classes(Path(self.path).with_suffix(".json"))
+        except contract.SidecarError as exc:
+            raise BackendError(str(exc)) from None
+        if classes:
+            return classes
         n = int(self._session.get_outputs()[self._outputs.index("probs")].shape[-1])
         log.warning("%s: no class names in metadata or sidecar; using class0..", self.path)
         return generic_classes(n)

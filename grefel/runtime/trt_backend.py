@@ -24,6 +24,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import numpy as np
 
 from grefel._lazy import require
+from grefel.contract import EngineSidecar
 from grefel.runtime.base import (
     INPUT_SHAPE,
     Backend,
@@ -51,22 +52,21 @@ def _trt_release(version: str) -> str:
     return ".".join(str(version).split(".")[:3])
 
 
-def sidecar_facts(sidecar: Optional[Dict[str, Any]]) -> Dict[str, Any]:
-    """tensorrt_version, gpu_name, compute_capability and classes from a sidecar: flat keys, or
-    the export package's layout (`versions: {tensorrt, gpu, compute_capability}`,
-    `class_names`)."""
-    side = sidecar or {}
-    nested = side.get("versions") if isinstance(side.get("versions"), dict) else {}
+def sidecar_facts(sidecar: Optional[EngineSidecar]) -> Dict[str, Any]:
+    """tensorrt_version, gpu_name, compute_capability and classes of a sidecar read and checked
+    by `grefel.contract.read_engine_sidecar` (None: all unknown)."""
+    if sidecar is None:
+        return dict.fromkeys(("tensorrt_version", "gpu_name", "compute_capability", "classes"))
     return {
-        "tensorrt_version": side.get("tensorrt_version") or nested.get("tensorrt"),
-        "gpu_name": side.get("gpu_name") or nested.get("gpu"),
-        "compute_capability": side.get("compute_capability") or nested.get("compute_capability"),
-        "classes": side.get("classes") or side.get("class_names"),
+        "tensorrt_version": sidecar.tensorrt_version,
+        "gpu_name": sidecar.gpu_name,
+        "compute_capability": sidecar.compute_capability,
+        "classes": sidecar.class_names,
     }
 
 
 def check_build_target(
-    path: Path, sidecar: Optional[Dict[str, Any]], trt_version: str, gpu: str, cc: str
+    path: Path, sidecar: Optional[EngineSidecar], trt_version: str, gpu: str, cc: str
 ) -> None:
     """Raise BackendError if the sidecar says the engine was built elsewhere."""
     if not sidecar:
@@ -189,7 +189,7 @@ class TensorRTBackend(Backend):
         self._context.set_tensor_address(name, int(device))
         return _IO(name, dtype, host, device)
 
-    def _classes(self, sidecar: Optional[Dict[str, Any]]) -> Tuple[str, ...]:
+    def _classes(self, sidecar: Optional[EngineSidecar]) -> Tuple[str, ...]:
         classes = sidecar_facts(sidecar)["classes"]
         if classes:
             return tuple(classes)

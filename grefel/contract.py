@@ -1,0 +1,388 @@
+"""The model's interface, from pixels to probabilities: one torch-free module (numpy + PIL).
+
+Every path that turns a file into model input calls this module, so what `grefel eval` measures
+is what `grefel predict` and an engine serve (docs/contract.md):
+
+    dataset eval / train   grefel.data.datasets.load_image -> decode_image, crop_box
+                           grefel.data.transforms (eval: to_model_input; train: resize first)
+    predict / bench        grefel.runtime.preprocess -> decode_image, square_crop, to_model_input
+    FP16 gate              export.fp16.gate_images -> load_model_input
+    export / runtime       INPUT_NAME, INPUT_SHAPE, OUTPUTS, input_spec(), opset_for_target(),
+                           the engine sidecar (engine_sidecar_doc / read_engine_sidecar)
+
+Input: `images`, float32 (N, 3, 112, 112), NCHW, RGB, values in [0, 1]. 112 is what both
+POSTER V2 streams really see (they decimate 224 to 112 inside forward); the resize to 112 is done
+once, here. Per-stream normalisation is inside the model.
+
+Preprocessing of one file:
+    1. decode with PIL, refusing images of more than `max_pixels()` pixels from the header,
+       before any pixel is decoded (decompression bombs). The limit is the environment variable
+       GREFEL_MAX_PIXELS (default 89,478,485, PIL's own default; 0 = no limit).
+    2. EXIF orientation applied (tags 2-8).
+    3. mode -> 8-bit RGB: grey and 1-bit replicated; 16-bit integer grey (I;16*, I) scaled by
+       1/257 (65535 -> 255) and clipped; float grey (F) taken as [0, 1] when its maximum is <= 1,
+       else as 0-255; palette, CMYK and YCbCr through PIL's conversion; any alpha (RGBA, LA, PA,
+       palette transparency) composited over white.
+    4. crop: a dataset's face box (`crop_box`, clipped to the image), or predict's square face
+       crop with a margin (`square_crop`, the border replicated outside the image); none for
+       aligned faces.
+    5. antialiased resize to 112 x 112: PIL's bilinear filter, whose support grows with the
+       reduction factor (a triangle low-pass when shrinking, plain bilinear when enlarging) on
+       uint8, the same function for every path and for the training augmentation's first resize.
+    6. uint8 HWC -> float32 CHW / 255.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
+
+import numpy as np
+from PIL import Image
+
+__all__ = [
+    "CHANNEL_ORDER",
+    "ENGINE_SIDECAR_FORMAT",
+    "INPUT_DTYPE",
+    "INPUT_NAME",
+    "INPUT_RANGE",
+    "INPUT_SHAPE",
+    "INPUT_SIZE",
+    "MAX_PIXELS_ENV",
+    "OPTIONAL_OUTPUTS",
+    "OUTPUTS",
+    "Box",
+    "EngineSidecar",
+    "ImageError",
+    "SidecarError",
+    "crop_box",
+    "decode_image",
+    "engine_sidecar_doc",
+    "input_spec",
+    "load_model_input",
+    "max_pixels",
+    "opset_for_target",
+    "read_engine_sidecar",
+    "resize",
+    "sidecar_classes",
+    "square_crop",
+    "to_model_input",
+    "to_rgb",
+]
+
+# --- the tensor interface ------------------------------------------------------------------------
+
+INPUT_NAME = "images"
+INPUT_SIZE = 112
+INPUT_SHAPE: Tuple[int, int, int] = (3, INPUT_SIZE, INPUT_SIZE)  # per sample, NCHW
+INPUT_DTYPE = "float32"
+INPUT_RANGE: Tuple[float, float] = (0.0, 1.0)
+CHANNEL_ORDER = "RGB"
+OUTPUTS: Tuple[str, ...] = ("probs", "primary", "confidence")  # every exported graph has these
+OPTIONAL_OUTPUTS: Tuple[str, ...] = ("embedding",)
+
+RESIZE = "PIL bilinear, antialiased (filter support scaled by the reduction), on uint8"
+
+Box = Tuple[int, int, int, int]  # x1, y1, x2, y2 in pixels, x2/y2 exclusive
+
+
+def input_spec() -> Dict[str, Any]:
+    """The input contract as data: carried in ONNX metadata, checkpoint and engine sidecars."""
+    return {
+        "name": INPUT_NAME,
+        "shape": ["batch", *INPUT_SHAPE],
+        "dtype": INPUT_DTYPE,
+        "layout": "NCHW",
+        "color": CHANNEL_ORDER,
+        "range": list(INPUT_RANGE),
+        "normalisation": "inside the model (per-stream mean/std)",
+        "resize": f"to {INPUT_SIZE}x{INPUT_SIZE} after the face crop: {RESIZE}",
+        "exif_orientation": True,
+        "alpha": "composited over white",
+    }
+
+
+def opset_for_target(target: str) -> int:
+    """ONNX opset for a TensorRT target (export/lint.py TARGETS): 16 for TensorRT 8.5, whose
+    ONNX parser has no LayerNormalization importer (LayerNorm is exported decomposed), and 17 for
+    every later version (one LayerNormalization node that TensorRT computes in FP32)."""
+    return 16 if target == "trt8.5" else 17
+
+
+# --- decoding ------------------------------------------------------------------------------------
+
+MAX_PIXELS_ENV = "GREFEL_MAX_PIXELS"
+DEFAULT_MAX_PIXELS = 89_478_485  # PIL's Image.MAX_IMAGE_PIXELS default (1 GiB / 4 / 3)
+
+# EXIF orientation tag (0x0112) value -> the transpose that makes the image upright.
+_EXIF_ORIENTATION = 0x0112
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+class ImageError(ValueError):
+    """A file that is not a decodable image (or is over the pixel limit); names the file."""
+
+
+def max_pixels() -> int:
+    """The pixel limit every decoder applies: $GREFEL_MAX_PIXELS, default 89,478,485; 0 = none."""
+    raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_PIXELS
+    try:
+        value = int(raw.replace("_", ""))
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ImageError(f"{MAX_PIXELS_ENV}={raw!r}: expected a pixel count (an integer >= 0; "
+                         "0 = no limit)")
+    return value
+
+
+def _check_pixels(path: Union[str, Path], size: Tuple[int, int], limit: int) -> None:
+    w, h = size
+    if limit and w * h > limit:
+        raise ImageError(
+            f"{path}: {w}x{h} = {w * h:,} pixels is over the limit of {limit:,} (a possible "
+            f"decompression bomb); to decode it, raise the limit: {MAX_PIXELS_ENV}={w * h}"
+        )
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB (step 3 of the module docstring)."""
+    if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        a = np.asarray(im, dtype=np.float64)
+        if im.mode == "F":
+            scale = 255.0 if a.size and float(np.nanmax(a)) <= 1.0 else 1.0
+        else:
+            scale = 255.0 / 65535.0
+        a = np.nan_to_num(a * scale, nan=0.0, posinf=255.0, neginf=0.0)
+        im = Image.fromarray(np.rint(a).clip(0, 255).astype(np.uint8), "L")
+    has_alpha = im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        im.mode == "P" and "transparency" in im.info
+    )
+    if has_alpha:
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def decode_image(path: Union[str, Path]) -> np.ndarray:
+    """Decode an image file -> RGB uint8 (H, W, 3), upright (EXIF), under the pixel limit.
+
+    Raises ImageError naming the file: missing, unreadable, not an image, or too many pixels.
+    """
+    limit = max_pixels()
+    pil_limit = Image.MAX_IMAGE_PIXELS
+    try:
+        with warnings.catch_warnings():
+            # Our limit governs (one message for every decoder): PIL's own check is off while
+            # the header is read and the size checked, and back on before any pixel is decoded.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            Image.MAX_IMAGE_PIXELS = None
+            with Image.open(path) as im:
+                Image.MAX_IMAGE_PIXELS = pil_limit
+                _check_pixels(path, im.size, limit)
+                orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
+                im.load()
+                rgb = to_rgb(im)
+    except ImageError:
+        raise
+    except FileNotFoundError:
+        raise ImageError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise ImageError(f"{path}: a folder, not an image file") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"{path}: {exc}; to decode it, raise {MAX_PIXELS_ENV}") from None
+    except PermissionError as exc:
+        raise ImageError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, struct.error...
+        raise ImageError(f"{path}: not a decodable image ({exc})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = pil_limit
+    if orientation in _TRANSPOSE:
+        rgb = rgb.transpose(_TRANSPOSE[orientation])
+    return np.asarray(rgb, dtype=np.uint8).copy()
+
+
+# --- crop and resize -----------------------------------------------------------------------------
+
+
+def crop_box(image: np.ndarray, box: Box) -> np.ndarray:
+    """image[y1:y2, x1:x2] with the box clipped to the image (a dataset's face box)."""
+    h, w = image.shape[:2]
+    x1, y1, x2, y2 = (int(v) for v in box)
+    x1, x2 = min(max(x1, 0), w), min(max(x2, 0), w)
+    y1, y2 = min(max(y1, 0), h), min(max(y2, 0), h)
+    if x2 <= x1 or y2 <= y1:
+        return image
+    return image[y1:y2, x1:x2]
+
+
+def square_crop(image: np.ndarray, box: Box, margin: float = 0.2) -> np.ndarray:
+    """A square crop around `box`, grown by `margin` of its side on every side; parts outside
+    the image replicate the border. RGB uint8 (H, W, 3) -> (S, S, 3)."""
+    x1, y1, x2, y2 = box
+    side = max(x2 - x1, y2 - y1) * (1.0 + 2.0 * margin)
+    cx, cy = (x1 + x2) / 2.0, (y1 + y2) / 2.0
+    left, top = int(round(cx - side / 2)), int(round(cy - side / 2))
+    s = max(int(round(side)), 1)
+    h, w = image.shape[:2]
+    pad = max(0, -left, -top, left + s - w, top + s - h)
+    if pad:
+        image = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="edge")
+    return image[top + pad : top + pad + s, left + pad : left + pad + s]
+
+
+def resize(image: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
+    """RGB uint8 (H, W, 3) -> (size, size, 3), antialiased (step 5 of the module docstring)."""
+    if image.shape[:2] == (size, size):
+        return image
+    pil = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8), "RGB")
+    return np.asarray(pil.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
+
+
+def to_model_input(image: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
+    """RGB uint8 (H, W, 3), already cropped -> float32 (3, size, size) in [0, 1]."""
+    chw = resize(image, size).transpose(2, 0, 1)  # (3, S, S)
+    return np.ascontiguousarray(chw, dtype=np.float32) / np.float32(255.0)
+
+
+def load_model_input(path: Union[str, Path]) -> np.ndarray:
+    """An aligned face file -> float32 (3, 112, 112): decode, no crop, resize (the FP16 gate)."""
+    return to_model_input(decode_image(path))
+
+
+# --- the engine sidecar --------------------------------------------------------------------------
+
+ENGINE_SIDECAR_FORMAT = "grefel-engine/1"
+_CLASS_FORMATS = (ENGINE_SIDECAR_FORMAT, "grefel-checkpoint/1")  # sidecars that name classes
+
+
+class SidecarError(ValueError):
+    """A sidecar that is not the layout this version reads; the message names the file."""
+
+
+def engine_sidecar_doc(
+    *,
+    engine: str,
+    engine_sha256: str,
+    onnx: str,
+    onnx_sha256: str,
+    onnx_fp32_sha256: str,
+    class_names: Sequence[str],
+    model_config: Optional[Dict[str, Any]],
+    versions: Dict[str, Any],
+    build: Dict[str, Any],
+    gates: Dict[str, Any],
+    created_utc: str,
+    outputs: Optional[Sequence[str]] = None,
+) -> Dict[str, Any]:
+    """The engine sidecar document (format grefel-engine/1; docs/contract.md lists its keys).
+
+    versions: grefel, tensorrt, gpu, compute_capability (+ CUDA / L4T facts) of the builder.
+    """
+    return {
+        "format": ENGINE_SIDECAR_FORMAT,
+        "engine": engine,
+        "engine_sha256": engine_sha256,
+        "onnx": onnx,
+        "onnx_sha256": onnx_sha256,
+        "onnx_fp32_sha256": onnx_fp32_sha256,
+        "class_names": list(class_names),
+        "input": input_spec(),
+        "outputs": list(outputs) if outputs is not None else list(OUTPUTS),
+        "model_config": model_config,
+        "versions": dict(versions),
+        "build": build,
+        "gates": gates,
+        "created_utc": created_utc,
+    }
+
+
+@dataclass(frozen=True)
+class EngineSidecar:
+    """What a consumer of an engine reads from its sidecar."""
+
+    path: Path
+    class_names: Tuple[str, ...]
+    tensorrt_version: Optional[str]
+    gpu_name: Optional[str]
+    compute_capability: Optional[str]
+    input: Dict[str, Any]
+    doc: Dict[str, Any] = field(repr=False, default_factory=dict)
+
+
+def _cc_string(value: Any) -> Optional[str]:
+    """Compute capability as "8.7" from "8.7", [8, 7] or (8, 7)."""
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        return ".".join(str(int(v)) for v in value)
+    return str(value)
+
+
+def _load_json(path: Path) -> Dict[str, Any]:
+    import json
+
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise SidecarError(f"{path}: unreadable sidecar JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise SidecarError(f"{path}: a sidecar is a JSON object, got {type(doc).__name__}")
+    return doc
+
+
+def read_engine_sidecar(path: Union[str, Path]) -> EngineSidecar:
+    """Read and check an engine sidecar (`NAME.json`): its format version and input contract."""
+    path = Path(path)
+    doc = _load_json(path)
+    if doc.get("format") != ENGINE_SIDECAR_FORMAT:
+        raise SidecarError(
+            f"{path}: sidecar format {doc.get('format')!r}, this grefel reads "
+            f"{ENGINE_SIDECAR_FORMAT!r}; rebuild the engine with `grefel export`"
+        )
+    spec = doc.get("input")
+    if not isinstance(spec, dict) or spec.get("name") != INPUT_NAME or [
+        int(v) for v in list(spec.get("shape") or [])[1:] if isinstance(v, int)
+    ] != list(INPUT_SHAPE):
+        raise SidecarError(f"{path}: the engine's input is {spec!r}, this grefel feeds "
+                           f"{INPUT_NAME!r} (N, {', '.join(map(str, INPUT_SHAPE))})")
+    versions = doc.get("versions") if isinstance(doc.get("versions"), dict) else {}
+    classes = doc.get("class_names")
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        raise SidecarError(f"{path}: class_names must be a list of names, got {classes!r}")
+    return EngineSidecar(
+        path=path,
+        class_names=tuple(classes),
+        tensorrt_version=versions.get("tensorrt"),
+        gpu_name=versions.get("gpu"),
+        compute_capability=_cc_string(versions.get("compute_capability")),
+        input=spec,
+        doc=doc,
+    )
+
+
+def sidecar_classes(path: Union[str, Path]) -> Optional[Tuple[str, ...]]:
+    """Class names from a grefel sidecar (engine or checkpoint) at `path`; None when absent."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    doc = _load_json(path)
+    if doc.get("format") not in _CLASS_FORMATS:
+        raise SidecarError(f"{path}: sidecar format {doc.get('format')!r}, expected one of "
+                           f"{', '.join(_CLASS_FORMATS)}")
+    classes = doc.get("class_names")
+    return tuple(classes) if isinstance(classes, list) and classes else None

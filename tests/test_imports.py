@@ -1,0 +1,220 @@
+"""The import structure, read from the source (AST): no cycles, no forbidden edges.
+
+Every `import` and `from ... import` of every module of grefel, export and benchmarks is read,
+the lazy ones inside functions included, and resolved to the project module it names. The rules
+(docs/architecture.md):
+
+- no cycle among project modules, lazy imports counted;
+- the model (`grefel.model`) knows nothing of export, runtime, data, training or the CLI;
+- data (`grefel.data`) does not know the network (`grefel.model`) nor training or serving;
+- the runtime (`grefel.runtime`) never imports training code, not even through another module,
+  and its modules for `.onnx` / `.engine` (and `grefel.contract`, `grefel.predict`) import no
+  torch at module level, counting the parent packages Python imports first;
+- only the CLI ties everything: nothing in `grefel` but `grefel.cli` imports `export` or
+  `benchmarks`, and nothing imports `grefel.cli` but `grefel.__main__`.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+from typing import Dict, List, Optional, Set, Tuple
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("grefel", "export", "benchmarks")
+
+# Training code: what serving must never pull in.
+TRAINING = ("grefel.train", "grefel.train_utils", "grefel.evaluate", "grefel.weights",
+            "grefel.unpickle", "grefel.data", "grefel.model.losses", "grefel.devices")
+SERVING = ("grefel.runtime", "grefel.predict", "grefel.contract")
+# Modules a torch-free Jetson imports to run .onnx / .engine files.
+TORCH_FREE = ("grefel.contract", "grefel.predict", "grefel.runtime", "grefel.runtime.base",
+              "grefel.runtime.ort_backend", "grefel.runtime.trt_backend",
+              "grefel.runtime.preprocess", "grefel.runtime.sources", "grefel.data.readers",
+              "grefel.data.samples", "grefel.config")
+FORBIDDEN: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
+    ("grefel.model", ("export", "benchmarks", "grefel.runtime", "grefel.cli", "grefel.predict",
+                      "grefel.data", "grefel.train", "grefel.evaluate", "grefel.checkpoint",
+                      "grefel.weights")),
+    ("grefel.data", ("grefel.model", "grefel.train", "grefel.evaluate", "grefel.checkpoint",
+                     "grefel.runtime", "grefel.predict", "grefel.cli", "export", "benchmarks")),
+    ("grefel.runtime", TRAINING + ("grefel.cli", "export", "benchmarks")),
+    ("grefel.contract", ("grefel.model", "grefel.data", "grefel.runtime", "grefel.cli",
+                         "export", "benchmarks") + TRAINING),
+    ("export", ("benchmarks", "grefel.cli", "grefel.train")),
+    ("benchmarks", ("grefel.cli",)),
+)
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _modules() -> Dict[str, Path]:
+    found = {}
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            found[_module_name(path)] = path
+    return found
+
+
+MODULES = _modules()
+
+
+def _is_package(name: str) -> bool:
+    return MODULES[name].name == "__init__.py"
+
+
+def _resolve(name: str) -> Optional[str]:
+    """The project module `name` refers to (itself, or its longest project prefix)."""
+    parts = name.split(".")
+    while parts:
+        candidate = ".".join(parts)
+        if candidate in MODULES:
+            return candidate
+        parts.pop()
+    return None
+
+
+def _imports(module: str) -> List[Tuple[str, bool]]:
+    """(imported name, at module level) for every import statement of `module`."""
+    tree = ast.parse(MODULES[module].read_text(encoding="utf-8"))
+    top_level = {id(node) for node in tree.body}
+    for node in tree.body:  # `if TYPE_CHECKING:` / try blocks at module level count as top level
+        if isinstance(node, (ast.If, ast.Try)):
+            top_level |= {id(n) for n in ast.walk(node)}
+    out: List[Tuple[str, bool]] = []
+    for node in ast.walk(tree):
+        top = id(node) in top_level
+        if isinstance(node, ast.Import):
+            out += [(alias.name, top) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = module.split(".")
+                anchor = anchor if _is_package(module) else anchor[:-1]
+                anchor = anchor[: len(anchor) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            for alias in node.names:
+                full = f"{base}.{alias.name}"
+                out.append((full if _resolve(full) == full else base, top))
+    return out
+
+
+def _graph(top_level_only: bool = False) -> Dict[str, Set[str]]:
+    """Project module -> the project modules it imports (self-imports dropped)."""
+    graph: Dict[str, Set[str]] = {}
+    for module in MODULES:
+        targets = {_resolve(name) for name, top in _imports(module)
+                   if top or not top_level_only}
+        graph[module] = {t for t in targets if t is not None and t != module}
+    return graph
+
+
+def _within(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
+
+
+def _find_cycle(graph: Dict[str, Set[str]]) -> Optional[List[str]]:
+    state: Dict[str, int] = {}  # 1 = on the stack, 2 = done
+    stack: List[str] = []
+
+    def visit(node: str) -> Optional[List[str]]:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state:
+                found = visit(nxt)
+                if found:
+                    return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state:
+            found = visit(node)
+            if found:
+                return found
+    return None
+
+
+def _closure(graph: Dict[str, Set[str]], start: str) -> Set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        node = todo.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        todo += sorted(graph[node])
+        parts = node.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # parents run first
+    return seen
+
+
+def test_every_module_parses_and_the_rules_name_real_modules() -> None:
+    assert len(MODULES) > 40 and "grefel.contract" in MODULES
+    for module in TORCH_FREE:
+        assert module in MODULES, module
+    for module in MODULES:
+        _imports(module)
+
+
+def test_no_import_cycle_lazy_imports_included() -> None:
+    cycle = _find_cycle(_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+@pytest.mark.parametrize("owner, banned", FORBIDDEN, ids=[f[0] for f in FORBIDDEN])
+def test_no_forbidden_edge(owner: str, banned: Tuple[str, ...]) -> None:
+    graph = _graph()
+    bad = sorted(
+        f"{module} -> {target}"
+        for module, targets in graph.items() if _within(module, owner)
+        for target in targets if any(_within(target, b) for b in banned)
+    )
+    assert not bad, f"{owner} must not import {', '.join(banned)}: " + "; ".join(bad)
+
+
+def test_serving_never_reaches_training_code_even_indirectly() -> None:
+    graph = _graph()
+    for module in (m for m in MODULES if any(_within(m, s) for s in SERVING)):
+        reached = _closure(graph, module)
+        training = sorted(r for r in reached if any(_within(r, t) for t in TRAINING))
+        assert not training, f"{module} reaches training code: {training}"
+
+
+def test_only_the_cli_ties_everything() -> None:
+    graph = _graph()
+    bad = sorted(
+        f"{module} -> {target}"
+        for module, targets in graph.items() if _within(module, "grefel")
+        and module not in ("grefel.cli", "grefel.__main__")
+        for target in targets if _within(target, "export") or _within(target, "benchmarks")
+        or target == "grefel.cli"
+    )
+    assert not bad, "; ".join(bad)
+
+
+@pytest.mark.parametrize("module", TORCH_FREE)
+def test_runtime_for_onnx_and_engines_imports_no_torch(module: str) -> None:
+    graph = _graph(top_level_only=True)
+    for reached in sorted(_closure(graph, module)):
+        heavy = sorted({name.split(".")[0] for name, top in _imports(reached) if top}
+                       & {"torch", "tensorrt", "onnxruntime", "pycuda", "safetensors"})
+        assert not heavy, f"{module} imports {heavy} at module level through {reached}"
+
+
+def test_the_checker_sees_lazy_imports_and_cycles() -> None:
+    """The reader itself: a lazy import inside a function is an edge, and a cycle is found."""
+    names = [name for name, top in _imports("grefel.runtime") if not top]
+    assert "grefel.runtime.trt_backend" in names
+    assert _find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _find_cycle({"a": {"b"}, "b": set()}) is None
