@@ -15,9 +15,8 @@ import numpy as np
 
 from export import ExportError
 
-__all__ = ["IMAGE_SUFFIXES", "gate_images"]
+__all__ = ["gate_images"]
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 SYNTH_DIFFICULTY = 0.3  # the demo's SynthFER setting
 
 
@@ -33,10 +32,11 @@ def gate_images(
 
 def _folder(folder: Path, limit: int) -> Tuple[np.ndarray, str]:
     from grefel.contract import ImageError, load_model_input
+    from grefel.data.readers import IMAGE_EXTS
 
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTS)
     if not files:
-        raise ExportError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) for the gates; "
+        raise ExportError(f"{folder}: no images ({', '.join(IMAGE_EXTS)}) for the gates; "
                           "give a folder of face crops with --calib-data")
     step = max(1, len(files) // limit)
     picked = files[::step][:limit]
