@@ -3,8 +3,6 @@ gradient routing, frozen landmark stream, and that the tiny preset can learn."""
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 
@@ -166,27 +164,27 @@ def test_anchor_loss_alone_stays_finite_and_bounded() -> None:
 
 def test_tiny_preset_fits_random_labels() -> None:
     """The model can learn: 32 random images with random labels reach >= 90% training accuracy
-    (the train-mode forward of the last three steps, averaged) within a minute of CPU: one
-    thread, 60 s of process time (not wall time, so that a loaded machine does not fail it)."""
+    (the train-mode forward of the last three steps, averaged) after a fixed 35 Adam steps
+    (seeded; it passes 90 % at about step 25 and sits at 97-100 % from step 35 on)."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # idle OpenMP threads spin and would inflate the process time
+    torch.set_num_threads(1)
     torch.manual_seed(0)
     m = create_model("tiny", "both").train()
     x = torch.rand(32, 3, 112, 112)
     y = torch.randint(0, m.cfg.num_classes, (32,))
     loss_fn = GReFELLoss(m.cfg)
     opt = torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=6e-3)
-    start, accuracies = time.process_time(), [0.0]
-    while time.process_time() - start < 60 and sum(accuracies[-3:]) / 3 < 0.9:
-        opt.zero_grad()
-        out = m(x)
-        loss_fn(out, y, m).total.backward()
-        opt.step()
-        accuracies.append((out.probs.argmax(-1) == y).float().mean().item())
-    torch.set_num_threads(threads)
-    assert sum(accuracies[-3:]) / 3 >= 0.9, (
-        f"training accuracy {accuracies[-3:]} after {len(accuracies) - 1} steps"
-    )
+    accuracies = []
+    try:
+        for _ in range(35):
+            opt.zero_grad()
+            out = m(x)
+            loss_fn(out, y, m).total.backward()
+            opt.step()
+            accuracies.append((out.probs.argmax(-1) == y).float().mean().item())
+    finally:
+        torch.set_num_threads(threads)
+    assert sum(accuracies[-3:]) / 3 >= 0.9, f"training accuracy {accuracies[-3:]} after 35 steps"
 
 
 def test_paper_size_matches_poster_v2(paper_model: GReFEL) -> None:
