@@ -171,6 +171,7 @@ class Gpu:
     dla_layer_types: Set[str] = field(default_factory=lambda: {"CONVOLUTION", "ELEMENTWISE"})
     fail_profile: bool = False
     raise_on_build: Optional[BaseException] = None
+    on_build: Optional[Callable[[], None]] = None  # runs inside build_serialized_network
     calls: List[Call] = field(default_factory=list)
     allocs: Dict[int, np.ndarray] = field(default_factory=dict)
     loggers: List[Any] = field(default_factory=list)  # every trt.Logger created
@@ -533,6 +534,8 @@ def _make_trt(gpu: Gpu) -> types.ModuleType:  # noqa: C901 - one generation of t
                   isinstance(network, INetworkDefinition) and isinstance(config, IBuilderConfig))
             if gpu.raise_on_build is not None:
                 raise gpu.raise_on_build
+            if gpu.on_build is not None:
+                gpu.on_build()
             fp16 = getattr(E["BuilderFlag"], "FP16", None)
             if network._strongly_typed() and fp16 is not None and fp16 in config._flags:
                 log_error("BuilderFlag::kFP16 is not allowed with a strongly typed network")
