@@ -30,6 +30,7 @@ from __future__ import annotations
 import enum
 import functools
 import json
+import sys
 import threading
 import types
 from dataclasses import dataclass, field
@@ -89,13 +90,18 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, enum.Enum))
 
 
+def _from_outside(depth: int = 2) -> bool:
+    """Is the access made by code under test (not by this fake itself)?"""
+    return sys._getframe(depth).f_globals.get("__name__") != __name__
+
+
 # --- enums -------------------------------------------------------------------------------------
 class _RecordingEnumMeta(enum.EnumMeta):
     """Records reads of enum members (presence matters per generation)."""
 
     def __getattribute__(cls, name: str) -> Any:
         value = super().__getattribute__(name)
-        if not name.startswith("_") and isinstance(value, enum.Enum):
+        if not name.startswith("_") and isinstance(value, enum.Enum) and _from_outside():
             gpu = type.__getattribute__(cls, "__dict__").get("_gpu")
             if gpu is not None:
                 gpu.calls.append(Call(type.__getattribute__(cls, "_trt_name_"), name, "enum"))
@@ -236,9 +242,20 @@ def make_fakes(gpu: Gpu) -> Tuple[types.ModuleType, types.ModuleType]:
     return _make_trt(gpu), _make_cuda(gpu)
 
 
+class _FakeModule(types.ModuleType):
+    """The `tensorrt` module: records reads of its public names by the code under test."""
+
+    def __getattribute__(self, name: str) -> Any:
+        value = super().__getattribute__(name)
+        if not name.startswith("_") and _from_outside():
+            super().__getattribute__("_gpu").calls.append(Call("tensorrt", name, "attr"))
+        return value
+
+
 def _make_trt(gpu: Gpu) -> types.ModuleType:  # noqa: C901 - one generation of the fake API
     snap = surface(gpu.gen)
-    trt = types.ModuleType("tensorrt")
+    trt = _FakeModule("tensorrt")
+    trt._gpu = gpu
     trt.__version__ = snap["version"]
     E = {name: _make_enum(name, snap["classes"][name]["enum"], gpu, name) for name in ENUMS
          if name in snap["classes"]}

@@ -85,10 +85,10 @@ def _attempt(fn: Callable[[], Any]) -> str:
 def _check_call(trt: Any, call: Dict[str, Any]) -> str:
     cls_name, member, kind = call["cls"], call["member"], call["kind"]
     try:
-        cls = _resolve(trt, cls_name)
+        cls = trt if cls_name == "tensorrt" else _resolve(trt, cls_name)
     except AttributeError:
         return "missing"
-    if kind == "enum":
+    if kind in ("enum", "attr"):
         return "present" if hasattr(cls, member) else "missing"
     if kind != "init" and not hasattr(cls, member):
         return "missing"
