@@ -8,12 +8,14 @@ by importing the PyPI bindings wheel with stand-in native libraries (the method 
 `tests/test_trt_real_bindings.py`). Regenerate when a TensorRT version is added.
 
 TensorRT 8.5.2 (JetPack 5.1) has no wheel on PyPI. Its snapshot is the 8.6.1 one minus what 8.6
-added, as read in NVIDIA's OSS sources at tag 8.5.2 (`python/src/infer/pyCore.cpp`,
-`pyGraph.cpp`, `parsers/pyOnnx.cpp`) and its compatibility notes: `LayerType.NORMALIZATION` /
-`INormalizationLayer`, `ILayer.metadata`, builder optimisation level, auxiliary streams,
-hardware and version compatibility, ONNX parser flags, `DataType.FP8`. Its `nptype` builds
-`np.bool`, which numpy 1.24-1.26 (what Python 3.8 on JetPack 5 gets) no longer has:
-`"nptype_uses_np_bool"`.
+added. From a check of NVIDIA's OSS sources at tag 8.5.2 (`python/src/infer/pyGraph.cpp`,
+`python/packaging/tensorrt/__init__.py`): no `LayerType.NORMALIZATION`, and `nptype` builds
+`np.bool`, which numpy 1.24-1.26 (what Python 3.8 on JetPack 5 gets) no longer has
+(`"nptype_uses_np_bool"`). From the 8.6 feature list (TensorRT's changelog / compatibility
+notes, not checked against an 8.5.2 binary): `INormalizationLayer`, `ILayer.metadata`, builder
+optimisation level, auxiliary streams, hardware and version compatibility, ONNX parser flags,
+`DataType.FP8`. grefel guards every one of these, so a member wrongly removed here only makes
+the 8.5 fake stricter than the real 8.5.2.
 """
 
 from __future__ import annotations
