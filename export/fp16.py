@@ -1,6 +1,6 @@
 """The FP16-typed ONNX and the FP16 gate (both run on the CPU).
 
-`convert_to_fp16` writes the ONNX that strongly typed TensorRT (10.12+, required on 11.x) builds
+`convert_to_fp16` writes the ONNX that strongly typed TensorRT (10.0+, always on 11.x) builds
 in FP16: float tensors become float16 except the graph inputs/outputs and the numerically
 sensitive parts, which stay float32 behind Cast nodes:
 
@@ -11,7 +11,7 @@ sensitive parts, which stay float32 behind Cast nodes:
   (SE block, eq. 9 head and its softmax, anchor distances and softmax of eqs. 13-15, the MHSA
   correction of eqs. 16-17, the mixing of eqs. 18-19 and the confidence of eqs. 10-11).
 
-The same node set is what the weakly typed TensorRT build (8.5-10.11) pins to FP32
+The same node set is what the weakly typed TensorRT build (8.5 and 8.6 only) pins to FP32
 (`fp32_node_names`). The converter is ours (about 100 lines) so its rules are visible and the
 engine-only Jetson path needs nothing beyond `onnx`.
 

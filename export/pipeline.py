@@ -54,6 +54,7 @@ class ExportOptions:
     workspace_gib: Optional[float] = None
     dla_core: Optional[int] = None
     timing_cache: Optional[Path] = None
+    tf32: bool = True
     target: str = "auto"
     onnx_only: bool = False
     force: bool = False
@@ -358,7 +359,7 @@ class _Run:
         work_engine = self.work / f"{stem}.engine"
         build_opts = BuildOptions(self.opts.fp16, self.opts.batch, self.opts.max_batch,
                                   self.opts.workspace_gib, self.opts.timing_cache,
-                                  self.opts.dla_core)
+                                  self.opts.dla_core, tf32=self.opts.tf32)
         with self.stage("build TensorRT engine") as notes:
             fp32_layers = fp32_node_names(onnx.load(str(onnx_fp32)))
             build = build_engine(onnx_fp32, work_engine, build_opts, onnx_fp16=onnx_fp16,

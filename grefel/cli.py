@@ -326,6 +326,8 @@ Examples:
 @click.option("--dla-core", type=click.IntRange(0), help="Build for this DLA core (GPU fallback).")
 @click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path),
               help="TensorRT timing cache, loaded and saved.")
+@click.option("--tf32/--no-tf32", default=True,
+              help="TF32 for FP32 layers (TensorRT's default on Ampere/Orin+); off: full FP32.")
 @click.option("--target", default="auto",
               type=click.Choice(["auto", "trt8.5", "trt8.6", "trt10", "trt10.15", "trt11"]),
               help="TensorRT version to export and lint for (auto: the installed one).")

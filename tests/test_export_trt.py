@@ -1,350 +1,179 @@
-"""The TensorRT side of `grefel export`, against small recording fakes of `tensorrt` and
-`pycuda.driver`. These tests check our glue (which API calls we make, in which generation, and
-what we do with their results), not TensorRT: no GPU or TensorRT exists on CI machines."""
+"""The TensorRT side of `grefel export`, against the shared strict fake of `tensorrt` and
+`pycuda.driver` (tests/fakes/trt.py: real enum values and members per generation, failing the
+way TensorRT does). These tests check our glue (which API calls we make, in which generation,
+and what we do with their results), not TensorRT: no GPU or TensorRT exists on CI machines.
+`tests/test_trt_real_bindings.py` checks the same calls against the real bindings."""
 
 from __future__ import annotations
 
 import json
-import sys
-import types
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List
 
 import numpy as np
 import onnx
 import pytest
 import torch
+from fakes.trt import EngineSpec, Gpu, install
 from onnx import TensorProto, helper
 
 from export import ExportError
-from export.fp16 import gate_images
+from export.compare import run_backend
+from export.gate_images import gate_images
 from export.onnx_export import export_onnx
 from export.pipeline import ExportOptions, run_export
-from export.runners import ort_session, run_onnxruntime
-from export.trt_builder import BuildOptions, build_engine, network_flags
+from export.trt_builder import BuildOptions, build_engine, network_flags, precision_mode
 from export.verify import verify_engine
 from grefel.model import create_model
 
-F32, F16, I32 = "float32", "float16", "int32"
-
-
-# --- fake tensorrt -----------------------------------------------------------------------------
-class FakeLayer:
-    def __init__(self, name: str, type_: str, outputs: List[str]) -> None:
-        self.name, self.type, self._outs = name, type_, outputs
-        self.precision_set: Optional[str] = None
-        self.output_types: Dict[int, str] = {}
-
-    num_outputs = property(lambda self: len(self._outs))
-    precision = property(lambda self: self.precision_set,
-                         lambda self, v: setattr(self, "precision_set", v))
-
-    def get_output(self, j: int):
-        return SimpleNamespace(dtype=self._outs[j])
-
-    def set_output_type(self, j: int, dtype: str) -> None:
-        self.output_types[j] = dtype
-
-
-def default_layers() -> List[FakeLayer]:
-    return [
-        FakeLayer("/model/image/input_layer/Conv", "CONVOLUTION", [F32]),
-        FakeLayer("/model/levels.0/attn/Softmax", "SOFTMAX", [F32]),
-        FakeLayer("/model/fusion/se/Mul", "ELEMENTWISE", [F32]),
-        FakeLayer("Gemm_4_1", "MATRIX_MULTIPLY", [F32]),  # a parser suffix of node Gemm_4
-        FakeLayer("Gemm_45", "MATRIX_MULTIPLY", [F32]),  # another node: not pinned
-        FakeLayer("/model/Shape", "SHAPE", [I32]),  # named, but an int output: not pinned
-    ]
-
-
-def make_fake_trt(gen: str, plan: Optional[bytes] = b"\x00PLAN", parse_errors=(),
-                  static_batch: Optional[int] = None, engine_fn: Optional[Callable] = None):
-    """A `tensorrt` module of one API generation ("8.6", "10" or "11") that records calls."""
-    rec = SimpleNamespace(flags=None, config_flags=set(), pool=None, profiles=[], parsed=None,
-                          cache_in=None, layers=default_layers(), ignore_mismatch=None)
-    trt = types.ModuleType("tensorrt")
-    trt.__version__ = {"8.6": "8.6.1", "10": "10.3.0", "11": "11.1.0"}[gen]
-    trt.float32, trt.float16, trt.int32 = F32, F16, I32
-    net_flags = {"8.6": {"EXPLICIT_BATCH": 0}, "10": {"EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 1},
-                 "11": {"STRONGLY_TYPED": 0}}[gen]
-    trt.NetworkDefinitionCreationFlag = SimpleNamespace(**net_flags)
-    bflags = ["TF32", "GPU_FALLBACK"]
-    if gen != "11":
-        bflags += ["FP16", "OBEY_PRECISION_CONSTRAINTS", "PREFER_PRECISION_CONSTRAINTS"]
-    trt.BuilderFlag = SimpleNamespace(**{k: k for k in bflags})
-    trt.MemoryPoolType = SimpleNamespace(WORKSPACE="WORKSPACE")
-    trt.DeviceType = SimpleNamespace(GPU="GPU", DLA="DLA")
-    trt.LayerType = SimpleNamespace(SOFTMAX="SOFTMAX", CONVOLUTION="CONVOLUTION", SHAPE="SHAPE")
-    if gen != "8.5":
-        trt.LayerType.NORMALIZATION = "NORMALIZATION"
-    trt.TensorIOMode = SimpleNamespace(INPUT="IN", OUTPUT="OUT")
-    trt.nptype = lambda dtype: np.float32
-    trt.Logger = type("Logger", (), {"WARNING": "W", "__init__": lambda self, s: None})
-
-    class Cache:
-        def __init__(self, data: bytes) -> None:
-            self.data = data
-
-        def serialize(self) -> bytes:
-            return self.data + b"|tuned"
-
-    class Config:
-        default_device_type, DLA_core = "GPU", None
-
-        def set_flag(self, f):
-            rec.config_flags.add(f)
-
-        def set_memory_pool_limit(self, pool, n):
-            rec.pool = (pool, n)
-
-        def add_optimization_profile(self, p):
-            rec.profiles.append(p.shapes)
-
-        def create_timing_cache(self, data):
-            rec.cache_in = data
-            return Cache(data)
-
-        def set_timing_cache(self, cache, ignore):
-            self.cache, rec.ignore_mismatch = cache, ignore
-            return cache.data != b"foreign"
-
-        def get_timing_cache(self):
-            return self.cache
-
-    class Profile:
-        def set_shape(self, name, mn, opt, mx):
-            self.shapes = (name, mn, opt, mx)
-
-    class Network:
-        num_layers = property(lambda self: len(rec.layers))
-
-        def get_layer(self, i):
-            return rec.layers[i]
-
-        def get_input(self, i):
-            return SimpleNamespace(shape=(static_batch or -1, 3, 112, 112))
-
-    class Builder:
-        platform_has_fast_fp16 = True
-        num_DLA_cores = 2
-
-        def __init__(self, logger):
-            pass
-
-        def create_network(self, flags):
-            rec.flags = flags
-            return Network()
-
-        create_builder_config = staticmethod(Config)
-        create_optimization_profile = staticmethod(Profile)
-
-        def build_serialized_network(self, network, config):
-            rec.config = config
-            return plan
-
-    if gen == "11":
-        del Builder.platform_has_fast_fp16
-
-    class OnnxParser:
-        def __init__(self, network, logger):
-            self.num_errors = 0
-
-        def parse_from_file(self, path):
-            rec.parsed = Path(path)
-            self.num_errors = len(parse_errors)
-            return not parse_errors
-
-        def get_error(self, i):
-            return _Msg(parse_errors[i])
-
-    trt.Builder, trt.OnnxParser = Builder, OnnxParser
-    trt.Runtime = lambda logger: SimpleNamespace(
-        deserialize_cuda_engine=lambda data: FakeEngine(engine_fn, static_batch) if data == plan
-        else None)
-    trt.rec = rec
-    return trt
-
-
-class _Msg:
-    def __init__(self, text: str) -> None:
-        self.text = text
-
-    def __str__(self) -> str:
-        return self.text
-
-
-# --- fake engine + pycuda for the runner -------------------------------------------------------
-MEMORY: Dict[int, object] = {}
-
-
-class DeviceMem:
-    def __init__(self, nbytes: int) -> None:
-        self.data = np.zeros(nbytes // 4, np.float32)
-        self.freed = False
-        MEMORY[id(self)] = self
-
-    def __int__(self) -> int:
-        return id(self)
-
-    def free(self) -> None:
-        self.freed = True
-
-
-class FakeContext:
-    def __init__(self, fn, names) -> None:
-        self.fn, self.names, self.addr, self.shapes = fn, names, {}, []
-
-    def set_input_shape(self, name, shape):
-        self.shapes.append(tuple(shape))
-
-    def get_tensor_shape(self, name):
-        b = self.shapes[-1][0]
-        return (b,) if name == "confidence" else (b, 7)
-
-    def set_tensor_address(self, name, ptr):
-        self.addr[name] = ptr
-
-    def execute_async_v3(self, handle):
-        assert handle == 1234
-        shape = self.shapes[-1]
-        x = MEMORY[self.addr["images"]].data[: int(np.prod(shape))].reshape(shape)
-        for name, value in self.fn(x).items():
-            MEMORY[self.addr[name]].data[: value.size] = value.ravel()
-        return True
-
-
-class FakeEngine:
-    names = ["images", "probs", "primary", "confidence"]
-    num_io_tensors = 4
-
-    def __init__(self, fn, static_batch) -> None:
-        self.fn, self.static = fn, static_batch
-        self.context = None
-
-    def get_tensor_name(self, i):
-        return self.names[i]
-
-    def get_tensor_mode(self, name):
-        return "IN" if name == "images" else "OUT"
-
-    def get_tensor_shape(self, name):
-        return (self.static or -1, 3, 112, 112)
-
-    def get_tensor_profile_shape(self, name, idx):
-        return [(1, 3, 112, 112), (1, 3, 112, 112), (4, 3, 112, 112)]
-
-    def get_tensor_dtype(self, name):
-        return F32
-
-    def create_execution_context(self):
-        self.context = FakeContext(self.fn, self.names)
-        return self.context
-
-
-def make_fake_cuda():
-    cuda = types.ModuleType("pycuda.driver")
-    ctx = SimpleNamespace(pushed=0, push=None, pop=None)
-    ctx.push = lambda: setattr(ctx, "pushed", ctx.pushed + 1)
-    ctx.pop = lambda: setattr(ctx, "pushed", ctx.pushed - 1)
-    cuda.ctx = ctx
-    cuda.init = lambda: None
-    cuda.Device = lambda i: SimpleNamespace(retain_primary_context=lambda: ctx,
-                                            name=lambda: "Fake Orin", compute_capability=lambda:
-                                            (8, 7))
-    cuda.get_driver_version = lambda: 12060
-    cuda.get_version = lambda: (12, 6, 0)
-    cuda.Stream = lambda: SimpleNamespace(handle=1234, synchronize=lambda: None)
-    cuda.pagelocked_empty = lambda shape, dtype: np.empty(shape, dtype)
-    cuda.mem_alloc = DeviceMem
-
-    def htod(d, h, stream):
-        d.data[: h.size] = h.ravel()
-
-    def dtoh(h, d, stream):
-        h[...] = d.data[: h.size].reshape(h.shape)
-
-    cuda.memcpy_htod_async, cuda.memcpy_dtoh_async = htod, dtoh
-    return cuda
-
-
-def _install(monkeypatch, trt=None, cuda=None):
-    if trt is not None:
-        monkeypatch.setitem(sys.modules, "tensorrt", trt)
-    if cuda is not None:
-        monkeypatch.setitem(sys.modules, "pycuda.driver", cuda)
-
-
 FP32_NAMES = ["/model/fusion/se/Mul", "/model/Shape", "Gemm_4"]
+OUTPUTS = {"probs": (7,), "primary": (7,), "confidence": ()}
+
+
+def _build(tmp_path: Path, opts: BuildOptions, **kw) -> object:
+    return build_engine(tmp_path / "m.onnx", tmp_path / "m.engine", opts,
+                        onnx_fp16=tmp_path / "m.fp16.onnx", fp32_layers=FP32_NAMES, log=str, **kw)
+
+
+def _pinned(gpu: Gpu) -> set:
+    return {layer.name for layer in gpu.last["network"]._layers
+            if layer._precision_set is not None}
 
 
 # --- builder -----------------------------------------------------------------------------------
-def test_builder_trt86_weak_typing_flags_profile_pins_cache(tmp_path, monkeypatch):
-    """8.6-like API (FP16 flag, EXPLICIT_BATCH): checks our glue, not TensorRT."""
-    trt = make_fake_trt("8.6")
-    _install(monkeypatch, trt)
-    cache = tmp_path / "timing.cache"
-    cache.write_bytes(b"old")
-    opts = BuildOptions(fp16=True, batch=2, max_batch=8, workspace_gib=2, timing_cache=cache)
-    result = build_engine(tmp_path / "m.onnx", tmp_path / "m.engine", opts,
-                          onnx_fp16=tmp_path / "m.fp16.onnx", fp32_layers=FP32_NAMES, log=str)
-    rec = trt.rec
-    assert rec.flags == 1 << 0  # EXPLICIT_BATCH, by its enum value
-    assert rec.parsed == tmp_path / "m.onnx"  # weakly typed: the FP32 ONNX
-    assert {"FP16", "OBEY_PRECISION_CONSTRAINTS"} <= rec.config_flags
-    assert rec.profiles == [("images", (1, 3, 112, 112), (2, 3, 112, 112), (8, 3, 112, 112))]
-    assert rec.pool == ("WORKSPACE", 2 * 2**30)
-    assert rec.cache_in == b"old" and rec.ignore_mismatch is False
-    assert cache.read_bytes() == b"old|tuned"
-    cache.write_bytes(b"foreign")
-    with pytest.raises(ExportError, match="rejected this timing cache"):
-        build_engine(tmp_path / "m.onnx", tmp_path / "m.engine", opts, log=str)
-    pinned = {layer.name for layer in rec.layers if layer.precision_set == F32}
-    assert pinned == {"/model/levels.0/attn/Softmax", "/model/fusion/se/Mul", "Gemm_4_1"}
-    assert all(layer.output_types == {0: F32} for layer in rec.layers if layer.name in pinned)
-    assert result.precision_mode == "fp16-weak" and result.pinned_fp32_layers == 3
-    assert (tmp_path / "m.engine").read_bytes() == b"\x00PLAN"  # the plan, no header bytes
+@pytest.mark.parametrize("gen", ["8.5", "8.6"])
+def test_builder_weak_typing_only_where_strongly_typed_is_missing(tmp_path, monkeypatch, gen):
+    """8.5/8.6 (no STRONGLY_TYPED): FP32 ONNX, BuilderFlag.FP16 + OBEY, FP32 pins; real enum
+    values (EXPLICIT_BATCH = 0). Pins follow `layer.metadata` where the API has it (8.6), so a
+    parser helper layer of a pinned node is pinned too; on 8.5 (no metadata) names decide."""
+    gpu = Gpu(gen=gen)
+    trt, _ = install(monkeypatch, gpu)
+    result = _build(tmp_path, BuildOptions(fp16=True, batch=2, max_batch=8, workspace_gib=2))
+    network, config = gpu.last["network"], gpu.last["config"]
+    assert network._flags == 1 << 0 and network._parsed == tmp_path / "m.onnx"
+    assert {trt.BuilderFlag.FP16, trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS} <= config._flags
+    assert config._pools == {trt.MemoryPoolType.WORKSPACE: 2 * 2**30}
+    shapes = config._profiles[0]._shapes["images"]
+    assert shapes == ((1, 3, 112, 112), (2, 3, 112, 112), (8, 3, 112, 112))
+    expected = {"/model/levels.0/attn/Softmax", "/model/fusion/se/Mul", "Gemm_4_1"}
+    if gen == "8.6":
+        expected.add("(Unnamed Layer* 7) [Shuffle]")  # metadata "[ONNX Layer: .../se/Mul]"
+    assert _pinned(gpu) == expected and result.pinned_fp32_layers == len(expected)
+    for layer in network._layers:
+        if layer.name in expected:
+            assert layer._output_types == {0: trt.float32}
+    assert result.precision_mode == "fp16-weak"
+    assert (tmp_path / "m.engine").read_bytes() == b"\x00PLAN"
 
 
-def test_builder_trt11_strongly_typed_without_fp16_flag(tmp_path, monkeypatch):
-    """11-like API (no FP16 flag, no EXPLICIT_BATCH, STRONGLY_TYPED): checks our glue only."""
-    trt = make_fake_trt("11")
-    _install(monkeypatch, trt)
-    result = build_engine(tmp_path / "m.onnx", tmp_path / "m.engine", BuildOptions(max_batch=4),
-                          onnx_fp16=tmp_path / "m.fp16.onnx", fp32_layers=FP32_NAMES, log=str)
-    rec = trt.rec
-    assert rec.flags == 1 << 0  # STRONGLY_TYPED is 0 in 11.x; no EXPLICIT_BATCH exists
-    assert rec.parsed == tmp_path / "m.fp16.onnx"
-    assert "FP16" not in rec.config_flags and not rec.config_flags
-    assert all(layer.precision_set is None for layer in rec.layers)  # casts carry precision
-    assert rec.profiles[0][3] == (4, 3, 112, 112) and rec.pool is None
-    assert result.precision_mode == "fp16-strong"
+@pytest.mark.parametrize("gen, flags", [("10.3", 0b11), ("10.13", 0b11), ("11", 0b1)])
+def test_builder_strongly_typed_wherever_the_flag_exists(tmp_path, monkeypatch, gen, flags):
+    """10.x and 11.x: the FP16-typed ONNX, STRONGLY_TYPED by its real value (1 in 10.x, 0 in
+    11.x), no FP16 flag (a strongly typed network with it gives no plan), no layer pins."""
+    gpu = Gpu(gen=gen)
+    install(monkeypatch, gpu)
+    result = _build(tmp_path, BuildOptions(max_batch=4))
+    network, config = gpu.last["network"], gpu.last["config"]
+    assert network._flags == flags and network._parsed == tmp_path / "m.fp16.onnx"
+    assert all(f.name != "FP16" for f in config._flags) and not _pinned(gpu)
+    assert result.precision_mode == "fp16-strong" and result.pinned_fp32_layers == 0
     with pytest.raises(ExportError, match="FP16-typed ONNX is needed"):
         build_engine(tmp_path / "m.onnx", tmp_path / "n.engine", BuildOptions(), log=str)
 
 
-def test_network_flags_by_generation():
-    """EXPLICIT_BATCH only where it exists; STRONGLY_TYPED by its enum value (our glue only)."""
-    assert network_flags(make_fake_trt("10"), strongly_typed=False) == 1
-    assert network_flags(make_fake_trt("10"), strongly_typed=True) == 0b11
-    assert network_flags(make_fake_trt("11"), strongly_typed=False) == 0
+def test_network_flags_and_precision_mode_by_generation(monkeypatch):
+    """Real enum values: EXPLICIT_BATCH 0 (8.x/10.x), STRONGLY_TYPED 1 (10.x) / 0 (11.x)."""
+    from fakes.trt import make_fakes
+
+    trt = {g: make_fakes(Gpu(gen=g))[0] for g in ("8.5", "8.6", "10.3", "10.13", "11")}
+    assert network_flags(trt["10.3"], strongly_typed=False) == 1
+    assert network_flags(trt["10.13"], strongly_typed=True) == 0b11
+    assert network_flags(trt["11"], strongly_typed=False) == 0
+    assert network_flags(trt["11"], strongly_typed=True) == 1
     with pytest.raises(ExportError, match="STRONGLY_TYPED"):
-        network_flags(make_fake_trt("8.6"), strongly_typed=True)
+        network_flags(trt["8.6"], strongly_typed=True)
+    assert {g: precision_mode(t, True) for g, t in trt.items()} == {
+        "8.5": "fp16-weak", "8.6": "fp16-weak", "10.3": "fp16-strong", "10.13": "fp16-strong",
+        "11": "fp16-strong"}
+    assert precision_mode(trt["11"], False) == "fp32"
 
 
-def test_builder_dla_core_with_gpu_fallback(tmp_path, monkeypatch):
-    """DLA settings reach the config (our glue, not TensorRT)."""
-    trt = make_fake_trt("8.6")
-    _install(monkeypatch, trt)
-    build_engine(tmp_path / "m.onnx", tmp_path / "m.engine", BuildOptions(dla_core=1), log=str)
-    config = trt.rec.config
-    assert config.default_device_type == "DLA" and config.DLA_core == 1
-    assert "GPU_FALLBACK" in trt.rec.config_flags
+@pytest.mark.parametrize("gen", ["8.6", "10.3"])
+def test_builder_dla_fixed_profile_and_layer_report(tmp_path, monkeypatch, gen):
+    """DLA has no dynamic shapes: min = opt = max = max_batch, GPU fallback, and the notes say
+    how many layers TensorRT reports as DLA-capable (can_run_on_DLA)."""
+    gpu = Gpu(gen=gen)
+    trt, _ = install(monkeypatch, gpu)
+    result = _build(tmp_path, BuildOptions(dla_core=1, max_batch=8))
+    config = gpu.last["config"]
+    assert config.default_device_type == trt.DeviceType.DLA and config.DLA_core == 1
+    assert trt.BuilderFlag.GPU_FALLBACK in config._flags
+    assert config._profiles[0]._shapes["images"] == ((8, 3, 112, 112),) * 3
+    assert any("2 of 7 layers as DLA-capable" in n for n in result.notes)
     with pytest.raises(ExportError, match="has 2 DLA cores"):
-        build_engine(tmp_path / "m.onnx", tmp_path / "m.engine", BuildOptions(dla_core=2), log=str)
+        _build(tmp_path, BuildOptions(dla_core=2))
     with pytest.raises(ExportError, match="needs an FP16 build"):
-        build_engine(tmp_path / "m.onnx", tmp_path / "m.engine",
-                     BuildOptions(fp16=False, dla_core=0), log=str)
+        _build(tmp_path, BuildOptions(fp16=False, dla_core=0))
+
+
+def test_builder_checks_add_optimization_profile(tmp_path, monkeypatch):
+    """-1 from add_optimization_profile is an error, not a build without a profile."""
+    install(monkeypatch, Gpu(gen="10.3", fail_profile=True))
+    with pytest.raises(ExportError, match="rejected the optimization profile"):
+        _build(tmp_path, BuildOptions())
+    assert not (tmp_path / "m.engine").exists()
+
+
+def test_timing_cache_load_reject_fresh_and_merge(tmp_path, monkeypatch):
+    """A readable cache is loaded (ignore_mismatch False) and saved; another GPU's is an error;
+    an unreadable file (create_timing_cache -> None) gives a fresh cache with a note; entries
+    another build wrote meanwhile are merged (ITimingCache.combine), not overwritten."""
+    gpu = Gpu(gen="10.13")
+    install(monkeypatch, gpu)
+    cache = tmp_path / "timing.cache"
+    opts = BuildOptions(timing_cache=cache)
+    _build(tmp_path, opts)
+    first = cache.read_bytes()
+    assert first.startswith(b"TCACHE:Fake Orin:tuned-")
+    assert gpu.last["config"]._ignore_mismatch is False
+    cache.write_bytes(b"junk that is no timing cache")
+    result = _build(tmp_path, opts)
+    assert any("cannot read this timing cache" in n for n in result.notes)
+    assert cache.read_bytes().startswith(b"TCACHE:Fake Orin:")
+
+    gpu.on_build = lambda: cache.write_bytes(b"TCACHE:Fake Orin:from-another-build")
+    _build(tmp_path, opts)
+    entries = cache.read_bytes().decode().split(":", 2)[2].split(",")
+    assert "from-another-build" in entries and len(entries) >= 3
+    gpu.on_build = None
+    cache.write_bytes(b"TCACHE:NVIDIA GeForce RTX 4090:x")
+    with pytest.raises(ExportError, match="rejected this timing cache"):
+        _build(tmp_path, opts)
+
+
+def test_fp32_build_tf32_note_and_no_tf32(tmp_path, monkeypatch):
+    """FP32 engines say TF32 is on (TensorRT's default); tf32=False clears BuilderFlag.TF32."""
+    gpu = Gpu(gen="10.3")
+    trt, _ = install(monkeypatch, gpu)
+    result = _build(tmp_path, BuildOptions(fp16=False))
+    assert trt.BuilderFlag.TF32 in gpu.last["config"]._flags
+    assert result.precision_mode == "fp32" and any("TF32 on" in n for n in result.notes)
+    result = _build(tmp_path, BuildOptions(fp16=False, tf32=False))
+    assert trt.BuilderFlag.TF32 not in gpu.last["config"]._flags
+    assert any("TF32 off" in n for n in result.notes)
+
+
+def test_raw_tensorrt_exception_becomes_export_error(tmp_path, monkeypatch):
+    """Anything the bindings raise during the build is one ExportError line."""
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"GOOD ENGINE")
+    install(monkeypatch, Gpu(gen="10.3", raise_on_build=RuntimeError(
+        "CUDA initialization failure with error: 35\nmore")))
+    with pytest.raises(ExportError) as err:
+        _build(tmp_path, BuildOptions())
+    assert "RuntimeError: CUDA initialization failure with error: 35" in str(err.value)
+    assert "\n" not in str(err.value) and engine.read_bytes() == b"GOOD ENGINE"
 
 
 def test_parser_errors_and_none_plan_keep_the_good_engine(tmp_path, monkeypatch):
@@ -352,39 +181,43 @@ def test_parser_errors_and_none_plan_keep_the_good_engine(tmp_path, monkeypatch)
     or the timing cache (our glue, not TensorRT)."""
     engine, cache = tmp_path / "m.engine", tmp_path / "t.cache"
     engine.write_bytes(b"GOOD ENGINE")
-    _install(monkeypatch, make_fake_trt("8.6", parse_errors=["node /x: Unsupported op Foo",
-                                                             "second problem"]))
+    install(monkeypatch, Gpu(gen="8.6", parse_errors=["node /x: Unsupported op Foo",
+                                                      "second problem"]))
     with pytest.raises(ExportError, match="(?s)Unsupported op Foo.*second problem"):
-        build_engine(tmp_path / "m.onnx", engine, BuildOptions(), log=str)
-    _install(monkeypatch, make_fake_trt("8.6", plan=None))
+        _build(tmp_path, BuildOptions())
+    install(monkeypatch, Gpu(gen="8.6", plan=None))
     with pytest.raises(ExportError, match="returned no plan"):
-        build_engine(tmp_path / "m.onnx", engine, BuildOptions(timing_cache=cache), log=str)
+        _build(tmp_path, BuildOptions(timing_cache=cache))
     assert engine.read_bytes() == b"GOOD ENGINE" and not cache.exists()
     assert [p.name for p in tmp_path.iterdir()] == ["m.engine"]  # no temp file left behind
 
 
 def test_static_onnx_batch_must_match_max_batch(tmp_path, monkeypatch):
     """A static ONNX gets no profile and must equal --max-batch (our glue only)."""
-    trt = make_fake_trt("8.6", static_batch=4)
-    _install(monkeypatch, trt)
-    build_engine(tmp_path / "m.onnx", tmp_path / "m.engine", BuildOptions(max_batch=4), log=str)
-    assert trt.rec.profiles == []
+    gpu = Gpu(gen="8.6", input_batch=4)
+    install(monkeypatch, gpu)
+    _build(tmp_path, BuildOptions(max_batch=4))
+    assert gpu.last["config"]._profiles == []
     with pytest.raises(ExportError, match="static batch of 4"):
-        build_engine(tmp_path / "m.onnx", tmp_path / "m.engine", BuildOptions(max_batch=8),
-                     log=str)
+        _build(tmp_path, BuildOptions(max_batch=8))
 
 
 # --- verify ------------------------------------------------------------------------------------
 def _mean_softmax_onnx(path: Path) -> Path:
-    """probs = softmax(channel means) padded to 7 classes: a reference small enough for tests."""
+    """probs = primary = softmax(channel means) padded to 7 classes, confidence = max prob: a
+    reference small enough for tests, with the outputs of the model contract."""
     x = helper.make_tensor_value_info("images", TensorProto.FLOAT, ["b", 3, 112, 112])
-    out = helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["b", 7])
+    outs = [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["b", 7]),
+            helper.make_tensor_value_info("primary", TensorProto.FLOAT, ["b", 7]),
+            helper.make_tensor_value_info("confidence", TensorProto.FLOAT, ["b"])]
     w = helper.make_tensor("w", TensorProto.FLOAT, [3, 7], np.eye(3, 7).ravel() * 5)
     nodes = [helper.make_node("GlobalAveragePool", ["images"], ["p"]),
              helper.make_node("Flatten", ["p"], ["f"]),
              helper.make_node("MatMul", ["f", "w"], ["l"]),
-             helper.make_node("Softmax", ["l"], ["probs"], axis=1)]
-    graph = helper.make_graph(nodes, "g", [x], [out], [w])
+             helper.make_node("Softmax", ["l"], ["probs"], axis=1),
+             helper.make_node("Identity", ["probs"], ["primary"]),
+             helper.make_node("ReduceMax", ["probs"], ["confidence"], axes=[1], keepdims=0)]
+    graph = helper.make_graph(nodes, "g", [x], outs, [w])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     return path
 
@@ -400,26 +233,38 @@ def _engine_math(flip: bool = False):
     return fn
 
 
-@pytest.mark.parametrize("static", [None, 4])
-def test_verify_runs_engine_in_chunks_and_compares(tmp_path, monkeypatch, static):
+@pytest.mark.parametrize("gen, static", [("10.3", None), ("10.3", 4), ("8.5", None)])
+def test_verify_runs_engine_in_chunks_and_compares(tmp_path, monkeypatch, gen, static):
     """--verify runs the engine in the runtime's TensorRTBackend (chunks of the max batch, static
-    padding) against ONNX Runtime. Checks our glue with recording fakes, not TensorRT."""
+    padding) against ONNX Runtime, also on 8.5 (whose nptype is broken under numpy 1.24+)."""
     ref = _mean_softmax_onnx(tmp_path / "ref.onnx")
     plan = tmp_path / "m.engine"
     plan.write_bytes(b"\x00PLAN")
-    cuda = make_fake_cuda()
-    _install(monkeypatch, make_fake_trt("10", static_batch=static, engine_fn=_engine_math()),
-             cuda)
+    gpu = Gpu(gen=gen, engines={b"\x00PLAN": EngineSpec(_engine_math(), OUTPUTS, static=static)})
+    install(monkeypatch, gpu)
     images = np.random.default_rng(0).random((10, 3, 112, 112), dtype=np.float32)
     result = verify_engine(plan, ref, images)
     assert result and result.samples == 10 and result.max_abs_dprobs < 1e-5
-    assert cuda.ctx.pushed == 0  # the primary context was pushed and popped
-    _install(monkeypatch, make_fake_trt("10", engine_fn=_engine_math(flip=True)))
+    assert gpu.leftover() == {}  # every pushed context popped by its thread
+    gpu.engines[b"\x00PLAN"] = EngineSpec(_engine_math(flip=True), OUTPUTS)
     assert not verify_engine(plan, ref, images)
     plan.write_bytes(b"another GPU's plan")
     with pytest.raises(ExportError, match="--verify: .*not a TensorRT engine"):
         verify_engine(plan, ref, images)
-    assert cuda.ctx.pushed == 0
+    assert gpu.leftover() == {}
+
+
+def test_verify_without_a_gpu_is_one_line(tmp_path, monkeypatch):
+    """pycuda's "no CUDA-capable device" reaches the user as one ExportError line."""
+    ref = _mean_softmax_onnx(tmp_path / "ref.onnx")
+    plan = tmp_path / "m.engine"
+    plan.write_bytes(b"\x00PLAN")
+    install(monkeypatch, Gpu(no_gpu=True))
+    with pytest.raises(ExportError) as err:
+        verify_engine(plan, ref, np.zeros((2, 3, 112, 112), np.float32))
+    assert "cannot use CUDA device 0" in str(err.value) and "no CUDA-capable device" in str(
+        err.value)
+    assert "\n" not in str(err.value)
 
 
 # --- the whole command with fakes ---------------------------------------------------------------
@@ -431,23 +276,24 @@ def tiny_onnx(tmp_path_factory):
 
 
 def _ort_engine(onnx_path: Path, flip: bool = False):
-    session = ort_session(onnx_path)
+    from grefel.runtime.ort_backend import OrtBackend
 
     def fn(x):
-        out = run_onnxruntime(session, np.ascontiguousarray(x))
+        out = run_backend(OrtBackend(onnx_path, device="cpu"), np.ascontiguousarray(x))
         return {k: (v[:, ::-1] if flip and v.ndim == 2 else v) for k, v in out.items()}
     return fn
 
 
 def test_pipeline_builds_verifies_and_writes_sidecar(tiny_onnx, tmp_path, monkeypatch):
-    """ONNX -> fake engine -> --verify -> sidecar; a failing verify keeps the old engine.
-    Checks our glue (stages, files, sidecar fields), not TensorRT."""
+    """ONNX -> fake engine -> --verify -> sidecar; a failing verify keeps the old engine;
+    10.x builds the FP16-typed ONNX; --no-tf32 reaches the builder. Checks our glue."""
     import export.pipeline as pipeline
 
-    monkeypatch.setattr(pipeline, "gate_images", lambda calib: gate_images(calib, n_random=6))
+    monkeypatch.setattr(pipeline, "gate_images", lambda calib: gate_images(calib, n=6))
     out = tmp_path / "engines"
-    fn = _ort_engine(tiny_onnx)
-    _install(monkeypatch, make_fake_trt("8.6", engine_fn=fn), make_fake_cuda())
+    spec = EngineSpec(_ort_engine(tiny_onnx), OUTPUTS, profile=(1, 1, 4))
+    gpu = Gpu(gen="8.6", engines={b"\x00PLAN": spec})
+    install(monkeypatch, gpu)
     opts = ExportOptions(out=out, verify=True, max_batch=4, timing_cache=tmp_path / "t.cache")
     logs: List[str] = []
     result = run_export(tiny_onnx, opts, log=logs.append)
@@ -460,16 +306,30 @@ def test_pipeline_builds_verifies_and_writes_sidecar(tiny_onnx, tmp_path, monkey
     assert meta["class_names"][0] == "surprise" and meta["input"]["shape"][1:] == [3, 112, 112]
     assert meta["build"]["precision_mode"] == "fp16-weak" and meta["onnx"] == "tiny.onnx"
     assert meta["gates"]["verify"]["passed"] and meta["gates"]["fp16_gate"]["passed"]
-    assert meta["gates"]["lint"]["trt8.6"]["passed"]
     assert any(line.startswith("[") and "build TensorRT engine" in line and " s)" in line
                for line in logs)
-    _install(monkeypatch, make_fake_trt("8.6", plan=b"\x00NEW", engine_fn=_engine_math(True)))
+    assert len(gpu.loggers) == 1  # one process-wide TensorRT logger for build and verify
+    bad = Gpu(gen="8.6", plan=b"\x00NEW",
+              engines={b"\x00NEW": EngineSpec(_engine_math(True), OUTPUTS)})
+    install(monkeypatch, bad)
     with pytest.raises(ExportError, match="engine was not installed"):
         run_export(tiny_onnx, opts, log=str)
     assert engine.read_bytes() == b"\x00PLAN"
-    _install(monkeypatch, make_fake_trt("11", engine_fn=fn))
+    gpu10 = Gpu(gen="10.3", engines={b"\x00PLAN": spec})
+    trt, _ = install(monkeypatch, gpu10)
     run_export(tiny_onnx, ExportOptions(out=out, max_batch=4), log=str)
     assert json.loads(sidecar.read_text())["onnx"] == "tiny.fp16.onnx"
+    run_export(tiny_onnx, ExportOptions(out=out, max_batch=4, fp16=False, tf32=False), log=str)
+    assert trt.BuilderFlag.TF32 not in gpu10.last["config"]._flags
+
+
+def test_export_cli_has_no_tf32_flag():
+    from click.testing import CliRunner
+
+    from grefel.cli import cli
+
+    res = CliRunner().invoke(cli, ["export", "--help"])
+    assert res.exit_code == 0 and "--no-tf32" in res.output
 
 
 def test_auto_target_follows_the_installed_tensorrt():
@@ -477,8 +337,8 @@ def test_auto_target_follows_the_installed_tensorrt():
     from export.lint import TARGETS
     from export.pipeline import resolve_target
 
-    found = {v: resolve_target("auto", SimpleNamespace(__version__=v))
-             for v in ("8.5.2.2", "8.6.2", "10.3.0", "10.13.3", "11.4.1")}
+    found: Dict[str, tuple] = {v: resolve_target("auto", SimpleNamespace(__version__=v))
+                               for v in ("8.5.2.2", "8.6.2", "10.3.0", "10.13.3", "11.4.1")}
     assert {v: t for v, (t, _) in found.items()} == {
         "8.5.2.2": "trt8.5", "8.6.2": "trt8.6", "10.3.0": "trt10", "10.13.3": "trt10.15",
         "11.4.1": "trt11"}

@@ -1,23 +1,39 @@
-"""TensorRT backend: a plain `.engine` plan run with pycuda (reference/tensorrt_jetson.md §2.2).
+"""TensorRT backend: a plain `.engine` plan run with pycuda.
 
 - Tensor-name API only (TensorRT >= 8.5): `num_io_tensors`, `get_tensor_name/mode/dtype`,
-  `get_tensor_profile_shape`, `set_input_shape`, `set_tensor_address`, `execute_async_v3`.
-- The device's primary context (`Device(i).retain_primary_context().push()`), shared with the
-  CUDA runtime that TensorRT uses; popped on exit. Another thread uses the backend inside
-  `with backend.thread_context():`, which makes the context current there.
+  `get_tensor_profile_shape`, `set_input_shape`, `set_tensor_address`, `execute_async_v3`;
+  every bool they return is checked (False is a BackendError, never a silent wrong shape).
+- TensorRT dtypes map to numpy in our own table (`numpy_dtype`), not `trt.nptype`: TensorRT
+  8.5.2's `nptype` (JetPack 5.1) builds `np.bool`, which numpy 1.24-1.26 no longer has.
+- The device's primary context (`Device(i).retain_primary_context()`), shared with the CUDA
+  runtime that TensorRT uses, is pushed around each operation (open, inference, close) by the
+  thread doing it and popped by that same thread (pycuda's `Context.pop()` is static: it pops
+  the calling thread's top). Between calls no context stays pushed, so any thread may use or
+  close the backend, and an unclosed backend cannot make pycuda abort at interpreter exit; a
+  finaliser frees the device buffers of a backend that was never closed. One lock serialises
+  inference (one execution context, one stream, one set of pinned buffers).
+  `with backend.thread_context():` keeps the context current in a thread for a block of the
+  caller's own pycuda work.
 - Pinned host buffers and device buffers sized once for the profile's maximum batch, one
-  non-default stream; a larger batch is split into chunks of that maximum (a fixed-batch engine
-  gets its last chunk zero-padded; samples never influence each other).
+  non-default stream; a larger batch is split into chunks of that maximum, and a chunk below
+  the profile's minimum (a fixed-batch or DLA engine, or a trtexec engine with --minShapes) is
+  zero-padded up to it; samples never influence each other.
 - Teardown order: execution context -> engine -> runtime -> device buffers -> context pop.
 - An engine built for another GPU or TensorRT version is refused by comparing the sidecar
   (`NAME.json`: tensorrt_version, gpu_name, compute_capability, classes, input) with what is
-  running, and a `None` from the deserialiser becomes a clear error.
+  running, and a `None` from the deserialiser becomes a clear error. Any other exception from
+  pycuda or TensorRT (no GPU, a bad device index, a driver error) becomes a BackendError, so
+  `grefel predict`, `grefel bench` and `grefel export --verify` print one line.
+- One process-wide TensorRT logger (`trt_logger`), shared with the builder: TensorRT keeps one
+  logger per process and warns when a second one is passed while the first is in use.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import threading
+import weakref
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
@@ -35,9 +51,55 @@ from grefel.runtime.base import (
     read_sidecar,
 )
 
-__all__ = ["TensorRTBackend", "check_build_target", "sidecar_facts"]
+__all__ = ["TensorRTBackend", "check_build_target", "numpy_dtype", "sidecar_facts", "trt_logger"]
 
 log = logging.getLogger(__name__)
+
+# TensorRT's module-level DataType aliases -> numpy (Polygraphy's own table does the same).
+_NUMPY_DTYPES = (("float32", "float32"), ("float16", "float16"), ("int32", "int32"),
+                 ("int8", "int8"), ("bool", "bool"), ("uint8", "uint8"), ("int64", "int64"))
+_LOGGER_LOCK = threading.Lock()
+_LOGGER: List[Any] = []  # [tensorrt module, its logger]
+
+
+def trt_logger(trt: Any) -> Any:
+    """The one process-wide `trt.Logger(WARNING)` (per tensorrt module object)."""
+    with _LOGGER_LOCK:
+        if not _LOGGER or _LOGGER[0] is not trt:
+            _LOGGER[:] = [trt, trt.Logger(trt.Logger.WARNING)]
+        return _LOGGER[1]
+
+
+def numpy_dtype(trt: Any, dtype: Any) -> np.dtype:
+    """numpy dtype of a TensorRT DataType, without `trt.nptype` (broken on 8.5.2 + numpy 1.24+)."""
+    for trt_name, np_name in _NUMPY_DTYPES:
+        member = getattr(trt, trt_name, None)
+        if member is not None and dtype == member:
+            return np.dtype(np_name)
+    raise BackendError(f"TensorRT tensor type {dtype} has no numpy equivalent here")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _release(ctx: Any, cuda: Any, allocations: List[Any]) -> None:
+    """Finaliser of a backend that was never closed: free its device buffers."""
+    if ctx is None or not allocations:
+        return
+    try:
+        ctx.push()
+    except Exception:  # the driver is already gone at interpreter exit
+        return
+    try:
+        for alloc in allocations:
+            with contextlib.suppress(Exception):
+                alloc.free()
+        allocations.clear()
+    finally:
+        with contextlib.suppress(Exception):
+            cuda.Context.pop()
 
 
 def _cc_string(value: Any) -> str:
@@ -114,7 +176,7 @@ class TensorRTBackend(Backend):
         self.gpu = gpu
         self._read_sidecar = sidecar
         self.max_batch = 0
-        self._static = False
+        self.min_batch = 1
         self._trt: Any = None
         self._cuda: Any = None
         self._ctx: Any = None
@@ -124,6 +186,40 @@ class TensorRTBackend(Backend):
         self._stream: Any = None
         self._input: Optional[_IO] = None
         self._outputs: List[_IO] = []
+        self._allocations: List[Any] = []
+        self._finalizer: Optional[weakref.finalize] = None
+        self._lock = threading.RLock()
+        self._local = threading.local()
+
+    # -- CUDA context ---------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _current(self) -> Iterator[None]:
+        """The primary context current in this thread for the block; pushed and popped here."""
+        depth = getattr(self._local, "depth", 0)
+        if depth or self._ctx is None:
+            self._local.depth = depth + 1
+            try:
+                yield
+            finally:
+                self._local.depth = depth
+            return
+        self._ctx.push()
+        self._local.depth = 1
+        try:
+            yield
+        finally:
+            self._local.depth = 0
+            self._cuda.Context.pop()  # static: pops this thread's top, the context pushed above
+
+    @contextlib.contextmanager
+    def thread_context(self) -> Iterator[TensorRTBackend]:
+        """Keep the backend's CUDA context current in this thread for the block (for the
+        caller's own pycuda work; inference pushes it by itself)."""
+        if self._ctx is None:
+            raise BackendError(f"{self.describe()}: open the backend before using it in a thread")
+        with self._current():
+            yield self
 
     # -- open / close ---------------------------------------------------------------------------
 
@@ -132,24 +228,37 @@ class TensorRTBackend(Backend):
             raise BackendError(f"{self.path}: no such engine file")
         sidecar = read_sidecar(Path(self.path)) if self._read_sidecar else None
         self._trt, self._cuda = require("tensorrt"), require("pycuda.driver")
-        cuda = self._cuda
-        cuda.init()
-        device = cuda.Device(self.gpu)
-        cc = _cc_string(device.compute_capability())
-        check_build_target(Path(self.path), sidecar, self._trt.__version__, device.name(), cc)
-        self._ctx = device.retain_primary_context()
-        self._ctx.push()
         try:
-            self._load(Path(self.path).read_bytes())
-        except BaseException:
+            device = self._device()
+            check_build_target(Path(self.path), sidecar, self._trt.__version__, device.name(),
+                               _cc_string(device.compute_capability()))
+            self._ctx = device.retain_primary_context()
+            self._finalizer = weakref.finalize(self, _release, self._ctx, self._cuda,
+                                               self._allocations)
+            with self._current():
+                self._load(Path(self.path).read_bytes())
+            self.device = f"cuda:{self.gpu} ({device.name()})"
+            self.classes = self._classes(sidecar)
+        except BaseException as exc:
             self._close()
-            raise
-        self.device = f"cuda:{self.gpu} ({device.name()})"
-        self.classes = self._classes(sidecar)
+            if isinstance(exc, (BackendError, KeyboardInterrupt, SystemExit)):
+                raise
+            raise BackendError(f"{self.path}: TensorRT could not load this engine "
+                               f"({_first_line(exc)})") from None
+
+    def _device(self) -> Any:
+        cuda = self._cuda
+        try:
+            cuda.init()
+            return cuda.Device(self.gpu)
+        except Exception as exc:  # pycuda's LogicError / RuntimeError
+            raise BackendError(f"{self.path}: cannot use CUDA device {self.gpu} "
+                               f"({_first_line(exc)}); is a GPU visible (nvidia-smi) and the "
+                               "device index right?") from None
 
     def _load(self, plan: bytes) -> None:
         trt, cuda = self._trt, self._cuda
-        self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self._runtime = trt.Runtime(trt_logger(trt))
         self._engine = self._runtime.deserialize_cuda_engine(plan)
         if self._engine is None:
             raise BackendError(
@@ -165,14 +274,15 @@ class TensorRTBackend(Backend):
         if len(inputs) != 1:
             raise BackendError(f"{self.path}: expected one input tensor, got {inputs}")
         shape = tuple(self._engine.get_tensor_shape(inputs[0]))
-        self._static = -1 not in shape  # a fixed-batch engine: smaller chunks are zero-padded
-        max_shape = (
-            shape if self._static else tuple(self._engine.get_tensor_profile_shape(inputs[0], 0)[2])
-        )
+        if -1 in shape:
+            profile = self._engine.get_tensor_profile_shape(inputs[0], 0)
+            min_shape, max_shape = tuple(profile[0]), tuple(profile[2])
+        else:  # a fixed-batch engine: smaller chunks are zero-padded
+            min_shape = max_shape = shape
         if tuple(max_shape[1:]) != INPUT_SHAPE:
             raise BackendError(f"{self.path}: input shape {max_shape}, expected (N, 3, 112, 112)")
-        self.max_batch = int(max_shape[0])
-        self._context.set_input_shape(inputs[0], max_shape)
+        self.max_batch, self.min_batch = int(max_shape[0]), max(int(min_shape[0]), 1)
+        self._set_shape(inputs[0], max_shape)
         self._input = self._allocate(inputs[0], max_shape)
         self._outputs = [
             self._allocate(n, tuple(self._context.get_tensor_shape(n)))
@@ -181,12 +291,21 @@ class TensorRTBackend(Backend):
         ]
         check_outputs({io.name: None for io in self._outputs})
 
+    def _set_shape(self, name: str, shape: Tuple[int, ...]) -> None:
+        if not self._context.set_input_shape(name, tuple(int(d) for d in shape)):
+            raise BackendError(
+                f"{self.path}: TensorRT refused input shape {tuple(shape)} for {name!r} "
+                f"(the engine's profile is batch {self.min_batch}..{self.max_batch})"
+            )
+
     def _allocate(self, name: str, shape: Tuple[int, ...]) -> _IO:
         """Pinned host + device buffer for `shape` (the profile max), bound to the context."""
-        dtype = np.dtype(self._trt.nptype(self._engine.get_tensor_dtype(name)))
+        dtype = numpy_dtype(self._trt, self._engine.get_tensor_dtype(name))
         host = self._cuda.pagelocked_empty(int(np.prod(shape)), dtype)
         device = self._cuda.mem_alloc(host.nbytes)
-        self._context.set_tensor_address(name, int(device))
+        self._allocations.append(device)
+        if not self._context.set_tensor_address(name, int(device)):
+            raise BackendError(f"{self.path}: TensorRT refused the buffer address of {name!r}")
         return _IO(name, dtype, host, device)
 
     def _classes(self, sidecar: Optional[EngineSidecar]) -> Tuple[str, ...]:
@@ -198,26 +317,21 @@ class TensorRTBackend(Backend):
 
     def _close(self) -> None:
         """Context -> engine -> runtime -> device buffers -> pop the CUDA context."""
-        self._context = None
-        self._engine = None
-        self._runtime = None
-        for io in ([self._input] if self._input else []) + self._outputs:
-            io.device.free()
-        self._input, self._outputs, self._stream = None, [], None
-        if self._ctx is not None:
-            self._ctx.pop()
+        with self._lock:
+            if self._ctx is None:
+                self._context = self._engine = self._runtime = None
+                return
+            with self._current():
+                self._context = None
+                self._engine = None
+                self._runtime = None
+                for alloc in self._allocations:
+                    alloc.free()
+                self._allocations.clear()
+                self._input, self._outputs, self._stream = None, [], None
+            if self._finalizer is not None:
+                self._finalizer.detach()
             self._ctx = None
-
-    @contextlib.contextmanager
-    def thread_context(self) -> Iterator[TensorRTBackend]:
-        """Make the backend's CUDA context current in this (worker) thread for the block."""
-        if self._ctx is None:
-            raise BackendError(f"{self.describe()}: open the backend before using it in a thread")
-        self._ctx.push()
-        try:
-            yield self
-        finally:
-            self._ctx.pop()
 
     # -- inference ------------------------------------------------------------------------------
 
@@ -231,20 +345,27 @@ class TensorRTBackend(Backend):
 
     def _run(self, batch: np.ndarray, gpu_times: Optional[List[float]]) -> Outputs:
         """Batches above the profile's maximum run as consecutive chunks of at most that size."""
-        parts = [
-            self._run_chunk(batch[i : i + self.max_batch], gpu_times)
-            for i in range(0, len(batch), self.max_batch)
-        ]
+        with self._lock:
+            try:
+                with self._current():
+                    parts = [
+                        self._run_chunk(batch[i : i + self.max_batch], gpu_times)
+                        for i in range(0, len(batch), self.max_batch)
+                    ]
+            except BackendError:
+                raise
+            except Exception as exc:  # pycuda / TensorRT errors
+                raise BackendError(f"{self.path}: inference failed ({_first_line(exc)})") from None
         return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
     def _run_chunk(self, chunk: np.ndarray, gpu_times: Optional[List[float]]) -> Outputs:
         n = len(chunk)
-        if self._static and n < self.max_batch:
-            pad = np.zeros((self.max_batch - n,) + chunk.shape[1:], chunk.dtype)
+        if n < self.min_batch:  # below the profile's minimum (fixed-batch / DLA engines)
+            pad = np.zeros((self.min_batch - n,) + chunk.shape[1:], chunk.dtype)
             out = self._run_chunk(np.concatenate([chunk, pad]), gpu_times)
             return {name: value[:n] for name, value in out.items()}
         cuda, ctx, stream, inp = self._cuda, self._context, self._stream, self._input
-        ctx.set_input_shape(inp.name, chunk.shape)
+        self._set_shape(inp.name, chunk.shape)
         n_in = chunk.size
         inp.host[:n_in] = chunk.ravel()  # casts to the engine's input dtype (FP16 I/O engines)
         cuda.memcpy_htod_async(inp.device, inp.host[:n_in], stream)
