@@ -78,3 +78,44 @@ def test_lock_pins_the_makefile_torch() -> None:
 def test_pins_parser_rejects_ranges() -> None:
     with pytest.raises(AssertionError, match="not NAME==VERSION"):
         _pins("numpy>=1.24\n")
+
+
+def _unmet_requirements(pins: Dict[str, Version]) -> List[str]:
+    """What the locked packages themselves require (their installed metadata) and the lock lacks.
+
+    A venv made by ``python -m venv`` starts with its own setuptools (65.5 on CPython 3.11.7);
+    torch 2.13 requires setuptools>=77.0.3, so a lock without setuptools failed pip check on a
+    fresh machine. The check reads the metadata of the locked releases installed in the running venv.
+    """
+    from importlib import metadata
+
+    env = {"extra": "", "python_version": "3.11", "python_full_version": "3.11.7",
+           "sys_platform": "linux", "platform_system": "Linux", "platform_machine": "x86_64",
+           "os_name": "posix", "implementation_name": "cpython",
+           "platform_python_implementation": "CPython"}
+    problems = []
+    for dist in metadata.distributions():
+        name = canonicalize_name(dist.metadata["Name"])
+        if pins.get(name) != Version(dist.version):
+            continue  # not the locked release: its metadata says nothing about the lock
+        for line in dist.requires or []:
+            req = Requirement(line)
+            if req.marker is not None and not req.marker.evaluate(env):
+                continue
+            pinned = pins.get(canonicalize_name(req.name))
+            if pinned is None:
+                problems.append(f"{name} requires {req} and the lock has no {req.name}")
+            elif not req.specifier.contains(pinned, prereleases=True):
+                problems.append(f"{name} requires {req}; the lock pins {req.name}=={pinned}")
+    return problems
+
+
+def test_lock_holds_what_its_own_packages_require() -> None:
+    problems = _unmet_requirements(_pins(_lock_path().read_text()))
+    assert not problems, "the lock is not closed (make lock):\n" + "\n".join(problems)
+
+
+def test_closure_check_catches_a_missing_setuptools() -> None:
+    pins = _pins(_lock_path().read_text())
+    pins.pop("setuptools", None)
+    assert any("setuptools" in p for p in _unmet_requirements(pins))
