@@ -71,7 +71,7 @@ def dataset(work: Path, n: int, noise: float, imbalance: str, difficulty: float)
     if not (root / "test.csv").is_file():
         print(f"drawing {root} ...", file=sys.stderr, flush=True)
         generate_synthfer(root, n, seed=0, noise=noise, imbalance=imbalance,
-                          difficulty=difficulty)
+                          difficulty=difficulty, overwrite=True)  # a draw that did not finish
     return root
 
 

@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from grefel import __version__
 from grefel.config import GReFELConfig
 from grefel.contract import input_spec
-from grefel.fileio import atomic_path, atomic_write_json, sha256_file
+from grefel.fileio import atomic_write_bytes, atomic_write_json, sha256_file
 from grefel.model.grefel import GReFEL
 
 __all__ = [
@@ -26,9 +26,11 @@ __all__ = [
     "CheckpointError",
     "load_checkpoint",
     "load_weights_into",
+    "misfit",
     "read_meta",
     "save_checkpoint",
     "sidecar_path",
+    "verify_weights",
 ]
 
 FORMAT = "grefel-checkpoint/1"
@@ -53,8 +55,9 @@ def save_checkpoint(
     if path.suffix != ".safetensors":
         raise CheckpointError(f"{path}: checkpoints are .safetensors files")
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata={"format": FORMAT})
+    # Serialised in memory, written by fileio: a full disk is then an OSError naming the file
+    # (safetensors' own writer reports it as a SafetensorError without one).
+    atomic_write_bytes(path, save(state, metadata={"format": FORMAT}))
     meta = {
         "format": FORMAT,
         "grefel_version": __version__,
@@ -79,11 +82,30 @@ def read_meta(path: PathLike) -> Dict[str, Any]:
         raise CheckpointError(f"{path}: its sidecar {side.name} is missing (config and classes)")
     try:
         meta = json.loads(side.read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{side}: not valid JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{side}: holds a JSON {type(meta).__name__}, not the object "
+                              "grefel writes beside a checkpoint")
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{side}: format {meta.get('format')!r}, expected {FORMAT!r}")
     return meta
+
+
+def verify_weights(path: PathLike, meta: Dict[str, Any]) -> None:
+    """The weights file must be the one its sidecar describes (`weights_sha256`: the
+    SHA-256 of the whole file); a mismatch is an error naming both files."""
+    path = Path(path)
+    expected = meta.get("weights_sha256")
+    if not isinstance(expected, str):
+        raise CheckpointError(f"{sidecar_path(path)}: no weights_sha256 to check {path.name} "
+                              "against; re-save the checkpoint with grefel")
+    actual = sha256_file(path)
+    if actual != expected:
+        raise CheckpointError(
+            f"{path} does not match its sidecar {sidecar_path(path)}: the weights' SHA-256 is "
+            f"{actual[:16]}..., the sidecar records {expected[:16]}... (a damaged file, or the "
+            "two files are from different saves); use a matching pair")
 
 
 def load_weights_into(model: torch.nn.Module, path: PathLike) -> None:
@@ -92,22 +114,28 @@ def load_weights_into(model: torch.nn.Module, path: PathLike) -> None:
         state = load_file(str(path))
     except Exception as exc:  # safetensors raises several types for corrupt files
         raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
-    own = model.state_dict()
+    problems = misfit(model.state_dict(), state)
+    if problems:
+        raise CheckpointError(f"{path}: weights do not fit the model: {problems}")
+    model.load_state_dict(state, strict=True)
+
+
+def misfit(own: Dict[str, Any], state: Dict[str, Any]) -> str:
+    """"" when `state` has exactly the keys and shapes of `own` (a model's state dict), else
+    the missing, unexpected and mis-shaped keys (counts and the first five of each)."""
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     shapes = sorted(
         f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
         for k in set(own) & set(state)
-        if state[k].shape != own[k].shape
+        if getattr(state[k], "shape", None) != own[k].shape
     )
-    if missing or unexpected or shapes:
-        parts = []
-        for label, items in (("missing", missing), ("unexpected", unexpected), ("shape", shapes)):
-            if items:
-                more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
-                parts.append(f"{len(items)} {label}: {', '.join(items[:5])}{more}")
-        raise CheckpointError(f"{path}: weights do not fit the model: " + "; ".join(parts))
-    model.load_state_dict(state, strict=True)
+    parts = []
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("shape", shapes)):
+        if items:
+            more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
+            parts.append(f"{len(items)} {label}: {', '.join(items[:5])}{more}")
+    return "; ".join(parts)
 
 
 def load_checkpoint(
@@ -121,9 +149,10 @@ def load_checkpoint(
         map_location: device for the model.
     """
     meta = read_meta(path)
+    verify_weights(path, meta)
     try:
         cfg = GReFELConfig.from_dict(meta["config"])
-    except (KeyError, TypeError, ValueError) as exc:
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{sidecar_path(path)}: bad config ({exc})") from None
     if preset is not None and cfg.name != preset:
         raise CheckpointError(

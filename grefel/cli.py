@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import click
+from click.core import ParameterSource
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "max_content_width": 100}
 
@@ -68,8 +69,10 @@ Examples:
 @click.option("--difficulty", type=click.FloatRange(0.0, 1.0), default=1.0,
               help="Scale of pose, clutter, occlusion, blur, noise and weak expressions "
                    "(the CPU demo uses a lower value).")
+@click.option("--overwrite", is_flag=True,
+              help="Replace what --out holds (without it, a folder that is not empty is refused).")
 def data_synth(out: str, n: int, seed: int, noise: float, imbalance: str, contempt: bool,
-               size: int, difficulty: float) -> None:
+               size: int, difficulty: float, overwrite: bool) -> None:
     """Generate SynthFER, the bundled procedurally drawn expression dataset."""
     import time
 
@@ -79,15 +82,23 @@ def data_synth(out: str, n: int, seed: int, noise: float, imbalance: str, contem
     click.echo(f"drawing {n} faces into {out} ...", err=True)
     try:
         path = generate_synthfer(out, n, seed=seed, noise=noise, imbalance=imbalance,
-                                 contempt=contempt, size=size, difficulty=difficulty)
-    except (OSError, ValueError) as e:
+                                 contempt=contempt, size=size, difficulty=difficulty,
+                                 overwrite=overwrite)
+    except FileExistsError as e:
+        raise click.BadParameter(str(e), param_hint="--out") from None
+    except OSError as e:
+        raise _user_error(e) from None
+    except ValueError as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"done in {time.perf_counter() - start:.1f} s", err=True)
     click.echo((path / "README.txt").read_text(), nl=False)
 
 
 def _user_error(exc: BaseException) -> click.ClickException:
-    """A ClickException from a library error; a DataLoader worker's traceback is cut off."""
+    """A ClickException from a library error; a DataLoader worker's traceback is cut off, an
+    OSError becomes "FILE: what went wrong"."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return click.ClickException(f"{exc.filename or ''}: {exc.strerror}".lstrip(": "))
     text = str(exc).strip()
     if "Original Traceback" in text:  # re-raised from a DataLoader worker process
         text = text.splitlines()[-1].split(": ", 1)[-1]
@@ -97,18 +108,21 @@ def _user_error(exc: BaseException) -> click.ClickException:
 def _train_options(func):
     """The `grefel train` options; defaults come from grefel.config.DataConfig / TrainConfig."""
     from grefel.config import DataConfig, TrainConfig
+    from grefel.train_state import resume_help
 
     d, t = DataConfig(), TrainConfig()
     options = [
-        click.option("--data", "root", required=True, type=click.Path(file_okay=False),
-                     help="Dataset folder (e.g. from `grefel data synth`)."),
+        click.option("--data", "root", type=click.Path(file_okay=False),
+                     help="Dataset folder (e.g. from `grefel data synth`); required unless "
+                          "--resume."),
         click.option("--dataset", default=d.dataset, help="Reader kind (auto detects)."),
         click.option("--val-split", default=d.val_split, help='Validation split; "" = none.'),
         click.option("--preset", type=click.Choice(["tiny", "paper"]), default=t.preset),
         click.option("--variant", type=click.Choice(["no_rb", "anchors", "mhsa", "both"]),
                      default=t.variant, help="Row of the paper's Table 2."),
-        click.option("--epochs", type=int, default=t.epochs),
-        click.option("--batch-size", type=int, default=d.batch_size, help="Per process."),
+        click.option("--epochs", type=click.IntRange(min=1), default=t.epochs),
+        click.option("--batch-size", type=click.IntRange(min=2), default=d.batch_size,
+                     help="Per process."),
         click.option("--out", type=click.Path(file_okay=False), default=t.out,
                      help="Run folder (checkpoints, metrics, config)."),
         click.option("--lr", type=float, default=t.lr, help="Adam learning rate."),
@@ -137,12 +151,13 @@ def _train_options(func):
                      help="Data refinement B per class per epoch (paper 4.1); 0 = plain shuffle."),
         click.option("--refine-per-group", type=int, default=d.refine_per_group,
                      help="Data refinement N_pg per face group / video; 0 = no cap."),
-        click.option("--workers", type=int, default=d.workers, help="DataLoader workers."),
+        click.option("--workers", type=click.IntRange(min=0), default=d.workers,
+                     help="DataLoader workers."),
         click.option("--seed", type=int, default=t.seed),
         click.option("--device", default=t.device, help="auto, cpu, cuda or cuda:N."),
         click.option("--threads", type=int, default=t.threads,
                      help="torch CPU threads per process; 0 = torch's default."),
-        click.option("--resume", is_flag=True, help="Continue the run in --out."),
+        click.option("--resume", is_flag=True, help=resume_help()),
         click.option("--strict", is_flag=True, help="Unreadable images are an error."),
         click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
                      help="Override any DataConfig/TrainConfig field (data.KEY for data)."),
@@ -187,18 +202,27 @@ def train(**opts) -> None:
     from grefel.weights import WeightsError
 
     json_path = opts.pop("json_path")
+    if opts["root"] is None and not opts["resume"]:
+        raise click.UsageError("Missing option '--data' (needed unless --resume).")
+    ctx = click.get_current_context()
+    given = {k for k in opts if ctx.get_parameter_source(k) is not ParameterSource.DEFAULT}
     try:
-        d, t = configs_from_options(opts, opts.pop("overrides"))
+        d, t = configs_from_options(opts, opts.pop("overrides"), given=given)
+    except TrainingError as exc:
+        raise _user_error(exc) from None
     except (TypeError, ValueError) as exc:
         raise click.BadParameter(str(exc)) from None
     try:
         summary = run_training(d, t)
-    except (DatasetError, TrainingError, WeightsError) as exc:
+    except (DatasetError, TrainingError, WeightsError, OSError) as exc:
         raise _user_error(exc) from None
     if summary["rank"] == 0:
         click.echo(json.dumps(summary, indent=2))
         if json_path:
-            atomic_write_json(json_path, summary)
+            try:
+                atomic_write_json(json_path, summary)
+            except OSError as exc:
+                raise _user_error(exc) from None
 
 
 @cli.command(
@@ -215,8 +239,8 @@ Examples:
 @click.option("--split", default="test", help="Split to evaluate.")
 @click.option("--out", type=click.Path(file_okay=False),
               help="Report folder [default: CHECKPOINT's folder/eval-SPLIT].")
-@click.option("--batch-size", type=int, default=64)
-@click.option("--workers", type=int, default=0)
+@click.option("--batch-size", type=click.IntRange(min=1), default=64)
+@click.option("--workers", type=click.IntRange(min=0), default=0, help="DataLoader workers.")
 @click.option("--device", default="auto", help="auto, cpu, cuda or cuda:N.")
 @click.option("--strict", is_flag=True, help="Unreadable images are an error.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write JSON here.")
@@ -230,19 +254,27 @@ def eval_(checkpoint, data, dataset, split, out, batch_size, workers, device, st
     from grefel.evaluate import EvalError, evaluate_checkpoint, format_report
     from grefel.train import TrainingError
 
+    if Path(checkpoint).suffix.lower() in (".onnx", ".engine", ".plan"):
+        raise click.BadParameter(
+            f"{checkpoint}: grefel eval takes a .safetensors checkpoint (the one the ONNX was "
+            "exported from); exported models are not evaluated yet: run them with grefel "
+            "predict", param_hint="CHECKPOINT")
     out = out or str(Path(checkpoint).parent / f"eval-{split}")
     try:
         report = evaluate_checkpoint(checkpoint, data, dataset=dataset, split=split, out=out,
                                      batch_size=batch_size, workers=workers, device=device,
                                      strict=strict)
-    except (CheckpointError, DatasetError, EvalError, TrainingError) as exc:
+    except (CheckpointError, DatasetError, EvalError, TrainingError, OSError) as exc:
         raise _user_error(exc) from None
     click.echo(format_report(report))
     click.echo(f"\nreport: {out}/metrics.json and plots", err=True)
     if json_path:
         from grefel.fileio import atomic_write_json
 
-        atomic_write_json(json_path, report)
+        try:
+            atomic_write_json(json_path, report)
+        except OSError as exc:
+            raise _user_error(exc) from None
 
 
 # --- weights import (issue 4) ------------------------------------------------------------------
@@ -287,10 +319,13 @@ def weights_import(src, kind, preset, out, num_classes, linear_head, lenient, js
         if exc.report is not None:
             click.echo(exc.report.format(), err=True)
         raise click.ClickException(str(exc)) from None
-    save_checkpoint(out, model, import_report=report.to_dict())
-    click.echo(report.format())
-    if json_path:
-        atomic_write_json(json_path, report.to_dict())
+    try:
+        save_checkpoint(out, model, import_report=report.to_dict())
+        click.echo(report.format())
+        if json_path:
+            atomic_write_json(json_path, report.to_dict())
+    except OSError as exc:
+        raise _user_error(exc) from None
     click.echo(f"wrote {out} and {out.with_suffix('.json').name}")
 
 

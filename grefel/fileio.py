@@ -25,24 +25,43 @@ PathLike = Union[str, "os.PathLike[str]"]
 def atomic_path(path: PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it replaces `path`, on error it is removed.
 
-    For writers that want a file name (torch.save, onnx.save, safetensors.save_file).
+    For writers that want a file name (torch.save, onnx.save, safetensors.save_file). The file
+    gets the permissions the umask gives any new file (mkstemp's are 0600, and some writers,
+    safetensors' save_file among them, replace the temporary file with their own 0600 one, so
+    the mode is set after the writer). An OSError without a file name (a full disk: ENOSPC from
+    write or fsync) is given `path`'s.
     """
     dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # e.g. a file where a folder of the path should be
+        raise OSError(exc.errno, f"cannot make its folder ({exc.filename}: {exc.strerror})",
+                      str(dest)) from None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    except OSError as exc:
+        exc.filename = str(dest)
+        raise
     os.close(fd)
     tmp_path = Path(tmp)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~_umask())
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, dest)
+    except OSError as exc:
+        exc.filename = exc.filename or str(dest)
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
 
 
 def atomic_write_bytes(path: PathLike, data: bytes) -> None:

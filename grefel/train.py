@@ -30,7 +30,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 import torch
@@ -38,14 +38,26 @@ import torch.distributed as dist
 
 from grefel.checkpoint import save_checkpoint
 from grefel.config import DataConfig, GReFELConfig, TrainConfig
+from grefel.devices import DeviceError, resolve_device
 from grefel.evaluate import collect_outputs as predict
-from grefel.fileio import atomic_path, atomic_write_bytes, atomic_write_json
+from grefel.fileio import atomic_write_bytes, atomic_write_json
 from grefel.metrics import confusion_matrix, inverse_frequency_weights, macro_f1
 from grefel.model.grefel import GReFEL, GReFELOutput
 from grefel.model.losses import GReFELLoss
-from grefel.train_utils import recalibrate_batchnorm, rng_state, seed_everything, set_rng_state
+from grefel.train_state import (
+    RESUME_MAY_CHANGE,
+    STATE_FORMAT,
+    TrainingError,
+    load_state,
+    lock_run_folder,
+    read_run_config,
+    resume_differences,
+    write_state,
+)
+from grefel.train_utils import recalibrate_batchnorm, rng_state, seed_everything
 
 __all__ = [
+    "STATE_FORMAT",
     "DataConfig",
     "TrainConfig",
     "TrainingError",
@@ -55,17 +67,32 @@ __all__ = [
     "run_training",
 ]
 
-STATE_FORMAT = "grefel-train-state/1"
-
-
-class TrainingError(RuntimeError):
-    """A run that cannot go on; the message says why and what was kept."""
+def _typed_value(pair: str, key: str, raw: str, type_name: str) -> Any:
+    """The value of `--set KEY=RAW` for a field annotated `type_name` (str, int, float, bool,
+    Optional[...]); ValueError naming the key when it is of the wrong type."""
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    optional = type_name.startswith("Optional[")
+    base = type_name[len("Optional["):-1] if optional else type_name
+    if value is None and optional:
+        return None
+    if base == "str":
+        return value if isinstance(value, str) else raw
+    kinds = {"int": (int,), "float": (int, float), "bool": (bool,)}[base]
+    if not isinstance(value, kinds) or (base != "bool" and isinstance(value, bool)):
+        article = "an" if base == "int" else "a"
+        raise ValueError(f"--set {pair!r}: {key} takes {article} {base}"
+                         f"{' or null' if optional else ''}, not {raw!r}")
+    return float(value) if base == "float" else value
 
 
 def apply_overrides(
     data_cfg: DataConfig, train_cfg: TrainConfig, pairs: Sequence[str]
 ) -> Tuple[DataConfig, TrainConfig]:
-    """Apply `key=value` overrides (`lr=1e-3`, `data.workers=2`); values are JSON or strings."""
+    """Apply `key=value` overrides (`lr=1e-3`, `data.workers=2`); values are JSON or strings,
+    checked against the field's type (a wrong type is a ValueError naming the key)."""
     changes: Dict[str, Dict[str, Any]] = {"data": {}, "train": {}}
     fields = {name: {f.name: f for f in dataclasses.fields(c)}
               for name, c in (("data", data_cfg), ("train", train_cfg))}
@@ -77,24 +104,33 @@ def apply_overrides(
             raise ValueError(f"bad override {pair!r}: use KEY=VALUE with a DataConfig or "
                              f"TrainConfig field ({', '.join(sorted(fields['train']))}; "
                              f"data.{', data.'.join(sorted(fields['data']))})")
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        if isinstance(value, int) and "float" in str(fields[scopes[0]][name].type):
-            value = float(value)
-        changes[scopes[0]][name] = value
+        field = fields[scopes[0]][name]
+        changes[scopes[0]][name] = _typed_value(pair, key.strip(), raw, str(field.type))
     return (dataclasses.replace(data_cfg, **changes["data"]),
             dataclasses.replace(train_cfg, **changes["train"]))
 
 
 def configs_from_options(
-    options: Dict[str, Any], overrides: Sequence[str] = ()
+    options: Dict[str, Any], overrides: Sequence[str] = (), given: Optional[Set[str]] = None
 ) -> Tuple[DataConfig, TrainConfig]:
-    """Split flat `grefel train` options between the two configs, then apply KEY=VALUE."""
+    """Split flat `grefel train` options between the two configs, then apply KEY=VALUE.
+
+    With `resume` set and `given` (the names of the options the command line gave), the options
+    not given take the run's values from OUT/config.json: `--resume --epochs 8` continues the
+    run as it was started. What a given option may change is checked when the run is built
+    (grefel.train_state.RESUME_MAY_CHANGE).
+    """
     data_keys = {f.name for f in dataclasses.fields(DataConfig)}
+    train_keys = {f.name for f in dataclasses.fields(TrainConfig)}
+    if options.get("resume") and given is not None:
+        saved = read_run_config(Path(options["out"]))
+        run_values = {k: v for scope in ("data", "train") for k, v in saved[scope].items()
+                      if k in data_keys | train_keys}
+        options = {**options, **run_values,
+                   **{k: v for k, v in options.items() if k in given},
+                   "out": options["out"], "resume": True}
     d = DataConfig(**{k: v for k, v in options.items() if k in data_keys})
-    t = TrainConfig(**{k: v for k, v in options.items() if k not in data_keys})
+    t = TrainConfig(**{k: v for k, v in options.items() if k in train_keys})
     return apply_overrides(d, t, overrides)
 
 
@@ -129,6 +165,9 @@ class Run:
     out: Path
     epoch: int = 0  # epochs completed
     warmed_up: bool = False  # the image-stream warm-up (TrainConfig.image_warmup) is done
+    config: Dict[str, Any] = dataclasses.field(default_factory=dict)  # for config.json
+    resume_changes: Dict[str, List[Any]] = dataclasses.field(default_factory=dict)
+    saved_epoch: Optional[int] = None  # the epoch of OUT/last.state.pt, once there is one
 
 
 def log(run_or_rank: Any, message: str) -> None:
@@ -324,8 +363,15 @@ def validate(run: Run) -> Dict[str, float]:
         return {}
     pred = predict(run.raw, run.val_loader, run.device, amp=run.amp)
     c = run.raw.cfg.num_classes
-    cm = confusion_matrix(pred["labels"], pred["probs"].argmax(axis=1), c)
+    cm = np.zeros((c, c), dtype=np.int64)
+    if len(pred["labels"]):  # a rank's share can be empty (fewer images than ranks)
+        cm = confusion_matrix(pred["labels"], pred["probs"].argmax(axis=1), c)
     cm = _all_sum(run, torch.from_numpy(cm)).numpy()
+    if cm.sum() == 0:  # all readable before epoch 1 (check_readable), unreadable now
+        raise TrainingError(
+            f"{run.data_cfg.root}: no image of split {run.data_cfg.val_split!r} could be read at "
+            f"epoch {run.epoch + 1}; the run stops before saving it. Last good state: "
+            f"{run.out / 'last.state.pt'} (epoch {run.epoch})")
     return {"val_acc": float(np.trace(cm) / max(cm.sum(), 1)), "val_macro_f1": macro_f1(cm)}
 
 
@@ -337,6 +383,7 @@ def save_epoch(run: Run, row: Dict[str, Any], rngs: List[Dict[str, Any]]) -> Non
         save_checkpoint(run.out / "best.safetensors", run.raw, metrics=row, **meta)
     save_checkpoint(run.out / "last.safetensors", run.raw, metrics=row, **meta)
     write_state(run, rngs)
+    run.saved_epoch = run.epoch
     write_metrics(run.out, run.history)
 
 
@@ -347,50 +394,6 @@ def _gather_rng(run: Run) -> List[Dict[str, Any]]:
     gathered: List[Any] = [None] * run.world
     dist.all_gather_object(gathered, rng_state())
     return gathered
-
-
-def write_state(run: Run, rngs: List[Dict[str, Any]]) -> None:
-    state = {
-        "format": STATE_FORMAT,
-        "epoch": run.epoch,
-        "model": {k: v.detach().cpu() for k, v in run.raw.state_dict().items()},
-        "optimizer": run.optimizer.state_dict(),
-        "scheduler": run.scheduler.state_dict(),
-        "scaler": run.scaler.state_dict(),
-        "sampler": getattr(run.sampler, "state_dict", lambda: {"epoch": run.epoch})(),
-        "rng": rngs,
-        "best": dict(run.best),
-        "history": list(run.history),
-        "world_size": run.world,
-        "warmed_up": run.warmed_up,
-    }
-    with atomic_path(run.out / "last.state.pt") as tmp:
-        torch.save(state, tmp)
-
-
-def load_state(run: Run) -> None:
-    """Restore a run from RUN_DIR/last.state.pt (model, optimizer, scheduler, scaler, epoch,
-    sampler, RNG, best metric, history)."""
-    path = run.out / "last.state.pt"
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a truncated or foreign file: say which and why
-        raise TrainingError(f"{path}: cannot read the training state ({exc})") from None
-    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise TrainingError(f"{path}: not a grefel training state ({STATE_FORMAT})")
-    try:
-        run.raw.load_state_dict(state["model"], strict=True)
-    except RuntimeError as exc:
-        raise TrainingError(f"{path}: the saved model does not fit this config ({exc})") from None
-    run.optimizer.load_state_dict(state["optimizer"])
-    run.scheduler.load_state_dict(state["scheduler"])
-    run.scaler.load_state_dict(state["scaler"])
-    if hasattr(run.sampler, "load_state_dict"):
-        run.sampler.load_state_dict(state["sampler"])
-    rngs = state["rng"]
-    set_rng_state(rngs[run.rank] if len(rngs) == run.world else rngs[0])
-    run.epoch, run.best, run.history = state["epoch"], state["best"], state["history"]
-    run.warmed_up = bool(state.get("warmed_up", False))
 
 
 def open_tensorboard(out: Path) -> Any:
@@ -438,21 +441,13 @@ def _epoch_line(run: Run, row: Dict[str, Any]) -> str:
 # Setup: devices, data, model and optimiser from the configs -----------------------------------
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """auto -> this rank's GPU when CUDA is available, else the CPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        name = f"cuda:{local_rank}"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise TrainingError(f"--device {name} asked for, but this torch sees no CUDA GPU")
-    return torch.device(name)
-
-
 def setup_distributed(device_name: str) -> Tuple[int, int, torch.device]:
     """(rank, world size, device); joins the torchrun process group when WORLD_SIZE > 1."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    device = resolve_device(device_name, int(os.environ.get("LOCAL_RANK", "0")))
+    try:
+        device = resolve_device(device_name, int(os.environ.get("LOCAL_RANK", "0")))
+    except DeviceError as exc:
+        raise TrainingError(str(exc)) from None
     if world == 1:
         return 0, 1, device
     if device.type == "cuda":
@@ -465,9 +460,17 @@ def build_loaders(d: DataConfig, seed: int, rank: int, world: int) -> Dict[str, 
     """Train and validation loaders; each rank reads a disjoint share of both."""
     from torch.utils.data import DataLoader, DistributedSampler
 
-    from grefel.data import FERDataset, RefinedSampler, collate_skip, load_samples, make_transforms
+    from grefel.data import (
+        FERDataset,
+        RefinedSampler,
+        check_readable,
+        collate_skip,
+        load_samples,
+        make_transforms,
+    )
 
     samples, classes = load_samples(d.root, d.dataset, d.train_split)
+    check_readable(samples, f"{d.root} split {d.train_split!r}")  # before epoch 1, not after
     train_set = FERDataset(samples, classes, make_transforms(d.augment), strict=d.strict)
     if d.refine_per_class:  # paper §4.1: B per class (N_pg per group) drawn anew every epoch
         sampler = RefinedSampler([s.label for s in samples], [s.group for s in samples],
@@ -485,6 +488,7 @@ def build_loaders(d: DataConfig, seed: int, rank: int, world: int) -> Dict[str, 
         if tuple(val_classes) != tuple(classes):
             raise TrainingError(f"{d.root}: split {d.val_split!r} has classes {val_classes}, "
                                 f"split {d.train_split!r} has {classes}")
+        check_readable(val_samples, f"{d.root} split {d.val_split!r}")
         val_set = FERDataset(val_samples, classes, make_transforms(False), strict=d.strict)
         val_loader = DataLoader(val_set, d.batch_size, sampler=range(rank, len(val_set), world),
                                 **common)
@@ -508,25 +512,40 @@ def build_model(model_cfg: GReFELConfig, cfg: TrainConfig, rank: int = 0) -> GRe
     return model
 
 
-def _prepare_out(out: Path, cfg: TrainConfig, config: Dict[str, Any], rank: int) -> None:
-    """Refuse to overwrite a run (or resume a missing or different one); write config.json."""
-    state, saved = out / "last.state.pt", out / "config.json"
+def _check_out(out: Path, cfg: TrainConfig, config: Dict[str, Any]) -> Dict[str, List[Any]]:
+    """Refuse to overwrite a run, or to resume a missing one or with settings that change what
+    it means (grefel.train_state.RESUME_MAY_CHANGE); returns the allowed changes."""
+    state = out / "last.state.pt"
     if cfg.resume and not state.is_file():
         raise TrainingError(f"--resume: {state} does not exist; nothing to resume")
     if not cfg.resume and state.is_file():
         raise TrainingError(f"{out} already holds a run ({state.name}); pass --resume to "
                             "continue it or choose another --out")
-    if cfg.resume and saved.is_file():
-        before = json.loads(saved.read_text()).get("model", {})
-        now = json.loads(json.dumps(config["model"]))  # tuples as lists, like the saved file
-        diff = sorted(k for k in now if before.get(k) != now[k])
-        if diff:
-            raise TrainingError(f"--resume: the model config differs from {saved} in {diff}")
-    if rank == 0:
-        atomic_write_json(saved, config)
+    if not cfg.resume:
+        return {}
+    refused, allowed = resume_differences(read_run_config(out), config)
+    if refused:
+        raise TrainingError(
+            f"--resume: {out / 'config.json'} was trained with other settings; a resume may "
+            f"change only {', '.join(k.split('.')[1] for k in RESUME_MAY_CHANGE)}. Differences: "
+            + "; ".join(refused) + ". Resume without them, or start a new run in another --out")
+    return allowed
+
+
+def _write_config(run: Run, config: Dict[str, Any], allowed: Dict[str, List[Any]]) -> None:
+    """OUT/config.json: the configs this process trains with, and on a resume the history of
+    resumes with what each changed (rank 0)."""
+    if run.rank != 0:
+        return
+    if run.cfg.resume:
+        resumed = read_run_config(run.out).get("resumed", [])
+        config = {**config, "resumed": resumed + [{"after_epoch": run.epoch, "changed": {
+            k: {"was": b, "now": a} for k, (b, a) in allowed.items()}}]}
+    atomic_write_json(run.out / "config.json", config)
 
 
 def build_run(d: DataConfig, cfg: TrainConfig) -> Run:
+    """Everything a run needs, from the configs (checked against OUT's run on --resume)."""
     rank, world, device = setup_distributed(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -536,7 +555,7 @@ def build_run(d: DataConfig, cfg: TrainConfig) -> Run:
     model_cfg, out = raw.cfg, Path(cfg.out)
     config = {"model": model_cfg.to_dict(), "data": dataclasses.asdict(d),
               "train": dataclasses.asdict(cfg), "world_size": world}
-    _prepare_out(out, cfg, config, rank)
+    allowed = _check_out(out, cfg, config)
     model: torch.nn.Module = raw
     if world > 1:
         ids = [device.index] if device.type == "cuda" else None
@@ -554,7 +573,8 @@ def build_run(d: DataConfig, cfg: TrainConfig) -> Run:
     amp = cfg.amp and device.type == "cuda"
     return Run(model, raw, loss_fn, optimizer, scheduler, torch.amp.GradScaler("cuda", enabled=amp),
                params, device, amp, rank, world, data["train_set"], data["train_loader"],
-               data["sampler"], data["val_loader"], cfg, d, [], {}, out)
+               data["sampler"], data["val_loader"], cfg, d, [], {}, out, config=config,
+               resume_changes=allowed)
 
 
 def finish_distributed(world: int) -> None:
@@ -563,13 +583,58 @@ def finish_distributed(world: int) -> None:
 
 
 def run_training(data_cfg: DataConfig, cfg: TrainConfig) -> Dict[str, Any]:
-    """Train (or resume) one run; returns the best metric and the last epoch's row."""
-    run = build_run(data_cfg, cfg)
-    tensorboard = None
+    """Train (or resume) one run; returns the best metric and the last epoch's row.
+
+    Rank 0 owns the run folder for the whole run (OUT/.lock, grefel.train_state): a second run
+    into the same folder stops before it reads or writes anything there.
+    """
+    out = Path(cfg.out)
+    lock = None
+    if int(os.environ.get("RANK", "0")) == 0:
+        try:
+            lock = lock_run_folder(out)
+        except OSError as exc:
+            raise TrainingError(f"--out {out}: cannot create or lock the run folder "
+                                f"({exc.strerror or exc}); choose a writable folder") from None
+        if lock.previous:
+            log(0, f"took over the stale lock of {out} (pid {lock.previous.get('pid')} on "
+                   f"{lock.previous.get('host')}, started {lock.previous.get('started')}, "
+                   "no longer holds it)")
+    try:
+        try:
+            run = build_run(data_cfg, cfg)
+        except OSError as exc:
+            raise TrainingError(f"{exc.filename or cfg.out}: {exc.strerror or exc}") from None
+        try:
+            return _train(run)
+        except OSError as exc:  # a full disk, a folder gone: every file is whole (fileio)
+            kept = (f"{run.out / 'last.state.pt'} (epoch {run.saved_epoch})"
+                    if run.saved_epoch is not None else "none")
+            raise TrainingError(
+                f"{exc.filename or run.out}: {exc.strerror or exc}; the run stops and every "
+                f"file it wrote before is intact. Last good state: {kept}; free space (or fix "
+                "the folder) and pass --resume") from None
+        finally:
+            finish_distributed(run.world)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(run: Run) -> Dict[str, Any]:
+    """The run's body: resume, warm-up, then the epoch loop (checkpoints after every epoch)."""
+    cfg, tensorboard = run.cfg, None
     try:
         if cfg.resume:
             load_state(run)
-            log(run, f"resumed {run.out} after epoch {run.epoch} of {cfg.epochs}")
+            run.saved_epoch = run.epoch
+            if cfg.epochs < run.epoch:
+                raise TrainingError(f"--resume: {run.out} has trained {run.epoch} epochs; "
+                                    f"--epochs {cfg.epochs} would end before that")
+            log(run, f"resumed {run.out} after epoch {run.epoch} of {cfg.epochs}"
+                     + "".join(f"; {k} {b!r} -> {a!r}"
+                               for k, (b, a) in run.resume_changes.items()))
+        _write_config(run, run.config, run.resume_changes)
         if run.rank == 0:
             write_metrics(run.out, run.history)
             tensorboard = open_tensorboard(run.out)
@@ -580,6 +645,7 @@ def run_training(data_cfg: DataConfig, cfg: TrainConfig) -> Dict[str, Any]:
             if run.rank == 0:
                 atomic_write_json(run.out / "warmup.json", warm)
                 write_state(run, rngs)  # a kill from here on resumes after the warm-up
+                run.saved_epoch = 0
             log(run, f"image-stream warm-up: {warm['steps']} steps, loss {warm['first_loss']:.3f}"
                      f" -> {warm['loss']:.3f}, train acc {warm['acc']:.3f} (last quarter), "
                      f"{warm['seconds']:.0f}s")
@@ -605,4 +671,3 @@ def run_training(data_cfg: DataConfig, cfg: TrainConfig) -> Dict[str, Any]:
     finally:
         if tensorboard is not None:
             tensorboard.close()
-        finish_distributed(run.world)

@@ -364,7 +364,10 @@ def read_state_dict(path: PathLike) -> Tuple[Dict[str, torch.Tensor], Dict[str, 
         )
     bad = [str(k) for k, v in obj.items() if not (isinstance(k, str) and torch.is_tensor(v))]
     if bad:
-        raise WeightsError(f"{path}: entries that are not named tensors: {', '.join(bad[:10])}")
+        code = (f" (it calls {', '.join(result.placeholders)}, which grefel never runs: kept "
+                "as inert placeholders)" if result.placeholders else "")
+        raise WeightsError(f"{path}: entries that are not named tensors: {', '.join(bad[:10])}"
+                           + code)
     prefixed = sum(k.startswith("module.") for k in obj)
     if prefixed:
         meta["stripped_prefix"] = f"'module.' removed from {prefixed} keys (DataParallel)"

@@ -28,6 +28,7 @@ __all__ = [
     "KINDS",
     "MIN_SIDE",
     "DatasetError",
+    "check_readable",
     "FERDataset",
     "Sample",
     "class_counts",
@@ -72,6 +73,10 @@ def load_samples(
     samples, classes = readers.READERS[kind](root, split, **kw)
     if not samples:
         raise DatasetError(f"{root}: the {kind} reader found no samples for split {split!r}")
+    if len(classes) < 2:
+        raise DatasetError(f"{root}: one class only ({', '.join(classes)}); expression "
+                           "recognition needs at least two (list them in classes.txt, one per "
+                           "line, or add the other classes' images)")
     class_counts(samples, len(classes))  # validates every label index
     _log.info("%s: %d %s samples (%s)", root, len(samples), split, kind)
     return samples, tuple(classes)
@@ -96,6 +101,24 @@ def load_image(path: str) -> np.ndarray:
     if min(w, h) < MIN_SIDE:
         raise DatasetError(f"{path}: image too small ({w}x{h} px; need at least {MIN_SIDE} px)")
     return image
+
+
+def check_readable(samples: Sequence[Sample], what: str, show: int = 3) -> None:
+    """DatasetError unless at least one image of `samples` decodes: called for every split
+    before training starts, so that an all-unreadable split fails before epoch 1, not after.
+
+    Stops at the first readable image (one decode for a healthy split).
+    """
+    reasons: List[str] = []
+    for s in samples:
+        try:
+            load_image(s.path)
+            return
+        except DatasetError as e:
+            reasons.append(str(e))
+    more = f" (+{len(reasons) - show} more)" if len(reasons) > show else ""
+    raise DatasetError(f"{what}: none of its {len(samples)} images can be read: "
+                       + "; ".join(reasons[:show]) + more)
 
 
 def _crop_box(image: np.ndarray, attrs: Dict[str, str]) -> np.ndarray:

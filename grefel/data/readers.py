@@ -87,7 +87,19 @@ def _need(path: Path, what: str) -> Path:
 def _check_exist(paths: Iterable[str], root: Path, what: str) -> None:
     missing = [p for p in paths if not os.path.exists(p)]
     if missing:
-        raise DatasetError(f"{root}: {len(missing)} {what} missing: {_listing(missing)}")
+        loops = sum(os.path.lexists(p) for p in missing)
+        links = f" ({loops} of them broken links or symlink loops)" if loops else ""
+        raise DatasetError(f"{root}: {len(missing)} {what} missing{links}: {_listing(missing)}")
+
+
+def _absolute(root: Path, path: str) -> str:
+    """ROOT/path made absolute, symlinks resolved where they resolve (a symlink loop stays as
+    written and is reported as missing by _check_exist)."""
+    joined = root / path
+    try:
+        return str(joined.resolve())
+    except (OSError, RuntimeError):  # RuntimeError: Python < 3.13 on a symlink loop
+        return os.path.abspath(joined)
 
 
 def _read_csv(path: Path, required: Sequence[str]) -> List[Dict[str, str]]:
@@ -140,7 +152,15 @@ def _csv_classes(root: Path, rows: Sequence[Dict[str, str]]) -> Tuple[str, ...]:
         if (root / f"{other}.csv").exists():
             labels |= {r["label"] for r in _read_csv(root / f"{other}.csv", ("path", "label"))}
     if labels and all(v.isdigit() for v in labels):
-        return tuple(str(i) for i in range(max(int(v) for v in labels) + 1))
+        found = sorted({int(v) for v in labels})
+        absent = sorted(set(range(found[-1] + 1)) - set(found))
+        if absent:  # a stray index must not silently add empty classes
+            raise DatasetError(
+                f"{root}: integer labels {_listing(found)} and no classes.txt: indices "
+                f"{_listing(absent)} have no sample, so the number of classes is unclear. "
+                f"Declare the classes in {root / 'classes.txt'} (one name per line, line k = "
+                "label k), or fix the labels")
+        return tuple(str(i) for i in found)
     return tuple(sorted(labels))
 
 
@@ -159,7 +179,7 @@ def read_csv_dataset(root: Path, split: str, **_: object) -> Result:
             unknown.append(f"line {line}: {r['label']!r}")
             continue
         attrs = {k: v for k, v in r.items() if k not in ("path", "label", "group")}
-        samples.append(Sample(str((root / r["path"]).resolve()), label, r.get("group", ""), attrs))
+        samples.append(Sample(_absolute(root, r["path"]), label, r.get("group", ""), attrs))
     if unknown:
         raise DatasetError(f"{path}: {len(unknown)} unknown label(s) (classes: "
                            f"{', '.join(classes)}): {_listing(unknown)}")

@@ -97,12 +97,14 @@ def generate_synthfer(
     contempt: bool = False,
     size: int = 112,
     difficulty: float = 1.0,
+    overwrite: bool = False,
 ) -> Path:
     """Write a SynthFER dataset of `n` images to `out` (layout in the module docstring).
 
     `difficulty` in [0, 1] scales the nuisances (pose, clutter, occlusions, blur, lighting,
     noise, weak expressions; `grefel.data.faces.render_face`): 1 is the full set, lower values
-    give data a small model learns in CPU minutes.
+    give data a small model learns in CPU minutes. An `out` that exists and is not empty is
+    refused (FileExistsError) unless `overwrite`, which replaces the dataset files there.
     """
     if not 0.0 <= difficulty <= 1.0:
         raise ValueError(f"difficulty must be in [0, 1], got {difficulty}")
@@ -113,6 +115,10 @@ def generate_synthfer(
     if size < 32:
         raise ValueError(f"size must be >= 32, got {size}")
     out = Path(out)
+    if not overwrite and out.exists() and (not out.is_dir() or any(out.iterdir())):
+        what = "a folder that is not empty" if out.is_dir() else "not a folder"
+        raise FileExistsError(f"{out} is {what}; choose a new folder, or pass --overwrite to "
+                              "replace the dataset files there")
     classes = DATASET_CLASSES["synthfer8" if contempt else "synthfer"]
     labels, identity, split = _plan(n, seed, classes, imbalance)
     images = out / "images"

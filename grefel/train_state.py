@@ -1,0 +1,289 @@
+"""The run folder of `grefel train`: its one owner, what `--resume` may change, and the
+resumable state file.
+
+    OUT/.lock          the owner: pid, host and start time of the `grefel train` that holds
+                       the folder (an exclusive `flock` on this file, held for the run's
+                       lifetime; the file is removed when the run ends)
+    OUT/config.json    the configs the run trains with; `resumed` lists every --resume and the
+                       options it changed
+    OUT/last.state.pt  the resumable state (grefel.train.write_state), read back with
+                       torch.load(weights_only=True)
+
+One owner: a second `grefel train` into a folder whose lock is held stops with an error naming
+the owner. The kernel drops an `flock` when its process dies, so the lock file of a killed run
+(SIGKILL, a power cut) is stale by construction: the next run takes it over and says whose it
+was. Where the file system has no `flock`, the recorded pid is checked instead (same host).
+
+What `--resume` may change: `RESUME_MAY_CHANGE` (where the run executes and for how many
+epochs); every other data, train or model setting fixes what the run means and a change is
+refused with the list of differences. Options that `grefel train --resume` is not given keep the
+run's values (grefel.train.configs_from_options).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import errno
+import json
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+__all__ = [
+    "LOCK_NAME",
+    "RESUME_MAY_CHANGE",
+    "STATE_FORMAT",
+    "RunLock",
+    "TrainingError",
+    "lock_run_folder",
+    "read_run_config",
+    "resume_differences",
+]
+
+STATE_FORMAT = "grefel-train-state/1"
+LOCK_NAME = ".lock"
+
+# The settings a --resume may change, with why that is safe. Everything else is refused.
+RESUME_MAY_CHANGE: Dict[str, str] = {
+    "train.epochs": "train on to more epochs (the LR decays per epoch, whatever the total)",
+    "train.device": "the device it runs on (the same run; not bitwise the same numbers)",
+    "train.threads": "torch CPU threads",
+    "data.workers": "DataLoader worker processes",
+    "data.strict": "stop on an unreadable image instead of skipping it",
+}
+# Not compared: the folder itself, and the flag that asks for the resume.
+_NOT_COMPARED = ("train.out", "train.resume")
+_PATHS = ("data.root", "train.pretrained_ir50", "train.pretrained_mobilefacenet")
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on; the message says why and what was kept."""
+
+
+# --- the owner -----------------------------------------------------------------------------------
+
+
+@dataclass
+class RunLock:
+    """The held lock of a run folder; `release()` when the run ends."""
+
+    path: Path
+    fd: int
+    previous: Optional[Dict[str, Any]] = None  # the stale owner it took over, if any
+
+    def release(self) -> None:
+        if self.fd < 0:
+            return
+        with contextlib.suppress(FileNotFoundError):  # removed while held: a run waiting on
+            os.unlink(self.path)  # this file then sees it is gone and retries (samestat)
+        os.close(self.fd)
+        self.fd = -1
+
+
+def _owner_text(owner: Optional[Dict[str, Any]]) -> str:
+    if not owner:
+        return "owner unknown: the lock file is empty"
+    return (f"pid {owner.get('pid')} on {owner.get('host')}, started {owner.get('started')}")
+
+
+def _read_owner(fd: int) -> Optional[Dict[str, Any]]:
+    raw = os.pread(fd, 4096, 0)
+    try:
+        owner = json.loads(raw.decode())
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return owner if isinstance(owner, dict) else None
+
+
+def _alive_here(owner: Optional[Dict[str, Any]]) -> bool:
+    """Whether the owner is a live process of this host (for file systems without flock)."""
+    if not owner or owner.get("host") != socket.gethostname():
+        return bool(owner)  # another host's owner cannot be checked: assume it is alive
+    try:
+        os.kill(int(owner["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, KeyError, TypeError, ValueError):
+        return True
+    return True
+
+
+def _flock(fd: int) -> bool:
+    """Exclusive non-blocking flock: True if taken, False if another process holds it (an
+    OSError ENOLCK / EOPNOTSUPP where the file system has no flock)."""
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def lock_run_folder(out: Path, attempts: int = 5) -> RunLock:
+    """Take OUT/.lock for this process (creating OUT); TrainingError if another run holds it."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / LOCK_NAME
+    for _ in range(attempts):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            taken = _flock(fd)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                os.close(fd)
+                raise
+            taken = not _alive_here(_read_owner(fd))  # no flock here: trust the recorded pid
+        if not taken:
+            owner = _read_owner(fd)
+            os.close(fd)
+            raise TrainingError(
+                f"{out} is in use by another grefel train ({_owner_text(owner)}; lock file "
+                f"{path}); wait for it to end or choose another --out")
+        try:  # the owner may have ended and removed the file between our open and flock
+            current = os.stat(path)
+        except FileNotFoundError:
+            current = None
+        if current is None or not os.path.samestat(os.fstat(fd), current):
+            os.close(fd)
+            continue
+        previous = _read_owner(fd)
+        record = {"pid": os.getpid(), "host": socket.gethostname(), "command": "grefel train",
+                  "started": datetime.datetime.now(datetime.timezone.utc).isoformat(
+                      timespec="seconds")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
+        os.fsync(fd)
+        return RunLock(path, fd, previous)
+    raise TrainingError(f"{path}: could not take the run folder's lock ({attempts} attempts; "
+                        "other runs keep starting and ending in it)")
+
+
+# --- what a resume may change ---------------------------------------------------------------------
+
+
+def read_run_config(out: Path) -> Dict[str, Any]:
+    """OUT/config.json of an earlier run; TrainingError naming the file if it cannot be read."""
+    path = out / "config.json"
+    try:
+        config = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise TrainingError(f"--resume: {path} does not exist; nothing to resume") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise TrainingError(f"--resume: {path} cannot be read ({exc})") from None
+    if not isinstance(config, dict) or not all(
+            isinstance(config.get(k), dict) for k in ("model", "data", "train")):
+        raise TrainingError(f"--resume: {path} is not a grefel run config (model, data, train)")
+    return config
+
+
+def _same(key: str, before: Any, now: Any) -> bool:
+    if key in _PATHS and before and now:
+        return os.path.realpath(str(before)) == os.path.realpath(str(now))
+    return before == now
+
+
+def resume_differences(
+    saved: Dict[str, Any], now: Dict[str, Any]
+) -> Tuple[List[str], Dict[str, List[Any]]]:
+    """Compare the run's config.json with the configs of a --resume.
+
+    Returns (refused, allowed): refused lines "KEY: run VALUE, now VALUE" for every setting
+    that fixes what the run means, and {KEY: [before, now]} for the RESUME_MAY_CHANGE ones.
+    """
+    now = json.loads(json.dumps(now))  # tuples as lists, like the saved file
+    refused: List[str] = []
+    allowed: Dict[str, List[Any]] = {}
+    for scope in ("model", "data", "train"):
+        before, after = saved.get(scope, {}), now.get(scope, {})
+        for name in sorted(set(before) | set(after)):
+            key = f"{scope}.{name}"
+            b, a = before.get(name), after.get(name)
+            if key in _NOT_COMPARED or _same(key, b, a):
+                continue
+            if key in RESUME_MAY_CHANGE:
+                allowed[key] = [b, a]
+            else:
+                refused.append(f"{key}: run {b!r}, now {a!r}")
+    if saved.get("world_size", 1) != now.get("world_size", 1):
+        refused.append(f"world_size (processes): run {saved.get('world_size', 1)}, now "
+                       f"{now.get('world_size', 1)}")
+    return refused, allowed
+
+
+def resume_help() -> str:
+    """The --resume rule in one sentence, from RESUME_MAY_CHANGE (for --help and errors)."""
+    names = ", ".join(k.split(".", 1)[1] for k in RESUME_MAY_CHANGE)
+    return (f"Continue the run in --out. Options not given keep the run's values; only {names} "
+            "may change, any other change is refused.")
+
+
+# --- the resumable state file ---------------------------------------------------------------------
+
+
+def write_state(run: Any, rngs: List[Dict[str, Any]]) -> None:
+    """OUT/last.state.pt of a `grefel.train.Run`, atomically: model, optimizer, scheduler, AMP
+    scaler, epoch, sampler, every rank's RNG states, best metric and the metric history."""
+    import io
+
+    import torch
+
+    from grefel.fileio import atomic_write_bytes
+
+    state = {
+        "format": STATE_FORMAT,
+        "epoch": run.epoch,
+        "model": {k: v.detach().cpu() for k, v in run.raw.state_dict().items()},
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "scaler": run.scaler.state_dict(),
+        "sampler": getattr(run.sampler, "state_dict", lambda: {"epoch": run.epoch})(),
+        "rng": rngs,
+        "best": dict(run.best),
+        "history": list(run.history),
+        "world_size": run.world,
+        "warmed_up": run.warmed_up,
+    }
+    buffer = io.BytesIO()  # in memory first: a full disk is an OSError naming the file, not
+    torch.save(state, buffer)  # torch's "unexpected pos" RuntimeError
+    atomic_write_bytes(run.out / "last.state.pt", buffer.getvalue())
+
+
+def load_state(run: Any) -> None:
+    """Restore a `grefel.train.Run` from OUT/last.state.pt (everything `write_state` wrote).
+
+    The file is read with torch.load(weights_only=True): plain tensors and types only, so a
+    pickle that would run code is refused, never executed.
+    """
+    import torch
+
+    from grefel.checkpoint import misfit
+    from grefel.train_utils import set_rng_state
+
+    path = run.out / "last.state.pt"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a truncated, foreign or malicious file: say which and why
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TrainingError(f"{path}: cannot read the training state ({first})") from None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise TrainingError(f"{path}: not a grefel training state ({STATE_FORMAT})")
+    problems = misfit(run.raw.state_dict(), state.get("model") or {})
+    if problems:
+        raise TrainingError(f"{path}: the saved model does not fit this config ({problems})")
+    try:
+        run.raw.load_state_dict(state["model"], strict=True)
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.scheduler.load_state_dict(state["scheduler"])
+        run.scaler.load_state_dict(state["scaler"])
+        if hasattr(run.sampler, "load_state_dict"):
+            run.sampler.load_state_dict(state["sampler"])
+        rngs = state["rng"]
+        set_rng_state(rngs[run.rank] if len(rngs) == run.world else rngs[0])
+        run.epoch, run.best, run.history = int(state["epoch"]), state["best"], state["history"]
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as exc:
+        raise TrainingError(f"{path}: an incomplete or damaged training state "
+                            f"({type(exc).__name__}: {exc})") from None
+    run.warmed_up = bool(state.get("warmed_up", False))
