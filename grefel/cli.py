@@ -105,6 +105,18 @@ def _user_error(exc: BaseException) -> click.ClickException:
     return click.ClickException(text)
 
 
+def _resume_epilog() -> str:
+    """The --resume table of `grefel train --help`, from grefel.train_state (torch-free)."""
+    from grefel.train_state import RESUME_MAY_CHANGE
+
+    rows = "\n".join(f"  {k.split('.', 1)[1]:<9} {why}" for k, why in RESUME_MAY_CHANGE.items())
+    return ("\n\b\n--resume: options not given keep the run's values (OUT/config.json); a "
+            "resume may change\n" + rows + "\n  anything else (lr, gamma, batch size, preset, "
+            "variant, loss weights, data,\n  augmentation, seed, ...) changes what the run "
+            "means: refused, with the list\n  of differences. config.json records each resume "
+            "and what it changed.\n")
+
+
 def _train_options(func):
     """The `grefel train` options; defaults come from grefel.config.DataConfig / TrainConfig."""
     from grefel.config import DataConfig, TrainConfig
@@ -182,11 +194,11 @@ def _train_options(func):
 Examples:
   grefel train --data data/synthfer --preset tiny --epochs 4 --lr 1e-3 --freeze none \\
       --image-warmup 150 --no-augment --out runs/demo/train
-  grefel train --data data/synthfer --preset tiny --epochs 8 --lr 1e-3 --freeze none \\
-      --image-warmup 150 --no-augment --out runs/demo/train --resume
+  grefel train --out runs/demo/train --resume --epochs 8
   grefel train --data data/rafdb --preset paper --refine-per-class 32 --label-smoothing 0.11
   torchrun --nproc_per_node 2 -m grefel train --data data/rafdb --preset paper --out runs/ddp
 """
+    + _resume_epilog()
 )
 @_train_options
 def train(**opts) -> None:

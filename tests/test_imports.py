@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("grefel", "export", "benchmarks")
 
 # Training code: what serving must never pull in.
-TRAINING = ("grefel.train", "grefel.train_utils", "grefel.evaluate", "grefel.weights",
+TRAINING = ("grefel.train", "grefel.train_state", "grefel.train_utils", "grefel.evaluate",
+            "grefel.weights",
             "grefel.unpickle", "grefel.data", "grefel.model.losses", "grefel.devices")
 SERVING = ("grefel.runtime", "grefel.predict", "grefel.contract")
 # Modules a torch-free Jetson imports to run .onnx / .engine files.

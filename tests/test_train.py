@@ -10,7 +10,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Dict, List, Sequence
 
@@ -181,30 +180,64 @@ def test_bad_dataset_folder_is_a_click_error(tmp_path):
     assert str(tmp_path / "empty") in res.output
 
 
+# Runs `grefel ARGS` with grefel.train.optimizer_step wrapped to SIGKILL the process at its
+# KILL_AT-th call (0 = never): a kill at a fixed point of training, not after a polled file.
+KILL_AT_STEP = r"""
+import os, signal, sys
+import grefel.train as train
+kill_at, calls, step = int(sys.argv[1]), [0], train.optimizer_step
+def counted(*args, **kwargs):
+    calls[0] += 1
+    if calls[0] == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return step(*args, **kwargs)
+train.optimizer_step = counted
+from grefel.cli import cli
+cli(sys.argv[2:], prog_name="grefel")
+"""
+
+
+def _grefel_killed_at(step: int, args: List[str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", KILL_AT_STEP, str(step), *args], env=_env(),
+                          capture_output=True, text=True, timeout=300)
+
+
 def test_kill_mid_epoch_then_resume(tmp_path):
-    """SIGKILL during epoch 2 (after epoch 1's state exists), then --resume to 3 epochs."""
-    data = make_dataset(tmp_path / "ds", n_train=14, n_val=7)
-    out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "grefel"] + _train_args(data, out, 3)
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    state = out / "last.state.pt"
-    deadline = time.monotonic() + 120
-    while not state.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert state.exists(), proc.stderr.read().decode()[-2000:]
+    """SIGKILL at the 3rd optimizer step (epoch 2 of 2, step 1 of 2), then --resume: the run
+    ends bitwise where an uninterrupted one does (weights, optimizer, RNG, metrics)."""
+    data = make_dataset(tmp_path / "ds", n_train=8, n_val=2)
+    killed, whole = tmp_path / "killed", tmp_path / "whole"
+    res = _grefel_killed_at(3, _train_args(data, killed, 2, batch=4))
+    assert res.returncode == -signal.SIGKILL, res.stderr[-2000:]
+    state = killed / "last.state.pt"
     assert torch.load(state, weights_only=True)["epoch"] == 1  # killed inside epoch 2
-    res = subprocess.run(cmd + ["--resume"], env=_env(), capture_output=True, text=True,
-                         timeout=180)
+    assert (killed / ".lock").exists()  # a SIGKILL leaves the lock behind
+    res = _grefel_killed_at(0, _train_args(data, killed, 2, batch=4) + ["--resume"])
     assert res.returncode == 0, res.stderr[-2000:]
-    assert "resumed" in res.stderr
-    assert [r["epoch"] for r in _rows(out)] == ["1", "2", "3"]
-    assert len(json.loads((out / "metrics.json").read_text())) == 3
-    final = torch.load(state, weights_only=True)
-    assert final["epoch"] == 3 and final["scheduler"]["last_epoch"] == 3
-    model, meta = load_checkpoint(out / "best.safetensors")
-    assert meta["epoch"] == final["best"]["epoch"] and model.cfg.num_classes == 7
+    assert "resumed" in res.stderr and "took over the stale lock" in res.stderr
+    res = _grefel_killed_at(0, _train_args(data, whole, 2, batch=4))
+    assert res.returncode == 0, res.stderr[-2000:]
+    for name in ("last.safetensors", "best.safetensors"):
+        assert sha256_file(killed / name) == sha256_file(whole / name), name
+    a, b = (torch.load(d / "last.state.pt", weights_only=True) for d in (killed, whole))
+    assert a["epoch"] == b["epoch"] == 2 and a["scheduler"]["last_epoch"] == 2
+    for key in ("model", "optimizer", "rng", "best"):
+        assert _same(a[key], b[key]), key
+    timing = ("epoch_seconds", "images_per_s")
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in timing} for r in rows]  # noqa: E731
+    assert strip(a["history"]) == strip(b["history"]) and len(a["history"]) == 2
+    assert [r["epoch"] for r in _rows(killed)] == ["1", "2"]
+
+
+def _same(a, b) -> bool:
+    """Bitwise equality of nested dicts / lists of tensors and plain values."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if torch.is_tensor(a):
+        return torch.is_tensor(b) and a.dtype == b.dtype and torch.equal(a, b)
+    return a == b
 
 
 def _free_port() -> int:

@@ -44,8 +44,9 @@ imagefolder ROOT/<split>/<class>/*.{jpg,jpeg,png,bmp,tif,tiff,webp}; classes fro
             split folders. Empty class folders and folders not in classes.txt are errors.
 csv         ROOT/<split>.csv with a header: path,label[,group][,more columns -> attrs]. path is
             relative to ROOT (or absolute), label a class name or index; classes from
-            ROOT/classes.txt when present, else the sorted names (or 0..max index) of all split
-            CSVs. Unknown labels and missing images are errors listing them.
+            ROOT/classes.txt when present, else the sorted names (or 0..max index, every index
+            present) of all split CSVs. Unknown labels, index gaps without classes.txt and
+            missing images (broken links and symlink loops included) are errors listing them.
 """
 
 from __future__ import annotations
