@@ -838,3 +838,10 @@ def install(monkeypatch: Any, gpu: Gpu) -> Tuple[types.ModuleType, types.ModuleT
     monkeypatch.setitem(__import__("sys").modules, "pycuda", pycuda)
     monkeypatch.setitem(__import__("sys").modules, "pycuda.driver", cuda)
     return trt, cuda
+
+
+def block(monkeypatch: Any) -> None:
+    """Make `import tensorrt` / `import pycuda` fail as on a machine without them, whatever is
+    installed: a test of what happens without TensorRT must hold on a Jetson or a GPU box too."""
+    for name in ("tensorrt", "pycuda", "pycuda.driver", "pycuda.autoinit"):
+        monkeypatch.setitem(sys.modules, name, None)
