@@ -74,6 +74,7 @@ class Case:
     run: Callable[[Path], List[Proc]]  # runs the commands in a work folder; the last one counts
     check: Callable[[List[Proc], Path], str] = lambda procs, work: ""  # "" or what is wrong;
     # "lost: ..." for missing records / files
+    ok_codes: Sequence[int] = (0,)  # exit statuses of a handled run (128 + signal for a signal)
 
 
 @dataclass
@@ -126,7 +127,7 @@ def classify(case: Case, procs: List[Proc], work: Path) -> Outcome:
             category, note = "lost", problem
         elif problem:
             category, note = "silently wrong", problem
-        elif last.returncode == 0:
+        elif last.returncode in case.ok_codes:
             category = "handled" if case.expect == "ok" else "silently wrong"
             note = "" if case.expect == "ok" else "exit 0 where an error was due"
         elif len(last.error_lines()) == 1 and case.expect == "error":
@@ -137,9 +138,11 @@ def classify(case: Case, procs: List[Proc], work: Path) -> Outcome:
                     else f"{len(last.error_lines())} Error: lines")
     head = [line[:240] for line in last.output.splitlines() if line.strip()][-6:]
     command = " ".join(Path(a).name if i == 0 else a for i, a in enumerate(last.argv))
+    tmp = str(work.parents[1])  # the campaign's temporary folder: T in the record
     return Outcome(case.name, case.side, case.item, case.expect, category, last.returncode,
-                   round(sum(p.seconds for p in procs), 2), note, command.replace(str(work), "W"),
-                   head)
+                   round(sum(p.seconds for p in procs), 2), note.replace(tmp, "T"),
+                   command.replace(str(work), "W").replace(tmp, "T"),
+                   [line.replace(tmp, "T") for line in head])
 
 
 # -- inference cases -------------------------------------------------------------------------
@@ -312,8 +315,15 @@ def infer_cases(corpus_dir: Path) -> List[Case]:
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
         cases.append(Case(f"predict --out, {sig.name} after 3 records", "infer", "3", "ok",
                           lambda w, s=sig: [_signalled_predict(w, mini, plain, s)],
-                          lambda p, w, s=sig: _signal_check(p[-1], w, s)))
+                          lambda p, w, s=sig: _signal_check(p[-1], w, s),
+                          ok_codes=(128 + sig,)))
     return cases
+
+
+def _default_sigint() -> None:
+    """In the child: SIGINT as a terminal delivers it (a shell starts background jobs with it
+    ignored, and Python then keeps ignoring it)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _signalled_predict(work: Path, model: Path, image: Path, sig: int) -> Proc:
@@ -328,7 +338,8 @@ def _signalled_predict(work: Path, model: Path, image: Path, sig: int) -> Proc:
     argv = [sys.executable, "-m", "grefel", "predict", str(folder), "-w", str(model), "--aligned",
             "--batch", "1", "--out", str(out), "--json", str(work / "s.json")]
     start = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
+                                 preexec_fn=_default_sigint)
     end = time.monotonic() + 120
     while time.monotonic() < end and proc.poll() is None:
         if out.exists() and out.read_text().count("\n") >= 3:
@@ -422,7 +433,8 @@ def train_cases(scratch: Path) -> List[Case]:
         out = w / "run"
         argv = [sys.executable, "-m", "grefel", "train", "--data", str(data), "--out", str(out),
                 *TINY_TRAIN, "--epochs", "2"]
-        first = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+        first = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
+                                 preexec_fn=_default_sigint)
         end = time.monotonic() + 120
         while time.monotonic() < end and first.poll() is None and not (
                 out.exists() and any(out.iterdir())):

@@ -468,8 +468,10 @@ def run_predict(
                 Path(out).parent.mkdir(parents=True, exist_ok=True)
                 stream = stack.enter_context(open(out, "w", newline="", encoding="utf-8"))
             except OSError as exc:
-                raise OutputError(f"--out {display_path(out)}: cannot write "
-                                  f"({exc.strerror or exc})") from None
+                why = ("a file stands where its folder should be"
+                       if isinstance(exc, (FileExistsError, NotADirectoryError))
+                       else exc.strerror or exc)
+                raise OutputError(f"--out {display_path(out)}: cannot write ({why})") from None
         annotator = Annotator(annotate, src) if annotate is not None else None
         if annotator is not None:
             stack.callback(annotator.close)

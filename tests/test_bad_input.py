@@ -172,6 +172,12 @@ def test_camera_frames_are_checked_before_the_first_read(monkeypatch: pytest.Mon
 # -- videos and cameras --------------------------------------------------------------------------
 
 
+def test_symlink_loop_as_the_source(files: Dict[str, Any]) -> None:
+    line = _one_error(_run("predict", files["images"] / "symlink_loop.png", "-w",
+                           files["models"]["mini"]))
+    assert "symlink_loop.png: a symbolic link to nothing (broken, or a loop of links)" in line
+
+
 @pytest.mark.parametrize("case, message", [
     ("corrupt", "corrupt.avi: unreadable video"),
     ("zero_frames", "zero_frames.avi: no frame could be decoded"),
@@ -233,7 +239,7 @@ def test_model_returning_nan_is_a_clear_error(files: Dict[str, Any], tmp_path: P
     onnx.save(proto, str(nan_model))
     line = _one_error(_run("predict", files["images"] / "plain.png", "-w", nan_model,
                            "--aligned"))
-    assert "nan.onnx" in line and "returned NaN or inf (probs: 3 of 3 values)" in line
+    assert "nan.onnx: the model returned NaN or inf (probs: 3 of 3 values)" in line
 
 
 def test_infer_checks_the_documented_input_range(files: Dict[str, Any]) -> None:
@@ -309,6 +315,9 @@ def test_unwritable_out_is_one_line(files: Dict[str, Any], tmp_path: Path) -> No
     line = _one_error(_run("predict", image, "-w", model, "--aligned", "--out",
                            blocker / "p.jsonl"))
     assert "--out" in line and "cannot write" in line
+    line = _one_error(_run("predict", image, "-w", model, "--aligned", "--annotate",
+                           blocker / "a.png"))
+    assert "--annotate" in line and "a_file/a.png: cannot write" in line
     line = _one_error(_run("export", model, "--onnx-only", "--fp32", "--out", blocker / "e"))
     assert "--out" in line and "cannot write" in line
     res = _run("bench", "-w", model, "--backends", "onnx", "--batch-sizes", "1", "--iters", "1",
@@ -378,6 +387,12 @@ def test_bench_writes_each_row_as_measured(files: Dict[str, Any], tmp_path: Path
 # -- signals: records on disk as produced, the run ended like Ctrl-C ----------------------------
 
 
+def _default_sigint() -> None:
+    """In the child: SIGINT as a terminal delivers it (a shell starts background jobs with it
+    ignored, and Python then keeps ignoring it)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _wait_lines(path: Path, n: int, proc: subprocess.Popen, limit: float = 120.0) -> None:
     end = time.monotonic() + limit
     while time.monotonic() < end and proc.poll() is None:
@@ -404,6 +419,7 @@ def test_signal_ends_predict_with_records_and_summary(files: Dict[str, Any], tmp
          str(files["models"]["mini"]), "--aligned", "--batch", "1", "--out", str(out),
          "--json", str(summary)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
+        preexec_fn=_default_sigint,
     )
     try:
         _wait_lines(out, 3, proc)

@@ -111,9 +111,9 @@ class Backend:
         if bad:
             counts = ", ".join(f"{n}: {k} of {outputs[n].size}" for n, k in sorted(bad.items()))
             raise BackendError(
-                f"{self.describe()}: the model returned NaN or inf ({counts} values) for inputs "
-                "in the contract's range; the model file is broken (an FP16 overflow?): "
-                "re-export it, or use the FP32 ONNX / checkpoint"
+                f"{self.path or self.describe()}: the model returned NaN or inf ({counts} "
+                "values) for inputs in the contract's range; the model file is broken (an FP16 "
+                "overflow?): re-export it, or use the FP32 ONNX / checkpoint"
             )
         return outputs
 

@@ -55,6 +55,9 @@ def source_kind(src: str) -> str:
         return "camera"
     path = Path(src)
     if not path.exists():
+        if path.is_symlink():
+            raise SourceError(f"{display_path(src)}: a symbolic link to nothing (broken, or a "
+                              "loop of links)")
         raise SourceError(f"{display_path(src)}: no such file or folder")
     if path.is_dir():
         return "folder"
