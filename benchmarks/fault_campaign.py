@@ -408,7 +408,7 @@ def _tiny_checkpoint(path: Path) -> Path:
     from grefel.model import create_model
 
     torch.manual_seed(0)
-    return save_checkpoint(path, create_model("tiny").eval())
+    return save_checkpoint(path, create_model("tiny", class_names=SEVEN).eval())
 
 
 def train_cases(scratch: Path) -> List[Case]:
@@ -542,7 +542,8 @@ def train_cases(scratch: Path) -> List[Case]:
         from grefel.model import create_model
 
         torch.manual_seed(1)
-        other = save_checkpoint(w / "other.safetensors", create_model("tiny").eval())
+        other = save_checkpoint(w / "other.safetensors",
+                                create_model("tiny", class_names=SEVEN).eval())
         shutil.copyfile(ckpt.with_suffix(".json"), w / "x.json")
         shutil.copyfile(other, w / "x.safetensors")
         return [grefel("eval", w / "x.safetensors", "--data", data, "--out", w / "ev")]
