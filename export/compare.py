@@ -44,11 +44,13 @@ Tolerance = Tuple[float, float]  # (atol, rtol): pass when |a - b| <= atol + rto
 
 def run_backend(backend: Any, images: np.ndarray, chunk: int = 16) -> Outputs:
     """Open a runtime backend (`grefel.runtime`), run `images` through its `infer` in chunks of
-    `chunk` (bounded memory), close it; the outputs by name."""
+    `chunk` (bounded memory), close it; the outputs by name, NaN / inf included (the gates count
+    them: `finite_outputs=False`)."""
     parts: List[Outputs] = []
     with backend:
         for i in range(0, len(images), chunk):
-            parts.append(backend.infer(np.ascontiguousarray(images[i : i + chunk])))
+            parts.append(backend.infer(np.ascontiguousarray(images[i : i + chunk]),
+                                      finite_outputs=False))
     return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
 

@@ -8,6 +8,10 @@
 its own engine. Every artifact is made in a work folder inside `--out` and moved into place only
 when its checks pass, so a failed export or build never replaces a good file. Without
 TensorRT the checked ONNX artifacts are written and the result says what to run on the target.
+
+The work folder is `.export-<pid>-<random>`: an export that was killed (SIGKILL, power loss)
+cannot remove its own, so every export first removes the work folders of processes that no
+longer run (`remove_stale_work_dirs`); those of running exports are left alone.
 """
 
 from __future__ import annotations
@@ -34,7 +38,10 @@ from grefel._lazy import MissingDependency, require
 from grefel.contract import opset_for_target
 from grefel.fileio import atomic_write_json
 
-__all__ = ["ExportOptions", "ExportResult", "resolve_target", "run_export"]
+__all__ = ["ExportOptions", "ExportResult", "remove_stale_work_dirs", "resolve_target",
+           "run_export"]
+
+WORK_PREFIX = ".export-"
 
 Log = Callable[[str], None]
 # The exporter writes LayerNormalization from opset 17 on, which TensorRT 8.5's parser lacks
@@ -123,12 +130,52 @@ def run_export(source: Path, opts: ExportOptions, log: Log = print) -> ExportRes
         raise ExportError(f"--batch {opts.batch} is larger than --max-batch {opts.max_batch}")
     trt, missing = _require_trt()
     target, lint_targets = resolve_target(opts.target, trt)
-    opts.out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".export-", dir=opts.out) as tmp:
+    try:
+        opts.out.mkdir(parents=True, exist_ok=True)
+        remove_stale_work_dirs(opts.out, log)
+        work = tempfile.TemporaryDirectory(prefix=f"{WORK_PREFIX}{os.getpid()}-", dir=opts.out)
+    except OSError as exc:
+        raise ExportError(f"--out {opts.out}: cannot write there ({exc.strerror or exc}); give "
+                          "a writable folder") from None
+    with work as tmp:
         try:
             return _Run(source, opts, log, Path(tmp), trt, missing, target, lint_targets).run()
         except ExportError as exc:
             raise ExportError(_user_message(str(exc), Path(source), Path(tmp))) from None
+        except OSError as exc:  # a full disk, --out made read-only meanwhile
+            raise ExportError(f"--out {opts.out}: cannot write the artifacts "
+                              f"({exc.strerror or exc}); nothing earlier there was replaced"
+                              ) from None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_work_dirs(out: Path, log: Log = print) -> List[Path]:
+    """Remove the `.export-<pid>-*` work folders in `out` whose process no longer runs (and
+    those of the older unnumbered `.export-<random>` layout, which no running grefel makes);
+    return the removed paths."""
+    removed = []
+    for entry in sorted(Path(out).glob(f"{WORK_PREFIX}*")):
+        if not entry.is_dir() or entry.is_symlink():
+            continue
+        head = entry.name[len(WORK_PREFIX):].split("-", 1)[0]
+        if head.isdigit() and "-" in entry.name[len(WORK_PREFIX):]:
+            pid = int(head)
+            if pid == os.getpid() or _pid_alive(pid):
+                continue  # a running export's (maybe this one's) work folder
+        shutil.rmtree(entry, ignore_errors=True)
+        if not entry.exists():
+            removed.append(entry)
+            log(f"removed {entry}, the work folder of an export that was killed")
+    return removed
 
 
 def _user_message(message: str, source: Path, work: Path) -> str:
@@ -145,15 +192,33 @@ def _model_opset(path: Path) -> int:
 
 
 def _check_onnx_source(path: Path) -> None:
-    """A given ONNX must load, pass onnx.checker and have the `images` input."""
+    """A given ONNX must load, pass onnx.checker and have the contract's interface: one input
+    `images` of (N, 3, 112, 112) and the outputs probs, primary, confidence."""
+    from grefel.contract import INPUT_NAME, INPUT_SHAPE, OUTPUTS
+
     try:
         onnx.checker.check_model(str(path))
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # DecodeError, ValidationError, OSError
-        raise ExportError(f"{path}: not a valid ONNX model ({exc})") from None
-    inputs = [i.name for i in model.graph.input]
-    if inputs[:1] != ["images"]:
-        raise ExportError(f"{path}: expected the input `images` of a grefel export, got {inputs}")
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise ExportError(f"{path}: not a valid ONNX model ({first})") from None
+    initializers = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in initializers]
+    want = f"one input {INPUT_NAME!r} (N, {', '.join(map(str, INPUT_SHAPE))})"
+    if [i.name for i in inputs] != [INPUT_NAME]:
+        raise ExportError(f"{path}: not a grefel model: expected {want}, got inputs "
+                          f"{[i.name for i in inputs]}")
+    dims = inputs[0].type.tensor_type.shape.dim
+    shape = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+    if len(shape) != 4 or shape[1:] != list(INPUT_SHAPE):
+        shown = ["N" if d is None else d for d in shape]
+        raise ExportError(f"{path}: not a grefel model: expected {want}, got "
+                          f"{INPUT_NAME!r} {tuple(shown)}")
+    outputs = [o.name for o in model.graph.output]
+    missing = [n for n in OUTPUTS if n not in outputs]
+    if missing:
+        raise ExportError(f"{path}: not a grefel model: it has no output(s) {missing} (got "
+                          f"{outputs}); export a grefel checkpoint with `grefel export`")
 
 
 class _Run:

@@ -341,13 +341,24 @@ Examples:
               help="Image folder (e.g. SynthFER) for the FP16 gate and --verify.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the gate results as JSON here.")
+@click.option("--max-pixels", type=click.IntRange(min=0),
+              help="Largest --calib-data image decoded, in pixels (0 = no limit) [default: "
+                   "$GREFEL_MAX_PIXELS, else 89,478,485].")
 @click.pass_context
-def export_cmd(ctx: click.Context, source: Path, json_path: Optional[Path], **options) -> None:
-    """Checkpoint (.safetensors) or ONNX -> checked ONNX -> TensorRT engine + sidecar."""
+def export_cmd(ctx: click.Context, source: Path, json_path: Optional[Path],
+               max_pixels: Optional[int], **options) -> None:
+    """Checkpoint (.safetensors) or ONNX -> checked ONNX -> TensorRT engine + sidecar.
+
+    Work happens in a hidden `.export-<pid>-*` folder inside --out; the ones that killed exports
+    left behind are removed first.
+    """
     from export import ExportError
     from export.pipeline import ExportOptions, run_export
+    from grefel.contract import set_max_pixels
     from grefel.fileio import atomic_write_json
 
+    if max_pixels is not None:
+        set_max_pixels(max_pixels)
     try:
         result = run_export(source, ExportOptions(**options), log=lambda s: click.echo(s, err=True))
     except ExportError as exc:
@@ -410,7 +421,7 @@ Examples:
 @click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Records file (written atomically); stdout when absent.",
+    help="Records file, written line by line as produced; stdout when absent.",
 )
 @click.option(
     "--annotate",
@@ -443,7 +454,15 @@ Examples:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write the run summary (counts, skipped files) as JSON.",
 )
+@click.option(
+    "--max-pixels",
+    type=click.IntRange(min=0),
+    help="Largest image or video frame decoded, in pixels (0 = no limit) [default: "
+         "$GREFEL_MAX_PIXELS, else 89,478,485].",
+)  # fmt: skip
+@click.pass_context
 def predict_command(
+    ctx: click.Context,
     src: str,
     weights: Path,
     fmt: str,
@@ -451,28 +470,47 @@ def predict_command(
     annotate: Optional[Path],
     device: str,
     json_path: Optional[Path],
+    max_pixels: Optional[int],
     **opts: Any,
 ) -> None:
-    """Classify the faces in SRC: an image, a folder (recursive), a video file or a camera index."""
+    """Classify the faces in SRC: an image, a folder (recursive), a video file or a camera index.
+
+    SIGTERM, SIGHUP and Ctrl-C end the run after writing the records so far and the summary;
+    the exit status is then 128 + the signal number (143, 129, 130).
+    """
     from grefel._lazy import MissingDependency
-    from grefel.fileio import atomic_write_json
-    from grefel.predict import PredictOptions, run_predict
+    from grefel.contract import ImageError, set_max_pixels
+    from grefel.fileio import atomic_write_json, display_path
+    from grefel.predict import OutputError, PredictOptions, run_predict, signals_end_run
     from grefel.runtime import BackendError
     from grefel.runtime.sources import SourceError
 
+    if max_pixels is not None:
+        set_max_pixels(max_pixels)
     try:
-        summary = run_predict(
-            src, weights, PredictOptions(**opts), fmt=fmt, out=out, annotate=annotate,
-            device=None if device == "auto" else device,
-            on_skip=lambda file, why: click.echo(f"skipped {file}: {why}", err=True),
-        )  # fmt: skip
-    except (BackendError, SourceError, MissingDependency) as exc:
+        with signals_end_run():
+            summary = run_predict(
+                src, weights, PredictOptions(**opts), fmt=fmt, out=out, annotate=annotate,
+                device=None if device == "auto" else device,
+                on_skip=lambda file, why: click.echo(f"skipped {file}: {why}", err=True),
+            )  # fmt: skip
+    except (BackendError, SourceError, MissingDependency, OutputError, ImageError) as exc:
         raise click.ClickException(str(exc)) from None
+    except KeyboardInterrupt as exc:  # a signal before the stream began (loading the model)
+        signum = getattr(exc, "signum", 2)
+        click.echo(f"interrupted before any record was written (signal {signum})", err=True)
+        ctx.exit(128 + signum)
     click.echo(summary.describe(), err=True)
     if json_path:
-        atomic_write_json(json_path, summary.to_dict())
+        try:
+            atomic_write_json(json_path, summary.to_dict())
+        except OSError as exc:
+            raise click.ClickException(f"--json {display_path(json_path)}: cannot write "
+                                       f"({exc.strerror or exc})") from None
+    if summary.signal:
+        ctx.exit(128 + int(summary.signal))
     if summary.frames == 0:
-        raise click.ClickException(f"{src}: no readable image or frame")
+        raise click.ClickException(f"{display_path(src)}: no readable image or frame")
 
 
 @cli.command(
@@ -530,24 +568,40 @@ def bench(
     compare_path: Optional[Path],
     out: Path,
 ) -> None:
-    """Params/FLOPs vs the paper's Table 2, latency per backend and batch size, environment."""
-    from benchmarks.report import compare, load_record, run_bench, to_text
+    """Params/FLOPs vs the paper's Table 2, latency per backend and batch size, environment.
+
+    --out is checked writable before timing; each row is written there as it is measured; a
+    backend or batch size that cannot run gets a row saying why.
+    """
+    from benchmarks.report import BenchError, compare, load_record, run_bench, to_text
+    from grefel.fileio import display_path
 
     try:
         previous = load_record(compare_path) if compare_path else None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--compare") from None
-    record, paths = run_bench(
-        weights=list(weights),
-        backends=backends,
-        batch_sizes=batch_sizes,
-        min_iters=iters,
-        min_seconds=seconds,
-        presets=presets,
-        out_dir=out,
-        threads=threads,
-        progress=lambda m: click.echo(m, err=True),
-    )
+    try:
+        record, paths = run_bench(
+            weights=list(weights),
+            backends=backends,
+            batch_sizes=batch_sizes,
+            min_iters=iters,
+            min_seconds=seconds,
+            presets=presets,
+            out_dir=out,
+            threads=threads,
+            progress=lambda m: click.echo(m, err=True),
+        )
+    except BenchError as exc:
+        raise click.ClickException(display_path(str(exc))) from None
+    except OSError as exc:  # --out filled up or became unwritable while timing
+        raise click.ClickException(f"--out {out}: cannot write the record "
+                                   f"({exc.strerror or exc}); rows measured so far are in it"
+                                   ) from None
+    for row in record["latency"]:
+        if row["status"] != "ok":
+            click.echo(f"{row['backend']} {row['model']} batch {row['batch']}: {row['status']}",
+                       err=True)
     click.echo(to_text(record))
     if previous is not None:
         click.echo(f"\nCompared with {compare_path}:\n" + compare(record, previous))

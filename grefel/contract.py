@@ -16,8 +16,10 @@ once, here. Per-stream normalisation is inside the model.
 
 Preprocessing of one file:
     1. decode with PIL, refusing images of more than `max_pixels()` pixels from the header,
-       before any pixel is decoded (decompression bombs). The limit is the environment variable
-       GREFEL_MAX_PIXELS (default 89,478,485, PIL's own default; 0 = no limit).
+       before any pixel is decoded (decompression bombs); video and camera frames are held to
+       the same limit from the capture's frame size (`check_pixels`). The limit is the
+       environment variable GREFEL_MAX_PIXELS (default 89,478,485, PIL's own default; 0 = no
+       limit), which a command's `--max-pixels` sets (`set_max_pixels`).
     2. EXIF orientation applied (tags 2-8).
     3. mode -> 8-bit RGB: grey and 1-bit replicated; 16-bit integer grey (I;16*, I) scaled by
        1/257 (65535 -> 255) and clipped; float grey (F) taken as [0, 1] when its maximum is <= 1,
@@ -43,6 +45,8 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image
 
+from grefel.fileio import display_path
+
 __all__ = [
     "CHANNEL_ORDER",
     "ENGINE_SIDECAR_FORMAT",
@@ -63,7 +67,9 @@ __all__ = [
     "engine_sidecar_doc",
     "input_spec",
     "load_model_input",
+    "check_pixels",
     "max_pixels",
+    "set_max_pixels",
     "opset_for_target",
     "read_engine_sidecar",
     "resize",
@@ -149,13 +155,28 @@ def max_pixels() -> int:
     return value
 
 
-def _check_pixels(path: Union[str, Path], size: Tuple[int, int], limit: int) -> None:
-    w, h = size
+def set_max_pixels(limit: int) -> None:
+    """Set the pixel limit of this process and its children (a CLI's `--max-pixels`): every
+    decoder reads it through `max_pixels()`. 0 = no limit."""
+    if int(limit) < 0:
+        raise ImageError(f"pixel limit {limit}: expected an integer >= 0 (0 = no limit)")
+    os.environ[MAX_PIXELS_ENV] = str(int(limit))
+
+
+def check_pixels(source: Union[str, Path], size: Tuple[int, int],
+                 limit: Optional[int] = None) -> None:
+    """ImageError naming `source` when a `(width, height)` frame is over the pixel limit
+    (`max_pixels()` when `limit` is None): images from their header, video and camera frames
+    from the capture's frame size, each before any pixel is decoded."""
+    w, h = (int(v) for v in size)
+    limit = max_pixels() if limit is None else limit
     if limit and w * h > limit:
         raise ImageError(
-            f"{path}: {w}x{h} = {w * h:,} pixels is over the limit of {limit:,} (a possible "
-            f"decompression bomb); to decode it, raise the limit: {MAX_PIXELS_ENV}={w * h}"
+            f"{source}: {w}x{h} = {w * h:,} pixels is over the limit of {limit:,} (a possible "
+            f"decompression bomb); to decode it, raise the limit: --max-pixels {w * h} "
+            f"(or {MAX_PIXELS_ENV}={w * h})"
         )
+
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
@@ -183,6 +204,7 @@ def decode_image(path: Union[str, Path]) -> np.ndarray:
 
     Raises ImageError naming the file: missing, unreadable, not an image, or too many pixels.
     """
+    name = display_path(path)  # a non-UTF-8 file name, escaped (messages are printed)
     limit = max_pixels()
     pil_limit = Image.MAX_IMAGE_PIXELS
     try:
@@ -193,22 +215,23 @@ def decode_image(path: Union[str, Path]) -> np.ndarray:
             Image.MAX_IMAGE_PIXELS = None
             with Image.open(path) as im:
                 Image.MAX_IMAGE_PIXELS = pil_limit
-                _check_pixels(path, im.size, limit)
+                check_pixels(name, im.size, limit)
                 orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
                 im.load()
                 rgb = to_rgb(im)
     except ImageError:
         raise
     except FileNotFoundError:
-        raise ImageError(f"{path}: file not found") from None
+        raise ImageError(f"{name}: file not found") from None
     except IsADirectoryError:
-        raise ImageError(f"{path}: a folder, not an image file") from None
+        raise ImageError(f"{name}: a folder, not an image file") from None
     except Image.DecompressionBombError as exc:
-        raise ImageError(f"{path}: {exc}; to decode it, raise {MAX_PIXELS_ENV}") from None
+        raise ImageError(f"{name}: {exc}; to decode it, raise --max-pixels "
+                         f"(or {MAX_PIXELS_ENV})") from None
     except PermissionError as exc:
-        raise ImageError(f"{path}: cannot read ({exc.strerror or exc})") from None
+        raise ImageError(f"{name}: cannot read ({exc.strerror or exc})") from None
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, struct.error...
-        raise ImageError(f"{path}: not a decodable image ({exc})") from None
+        raise ImageError(f"{name}: not a decodable image ({exc})") from None
     finally:
         Image.MAX_IMAGE_PIXELS = pil_limit
     if orientation in _TRANSPOSE:

@@ -17,36 +17,89 @@ exponentially: p_t = s * p_{t-1} + (1 - s) * p (confidence recomputed from the s
 
 Frames are streamed: memory stays flat however large the folder. Undecodable files of a folder
 are skipped, counted and listed in the summary; the rest of the folder is still processed.
+
+Nothing is lost: each record is written and flushed as soon as its batch has run (a batch runs as
+soon as it is full: `--batch 1` writes every frame's records before the next frame is read), so a
+killed run leaves at most a partial last line. SIGTERM and SIGHUP (docker stop, systemd,
+`timeout`, a closed SSH session) end a run as Ctrl-C does (`signals_end_run`): the queued faces
+are run and written, the summary is given, and the command exits 128 + the signal number.
+A file name that is not valid UTF-8 is processed; its record's `source` is the name with the bad
+bytes escaped (`grefel.fileio.display_path`), an annotated copy keeps the original bytes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
+import os
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import IO, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from grefel._lazy import require
 from grefel.contract import Box, square_crop, to_model_input
+from grefel.fileio import display_path
 from grefel.runtime.base import Backend, Outputs
 from grefel.runtime.preprocess import FaceDetector, whole_frame
 from grefel.runtime.sources import Frame, Skipped, iter_source, source_kind
 
 __all__ = [
     "Annotator",
+    "OutputError",
     "PredictOptions",
     "PredictSummary",
     "RecordWriter",
+    "StopSignal",
     "Tracker",
     "entropy_confidence",
     "run_predict",
+    "signals_end_run",
     "stream_predictions",
 ]
+
+
+class OutputError(OSError):
+    """An output (--out records, --annotate images / video) that cannot be written; names it."""
+
+
+class StopSignal(KeyboardInterrupt):
+    """SIGTERM / SIGHUP, raised in the main thread to end a run the way Ctrl-C does."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def signals_end_run(signums: Sequence[int] = (signal.SIGTERM, signal.SIGHUP)) -> Iterator[None]:
+    """While inside, the first of `signums` raises StopSignal in the main thread (later ones are
+    ignored, so the queued records and the summary are still written); handlers are restored on
+    exit. Outside the main thread it does nothing (Python delivers signals there only)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {n: signal.getsignal(n) for n in signums}
+
+    def stop(signum: int, frame: Any) -> None:
+        for n in signums:
+            signal.signal(n, signal.SIG_IGN)
+        raise StopSignal(signum)
+
+    for n in signums:
+        signal.signal(n, stop)
+    try:
+        yield
+    finally:
+        for n, handler in previous.items():
+            signal.signal(n, handler)
 
 
 @dataclass(frozen=True)
@@ -67,12 +120,14 @@ class PredictSummary:
     skipped: List[Tuple[str, str]] = field(default_factory=list)  # (file, reason)
     seconds: float = 0.0
     interrupted: bool = False
+    signal: Optional[int] = None  # the signal that ended the run (SIGINT for Ctrl-C), if any
 
     def describe(self) -> str:
         return (
             f"{self.frames} frames, {self.faces} faces, {self.no_face_frames} frames without a "
             f"face, {len(self.skipped)} files skipped ({self.seconds:.1f} s)"
-            + (" (interrupted)" if self.interrupted else "")
+            + (f" (interrupted by {signal.Signals(self.signal).name})" if self.signal
+               else " (interrupted)" if self.interrupted else "")
         )
 
     def to_dict(self) -> Dict[str, Any]:
@@ -83,6 +138,7 @@ class PredictSummary:
             "skipped": [{"file": f, "reason": r} for f, r in self.skipped],
             "seconds": round(self.seconds, 3),
             "interrupted": self.interrupted,
+            "signal": signal.Signals(self.signal).name if self.signal else None,
         }
 
 
@@ -148,27 +204,42 @@ class Tracker:
 
 
 class RecordWriter:
-    """Writes records as JSON lines or CSV (one header, columns per class) to a text stream."""
+    """Writes records as JSON lines or CSV (one header, columns per class) to a text stream,
+    flushing after each line (records are on disk as they are produced)."""
 
-    def __init__(self, stream: IO[str], fmt: str, classes: Sequence[str]) -> None:
+    def __init__(
+        self, stream: IO[str], fmt: str, classes: Sequence[str], name: str = "stdout"
+    ) -> None:
         if fmt not in ("jsonl", "csv"):
             raise ValueError(f"unknown format {fmt!r} (jsonl or csv)")
-        self.stream, self.fmt, self.classes = stream, fmt, list(classes)
+        self.stream, self.fmt, self.classes, self.name = stream, fmt, list(classes), name
         self._csv: Any = None
         if fmt == "csv":
             head = ["source", "frame", "face", "track", "x1", "y1", "x2", "y2", "label"]
             head += ["confidence", "uncertain"] + [f"prob_{c}" for c in self.classes]
             head += [f"primary_{c}" for c in self.classes]
             self._csv = csv.writer(stream)
-            self._csv.writerow(head)
+            self._guarded(self._csv.writerow, head)
+
+    def _guarded(self, func: Callable[..., Any], *args: Any) -> None:
+        try:
+            func(*args)
+            self.stream.flush()
+        except OSError as exc:  # a full disk, a closed pipe
+            raise OutputError(f"{self.name}: cannot write records "
+                              f"({exc.strerror or exc})") from None
 
     def write(self, rec: Dict[str, Any]) -> None:
+        self._guarded(self._write, rec)
+
+    def _write(self, rec: Dict[str, Any]) -> None:
         if self._csv is None:
             self.stream.write(json.dumps(rec) + "\n")
-            return
-        row = [rec["source"], rec["frame"], rec["face"], rec["track"], *rec["box"], rec["label"]]
-        row += [rec["confidence"], rec["uncertain"]] + [rec["probs"][c] for c in self.classes]
-        self._csv.writerow(row + [rec["primary"][c] for c in self.classes])
+        else:
+            row = [rec["source"], rec["frame"], rec["face"], rec["track"], *rec["box"]]
+            row += [rec["label"], rec["confidence"], rec["uncertain"]]
+            row += [rec["probs"][c] for c in self.classes]
+            self._csv.writerow(row + [rec["primary"][c] for c in self.classes])
 
 
 class Annotator:
@@ -205,18 +276,39 @@ class Annotator:
         dest = (
             self.out if self.root is None else self.out / Path(frame.source).relative_to(self.root)
         )
-        dest.parent.mkdir(parents=True, exist_ok=True)
         if dest.suffix.lower() not in (".png", ".jpg", ".jpeg", ".bmp"):
             dest = dest.with_suffix(".png")
-        cv2.imwrite(str(dest), image)
+        # Encoded here and written by Python, so a name that is not UTF-8 keeps its bytes (OpenCV
+        # takes only UTF-8 names) and a failed write is an error, not imwrite's silent False.
+        ok, data = cv2.imencode(dest.suffix.lower(), image)
+        try:
+            if not ok:
+                raise OSError("OpenCV could not encode the image")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with open(os.fsencode(dest), "wb") as f:
+                f.write(data.tobytes())
+        except OSError as exc:
+            raise OutputError(f"--annotate {display_path(dest)}: cannot write "
+                              f"({exc.strerror or exc})") from None
 
     def _write_video(self, image: np.ndarray, fps: float) -> None:
         if self._video is None:
-            self.out.parent.mkdir(parents=True, exist_ok=True)
+            name = display_path(self.out)
+            try:
+                self.out.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise OutputError(f"--annotate {name}: cannot write "
+                                  f"({exc.strerror or exc})") from None
+            if name != str(self.out):
+                raise OutputError(f"--annotate {name}: OpenCV writes videos only to names that "
+                                  "are valid UTF-8")
             code = "MJPG" if self.out.suffix.lower() == ".avi" else "mp4v"
             h, w = image.shape[:2]
             fourcc = self.cv2.VideoWriter_fourcc(*code)
             self._video = self.cv2.VideoWriter(str(self.out), fourcc, fps or 25.0, (w, h))
+            if not self._video.isOpened():
+                raise OutputError(f"--annotate {name}: OpenCV cannot write this video (use a "
+                                  ".avi or .mp4 name in a writable folder)")
         self._video.write(image)
 
     def close(self) -> None:
@@ -251,7 +343,7 @@ def _records(
         c = float(conf[i])
         recs.append(
             {
-                "source": frame.source,
+                "source": display_path(frame.source),
                 "frame": frame.index,
                 "face": found,
                 "track": tracks[i],
@@ -300,13 +392,17 @@ class _Predictor:
         self.summary.frames += 1
         self.summary.faces += len(boxes) if found else 0
         self.summary.no_face_frames += 0 if found else 1
+        if len(self.inputs) >= self.opts.batch:
+            self.flush()  # a full batch runs now: its records reach the disk before the next read
 
     def flush(self) -> None:
         if not self.inputs:
             return
         out = self.backend.infer(np.stack(self.inputs))  # (F, 3, 112, 112) -> (F, C) ...
+        # The queue is taken before writing: a signal while writing cannot write a record twice.
+        frames, self.frames, self.inputs = self.frames, [], []
         row = 0
-        for frame, boxes, found in self.frames:
+        for frame, boxes, found in frames:
             part = {k: v[row : row + len(boxes)] for k, v in out.items()}
             row += len(boxes)
             recs = _records(
@@ -316,7 +412,6 @@ class _Predictor:
                 self.writer.write(rec)
             if self.annotator is not None:
                 self.annotator.add(frame, recs)
-        self.frames, self.inputs = [], []
 
 
 def stream_predictions(
@@ -338,8 +433,9 @@ def stream_predictions(
                 on_skip(item.source, item.reason)
             else:
                 runner.add(item)
-    except KeyboardInterrupt:  # the normal way to end a camera stream: keep what was done
+    except KeyboardInterrupt as exc:  # Ctrl-C ends a camera stream; SIGTERM / SIGHUP likewise
         runner.summary.interrupted = True
+        runner.summary.signal = getattr(exc, "signum", signal.SIGINT)
     runner.flush()
     runner.summary.seconds = time.perf_counter() - start
     return runner.summary
@@ -356,11 +452,10 @@ def run_predict(
     on_skip: Callable[[str, str], None] = lambda f, r: None,
 ) -> PredictSummary:
     """`grefel predict`: open the backend for `weights`, stream `src`, write records to `out`
-    (atomically; stdout when None) and optionally annotated images / video to `annotate`."""
-    import contextlib
+    (line by line as produced, flushed; stdout when None) and optionally annotated images /
+    video to `annotate`. An `out` that cannot be written is an OutputError naming it."""
     import sys
 
-    from grefel.fileio import atomic_path
     from grefel.runtime import open_backend
 
     source_kind(src)  # a missing path fails before the model is loaded
@@ -369,12 +464,19 @@ def run_predict(
         if out is None:
             stream: IO[str] = sys.stdout
         else:
-            tmp = stack.enter_context(atomic_path(out))
-            stream = stack.enter_context(open(tmp, "w", newline="", encoding="utf-8"))
+            try:
+                Path(out).parent.mkdir(parents=True, exist_ok=True)
+                stream = stack.enter_context(open(out, "w", newline="", encoding="utf-8"))
+            except OSError as exc:
+                why = ("a file stands where its folder should be"
+                       if isinstance(exc, (FileExistsError, NotADirectoryError))
+                       else exc.strerror or exc)
+                raise OutputError(f"--out {display_path(out)}: cannot write ({why})") from None
         annotator = Annotator(annotate, src) if annotate is not None else None
         if annotator is not None:
             stack.callback(annotator.close)
-        writer = RecordWriter(stream, fmt, backend.classes)
+        name = "stdout" if out is None else f"--out {display_path(out)}"
+        writer = RecordWriter(stream, fmt, backend.classes, name=name)
         return stream_predictions(
             src, backend, writer, opts=opts, annotator=annotator, on_skip=on_skip
         )
