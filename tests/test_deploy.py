@@ -13,6 +13,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 import torch
@@ -241,3 +242,44 @@ def test_export_int8_cli_then_predict_and_eval(exported, calib_dir, tmp_path, mo
     assert res.exit_code == 2, res.output
     assert (tmp_path / "e2" / "m.int8.onnx").is_file()
     assert not (tmp_path / "e2" / "m.onnx").exists() and "--int8" in res.output
+
+
+# --- the FP32 ONNX graph -----------------------------------------------------------------------
+
+
+def _slice_steps(model: onnx.ModelProto) -> list:
+    """The `steps` of every Slice node (from initializers or Constant nodes)."""
+    from onnx import numpy_helper
+
+    values = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type == "Constant":
+            values[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+    return [values[n.input[4]].tolist() if len(n.input) > 4 and n.input[4] in values else None
+            for n in model.graph.node if n.op_type == "Slice"]
+
+
+def test_export_writes_the_strided_shortcut_not_a_strided_slice(exported):
+    """IR-50's stride-2 shortcuts are exported as MaxPool(1, 2) / a strided 1x1 Conv (ONNX
+    Runtime keeps them in its blocked layout), while eager torch keeps the slice; the outputs
+    agree within float tolerance."""
+    from export.compare import run_backend
+    from grefel.runtime.ort_backend import OrtBackend
+
+    ckpt, onnx_path, _, _ = exported
+    model = onnx.load(str(onnx_path))
+    assert all(s is None or all(v == 1 for v in s) for s in _slice_steps(model))
+    pools = [n for n in model.graph.node if n.op_type == "MaxPool"]
+    assert pools and all([a.ints for a in p.attribute if a.name == "kernel_shape"] == [[1, 1]]
+                         for p in pools)
+    strided_1x1 = [n for n in model.graph.node if n.op_type == "Conv"
+                   and {a.name: list(a.ints) for a in n.attribute}.get("kernel_shape") == [1, 1]
+                   and {a.name: list(a.ints) for a in n.attribute}.get("strides") == [2, 2]]
+    assert strided_1x1
+    x = np.random.default_rng(1).random((3, 3, 112, 112), dtype=np.float32)
+    got = run_backend(OrtBackend(onnx_path, device="cpu", threads=1), x)
+    eager = _tiny()  # the exported model (seed 0), built outside inference mode
+    with torch.inference_mode():
+        ref = eager(torch.from_numpy(x))
+    for name in ("probs", "primary", "confidence"):
+        assert np.abs(got[name] - getattr(ref, name).numpy()).max() < 1e-5, name
