@@ -154,6 +154,11 @@ def _train_options(func):
                           "there is none (the tiny preset)."),
         click.option("--pretrained-mobilefacenet", default="", type=click.Path(dir_okay=False),
                      help="pytorch_face_landmark MobileFaceNet weights (landmark stream)."),
+        click.option("--init", default=t.init, type=click.Path(dir_okay=False),
+                     help="Fine-tune from this grefel checkpoint (e.g. from `grefel weights "
+                          "import --kind posterv2`): its architecture, every tensor that fits "
+                          "(strict), fresh class-dependent tensors when the classes differ; "
+                          "writes init.json."),
         click.option("--json", "json_path", type=click.Path(dir_okay=False),
                      help="Write the run summary as JSON."),
     ]
@@ -170,6 +175,8 @@ Examples:
   grefel train --data data/synthfer --preset tiny --epochs 8 --lr 1e-3 --freeze none \\
       --image-warmup 150 --no-augment --out runs/demo/train --resume
   grefel train --data data/rafdb --preset paper --refine-per-class 32 --label-smoothing 0.11
+  grefel train --data data/rafdb --preset paper --init ckpt/poster_raf.safetensors --lr 1e-5 \\
+      --out runs/finetune
   torchrun --nproc_per_node 2 -m grefel train --data data/rafdb --preset paper --out runs/ddp
 """
 )
@@ -207,34 +214,68 @@ def train(**opts) -> None:
 Examples:
   grefel eval runs/demo/train/best.safetensors --data runs/demo/synthfer
   grefel eval runs/demo/train/best.safetensors --data data/rafdb --split test --out runs/demo/eval
+  grefel eval engines/best.onnx --data runs/demo/synthfer \\
+      --reference runs/demo/train/best.safetensors
+  grefel eval engines/best.int8.onnx --data runs/demo/synthfer --threads 2 \\
+      --reference runs/demo/train/best.safetensors
+  grefel eval engines/best_fp16_b8.engine --data runs/demo/synthfer   (on the GPU that built it)
 """,
 )
-@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.argument("checkpoint", metavar="MODEL", type=click.Path(dir_okay=False))
 @click.option("--data", required=True, type=click.Path(file_okay=False), help="Dataset folder.")
 @click.option("--dataset", default="auto", help="Reader kind (auto detects).")
 @click.option("--split", default="test", help="Split to evaluate.")
 @click.option("--out", type=click.Path(file_okay=False),
-              help="Report folder [default: CHECKPOINT's folder/eval-SPLIT].")
+              help="Report folder [default: MODEL's folder/eval-SPLIT (eval-MODEL-SPLIT for an "
+                   "exported file)].")
 @click.option("--batch-size", type=int, default=64)
 @click.option("--workers", type=int, default=0)
 @click.option("--device", default="auto", help="auto, cpu, cuda or cuda:N.")
+@click.option("--threads", type=click.IntRange(min=1),
+              help="CPU threads of ONNX Runtime / PyTorch [default: the library's].")
+@click.option("--reference", type=click.Path(dir_okay=False),
+              help="FP32 checkpoint to compare with over the same images: both accuracies and "
+                   "the export gates' agreement (decisive flips, |dp|, NaN).")
+@click.option("--criteria", type=click.Choice(["auto", "fp16", "int8"]), default="auto",
+              help="Agreement criteria with --reference (auto: int8 for a quantized model, "
+                   "else fp16, the FP16 gate's).")
 @click.option("--strict", is_flag=True, help="Unreadable images are an error.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write JSON here.")
-def eval_(checkpoint, data, dataset, split, out, batch_size, workers, device, strict, json_path):
-    """Accuracy, macro-F1, confusion, calibration, embedding and per-group bias of a checkpoint.
+def eval_(checkpoint, data, dataset, split, out, batch_size, workers, device, threads, reference,
+          criteria, strict, json_path):
+    """Accuracy, macro-F1, confusion, calibration, embedding and per-group bias of MODEL.
 
-    Prints a table on stdout; writes metrics.json, confusion.json and PNG plots to --out.
+    MODEL is a checkpoint (.safetensors, PyTorch), an exported .onnx (FP32, FP16 or INT8; ONNX
+    Runtime) or a TensorRT .engine, fed by the one preprocessing path. Prints a table on stdout;
+    writes metrics.json, confusion.json and PNG plots to --out.
     """
+    import functools
+
+    from export.compare import CRITERIA, artifact_precision, measure_agreement
     from grefel.checkpoint import CheckpointError
     from grefel.data import DatasetError
-    from grefel.evaluate import EvalError, evaluate_checkpoint, format_report
+    from grefel.evaluate import ARTIFACT_SUFFIXES, EvalError, evaluate_model, format_report
     from grefel.train import TrainingError
 
-    out = out or str(Path(checkpoint).parent / f"eval-{split}")
+    model = Path(checkpoint)
+    if not model.is_file():
+        raise click.ClickException(f"{model}: no such model file")
+    exported = model.suffix.lower() in ARTIFACT_SUFFIXES
+    out = out or str(model.parent / (f"eval-{model.stem}-{split}" if exported else f"eval-{split}"))
+    compare, criteria_name = None, ""
+    if reference is not None:
+        if not Path(reference).is_file():
+            raise click.BadParameter(f"{reference}: no such checkpoint", param_hint="--reference")
+        if criteria == "auto":
+            criteria = "int8" if artifact_precision(model) == "int8" else "fp16"
+        compare = functools.partial(measure_agreement, criteria=CRITERIA[criteria],
+                                    label=f"{model.name} vs {Path(reference).name}")
+        criteria_name = criteria
     try:
-        report = evaluate_checkpoint(checkpoint, data, dataset=dataset, split=split, out=out,
-                                     batch_size=batch_size, workers=workers, device=device,
-                                     strict=strict)
+        report = evaluate_model(model, data, dataset=dataset, split=split, out=out,
+                                batch_size=batch_size, workers=workers, device=device,
+                                strict=strict, threads=threads, reference=reference,
+                                compare=compare, criteria_name=criteria_name)
     except (CheckpointError, DatasetError, EvalError, TrainingError) as exc:
         raise _user_error(exc) from None
     click.echo(format_report(report))
@@ -313,6 +354,8 @@ Examples:
   grefel export runs/demo/train/best.safetensors --fp16
   grefel export runs/demo/train/best.safetensors --target trt8.5 --onnx-only
   grefel export engines/best.onnx --fp16 --max-batch 8 --verify   (on the Jetson)
+  grefel export runs/demo/train/best.safetensors --int8 --calib-data runs/demo/synthfer --onnx-only
+  grefel export engines/best.int8.onnx --int8 --max-batch 8 --verify   (on the Jetson)
 """,
 )
 @click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path))
@@ -338,7 +381,15 @@ Examples:
 @click.option("--name", help="Artifact name (default: the source file's stem).")
 @click.option("--embedding", is_flag=True, help="Also output the pooled embedding.")
 @click.option("--calib-data", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Image folder (e.g. SynthFER) for the FP16 gate and --verify.")
+              help="Image folder (e.g. SynthFER) for the FP16 gate and --verify; with --int8 "
+                   "the INT8 calibration images and the held-out INT8 gate images (disjoint).")
+@click.option("--int8", is_flag=True,
+              help="Also write NAME.int8.onnx (QDQ: per-channel int8 weights, calibrated int8 "
+                   "activations; LayerNorm, Softmax and the reliability tail in float) with the "
+                   "INT8 gate; the engine is INT8. Needs --calib-data.")
+@click.option("--calib-method", type=click.Choice(["minmax", "percentile", "entropy"]),
+              default="minmax", help="INT8 activation ranges: max |x| over the calibration "
+                                     "images, its 99.999th percentile, or minimal KL divergence.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the gate results as JSON here.")
 @click.option("--max-pixels", type=click.IntRange(min=0),
