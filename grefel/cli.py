@@ -395,6 +395,9 @@ Examples:
   grefel predict faces/ -w runs/demo/train/best.safetensors --aligned --format csv --out p.csv
   grefel predict clip.mp4 --weights model.onnx --annotate clip_annotated.avi
   grefel predict 0 --weights engines/best_fp16_b8.engine --max-frames 300   # camera 0
+  grefel predict clip.mp4 -w model.onnx --det-every 3 --det-size 320 --json summary.json
+  grefel predict rtsp://camera.local:554/stream1 -w engines/best_fp16_b8.engine --show
+  grefel predict group.jpg -w model.onnx --detector haar --margin 0.3
 """
 )
 @click.argument("src")
@@ -429,8 +432,29 @@ Examples:
     default=0.6,
     help="Per-face smoothing across video frames (weight of the past; 0 = off).",
 )
-@click.option("--batch", type=click.IntRange(min=1), default=32, help="Faces per backend call.")
+@click.option("--batch", type=click.IntRange(min=1), default=32,
+              help="Most faces per backend call when --batch-frames > 1 (a frame is not split).")
+@click.option("--batch-frames", type=click.IntRange(min=1), default=1,
+              help="Frames per backend call; 1: each frame's records are written before the "
+                   "next frame is read.")
 @click.option("--max-frames", type=click.IntRange(min=1), help="Stop after this many frames.")
+@click.option("--detector", type=click.Choice(["auto", "blazeface", "blazeface-full", "haar"]),
+              default="auto",
+              help="Face detector: BlazeFace (keypoints; `pip install 'grefel[faces]'`, see the "
+                   "README), Haar (no keypoints, no dependency); auto: BlazeFace if installed.")
+@click.option("--det-size", type=click.IntRange(min=0), default=640,
+              help="Longest side of the frame the detector sees (0: full size).")
+@click.option("--det-every", type=click.IntRange(min=1), default=1,
+              help="Video: detect every N frames, follow the faces in between.")
+@click.option("--align/--no-align", default=True,
+              help="Warp faces with keypoints onto the 5-point 112 px template.")
+@click.option("--margin", type=click.FloatRange(min=0), default=None,
+              help="Crop margin, fraction of the face side [0.2 square crops, 0 aligned].")
+@click.option("--min-face", type=click.IntRange(min=0), default=16,
+              help="Smallest face side kept, frame pixels.")
+@click.option("--threads", type=click.IntRange(min=1),
+              help="CPU threads of the backend, the detector and OpenCV (default: all).")
+@click.option("--show", is_flag=True, help="Show the annotated frames in a window (q quits).")
 @click.option(
     "--device",
     type=click.Choice(["auto", "cpu", "cuda"]),
@@ -441,7 +465,7 @@ Examples:
     "--json",
     "json_path",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Write the run summary (counts, skipped files) as JSON.",
+    help="Write the run summary (counts, skipped files, FPS, ms per stage) as JSON.",
 )
 def predict_command(
     src: str,
@@ -456,7 +480,7 @@ def predict_command(
     """Classify the faces in SRC: an image, a folder (recursive), a video file or a camera index."""
     from grefel._lazy import MissingDependency
     from grefel.fileio import atomic_write_json
-    from grefel.predict import PredictOptions, run_predict
+    from grefel.predict import PredictOptions, ShowError, run_predict
     from grefel.runtime import BackendError
     from grefel.runtime.sources import SourceError
 
@@ -466,7 +490,7 @@ def predict_command(
             device=None if device == "auto" else device,
             on_skip=lambda file, why: click.echo(f"skipped {file}: {why}", err=True),
         )  # fmt: skip
-    except (BackendError, SourceError, MissingDependency) as exc:
+    except (BackendError, SourceError, MissingDependency, ShowError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(summary.describe(), err=True)
     if json_path:
