@@ -157,6 +157,14 @@ class Annotator:
         self._video: Any = None
         self.show, self.stopped = show, False
         if show:
+            import os
+            import sys
+
+            if sys.platform.startswith("linux") and not (
+                os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+            ):
+                raise ShowError("--show: no display (DISPLAY is not set); run on the machine's "
+                                "desktop, or write the frames with --annotate out.avi instead")
             try:
                 self.cv2.namedWindow(self.WINDOW, self.cv2.WINDOW_NORMAL)
             except self.cv2.error as exc:
