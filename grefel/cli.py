@@ -506,6 +506,7 @@ Examples:
   grefel bench --weights runs/demo/train/best.safetensors --batch-sizes 1,8 --iters 10 --seconds 2
   grefel bench --weights engines/best_fp16_b8.engine --backends trt --batch-sizes 1,8,32
   grefel bench --compare benchmarks/results/bench_20260101-120000_orin.json
+  grefel bench --weights model.onnx --source clip.avi --detectors auto,haar --det-every 1,3
 """
 )
 @click.option(
@@ -543,6 +544,15 @@ Examples:
     default=Path("benchmarks/results"),
     help="Folder for the JSON and Markdown record.",
 )
+@click.option("--source", help="A video (or camera / stream): time the end-to-end pipeline on "
+              "it for each --weights file instead of the model alone.")
+@click.option("--detectors", default="auto", callback=_csv_list(
+    str, ["auto", "blazeface", "blazeface-full", "haar"]), help="Pipeline rows: detectors.")
+@click.option("--det-every", "det_every", default="1,3", callback=_csv_list(int),
+              help="Pipeline rows: detect every N frames.")
+@click.option("--det-size", type=click.IntRange(min=0), default=640,
+              help="Pipeline rows: longest side the detector sees.")
+@click.option("--max-frames", type=click.IntRange(min=1), help="Pipeline rows: frames per row.")
 def bench(
     weights: Tuple[Path, ...],
     backends: List[str],
@@ -553,14 +563,25 @@ def bench(
     threads: Optional[int],
     compare_path: Optional[Path],
     out: Path,
+    source: Optional[str],
+    detectors: List[str],
+    det_every: List[int],
+    det_size: int,
+    max_frames: Optional[int],
 ) -> None:
-    """Params/FLOPs vs the paper's Table 2, latency per backend and batch size, environment."""
+    """Params/FLOPs vs the paper's Table 2, latency per backend and batch size, environment;
+    with --source, end-to-end FPS and ms per stage of the predict pipeline on a video."""
     from benchmarks.report import compare, load_record, run_bench, to_text
 
     try:
         previous = load_record(compare_path) if compare_path else None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--compare") from None
+    if source is not None and not weights:
+        raise click.BadParameter("the pipeline rows need model files", param_hint="--weights")
+    pipeline = None if source is None else {
+        "source": source, "detectors": detectors, "det_every": det_every,
+        "det_size": det_size, "max_frames": max_frames}
     record, paths = run_bench(
         weights=list(weights),
         backends=backends,
@@ -571,6 +592,7 @@ def bench(
         out_dir=out,
         threads=threads,
         progress=lambda m: click.echo(m, err=True),
+        pipeline=pipeline,
     )
     click.echo(to_text(record))
     if previous is not None:

@@ -10,7 +10,9 @@
                     'grefel[faces]'`), else `tflite-runtime`, else OpenCV's DNN module (its
                     TFLite reader, OpenCV >= 4.8; the same outputs to 1e-4).
     blazeface-full  the full-range model (faces up to about 5 m, 192 px input) of the same wheel.
-    auto            blazeface where it is installed, else haar.
+    auto            blazeface-full where it is installed, else haar (on the real photos of
+                    benchmarks/results/detectors_*.md the short-range model gave false
+                    positives on 15 of 117 photos, the full-range model on none).
 
 Nothing is downloaded at run time. Every detector takes an RGB uint8 frame and returns `Face`s,
 best first; a BlazeFace face has keypoints (right eye, left eye, nose tip, mouth centre, right
@@ -354,12 +356,13 @@ class BlazeFaceDetector:
 
 
 def make_detector(name: str = "auto", threads: Optional[int] = None) -> Any:
-    """A detector by name (DETECTORS); "auto" is BlazeFace where installed, else Haar."""
+    """A detector by name (DETECTORS); "auto" is BlazeFace (full range) where installed, else
+    Haar."""
     if name == "haar":
         return HaarDetector()
     if name == "auto":
         try:
-            return BlazeFaceDetector("blazeface", threads=threads)
+            return BlazeFaceDetector("blazeface-full", threads=threads)
         except MissingDependency:
             return HaarDetector()
     if name in _SPECS:
