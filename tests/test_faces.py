@@ -499,3 +499,19 @@ def test_annotation_label_scales_with_the_frame(tmp_path: Path) -> None:
 
     small, big = label_height(240, 320), label_height(1080, 1920)
     assert small >= 8 and big >= 2 * small
+
+
+def test_bench_source_records_pipeline_rows(models: Dict[str, Path], tmp_path: Path) -> None:
+    video = _video(tmp_path / "v.avi", frames=4)
+    res = CliRunner().invoke(cli, ["bench", "--weights", str(models["onnx"]), "--source",
+                                   str(video), "--detectors", "haar", "--det-every", "1,2",
+                                   "--out", str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    (record,) = [json.loads(p.read_text()) for p in (tmp_path / "out").glob("bench_*.json")]
+    rows = record["pipeline"]
+    assert [(r["detector"], r["det_every"], r["status"]) for r in rows] == [
+        ("haar", 1, "ok"), ("haar", 2, "ok")]
+    assert all(r["frames"] == 4 and r["fps"] > 0 for r in rows)
+    assert set(rows[0]["stages_ms"]) == {"decode", "detect", "align", "infer", "post"}
+    md = next((tmp_path / "out").glob("bench_*.md")).read_text()
+    assert "## Pipeline (end to end)" in md and "| tiny.onnx | onnx | haar | 2 |" in md
