@@ -207,8 +207,13 @@ def to_markdown(record: Dict[str, Any]) -> str:
             "",
             MAC_NOTE,
         ]
-    parts += ["", "## Latency", "", _markdown(*_rows_latency(record["latency"])), ""]
-    parts += [f"- {line}" for line in backend_ratios(record)]
+    if record.get("pipeline"):
+        from benchmarks.pipeline import pipeline_markdown
+
+        parts += ["", "## Pipeline (end to end)", ""] + pipeline_markdown(record["pipeline"])
+    if record["latency"] or not record.get("pipeline"):
+        parts += ["", "## Latency", "", _markdown(*_rows_latency(record["latency"])), ""]
+        parts += [f"- {line}" for line in backend_ratios(record)]
     return "\n".join(parts + [""])
 
 
@@ -216,6 +221,11 @@ def to_text(record: Dict[str, Any]) -> str:
     out = ["Environment:"] + [f"  {line}" for line in env_lines(record["environment"])]
     if record["sizes"]:
         out += ["", "Params and FLOPs vs the paper (Table 2):", sizes_table(record), MAC_NOTE]
+    if record.get("pipeline"):
+        from benchmarks.pipeline import pipeline_markdown
+
+        out += ["", "Pipeline (end to end):"] + pipeline_markdown(record["pipeline"])
+        return "\n".join(out)
     out += ["", "Latency:", latency_table(record)]
     return "\n".join(out + backend_ratios(record))
 
@@ -366,9 +376,12 @@ def run_bench(
     out_dir: Optional[Path],
     threads: Optional[int] = None,
     progress: Any = None,
+    pipeline: Optional[Dict[str, Any]] = None,
 ) -> Tuple[Dict[str, Any], Optional[Tuple[Path, Path]]]:
     """`grefel bench`: sizes vs Table 2, latency per backend and batch, the environment; the
-    record is written to `out_dir` (when given) and returned."""
+    record is written to `out_dir` (when given) and returned. With `pipeline` (source,
+    detectors, det_every, det_size, max_frames) the record holds the end-to-end pipeline rows
+    of `benchmarks.pipeline` instead of sizes and latency."""
     import os
 
     from benchmarks.env import environment
@@ -379,6 +392,18 @@ def run_bench(
     targets = bench_targets(weights, backends, presets)  # a bad weights file fails here
     env = environment()
     env["load"] = [round(x, 2) for x in os.getloadavg()]
+    if pipeline is not None:
+        from benchmarks.pipeline import pipeline_rows
+
+        rows = pipeline_rows(weights, pipeline["source"], pipeline["detectors"],
+                             pipeline["det_every"], det_size=pipeline["det_size"],
+                             threads=threads, max_frames=pipeline.get("max_frames"),
+                             backends=backends, progress=progress)
+        settings = {"weights": [str(w) for w in weights], "backends": list(backends),
+                    "threads": threads, "pipeline": dict(pipeline)}
+        record = make_record(settings, env, [], [])
+        record["pipeline"] = rows
+        return record, (write_record(record, out_dir) if out_dir is not None else None)
     if progress:
         progress("params and FLOPs of the Table 2 variants ...")
     sizes = table2_sizes(presets)

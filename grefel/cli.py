@@ -457,6 +457,9 @@ Examples:
   grefel predict faces/ -w runs/demo/train/best.safetensors --aligned --format csv --out p.csv
   grefel predict clip.mp4 --weights model.onnx --annotate clip_annotated.avi
   grefel predict 0 --weights engines/best_fp16_b8.engine --max-frames 300   # camera 0
+  grefel predict clip.mp4 -w model.onnx --det-every 3 --det-size 320 --json summary.json
+  grefel predict rtsp://camera.local:554/stream1 -w engines/best_fp16_b8.engine --show
+  grefel predict group.jpg -w model.onnx --detector haar --margin 0.3
 """
 )
 @click.argument("src")
@@ -491,8 +494,29 @@ Examples:
     default=0.6,
     help="Per-face smoothing across video frames (weight of the past; 0 = off).",
 )
-@click.option("--batch", type=click.IntRange(min=1), default=32, help="Faces per backend call.")
+@click.option("--batch", type=click.IntRange(min=1), default=32,
+              help="Most faces per backend call when --batch-frames > 1 (a frame is not split).")
+@click.option("--batch-frames", type=click.IntRange(min=1), default=1,
+              help="Frames per backend call; 1: each frame's records are written before the "
+                   "next frame is read.")
 @click.option("--max-frames", type=click.IntRange(min=1), help="Stop after this many frames.")
+@click.option("--detector", type=click.Choice(["auto", "blazeface", "blazeface-full", "haar"]),
+              default="auto",
+              help="Face detector: BlazeFace (keypoints; `pip install 'grefel[faces]'`, see the "
+                   "README), Haar (no keypoints, no dependency); auto: BlazeFace if installed.")
+@click.option("--det-size", type=click.IntRange(min=0), default=640,
+              help="Longest side of the frame the detector sees (0: full size).")
+@click.option("--det-every", type=click.IntRange(min=1), default=1,
+              help="Video: detect every N frames, follow the faces in between.")
+@click.option("--align/--no-align", default=True,
+              help="Warp faces with keypoints onto the 5-point 112 px template.")
+@click.option("--margin", type=click.FloatRange(min=0), default=None,
+              help="Crop margin, fraction of the face side [0.2 square crops, 0 aligned].")
+@click.option("--min-face", type=click.IntRange(min=0), default=16,
+              help="Smallest face side kept, frame pixels.")
+@click.option("--threads", type=click.IntRange(min=1),
+              help="CPU threads of the backend, the detector and OpenCV (default: all).")
+@click.option("--show", is_flag=True, help="Show the annotated frames in a window (q quits).")
 @click.option(
     "--device",
     type=click.Choice(["auto", "cpu", "cuda"]),
@@ -503,7 +527,7 @@ Examples:
     "--json",
     "json_path",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Write the run summary (counts, skipped files) as JSON.",
+    help="Write the run summary (counts, skipped files, FPS, ms per stage) as JSON.",
 )
 @click.option(
     "--max-pixels",
@@ -532,7 +556,13 @@ def predict_command(
     from grefel._lazy import MissingDependency
     from grefel.contract import ImageError, set_max_pixels
     from grefel.fileio import atomic_write_json, display_path
-    from grefel.predict import OutputError, PredictOptions, run_predict, signals_end_run
+    from grefel.predict import (
+        OutputError,
+        PredictOptions,
+        ShowError,
+        run_predict,
+        signals_end_run,
+    )
     from grefel.runtime import BackendError
     from grefel.runtime.sources import SourceError
 
@@ -545,7 +575,8 @@ def predict_command(
                 device=None if device == "auto" else device,
                 on_skip=lambda file, why: click.echo(f"skipped {file}: {why}", err=True),
             )  # fmt: skip
-    except (BackendError, SourceError, MissingDependency, OutputError, ImageError) as exc:
+    except (BackendError, SourceError, MissingDependency, OutputError, ImageError,
+            ShowError) as exc:
         raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt as exc:  # a signal before the stream began (loading the model)
         signum = getattr(exc, "signum", 2)
@@ -571,6 +602,7 @@ Examples:
   grefel bench --weights runs/demo/train/best.safetensors --batch-sizes 1,8 --iters 10 --seconds 2
   grefel bench --weights engines/best_fp16_b8.engine --backends trt --batch-sizes 1,8,32
   grefel bench --compare benchmarks/results/bench_20260101-120000_orin.json
+  grefel bench --weights model.onnx --source clip.avi --detectors auto,haar --det-every 1,3
 """
 )
 @click.option(
@@ -608,6 +640,15 @@ Examples:
     default=Path("benchmarks/results"),
     help="Folder for the JSON and Markdown record.",
 )
+@click.option("--source", help="A video (or camera / stream): time the end-to-end pipeline on "
+              "it for each --weights file instead of the model alone.")
+@click.option("--detectors", default="auto", callback=_csv_list(
+    str, ["auto", "blazeface", "blazeface-full", "haar"]), help="Pipeline rows: detectors.")
+@click.option("--det-every", "det_every", default="1,3", callback=_csv_list(int),
+              help="Pipeline rows: detect every N frames.")
+@click.option("--det-size", type=click.IntRange(min=0), default=640,
+              help="Pipeline rows: longest side the detector sees.")
+@click.option("--max-frames", type=click.IntRange(min=1), help="Pipeline rows: frames per row.")
 def bench(
     weights: Tuple[Path, ...],
     backends: List[str],
@@ -618,8 +659,14 @@ def bench(
     threads: Optional[int],
     compare_path: Optional[Path],
     out: Path,
+    source: Optional[str],
+    detectors: List[str],
+    det_every: List[int],
+    det_size: int,
+    max_frames: Optional[int],
 ) -> None:
-    """Params/FLOPs vs the paper's Table 2, latency per backend and batch size, environment.
+    """Params/FLOPs vs the paper's Table 2, latency per backend and batch size, environment;
+    with --source, end-to-end FPS and ms per stage of the predict pipeline on a video.
 
     --out is checked writable before timing; each row is written there as it is measured; a
     backend or batch size that cannot run gets a row saying why.
@@ -631,6 +678,11 @@ def bench(
         previous = load_record(compare_path) if compare_path else None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--compare") from None
+    if source is not None and not weights:
+        raise click.BadParameter("the pipeline rows need model files", param_hint="--weights")
+    pipeline = None if source is None else {
+        "source": source, "detectors": detectors, "det_every": det_every,
+        "det_size": det_size, "max_frames": max_frames}
     try:
         record, paths = run_bench(
             weights=list(weights),
@@ -642,6 +694,7 @@ def bench(
             out_dir=out,
             threads=threads,
             progress=lambda m: click.echo(m, err=True),
+            pipeline=pipeline,
         )
     except BenchError as exc:
         raise click.ClickException(display_path(str(exc))) from None

@@ -26,8 +26,9 @@ Preprocessing of one file:
        else as 0-255; palette, CMYK and YCbCr through PIL's conversion; any alpha (RGBA, LA, PA,
        palette transparency) composited over white.
     4. crop: a dataset's face box (`crop_box`, clipped to the image), or predict's square face
-       crop with a margin (`square_crop`, the border replicated outside the image); none for
-       aligned faces.
+       crop with a margin (`square_crop`, the border replicated outside the image), or, where
+       facial keypoints are known, the similarity warp of the face onto the canonical 5-point
+       template at 112 px (`align_face`); none for aligned faces.
     5. antialiased resize to 112 x 112: PIL's bilinear filter, whose support grows with the
        reduction factor (a triangle low-pass when shrinking, plain bilinear when enlarging) on
        uint8, the same function for every path and for the training augmentation's first resize.
@@ -58,10 +59,13 @@ __all__ = [
     "MAX_PIXELS_ENV",
     "OPTIONAL_OUTPUTS",
     "OUTPUTS",
+    "ALIGN_TEMPLATE",
     "Box",
     "EngineSidecar",
     "ImageError",
     "SidecarError",
+    "align_face",
+    "align_template",
     "crop_box",
     "decode_image",
     "engine_sidecar_doc",
@@ -74,6 +78,7 @@ __all__ = [
     "read_engine_sidecar",
     "resize",
     "sidecar_classes",
+    "similarity_transform",
     "square_crop",
     "to_model_input",
     "to_rgb",
@@ -266,6 +271,98 @@ def square_crop(image: np.ndarray, box: Box, margin: float = 0.2) -> np.ndarray:
     if pad:
         image = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="edge")
     return image[top + pad : top + pad + s, left + pad : left + pad + s]
+
+
+# --- alignment (docs/contract.md, "Alignment") ----------------------------------------------------
+
+# The canonical 5-point template of aligned 112 x 112 face crops (face.evoLVe's
+# REFERENCE_FACIAL_POINTS for 96 x 112 shifted 8 px right for the square crop; the InsightFace /
+# ArcFace template): the eye on the left of the image, the other eye, the nose tip, the mouth
+# corner on the left, the other mouth corner; x, y in pixels of the 112 px crop.
+ALIGN_TEMPLATE = np.array(
+    [
+        [38.2946, 51.6963],
+        [73.5318, 51.5014],
+        [56.0252, 71.7366],
+        [41.5493, 92.3655],
+        [70.7299, 92.2041],
+    ],
+    dtype=np.float64,
+)
+# Keypoint layouts a detector may give, as rows of the template: 5 points, or 4 where the
+# detector gives the mouth centre (BlazeFace: eyes, nose tip, mouth centre) = the mean of the
+# two template corners.
+_LAYOUTS = {5: ALIGN_TEMPLATE, 4: np.vstack([ALIGN_TEMPLATE[:3], ALIGN_TEMPLATE[3:].mean(axis=0)])}
+
+
+def align_template(points: int = 5, size: int = INPUT_SIZE, margin: float = 0.0) -> np.ndarray:
+    """Template points (points, 2) for a `size` px crop; `margin` > 0 shrinks the face toward
+    the centre by 1 / (1 + 2 margin), i.e. adds `margin` of the face's side on every side."""
+    if points not in _LAYOUTS:
+        raise ValueError(f"alignment takes 5 or 4 keypoints (eyes, nose, mouth), got {points}")
+    if margin < 0:
+        raise ValueError(f"the alignment margin must be >= 0, got {margin}")
+    centre = INPUT_SIZE / 2.0
+    t = (_LAYOUTS[points] - centre) / (1.0 + 2.0 * margin) + centre
+    return t * (size / float(INPUT_SIZE))
+
+
+def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares similarity (rotation, uniform scale, translation) mapping src -> dst
+    (Umeyama 1991, eqs. 40-42): points (K, 2) each, K >= 2 -> the 2 x 3 matrix [sR | t].
+
+    With centred points a = src - mean(src), b = dst - mean(dst) and the SVD U S V^T of
+    Sigma = b^T a / K: R = U D V^T (D = diag(1, det(U V^T)), no reflection),
+    s = tr(S D) / var(src), t = mean(dst) - s R mean(src).
+    """
+    src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
+    if src.shape != dst.shape or src.ndim != 2 or src.shape[1] != 2 or src.shape[0] < 2:
+        raise ValueError(f"expected two (K, 2) point sets, K >= 2; got {src.shape}, {dst.shape}")
+    mu_s, mu_d = src.mean(axis=0), dst.mean(axis=0)
+    a, b = src - mu_s, dst - mu_d
+    var = float((a**2).sum()) / len(src)
+    if not np.isfinite(var) or var <= 1e-12:
+        raise ValueError("the keypoints coincide: no similarity transform")
+    u, sig, vt = np.linalg.svd(b.T @ a / len(src))
+    d = np.diag([1.0, 1.0 if np.linalg.det(u) * np.linalg.det(vt) >= 0 else -1.0])
+    rot = u @ d @ vt
+    scale = float(np.trace(np.diag(sig) @ d)) / var
+    return np.hstack([scale * rot, (mu_d - scale * rot @ mu_s)[:, None]])
+
+
+def align_face(
+    image: np.ndarray, keypoints: np.ndarray, size: int = INPUT_SIZE, margin: float = 0.0
+) -> np.ndarray:
+    """Warp the face onto the canonical template: RGB uint8 (H, W, 3) and its keypoints (5 or 4
+    rows of x, y in pixels, template order) -> (size, size, 3) uint8.
+
+    The similarity `similarity_transform(keypoints, template)` is applied with PIL's bilinear
+    affine warp, the border replicated. Shrinking by more than 2x is first done by an integer
+    box reduction of the face's region, so the warp is antialiased like `resize`.
+    """
+    pts = np.asarray(keypoints, dtype=np.float64)
+    m = similarity_transform(pts, align_template(len(pts), size=size, margin=margin))
+    inv = np.linalg.inv(np.vstack([m, [0.0, 0.0, 1.0]]))  # output pixel -> input pixel
+    scale = float(np.sqrt(abs(np.linalg.det(m[:, :2]))))  # output px per input px
+    corners = inv @ np.array([[0, size, 0, size], [0, 0, size, size], [1, 1, 1, 1]], float)
+    x0, y0 = np.floor(corners[:2].min(axis=1)).astype(int) - 2
+    x1, y1 = np.ceil(corners[:2].max(axis=1)).astype(int) + 2
+    h, w = image.shape[:2]
+    pad = int(max(0, -x0, -y0, x1 - w, y1 - h))
+    if pad:
+        image = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="edge")
+    region = np.ascontiguousarray(image[y0 + pad : y1 + pad, x0 + pad : x1 + pad], np.uint8)
+    pil = Image.fromarray(region, "RGB")
+    factor = int(1.0 / scale) if scale < 0.5 else 1
+    if factor > 1:
+        pil = pil.reduce(factor)
+    # region pixel (u, v) = factor * reduced pixel; input pixel = region pixel + (x0, y0)
+    to_region = np.array([[1.0 / factor, 0, -x0 / factor], [0, 1.0 / factor, -y0 / factor],
+                          [0, 0, 1.0]])
+    a = (to_region @ inv)[:2].ravel()
+    out = pil.transform((size, size), Image.Transform.AFFINE, data=tuple(a),
+                        resample=Image.Resampling.BILINEAR)
+    return np.asarray(out, dtype=np.uint8)
 
 
 def resize(image: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
