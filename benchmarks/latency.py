@@ -6,6 +6,10 @@ Protocol (mirrors trtexec, docs/tensorrt.md, "Timing"): warm up for at least
 rank) of the end-to-end latency per call, and images/s = batch * calls / total time. Backends
 that time the GPU (TensorRT, PyTorch on CUDA) also give the GPU compute time from CUDA events,
 apart from the end-to-end time that includes host-device copies.
+
+Nothing measured is thrown away: `run` hands each row to `on_row` as soon as it is measured, and
+a backend that cannot open, or a batch size that cannot run (out of memory, a kernel error), gives
+a row whose `status` says why, and the other rows are still measured.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 
@@ -116,9 +120,12 @@ class Target:
     backend: str  # torch, onnx, tensorrt
     path: Optional[Path] = None
     model: Any = None
+    error: Optional[str] = None  # why the target cannot be timed (its row says so)
 
 
 def _open(target: Target, threads: Optional[int]) -> Backend:
+    if target.error is not None:
+        raise BackendError(target.error)
     if target.model is not None:
         from grefel.runtime.torch_backend import TorchBackend
 
@@ -133,9 +140,19 @@ def _iter_targets(targets: Sequence[Target], tmp: Path) -> Iterator[Target]:
     """Targets, with each in-memory model's ONNX target exported on demand into `tmp`."""
     for t in targets:
         if t.backend == "onnx" and t.path is None:
-            yield Target(t.label, "onnx", export_onnx_for_bench(t.model, tmp / f"{t.label}.onnx"))
+            try:
+                path = export_onnx_for_bench(t.model, tmp / f"{t.label}.onnx")
+            except Exception as exc:  # the exporter's errors (torch.onnx, onnx, OSError)
+                yield Target(t.label, "onnx", error=f"ONNX export failed ({_first_line(exc)})")
+                continue
+            yield Target(t.label, "onnx", path)
         else:
             yield t
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0][:300] if text else "") or type(exc).__name__
 
 
 def run(
@@ -145,24 +162,39 @@ def run(
     min_seconds: float,
     threads: Optional[int] = None,
     progress: Any = None,
+    on_row: Optional[Callable[[LatencyResult], None]] = None,
 ) -> List[LatencyResult]:
-    """Time every target at every batch size; a backend that cannot run gives a status row."""
+    """Time every target at every batch size. A backend that cannot open gives one
+    `unavailable: why` row per batch size, a batch that fails a `failed: why` row; `on_row` gets
+    each row as it is made."""
     results: List[LatencyResult] = []
+
+    def add(row: LatencyResult) -> None:
+        results.append(row)
+        if on_row is not None:
+            on_row(row)
+
     with tempfile.TemporaryDirectory(prefix="grefel-bench-") as tmp:
         for target in _iter_targets(targets, Path(tmp)):
+            done = set()
             try:
                 with _open(target, threads) as backend:
                     for b in batch_sizes:
                         if progress:
                             progress(f"{target.backend} {target.label} batch {b} ...")
-                        results.append(
-                            measure_latency(backend, b, min_iters, min_seconds, model=target.label)
-                        )
+                        try:
+                            row = measure_latency(backend, b, min_iters, min_seconds,
+                                                  model=target.label)
+                        except (BackendError, RuntimeError, MemoryError) as exc:
+                            # torch's out-of-memory is a RuntimeError; ORT's errors are
+                            # BackendErrors; the next batch size may still fit
+                            row = LatencyResult(target.backend, target.label, backend.device, b,
+                                                status=f"failed: {_first_line(exc)}")
+                        done.add(b)
+                        add(row)
             except (MissingDependency, BackendError) as exc:
-                results += [
-                    LatencyResult(
-                        target.backend, target.label, "-", b, status=f"unavailable: {exc}"
-                    )
-                    for b in batch_sizes
-                ]
+                for b in batch_sizes:
+                    if b not in done:
+                        add(LatencyResult(target.backend, target.label, "-", b,
+                                          status=f"unavailable: {exc}"))
     return results

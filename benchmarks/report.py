@@ -3,7 +3,10 @@
 A record is one JSON object: {"schema", "created", "settings", "environment", "sizes" (params /
 FLOPs / MACs of the Table 2 variants beside the paper's numbers), "latency" (one row per
 backend, model and batch size)}. Files go to `benchmarks/results/bench_<YYYYmmdd-HHMMSS>_<device>`
-with `.json` and `.md` suffixes, written atomically.
+with `.json` and `.md` suffixes, written atomically: `--out` is checked writable before anything
+is measured, and both files are rewritten after every latency row, so an interrupted or failed
+run keeps every row measured so far. A weights file that cannot be read (a bad `.safetensors`)
+is a BenchError naming it, before any timing.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from grefel.fileio import atomic_write_bytes, atomic_write_json
 
 __all__ = [
     "MAC_NOTE",
+    "BenchError",
     "backend_ratios",
     "SCHEMA",
     "compare",
@@ -31,6 +35,10 @@ __all__ = [
 ]
 
 SCHEMA = "grefel-bench/1"
+
+
+class BenchError(ValueError):
+    """A bench that cannot start (unwritable --out, unreadable weights); the message names it."""
 MAC_NOTE = (
     "MACs = FLOPs / 2 from torch.utils.flop_counter (2 FLOPs per multiply-add). The paper's "
     "'FLOPs' are thop MAC counts (POSTER V2's compute_param_flop), so its G column is compared "
@@ -199,8 +207,13 @@ def to_markdown(record: Dict[str, Any]) -> str:
             "",
             MAC_NOTE,
         ]
-    parts += ["", "## Latency", "", _markdown(*_rows_latency(record["latency"])), ""]
-    parts += [f"- {line}" for line in backend_ratios(record)]
+    if record.get("pipeline"):
+        from benchmarks.pipeline import pipeline_markdown
+
+        parts += ["", "## Pipeline (end to end)", ""] + pipeline_markdown(record["pipeline"])
+    if record["latency"] or not record.get("pipeline"):
+        parts += ["", "## Latency", "", _markdown(*_rows_latency(record["latency"])), ""]
+        parts += [f"- {line}" for line in backend_ratios(record)]
     return "\n".join(parts + [""])
 
 
@@ -208,18 +221,43 @@ def to_text(record: Dict[str, Any]) -> str:
     out = ["Environment:"] + [f"  {line}" for line in env_lines(record["environment"])]
     if record["sizes"]:
         out += ["", "Params and FLOPs vs the paper (Table 2):", sizes_table(record), MAC_NOTE]
+    if record.get("pipeline"):
+        from benchmarks.pipeline import pipeline_markdown
+
+        out += ["", "Pipeline (end to end):"] + pipeline_markdown(record["pipeline"])
+        return "\n".join(out)
     out += ["", "Latency:", latency_table(record)]
     return "\n".join(out + backend_ratios(record))
 
 
-def write_record(record: Dict[str, Any], out_dir: Path) -> Tuple[Path, Path]:
-    """`bench_<YYYYmmdd-HHMMSS>_<device>.json` and `.md` in `out_dir`, written atomically."""
+def record_paths(out_dir: Path, environment: Dict[str, Any]) -> Tuple[Path, Path]:
+    """`bench_<YYYYmmdd-HHMMSS>_<device>.json` and `.md` in `out_dir`."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    stem = Path(out_dir) / f"bench_{stamp}_{device_label(record['environment'])}"
-    json_path, md_path = stem.with_suffix(".json"), stem.with_suffix(".md")
+    stem = Path(out_dir) / f"bench_{stamp}_{device_label(environment)}"
+    return stem.with_suffix(".json"), stem.with_suffix(".md")
+
+
+def write_record(
+    record: Dict[str, Any], out_dir: Path, paths: Optional[Tuple[Path, Path]] = None
+) -> Tuple[Path, Path]:
+    """The record as JSON and Markdown in `out_dir` (at `paths` when given), written atomically."""
+    json_path, md_path = paths or record_paths(out_dir, record["environment"])
     atomic_write_json(json_path, record)
     atomic_write_bytes(md_path, to_markdown(record).encode())
     return json_path, md_path
+
+
+def check_writable(out_dir: Path) -> None:
+    """BenchError unless a file can be created in `out_dir` (made when missing)."""
+    import tempfile
+
+    try:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".bench-probe-"):
+            pass
+    except OSError as exc:
+        raise BenchError(f"--out {out_dir}: cannot write the record there "
+                         f"({exc.strerror or exc}); give a writable folder") from None
 
 
 def load_record(path: Path) -> Dict[str, Any]:
@@ -307,9 +345,16 @@ def bench_targets(weights: Sequence[Path], backends: Sequence[str], presets: Seq
     for path in weights:
         suffix = Path(path).suffix.lower()
         if suffix == ".safetensors":
-            from grefel.checkpoint import load_checkpoint
+            from grefel.checkpoint import CheckpointError, load_checkpoint
 
-            models.append((Path(path).stem, load_checkpoint(path)[0]))
+            try:
+                models.append((Path(path).stem, load_checkpoint(path)[0]))
+            except (CheckpointError, OSError) as exc:
+                raise BenchError(f"--weights {exc}" if str(path) in str(exc)
+                                 else f"--weights {path}: {exc}") from None
+        elif suffix not in (".onnx", ".engine", ".plan"):
+            raise BenchError(f"--weights {path}: unknown model file type {suffix!r}; use "
+                             ".safetensors, .onnx or .engine")
         elif {".onnx": "onnx", ".engine": "tensorrt", ".plan": "tensorrt"}.get(suffix) in want:
             targets.append(
                 Target(Path(path).name, "onnx" if suffix == ".onnx" else "tensorrt", Path(path))
@@ -331,23 +376,37 @@ def run_bench(
     out_dir: Optional[Path],
     threads: Optional[int] = None,
     progress: Any = None,
+    pipeline: Optional[Dict[str, Any]] = None,
 ) -> Tuple[Dict[str, Any], Optional[Tuple[Path, Path]]]:
     """`grefel bench`: sizes vs Table 2, latency per backend and batch, the environment; the
-    record is written to `out_dir` (when given) and returned."""
+    record is written to `out_dir` (when given) and returned. With `pipeline` (source,
+    detectors, det_every, det_size, max_frames) the record holds the end-to-end pipeline rows
+    of `benchmarks.pipeline` instead of sizes and latency."""
     import os
 
     from benchmarks.env import environment
     from benchmarks.latency import run
 
+    if out_dir is not None:
+        check_writable(out_dir)  # before anything is measured
+    targets = bench_targets(weights, backends, presets)  # a bad weights file fails here
     env = environment()
     env["load"] = [round(x, 2) for x in os.getloadavg()]
+    if pipeline is not None:
+        from benchmarks.pipeline import pipeline_rows
+
+        rows = pipeline_rows(weights, pipeline["source"], pipeline["detectors"],
+                             pipeline["det_every"], det_size=pipeline["det_size"],
+                             threads=threads, max_frames=pipeline.get("max_frames"),
+                             backends=backends, progress=progress)
+        settings = {"weights": [str(w) for w in weights], "backends": list(backends),
+                    "threads": threads, "pipeline": dict(pipeline)}
+        record = make_record(settings, env, [], [])
+        record["pipeline"] = rows
+        return record, (write_record(record, out_dir) if out_dir is not None else None)
     if progress:
         progress("params and FLOPs of the Table 2 variants ...")
     sizes = table2_sizes(presets)
-    targets = bench_targets(weights, backends, presets)
-    latency = [
-        r.to_dict() for r in run(targets, batch_sizes, min_iters, min_seconds, threads, progress)
-    ]
     settings = {
         "weights": [str(w) for w in weights],
         "backends": list(backends),
@@ -357,5 +416,15 @@ def run_bench(
         "presets": list(presets),
         "threads": threads,
     }
-    record = make_record(settings, env, sizes, latency)
-    return record, (write_record(record, out_dir) if out_dir is not None else None)
+    record = make_record(settings, env, sizes, [])
+    paths = record_paths(out_dir, env) if out_dir is not None else None
+
+    def on_row(row: Any) -> None:
+        record["latency"].append(row.to_dict())
+        if paths is not None:
+            write_record(record, out_dir, paths)  # each row is on disk as it is measured
+
+    run(targets, batch_sizes, min_iters, min_seconds, threads, progress, on_row=on_row)
+    if paths is not None:
+        write_record(record, out_dir, paths)
+    return record, paths

@@ -27,9 +27,11 @@ from typing import Any, Dict, List, Mapping, Tuple
 import numpy as np
 
 __all__ = [
+    "CRITERIA",
     "FP16_CRITERIA",
     "INT8_CRITERIA",
     "Agreement",
+    "artifact_precision",
     "GateCriteria",
     "OutputCheck",
     "Parity",
@@ -44,11 +46,13 @@ Tolerance = Tuple[float, float]  # (atol, rtol): pass when |a - b| <= atol + rto
 
 def run_backend(backend: Any, images: np.ndarray, chunk: int = 16) -> Outputs:
     """Open a runtime backend (`grefel.runtime`), run `images` through its `infer` in chunks of
-    `chunk` (bounded memory), close it; the outputs by name."""
+    `chunk` (bounded memory), close it; the outputs by name, NaN / inf included (the gates count
+    them: `finite_outputs=False`)."""
     parts: List[Outputs] = []
     with backend:
         for i in range(0, len(images), chunk):
-            parts.append(backend.infer(np.ascontiguousarray(images[i : i + chunk])))
+            parts.append(backend.infer(np.ascontiguousarray(images[i : i + chunk]),
+                                      finite_outputs=False))
     return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
 
@@ -143,6 +147,40 @@ class GateCriteria:
 FP16_CRITERIA = GateCriteria(max_dprobs=2e-2, max_dconfidence=2e-2)
 # INT8 (explicit quantization) errors are ~10x larger; a percent of decisive flips is allowed.
 INT8_CRITERIA = GateCriteria(max_dprobs=0.15, max_dconfidence=0.15, min_decisive_agreement=0.99)
+# By precision name (`grefel eval --criteria`); an FP32 artifact is held to the FP16 gate's.
+CRITERIA = {"fp16": FP16_CRITERIA, "int8": INT8_CRITERIA}
+
+
+def artifact_precision(path: Any) -> str:
+    """"int8", "fp16" or "fp32": an ONNX by its nodes (QuantizeLinear / DequantizeLinear: a QDQ
+    INT8 model; a Cast to float16 or a float16 initializer: FP16-typed), an engine by its
+    sidecar's `build.precision_mode`; "fp32" for anything else."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    if path.suffix.lower() == ".onnx":
+        import onnx
+
+        try:
+            graph = onnx.load(str(path), load_external_data=False).graph
+        except Exception:  # DecodeError, OSError: the backend reports the file itself
+            return "fp32"
+        ops = {n.op_type for n in graph.node}
+        if ops & {"QuantizeLinear", "DequantizeLinear"}:
+            return "int8"
+        fp16 = onnx.TensorProto.FLOAT16
+        if any(i.data_type == fp16 for i in graph.initializer) or any(
+                a.name == "to" and a.i == fp16 for n in graph.node if n.op_type == "Cast"
+                for a in n.attribute):
+            return "fp16"
+        return "fp32"
+    side = path.with_suffix(".json")
+    try:
+        mode = str(json.loads(side.read_text()).get("build", {}).get("precision_mode", ""))
+    except (OSError, ValueError, AttributeError):
+        return "fp32"
+    return "int8" if "int8" in mode else ("fp16" if "fp16" in mode else "fp32")
 
 
 @dataclass(frozen=True)

@@ -9,13 +9,13 @@ no torch, no files), balanced over the seven classes.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from export import ExportError
 
-__all__ = ["gate_images"]
+__all__ = ["calibration_split", "gate_images"]
 
 SYNTH_DIFFICULTY = 0.3  # the demo's SynthFER setting
 
@@ -30,23 +30,59 @@ def gate_images(
                                 f"{SYNTH_DIFFICULTY})")
 
 
-def _folder(folder: Path, limit: int) -> Tuple[np.ndarray, str]:
-    from grefel.contract import ImageError, load_model_input
+def _files(folder: Path) -> List[Path]:
     from grefel.data.readers import IMAGE_EXTS
 
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTS)
     if not files:
         raise ExportError(f"{folder}: no images ({', '.join(IMAGE_EXTS)}) for the gates; "
                           "give a folder of face crops with --calib-data")
-    step = max(1, len(files) // limit)
-    picked = files[::step][:limit]
+    return files
+
+
+def _load(paths: Sequence[Path], folder: Path) -> np.ndarray:
+    from grefel.contract import ImageError, load_model_input
+
     out = []
-    for path in picked:
+    for path in paths:
         try:
             out.append(load_model_input(path))  # the decode and resize of every path
         except ImageError as exc:
             raise ExportError(f"{exc}; remove it from --calib-data {folder}") from None
-    return np.stack(out), f"{len(out)} images of {folder} (every {step}. of {len(files)})"
+    return np.stack(out)
+
+
+def _folder(folder: Path, limit: int) -> Tuple[np.ndarray, str]:
+    files = _files(folder)
+    step = max(1, len(files) // limit)
+    picked = files[::step][:limit]
+    what = f"{len(picked)} images of {folder} (every {step}. of {len(files)})"
+    return _load(picked, folder), what
+
+
+def calibration_split(
+    calib_dir: Union[str, Path], *, n_calib: int = 128, n_gate: int = 64, seed: int = 0
+) -> Tuple[np.ndarray, np.ndarray, str]:
+    """(calibration images, held-out gate images, a line saying what they are) from one folder.
+
+    The folder's images are shuffled with a fixed seed and split without overlap: the first
+    `n_calib` calibrate the INT8 ranges, the next `n_gate` are the INT8 gate's (with fewer files
+    than both, two thirds calibrate and the rest are held out). At least two images are needed.
+    """
+    folder = Path(calib_dir)
+    files = _files(folder)
+    if len(files) < 2:
+        raise ExportError(f"{folder}: INT8 needs at least 2 images (calibration and held-out "
+                          f"gate images are disjoint), found {len(files)}")
+    order = np.random.default_rng(seed).permutation(len(files))
+    if len(files) < n_calib + n_gate:
+        n_calib = min(len(files) - 1, max(1, (2 * len(files)) // 3))
+        n_gate = len(files) - n_calib
+    calib = sorted(files[i] for i in order[:n_calib])
+    gate = sorted(files[i] for i in order[n_calib:n_calib + n_gate])
+    what = (f"{len(calib)} calibration and {len(gate)} held-out images of {folder} "
+            f"({len(files)} files, split with seed {seed})")
+    return _load(calib, folder), _load(gate, folder), what
 
 
 def _synthfer(n: int, seed: int) -> np.ndarray:

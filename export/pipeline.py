@@ -1,13 +1,19 @@
 """`grefel export`: the stages in order, a progress line and a time each.
 
     checkpoint -> ONNX FP32 (opset per target, dynamic batch) -> onnxsim -> ONNX Runtime parity
-    with torch -> TensorRT op lint -> FP16-typed ONNX + FP16 gate -> ONNX artifacts -> engine
-    build -> --verify on the device -> engine + sidecar
+    with torch -> TensorRT op lint -> FP16-typed ONNX + FP16 gate -> (--int8: QDQ INT8 ONNX
+    calibrated on --calib-data + INT8 gate on held-out images, export/int8.py) -> ONNX
+    artifacts -> engine build (INT8 from the QDQ ONNX with --int8) -> --verify on the device ->
+    engine + sidecar
 
 `MODEL.onnx` as the source skips the torch stages (no torch import), for a Jetson that builds
 its own engine. Every artifact is made in a work folder inside `--out` and moved into place only
 when its checks pass, so a failed export or build never replaces a good file. Without
 TensorRT the checked ONNX artifacts are written and the result says what to run on the target.
+
+The work folder is `.export-<pid>-<random>`: an export that was killed (SIGKILL, power loss)
+cannot remove its own, so every export first removes the work folders of processes that no
+longer run (`remove_stale_work_dirs`); those of running exports are left alone.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 import onnx
 
 from export import ExportError
-from export.compare import FP16_CRITERIA
+from export.compare import FP16_CRITERIA, INT8_CRITERIA, artifact_precision
 from export.fp16 import convert_to_fp16, fp16_gate, fp32_node_names
 from export.gate_images import gate_images
 from export.lint import TARGETS, lint_onnx, target_table
@@ -34,7 +40,10 @@ from grefel._lazy import MissingDependency, require
 from grefel.contract import opset_for_target
 from grefel.fileio import atomic_write_json
 
-__all__ = ["ExportOptions", "ExportResult", "resolve_target", "run_export"]
+__all__ = ["ExportOptions", "ExportResult", "remove_stale_work_dirs", "resolve_target",
+           "run_export"]
+
+WORK_PREFIX = ".export-"
 
 Log = Callable[[str], None]
 # The exporter writes LayerNormalization from opset 17 on, which TensorRT 8.5's parser lacks
@@ -63,6 +72,8 @@ class ExportOptions:
     name: Optional[str] = None
     embedding: bool = False
     calib_data: Optional[Path] = None
+    int8: bool = False  # also the QDQ INT8 ONNX (needs calib_data); the engine is INT8
+    calib_method: str = "minmax"  # export.int8.CALIB_METHODS
 
 
 @dataclass
@@ -123,12 +134,52 @@ def run_export(source: Path, opts: ExportOptions, log: Log = print) -> ExportRes
         raise ExportError(f"--batch {opts.batch} is larger than --max-batch {opts.max_batch}")
     trt, missing = _require_trt()
     target, lint_targets = resolve_target(opts.target, trt)
-    opts.out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".export-", dir=opts.out) as tmp:
+    try:
+        opts.out.mkdir(parents=True, exist_ok=True)
+        remove_stale_work_dirs(opts.out, log)
+        work = tempfile.TemporaryDirectory(prefix=f"{WORK_PREFIX}{os.getpid()}-", dir=opts.out)
+    except OSError as exc:
+        raise ExportError(f"--out {opts.out}: cannot write there ({exc.strerror or exc}); give "
+                          "a writable folder") from None
+    with work as tmp:
         try:
             return _Run(source, opts, log, Path(tmp), trt, missing, target, lint_targets).run()
         except ExportError as exc:
             raise ExportError(_user_message(str(exc), Path(source), Path(tmp))) from None
+        except OSError as exc:  # a full disk, --out made read-only meanwhile
+            raise ExportError(f"--out {opts.out}: cannot write the artifacts "
+                              f"({exc.strerror or exc}); nothing earlier there was replaced"
+                              ) from None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_work_dirs(out: Path, log: Log = print) -> List[Path]:
+    """Remove the `.export-<pid>-*` work folders in `out` whose process no longer runs (and
+    those of the older unnumbered `.export-<random>` layout, which no running grefel makes);
+    return the removed paths."""
+    removed = []
+    for entry in sorted(Path(out).glob(f"{WORK_PREFIX}*")):
+        if not entry.is_dir() or entry.is_symlink():
+            continue
+        head = entry.name[len(WORK_PREFIX):].split("-", 1)[0]
+        if head.isdigit() and "-" in entry.name[len(WORK_PREFIX):]:
+            pid = int(head)
+            if pid == os.getpid() or _pid_alive(pid):
+                continue  # a running export's (maybe this one's) work folder
+        shutil.rmtree(entry, ignore_errors=True)
+        if not entry.exists():
+            removed.append(entry)
+            log(f"removed {entry}, the work folder of an export that was killed")
+    return removed
 
 
 def _user_message(message: str, source: Path, work: Path) -> str:
@@ -145,15 +196,33 @@ def _model_opset(path: Path) -> int:
 
 
 def _check_onnx_source(path: Path) -> None:
-    """A given ONNX must load, pass onnx.checker and have the `images` input."""
+    """A given ONNX must load, pass onnx.checker and have the contract's interface: one input
+    `images` of (N, 3, 112, 112) and the outputs probs, primary, confidence."""
+    from grefel.contract import INPUT_NAME, INPUT_SHAPE, OUTPUTS
+
     try:
         onnx.checker.check_model(str(path))
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # DecodeError, ValidationError, OSError
-        raise ExportError(f"{path}: not a valid ONNX model ({exc})") from None
-    inputs = [i.name for i in model.graph.input]
-    if inputs[:1] != ["images"]:
-        raise ExportError(f"{path}: expected the input `images` of a grefel export, got {inputs}")
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise ExportError(f"{path}: not a valid ONNX model ({first})") from None
+    initializers = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in initializers]
+    want = f"one input {INPUT_NAME!r} (N, {', '.join(map(str, INPUT_SHAPE))})"
+    if [i.name for i in inputs] != [INPUT_NAME]:
+        raise ExportError(f"{path}: not a grefel model: expected {want}, got inputs "
+                          f"{[i.name for i in inputs]}")
+    dims = inputs[0].type.tensor_type.shape.dim
+    shape = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+    if len(shape) != 4 or shape[1:] != list(INPUT_SHAPE):
+        shown = ["N" if d is None else d for d in shape]
+        raise ExportError(f"{path}: not a grefel model: expected {want}, got "
+                          f"{INPUT_NAME!r} {tuple(shown)}")
+    outputs = [o.name for o in model.graph.output]
+    missing = [n for n in OUTPUTS if n not in outputs]
+    if missing:
+        raise ExportError(f"{path}: not a grefel model: it has no output(s) {missing} (got "
+                          f"{outputs}); export a grefel checkpoint with `grefel export`")
 
 
 class _Run:
@@ -166,7 +235,9 @@ class _Run:
         self.gates: Dict[str, Any] = {}
         self.model = None
         self.is_onnx = self.source.suffix.lower() == ".onnx"
-        self.name = opts.name or self.source.stem.replace(".fp16", "")
+        self.name = opts.name or self.source.stem.replace(".fp16", "").replace(".int8", "")
+        # A QDQ ONNX given as the source is the INT8 model itself (built, never re-quantized).
+        self.source_int8 = self.is_onnx and artifact_precision(self.source) == "int8"
         self.opset = opts.opset or opset_for_target(target)
         self.explicit_target = opts.target != "auto"
         self._images: Optional[Tuple[Any, str]] = None
@@ -177,7 +248,7 @@ class _Run:
             raise ExportError(f"{self.source}: no such file")
         if self.source.suffix.lower() not in (".onnx", ".safetensors"):
             raise ExportError(f"{self.source}: expected a .safetensors checkpoint or an .onnx")
-        onnx_path = self.work / f"{self.name}.onnx"
+        onnx_path = self.work / f"{self.name}{'.int8' if self.source_int8 else ''}.onnx"
         if self.is_onnx:
             _check_onnx_source(self.source)
             shutil.copyfile(self.source, onnx_path)
@@ -185,14 +256,25 @@ class _Run:
             self._load_checkpoint()
             self._export(onnx_path, self.opset)
             self._parity(onnx_path)
+        if self.opts.int8 and self.opts.calib_data is None and not self.source_int8:
+            raise ExportError("--int8 needs --calib-data DIR: a folder of real face crops (e.g. "
+                              "a SynthFER or RAF-DB folder) to calibrate on and gate with")
+        if self.source_int8 and not self.opts.int8:
+            raise ExportError(f"{self.source}: a QDQ INT8 ONNX; build it with --int8")
         self._lint(onnx_path)
         artifacts = [onnx_path]
-        if self.opts.fp16:
+        self.int8_path: Optional[Path] = onnx_path if self.source_int8 else None
+        if self.opts.fp16 and not self.source_int8:
             artifacts.append(self._fp16(onnx_path))
+        if self.opts.int8 and not self.source_int8:
+            self.int8_path = self._int8(onnx_path)
+            artifacts.append(self.int8_path)
         artifacts.append(self.work / f"{self.name}.checks.json")
         atomic_write_json(artifacts[-1], {"source": str(self.source), "target": self.target,
                                           "stage_seconds": self.stage.times, **self.gates})
         final = [self._publish(p) for p in artifacts]
+        if self.int8_path is not None:
+            self.int8_path = self.opts.out / self.int8_path.name
         self.log("ONNX artifacts: " + ", ".join(str(p) for p in final))
         if self.opts.onnx_only:
             return ExportResult(0, final, self.gates, "ONNX artifacts written (--onnx-only)")
@@ -331,6 +413,28 @@ class _Run:
                               "exports anyway")
         return fp16_path
 
+    def _int8(self, path: Path) -> Path:
+        from export.gate_images import calibration_split
+        from export.int8 import int8_gate, quantize_int8
+
+        int8_path = path.with_name(f"{self.name}.int8.onnx")
+        with self.stage(f"INT8 QDQ ONNX ({self.opts.calib_method} calibration) + INT8 "
+                        "gate") as notes:
+            calib, held_out, what = calibration_split(self.opts.calib_data)
+            counts = quantize_int8(path, int8_path, calib, method=self.opts.calib_method)
+            gate, _ = int8_gate(path, int8_path, held_out, criteria=INT8_CRITERIA)
+            self.gates["int8_gate"] = {**gate.to_dict(), **counts, "images": what,
+                                       "calib_data": str(self.opts.calib_data)}
+            notes.append(f"{counts['quantized_nodes']} nodes quantized, "
+                         f"{counts['float_nodes_kept']} kept float, "
+                         f"{counts['bytes'] / 2**20:.1f} MiB")
+            notes.append(f"{gate} on {what}")
+        if not gate and not self.opts.force:
+            raise ExportError(f"{self.source}: INT8 breaks this model: {gate}; try "
+                              "--calib-method percentile or entropy, more --calib-data, or "
+                              "--force to export anyway")
+        return int8_path
+
     def _publish(self, path: Path) -> Path:
         dest = self.opts.out / path.name
         os.replace(path, dest)
@@ -338,6 +442,8 @@ class _Run:
 
     def _how_to_build(self, onnx_path: Path) -> str:
         flags = f"--fp16 --batch {self.opts.batch} --max-batch {self.opts.max_batch}"
+        if self.int8_path is not None:
+            onnx_path, flags = self.int8_path, flags.replace("--fp16", "--int8")
         lines = [
             f"No engine built: {self.missing}",
             "Build it on the target GPU (TensorRT + pycuda; no torch needed; --target auto "
@@ -354,16 +460,19 @@ class _Run:
         from export.trt_builder import BuildOptions, build_engine
 
         onnx_fp32 = final[0]
-        onnx_fp16 = final[1] if self.opts.fp16 else None
-        stem = engine_stem(self.name, self.opts.fp16, self.opts.max_batch)
+        int8 = self.int8_path is not None
+        onnx_fp16 = final[1] if self.opts.fp16 and not int8 else None
+        stem = engine_stem(self.name, self.opts.fp16, self.opts.max_batch, int8=int8)
         work_engine = self.work / f"{stem}.engine"
-        build_opts = BuildOptions(self.opts.fp16, self.opts.batch, self.opts.max_batch,
-                                  self.opts.workspace_gib, self.opts.timing_cache,
-                                  self.opts.dla_core, tf32=self.opts.tf32)
+        build_opts = BuildOptions(self.opts.fp16 and not int8, self.opts.batch,
+                                  self.opts.max_batch, self.opts.workspace_gib,
+                                  self.opts.timing_cache, self.opts.dla_core, tf32=self.opts.tf32,
+                                  int8=int8)
         with self.stage("build TensorRT engine") as notes:
             fp32_layers = fp32_node_names(onnx.load(str(onnx_fp32)))
             build = build_engine(onnx_fp32, work_engine, build_opts, onnx_fp16=onnx_fp16,
-                                 fp32_layers=fp32_layers, log=self.log)
+                                 onnx_int8=self.int8_path, fp32_layers=fp32_layers,
+                                 log=self.log)
             notes.append(f"{build.precision_mode}, {build.plan_bytes / 2**20:.1f} MiB")
         if self.opts.verify:
             self._verify(work_engine, onnx_fp32)
@@ -381,7 +490,8 @@ class _Run:
 
         with self.stage("verify engine vs ONNX Runtime") as notes:
             images, what = self.gate_images()
-            result = verify_engine(engine, onnx_fp32, images, criteria=FP16_CRITERIA)
+            criteria = INT8_CRITERIA if self.int8_path is not None else FP16_CRITERIA
+            result = verify_engine(engine, onnx_fp32, images, criteria=criteria)
             self.gates["verify"] = result.to_dict()
             notes.append(f"{result} on {what}")
         if not result and not self.opts.force:

@@ -24,8 +24,8 @@ __all__ = ["FORMAT", "device_info", "engine_stem", "onnx_meta", "write_sidecar"]
 FORMAT = ENGINE_SIDECAR_FORMAT
 
 
-def engine_stem(name: str, fp16: bool, max_batch: int) -> str:
-    return f"{name}_{'fp16' if fp16 else 'fp32'}_b{max_batch}"
+def engine_stem(name: str, fp16: bool, max_batch: int, int8: bool = False) -> str:
+    return f"{name}_{'int8' if int8 else 'fp16' if fp16 else 'fp32'}_b{max_batch}"
 
 
 def onnx_meta(path: Union[str, Path]) -> Dict[str, Any]:

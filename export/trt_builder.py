@@ -14,6 +14,11 @@ in `tests/test_trt_real_bindings.py`):
   parser's layer name (the node name, or `NODE_<n>` for a duplicate). TensorRT's fused
   transformer regions can still ignore layer precisions there (NVIDIA/TensorRT#3889, #4505):
   `--verify` is the safeguard;
+- INT8 (`--int8`): the QDQ ONNX (`export.int8`; explicit quantization, the scales are in its
+  Q/DQ nodes, no calibrator). Where `BuilderFlag.INT8` exists (8.5-10.x) it is built weakly
+  typed with that flag (layers without Q/DQ stay FP32); where it does not (11.x, strongly typed
+  only) the network is strongly typed and the Q/DQ nodes carry the precision. DLA needs INT8 or
+  FP16 and fixed shapes;
 - network flags: `EXPLICIT_BATCH` where it exists (required on 8.x, ignored on 10.x, gone in
   11.x), `STRONGLY_TYPED` by its enum value (1 in 10.x, 0 in 11.x);
 - optimisation profile min 1 / opt `batch` / max `max_batch` on the `images` input; a DLA
@@ -65,13 +70,14 @@ class BuildOptions:
     dla_core: Optional[int] = None
     input_name: str = "images"
     tf32: bool = True  # FP32 builds: TensorRT's default; False clears BuilderFlag.TF32
+    int8: bool = False  # build the QDQ INT8 ONNX (explicit quantization); fp16 is then ignored
 
 
 @dataclass
 class BuildResult:
     engine: Path
     tensorrt_version: str
-    precision_mode: str  # "fp16-weak", "fp16-strong" or "fp32"
+    precision_mode: str  # "fp16-weak", "fp16-strong", "int8-weak", "int8-strong" or "fp32"
     onnx_built: Path
     seconds: float
     plan_bytes: int
@@ -84,9 +90,17 @@ class BuildResult:
         return d
 
 
-def precision_mode(trt: Any, fp16: bool) -> str:
+def precision_mode(trt: Any, fp16: bool, int8: bool = False) -> str:
     """'fp16-strong' where STRONGLY_TYPED exists (10.0+), 'fp16-weak' where only
-    BuilderFlag.FP16 does (8.5/8.6), or 'fp32'."""
+    BuilderFlag.FP16 does (8.5/8.6), or 'fp32'. With `int8`: 'int8-weak' where BuilderFlag.INT8
+    exists (8.5-10.x), else 'int8-strong' where STRONGLY_TYPED does (11.x)."""
+    if int8:
+        if getattr(trt.BuilderFlag, "INT8", None) is not None:
+            return "int8-weak"
+        if getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None) is not None:
+            return "int8-strong"
+        raise ExportError(f"TensorRT {trt.__version__} has neither BuilderFlag.INT8 nor "
+                          "STRONGLY_TYPED: no INT8 build path exists")
     if not fp16:
         return "fp32"
     if getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None) is not None:
@@ -106,8 +120,8 @@ def network_flags(trt: Any, strongly_typed: bool) -> int:
     strong = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
     if strongly_typed:
         if strong is None:
-            raise ExportError("this TensorRT has no STRONGLY_TYPED network flag: the FP16-typed "
-                              "ONNX cannot be built strongly typed")
+            raise ExportError("this TensorRT has no STRONGLY_TYPED network flag: the typed ONNX "
+                              "cannot be built strongly typed")
         flags |= 1 << int(strong)
     return flags
 
@@ -179,6 +193,10 @@ def _configure(trt: Any, builder: Any, network: Any, config: Any, opts: BuildOpt
         config.set_flag(trt.BuilderFlag.FP16)
         obey = getattr(trt.BuilderFlag, "OBEY_PRECISION_CONSTRAINTS", None)
         config.set_flag(obey if obey is not None else trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
+    if mode == "int8-weak":
+        if hasattr(builder, "platform_has_fast_int8") and not builder.platform_has_fast_int8:
+            notes.append("this GPU has no fast INT8; TensorRT may pick FP32 kernels")
+        config.set_flag(trt.BuilderFlag.INT8)
     tf32 = getattr(trt.BuilderFlag, "TF32", None)
     if not opts.tf32 and tf32 is not None:
         config.clear_flag(tf32)
@@ -194,8 +212,8 @@ def _configure(trt: Any, builder: Any, network: Any, config: Any, opts: BuildOpt
 def _configure_dla(trt: Any, builder: Any, network: Any, config: Any,
                    opts: BuildOptions) -> List[str]:
     available = int(getattr(builder, "num_DLA_cores", 0))
-    if not opts.fp16:
-        raise ExportError("--dla-core needs an FP16 build (DLA runs FP16/INT8 only)")
+    if not (opts.fp16 or opts.int8):
+        raise ExportError("--dla-core needs an FP16 or INT8 build (DLA runs FP16/INT8 only)")
     if opts.dla_core >= available:
         raise ExportError(f"--dla-core {opts.dla_core}: this device has {available} DLA cores")
     config.default_device_type = trt.DeviceType.DLA
@@ -245,6 +263,7 @@ def build_engine(
     opts: BuildOptions,
     *,
     onnx_fp16: Optional[Union[str, Path]] = None,
+    onnx_int8: Optional[Union[str, Path]] = None,
     fp32_layers: Sequence[str] = (),
     log: Log = print,
 ) -> BuildResult:
@@ -255,13 +274,19 @@ def build_engine(
         engine_path: the .engine file; untouched unless the build succeeds.
         opts: batch profile, precision, workspace, timing cache, DLA, TF32.
         onnx_fp16: the FP16-typed ONNX, required for a strongly typed FP16 build (10.0+).
+        onnx_int8: the QDQ INT8 ONNX, required for an INT8 build (`opts.int8`).
         fp32_layers: ONNX node names pinned to FP32 in a weakly typed FP16 build (8.5/8.6).
         log: progress/notes printer.
     """
     trt = require("tensorrt")
-    mode = precision_mode(trt, opts.fp16)
+    mode = precision_mode(trt, opts.fp16, opts.int8)
     source = Path(onnx_fp32)
-    if mode == "fp16-strong":
+    if opts.int8:
+        if onnx_int8 is None:
+            raise ExportError("an INT8 build needs the QDQ INT8 ONNX (grefel export --int8 "
+                              "writes NAME.int8.onnx)")
+        source = Path(onnx_int8)
+    elif mode == "fp16-strong":
         if onnx_fp16 is None:
             raise ExportError(f"TensorRT {trt.__version__} builds FP16 strongly typed: the "
                               "FP16-typed ONNX is needed (grefel export writes NAME.fp16.onnx)")
@@ -284,7 +309,7 @@ def _build(trt: Any, mode: str, source: Path, engine_path: Path, opts: BuildOpti
     start = time.perf_counter()
     logger = trt_logger(trt)
     builder = trt.Builder(logger)
-    network = builder.create_network(network_flags(trt, mode == "fp16-strong"))
+    network = builder.create_network(network_flags(trt, mode.endswith("-strong")))
     _parse(trt, network, logger, source)
     config = builder.create_builder_config()
     shapes = _add_profile(builder, network, config, opts)

@@ -181,6 +181,11 @@ def _train_options(func):
                           "there is none (the tiny preset)."),
         click.option("--pretrained-mobilefacenet", default="", type=click.Path(dir_okay=False),
                      help="pytorch_face_landmark MobileFaceNet weights (landmark stream)."),
+        click.option("--init", default=t.init, type=click.Path(dir_okay=False),
+                     help="Fine-tune from this grefel checkpoint (e.g. from `grefel weights "
+                          "import --kind posterv2`): its architecture, every tensor that fits "
+                          "(strict), fresh class-dependent tensors when the classes differ; "
+                          "writes init.json."),
         click.option("--json", "json_path", type=click.Path(dir_okay=False),
                      help="Write the run summary as JSON."),
     ]
@@ -196,6 +201,8 @@ Examples:
       --image-warmup 150 --no-augment --out runs/demo/train
   grefel train --out runs/demo/train --resume --epochs 8
   grefel train --data data/rafdb --preset paper --refine-per-class 32 --label-smoothing 0.11
+  grefel train --data data/rafdb --preset paper --init ckpt/poster_raf.safetensors --lr 1e-5 \\
+      --out runs/finetune
   torchrun --nproc_per_node 2 -m grefel train --data data/rafdb --preset paper --out runs/ddp
 """
     + _resume_epilog()
@@ -243,39 +250,68 @@ def train(**opts) -> None:
 Examples:
   grefel eval runs/demo/train/best.safetensors --data runs/demo/synthfer
   grefel eval runs/demo/train/best.safetensors --data data/rafdb --split test --out runs/demo/eval
+  grefel eval engines/best.onnx --data runs/demo/synthfer \\
+      --reference runs/demo/train/best.safetensors
+  grefel eval engines/best.int8.onnx --data runs/demo/synthfer --threads 2 \\
+      --reference runs/demo/train/best.safetensors
+  grefel eval engines/best_fp16_b8.engine --data runs/demo/synthfer   (on the GPU that built it)
 """,
 )
-@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.argument("checkpoint", metavar="MODEL", type=click.Path(dir_okay=False))
 @click.option("--data", required=True, type=click.Path(file_okay=False), help="Dataset folder.")
 @click.option("--dataset", default="auto", help="Reader kind (auto detects).")
 @click.option("--split", default="test", help="Split to evaluate.")
 @click.option("--out", type=click.Path(file_okay=False),
-              help="Report folder [default: CHECKPOINT's folder/eval-SPLIT].")
+              help="Report folder [default: MODEL's folder/eval-SPLIT (eval-MODEL-SPLIT for an "
+                   "exported file)].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64)
 @click.option("--workers", type=click.IntRange(min=0), default=0, help="DataLoader workers.")
 @click.option("--device", default="auto", help="auto, cpu, cuda or cuda:N.")
+@click.option("--threads", type=click.IntRange(min=1),
+              help="CPU threads of ONNX Runtime / PyTorch [default: the library's].")
+@click.option("--reference", type=click.Path(dir_okay=False),
+              help="FP32 checkpoint to compare with over the same images: both accuracies and "
+                   "the export gates' agreement (decisive flips, |dp|, NaN).")
+@click.option("--criteria", type=click.Choice(["auto", "fp16", "int8"]), default="auto",
+              help="Agreement criteria with --reference (auto: int8 for a quantized model, "
+                   "else fp16, the FP16 gate's).")
 @click.option("--strict", is_flag=True, help="Unreadable images are an error.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write JSON here.")
-def eval_(checkpoint, data, dataset, split, out, batch_size, workers, device, strict, json_path):
-    """Accuracy, macro-F1, confusion, calibration, embedding and per-group bias of a checkpoint.
+def eval_(checkpoint, data, dataset, split, out, batch_size, workers, device, threads, reference,
+          criteria, strict, json_path):
+    """Accuracy, macro-F1, confusion, calibration, embedding and per-group bias of MODEL.
 
-    Prints a table on stdout; writes metrics.json, confusion.json and PNG plots to --out.
+    MODEL is a checkpoint (.safetensors, PyTorch), an exported .onnx (FP32, FP16 or INT8; ONNX
+    Runtime) or a TensorRT .engine, fed by the one preprocessing path. Prints a table on stdout;
+    writes metrics.json, confusion.json and PNG plots to --out.
     """
+    import functools
+
+    from export.compare import CRITERIA, artifact_precision, measure_agreement
     from grefel.checkpoint import CheckpointError
     from grefel.data import DatasetError
-    from grefel.evaluate import EvalError, evaluate_checkpoint, format_report
+    from grefel.evaluate import ARTIFACT_SUFFIXES, EvalError, evaluate_model, format_report
     from grefel.train import TrainingError
 
-    if Path(checkpoint).suffix.lower() in (".onnx", ".engine", ".plan"):
-        raise click.BadParameter(
-            f"{checkpoint}: grefel eval takes a .safetensors checkpoint (the one the ONNX was "
-            "exported from); exported models are not evaluated yet: run them with grefel "
-            "predict", param_hint="CHECKPOINT")
-    out = out or str(Path(checkpoint).parent / f"eval-{split}")
+    model = Path(checkpoint)
+    if not model.is_file():
+        raise click.ClickException(f"{model}: no such model file")
+    exported = model.suffix.lower() in ARTIFACT_SUFFIXES
+    out = out or str(model.parent / (f"eval-{model.stem}-{split}" if exported else f"eval-{split}"))
+    compare, criteria_name = None, ""
+    if reference is not None:
+        if not Path(reference).is_file():
+            raise click.BadParameter(f"{reference}: no such checkpoint", param_hint="--reference")
+        if criteria == "auto":
+            criteria = "int8" if artifact_precision(model) == "int8" else "fp16"
+        compare = functools.partial(measure_agreement, criteria=CRITERIA[criteria],
+                                    label=f"{model.name} vs {Path(reference).name}")
+        criteria_name = criteria
     try:
-        report = evaluate_checkpoint(checkpoint, data, dataset=dataset, split=split, out=out,
-                                     batch_size=batch_size, workers=workers, device=device,
-                                     strict=strict)
+        report = evaluate_model(model, data, dataset=dataset, split=split, out=out,
+                                batch_size=batch_size, workers=workers, device=device,
+                                strict=strict, threads=threads, reference=reference,
+                                compare=compare, criteria_name=criteria_name)
     except (CheckpointError, DatasetError, EvalError, TrainingError, OSError) as exc:
         raise _user_error(exc) from None
     click.echo(format_report(report))
@@ -360,6 +396,8 @@ Examples:
   grefel export runs/demo/train/best.safetensors --fp16
   grefel export runs/demo/train/best.safetensors --target trt8.5 --onnx-only
   grefel export engines/best.onnx --fp16 --max-batch 8 --verify   (on the Jetson)
+  grefel export runs/demo/train/best.safetensors --int8 --calib-data runs/demo/synthfer --onnx-only
+  grefel export engines/best.int8.onnx --int8 --max-batch 8 --verify   (on the Jetson)
 """,
 )
 @click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path))
@@ -385,16 +423,35 @@ Examples:
 @click.option("--name", help="Artifact name (default: the source file's stem).")
 @click.option("--embedding", is_flag=True, help="Also output the pooled embedding.")
 @click.option("--calib-data", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Image folder (e.g. SynthFER) for the FP16 gate and --verify.")
+              help="Image folder (e.g. SynthFER) for the FP16 gate and --verify; with --int8 "
+                   "the INT8 calibration images and the held-out INT8 gate images (disjoint).")
+@click.option("--int8", is_flag=True,
+              help="Also write NAME.int8.onnx (QDQ: per-channel int8 weights, calibrated int8 "
+                   "activations; LayerNorm, Softmax and the reliability tail in float) with the "
+                   "INT8 gate; the engine is INT8. Needs --calib-data.")
+@click.option("--calib-method", type=click.Choice(["minmax", "percentile", "entropy"]),
+              default="minmax", help="INT8 activation ranges: max |x| over the calibration "
+                                     "images, its 99.999th percentile, or minimal KL divergence.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the gate results as JSON here.")
+@click.option("--max-pixels", type=click.IntRange(min=0),
+              help="Largest --calib-data image decoded, in pixels (0 = no limit) [default: "
+                   "$GREFEL_MAX_PIXELS, else 89,478,485].")
 @click.pass_context
-def export_cmd(ctx: click.Context, source: Path, json_path: Optional[Path], **options) -> None:
-    """Checkpoint (.safetensors) or ONNX -> checked ONNX -> TensorRT engine + sidecar."""
+def export_cmd(ctx: click.Context, source: Path, json_path: Optional[Path],
+               max_pixels: Optional[int], **options) -> None:
+    """Checkpoint (.safetensors) or ONNX -> checked ONNX -> TensorRT engine + sidecar.
+
+    Work happens in a hidden `.export-<pid>-*` folder inside --out; the ones that killed exports
+    left behind are removed first.
+    """
     from export import ExportError
     from export.pipeline import ExportOptions, run_export
+    from grefel.contract import set_max_pixels
     from grefel.fileio import atomic_write_json
 
+    if max_pixels is not None:
+        set_max_pixels(max_pixels)
     try:
         result = run_export(source, ExportOptions(**options), log=lambda s: click.echo(s, err=True))
     except ExportError as exc:
@@ -442,6 +499,9 @@ Examples:
   grefel predict faces/ -w runs/demo/train/best.safetensors --aligned --format csv --out p.csv
   grefel predict clip.mp4 --weights model.onnx --annotate clip_annotated.avi
   grefel predict 0 --weights engines/best_fp16_b8.engine --max-frames 300   # camera 0
+  grefel predict clip.mp4 -w model.onnx --det-every 3 --det-size 320 --json summary.json
+  grefel predict rtsp://camera.local:554/stream1 -w engines/best_fp16_b8.engine --show
+  grefel predict group.jpg -w model.onnx --detector haar --margin 0.3
 """
 )
 @click.argument("src")
@@ -457,7 +517,7 @@ Examples:
 @click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Records file (written atomically); stdout when absent.",
+    help="Records file, written line by line as produced; stdout when absent.",
 )
 @click.option(
     "--annotate",
@@ -476,8 +536,29 @@ Examples:
     default=0.6,
     help="Per-face smoothing across video frames (weight of the past; 0 = off).",
 )
-@click.option("--batch", type=click.IntRange(min=1), default=32, help="Faces per backend call.")
+@click.option("--batch", type=click.IntRange(min=1), default=32,
+              help="Most faces per backend call when --batch-frames > 1 (a frame is not split).")
+@click.option("--batch-frames", type=click.IntRange(min=1), default=1,
+              help="Frames per backend call; 1: each frame's records are written before the "
+                   "next frame is read.")
 @click.option("--max-frames", type=click.IntRange(min=1), help="Stop after this many frames.")
+@click.option("--detector", type=click.Choice(["auto", "blazeface", "blazeface-full", "haar"]),
+              default="auto",
+              help="Face detector: BlazeFace (keypoints; `pip install 'grefel[faces]'`, see the "
+                   "README), Haar (no keypoints, no dependency); auto: BlazeFace if installed.")
+@click.option("--det-size", type=click.IntRange(min=0), default=640,
+              help="Longest side of the frame the detector sees (0: full size).")
+@click.option("--det-every", type=click.IntRange(min=1), default=1,
+              help="Video: detect every N frames, follow the faces in between.")
+@click.option("--align/--no-align", default=True,
+              help="Warp faces with keypoints onto the 5-point 112 px template.")
+@click.option("--margin", type=click.FloatRange(min=0), default=None,
+              help="Crop margin, fraction of the face side [0.2 square crops, 0 aligned].")
+@click.option("--min-face", type=click.IntRange(min=0), default=16,
+              help="Smallest face side kept, frame pixels.")
+@click.option("--threads", type=click.IntRange(min=1),
+              help="CPU threads of the backend, the detector and OpenCV (default: all).")
+@click.option("--show", is_flag=True, help="Show the annotated frames in a window (q quits).")
 @click.option(
     "--device",
     type=click.Choice(["auto", "cpu", "cuda"]),
@@ -488,9 +569,17 @@ Examples:
     "--json",
     "json_path",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Write the run summary (counts, skipped files) as JSON.",
+    help="Write the run summary (counts, skipped files, FPS, ms per stage) as JSON.",
 )
+@click.option(
+    "--max-pixels",
+    type=click.IntRange(min=0),
+    help="Largest image or video frame decoded, in pixels (0 = no limit) [default: "
+         "$GREFEL_MAX_PIXELS, else 89,478,485].",
+)  # fmt: skip
+@click.pass_context
 def predict_command(
+    ctx: click.Context,
     src: str,
     weights: Path,
     fmt: str,
@@ -498,28 +587,54 @@ def predict_command(
     annotate: Optional[Path],
     device: str,
     json_path: Optional[Path],
+    max_pixels: Optional[int],
     **opts: Any,
 ) -> None:
-    """Classify the faces in SRC: an image, a folder (recursive), a video file or a camera index."""
+    """Classify the faces in SRC: an image, a folder (recursive), a video file or a camera index.
+
+    SIGTERM, SIGHUP and Ctrl-C end the run after writing the records so far and the summary;
+    the exit status is then 128 + the signal number (143, 129, 130).
+    """
     from grefel._lazy import MissingDependency
-    from grefel.fileio import atomic_write_json
-    from grefel.predict import PredictOptions, run_predict
+    from grefel.contract import ImageError, set_max_pixels
+    from grefel.fileio import atomic_write_json, display_path
+    from grefel.predict import (
+        OutputError,
+        PredictOptions,
+        ShowError,
+        run_predict,
+        signals_end_run,
+    )
     from grefel.runtime import BackendError
     from grefel.runtime.sources import SourceError
 
+    if max_pixels is not None:
+        set_max_pixels(max_pixels)
     try:
-        summary = run_predict(
-            src, weights, PredictOptions(**opts), fmt=fmt, out=out, annotate=annotate,
-            device=None if device == "auto" else device,
-            on_skip=lambda file, why: click.echo(f"skipped {file}: {why}", err=True),
-        )  # fmt: skip
-    except (BackendError, SourceError, MissingDependency) as exc:
+        with signals_end_run():
+            summary = run_predict(
+                src, weights, PredictOptions(**opts), fmt=fmt, out=out, annotate=annotate,
+                device=None if device == "auto" else device,
+                on_skip=lambda file, why: click.echo(f"skipped {file}: {why}", err=True),
+            )  # fmt: skip
+    except (BackendError, SourceError, MissingDependency, OutputError, ImageError,
+            ShowError) as exc:
         raise click.ClickException(str(exc)) from None
+    except KeyboardInterrupt as exc:  # a signal before the stream began (loading the model)
+        signum = getattr(exc, "signum", 2)
+        click.echo(f"interrupted before any record was written (signal {signum})", err=True)
+        ctx.exit(128 + signum)
     click.echo(summary.describe(), err=True)
     if json_path:
-        atomic_write_json(json_path, summary.to_dict())
+        try:
+            atomic_write_json(json_path, summary.to_dict())
+        except OSError as exc:
+            raise click.ClickException(f"--json {display_path(json_path)}: cannot write "
+                                       f"({exc.strerror or exc})") from None
+    if summary.signal:
+        ctx.exit(128 + int(summary.signal))
     if summary.frames == 0:
-        raise click.ClickException(f"{src}: no readable image or frame")
+        raise click.ClickException(f"{display_path(src)}: no readable image or frame")
 
 
 @cli.command(
@@ -529,6 +644,7 @@ Examples:
   grefel bench --weights runs/demo/train/best.safetensors --batch-sizes 1,8 --iters 10 --seconds 2
   grefel bench --weights engines/best_fp16_b8.engine --backends trt --batch-sizes 1,8,32
   grefel bench --compare benchmarks/results/bench_20260101-120000_orin.json
+  grefel bench --weights model.onnx --source clip.avi --detectors auto,haar --det-every 1,3
 """
 )
 @click.option(
@@ -566,6 +682,15 @@ Examples:
     default=Path("benchmarks/results"),
     help="Folder for the JSON and Markdown record.",
 )
+@click.option("--source", help="A video (or camera / stream): time the end-to-end pipeline on "
+              "it for each --weights file instead of the model alone.")
+@click.option("--detectors", default="auto", callback=_csv_list(
+    str, ["auto", "blazeface", "blazeface-full", "haar"]), help="Pipeline rows: detectors.")
+@click.option("--det-every", "det_every", default="1,3", callback=_csv_list(int),
+              help="Pipeline rows: detect every N frames.")
+@click.option("--det-size", type=click.IntRange(min=0), default=640,
+              help="Pipeline rows: longest side the detector sees.")
+@click.option("--max-frames", type=click.IntRange(min=1), help="Pipeline rows: frames per row.")
 def bench(
     weights: Tuple[Path, ...],
     backends: List[str],
@@ -576,25 +701,53 @@ def bench(
     threads: Optional[int],
     compare_path: Optional[Path],
     out: Path,
+    source: Optional[str],
+    detectors: List[str],
+    det_every: List[int],
+    det_size: int,
+    max_frames: Optional[int],
 ) -> None:
-    """Params/FLOPs vs the paper's Table 2, latency per backend and batch size, environment."""
-    from benchmarks.report import compare, load_record, run_bench, to_text
+    """Params/FLOPs vs the paper's Table 2, latency per backend and batch size, environment;
+    with --source, end-to-end FPS and ms per stage of the predict pipeline on a video.
+
+    --out is checked writable before timing; each row is written there as it is measured; a
+    backend or batch size that cannot run gets a row saying why.
+    """
+    from benchmarks.report import BenchError, compare, load_record, run_bench, to_text
+    from grefel.fileio import display_path
 
     try:
         previous = load_record(compare_path) if compare_path else None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--compare") from None
-    record, paths = run_bench(
-        weights=list(weights),
-        backends=backends,
-        batch_sizes=batch_sizes,
-        min_iters=iters,
-        min_seconds=seconds,
-        presets=presets,
-        out_dir=out,
-        threads=threads,
-        progress=lambda m: click.echo(m, err=True),
-    )
+    if source is not None and not weights:
+        raise click.BadParameter("the pipeline rows need model files", param_hint="--weights")
+    pipeline = None if source is None else {
+        "source": source, "detectors": detectors, "det_every": det_every,
+        "det_size": det_size, "max_frames": max_frames}
+    try:
+        record, paths = run_bench(
+            weights=list(weights),
+            backends=backends,
+            batch_sizes=batch_sizes,
+            min_iters=iters,
+            min_seconds=seconds,
+            presets=presets,
+            out_dir=out,
+            threads=threads,
+            progress=lambda m: click.echo(m, err=True),
+            pipeline=pipeline,
+        )
+    except BenchError as exc:
+        raise click.ClickException(display_path(str(exc))) from None
+    except OSError as exc:  # --out filled up or became unwritable while timing
+        raise click.ClickException(f"--out {out}: cannot write the record "
+                                   f"({exc.strerror or exc}); rows measured so far are in it"
+                                   ) from None
+    for row in record["latency"]:
+        if row["status"] != "ok":
+            click.echo(f"{row['backend']} {row['model']} batch {row['batch']}: {row['status']}",
+                       err=True)
     click.echo(to_text(record))
     if previous is not None:
         click.echo(f"\nCompared with {compare_path}:\n" + compare(record, previous))

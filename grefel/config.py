@@ -297,6 +297,9 @@ class TrainConfig:
     head_dropout: Optional[float] = None  # dropout of eq. 9's MLP head [preset: 0.5]
     pretrained_ir50: str = ""
     pretrained_mobilefacenet: str = ""
+    # A grefel checkpoint to fine-tune from (grefel.train.init_from_checkpoint): its architecture
+    # and input normalisation, every tensor that fits; "" = a fresh model.
+    init: str = ""
     # Steps that train the image stream alone before epoch 1 (grefel.train.warm_up_image_stream):
     # a stand-in for the paper's pretrained IR-50 where no pretrained weights exist (tiny).
     image_warmup: int = 0
@@ -314,6 +317,9 @@ class TrainConfig:
         _require(self.image_warmup >= 0, "image_warmup must be >= 0")
         _require(not (self.image_warmup and self.freeze == "image"),
                  "image_warmup trains the image stream, which freeze=image keeps frozen")
+        _require(not (self.init and (self.pretrained_ir50 or self.pretrained_mobilefacenet)),
+                 "init loads a whole grefel checkpoint; pretrained stream weights are for a "
+                 "fresh model (give one or the other)")
         _require(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda"),
                  f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 

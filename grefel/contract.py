@@ -16,16 +16,19 @@ once, here. Per-stream normalisation is inside the model.
 
 Preprocessing of one file:
     1. decode with PIL, refusing images of more than `max_pixels()` pixels from the header,
-       before any pixel is decoded (decompression bombs). The limit is the environment variable
-       GREFEL_MAX_PIXELS (default 89,478,485, PIL's own default; 0 = no limit).
+       before any pixel is decoded (decompression bombs); video and camera frames are held to
+       the same limit from the capture's frame size (`check_pixels`). The limit is the
+       environment variable GREFEL_MAX_PIXELS (default 89,478,485, PIL's own default; 0 = no
+       limit), which a command's `--max-pixels` sets (`set_max_pixels`).
     2. EXIF orientation applied (tags 2-8).
     3. mode -> 8-bit RGB: grey and 1-bit replicated; 16-bit integer grey (I;16*, I) scaled by
        1/257 (65535 -> 255) and clipped; float grey (F) taken as [0, 1] when its maximum is <= 1,
        else as 0-255; palette, CMYK and YCbCr through PIL's conversion; any alpha (RGBA, LA, PA,
        palette transparency) composited over white.
     4. crop: a dataset's face box (`crop_box`, clipped to the image), or predict's square face
-       crop with a margin (`square_crop`, the border replicated outside the image); none for
-       aligned faces.
+       crop with a margin (`square_crop`, the border replicated outside the image), or, where
+       facial keypoints are known, the similarity warp of the face onto the canonical 5-point
+       template at 112 px (`align_face`); none for aligned faces.
     5. antialiased resize to 112 x 112: PIL's bilinear filter, whose support grows with the
        reduction factor (a triangle low-pass when shrinking, plain bilinear when enlarging) on
        uint8, the same function for every path and for the training augmentation's first resize.
@@ -43,6 +46,8 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image
 
+from grefel.fileio import display_path
+
 __all__ = [
     "CHANNEL_ORDER",
     "ENGINE_SIDECAR_FORMAT",
@@ -54,20 +59,26 @@ __all__ = [
     "MAX_PIXELS_ENV",
     "OPTIONAL_OUTPUTS",
     "OUTPUTS",
+    "ALIGN_TEMPLATE",
     "Box",
     "EngineSidecar",
     "ImageError",
     "SidecarError",
+    "align_face",
+    "align_template",
     "crop_box",
     "decode_image",
     "engine_sidecar_doc",
     "input_spec",
     "load_model_input",
+    "check_pixels",
     "max_pixels",
+    "set_max_pixels",
     "opset_for_target",
     "read_engine_sidecar",
     "resize",
     "sidecar_classes",
+    "similarity_transform",
     "square_crop",
     "to_model_input",
     "to_rgb",
@@ -149,13 +160,28 @@ def max_pixels() -> int:
     return value
 
 
-def _check_pixels(path: Union[str, Path], size: Tuple[int, int], limit: int) -> None:
-    w, h = size
+def set_max_pixels(limit: int) -> None:
+    """Set the pixel limit of this process and its children (a CLI's `--max-pixels`): every
+    decoder reads it through `max_pixels()`. 0 = no limit."""
+    if int(limit) < 0:
+        raise ImageError(f"pixel limit {limit}: expected an integer >= 0 (0 = no limit)")
+    os.environ[MAX_PIXELS_ENV] = str(int(limit))
+
+
+def check_pixels(source: Union[str, Path], size: Tuple[int, int],
+                 limit: Optional[int] = None) -> None:
+    """ImageError naming `source` when a `(width, height)` frame is over the pixel limit
+    (`max_pixels()` when `limit` is None): images from their header, video and camera frames
+    from the capture's frame size, each before any pixel is decoded."""
+    w, h = (int(v) for v in size)
+    limit = max_pixels() if limit is None else limit
     if limit and w * h > limit:
         raise ImageError(
-            f"{path}: {w}x{h} = {w * h:,} pixels is over the limit of {limit:,} (a possible "
-            f"decompression bomb); to decode it, raise the limit: {MAX_PIXELS_ENV}={w * h}"
+            f"{source}: {w}x{h} = {w * h:,} pixels is over the limit of {limit:,} (a possible "
+            f"decompression bomb); to decode it, raise the limit: --max-pixels {w * h} "
+            f"(or {MAX_PIXELS_ENV}={w * h})"
         )
+
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
@@ -183,6 +209,7 @@ def decode_image(path: Union[str, Path]) -> np.ndarray:
 
     Raises ImageError naming the file: missing, unreadable, not an image, or too many pixels.
     """
+    name = display_path(path)  # a non-UTF-8 file name, escaped (messages are printed)
     limit = max_pixels()
     pil_limit = Image.MAX_IMAGE_PIXELS
     try:
@@ -193,22 +220,23 @@ def decode_image(path: Union[str, Path]) -> np.ndarray:
             Image.MAX_IMAGE_PIXELS = None
             with Image.open(path) as im:
                 Image.MAX_IMAGE_PIXELS = pil_limit
-                _check_pixels(path, im.size, limit)
+                check_pixels(name, im.size, limit)
                 orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
                 im.load()
                 rgb = to_rgb(im)
     except ImageError:
         raise
     except FileNotFoundError:
-        raise ImageError(f"{path}: file not found") from None
+        raise ImageError(f"{name}: file not found") from None
     except IsADirectoryError:
-        raise ImageError(f"{path}: a folder, not an image file") from None
+        raise ImageError(f"{name}: a folder, not an image file") from None
     except Image.DecompressionBombError as exc:
-        raise ImageError(f"{path}: {exc}; to decode it, raise {MAX_PIXELS_ENV}") from None
+        raise ImageError(f"{name}: {exc}; to decode it, raise --max-pixels "
+                         f"(or {MAX_PIXELS_ENV})") from None
     except PermissionError as exc:
-        raise ImageError(f"{path}: cannot read ({exc.strerror or exc})") from None
+        raise ImageError(f"{name}: cannot read ({exc.strerror or exc})") from None
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, struct.error...
-        raise ImageError(f"{path}: not a decodable image ({exc})") from None
+        raise ImageError(f"{name}: not a decodable image ({exc})") from None
     finally:
         Image.MAX_IMAGE_PIXELS = pil_limit
     if orientation in _TRANSPOSE:
@@ -243,6 +271,98 @@ def square_crop(image: np.ndarray, box: Box, margin: float = 0.2) -> np.ndarray:
     if pad:
         image = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="edge")
     return image[top + pad : top + pad + s, left + pad : left + pad + s]
+
+
+# --- alignment (docs/contract.md, "Alignment") ----------------------------------------------------
+
+# The canonical 5-point template of aligned 112 x 112 face crops (face.evoLVe's
+# REFERENCE_FACIAL_POINTS for 96 x 112 shifted 8 px right for the square crop; the InsightFace /
+# ArcFace template): the eye on the left of the image, the other eye, the nose tip, the mouth
+# corner on the left, the other mouth corner; x, y in pixels of the 112 px crop.
+ALIGN_TEMPLATE = np.array(
+    [
+        [38.2946, 51.6963],
+        [73.5318, 51.5014],
+        [56.0252, 71.7366],
+        [41.5493, 92.3655],
+        [70.7299, 92.2041],
+    ],
+    dtype=np.float64,
+)
+# Keypoint layouts a detector may give, as rows of the template: 5 points, or 4 where the
+# detector gives the mouth centre (BlazeFace: eyes, nose tip, mouth centre) = the mean of the
+# two template corners.
+_LAYOUTS = {5: ALIGN_TEMPLATE, 4: np.vstack([ALIGN_TEMPLATE[:3], ALIGN_TEMPLATE[3:].mean(axis=0)])}
+
+
+def align_template(points: int = 5, size: int = INPUT_SIZE, margin: float = 0.0) -> np.ndarray:
+    """Template points (points, 2) for a `size` px crop; `margin` > 0 shrinks the face toward
+    the centre by 1 / (1 + 2 margin), i.e. adds `margin` of the face's side on every side."""
+    if points not in _LAYOUTS:
+        raise ValueError(f"alignment takes 5 or 4 keypoints (eyes, nose, mouth), got {points}")
+    if margin < 0:
+        raise ValueError(f"the alignment margin must be >= 0, got {margin}")
+    centre = INPUT_SIZE / 2.0
+    t = (_LAYOUTS[points] - centre) / (1.0 + 2.0 * margin) + centre
+    return t * (size / float(INPUT_SIZE))
+
+
+def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares similarity (rotation, uniform scale, translation) mapping src -> dst
+    (Umeyama 1991, eqs. 40-42): points (K, 2) each, K >= 2 -> the 2 x 3 matrix [sR | t].
+
+    With centred points a = src - mean(src), b = dst - mean(dst) and the SVD U S V^T of
+    Sigma = b^T a / K: R = U D V^T (D = diag(1, det(U V^T)), no reflection),
+    s = tr(S D) / var(src), t = mean(dst) - s R mean(src).
+    """
+    src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
+    if src.shape != dst.shape or src.ndim != 2 or src.shape[1] != 2 or src.shape[0] < 2:
+        raise ValueError(f"expected two (K, 2) point sets, K >= 2; got {src.shape}, {dst.shape}")
+    mu_s, mu_d = src.mean(axis=0), dst.mean(axis=0)
+    a, b = src - mu_s, dst - mu_d
+    var = float((a**2).sum()) / len(src)
+    if not np.isfinite(var) or var <= 1e-12:
+        raise ValueError("the keypoints coincide: no similarity transform")
+    u, sig, vt = np.linalg.svd(b.T @ a / len(src))
+    d = np.diag([1.0, 1.0 if np.linalg.det(u) * np.linalg.det(vt) >= 0 else -1.0])
+    rot = u @ d @ vt
+    scale = float(np.trace(np.diag(sig) @ d)) / var
+    return np.hstack([scale * rot, (mu_d - scale * rot @ mu_s)[:, None]])
+
+
+def align_face(
+    image: np.ndarray, keypoints: np.ndarray, size: int = INPUT_SIZE, margin: float = 0.0
+) -> np.ndarray:
+    """Warp the face onto the canonical template: RGB uint8 (H, W, 3) and its keypoints (5 or 4
+    rows of x, y in pixels, template order) -> (size, size, 3) uint8.
+
+    The similarity `similarity_transform(keypoints, template)` is applied with PIL's bilinear
+    affine warp, the border replicated. Shrinking by more than 2x is first done by an integer
+    box reduction of the face's region, so the warp is antialiased like `resize`.
+    """
+    pts = np.asarray(keypoints, dtype=np.float64)
+    m = similarity_transform(pts, align_template(len(pts), size=size, margin=margin))
+    inv = np.linalg.inv(np.vstack([m, [0.0, 0.0, 1.0]]))  # output pixel -> input pixel
+    scale = float(np.sqrt(abs(np.linalg.det(m[:, :2]))))  # output px per input px
+    corners = inv @ np.array([[0, size, 0, size], [0, 0, size, size], [1, 1, 1, 1]], float)
+    x0, y0 = np.floor(corners[:2].min(axis=1)).astype(int) - 2
+    x1, y1 = np.ceil(corners[:2].max(axis=1)).astype(int) + 2
+    h, w = image.shape[:2]
+    pad = int(max(0, -x0, -y0, x1 - w, y1 - h))
+    if pad:
+        image = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="edge")
+    region = np.ascontiguousarray(image[y0 + pad : y1 + pad, x0 + pad : x1 + pad], np.uint8)
+    pil = Image.fromarray(region, "RGB")
+    factor = int(1.0 / scale) if scale < 0.5 else 1
+    if factor > 1:
+        pil = pil.reduce(factor)
+    # region pixel (u, v) = factor * reduced pixel; input pixel = region pixel + (x0, y0)
+    to_region = np.array([[1.0 / factor, 0, -x0 / factor], [0, 1.0 / factor, -y0 / factor],
+                          [0, 0, 1.0]])
+    a = (to_region @ inv)[:2].ravel()
+    out = pil.transform((size, size), Image.Transform.AFFINE, data=tuple(a),
+                        resample=Image.Resampling.BILINEAR)
+    return np.asarray(out, dtype=np.uint8)
 
 
 def resize(image: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:

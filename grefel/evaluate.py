@@ -1,6 +1,16 @@
-"""`grefel eval`: accuracy, macro-F1, calibration, embedding quality and bias of a checkpoint.
+"""`grefel eval`: accuracy, macro-F1, calibration, embedding quality and bias of a model file.
 
     report = evaluate_checkpoint("runs/demo/train/best.safetensors", "data/synthfer", out="ev")
+    report = evaluate_model("engines/best.int8.onnx", "data/synthfer",
+                            reference="runs/demo/train/best.safetensors", compare=agree)
+
+A checkpoint runs in PyTorch; an exported `.onnx` (FP32, FP16-typed or INT8 QDQ) or a TensorRT
+`.engine` runs through its runtime backend (`grefel.runtime.open_backend`), fed by the same
+loader: `FERDataset` decodes and crops with `grefel.contract` and the eval transform is
+`grefel.contract.to_model_input`, what `grefel predict` feeds a backend. So the accuracy of an
+artifact is measured on the tensors it serves. With `reference=CKPT` the FP32 checkpoint runs
+over the same batches and the report holds both accuracies and the agreement (`compare`, the
+export gates' comparator passed in by the CLI: `export.compare.measure_agreement`).
 
 Everything is measured on one split (test by default) and written to OUT:
 
@@ -11,7 +21,7 @@ Everything is measured on one split (test by default) and written to OUT:
     reliability.png         reliability diagram of C_f (eq. 10) and of max p, with their ECE
     embedding.png           the pooled embeddings e projected to 2-D with PCA (numpy SVD), coloured
                             by true class (paper Fig. 5 uses t-SNE; PCA is deterministic and
-                            needs no extra package)
+                            needs no extra package); only when the model file outputs e
 
 Primary vs final shows what reliability balancing changed (paper Figs. 4 and 9): how many
 predictions it changed, how many wrong ones it fixed and how many right ones it broke.
@@ -22,7 +32,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -43,8 +53,12 @@ from grefel.metrics import (
 )
 
 __all__ = [
-    "EvalError", "collect_outputs", "evaluate_checkpoint", "format_report", "score_predictions",
+    "ARTIFACT_SUFFIXES", "EvalError", "collect_backend_outputs", "collect_outputs",
+    "evaluate_checkpoint", "evaluate_model", "format_report", "score_predictions",
 ]
+
+# Exported artifacts that run through a runtime backend (a checkpoint runs in PyTorch).
+ARTIFACT_SUFFIXES = (".onnx", ".engine", ".plan")
 
 PathLike = Union[str, Path]
 # Sample attributes that are not groups to report accuracy over (labels, boxes, per-sample
@@ -87,6 +101,32 @@ def collect_outputs(
     return result
 
 
+def collect_backend_outputs(backend: Any, loader: Any) -> Dict[str, np.ndarray]:
+    """`collect_outputs` for an opened runtime backend (`grefel.runtime.Backend`).
+
+    The loader's float32 tensors go to `backend.infer` as numpy; the embedding is included only
+    when the artifact outputs it (`grefel export --embedding`).
+    """
+    parts: Dict[str, List[np.ndarray]] = {k: [] for k in
+                                          ("indices", "labels", "probs", "primary",
+                                           "confidence", "embedding")}
+    skipped: List[int] = []
+    for images, labels, indices, bad in loader:
+        skipped.extend(bad)
+        if len(labels) == 0:
+            continue
+        out = backend.infer(np.ascontiguousarray(images.numpy(), dtype=np.float32))
+        parts["indices"].append(indices.numpy())
+        parts["labels"].append(labels.numpy())
+        for name in ("probs", "primary", "confidence"):
+            parts[name].append(np.asarray(out[name], dtype=np.float32))
+        if "embedding" in out:
+            parts["embedding"].append(np.asarray(out["embedding"], dtype=np.float32))
+    result = {k: (np.concatenate(v) if v else np.zeros((0,))) for k, v in parts.items()}
+    result["skipped"] = np.asarray(skipped, dtype=np.int64)
+    return result
+
+
 def _classification(labels: np.ndarray, pred: np.ndarray, names: Sequence[str]) -> Dict:
     cm = confusion_matrix(labels, pred, len(names))
     scores = per_class_scores(cm)
@@ -124,6 +164,8 @@ def score_predictions(
         train_labels if train_labels is not None else labels, labels, len(class_names)
     )
     keys = sorted({k for a in attrs for k in a} - NOT_GROUPS)
+    emb = pred["embedding"]
+    has_emb = emb.ndim == 2 and len(emb) == len(labels) and len(labels) > 0
     return {
         "n": int(len(labels)),
         "final": _classification(labels, final, class_names),
@@ -137,9 +179,10 @@ def score_predictions(
             "n_bins": n_bins,
         },
         "embedding": {
-            "davies_bouldin": davies_bouldin(pred["embedding"], labels),
-            "calinski_harabasz": calinski_harabasz(pred["embedding"], labels),
-            "dim": int(pred["embedding"].shape[1]) if pred["embedding"].ndim == 2 else 0,
+            # None when the model file has no embedding output (an ONNX without --embedding)
+            "davies_bouldin": davies_bouldin(emb, labels) if has_emb else None,
+            "calinski_harabasz": calinski_harabasz(emb, labels) if has_emb else None,
+            "dim": int(emb.shape[1]) if has_emb else 0,
         },
         "per_group": {
             key: group_accuracy(labels, final, [a.get(key, "") for a in attrs]) for key in keys
@@ -157,6 +200,8 @@ def format_report(report: Dict[str, Any]) -> str:
     def num(v: Optional[float]) -> str:
         return "n/a" if v is None else f"{v:.4f}"
 
+    ref = report.get("reference")
+
     lines = [
         f"{'metric':<34}{'value':>12}",
         f"{'samples':<34}{report['n']:>12}",
@@ -171,6 +216,21 @@ def format_report(report: Dict[str, Any]) -> str:
         f"{'ECE of max prob':<34}{num(cal['ece_max_prob']):>12}",
         f"{'Davies-Bouldin (lower better)':<34}{num(emb['davies_bouldin']):>12}",
         f"{'Calinski-Harabasz (higher better)':<34}{num(emb['calinski_harabasz']):>12}",
+    ]
+    if ref is not None:
+        agree = ref["agreement"]
+        lines += [
+            f"{'reference accuracy (final)':<34}{num(ref['final_accuracy']):>12}",
+            f"{'accuracy - reference':<34}{ref['accuracy_delta']:>+12.4f}",
+            f"{'reference macro-F1 (final)':<34}{num(ref['final_macro_f1']):>12}",
+            f"{'top-1 agreement with reference':<34}{num(agree['top1_agreement']):>12}",
+            f"{'decisive flips / near-tie flips':<34}"
+            f"{str(agree['decisive_flips']) + ' / ' + str(agree['near_tie_flips']):>12}",
+            f"{'max |dprobs| vs reference':<34}{agree['max_abs_dprobs']:>12.2e}",
+            f"{'agreement gate (' + ref['criteria'] + ')':<34}"
+            f"{'pass' if agree['passed'] else 'FAIL':>12}",
+        ]
+    lines += [
         "",
         f"{'class':<14}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}",
     ]
@@ -196,25 +256,54 @@ def evaluate_checkpoint(
     strict: bool = False,
 ) -> Dict[str, Any]:
     """Evaluate `checkpoint` on `split` of the dataset at `data`; write plots + JSON to `out`."""
+    return evaluate_model(checkpoint, data, dataset=dataset, split=split, out=out,
+                          batch_size=batch_size, workers=workers, device=device, strict=strict)
+
+
+Compare = Callable[[Dict[str, np.ndarray], Dict[str, np.ndarray]], Any]
+
+
+def evaluate_model(
+    model_path: PathLike,
+    data: PathLike,
+    dataset: str = "auto",
+    split: str = "test",
+    out: Optional[PathLike] = None,
+    batch_size: int = 64,
+    workers: int = 0,
+    device: str = "auto",
+    strict: bool = False,
+    threads: Optional[int] = None,
+    reference: Optional[PathLike] = None,
+    compare: Optional[Compare] = None,
+    criteria_name: str = "",
+) -> Dict[str, Any]:
+    """Evaluate a checkpoint, `.onnx` or `.engine` on `split` of `data` (module doc).
+
+    reference: an FP32 checkpoint run over the same batches; needs `compare(reference outputs,
+        candidate outputs)`, returning an object with `to_dict()` (an `Agreement`).
+    threads: CPU threads of ONNX Runtime / PyTorch (None: the library default).
+    """
     from torch.utils.data import DataLoader
 
-    from grefel.checkpoint import load_checkpoint
     from grefel.data import DatasetError, FERDataset, collate_skip, load_samples, make_transforms
-    from grefel.devices import DeviceError, resolve_device
 
-    try:
-        dev = resolve_device(device)
-    except DeviceError as exc:
-        raise EvalError(str(exc)) from None
-    model, _ = load_checkpoint(checkpoint, map_location=str(dev))
+    model_path = Path(model_path)
+    if reference is not None and compare is None:
+        raise EvalError("a reference checkpoint needs a comparator")
     samples, classes = load_samples(data, dataset, split)
-    if tuple(classes) != tuple(model.cfg.class_names):
-        raise EvalError(f"{data} ({split}) has classes {list(classes)}, but {checkpoint} was "
-                        f"trained on {list(model.cfg.class_names)}")
     dataset_ = FERDataset(samples, classes, transform=make_transforms(False), strict=strict)
-    loader = DataLoader(dataset_, batch_size=batch_size, shuffle=False, num_workers=workers,
-                        collate_fn=collate_skip)
-    pred = collect_outputs(model, loader, dev)
+
+    def loader() -> Any:  # one fixed order: the reference sees the same batches
+        return DataLoader(dataset_, batch_size=batch_size, shuffle=False, num_workers=workers,
+                          collate_fn=collate_skip)
+
+    if model_path.suffix.lower() in ARTIFACT_SUFFIXES:
+        pred, backend_name = _artifact_outputs(model_path, classes, data, split, loader(),
+                                               device, threads)
+    else:
+        model = _load_model(model_path, classes, data, split, device, threads)
+        pred, backend_name = collect_outputs(model, loader(), model_device(model)), "torch"
     if len(pred["labels"]) == 0:
         raise EvalError(f"{data} ({split}): none of its {len(samples)} images could be read")
     train_labels = None  # without a train split the majority class is the evaluated split's
@@ -222,11 +311,74 @@ def evaluate_checkpoint(
         train_labels = [s.label for s in load_samples(data, dataset, "train")[0]]
     attrs = [samples[int(i)].attrs for i in pred["indices"]]
     report = score_predictions(pred, classes, attrs, train_labels)
-    report.update(checkpoint=str(checkpoint), data=str(data), split=split,
+    report.update(model=str(model_path), backend=backend_name, data=str(data), split=split,
                   skipped=[samples[int(i)].path for i in pred["skipped"]])
+    report["checkpoint"] = str(model_path)  # the key of earlier reports
+    if reference is not None:
+        ref_model = _load_model(Path(reference), classes, data, split, device, threads)
+        ref_pred = collect_outputs(ref_model, loader(), model_device(ref_model))
+        if not np.array_equal(ref_pred["indices"], pred["indices"]):
+            raise EvalError(f"{data} ({split}): the reference run read other images than "
+                            f"{model_path.name} (a file changed during eval?)")
+        ref_scores = score_predictions(ref_pred, classes, attrs, train_labels)
+        agreement = compare(ref_pred, pred)  # type: ignore[misc]
+        report["reference"] = {
+            "checkpoint": str(reference),
+            "final_accuracy": ref_scores["final"]["accuracy"],
+            "final_macro_f1": ref_scores["final"]["macro_f1"],
+            "primary_accuracy": ref_scores["primary"]["accuracy"],
+            "accuracy_delta": report["final"]["accuracy"] - ref_scores["final"]["accuracy"],
+            "criteria": criteria_name,
+            "agreement": agreement.to_dict(),
+        }
     if out is not None:
         write_outputs(Path(out), report, pred, classes)
     return report
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _load_model(path: Path, classes: Sequence[str], data: PathLike, split: str, device: str,
+                threads: Optional[int]) -> torch.nn.Module:
+    from grefel.checkpoint import load_checkpoint
+    from grefel.devices import DeviceError, resolve_device
+
+    if path.suffix.lower() != ".safetensors":
+        raise EvalError(f"{path}: expected a .safetensors checkpoint, or an exported "
+                        f"{' / '.join(ARTIFACT_SUFFIXES)}")
+    try:
+        dev = resolve_device(device)
+    except DeviceError as exc:
+        raise EvalError(str(exc)) from None
+    if threads and dev.type == "cpu":
+        torch.set_num_threads(threads)
+    model, _ = load_checkpoint(path, map_location=str(dev))
+    if tuple(classes) != tuple(model.cfg.class_names):
+        raise EvalError(f"{data} ({split}) has classes {list(classes)}, but {path} was "
+                        f"trained on {list(model.cfg.class_names)}")
+    return model
+
+
+def _artifact_outputs(path: Path, classes: Sequence[str], data: PathLike, split: str,
+                      loader: Any, device: str, threads: Optional[int]
+                      ) -> Tuple[Dict[str, np.ndarray], str]:
+    """Run an exported artifact through its runtime backend; (outputs, backend description)."""
+    from grefel._lazy import MissingDependency
+    from grefel.runtime import BackendError, open_backend
+    from grefel.runtime.base import generic_classes
+
+    want = None if device == "auto" else ("cuda" if device.startswith("cuda") else device)
+    try:
+        with open_backend(path, device=want, threads=threads) as backend:
+            got = tuple(backend.classes)
+            if got != tuple(classes) and not (got == generic_classes(len(classes))):
+                raise EvalError(f"{data} ({split}) has classes {list(classes)}, but {path} "
+                                f"outputs {list(got)}")
+            return collect_backend_outputs(backend, loader), backend.describe()
+    except (BackendError, MissingDependency) as exc:
+        raise EvalError(str(exc)) from None
 
 
 def write_outputs(
@@ -248,8 +400,9 @@ def write_outputs(
     correct = pred["probs"].argmax(axis=1) == pred["labels"]
     plot_reliability(pred["confidence"], pred["probs"].max(axis=1), correct,
                      report["calibration"], out / "reliability.png")
-    plot_embedding(pca_2d(pred["embedding"]), pred["labels"], names, report["embedding"],
-                   out / "embedding.png")
+    if pred["embedding"].ndim == 2 and len(pred["embedding"]):  # an ONNX may have none
+        plot_embedding(pca_2d(pred["embedding"]), pred["labels"], names, report["embedding"],
+                       out / "embedding.png")
 
 
 def _save(fig: Any, path: Path) -> None:

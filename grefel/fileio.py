@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Union
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_json", "sha256_file"]
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_json", "display_path", "sha256_file"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -62,6 +62,14 @@ def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
     return umask
+
+
+def display_path(path: PathLike) -> str:
+    """`path` as printable text: a file name whose bytes are not valid UTF-8 (Python holds them as
+    lone surrogates, PEP 383) shows its bad bytes escaped as \\xNN, so it can be logged, put in a
+    CSV / JSON record or a message without an encoding error, and still be recognised."""
+    raw = os.fsencode(path)
+    return raw.decode("utf-8", errors="backslashreplace")
 
 
 def atomic_write_bytes(path: PathLike, data: bytes) -> None:

@@ -1,52 +1,110 @@
 """`grefel predict`: run a backend over an image, a folder, a video file or a camera.
 
-Per frame: detect faces (OpenCV Haar cascade; `aligned=True` takes the whole image as the face),
-crop each with a margin, resize to 112 with antialiasing (decode, crop and resize are
-`grefel.contract`'s, shared with the dataset path), and run all faces of the frame through the
-backend in one batch (faces of consecutive frames share a batch up to `batch`). Each face gives
-one record:
+Per frame, `grefel.pipeline.Pipeline` detects the faces (`--detector`: BlazeFace with
+keypoints where installed, else OpenCV's Haar cascade; `aligned=True` takes the whole image as
+the face), aligns each face with keypoints onto the 5-point template (else a square crop with a
+margin), resizes to 112 with antialiasing (decode, align, crop and resize are
+`grefel.contract`'s, shared with the dataset path), and runs all faces of the frame through the
+backend in one call. A frame's records are written (and the stream flushed) before the next
+frame is read; `batch_frames` > 1 puts the faces of that many frames in one call. Each face
+gives one record:
 
-    source, frame, face, track, box [x1, y1, x2, y2], label, confidence, uncertain,
-    probs {class: p}, primary {class: p}
+    source, frame, face, track, box [x1, y1, x2, y2], keypoints [[x, y], ...] or null, aligned,
+    label, confidence, uncertain, probs {class: p}, primary {class: p}
 
 `probs` is L_final (eq. 19) and `primary` is l (eq. 9); `confidence` is C_f(probs) (eq. 10) and
 `uncertain` is `confidence < threshold`. When no face is detected the whole frame is classified
-and the record says `"face": false` (nothing is dropped silently). In a video or camera stream a
-face is matched to the previous frame's faces by IoU and its probabilities are smoothed
-exponentially: p_t = s * p_{t-1} + (1 - s) * p (confidence recomputed from the smoothed p).
+and the record says `"face": false` (nothing is dropped silently). In a video, camera or network
+stream a face is matched to the previous frame's faces by IoU (its `track` id, whatever the
+smoothing) and its probabilities are smoothed exponentially: p_t = s * p_{t-1} + (1 - s) * p
+(confidence recomputed from the smoothed p; `smooth` 0: no smoothing). The summary has the mean
+milliseconds per frame of each stage (decode, detect, align, infer, post) and the frame rate.
 
 Frames are streamed: memory stays flat however large the folder. Undecodable files of a folder
 are skipped, counted and listed in the summary; the rest of the folder is still processed.
+
+Nothing is lost: records go straight to `--out` and are flushed after each frame (with
+`batch_frames` > 1, after each backend call), so a killed run leaves at most a partial last line.
+SIGTERM and SIGHUP (docker stop, systemd, `timeout`, a closed SSH session) end a run as Ctrl-C
+does (`signals_end_run`): the queued frames are run and written, the summary is given, and the
+command exits 128 + the signal number. A file name that is not valid UTF-8 is processed; its
+record's `source` is the name with the bad bytes escaped (`grefel.fileio.display_path`), an
+annotated copy keeps the original bytes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
-import math
+import os
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import IO, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from grefel._lazy import require
-from grefel.contract import Box, square_crop, to_model_input
-from grefel.runtime.base import Backend, Outputs
-from grefel.runtime.preprocess import FaceDetector, whole_frame
-from grefel.runtime.sources import Frame, Skipped, iter_source, source_kind
+from grefel.fileio import display_path
+from grefel.pipeline import STAGES, FaceResult, Pipeline, Tracker, entropy_confidence
+from grefel.runtime.base import Backend
+from grefel.runtime.sources import STREAM_KINDS, Frame, Skipped, iter_source, source_kind
 
 __all__ = [
+    "STAGES",
     "Annotator",
+    "OutputError",
     "PredictOptions",
     "PredictSummary",
     "RecordWriter",
+    "ShowError",
+    "StopSignal",
     "Tracker",
     "entropy_confidence",
     "run_predict",
+    "signals_end_run",
     "stream_predictions",
 ]
+
+
+class OutputError(OSError):
+    """An output (--out records, --annotate images / video) that cannot be written; names it."""
+
+
+class StopSignal(KeyboardInterrupt):
+    """SIGTERM / SIGHUP, raised in the main thread to end a run the way Ctrl-C does."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def signals_end_run(signums: Sequence[int] = (signal.SIGTERM, signal.SIGHUP)) -> Iterator[None]:
+    """While inside, the first of `signums` raises StopSignal in the main thread (later ones are
+    ignored, so the queued records and the summary are still written); handlers are restored on
+    exit. Outside the main thread it does nothing (Python delivers signals there only)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {n: signal.getsignal(n) for n in signums}
+
+    def stop(signum: int, frame: Any) -> None:
+        for n in signums:
+            signal.signal(n, signal.SIG_IGN)
+        raise StopSignal(signum)
+
+    for n in signums:
+        signal.signal(n, stop)
+    try:
+        yield
+    finally:
+        for n, handler in previous.items():
+            signal.signal(n, handler)
 
 
 @dataclass(frozen=True)
@@ -54,9 +112,17 @@ class PredictOptions:
     aligned: bool = False  # inputs are face crops: no detection
     threshold: float = 0.3  # confidence below this marks a record `uncertain`
     smooth: float = 0.6  # weight of the previous frame in the per-face smoothing (0: off)
-    batch: int = 32  # faces per backend call (faces of one frame are never split)
+    batch: int = 32  # most faces per backend call when frames are batched (a frame is not split)
     max_frames: Optional[int] = None
-    margin: float = 0.2  # crop margin, fraction of the face box side
+    margin: Optional[float] = None  # crop margin (None: 0.2 square crops, 0 aligned faces)
+    detector: str = "auto"  # grefel.runtime.detectors.DETECTORS
+    det_size: int = 640  # longest side of the frame the detector sees (0: full frame)
+    det_every: int = 1  # detect every N frames of a stream, follow the faces in between
+    align: bool = True  # warp faces with keypoints onto the 5-point template
+    min_face: int = 16  # smallest face side kept, frame pixels
+    batch_frames: int = 1  # frames per backend call (1: each frame's records before the next)
+    threads: Optional[int] = None  # CPU threads of the backend, detector and OpenCV
+    show: bool = False  # show the annotated frames in a window
 
 
 @dataclass
@@ -67,12 +133,22 @@ class PredictSummary:
     skipped: List[Tuple[str, str]] = field(default_factory=list)  # (file, reason)
     seconds: float = 0.0
     interrupted: bool = False
+    signal: Optional[int] = None  # the signal that ended the run (SIGINT for Ctrl-C), if any
+    detector: str = ""
+    stages_ms: Dict[str, float] = field(default_factory=dict)  # mean ms per frame
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
 
     def describe(self) -> str:
+        stages = ", ".join(f"{k} {v:.1f}" for k, v in self.stages_ms.items())
         return (
             f"{self.frames} frames, {self.faces} faces, {self.no_face_frames} frames without a "
-            f"face, {len(self.skipped)} files skipped ({self.seconds:.1f} s)"
-            + (" (interrupted)" if self.interrupted else "")
+            f"face, {len(self.skipped)} files skipped ({self.seconds:.1f} s, {self.fps:.1f} FPS)"
+            + (f" (interrupted by {signal.Signals(self.signal).name})" if self.signal
+               else " (interrupted)" if self.interrupted else "")
+            + (f"\ndetector {self.detector}; ms per frame: {stages}" if stages else "")
         )
 
     def to_dict(self) -> Dict[str, Any]:
@@ -82,193 +158,183 @@ class PredictSummary:
             "no_face_frames": self.no_face_frames,
             "skipped": [{"file": f, "reason": r} for f, r in self.skipped],
             "seconds": round(self.seconds, 3),
+            "fps": round(self.fps, 3),
             "interrupted": self.interrupted,
+            "signal": signal.Signals(self.signal).name if self.signal else None,
+            "detector": self.detector,
+            "stages_ms_per_frame": dict(self.stages_ms),
         }
 
 
-def entropy_confidence(p: np.ndarray) -> np.ndarray:
-    """Eqs. 10-11 in numpy: 1 - H(p) / log C, p (N, C) -> (N,), guarded like the model."""
-    tiny = np.finfo(np.float32).tiny
-    entropy = -(p * np.log(np.maximum(p, tiny))).sum(axis=-1)
-    return np.clip(1.0 - entropy / math.log(p.shape[-1]), 0.0, 1.0)
-
-
-def _iou(a: Box, b: Box) -> float:
-    iw = max(0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
-class Tracker:
-    """Per-face exponential smoothing across consecutive frames of one stream.
-
-    Faces are matched greedily to the previous frame's faces by IoU (>= `min_iou`); an unmatched
-    face starts a new track. Args: smooth (weight of the past, 0 disables), min_iou.
-    """
-
-    def __init__(self, smooth: float, min_iou: float = 0.3) -> None:
-        self.smooth, self.min_iou = smooth, min_iou
-        self._source: Optional[str] = None
-        self._tracks: List[Tuple[int, Box, np.ndarray]] = []  # (id, box, smoothed probs)
-        self._next = 0
-
-    def update(
-        self, source: str, boxes: Sequence[Box], probs: np.ndarray
-    ) -> Tuple[List[int], np.ndarray]:
-        """boxes of one frame and their probs (F, C) -> track ids and smoothed probs (F, C)."""
-        if source != self._source:
-            self._source, self._tracks = source, []
-        pairs = sorted(
-            (
-                (_iou(b, t[1]), i, j)
-                for i, b in enumerate(boxes)
-                for j, t in enumerate(self._tracks)
-            ),
-            reverse=True,
-        )
-        match: Dict[int, int] = {}
-        used = set()
-        for iou, i, j in pairs:
-            if iou >= self.min_iou and i not in match and j not in used:
-                match[i] = j
-                used.add(j)
-        ids, out, tracks = [], probs.copy(), []
-        for i, box in enumerate(boxes):
-            if i in match:
-                tid, _, past = self._tracks[match[i]]
-                out[i] = self.smooth * past + (1.0 - self.smooth) * probs[i]
-            else:
-                tid, self._next = self._next, self._next + 1
-            ids.append(tid)
-            tracks.append((tid, box, out[i]))
-        self._tracks = tracks
-        return ids, out
-
-
 class RecordWriter:
-    """Writes records as JSON lines or CSV (one header, columns per class) to a text stream."""
+    """Writes records as JSON lines or CSV (one header, columns per class) to a text stream,
+    flushing after each line (records are on disk as they are produced)."""
 
-    def __init__(self, stream: IO[str], fmt: str, classes: Sequence[str]) -> None:
+    def __init__(
+        self, stream: IO[str], fmt: str, classes: Sequence[str], name: str = "stdout"
+    ) -> None:
         if fmt not in ("jsonl", "csv"):
             raise ValueError(f"unknown format {fmt!r} (jsonl or csv)")
-        self.stream, self.fmt, self.classes = stream, fmt, list(classes)
+        self.stream, self.fmt, self.classes, self.name = stream, fmt, list(classes), name
         self._csv: Any = None
         if fmt == "csv":
             head = ["source", "frame", "face", "track", "x1", "y1", "x2", "y2", "label"]
             head += ["confidence", "uncertain"] + [f"prob_{c}" for c in self.classes]
             head += [f"primary_{c}" for c in self.classes]
             self._csv = csv.writer(stream)
-            self._csv.writerow(head)
+            self._guarded(self._csv.writerow, head)
+
+    def _guarded(self, func: Callable[..., Any], *args: Any) -> None:
+        try:
+            func(*args)
+            self.stream.flush()
+        except OSError as exc:  # a full disk, a closed pipe
+            raise OutputError(f"{self.name}: cannot write records "
+                              f"({exc.strerror or exc})") from None
 
     def write(self, rec: Dict[str, Any]) -> None:
+        self._guarded(self._write, rec)
+
+    def _write(self, rec: Dict[str, Any]) -> None:
         if self._csv is None:
             self.stream.write(json.dumps(rec) + "\n")
-            return
-        row = [rec["source"], rec["frame"], rec["face"], rec["track"], *rec["box"], rec["label"]]
-        row += [rec["confidence"], rec["uncertain"]] + [rec["probs"][c] for c in self.classes]
-        self._csv.writerow(row + [rec["primary"][c] for c in self.classes])
+        else:
+            row = [rec["source"], rec["frame"], rec["face"], rec["track"], *rec["box"]]
+            row += [rec["label"], rec["confidence"], rec["uncertain"]]
+            row += [rec["probs"][c] for c in self.classes]
+            self._csv.writerow(row + [rec["primary"][c] for c in self.classes])
+
+    def flush(self) -> None:
+        """Push the records written so far to the file (after each frame)."""
+        self._guarded(lambda: None)
 
 
 class Annotator:
-    """Draws boxes and labels: one image per input image (mirroring a folder's layout under
-    `out`), or one video (MJPG for .avi, mp4v otherwise) for a video or camera source."""
+    """Draws boxes, keypoints and labels: one image per input image (mirroring a folder's layout
+    under `out`), or one video (MJPG for .avi, mp4v otherwise) for a video, camera or stream;
+    with `show`, also in a window (`q` or Esc stops the run).
 
-    def __init__(self, out: Path, src: str) -> None:
+    The label ("#track label confidence", "?" for an uncertain face) is drawn on a filled
+    background in text scaled to the frame (about 1/40 of its shorter side); uncertain faces
+    are orange, the others green, the whole frame (no face found) grey.
+    """
+
+    WINDOW = "grefel"
+
+    def __init__(self, out: Optional[Path], src: str, show: bool = False) -> None:
         self.cv2 = require("cv2")
-        self.out, self.kind = Path(out), source_kind(src)
+        self.out, self.kind = (Path(out) if out is not None else None), source_kind(src)
         self.root = Path(src) if self.kind == "folder" else None
         self._video: Any = None
+        self.show, self.stopped = show, False
+        if show:
+            import os
+            import sys
+
+            if sys.platform.startswith("linux") and not (
+                os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+            ):
+                raise ShowError("--show: no display (DISPLAY is not set); run on the machine's "
+                                "desktop, or write the frames with --annotate out.avi instead")
+            try:
+                self.cv2.namedWindow(self.WINDOW, self.cv2.WINDOW_NORMAL)
+            except self.cv2.error as exc:
+                raise ShowError(
+                    "--show: OpenCV cannot open a window here (no display, or the "
+                    "opencv-python-headless build without GUI; `pip install opencv-python` "
+                    f"on a machine with a display): {str(exc).strip().splitlines()[-1]}"
+                ) from None
+
+    def render(self, frame: Frame, records: Sequence[Dict[str, Any]]) -> np.ndarray:
+        """The annotated frame, BGR uint8."""
+        cv2 = self.cv2
+        image = cv2.cvtColor(frame.image, cv2.COLOR_RGB2BGR)
+        h, w = image.shape[:2]
+        scale = max(min(h, w) / 800.0, 0.4)  # FONT_HERSHEY_SIMPLEX at 1.0 is ~22 px tall
+        thick = max(int(round(scale * 2)), 1)
+        for rec in records:
+            x1, y1, x2, y2 = rec["box"]
+            color = (160, 160, 160) if not rec["face"] else (
+                (0, 165, 255) if rec["uncertain"] else (0, 200, 0))
+            cv2.rectangle(image, (x1, y1), (x2 - 1, y2 - 1), color, thick + 1)
+            for x, y in rec.get("keypoints") or []:
+                cv2.circle(image, (int(round(x)), int(round(y))), thick + 1, (255, 255, 0), -1)
+            track = "" if rec["track"] is None else f"#{rec['track']} "
+            mark = "?" if rec["uncertain"] else ""
+            text = f"{track}{rec['label']}{mark} {rec['confidence']:.2f}" + (
+                "" if rec["face"] else " (no face)")
+            (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
+            top = y1 - th - base - 4 if y1 - th - base - 4 >= 0 else min(y1 + 1, h - th - base)
+            cv2.rectangle(image, (x1, top), (x1 + tw + 4, top + th + base + 4), color, -1)
+            cv2.putText(image, text, (x1 + 2, top + th + 2), cv2.FONT_HERSHEY_SIMPLEX, scale,
+                        (0, 0, 0), thick, cv2.LINE_AA)
+        return image
 
     def add(self, frame: Frame, records: Sequence[Dict[str, Any]]) -> None:
         cv2 = self.cv2
-        image = cv2.cvtColor(frame.image, cv2.COLOR_RGB2BGR)
-        for rec in records:
-            x1, y1, x2, y2 = rec["box"]
-            color = (0, 165, 255) if rec["uncertain"] else (0, 200, 0)
-            cv2.rectangle(image, (x1, y1), (x2 - 1, y2 - 1), color, 2)
-            text = f"{rec['label']} {rec['confidence']:.2f}" + ("" if rec["face"] else " (no face)")
-            cv2.putText(
-                image,
-                text,
-                (x1 + 2, max(y1 - 4, 12)),
-                cv2.FONT_HERSHEY_SIMPLEX,
-                0.45,
-                color,
-                1,
-                cv2.LINE_AA,
-            )
-        if self.kind in ("video", "camera"):
+        image = self.render(frame, records)
+        if self.show:
+            cv2.imshow(self.WINDOW, image)
+            if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
+                self.stopped = True
+        if self.out is None:
+            return
+        if self.kind in ("video",) + STREAM_KINDS:
             self._write_video(image, frame.fps)
             return
         dest = (
             self.out if self.root is None else self.out / Path(frame.source).relative_to(self.root)
         )
-        dest.parent.mkdir(parents=True, exist_ok=True)
         if dest.suffix.lower() not in (".png", ".jpg", ".jpeg", ".bmp"):
             dest = dest.with_suffix(".png")
-        cv2.imwrite(str(dest), image)
+        # Encoded here and written by Python, so a name that is not UTF-8 keeps its bytes (OpenCV
+        # takes only UTF-8 names) and a failed write is an error, not imwrite's silent False.
+        ok, data = cv2.imencode(dest.suffix.lower(), image)
+        try:
+            if not ok:
+                raise OSError("OpenCV could not encode the image")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with open(os.fsencode(dest), "wb") as f:
+                f.write(data.tobytes())
+        except OSError as exc:
+            raise OutputError(f"--annotate {display_path(dest)}: cannot write "
+                              f"({exc.strerror or exc})") from None
 
     def _write_video(self, image: np.ndarray, fps: float) -> None:
         if self._video is None:
-            self.out.parent.mkdir(parents=True, exist_ok=True)
+            assert self.out is not None
+            name = display_path(self.out)
+            try:
+                self.out.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise OutputError(f"--annotate {name}: cannot write "
+                                  f"({exc.strerror or exc})") from None
+            if name != str(self.out):
+                raise OutputError(f"--annotate {name}: OpenCV writes videos only to names that "
+                                  "are valid UTF-8")
             code = "MJPG" if self.out.suffix.lower() == ".avi" else "mp4v"
             h, w = image.shape[:2]
             fourcc = self.cv2.VideoWriter_fourcc(*code)
             self._video = self.cv2.VideoWriter(str(self.out), fourcc, fps or 25.0, (w, h))
+            if not self._video.isOpened():
+                raise OutputError(f"--annotate {name}: OpenCV cannot write this video (use a "
+                                  ".avi or .mp4 name in a writable folder)")
         self._video.write(image)
 
     def close(self) -> None:
         if self._video is not None:
             self._video.release()
+        if self.show:
+            self.cv2.destroyAllWindows()
 
 
-def _faces(frame: Frame, detector: Optional[FaceDetector]) -> Tuple[List[Box], bool]:
-    """Detected boxes and True, or the whole frame and False when no face is found."""
-    if detector is None:
-        return [whole_frame(frame.image)], True
-    boxes = detector.detect(frame.image)
-    return (boxes, True) if boxes else ([whole_frame(frame.image)], False)
-
-
-def _records(
-    frame: Frame,
-    boxes: List[Box],
-    found: bool,
-    out: Outputs,
-    classes: Sequence[str],
-    tracker: Optional[Tracker],
-    opts: PredictOptions,
-) -> List[Dict[str, Any]]:
-    probs, primary, conf = out["probs"], out["primary"], out["confidence"]
-    tracks: List[Optional[int]] = [None] * len(boxes)
-    if tracker is not None:
-        ids, probs = tracker.update(frame.source, boxes, probs)
-        tracks, conf = list(ids), entropy_confidence(probs)
-    recs = []
-    for i, box in enumerate(boxes):
-        c = float(conf[i])
-        recs.append(
-            {
-                "source": frame.source,
-                "frame": frame.index,
-                "face": found,
-                "track": tracks[i],
-                "box": [int(v) for v in box],
-                "label": classes[int(np.argmax(probs[i]))],
-                "confidence": round(c, 6),
-                "uncertain": bool(c < opts.threshold),
-                "probs": {k: round(float(p), 6) for k, p in zip(classes, probs[i])},
-                "primary": {k: round(float(p), 6) for k, p in zip(classes, primary[i])},
-            }
-        )
-    return recs
+class ShowError(RuntimeError):
+    """--show where no window can be opened; the message says why and what to do."""
 
 
 class _Predictor:
-    """Queues the faces of consecutive frames (up to `opts.batch`), runs the backend on them in
-    one call, and writes the records of each frame in order."""
+    """Runs the pipeline frame by frame (or `batch_frames` frames per backend call) and writes
+    the records of each frame in order, flushing the stream after each frame."""
 
     def __init__(
         self,
@@ -277,46 +343,70 @@ class _Predictor:
         opts: PredictOptions,
         annotator: Optional[Annotator],
         video: bool,
+        detector: Any = None,
     ) -> None:
         self.backend, self.writer, self.opts, self.annotator = backend, writer, opts, annotator
-        self.detector = None if opts.aligned else FaceDetector()
-        self.tracker = Tracker(opts.smooth) if video and opts.smooth > 0 else None
-        self.summary = PredictSummary()
-        self.frames: List[Tuple[Frame, List[Box], bool]] = []  # (frame, boxes, face found)
-        self.inputs: List[np.ndarray] = []  # (3, 112, 112) per queued face
+        det = "none" if opts.aligned else (detector if detector is not None else opts.detector)
+        self.pipeline = Pipeline(
+            backend,
+            detector=det,
+            det_size=opts.det_size,
+            det_every=opts.det_every if video else 1,
+            align=opts.align,
+            margin=opts.margin,
+            min_face=opts.min_face,
+            threshold=opts.threshold,
+            smooth=opts.smooth,
+            track=video,
+            threads=opts.threads,
+        )
+        self.summary = PredictSummary(detector=self.pipeline.detector_name)
+        self.frames: List[Frame] = []
+        self.post = 0.0  # writing and annotating, seconds
 
     def add(self, frame: Frame) -> None:
-        boxes, found = _faces(frame, self.detector)
-        if len(self.inputs) + len(boxes) > self.opts.batch:
-            self.flush()  # all faces of a frame go in the same backend call
-        for box in boxes:
-            crop = (
-                square_crop(frame.image, box, margin=self.opts.margin)
-                if found and self.detector
-                else None
-            )
-            self.inputs.append(to_model_input(frame.image if crop is None else crop))
-        self.frames.append((frame, boxes, found))
-        self.summary.frames += 1
-        self.summary.faces += len(boxes) if found else 0
-        self.summary.no_face_frames += 0 if found else 1
+        self.frames.append(frame)
+        if len(self.frames) >= max(self.opts.batch_frames, 1):
+            self.flush()
 
     def flush(self) -> None:
-        if not self.inputs:
-            return
-        out = self.backend.infer(np.stack(self.inputs))  # (F, 3, 112, 112) -> (F, C) ...
-        row = 0
-        for frame, boxes, found in self.frames:
-            part = {k: v[row : row + len(boxes)] for k, v in out.items()}
-            row += len(boxes)
-            recs = _records(
-                frame, boxes, found, part, self.backend.classes, self.tracker, self.opts
-            )
+        frames, self.frames = self.frames, []
+        start = 0
+        while start < len(frames):  # frames of one call: at most `batch` faces unless a frame
+            chunk = frames[start : start + 1]  # has more on its own
+            preps = [self.pipeline.prepare(chunk[0].image, chunk[0].source, None, None)]
+            faces = len(preps[0].inputs)
+            start += 1
+            while start < len(frames):
+                nxt = self.pipeline.prepare(frames[start].image, frames[start].source,
+                                             None, None)
+                if faces + len(nxt.inputs) > self.opts.batch:
+                    self._write(chunk, self.pipeline.finish(preps))
+                    chunk, preps, faces = [], [], 0
+                chunk.append(frames[start])
+                preps.append(nxt)
+                faces += len(nxt.inputs)
+                start += 1
+            self._write(chunk, self.pipeline.finish(preps))
+
+    def _write(self, frames: Sequence[Frame], results: Sequence[List[FaceResult]]) -> None:
+        t0 = time.perf_counter()
+        for frame, faces in zip(frames, results):
+            recs = [f.record(display_path(frame.source), frame.index) for f in faces]
             for rec in recs:
                 self.writer.write(rec)
+            self.writer.flush()
+            found = bool(faces) and faces[0].face
+            self.summary.frames += 1
+            self.summary.faces += len(faces) if found else 0
+            self.summary.no_face_frames += 0 if found else 1
             if self.annotator is not None:
                 self.annotator.add(frame, recs)
-        self.frames, self.inputs = [], []
+        self.post += time.perf_counter() - t0
+
+    @property
+    def stopped(self) -> bool:
+        return self.annotator is not None and self.annotator.stopped
 
 
 def stream_predictions(
@@ -326,23 +416,40 @@ def stream_predictions(
     opts: PredictOptions = PredictOptions(),
     annotator: Optional[Annotator] = None,
     on_skip: Callable[[str, str], None] = lambda f, r: None,
+    detector: Any = None,
 ) -> PredictSummary:
-    """Stream `src` through `backend` (opened), writing one record per face to `writer`."""
+    """Stream `src` through `backend` (opened), writing one record per face to `writer`.
+
+    detector: a detector object replacing `opts.detector` (tests, other detectors)."""
     start = time.perf_counter()
-    video = source_kind(src) in ("video", "camera")
-    runner = _Predictor(backend, writer, opts, annotator, video)
+    video = source_kind(src) in ("video",) + STREAM_KINDS
+    runner = _Predictor(backend, writer, opts, annotator, video, detector=detector)
+    decode = 0.0
     try:
-        for item in iter_source(src, opts.max_frames):
+        items = iter_source(src, opts.max_frames)
+        while not runner.stopped:
+            t0 = time.perf_counter()
+            item = next(items, None)
+            decode += time.perf_counter() - t0
+            if item is None:
+                break
             if isinstance(item, Skipped):
                 runner.summary.skipped.append((item.source, item.reason))
                 on_skip(item.source, item.reason)
             else:
                 runner.add(item)
-    except KeyboardInterrupt:  # the normal way to end a camera stream: keep what was done
+    except KeyboardInterrupt as exc:  # Ctrl-C ends a camera stream; SIGTERM / SIGHUP likewise
         runner.summary.interrupted = True
+        runner.summary.signal = getattr(exc, "signum", signal.SIGINT)
     runner.flush()
-    runner.summary.seconds = time.perf_counter() - start
-    return runner.summary
+    summary = runner.summary
+    summary.seconds = time.perf_counter() - start
+    pipe = runner.pipeline
+    n = max(summary.frames, 1)
+    totals = dict(pipe.times, decode=decode)
+    totals["post"] += runner.post
+    summary.stages_ms = {k: round(1000.0 * totals[k] / n, 3) for k in STAGES}
+    return summary
 
 
 def run_predict(
@@ -356,25 +463,37 @@ def run_predict(
     on_skip: Callable[[str, str], None] = lambda f, r: None,
 ) -> PredictSummary:
     """`grefel predict`: open the backend for `weights`, stream `src`, write records to `out`
-    (atomically; stdout when None) and optionally annotated images / video to `annotate`."""
-    import contextlib
+    (line by line as produced, flushed after each frame; stdout when None) and optionally
+    annotated images / video to `annotate`. An `out` that cannot be written is an OutputError
+    naming it."""
     import sys
 
-    from grefel.fileio import atomic_path
     from grefel.runtime import open_backend
 
     source_kind(src)  # a missing path fails before the model is loaded
+    if opts.threads:
+        require("cv2").setNumThreads(opts.threads)
     with contextlib.ExitStack() as stack:
-        backend = stack.enter_context(open_backend(weights, device=device))
+        backend = stack.enter_context(open_backend(weights, device=device, threads=opts.threads))
         if out is None:
             stream: IO[str] = sys.stdout
         else:
-            tmp = stack.enter_context(atomic_path(out))
-            stream = stack.enter_context(open(tmp, "w", newline="", encoding="utf-8"))
-        annotator = Annotator(annotate, src) if annotate is not None else None
+            try:
+                Path(out).parent.mkdir(parents=True, exist_ok=True)
+                stream = stack.enter_context(open(out, "w", newline="", encoding="utf-8"))
+            except OSError as exc:
+                why = ("a file stands where its folder should be"
+                       if isinstance(exc, (FileExistsError, NotADirectoryError))
+                       else exc.strerror or exc)
+                raise OutputError(f"--out {display_path(out)}: cannot write ({why})") from None
+        annotator = (
+            Annotator(annotate, src, show=opts.show)
+            if annotate is not None or opts.show else None
+        )
         if annotator is not None:
             stack.callback(annotator.close)
-        writer = RecordWriter(stream, fmt, backend.classes)
+        name = "stdout" if out is None else f"--out {display_path(out)}"
+        writer = RecordWriter(stream, fmt, backend.classes, name=name)
         return stream_predictions(
             src, backend, writer, opts=opts, annotator=annotator, on_skip=on_skip
         )

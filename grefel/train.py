@@ -13,6 +13,7 @@ Everything a run writes lands in its folder:
     last.safetensors       weights after the latest epoch (+ .json sidecar)
     best.safetensors       weights of the best validation accuracy (+ .json sidecar)
     warmup.json            the image-stream warm-up's losses, when TrainConfig.image_warmup > 0
+    init.json              what `TrainConfig.init` (`--init CKPT`) loaded and re-initialised
     last.state.pt          the resumable state: model, optimizer, scheduler, AMP scaler, epoch,
                            sampler, RNG states, best metric and the metric history; read back
                            with torch.load(weights_only=True)
@@ -37,7 +38,7 @@ import torch
 import torch.distributed as dist
 
 from grefel.checkpoint import save_checkpoint
-from grefel.config import DataConfig, GReFELConfig, TrainConfig
+from grefel.config import MODEL_OVERRIDES, VARIANTS, DataConfig, GReFELConfig, TrainConfig
 from grefel.devices import DeviceError, resolve_device
 from grefel.evaluate import collect_outputs as predict
 from grefel.fileio import atomic_write_bytes, atomic_write_json
@@ -63,6 +64,7 @@ __all__ = [
     "TrainingError",
     "apply_overrides",
     "configs_from_options",
+    "init_from_checkpoint",
     "lr_at_epoch",
     "run_training",
 ]
@@ -168,6 +170,7 @@ class Run:
     config: Dict[str, Any] = dataclasses.field(default_factory=dict)  # for config.json
     resume_changes: Dict[str, List[Any]] = dataclasses.field(default_factory=dict)
     saved_epoch: Optional[int] = None  # the epoch of OUT/last.state.pt, once there is one
+    init_report: Optional[Dict[str, Any]] = None  # what --init loaded, for init.json
 
 
 def log(run_or_rank: Any, message: str) -> None:
@@ -500,6 +503,7 @@ def build_model(model_cfg: GReFELConfig, cfg: TrainConfig, rank: int = 0) -> GRe
     """The network of `model_cfg`, with the pretrained stream weights `cfg` names.
 
     An import also sets that stream's input normalisation in `model.cfg` (grefel.weights).
+    (`TrainConfig.init` is `init_from_checkpoint`'s, called by `build_run`.)
     """
     model = GReFEL(model_cfg)
     for path, kind in ((cfg.pretrained_ir50, "ir50"), (cfg.pretrained_mobilefacenet,
@@ -510,6 +514,101 @@ def build_model(model_cfg: GReFELConfig, cfg: TrainConfig, rank: int = 0) -> GRe
             report = import_pretrained(model, path, kind)
             log(rank, f"imported {len(report.loaded)} {kind} tensors from {path}")
     return model
+
+
+# GReFELConfig fields a fine-tuning run sets itself; every other field (the architecture, the
+# input normalisation an import wrote) is the checkpoint's.
+_RUN_FIELDS = ("num_classes", "class_names", "frozen")
+
+
+def _shapes(model: GReFEL) -> Dict[str, Tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def init_from_checkpoint(
+    path: str, run_cfg: GReFELConfig, cfg: TrainConfig
+) -> Tuple[GReFEL, Dict[str, Any]]:
+    """A model to fine-tune from the grefel checkpoint `path` (e.g. `grefel weights import`'s).
+
+    The network is the checkpoint's architecture with the run's classes, frozen parts and
+    explicit loss/head overrides (`TrainConfig` fields not None). The preset and the Table 2
+    variant must be the checkpoint's. Strict about what fits: every tensor of the file must exist
+    in the model with its shape, and every model tensor must come from the file, except the
+    class-dependent ones (those whose shape follows the class count) when the run's classes
+    differ from the checkpoint's: those keep their fresh initialisation and are reported.
+
+    Returns (model, report): loaded / reinitialised tensor names and a one-line summary.
+    """
+    from safetensors.torch import load_file
+
+    from grefel.checkpoint import CheckpointError, read_meta, verify_weights
+
+    try:
+        meta = read_meta(path)
+        verify_weights(path, meta)
+        ck = GReFELConfig.from_dict(meta["config"])
+    except CheckpointError as exc:
+        raise TrainingError(f"--init: {exc}") from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise TrainingError(f"--init {path}: bad config in its sidecar ({exc})") from None
+    if ck.name != cfg.preset:
+        raise TrainingError(f"--init {path} is a {ck.name!r} checkpoint; pass --preset {ck.name}")
+    variant = {k: getattr(ck, k) for k in VARIANTS[cfg.variant]}
+    if variant != VARIANTS[cfg.variant]:
+        have = next(n for n, v in VARIANTS.items() if v == variant)
+        raise TrainingError(f"--init {path} is variant {have!r}; pass --variant {have}")
+    overrides = {k: getattr(run_cfg, k) for k in _RUN_FIELDS}
+    overrides.update({k: getattr(cfg, k) for k in MODEL_OVERRIDES if getattr(cfg, k) is not None})
+    try:
+        model_cfg = dataclasses.replace(ck, **overrides)
+    except ValueError as exc:
+        raise TrainingError(f"--init {path}: {exc}") from None
+    same_classes = tuple(ck.class_names) == tuple(model_cfg.class_names)
+    # Tensors whose shape follows the class count: compare with one more class.
+    probe = dataclasses.replace(model_cfg, num_classes=model_cfg.num_classes + 1,
+                                class_names=(*model_cfg.class_names, "_probe"))
+    model = GReFEL(model_cfg)
+    own = _shapes(model)
+    per_class: set = set()
+    if not same_classes:
+        other = _shapes(GReFEL(probe))
+        per_class = {k for k in own if own[k] != other[k]}
+    try:
+        state = load_file(str(path))
+    except Exception as exc:  # safetensors raises several types for corrupt files
+        raise TrainingError(f"--init {path}: not a readable safetensors file ({exc})") from None
+    unexpected = sorted(set(state) - set(own))
+    missing = sorted(k for k in set(own) - set(state) if k not in per_class)
+    misfit = sorted(f"{k}: file {tuple(state[k].shape)} vs model {own[k]}"
+                    for k in set(own) & set(state)
+                    if tuple(state[k].shape) != own[k] and k not in per_class)
+    if unexpected or missing or misfit:
+        parts = []
+        for label, items in (("unexpected", unexpected), ("missing", missing),
+                             ("shape", misfit)):
+            if items:
+                more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
+                parts.append(f"{len(items)} {label}: {', '.join(items[:5])}{more}")
+        raise TrainingError(f"--init {path}: the weights do not fit the model: "
+                            + "; ".join(parts))
+    fresh = model.state_dict()
+    loaded = sorted(k for k in own if k not in per_class)
+    fresh.update({k: state[k] for k in loaded})
+    model.load_state_dict(fresh, strict=True)
+    reinit = sorted(per_class)
+    n_loaded = sum(int(np.prod(own[k])) for k in loaded)
+    n_all = sum(int(np.prod(s)) for s in own.values())
+    why = ("" if same_classes else
+           f"; classes {list(model_cfg.class_names)} differ from the checkpoint's "
+           f"{list(ck.class_names)}: the class-dependent tensors start fresh")
+    report = {
+        "checkpoint": str(path), "loaded": loaded, "reinitialised": reinit,
+        "loaded_values": n_loaded, "total_values": n_all,
+        "summary": (f"{len(loaded)} of {len(own)} tensors ({n_loaded / max(n_all, 1):.1%} of "
+                    f"the values) loaded, {len(reinit)} re-initialised"
+                    + (f" ({', '.join(reinit)})" if reinit else "") + why),
+    }
+    return model, report
 
 
 def _check_out(out: Path, cfg: TrainConfig, config: Dict[str, Any]) -> Dict[str, List[Any]]:
@@ -542,6 +641,8 @@ def _write_config(run: Run, config: Dict[str, Any], allowed: Dict[str, List[Any]
         config = {**config, "resumed": resumed + [{"after_epoch": run.epoch, "changed": {
             k: {"was": b, "now": a} for k, (b, a) in allowed.items()}}]}
     atomic_write_json(run.out / "config.json", config)
+    if run.init_report is not None and not run.cfg.resume:
+        atomic_write_json(run.out / "init.json", run.init_report)
 
 
 def build_run(d: DataConfig, cfg: TrainConfig) -> Run:
@@ -551,7 +652,13 @@ def build_run(d: DataConfig, cfg: TrainConfig) -> Run:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed + rank)
     data = build_loaders(d, cfg.seed, rank, world)
-    raw = build_model(cfg.model_config(data["classes"]), cfg, rank).to(device)
+    init = None
+    if cfg.init:
+        raw, init = init_from_checkpoint(cfg.init, cfg.model_config(data["classes"]), cfg)
+        log(rank, f"initialised from {cfg.init}: {init['summary']}")
+    else:
+        raw = build_model(cfg.model_config(data["classes"]), cfg, rank)
+    raw = raw.to(device)
     model_cfg, out = raw.cfg, Path(cfg.out)
     config = {"model": model_cfg.to_dict(), "data": dataclasses.asdict(d),
               "train": dataclasses.asdict(cfg), "world_size": world}
@@ -574,7 +681,7 @@ def build_run(d: DataConfig, cfg: TrainConfig) -> Run:
     return Run(model, raw, loss_fn, optimizer, scheduler, torch.amp.GradScaler("cuda", enabled=amp),
                params, device, amp, rank, world, data["train_set"], data["train_loader"],
                data["sampler"], data["val_loader"], cfg, d, [], {}, out, config=config,
-               resume_changes=allowed)
+               resume_changes=allowed, init_report=init)
 
 
 def finish_distributed(world: int) -> None:

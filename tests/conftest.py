@@ -18,3 +18,12 @@ def paper_model():
 
     torch.manual_seed(0)
     return create_model("paper", "both").eval()
+
+
+
+@pytest.fixture
+def no_tensorrt(monkeypatch: pytest.MonkeyPatch) -> None:
+    """TensorRT and pycuda are not importable for this test, whatever is installed."""
+    from fakes.trt import block
+
+    block(monkeypatch)

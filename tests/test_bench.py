@@ -137,7 +137,7 @@ def test_info_prints_environment(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "env.json").read_text())["cpu_cores"] >= 1
 
 
-def test_bench_tiny_writes_table_json_and_compares(tmp_path: Path) -> None:
+def test_bench_tiny_writes_table_json_and_compares(tmp_path: Path, no_tensorrt: None) -> None:
     earlier = tmp_path / "earlier.json"
     env = {"host": "h", "gpu": {}, "versions": {}}
     earlier.write_text(json.dumps(make_record({}, env, [], [_row("onnx", 1, 1e6, "tiny-random")])))

@@ -17,6 +17,7 @@ import onnx
 import pytest
 import torch
 from click.testing import CliRunner
+from fakes.trt import block as block_tensorrt
 from onnx import TensorProto, helper
 
 from export import ExportError
@@ -39,13 +40,6 @@ from grefel.runtime.ort_backend import OrtBackend
 from grefel.runtime.torch_backend import TorchBackend
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def block_tensorrt(mp: pytest.MonkeyPatch) -> None:
-    """Make `import tensorrt` / `import pycuda` fail here, whatever is installed (a Jetson or a
-    GPU box running this suite has them)."""
-    for name in ("tensorrt", "pycuda", "pycuda.driver", "pycuda.autoinit"):
-        mp.setitem(sys.modules, name, None)
 
 
 def onnx_outputs(path: Path, x: np.ndarray) -> dict:

@@ -113,8 +113,48 @@ def test_builder_dla_fixed_profile_and_layer_report(tmp_path, monkeypatch, gen):
     assert any("2 of 7 layers as DLA-capable" in n for n in result.notes)
     with pytest.raises(ExportError, match="has 2 DLA cores"):
         _build(tmp_path, BuildOptions(dla_core=2))
-    with pytest.raises(ExportError, match="needs an FP16 build"):
+    with pytest.raises(ExportError, match="needs an FP16 or INT8 build"):
         _build(tmp_path, BuildOptions(fp16=False, dla_core=0))
+
+
+@pytest.mark.parametrize("gen, mode, flags", [
+    ("8.5", "int8-weak", 0b1), ("8.6", "int8-weak", 0b1), ("10.3", "int8-weak", 0b1),
+    ("10.13", "int8-weak", 0b1), ("11", "int8-strong", 0b1)])
+def test_builder_int8_flag_where_it_exists_else_strongly_typed(tmp_path, monkeypatch, gen, mode,
+                                                                 flags):
+    """INT8 builds the QDQ ONNX: BuilderFlag.INT8 on 8.x/10.x (weakly typed: EXPLICIT_BATCH
+    only), a strongly typed network on 11.x (no INT8 flag exists; STRONGLY_TYPED is 0 there);
+    never FP16 or FP32 pins. DLA takes INT8 with a fixed profile."""
+    gpu = Gpu(gen=gen)
+    trt, _ = install(monkeypatch, gpu)
+    result = _build(tmp_path, BuildOptions(int8=True, max_batch=4),
+                    onnx_int8=tmp_path / "m.int8.onnx")
+    network, config = gpu.last["network"], gpu.last["config"]
+    assert network._flags == flags and network._parsed == tmp_path / "m.int8.onnx"
+    assert result.precision_mode == mode and not _pinned(gpu)
+    int8 = getattr(trt.BuilderFlag, "INT8", None)
+    assert (int8 in config._flags) == (mode == "int8-weak")
+    assert all(f.name != "FP16" for f in config._flags)
+    assert precision_mode(trt, fp16=True, int8=True) == mode
+    with pytest.raises(ExportError, match="QDQ INT8 ONNX"):
+        _build(tmp_path, BuildOptions(int8=True))
+    result = _build(tmp_path, BuildOptions(int8=True, fp16=False, dla_core=0, max_batch=8),
+                    onnx_int8=tmp_path / "m.int8.onnx")
+    assert gpu.last["config"]._profiles[0]._shapes["images"] == ((8, 3, 112, 112),) * 3
+
+
+def test_fake_refuses_int8_flag_on_a_strongly_typed_network(tmp_path, monkeypatch):
+    """What TensorRT 10.x does with a precision flag on a strongly typed network: no plan."""
+    gpu = Gpu(gen="10.3")
+    trt, _ = install(monkeypatch, gpu)
+    builder = trt.Builder(trt.Logger(trt.Logger.WARNING))
+    network = builder.create_network(network_flags(trt, strongly_typed=True))
+    config = builder.create_builder_config()
+    config.set_flag(trt.BuilderFlag.INT8)
+    profile = builder.create_optimization_profile()
+    profile.set_shape("images", (1, 3, 112, 112), (1, 3, 112, 112), (1, 3, 112, 112))
+    config.add_optimization_profile(profile)
+    assert builder.build_serialized_network(network, config) is None
 
 
 def test_builder_checks_add_optimization_profile(tmp_path, monkeypatch):

@@ -334,7 +334,7 @@ BAD_OPTIONS = [
     (["eval", "{ckpt}", "--data", "{data}", "--batch-size", "0"], 2, "--batch-size"),
     (["eval", "{ckpt}", "--data", "{data}", "--workers", "-1"], 2, "--workers"),
     (["eval", "{ckpt}", "--data", "{data}", "--device", "bogus"], 1, "--device 'bogus'"),
-    (["eval", "{onnx}", "--data", "{data}"], 2, "grefel eval takes a .safetensors checkpoint"),
+    (["eval", "{onnx}", "--data", "{data}"], 1, "not a loadable ONNX model"),
     (["train", "--data", "{data}", "--out", "{out}", "--workers", "-1"], 2, "--workers"),
     (["train", "--data", "{data}", "--out", "{out}", "--batch-size", "0"], 2, "--batch-size"),
     (["train", "--data", "{data}", "--out", "{out}", "--device", "bogus"], 2, "'bogus'"),
@@ -357,7 +357,7 @@ def test_bad_option_values_are_one_line(args, code, fragment, tmp_path):
     data = make_dataset(tmp_path / "ds", n_train=2, n_val=0, n_test=2)
     ckpt = tmp_path / "m.safetensors"
     onnx = tmp_path / "m.onnx"
-    onnx.write_bytes(b"\x08\x07")  # never read: refused by its suffix
+    onnx.write_bytes(b"\x08\x07")  # not an ONNX model: eval runs .onnx files, this one fails
     if "{ckpt}" in args:
         save_checkpoint(ckpt, _tiny_model())
     values = {"data": data, "out": tmp_path / "run", "ckpt": ckpt, "onnx": onnx}

@@ -29,9 +29,10 @@ PACKAGES = ("grefel", "export", "benchmarks")
 TRAINING = ("grefel.train", "grefel.train_state", "grefel.train_utils", "grefel.evaluate",
             "grefel.weights",
             "grefel.unpickle", "grefel.data", "grefel.model.losses", "grefel.devices")
-SERVING = ("grefel.runtime", "grefel.predict", "grefel.contract")
+SERVING = ("grefel.runtime", "grefel.predict", "grefel.pipeline", "grefel.contract")
 # Modules a torch-free Jetson imports to run .onnx / .engine files.
-TORCH_FREE = ("grefel.contract", "grefel.predict", "grefel.runtime", "grefel.runtime.base",
+TORCH_FREE = ("grefel.contract", "grefel.predict", "grefel.pipeline", "grefel.runtime",
+              "grefel.runtime.base", "grefel.runtime.detectors",
               "grefel.runtime.ort_backend", "grefel.runtime.trt_backend",
               "grefel.runtime.preprocess", "grefel.runtime.sources", "grefel.data.readers",
               "grefel.data.samples", "grefel.config")

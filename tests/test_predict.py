@@ -188,7 +188,7 @@ def test_predict_engine_that_is_not_an_engine(fake_trt: Any, media: Dict[str, Pa
 
 
 def test_predict_engine_without_tensorrt_says_what_to_install(
-    tmp_path: Path, media: Dict[str, Path]
+    tmp_path: Path, media: Dict[str, Path], no_tensorrt: None
 ) -> None:
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"plan")

@@ -139,7 +139,7 @@ def test_runtime_imports_no_heavy_module() -> None:
     code = (
         "import sys, grefel.runtime, grefel.runtime.trt_backend, grefel.runtime.ort_backend, "
         "grefel.runtime.torch_backend, grefel.runtime.preprocess, grefel.runtime.sources, "
-        "grefel.predict\n"
+        "grefel.runtime.detectors, grefel.pipeline, grefel.predict\n"
         "print(sorted(m for m in ('torch', 'onnxruntime', 'tensorrt', 'pycuda') "
         "if m in sys.modules))"
     )

@@ -6,7 +6,8 @@ on the code path where it runs: against the committed API snapshots (8.5.2, 8.6.
 1. The calls: `export.trt_builder.build_engine` and `grefel.runtime.trt_backend.TensorRTBackend`
    (which `--verify`, `predict` and `bench` use) run against the shared fake of each generation
    (tests/fakes/trt.py), which records every TensorRT member they touch with its arguments:
-   FP16 (weak on 8.x, strongly typed on 10.x/11.x), FP32 with and without TF32, DLA, timing
+   FP16 (weak on 8.x, strongly typed on 10.x/11.x), INT8 from the QDQ ONNX (BuilderFlag.INT8
+   on 8.x/10.x, strongly typed on 11.x, also on DLA), FP32 with and without TF32, DLA, timing
    cache load/fresh/merge; engines with a dynamic profile (min > 1), a static batch and FP16 I/O.
 2. Snapshots (always, no download): each recorded call exists in that generation's snapshot.
 3. Real bindings: the PyPI wheels `tensorrt-bindings==8.6.1`, `tensorrt-cu12-bindings==10.3.0`,
@@ -92,8 +93,10 @@ def exercise(gen: str, tmp: Path, monkeypatch: Any) -> List[Call]:
     gpu.parse_errors = ()
     for opts in (BuildOptions(workspace_gib=1.5, timing_cache=cache, batch=2),
                  BuildOptions(timing_cache=cache), BuildOptions(dla_core=0),
-                 BuildOptions(fp16=False), BuildOptions(fp16=False, tf32=False)):
-        build_engine(tmp / "m.onnx", tmp / "m.engine", opts, **onnx)
+                 BuildOptions(fp16=False), BuildOptions(fp16=False, tf32=False),
+                 BuildOptions(int8=True), BuildOptions(int8=True, dla_core=0)):
+        build_engine(tmp / "m.onnx", tmp / "m.engine", opts, onnx_int8=tmp / "m.int8.onnx",
+                     **onnx)
     gpu.on_build = lambda: cache.write_bytes(b"TCACHE:Fake Orin:other")
     build_engine(tmp / "m.onnx", tmp / "m.engine", BuildOptions(timing_cache=cache), **onnx)
     gpu.on_build = None

@@ -32,9 +32,12 @@ class BottleneckIR(nn.Module):
         super().__init__()
         self.stride = stride
         # Upstream's shortcut is MaxPool2d(1, stride) or Conv2d(1x1, stride) + BN. Both only
-        # read every stride-th pixel, so forward subsamples by slicing first and the shortcut
-        # runs at stride 1: same values and state-dict keys, no pooling pass, and the 1x1 conv
-        # stays on oneDNN's fast path (strided 1x1 convs fall back to a slow im2col kernel).
+        # read every stride-th pixel, so eager forward subsamples by slicing first and the
+        # shortcut runs at stride 1: same values and state-dict keys, no pooling pass, and the
+        # 1x1 conv stays on oneDNN's fast path (strided 1x1 convs fall back to a slow im2col
+        # kernel). The ONNX export writes upstream's strided form instead (`_strided_shortcut`):
+        # a strided Slice has no blocked-layout (NCHWc) kernel in ONNX Runtime, which then
+        # reorders the map out of and back into its blocked layout around every such Slice.
         if in_chs == out_chs:
             self.shortcut_layer: nn.Module = nn.Identity()
         else:
@@ -51,7 +54,18 @@ class BottleneckIR(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = self.stride
+        if s > 1 and torch.onnx.is_in_onnx_export():
+            return self.res_layer(x) + self._strided_shortcut(x)
         return self.res_layer(x) + self.shortcut_layer(x[:, :, ::s, ::s] if s > 1 else x)
+
+    def _strided_shortcut(self, x: torch.Tensor) -> torch.Tensor:
+        """The shortcut as upstream computes it: MaxPool(1, stride), or the 1x1 conv with the
+        stride then BN. The same values as slicing first (a 1x1 window reads one pixel)."""
+        s = self.stride
+        if isinstance(self.shortcut_layer, nn.Identity):
+            return nn.functional.max_pool2d(x, kernel_size=1, stride=s)
+        conv, bn = self.shortcut_layer[0], self.shortcut_layer[1]
+        return bn(nn.functional.conv2d(x, conv.weight, None, stride=s))
 
 
 def _stage(in_chs: int, out_chs: int, units: int) -> nn.Sequential:

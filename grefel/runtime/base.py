@@ -2,8 +2,11 @@
 
 A backend is a context manager: construction only records the file, `__enter__` loads the model
 and allocates memory, `__exit__` frees it. The public `infer` checks the batch against the model
-contract (float32, (N, 3, 112, 112), finite) and then calls the backend's `_infer`, which returns
-numpy arrays keyed by the ONNX output names (at least probs, primary, confidence).
+contract (float32, (N, 3, 112, 112), finite, values in `grefel.contract.INPUT_RANGE` = [0, 1]),
+calls the backend's `_infer`, which returns numpy arrays keyed by the ONNX output names (at least
+probs, primary, confidence), and refuses outputs that hold NaN or inf (an FP16 graph that
+overflowed, a broken engine) with a BackendError naming the model file. The export gates, which
+measure non-finite outputs rather than refuse them, pass `finite_outputs=False`.
 
 No module here imports torch, onnxruntime, tensorrt or pycuda at import time.
 """
@@ -90,14 +93,29 @@ class Backend:
             self.active = False
             self._close()
 
-    def infer(self, batch: np.ndarray) -> Outputs:
+    def infer(self, batch: np.ndarray, *, finite_outputs: bool = True) -> Outputs:
         """float32 (N, 3, 112, 112) RGB in [0, 1] -> {"probs": (N, C), "primary": (N, C),
-        "confidence": (N,), ...}."""
-        return self._infer(self._check(batch))
+        "confidence": (N,), ...}; outputs with NaN / inf are a BackendError unless
+        `finite_outputs=False` (the export gates count them instead)."""
+        out = self._infer(self._check(batch))
+        return self._check_finite(out) if finite_outputs else out
 
     def infer_timed(self, batch: np.ndarray) -> Tuple[Outputs, Optional[float]]:
         """`infer` plus the GPU compute time in ms (CUDA events), or None on the CPU."""
         return self.infer(batch), None
+
+    def _check_finite(self, outputs: Outputs) -> Outputs:
+        """The outputs, or a BackendError naming the model and the outputs that hold NaN/inf."""
+        bad = {n: int(v.size - np.isfinite(v).sum()) for n, v in outputs.items()
+               if np.issubdtype(np.asarray(v).dtype, np.floating) and not np.isfinite(v).all()}
+        if bad:
+            counts = ", ".join(f"{n}: {k} of {outputs[n].size}" for n, k in sorted(bad.items()))
+            raise BackendError(
+                f"{self.path or self.describe()}: the model returned NaN or inf ({counts} "
+                "values) for inputs in the contract's range; the model file is broken (an FP16 "
+                "overflow?): re-export it, or use the FP32 ONNX / checkpoint"
+            )
+        return outputs
 
     def describe(self) -> str:
         return f"{self.name} on {self.device}" + (f" ({self.path.name})" if self.path else "")
@@ -114,6 +132,13 @@ class Backend:
             raise BackendError(f"expected shape (N, {want}) with N >= 1, got {batch.shape}")
         if not np.isfinite(batch).all():
             raise BackendError("the batch contains NaN or inf")
+        lo, hi = contract.INPUT_RANGE
+        least, most = float(batch.min()), float(batch.max())
+        if least < lo or most > hi:
+            raise BackendError(
+                f"input values span [{least:g}, {most:g}]; the model takes RGB in "
+                f"[{lo:g}, {hi:g}] (uint8 / 255, grefel.contract.to_model_input)"
+            )
         return np.ascontiguousarray(batch)
 
     def _open(self) -> None:

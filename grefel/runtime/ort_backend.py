@@ -81,10 +81,20 @@ class OrtBackend(Backend):
         if len(inputs) != 1:
             raise BackendError(f"{self.path}: expected one input, got {len(inputs)}")
         self._input = inputs[0].name
+        shape = list(inputs[0].shape or [])
+        if len(shape) != 4 or [d if isinstance(d, int) else None for d in shape[1:]] != list(
+            contract.INPUT_SHAPE
+        ):
+            want = ", ".join(map(str, contract.INPUT_SHAPE))
+            raise BackendError(f"{self.path}: not a grefel model: its input {self._input!r} is "
+                               f"{tuple(shape)}, grefel feeds (N, {want}) RGB in [0, 1]")
         batch_dim = inputs[0].shape[0] if inputs[0].shape else None
         self.fixed_batch: Optional[int] = batch_dim if isinstance(batch_dim, int) else None
         self._outputs = [o.name for o in self._session.get_outputs()]
-        check_outputs(dict.fromkeys(self._outputs))
+        try:
+            check_outputs(dict.fromkeys(self._outputs))
+        except BackendError as exc:
+            raise BackendError(f"{self.path}: not a grefel model: {exc}") from None
         self.classes = self._read_classes()
 
     def _read_classes(self) -> Tuple[str, ...]:

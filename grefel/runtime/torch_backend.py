@@ -88,4 +88,4 @@ class TorchBackend(Backend):
         end.record()
         end.synchronize()
         gpu_ms = start.elapsed_time(end)
-        return {n: t.float().cpu().numpy() for n, t in outputs.items()}, gpu_ms
+        return self._check_finite({n: t.float().cpu().numpy() for n, t in outputs.items()}), gpu_ms

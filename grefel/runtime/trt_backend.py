@@ -340,7 +340,7 @@ class TensorRTBackend(Backend):
 
     def infer_timed(self, batch: np.ndarray) -> Tuple[Outputs, Optional[float]]:
         times: List[float] = []
-        outputs = self._run(self._check(batch), times)
+        outputs = self._check_finite(self._run(self._check(batch), times))
         return outputs, float(sum(times))
 
     def _run(self, batch: np.ndarray, gpu_times: Optional[List[float]]) -> Outputs:

