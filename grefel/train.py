@@ -638,8 +638,9 @@ def _write_config(run: Run, config: Dict[str, Any], allowed: Dict[str, List[Any]
         return
     if run.cfg.resume:
         resumed = read_run_config(run.out).get("resumed", [])
-        config = {**config, "resumed": resumed + [{"after_epoch": run.epoch, "changed": {
-            k: {"was": b, "now": a} for k, (b, a) in allowed.items()}}]}
+        config = {**config, "resumed": resumed + [{"after_epoch": run.epoch, "amp": run.amp,
+                                                   "changed": {k: {"was": b, "now": a}
+                                                               for k, (b, a) in allowed.items()}}]}
     atomic_write_json(run.out / "config.json", config)
     if run.init_report is not None and not run.cfg.resume:
         atomic_write_json(run.out / "init.json", run.init_report)

@@ -49,7 +49,8 @@ LOCK_NAME = ".lock"
 # The settings a --resume may change, with why that is safe. Everything else is refused.
 RESUME_MAY_CHANGE: Dict[str, str] = {
     "train.epochs": "train on to more epochs (the LR decays per epoch, whatever the total)",
-    "train.device": "the device it runs on (the same run; not bitwise the same numbers)",
+    "train.device": "the device it runs on (the same run; not bitwise the same numbers; CPU -> "
+                    "CUDA turns --amp's mixed precision on, from a fresh loss scale)",
     "train.threads": "torch CPU threads",
     "data.workers": "DataLoader worker processes",
     "data.strict": "stop on an unreadable image instead of skipping it",
@@ -277,7 +278,10 @@ def load_state(run: Any) -> None:
         run.raw.load_state_dict(state["model"], strict=True)
         run.optimizer.load_state_dict(state["optimizer"])
         run.scheduler.load_state_dict(state["scheduler"])
-        run.scaler.load_state_dict(state["scaler"])
+        if state["scaler"] or not run.scaler.is_enabled():
+            run.scaler.load_state_dict(state["scaler"])
+        # else: a run without AMP (CPU) resumed on CUDA with AMP: a fresh loss scale, as any
+        # AMP run starts with (config.json's `resumed` records amp)
         if hasattr(run.sampler, "load_state_dict"):
             run.sampler.load_state_dict(state["sampler"])
         rngs = state["rng"]

@@ -172,7 +172,7 @@ def test_resume_keeps_the_run_settings_and_records_what_it_changed(run1, tmp_pat
     assert "resumed" in res.output and "train.epochs 1 -> 2" in res.output
     config = json.loads((out / "config.json").read_text())
     assert config["train"]["lr"] == 1e-3 and config["train"]["epochs"] == 2
-    assert config["resumed"] == [{"after_epoch": 1,
+    assert config["resumed"] == [{"after_epoch": 1, "amp": False,
                                   "changed": {"train.epochs": {"was": 1, "now": 2}}}]
     rows = _rows(out)
     assert [r["epoch"] for r in rows] == ["1", "2"]
@@ -183,6 +183,24 @@ def test_resume_keeps_the_run_settings_and_records_what_it_changed(run1, tmp_pat
               "has trained 2 epochs; --epochs 1 would end before that")
     one_error(invoke(["train", "--out", tmp_path / "nothing", "--resume"]), 1,
               "config.json does not exist; nothing to resume")
+
+
+def test_a_cpu_run_resumed_with_amp_starts_a_fresh_loss_scale(run1):
+    """--device cuda on a CPU run turns AMP on: the CPU run saved a disabled scaler ({}), which
+    an enabled GradScaler refuses to load; the resume starts a fresh scale instead of failing
+    (an enabled CPU GradScaler stands in for CUDA's: the same class and load_state_dict)."""
+    from types import SimpleNamespace
+
+    from grefel.train_state import load_state
+
+    raw = _tiny_model()
+    optimizer = torch.optim.Adam([p for p in raw.parameters() if p.requires_grad], lr=1e-3)
+    run = SimpleNamespace(out=run1, raw=raw, optimizer=optimizer, sampler=object(), rank=0,
+                          world=1, scaler=torch.amp.GradScaler("cpu", enabled=True),
+                          scheduler=torch.optim.lr_scheduler.ExponentialLR(optimizer, 0.995))
+    load_state(run)
+    assert run.epoch == 1 and run.scaler.get_scale() == 65536.0
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * 0.995)
 
 
 # --- item 4: every split is checked before epoch 1 ----------------------------------------------
