@@ -716,12 +716,13 @@ def run_training(data_cfg: DataConfig, cfg: TrainConfig) -> Dict[str, Any]:
         try:
             return _train(run)
         except OSError as exc:  # a full disk, a folder gone: every file is whole (fileio)
-            kept = (f"{run.out / 'last.state.pt'} (epoch {run.saved_epoch})"
-                    if run.saved_epoch is not None else "none")
+            then = (f"Last good state: {run.out / 'last.state.pt'} (epoch {run.saved_epoch}); "
+                    "free space (or fix the folder) and pass --resume"
+                    if run.saved_epoch is not None else
+                    "No state was saved yet: free space (or fix the folder) and run it again")
             raise TrainingError(
                 f"{exc.filename or run.out}: {exc.strerror or exc}; the run stops and every "
-                f"file it wrote before is intact. Last good state: {kept}; free space (or fix "
-                "the folder) and pass --resume") from None
+                f"file it wrote before is intact. {then}") from None
         finally:
             finish_distributed(run.world)
     finally:
