@@ -559,6 +559,9 @@ Examples:
 @click.option("--threads", type=click.IntRange(min=1),
               help="CPU threads of the backend, the detector and OpenCV (default: all).")
 @click.option("--show", is_flag=True, help="Show the annotated frames in a window (q quits).")
+@click.option("--low-memory", is_flag=True,
+              help="ONNX Runtime: skip the NCHWc layout optimisation (a second copy of the "
+                   "convolution weights): less memory, slower CPU convolutions.")
 @click.option(
     "--device",
     type=click.Choice(["auto", "cpu", "cuda"]),

@@ -123,6 +123,7 @@ class PredictOptions:
     batch_frames: int = 1  # frames per backend call (1: each frame's records before the next)
     threads: Optional[int] = None  # CPU threads of the backend, detector and OpenCV
     show: bool = False  # show the annotated frames in a window
+    low_memory: bool = False  # ONNX Runtime without the NCHWc layout copy of the weights
 
 
 @dataclass
@@ -474,7 +475,9 @@ def run_predict(
     if opts.threads:
         require("cv2").setNumThreads(opts.threads)
     with contextlib.ExitStack() as stack:
-        backend = stack.enter_context(open_backend(weights, device=device, threads=opts.threads))
+        backend = stack.enter_context(
+            open_backend(weights, device=device, threads=opts.threads, low_memory=opts.low_memory)
+        )
         if out is None:
             stream: IO[str] = sys.stdout
         else:

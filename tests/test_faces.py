@@ -515,3 +515,12 @@ def test_bench_source_records_pipeline_rows(models: Dict[str, Path], tmp_path: P
     assert set(rows[0]["stages_ms"]) == {"decode", "detect", "align", "infer", "post"}
     md = next((tmp_path / "out").glob("bench_*.md")).read_text()
     assert "## Pipeline (end to end)" in md and "| tiny.onnx | onnx | haar | 2 |" in md
+
+
+def test_low_memory_onnx_gives_the_same_outputs(models: Dict[str, Path]) -> None:
+    x = np.random.default_rng(0).random((2, 3, 112, 112)).astype(np.float32)
+    with open_backend(models["onnx"], device="cpu") as a, \
+            open_backend(models["onnx"], device="cpu", low_memory=True) as b:
+        assert b.low_memory and not a.low_memory
+        pa, pb = a.infer(x)["probs"], b.infer(x)["probs"]
+    assert np.abs(pa - pb).max() < 1e-5

@@ -30,7 +30,10 @@ BACKENDS = {".engine": "tensorrt", ".plan": "tensorrt", ".onnx": "onnx", ".safet
 
 
 def open_backend(
-    path: Union[str, Path], device: Optional[str] = None, threads: Optional[int] = None
+    path: Union[str, Path],
+    device: Optional[str] = None,
+    threads: Optional[int] = None,
+    low_memory: bool = False,
 ) -> Backend:
     """The backend for a model file, chosen by suffix (not yet opened: use it with `with`).
 
@@ -39,6 +42,8 @@ def open_backend(
             or `.safetensors` (a grefel checkpoint, PyTorch).
         device: "cpu" or "cuda" (ONNX Runtime and PyTorch); None picks CUDA when available.
         threads: CPU threads for ONNX Runtime / PyTorch (None: the library default).
+        low_memory: ONNX Runtime without its NCHWc layout optimisation (less memory, slower
+            CPU convolutions; `OrtBackend`).
     """
     path = Path(path)
     kind = BACKENDS.get(path.suffix.lower())
@@ -57,7 +62,7 @@ def open_backend(
     elif kind == "onnx":
         from grefel.runtime.ort_backend import OrtBackend
 
-        backend = OrtBackend(path, device=device, threads=threads)
+        backend = OrtBackend(path, device=device, threads=threads, low_memory=low_memory)
     else:
         from grefel.runtime.torch_backend import TorchBackend
 
