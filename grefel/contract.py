@@ -34,11 +34,12 @@ Preprocessing of one file:
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import IO, Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image
@@ -60,6 +61,7 @@ __all__ = [
     "SidecarError",
     "crop_box",
     "decode_image",
+    "decode_image_bytes",
     "engine_sidecar_doc",
     "input_spec",
     "load_model_input",
@@ -183,6 +185,19 @@ def decode_image(path: Union[str, Path]) -> np.ndarray:
 
     Raises ImageError naming the file: missing, unreadable, not an image, or too many pixels.
     """
+    return _decode(path, path)
+
+
+def decode_image_bytes(data: bytes, name: str = "image bytes") -> np.ndarray:
+    """Encoded image bytes (e.g. a `grefel serve` request) -> RGB uint8 (H, W, 3): the same
+    steps and pixel limit as `decode_image`; ImageError messages start with `name`."""
+    if not data:
+        raise ImageError(f"{name}: empty (no image bytes)")
+    return _decode(io.BytesIO(bytes(data)), name)
+
+
+def _decode(path: Union[str, Path, IO[bytes]], name: Union[str, Path]) -> np.ndarray:
+    """decode_image's steps 1-3 and EXIF for a file path or a binary stream; errors name `name`."""
     limit = max_pixels()
     pil_limit = Image.MAX_IMAGE_PIXELS
     try:
@@ -193,22 +208,22 @@ def decode_image(path: Union[str, Path]) -> np.ndarray:
             Image.MAX_IMAGE_PIXELS = None
             with Image.open(path) as im:
                 Image.MAX_IMAGE_PIXELS = pil_limit
-                _check_pixels(path, im.size, limit)
+                _check_pixels(name, im.size, limit)
                 orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
                 im.load()
                 rgb = to_rgb(im)
     except ImageError:
         raise
     except FileNotFoundError:
-        raise ImageError(f"{path}: file not found") from None
+        raise ImageError(f"{name}: file not found") from None
     except IsADirectoryError:
-        raise ImageError(f"{path}: a folder, not an image file") from None
+        raise ImageError(f"{name}: a folder, not an image file") from None
     except Image.DecompressionBombError as exc:
-        raise ImageError(f"{path}: {exc}; to decode it, raise {MAX_PIXELS_ENV}") from None
+        raise ImageError(f"{name}: {exc}; to decode it, raise {MAX_PIXELS_ENV}") from None
     except PermissionError as exc:
-        raise ImageError(f"{path}: cannot read ({exc.strerror or exc})") from None
+        raise ImageError(f"{name}: cannot read ({exc.strerror or exc})") from None
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, struct.error...
-        raise ImageError(f"{path}: not a decodable image ({exc})") from None
+        raise ImageError(f"{name}: not a decodable image ({exc})") from None
     finally:
         Image.MAX_IMAGE_PIXELS = pil_limit
     if orientation in _TRANSPOSE:

@@ -85,7 +85,8 @@ def _unmet_requirements(pins: Dict[str, Version]) -> List[str]:
 
     A venv made by ``python -m venv`` starts with its own setuptools (65.5 on CPython 3.11.7);
     torch 2.13 requires setuptools>=77.0.3, so a lock without setuptools failed pip check on a
-    fresh machine. The check reads the metadata of the locked releases installed in the running venv.
+    fresh machine. The check reads the metadata of the locked releases installed in the running
+    venv.
     """
     from importlib import metadata
 
