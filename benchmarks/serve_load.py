@@ -3,13 +3,15 @@
     python -m benchmarks.serve_load --weights model.onnx --levels 1,4,16,64 --seconds 20 \
         --soak-seconds 600 --out benchmarks/results/serve_load
 
-In one run: the server is started twice on free 127.0.0.1 ports, once with dynamic batching
-(`--max-batch B --queue-delay-us D`) and once with `--max-batch 1` (no batching), and each is
-loaded at every concurrency level: C client threads, each with its own gRPC client, send
-one-image requests back to back for `--seconds` (and at most `--max-requests` in all). Per level:
-completed requests, throughput (requests / wall second), p50 / p99 latency, errors (a Triton error,
-a timeout, or an answer that differs from the local backend's `infer` on the same image by more
-than 1e-4). Then, if asked, a soak: the batching server at `--soak-concurrency` for
+In one run: two servers on free 127.0.0.1 ports, one with dynamic batching (`--max-batch B
+--queue-delay-us D`) and one with `--max-batch 1` (no batching), loaded back to back at each
+concurrency level (the other one idle, so both see the same machine load as far as it can be
+had on a shared machine; the 1-minute load average before each row is recorded): C client
+threads, each with its own gRPC client, send one-image requests back to back for `--seconds`
+(and at most `--max-requests` in all). Per level: completed requests, throughput (requests /
+wall second), p50 / p99 latency, errors (a Triton error, a timeout, or an answer that differs
+from the local backend's `infer` on the same image by more than 1e-4), and Triton's own count of
+requests per executed batch. Then, if asked, a soak: the batching server at `--soak-concurrency` for
 `--soak-seconds`, with the resident memory of the server's process tree (grefel serve,
 tritonserver, the Python-backend stubs) sampled every `--sample-seconds`.
 
@@ -229,13 +231,14 @@ def _markdown(doc: Dict[str, Any]) -> str:
              f"{doc['seconds_per_level']} s per level; load average at start "
              f"{doc['loadavg_start']}.", "",
              "| server | clients | requests | req/s | p50 ms | p99 ms | errors | "
-             "requests / batch |",
-             "|---|---|---|---|---|---|---|---|"]
+             "requests / batch | load avg |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for cfg in doc["configs"]:
         for row in cfg["levels"]:
             lines.append(f"| {cfg['label']} | {row['concurrency']} | {row['requests']} | "
                          f"{row['throughput_rps']} | {row['p50_ms']} | {row['p99_ms']} | "
-                         f"{row['errors']} | {row.get('requests_per_batch')} |")
+                         f"{row['errors']} | {row.get('requests_per_batch')} | "
+                         f"{row.get('loadavg_1min_before')} |")
     lines += ["", "Gain of dynamic batching over max batch 1 (throughput ratio, same clients):", ""]
     for c, g in doc["batching_gain"].items():
         lines.append(f"- {c} clients: x{g}")
@@ -281,32 +284,35 @@ def main(argv: Optional[List[str]] = None) -> int:
     }
     configs = [(f"dynamic batching (max batch {args.max_batch}, delay {args.queue_delay_us} us)",
                 args.max_batch, args.queue_delay_us), ("max batch 1", 1, 0)]
-    for label, max_batch, delay in configs:
-        server = Server(args.weights, max_batch, delay, args.threads, log)
-        try:
+    servers = [Server(args.weights, max_batch, delay, args.threads, log)
+               for _, max_batch, delay in configs]
+    entries = [{"label": label, "max_batch": max_batch, "queue_delay_us": delay, "levels": []}
+               for label, max_batch, delay in configs]
+    try:
+        for server in servers:
             server.wait_ready()
             load_level(server.grpc, 4, 2.0, 200, pool, ref)  # warm-up, not recorded
-            rows = []
-            for c in levels:
+        for c in levels:  # the two servers back to back at each level (the other one idle)
+            for server, entry in zip(servers, entries):
                 before = _batches(server)
+                load = round(os.getloadavg()[0], 2)
                 row = load_level(server.grpc, c, args.seconds, args.max_requests, pool, ref)
                 after = _batches(server)
                 n = after["nv_inference_count"] - before["nv_inference_count"]
                 e = after["nv_inference_exec_count"] - before["nv_inference_exec_count"]
                 row["requests_per_batch"] = round(n / e, 2) if e else None
-                rows.append(row)
-                print(label, row, flush=True)
-            entry = {"label": label, "max_batch": max_batch, "queue_delay_us": delay,
-                     "levels": rows}
-            if args.soak_seconds > 0 and max_batch == args.max_batch:
-                doc["soak"] = {**_soak(server, args, pool, ref),
-                               "server": label, "sample_seconds": args.sample_seconds}
-                print("soak", {k: v for k, v in doc["soak"].items()
-                               if k != "rss_mib_samples"}, flush=True)
-        finally:
-            entry_rc = server.stop()
-        entry["server_exit_code"] = entry_rc
-        doc["configs"].append(entry)
+                row["loadavg_1min_before"] = load
+                entry["levels"].append(row)
+                print(entry["label"], row, flush=True)
+        if args.soak_seconds > 0:
+            doc["soak"] = {**_soak(servers[0], args, pool, ref), "server": entries[0]["label"],
+                           "sample_seconds": args.sample_seconds}
+            print("soak", {k: v for k, v in doc["soak"].items() if k != "rss_mib_samples"},
+                  flush=True)
+    finally:
+        for server, entry in zip(servers, entries):
+            entry["server_exit_code"] = server.stop()
+    doc["configs"] = entries
     dyn, one = doc["configs"][0]["levels"], doc["configs"][1]["levels"]
     doc["batching_gain"] = {
         str(a["concurrency"]): round(a["throughput_rps"] / b["throughput_rps"], 2)

@@ -41,7 +41,7 @@ import numpy as np
 
 from grefel import contract
 from grefel._lazy import MissingDependency, require
-from grefel.runtime import Backend, BackendError, open_backend
+from grefel.runtime import Backend, open_backend
 
 __all__ = [
     "IMAGE_MODEL",
@@ -286,7 +286,15 @@ def serve(
         previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM,
                                                                          signal.SIGINT)}
         try:
-            triton.run()
+            try:
+                triton.run()
+            except Exception as exc:  # PyTriton's errors and TimeoutError: one line
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise ServeError(
+                    f"tritonserver did not start ({first}); are ports {opts.http_port}, "
+                    f"{opts.grpc_port} and {opts.metrics_port} free on {opts.host}? "
+                    "(--http-port / --grpc-port / --metrics-port)"
+                ) from None
             on_ready(
                 f"serving {weights} ({backends[0].describe()}, {len(classes)} classes) as "
                 f"models {MODEL!r} and {IMAGE_MODEL!r}: HTTP {opts.host}:{opts.http_port}, "
@@ -302,8 +310,6 @@ def serve(
             triton.stop()  # tritonserver drains in-flight requests, then the proxies stop
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-    except BackendError:
-        raise
     finally:
         for backend in backends:
             backend.close()

@@ -296,6 +296,10 @@ def test_numpy2_and_missing_pytriton_are_one_clear_line(weights, monkeypatch) ->
     result = CliRunner().invoke(cli, ["serve", "--weights", str(weights)])
     assert result.exit_code == 1 and "pip install 'grefel[serve]'" in result.output
     assert len(result.output.strip().splitlines()) == 1
+    monkeypatch.undo()
+    result = CliRunner().invoke(cli, ["serve", "--weights", str(weights.with_name("none.onnx"))])
+    assert result.exit_code == 1 and "none.onnx: no such model file" in result.output
+    assert len(result.output.strip().splitlines()) == 1
 
 
 def test_sigterm_answers_in_flight_requests_then_exits(server, backend) -> None:
