@@ -313,6 +313,7 @@ Examples:
   grefel export runs/demo/train/best.safetensors --fp16
   grefel export runs/demo/train/best.safetensors --target trt8.5 --onnx-only
   grefel export engines/best.onnx --fp16 --max-batch 8 --verify   (on the Jetson)
+  grefel export runs/demo/train/best.safetensors --fp16 --triton model_repository
 """,
 )
 @click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path))
