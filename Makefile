@@ -10,9 +10,10 @@ PY := $(VENV)/bin/python
 LOCK ?= requirements/dev-py311-linux-x86_64.lock
 LOCK_PYTHON := 3.11
 # What `make lock` resolves: this CPU build of torch (pip finds it in the local wheel cache of
-# our machines, elsewhere on PyTorch's CPU index), then grefel's ranges with the dev extra.
+# our machines, elsewhere on PyTorch's CPU index), then grefel's ranges with the dev and serve
+# extras (the tests start a real Triton server).
 TORCH_PIN ?= torch==2.13.0
-LOCK_EXTRAS ?= dev
+LOCK_EXTRAS ?= dev,serve
 
 .PHONY: venv demo test lint lock clean trt-bindings face-models
 

@@ -398,6 +398,7 @@ Examples:
   grefel export engines/best.onnx --fp16 --max-batch 8 --verify   (on the Jetson)
   grefel export runs/demo/train/best.safetensors --int8 --calib-data runs/demo/synthfer --onnx-only
   grefel export engines/best.int8.onnx --int8 --max-batch 8 --verify   (on the Jetson)
+  grefel export runs/demo/train/best.safetensors --fp16 --triton model_repository
 """,
 )
 @click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path))
@@ -437,9 +438,17 @@ Examples:
 @click.option("--max-pixels", type=click.IntRange(min=0),
               help="Largest --calib-data image decoded, in pixels (0 = no limit) [default: "
                    "$GREFEL_MAX_PIXELS, else 89,478,485].")
+@click.option("--triton", "triton_repo", type=click.Path(file_okay=False, path_type=Path),
+              help="Also write a Triton model repository here: DIR/grefel/config.pbtxt and "
+                   "1/model.plan (the engine) or 1/model.onnx (no engine: ONNX Runtime).")
+@click.option("--triton-instances", default=1, type=click.IntRange(1),
+              help="instance_group count of the Triton model.")
+@click.option("--triton-queue-delay-us", default=2000, type=click.IntRange(0),
+              help="Dynamic batching: max_queue_delay_microseconds.")
 @click.pass_context
 def export_cmd(ctx: click.Context, source: Path, json_path: Optional[Path],
-               max_pixels: Optional[int], **options) -> None:
+               max_pixels: Optional[int], triton_repo: Optional[Path], triton_instances: int,
+               triton_queue_delay_us: int, **options) -> None:
     """Checkpoint (.safetensors) or ONNX -> checked ONNX -> TensorRT engine + sidecar.
 
     Work happens in a hidden `.export-<pid>-*` folder inside --out; the ones that killed exports
@@ -452,8 +461,21 @@ def export_cmd(ctx: click.Context, source: Path, json_path: Optional[Path],
 
     if max_pixels is not None:
         set_max_pixels(max_pixels)
+    if triton_repo is not None and not options["dynamic"]:
+        raise click.BadParameter("a Triton repository with dynamic batching needs a dynamic "
+                                 "batch: drop --static", param_hint="--triton")
     try:
         result = run_export(source, ExportOptions(**options), log=lambda s: click.echo(s, err=True))
+        if triton_repo is not None and result.exit_code in (0, 2):
+            from export.triton import write_model_repository
+
+            engines = [p for p in result.artifacts if p.suffix == ".engine"]
+            onnx_fp32 = result.artifacts[0]
+            folder = write_model_repository(
+                triton_repo, engines[0] if engines else onnx_fp32, onnx_fp32,
+                max_batch=options["max_batch"], max_queue_delay_us=triton_queue_delay_us,
+                instances=triton_instances)  # fmt: skip
+            result.artifacts.append(folder / "config.pbtxt")
     except ExportError as exc:
         raise click.ClickException(str(exc)) from None
     if json_path is not None:
@@ -755,6 +777,52 @@ def bench(
     if previous is not None:
         click.echo(f"\nCompared with {compare_path}:\n" + compare(record, previous))
     click.echo(f"wrote {paths[0]} and {paths[1]}", err=True)
+
+
+# --- serve (issue 17) --------------------------------------------------------------------------
+
+
+@cli.command(
+    "serve",
+    epilog="""\b
+Examples:
+  grefel serve --weights runs/demo/engines/best.onnx
+  grefel serve -w engines/best_fp16_b8.engine --host 0.0.0.0 --max-batch 8 --instances 2
+  curl -s localhost:8000/v2/health/ready; curl -s localhost:8002/metrics
+""",
+)
+@click.option("--weights", "-w", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="A .engine (TensorRT), .onnx (ONNX Runtime) or .safetensors checkpoint.")
+@click.option("--max-batch", default=8, type=click.IntRange(1),
+              help="Most samples per backend call (Triton max_batch_size).")
+@click.option("--queue-delay-us", default=2000, type=click.IntRange(0),
+              help="Dynamic batching: longest wait for more requests, microseconds.")
+@click.option("--instances", default=1, type=click.IntRange(1),
+              help="Model instances (one backend each) per model.")
+@click.option("--host", default="127.0.0.1", help="Bind address (0.0.0.0: every interface).")
+@click.option("--http-port", default=8000, type=click.IntRange(1, 65535))
+@click.option("--grpc-port", default=8001, type=click.IntRange(1, 65535))
+@click.option("--metrics-port", default=8002, type=click.IntRange(1, 65535))
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+              help="ONNX Runtime / PyTorch device (an engine always runs on the GPU).")
+@click.option("--threads", type=click.IntRange(1), help="CPU threads per backend.")
+@click.option("--margin", type=click.FloatRange(0), default=0.2,
+              help="Face crop margin of the encoded-image model (as grefel predict).")
+@click.option("--exit-timeout", "exit_timeout_s", default=30, type=click.IntRange(0),
+              help="On SIGTERM, seconds to wait for in-flight requests.")
+def serve_command(weights: Path, device: str, **opts: Any) -> None:
+    """Serve WEIGHTS on NVIDIA Triton (PyTriton): models `grefel` (float32 images) and
+    `grefel_image` (encoded image bytes), HTTP + gRPC, dynamic batching, metrics."""
+    from grefel._lazy import MissingDependency
+    from grefel.runtime import BackendError
+    from grefel.serve import ServeError, ServeOptions, serve
+
+    try:
+        serve(weights, ServeOptions(device=None if device == "auto" else device, **opts),
+              on_ready=lambda line: click.echo(line, err=True))
+    except (ServeError, BackendError, MissingDependency) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo("stopped", err=True)
 
 
 @cli.command(

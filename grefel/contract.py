@@ -37,11 +37,12 @@ Preprocessing of one file:
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import IO, Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image
@@ -68,6 +69,7 @@ __all__ = [
     "align_template",
     "crop_box",
     "decode_image",
+    "decode_image_bytes",
     "engine_sidecar_doc",
     "input_spec",
     "load_model_input",
@@ -209,7 +211,19 @@ def decode_image(path: Union[str, Path]) -> np.ndarray:
 
     Raises ImageError naming the file: missing, unreadable, not an image, or too many pixels.
     """
-    name = display_path(path)  # a non-UTF-8 file name, escaped (messages are printed)
+    return _decode(path, display_path(path))  # a non-UTF-8 file name, escaped
+
+
+def decode_image_bytes(data: bytes, name: str = "image bytes") -> np.ndarray:
+    """Encoded image bytes (e.g. a `grefel serve` request) -> RGB uint8 (H, W, 3): the same
+    steps and pixel limit as `decode_image`; ImageError messages start with `name`."""
+    if not data:
+        raise ImageError(f"{name}: empty (no image bytes)")
+    return _decode(io.BytesIO(bytes(data)), name)
+
+
+def _decode(path: Union[str, Path, IO[bytes]], name: Union[str, Path]) -> np.ndarray:
+    """decode_image's steps 1-3 and EXIF for a file path or a binary stream; errors name `name`."""
     limit = max_pixels()
     pil_limit = Image.MAX_IMAGE_PIXELS
     try:

@@ -309,3 +309,21 @@ def test_contract_imports_no_torch() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=Path(__file__).parent.parent)
     assert out.stdout.strip() == "False"
+
+
+def test_decode_image_bytes_is_decode_image_for_a_request(
+    dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`grefel serve`'s encoded-image model decodes request bytes with the same steps."""
+    expected = _write_variants(dataset / "bytes")
+    for name, want in expected.items():
+        data = (dataset / "bytes" / name).read_bytes()
+        assert np.array_equal(contract.decode_image_bytes(data, name="req"), want), name
+    with pytest.raises(contract.ImageError, match=r"^req 3: not a decodable image"):
+        contract.decode_image_bytes(b"GIF89a junk", name="req 3")
+    with pytest.raises(contract.ImageError, match=r"^req 4: empty"):
+        contract.decode_image_bytes(b"", name="req 4")
+    bomb = tmp_path / "bomb.png"
+    _png_header_only(bomb, 20000, 20000)
+    with pytest.raises(contract.ImageError, match=r"^req 5: 20000x20000 = 400,000,000 pixels"):
+        contract.decode_image_bytes(bomb.read_bytes(), name="req 5")

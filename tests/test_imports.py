@@ -29,13 +29,14 @@ PACKAGES = ("grefel", "export", "benchmarks")
 TRAINING = ("grefel.train", "grefel.train_state", "grefel.train_utils", "grefel.evaluate",
             "grefel.weights",
             "grefel.unpickle", "grefel.data", "grefel.model.losses", "grefel.devices")
-SERVING = ("grefel.runtime", "grefel.predict", "grefel.pipeline", "grefel.contract")
+SERVING = ("grefel.runtime", "grefel.predict", "grefel.pipeline", "grefel.contract",
+           "grefel.serve")
 # Modules a torch-free Jetson imports to run .onnx / .engine files.
 TORCH_FREE = ("grefel.contract", "grefel.predict", "grefel.pipeline", "grefel.runtime",
               "grefel.runtime.base", "grefel.runtime.detectors",
               "grefel.runtime.ort_backend", "grefel.runtime.trt_backend",
               "grefel.runtime.preprocess", "grefel.runtime.sources", "grefel.data.readers",
-              "grefel.data.samples", "grefel.config")
+              "grefel.data.samples", "grefel.config", "grefel.serve")
 FORBIDDEN: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
     ("grefel.model", ("export", "benchmarks", "grefel.runtime", "grefel.cli", "grefel.predict",
                       "grefel.data", "grefel.train", "grefel.evaluate", "grefel.checkpoint",

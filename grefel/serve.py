@@ -1,0 +1,315 @@
+"""`grefel serve`: the model on NVIDIA Triton Inference Server, through PyTriton.
+
+PyTriton (`pip install 'grefel[serve]'`) starts the real `tritonserver` binary that its wheel
+bundles; each model below is a Triton Python-backend model whose `execute` is answered by a
+callable in this process, on one of the runtime backends (`grefel.runtime.open_backend`: an
+`.engine`, `.onnx` or `.safetensors`). Two models:
+
+    grefel        images  float32 [N, 3, 112, 112], RGB in [0, 1] (grefel.contract's input)
+    grefel_image  image   BYTES [N, 1], one encoded image file per sample (JPEG, PNG, ...):
+                  decoded by grefel.contract.decode_image_bytes (EXIF, modes, the pixel limit),
+                  the largest face found by the face detector of grefel.runtime.preprocess,
+                  cropped with `margin` (grefel.contract.square_crop) and resized
+                  (to_model_input) exactly as `grefel predict` does; no face: the whole image
+
+Both answer, per sample: `probs` (C) = L_final (eq. 19), `primary` (C) = l (eq. 9),
+`confidence` (1) = C_f (eq. 10), `label` (1, BYTES: the class of the largest prob) and `classes`
+(C, BYTES: the class names in output order); `grefel_image` adds `face` (1, BOOL: a face was
+found) and `box` (4, INT32: x1, y1, x2, y2 of the crop's face box in the decoded image).
+
+Triton's dynamic batcher joins the requests (up to `max_batch` samples, waiting at most
+`queue_delay_us` for more); every sample's outputs are computed from its own input only. Triton
+itself rejects a request of the wrong shape or dtype; values outside [0, 1], NaN/inf and
+undecodable bytes are refused here with an error message naming the request. A batch is answered
+as one: a bad request that the batcher put in the same batch as good ones fails them too (the
+PyTriton 0.7 proxy has no per-request error), the server itself lives on.
+
+SIGTERM or SIGINT: tritonserver stops taking requests, answers those in flight (waiting up to
+`exit_timeout_s`), then the backends close.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from grefel import contract
+from grefel._lazy import MissingDependency, require
+from grefel.runtime import Backend, open_backend
+
+__all__ = [
+    "IMAGE_MODEL",
+    "MODEL",
+    "ServeError",
+    "ServeOptions",
+    "check_environment",
+    "serve",
+]
+
+MODEL = "grefel"  # the tensor model
+IMAGE_MODEL = "grefel_image"  # the encoded-bytes model
+SERVE_HINT = "pip install 'grefel[serve]'"
+
+log = logging.getLogger(__name__)
+
+
+class ServeError(RuntimeError):
+    """An environment or option `grefel serve` cannot run with; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    max_batch: int = 8  # samples per backend call (Triton's max_batch_size)
+    queue_delay_us: int = 2000  # dynamic batcher: longest wait for more requests (0: none)
+    instances: int = 1  # model instances (one backend each) per model
+    host: str = "127.0.0.1"  # HTTP, gRPC and metrics bind address
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    device: Optional[str] = None  # ONNX Runtime / PyTorch device (None: CUDA when present)
+    threads: Optional[int] = None  # CPU threads per backend
+    margin: float = 0.2  # face crop margin of grefel_image (grefel predict's --margin)
+    exit_timeout_s: int = 30  # how long a stop waits for in-flight requests
+
+
+def check_environment() -> Any:
+    """The pytriton module, or ServeError with one line saying what to install.
+
+    PyTriton 0.7's bundled Triton Python-backend stub reads tensors wrongly under numpy 2 (the
+    wheel requires numpy<2), so numpy 2 is refused here rather than served wrongly.
+    """
+    major = int(np.__version__.split(".")[0])
+    if major >= 2:
+        raise ServeError(
+            f"grefel serve needs numpy<2 (numpy {np.__version__} is installed; PyTriton 0.7's "
+            f"Triton Python-backend stub misreads tensors under numpy 2): {SERVE_HINT} in a "
+            "fresh venv, or pip install 'numpy<2'"
+        )
+    try:
+        return require("pytriton.triton")
+    except MissingDependency as exc:
+        raise ServeError(f"grefel serve needs PyTriton ({exc.__cause__}): {SERVE_HINT}") from None
+
+
+def _libpython_first() -> Optional[str]:
+    """Put the running interpreter's own libpython first on LD_LIBRARY_PATH (inherited by
+    tritonserver and its Python-backend stubs), returning its folder.
+
+    The bundled stub links `libpython3.X.so.1.0` and runs this interpreter's standard library;
+    the dynamic linker would otherwise pick the system's libpython (e.g. Debian's 3.11.2 under
+    a pyenv 3.11.7), whose C modules do not match that library (seen here: the stub dies with
+    "'_thread.RLock' object has no attribute '_recursion_count'" while loading the model).
+    """
+    import os
+    import sysconfig
+
+    libdir, name = sysconfig.get_config_var("LIBDIR"), sysconfig.get_config_var("INSTSONAME")
+    if not libdir or not name or not (Path(libdir) / str(name)).is_file():
+        return None  # a static interpreter: the stub uses the system's libpython
+    current = os.environ.get("LD_LIBRARY_PATH", "")
+    if current.split(":")[0] != libdir:
+        os.environ["LD_LIBRARY_PATH"] = libdir + (":" + current if current else "")
+    return str(libdir)
+
+
+def _check_range(images: np.ndarray, request: int) -> None:
+    lo, hi = contract.INPUT_RANGE
+    if not np.isfinite(images).all():
+        raise ValueError(f"request {request}: `images` contains NaN or inf")
+    if images.size and (float(images.min()) < lo or float(images.max()) > hi):
+        raise ValueError(
+            f"request {request}: `images` values span [{float(images.min()):.4g}, "
+            f"{float(images.max()):.4g}]; grefel takes RGB in [{lo:g}, {hi:g}] (uint8 / 255)"
+        )
+
+
+def _label_arrays(probs: np.ndarray, classes: Sequence[str]) -> Dict[str, np.ndarray]:
+    names = np.array([c.encode("utf-8") for c in classes], dtype=np.object_)
+    top = np.argmax(probs, axis=1) if len(probs) else np.zeros(0, dtype=np.int64)
+    return {
+        "label": names[top].reshape(-1, 1),
+        "classes": np.tile(names, (len(probs), 1)),
+    }
+
+
+class _Instance:
+    """One model instance: its own opened backend (and face detector for grefel_image)."""
+
+    def __init__(self, backend: Backend, margin: float, detector: Any = None) -> None:
+        self.backend, self.margin, self.detector = backend, margin, detector
+        self.lock = threading.Lock()
+
+    def _outputs(self, batch: np.ndarray) -> Dict[str, np.ndarray]:
+        with self.lock:
+            out = self.backend.infer(batch)
+        probs = out["probs"].astype(np.float32)
+        return {
+            "probs": probs,
+            "primary": out["primary"].astype(np.float32),
+            "confidence": out["confidence"].astype(np.float32).reshape(-1, 1),
+            **_label_arrays(probs, self.backend.classes),
+        }
+
+    @staticmethod
+    def _split(outputs: Dict[str, np.ndarray], sizes: List[int]) -> List[Dict[str, np.ndarray]]:
+        parts, start = [], 0
+        for n in sizes:
+            parts.append({k: v[start : start + n] for k, v in outputs.items()})
+            start += n
+        return parts
+
+    def infer_images(self, requests: List[Any]) -> List[Dict[str, np.ndarray]]:
+        """Requests of `grefel` (each `images` [n, 3, 112, 112]) -> one output dict each."""
+        arrays = [np.asarray(r["images"], dtype=np.float32) for r in requests]
+        for i, a in enumerate(arrays):
+            _check_range(a, i)
+        sizes = [len(a) for a in arrays]
+        return self._split(self._outputs(np.concatenate(arrays)), sizes)
+
+    def _face_input(self, data: bytes, name: str) -> Tuple[np.ndarray, bool, Tuple[int, ...]]:
+        from grefel.runtime.preprocess import whole_frame
+
+        image = contract.decode_image_bytes(data, name=name)
+        boxes = self.detector.detect(image)
+        if not boxes:
+            return contract.to_model_input(image), False, whole_frame(image)
+        crop = contract.square_crop(image, boxes[0], margin=self.margin)
+        return contract.to_model_input(crop), True, boxes[0]
+
+    def infer_encoded(self, requests: List[Any]) -> List[Dict[str, np.ndarray]]:
+        """Requests of `grefel_image` (each `image` [n, 1] BYTES) -> one output dict each."""
+        inputs, faces, boxes, sizes = [], [], [], []
+        for i, r in enumerate(requests):
+            items = np.asarray(r["image"], dtype=np.object_).reshape(-1)
+            sizes.append(len(items))
+            for j, item in enumerate(items):
+                if not isinstance(item, (bytes, bytearray, np.bytes_)):
+                    raise ValueError(f"request {i}: `image` item {j} is {type(item).__name__}, "
+                                     "expected the bytes of an image file")
+                try:
+                    x, found, box = self._face_input(bytes(item), f"request {i} image {j}")
+                except contract.ImageError as exc:
+                    raise ValueError(str(exc)) from None
+                inputs.append(x)
+                faces.append(found)
+                boxes.append(box)
+        out = self._outputs(np.stack(inputs))
+        out["face"] = np.array(faces, dtype=np.bool_).reshape(-1, 1)
+        out["box"] = np.array(boxes, dtype=np.int32).reshape(-1, 4)
+        return self._split(out, sizes)
+
+
+def _tensors(pytriton_config: Any, num_classes: int, encoded: bool) -> Tuple[list, list]:
+    Tensor = pytriton_config.Tensor
+    inputs = (
+        [Tensor(name="image", dtype=np.bytes_, shape=(1,))]
+        if encoded
+        else [Tensor(name=contract.INPUT_NAME, dtype=np.float32, shape=contract.INPUT_SHAPE)]
+    )
+    outputs = [
+        Tensor(name="probs", dtype=np.float32, shape=(num_classes,)),
+        Tensor(name="primary", dtype=np.float32, shape=(num_classes,)),
+        Tensor(name="confidence", dtype=np.float32, shape=(1,)),
+        Tensor(name="label", dtype=np.bytes_, shape=(1,)),
+        Tensor(name="classes", dtype=np.bytes_, shape=(num_classes,)),
+    ]
+    if encoded:
+        outputs += [
+            Tensor(name="face", dtype=np.bool_, shape=(1,)),
+            Tensor(name="box", dtype=np.int32, shape=(4,)),
+        ]
+    return inputs, outputs
+
+
+def serve(
+    weights: Path,
+    opts: ServeOptions = ServeOptions(),
+    on_ready: Callable[[str], None] = print,
+    stop: Optional[threading.Event] = None,
+) -> None:
+    """Serve `weights` until SIGTERM / SIGINT (or `stop` is set); see the module docstring.
+
+    Raises ServeError (environment, options) or BackendError (the model file) before serving.
+    """
+    check_environment()
+    from pytriton import model_config as pmc
+    from pytriton.triton import Triton, TritonConfig
+
+    from grefel.runtime.preprocess import FaceDetector
+
+    if opts.instances < 1 or opts.max_batch < 1 or opts.queue_delay_us < 0:
+        raise ServeError("--instances and --max-batch must be >= 1, --queue-delay-us >= 0")
+    for name in ("pytriton", "tritonclient"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    _libpython_first()
+    stop = stop or threading.Event()
+    backends: List[Backend] = []
+    try:
+        for _ in range(opts.instances * 2):  # one backend per instance of each model
+            backends.append(
+                open_backend(weights, device=opts.device, threads=opts.threads).__enter__()
+            )
+        classes = backends[0].classes
+        tensor_instances = [_Instance(b, opts.margin) for b in backends[: opts.instances]]
+        image_instances = [
+            _Instance(b, opts.margin, FaceDetector()) for b in backends[opts.instances :]
+        ]
+        config = TritonConfig(
+            http_address=opts.host,
+            http_port=opts.http_port,
+            grpc_address=opts.host,
+            grpc_port=opts.grpc_port,
+            metrics_port=opts.metrics_port,
+            metrics_address=opts.host,
+            exit_timeout_secs=opts.exit_timeout_s,
+            allow_gpu_metrics=False,
+        )
+        model_config = pmc.ModelConfig(
+            max_batch_size=opts.max_batch,
+            batcher=pmc.DynamicBatcher(max_queue_delay_microseconds=opts.queue_delay_us),
+        )
+        triton = Triton(config=config)
+        for model, instances, encoded in (
+            (MODEL, tensor_instances, False),
+            (IMAGE_MODEL, image_instances, True),
+        ):
+            inputs, outputs = _tensors(pmc, len(classes), encoded)
+            funcs = [i.infer_encoded if encoded else i.infer_images for i in instances]
+            triton.bind(model_name=model, infer_func=funcs, inputs=inputs, outputs=outputs,
+                        config=model_config, strict=True)
+        previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM,
+                                                                         signal.SIGINT)}
+        try:
+            try:
+                triton.run()
+            except Exception as exc:  # PyTriton's errors and TimeoutError: one line
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise ServeError(
+                    f"tritonserver did not start ({first}); are ports {opts.http_port}, "
+                    f"{opts.grpc_port} and {opts.metrics_port} free on {opts.host}? "
+                    "(--http-port / --grpc-port / --metrics-port)"
+                ) from None
+            on_ready(
+                f"serving {weights} ({backends[0].describe()}, {len(classes)} classes) as "
+                f"models {MODEL!r} and {IMAGE_MODEL!r}: HTTP {opts.host}:{opts.http_port}, "
+                f"gRPC {opts.host}:{opts.grpc_port}, metrics "
+                f"http://{opts.host}:{opts.metrics_port}/metrics; max batch {opts.max_batch}, "
+                f"queue delay {opts.queue_delay_us} us, {opts.instances} instance(s)"
+            )
+            while not stop.is_set() and triton.is_alive():
+                stop.wait(0.5)
+            if not stop.is_set():
+                raise ServeError("tritonserver exited on its own (see its log above)")
+        finally:
+            triton.stop()  # tritonserver drains in-flight requests, then the proxies stop
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+    finally:
+        for backend in backends:
+            backend.close()

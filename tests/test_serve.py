@@ -1,0 +1,334 @@
+"""`grefel serve`: a real Triton server (PyTriton's bundled tritonserver) answering NVIDIA's
+tritonclient over HTTP and gRPC, compared with the backend's own `infer` on the same inputs.
+
+One server per module (started as `python -m grefel serve` on free local ports); the SIGTERM
+test stops it and is the last test of the module.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, Dict, Iterator, List
+
+import numpy as np
+import pytest
+import test_runtime as rt  # the seeded tiny model files
+from click.testing import CliRunner
+
+from grefel import contract
+from grefel.cli import cli
+from grefel.runtime import open_backend
+
+httpclient = pytest.importorskip("tritonclient.http")
+grpcclient = pytest.importorskip("tritonclient.grpc")
+from tritonclient.utils import InferenceServerException  # noqa: E402
+
+if int(np.__version__.split(".")[0]) >= 2:  # the serve extra pins numpy<2 (see grefel.serve)
+    pytest.skip("grefel serve needs numpy<2 (the lock's serve extra)", allow_module_level=True)
+pytest.importorskip("pytriton.triton")
+
+ROOT = Path(__file__).resolve().parents[1]
+TOL = 1e-5
+NAMES = ("probs", "primary", "confidence")
+START_TIMEOUT_S = 180
+
+
+def _free_ports(n: int) -> List[int]:
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+class Server:
+    def __init__(self, weights: Path, log: Path) -> None:
+        self.http, self.grpc, self.metrics = _free_ports(3)
+        self.log = log
+        self._log_file = open(log, "wb")  # noqa: SIM115 (closed in stop)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "grefel", "serve", "--weights", str(weights),
+             "--http-port", str(self.http), "--grpc-port", str(self.grpc),
+             "--metrics-port", str(self.metrics), "--max-batch", "8",
+             "--queue-delay-us", "5000", "--threads", "1", "--exit-timeout", "60"],
+            stdout=self._log_file, stderr=subprocess.STDOUT, cwd=ROOT,
+        )  # fmt: skip
+        self.http_client = httpclient.InferenceServerClient(f"127.0.0.1:{self.http}")
+        self.grpc_client = grpcclient.InferenceServerClient(f"127.0.0.1:{self.grpc}")
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"grefel serve exited {self.proc.returncode}:\n"
+                                     f"{self.output()}")
+            try:
+                if self.http_client.is_model_ready("grefel") and self.http_client.is_model_ready(
+                    "grefel_image"
+                ):
+                    return
+            except Exception:  # connection refused while tritonserver starts
+                pass
+            time.sleep(0.3)
+        raise AssertionError(f"grefel serve not ready in {START_TIMEOUT_S} s:\n{self.output()}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=90)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log_file.close()
+
+
+@pytest.fixture(scope="module")
+def weights() -> Path:
+    return rt._shared_models()["onnx"]
+
+
+@pytest.fixture(scope="module")
+def server(weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    srv = Server(weights, tmp_path_factory.mktemp("serve") / "serve.log")
+    try:
+        srv.wait_ready()
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="module")
+def backend(weights: Path) -> Iterator[Any]:
+    with open_backend(weights, device="cpu", threads=1) as b:
+        yield b
+
+
+def _images(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).random((n, 3, 112, 112), dtype=np.float32)
+
+
+def _infer(client: Any, module: Any, x: np.ndarray, dtype: str = "FP32",
+           name: str = "images", model: str = "grefel") -> Any:
+    inp = module.InferInput(name, list(x.shape), dtype)
+    inp.set_data_from_numpy(x)
+    return client.infer(model, [inp])
+
+
+def _check_equal(result: Any, ref: Dict[str, np.ndarray], classes) -> None:
+    for name in NAMES:
+        got = result.as_numpy(name)
+        want = ref[name].reshape(got.shape)
+        np.testing.assert_allclose(got, want, atol=TOL, rtol=0, err_msg=name)
+    labels = [b.decode() for b in result.as_numpy("label").reshape(-1)]
+    assert labels == [classes[i] for i in np.argmax(ref["probs"], axis=1)]
+    names = result.as_numpy("classes")
+    assert names.shape == ref["probs"].shape
+    assert [b.decode() for b in names[0]] == list(classes)
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_images_model_equals_backend_infer(server, backend, protocol) -> None:
+    client, module = ((server.http_client, httpclient) if protocol == "http"
+                      else (server.grpc_client, grpcclient))
+    for n, seed in ((1, 0), (5, 1)):
+        x = _images(n, seed)
+        result = _infer(client, module, x)
+        assert result.as_numpy("probs").shape == (n, len(rt.CLASSES))
+        assert result.as_numpy("confidence").shape == (n, 1)
+        _check_equal(result, backend.infer(x), rt.CLASSES)
+
+
+def test_concurrent_requests_batch_dynamically_each_gets_its_own_answer(server, backend) -> None:
+    """16 clients at once (the dynamic batcher joins them): each answer is its own input's."""
+    inputs = [_images(1 + i % 3, 100 + i) for i in range(16)]
+    results: List[Any] = [None] * len(inputs)
+    errors: List[BaseException] = []
+
+    def call(i: int) -> None:
+        try:
+            client = grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc}")
+            results[i] = _infer(client, grpcclient, inputs[i])
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(inputs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    for x, result in zip(inputs, results):
+        _check_equal(result, backend.infer(x), rt.CLASSES)
+
+
+def _png(rgb: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _face_image() -> np.ndarray:
+    """A drawn SynthFER face (grefel.data.faces) in a larger grey frame that the face detector
+    finds (the first of a few fixed seeds; the detector is deterministic)."""
+    from grefel.data.faces import make_identity, render_face
+    from grefel.runtime.preprocess import FaceDetector
+
+    detector = FaceDetector()
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        face, _, _ = render_face(rng, make_identity(rng), "happiness", size=160, difficulty=0.0)
+        frame = np.full((240, 320, 3), 128, dtype=np.uint8)
+        frame[40:200, 80:240] = np.asarray(face)
+        if detector.detect(frame):
+            return frame
+    raise AssertionError("the face detector finds none of the drawn faces")
+
+
+def _local_encoded(data: bytes, backend: Any) -> Dict[str, Any]:
+    """What grefel_image computes, done here with the same public functions."""
+    from grefel.runtime.preprocess import FaceDetector, whole_frame
+
+    image = contract.decode_image_bytes(data)
+    boxes = FaceDetector().detect(image)
+    if boxes:
+        crop = contract.square_crop(image, boxes[0])
+        x, box, face = contract.to_model_input(crop), boxes[0], True
+    else:
+        x, box, face = contract.to_model_input(image), whole_frame(image), False
+    return {"out": backend.infer(x[None]), "box": list(box), "face": face}
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_encoded_image_model_equals_local_pipeline(server, backend, protocol) -> None:
+    client, module = ((server.http_client, httpclient) if protocol == "http"
+                      else (server.grpc_client, grpcclient))
+    rng = np.random.default_rng(3)
+    files = [_png(rng.integers(0, 255, (90, 120, 3), dtype=np.uint8)), _png(_face_image())]
+    x = np.array([[f] for f in files], dtype=np.object_)
+    result = _infer(client, module, x, dtype="BYTES", name="image", model="grefel_image")
+    for i, data in enumerate(files):
+        ref = _local_encoded(data, backend)
+        for name in NAMES:
+            np.testing.assert_allclose(result.as_numpy(name)[i].reshape(-1),
+                                       ref["out"][name].reshape(-1), atol=TOL, rtol=0)
+        assert bool(result.as_numpy("face")[i, 0]) == ref["face"]
+        assert result.as_numpy("box")[i].tolist() == ref["box"]
+    assert result.as_numpy("face")[1, 0], "the drawn face was not detected"
+
+
+def _error(call) -> str:
+    with pytest.raises(InferenceServerException) as info:
+        call()
+    return str(info.value)
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_malformed_requests_get_triton_errors_and_the_server_lives_on(server, backend,
+                                                                      protocol) -> None:
+    client, module = ((server.http_client, httpclient) if protocol == "http"
+                      else (server.grpc_client, grpcclient))
+    wrong_shape = np.zeros((1, 3, 64, 64), dtype=np.float32)
+    assert "shape" in _error(lambda: _infer(client, module, wrong_shape)).lower()
+    wrong_dtype = np.zeros((1, 3, 112, 112), dtype=np.float64)
+    assert "data-type" in _error(lambda: _infer(client, module, wrong_dtype, dtype="FP64"))
+    over = _images(2, 5) * 255.0
+    assert "[0, 1]" in _error(lambda: _infer(client, module, over))
+    nan = _images(1, 6)
+    nan[0, 0, 0, 0] = np.nan
+    assert "NaN" in _error(lambda: _infer(client, module, nan))
+    junk = np.array([[b"not an image at all"]], dtype=np.object_)
+    msg = _error(lambda: _infer(client, module, junk, "BYTES", "image", "grefel_image"))
+    assert "not a decodable image" in msg
+    empty = np.array([[b""]], dtype=np.object_)
+    assert "empty" in _error(lambda: _infer(client, module, empty, "BYTES", "image",
+                                            "grefel_image"))
+    assert "pixels" in _error(lambda: _infer(client, module, _images(1, 0), name="pixels"))
+    # the server answers correctly after every one of them
+    x = _images(2, 7)
+    _check_equal(_infer(client, module, x), backend.infer(x), rt.CLASSES)
+    assert server.proc.poll() is None
+
+
+def test_health_and_metrics_endpoints(server) -> None:
+    base = f"http://127.0.0.1:{server.http}"
+    with urllib.request.urlopen(f"{base}/v2/health/live", timeout=10) as r:
+        assert r.status == 200
+    with urllib.request.urlopen(f"{base}/v2/health/ready", timeout=10) as r:
+        assert r.status == 200
+    assert server.grpc_client.is_server_live() and server.grpc_client.is_server_ready()
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    assert 'nv_inference_request_success{model="grefel",version="1"}' in text
+    config = server.http_client.get_model_config("grefel")
+    assert config["max_batch_size"] == 8
+    assert config["dynamic_batching"]["max_queue_delay_microseconds"] == 5000
+
+
+def test_numpy2_and_missing_pytriton_are_one_clear_line(weights, monkeypatch) -> None:
+    from grefel import serve
+
+    monkeypatch.setattr(serve.np, "__version__", "2.1.3")
+    result = CliRunner().invoke(cli, ["serve", "--weights", str(weights)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "numpy<2" in lines[0] and "numpy 2.1.3" in lines[0]
+    monkeypatch.setattr(serve.np, "__version__", "1.26.4")
+    monkeypatch.setitem(sys.modules, "pytriton.triton", None)
+    result = CliRunner().invoke(cli, ["serve", "--weights", str(weights)])
+    assert result.exit_code == 1 and "pip install 'grefel[serve]'" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    monkeypatch.undo()
+    result = CliRunner().invoke(cli, ["serve", "--weights", str(weights.with_name("none.onnx"))])
+    assert result.exit_code == 1 and "none.onnx: no such model file" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_sigterm_answers_in_flight_requests_then_exits(server, backend) -> None:
+    """Last test of the module: it stops the module's server."""
+    inputs = [_images(8, 200 + i) for i in range(8)]
+    done = [threading.Event() for _ in inputs]
+    results: List[Any] = [None] * len(inputs)
+    errors: List[Any] = [None] * len(inputs)
+
+    def callback(i: int, result: Any = None, error: Any = None) -> None:
+        results[i], errors[i] = result, error
+        done[i].set()
+
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc}")
+    for i, x in enumerate(inputs):
+        inp = grpcclient.InferInput("images", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x)
+        client.async_infer("grefel", [inp], callback=functools.partial(callback, i))
+    # tritonserver's shutdown waits (up to --exit-timeout) for open HTTP connections to close:
+    # the module's keep-alive HTTP client is closed first
+    server.http_client.close()
+    assert done[0].wait(timeout=120), "no answer to the first request"
+    pending = [i for i, d in enumerate(done) if not d.is_set()]
+    server.proc.send_signal(signal.SIGTERM)  # one backend call of 8 at a time: 7 queued
+    assert pending, "every request was answered before SIGTERM: nothing was in flight"
+    for d in done:
+        assert d.wait(timeout=120)
+    assert [e for e in errors if e is not None] == []
+    for x, result in zip(inputs, results):
+        _check_equal(result, backend.infer(x), rt.CLASSES)
+    assert server.proc.wait(timeout=90) == 0, server.output()
+    assert "stopped" in server.output()
