@@ -28,6 +28,7 @@ from export.onnx_export import export_onnx
 from grefel.checkpoint import save_checkpoint
 from grefel.cli import cli
 from grefel.config import TrainConfig
+from grefel.fileio import sha256_file
 from grefel.model.grefel import GReFEL
 from grefel.train import TrainingError, init_from_checkpoint
 from tests.test_train import CLASSES, make_dataset
@@ -134,7 +135,9 @@ def test_init_loads_every_tensor_or_refuses_what_does_not_fit(tmp_path):
                          ("shape", {next(iter(state)): torch.zeros(3, 3)})):
         bad = tmp_path / f"{name}.safetensors"
         save_file({**state, **change}, str(bad))
-        (tmp_path / f"{name}.json").write_text((tmp_path / "src.json").read_text())
+        meta = json.loads((tmp_path / "src.json").read_text())  # a sidecar that vouches for
+        meta["weights_sha256"] = sha256_file(bad)  # the file (item 8 refuses a mismatched pair)
+        (tmp_path / f"{name}.json").write_text(json.dumps(meta))
         with pytest.raises(TrainingError, match="do not fit"):
             init_from_checkpoint(str(bad), cfg.model_config(CLASSES), cfg)
     with pytest.raises(TrainingError, match="pass --preset tiny"):
