@@ -110,7 +110,7 @@ def _agreement(files: Dict[str, Path], ref: str, skip: List[str]) -> Dict[str, A
         kind = "int8" if artifact_precision(path) == "int8" else "fp16"
         got = run_backend(OrtBackend(path, device="cpu"), images)
         agree = measure_agreement(reference, got, CRITERIA[kind], label=f"{name} vs {ref}")
-        out[name] = {"criteria": kind, **agree.to_dict()}
+        out[name] = {**agree.to_dict(), "criteria_name": kind}
     return out
 
 
@@ -192,7 +192,8 @@ def _markdown(rec: Dict[str, Any]) -> str:
         if name == "images":
             lines += ["", f"Agreement on {a}:"]
             continue
-        lines.append(f"- {name}: {a['criteria']} criteria, {'pass' if a['passed'] else 'FAIL'}; "
+        verdict = "pass" if a["passed"] else "FAIL"
+        lines.append(f"- {name}: {a['criteria_name']} criteria, {verdict}; "
                      f"decisive agreement {a['decisive_agreement']:.4f}, top-1 agreement "
                      f"{a['top1_agreement']:.4f}, max|dp| {a['max_abs_dprobs']:.3g}, NaN/inf "
                      f"{a['nonfinite']}")
