@@ -27,7 +27,8 @@ PACKAGES = ("grefel", "export", "benchmarks")
 
 # Training code: what serving must never pull in.
 TRAINING = ("grefel.train", "grefel.train_utils", "grefel.evaluate", "grefel.weights",
-            "grefel.unpickle", "grefel.data", "grefel.model.losses", "grefel.devices")
+            "grefel.pretrain", "grefel.unpickle", "grefel.data", "grefel.model.losses",
+            "grefel.devices")
 SERVING = ("grefel.runtime", "grefel.predict", "grefel.contract")
 # Modules a torch-free Jetson imports to run .onnx / .engine files.
 TORCH_FREE = ("grefel.contract", "grefel.predict", "grefel.runtime", "grefel.runtime.base",
