@@ -12,6 +12,10 @@ Four source layouts (key and shape lists: `tests/data/poster_v2_state_dict.json`
     posterv2       POSTER V2 full checkpoint    {epoch, state_dict (module.), best_acc,
                                                 recorder1, recorder (pickled RecorderMeter)}
 
+`grefel pretrain landmarks|identity` (grefel.pretrain) writes the first two layouts as
+`.safetensors` (read without pickle) with a sidecar naming its kind and input normalisation; a
+file of one kind passed as the other is refused.
+
 Each layout has one key map in the style of timm's `checkpoint_filter_fn`: a source key maps to
 one of our keys, or is "not used by GReFEL" with the reason (the IR-50 fourth stage and output
 layer, the landmark GDC head, POSTER V2's dead ViT members, derived index buffers), or is
