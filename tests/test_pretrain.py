@@ -197,3 +197,16 @@ def test_bad_data_is_one_line_naming_the_file(tmp_path, synthfer):
     with pytest.raises(PretrainError, match="does not exist"):
         pretrain(make_config(task="identity", data=str(tmp_path / "none"),
                              out=str(tmp_path / "y.safetensors")))
+
+
+def test_landmark_head_starts_at_the_mean_shape_with_its_spread():
+    """Regression: from BatchNorm1d's weight 1 / bias 0 the head predicted points with unit
+    spread around 0 (the loss was ~1 after 50 steps); it now starts at the targets' statistics."""
+    torch.manual_seed(0)
+    net = LandmarkNet(GReFELConfig.preset("tiny"))
+    targets = 0.5 + 0.02 * torch.randn(64, 68, 2)
+    net.output_layer.start_at(targets.flatten(1))
+    out = net.train()(torch.rand(16, 3, 112, 112)).flatten(1)  # (16, 136), batch statistics
+    assert torch.allclose(out.mean(dim=0), targets.flatten(1).mean(dim=0), atol=1e-5)
+    std = out.std(dim=0, unbiased=False)
+    assert torch.allclose(std, targets.flatten(1).std(dim=0), rtol=1e-2)
