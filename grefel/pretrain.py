@@ -536,7 +536,12 @@ def pretrain(cfg: PretrainConfig) -> Dict[str, Any]:
                             "--reuse to keep it when its settings and data match")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = torch.device(cfg.device)
+    try:
+        device = torch.device(cfg.device)
+    except RuntimeError:
+        raise PretrainError(f"--device {cfg.device!r}: use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise PretrainError(f"--device {cfg.device}: this torch sees no CUDA GPU")
     seed_everything(cfg.seed)
     model_cfg = GReFELConfig.preset(cfg.preset)
     start = time.perf_counter()
