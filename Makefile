@@ -31,30 +31,19 @@ $(VENV)/.installed: pyproject.toml $(LOCK)
 
 venv: $(VENV)/.installed
 
-# The main job: SynthFER -> pretrain both streams (paper 3.1: landmarks, identities; reused from
-# DEMO_PRETRAINED when made with the same settings from the same data) -> train (tiny, landmark
-# stream frozen, augmentation on) -> eval -> export (ONNX + gates; the engine where TensorRT and
-# a GPU exist) -> predict -> bench. Minutes on a 2-core CPU.
+# The main job: SynthFER -> train (tiny) -> eval -> export (ONNX + gates; the engine where
+# TensorRT and a GPU exist) -> predict -> bench. Minutes on a 2-core CPU.
 DEMO ?= runs/demo
 DEMO_N ?= 3000
 DEMO_EPOCHS ?= 4
-DEMO_PRETRAINED ?= runs/pretrained
-DEMO_LM_STEPS ?= 200
-DEMO_ID_STEPS ?= 150
 GREFEL := $(VENV)/bin/grefel
 HAVE_TRT = $(PY) -c "from grefel._lazy import require; require('tensorrt'); require('pycuda.driver')" 2>/dev/null
 
 demo: venv
 	rm -rf $(DEMO)
 	$(GREFEL) data synth --out $(DEMO)/synthfer --n $(DEMO_N) --imbalance uniform --difficulty 0.3
-	$(GREFEL) pretrain landmarks --data $(DEMO)/synthfer --steps $(DEMO_LM_STEPS) --reuse \
-		--out $(DEMO_PRETRAINED)/mobilefacenet_tiny.safetensors
-	$(GREFEL) pretrain identity --data $(DEMO)/synthfer --steps $(DEMO_ID_STEPS) --reuse \
-		--out $(DEMO_PRETRAINED)/ir50_tiny.safetensors
 	$(GREFEL) train --data $(DEMO)/synthfer --preset tiny --epochs $(DEMO_EPOCHS) --batch-size 32 \
-		--lr 1e-3 --freeze landmark --pretrained-mobilefacenet \
-		$(DEMO_PRETRAINED)/mobilefacenet_tiny.safetensors \
-		--pretrained-ir50 $(DEMO_PRETRAINED)/ir50_tiny.safetensors --out $(DEMO)/train
+		--lr 1e-3 --freeze none --image-warmup 150 --no-augment --out $(DEMO)/train
 	$(GREFEL) eval $(DEMO)/train/best.safetensors --data $(DEMO)/synthfer --out $(DEMO)/eval
 	$(GREFEL) export $(DEMO)/train/best.safetensors --fp16 --out $(DEMO)/engines \
 		--calib-data $(DEMO)/synthfer/images $$($(HAVE_TRT) || echo --onnx-only)
