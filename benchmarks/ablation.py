@@ -12,6 +12,13 @@ the mean and sample standard deviation over seeds of test accuracy and macro-F1 
 prediction L_final and of the primary l), written to benchmarks/results/ablation_<date>.json and
 .md. Runs already in the partial record of the same settings are not repeated, so an interrupted
 ablation continues where it stopped.
+
+Paired seeds: every variant of one seed trains on the same data, in the same order (the sampler
+is seeded by the seed) and, with `--pretrained-mobilefacenet` / `--pretrained-ir50` (issue 16:
+`grefel pretrain`), from the same pretrained streams. The record then gives, per noise rate and
+variant, the paired differences variant - no_rb of test accuracy over the seeds that have both,
+their mean and a 95 % Student-t interval (`paired_differences`); an interval that excludes 0 is
+reported as an effect, one that contains it as none found at this budget.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import multiprocessing
 import os
 import platform
@@ -52,6 +60,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--augment", action="store_true",
                    help="the training augmentation (off: SynthFER draws new faces instead)")
     p.add_argument("--freeze", default="none", choices=["landmark", "image", "none"])
+    p.add_argument("--pretrained-mobilefacenet", default="",
+                   help="landmark stream weights for every run (grefel pretrain landmarks)")
+    p.add_argument("--pretrained-ir50", default="",
+                   help="image stream weights for every run (grefel pretrain identity)")
     p.add_argument("--precise-bn", type=int, default=128, help="see grefel.train_utils")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--jobs", type=int, default=1, help="runs trained in parallel processes")
@@ -90,7 +102,9 @@ def one_run(args: argparse.Namespace, data: Path, noise: float, variant: str, se
         DataConfig(root=str(data), batch_size=args.batch_size, augment=args.augment),
         TrainConfig(out=str(out), preset="tiny", variant=variant, epochs=args.epochs,
                     lr=args.lr, seed=seed, device="cpu", freeze=args.freeze,
-                    precise_bn=args.precise_bn, image_warmup=args.image_warmup),
+                    precise_bn=args.precise_bn, image_warmup=args.image_warmup,
+                    pretrained_mobilefacenet=args.pretrained_mobilefacenet,
+                    pretrained_ir50=args.pretrained_ir50),
     )
     train_s = time.perf_counter() - start
     report = evaluate_checkpoint(out / "best.safetensors", data, split="test", device="cpu")
@@ -132,6 +146,71 @@ def summarise(runs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     return rows
 
 
+def _t_cdf(t: float, df: int, points: int = 4001) -> float:
+    """Student-t CDF by Simpson integration of the density on [0, |t|] (df >= 1)."""
+    x = [abs(t) * i / (points - 1) for i in range(points)]
+    c = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi)
+    f = [c * (1 + v * v / df) ** (-(df + 1) / 2) for v in x]
+    h = abs(t) / (points - 1)
+    area = h / 3 * (f[0] + f[-1] + 4 * sum(f[1:-1:2]) + 2 * sum(f[2:-1:2]))
+    return 0.5 + math.copysign(area, t)
+
+
+def t_quantile(p: float, df: int) -> float:
+    """The p-quantile (p > 0.5) of Student's t with df degrees of freedom, by bisection."""
+    lo, hi = 0.0, 1000.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if _t_cdf(mid, df) < p else (lo, mid)
+    return (lo + hi) / 2
+
+
+def paired_differences(runs: List[Dict[str, Any]], baseline: str = "no_rb",
+                       key: str = "test_acc") -> List[Dict[str, Any]]:
+    """Per (noise, variant != baseline): differences variant - baseline over the seeds run with
+    both, their mean, sample std and 95 % Student-t interval (None with fewer than 2 pairs)."""
+    rows = []
+    for noise in sorted({r["noise"] for r in runs}):
+        base = {r["seed"]: r[key] for r in runs if r["noise"] == noise and r["variant"] == baseline}
+        for variant in VARIANTS:
+            if variant == baseline:
+                continue
+            other = {r["seed"]: r[key] for r in runs
+                     if r["noise"] == noise and r["variant"] == variant}
+            seeds = sorted(set(base) & set(other))
+            if not seeds:
+                continue
+            diffs = [other[s] - base[s] for s in seeds]
+            mean = statistics.fmean(diffs)
+            row = {"noise": noise, "variant": variant, "baseline": baseline, "metric": key,
+                   "seeds": seeds, "diffs": diffs, "mean": mean, "std": None,
+                   "ci95": None, "effect": None}
+            if len(diffs) > 1:
+                std = statistics.stdev(diffs)
+                half = t_quantile(0.975, len(diffs) - 1) * std / math.sqrt(len(diffs))
+                row.update(std=std, ci95=[mean - half, mean + half],
+                           effect=bool(mean - half > 0 or mean + half < 0))
+            rows.append(row)
+    return rows
+
+
+def _paired_lines(record: Dict[str, Any]) -> List[str]:
+    rows = record.get("paired", [])
+    if not rows:
+        return []
+    lines = ["", "Paired differences of test accuracy, variant - no_rb (same seed: same data, "
+             "order and pretrained streams), mean and 95 % Student-t interval over seeds:", "",
+             "| noise | variant | mean diff | 95 % interval | pairs | effect at this budget |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        ci = "n/a (1 pair)" if r["ci95"] is None else f"[{r['ci95'][0]:+.3f}, {r['ci95'][1]:+.3f}]"
+        effect = {None: "undecided (1 pair)", True: "yes (interval excludes 0)",
+                  False: "none found (interval contains 0)"}[r["effect"]]
+        lines.append(f"| {r['noise']:g} | {r['variant']} | {r['mean']:+.3f} | {ci} | "
+                     f"{len(r['diffs'])} | {effect} |")
+    return lines
+
+
 def markdown(record: Dict[str, Any]) -> str:
     s = record["settings"]
     lines = [
@@ -155,6 +234,7 @@ def markdown(record: Dict[str, Any]) -> str:
                  for k in ("test_acc", "test_macro_f1", "primary_acc", "primary_macro_f1")]
         lines.append(f"| {r['noise']:g} | {r['variant']} | " + " | ".join(cells)
                      + f" | {r['test_acc']['n']} |")
+    lines += _paired_lines(record)
     majority = sorted({round(r["majority_acc"], 4) for r in record["runs"]})
     lines += ["", f"Majority-class baseline accuracy on the test split: {majority}.",
               f"Time: {record['run_seconds'] / 60:.1f} min of training + evaluation for "
@@ -172,6 +252,7 @@ def main(argv: Sequence[str] = ()) -> int:
     settings = {k: getattr(args, k) for k in ("n", "imbalance", "difficulty", "noise",
                                               "variants", "seeds", "epochs", "batch_size", "lr",
                                               "image_warmup", "augment", "freeze", "precise_bn",
+                                              "pretrained_mobilefacenet", "pretrained_ir50",
                                               "threads", "jobs")}
     # Runs of the same training settings are reused (more seeds can be added later).
     same = lambda a, b: all(a.get(k) == b.get(k) for k in settings  # noqa: E731
@@ -199,7 +280,8 @@ def main(argv: Sequence[str] = ()) -> int:
     date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
     settings["seeds"] = sorted({r["seed"] for r in runs})  # what the record holds
     record = {
-        "date": date, "settings": settings, "summary": summarise(runs), "runs": runs,
+        "date": date, "settings": settings, "summary": summarise(runs),
+        "paired": paired_differences(runs), "runs": runs,
         "wall_seconds": round(time.perf_counter() - start, 1),  # this invocation (+ drawing)
         "run_seconds": round(sum(r["total_seconds"] for r in runs), 1),  # all runs, train+eval
         "env": {"python": platform.python_version(), "torch": torch.__version__,

@@ -25,8 +25,10 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "PRESETS",
+    "PRETRAIN_TASKS",
     "VARIANTS",
     "GReFELConfig",
+    "PretrainConfig",
 ]
 
 # Class names, in label-index order, of every dataset reader in grefel.data.
@@ -331,3 +333,58 @@ class TrainConfig:
             self.preset, **VARIANTS[self.variant], num_classes=len(class_names),
             class_names=tuple(class_names), frozen=frozen, **overrides,
         )
+
+
+PRETRAIN_TASKS = ("landmarks", "identity")  # grefel pretrain landmarks | identity
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """One `grefel pretrain` run (grefel.pretrain); the only home of its defaults."""
+
+    task: str  # landmarks | identity
+    data: str  # a SynthFER folder (grefel data synth)
+    out: str  # OUT.safetensors
+    preset: str = "tiny"
+    steps: int = 300
+    batch_size: int = 32
+    lr: float = 1e-3  # Adam
+    seed: int = 0
+    device: str = "cpu"
+    threads: int = 0  # torch CPU threads; 0 = torch's default
+    augment: bool = True  # identity: flips and shifts; landmarks: brightness/contrast only
+    # identity only
+    margin_head: str = "arcface"  # arcface | cosface
+    scale: float = 64.0  # s of the margin head (face.evoLVe: 64)
+    margin: Optional[float] = None  # m; None = 0.5 for ArcFace, 0.35 for CosFace
+    embedding: int = 512  # face.evoLVe's embedding size
+    holdout_every: int = 5  # every k-th image of an identity is held out for the accuracy
+    precise_bn: int = 512  # training images for the BatchNorm statistics before evaluation
+    reuse: bool = False  # an existing OUT with the same settings and data is kept
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.task not in PRETRAIN_TASKS:
+            problems.append(f"task must be one of {PRETRAIN_TASKS}, got {self.task!r}")
+        if self.preset not in PRESETS:
+            problems.append(f"unknown preset {self.preset!r}; choose from {sorted(PRESETS)}")
+        if self.steps < 1 or self.batch_size < 2:
+            problems.append("steps must be >= 1 and batch_size >= 2")
+        if not self.lr > 0:
+            problems.append("lr must be > 0")
+        if self.margin_head not in ("arcface", "cosface"):
+            problems.append(f"margin_head must be arcface or cosface, got {self.margin_head!r}")
+        if not self.scale > 0 or (self.margin is not None and not 0 <= self.margin < 1):
+            problems.append("scale must be > 0 and margin in [0, 1)")
+        if self.embedding < 2 or self.holdout_every < 2 or self.precise_bn < 0:
+            problems.append("embedding >= 2, holdout_every >= 2 and precise_bn >= 0")
+        if not str(self.out).endswith(".safetensors"):
+            problems.append(f"out must end in .safetensors, got {self.out!r}")
+        if problems:
+            raise ValueError("invalid pretraining settings: " + "; ".join(problems))
+
+    @property
+    def margin_value(self) -> float:
+        if self.margin is not None:
+            return self.margin
+        return 0.5 if self.margin_head == "arcface" else 0.35

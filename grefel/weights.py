@@ -12,6 +12,10 @@ Four source layouts (key and shape lists: `tests/data/poster_v2_state_dict.json`
     posterv2       POSTER V2 full checkpoint    {epoch, state_dict (module.), best_acc,
                                                 recorder1, recorder (pickled RecorderMeter)}
 
+`grefel pretrain landmarks|identity` (grefel.pretrain) writes the first two layouts as
+`.safetensors` (read without pickle) with a sidecar naming its kind and input normalisation; a
+file of one kind passed as the other is refused.
+
 Each layout has one key map in the style of timm's `checkpoint_filter_fn`: a source key maps to
 one of our keys, or is "not used by GReFEL" with the reason (the IR-50 fourth stage and output
 layer, the landmark GDC head, POSTER V2's dead ViT members, derived index buffers), or is
@@ -60,6 +64,7 @@ __all__ = [
 ]
 
 KINDS = ("ir50", "mobilefacenet", "posterv2")
+PRETRAINED_FORMAT = "grefel-pretrained/1"  # the sidecar of `grefel pretrain` (grefel.pretrain)
 PathLike = Union[str, Path]
 Target = Tuple[Optional[str], Optional[str]]  # (our key, None) | (None, why unused) | (None, None)
 
@@ -344,6 +349,8 @@ def read_state_dict(path: PathLike) -> Tuple[Dict[str, torch.Tensor], Dict[str, 
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"{path}: no such file")
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path)
     try:
         result = safe_load(path)
     except UnsafeFileError as exc:
@@ -373,6 +380,57 @@ def read_state_dict(path: PathLike) -> Tuple[Dict[str, torch.Tensor], Dict[str, 
         meta["stripped_prefix"] = f"'module.' removed from {prefixed} keys (DataParallel)"
     state = {(k[7:] if k.startswith("module.") else k): v for k, v in obj.items()}
     return state, meta
+
+
+def _read_safetensors(path: Path) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+    """A .safetensors state dict (no pickle); a `grefel pretrain` sidecar beside it is read too.
+
+    Such a sidecar names the kind of weights, the preset and the input normalisation the stream
+    was trained with; a file of one kind passed as the other is refused here.
+    """
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(path))
+    except Exception as exc:  # safetensors raises several types for corrupt files
+        raise WeightsError(f"{path}: not a readable safetensors file ({exc})") from None
+    if not state:
+        raise WeightsError(f"{path}: holds no tensors")
+    meta: Dict[str, Any] = {"read_with": "safetensors"}
+    side = path.with_suffix(".json")
+    if side.is_file():
+        import json
+
+        try:
+            doc = json.loads(side.read_text())
+        except ValueError as exc:
+            raise WeightsError(f"{side}: not valid JSON ({exc})") from None
+        if isinstance(doc, dict) and doc.get("format") == PRETRAINED_FORMAT:
+            meta.update(pretrained_kind=doc.get("kind"), pretrained_task=doc.get("task"),
+                        pretrained_preset=doc.get("preset"),
+                        pretrained_normalisation=doc.get("normalisation"),
+                        pretrained_metrics=doc.get("metrics"))
+    return state, meta
+
+
+def _check_pretrained(
+    meta: Dict[str, Any], kind: str, layout: Optional[Layout], source: str
+) -> None:
+    """A `grefel pretrain` file must be imported as its own kind, with the normalisation that
+    the layout sets being the one the stream was trained with."""
+    made_as = meta.get("pretrained_kind")
+    if made_as is None:
+        return
+    if made_as != kind:
+        flag = "--pretrained-" + ("mobilefacenet" if made_as == "mobilefacenet" else "ir50")
+        raise WeightsError(f"{source}: made by `grefel pretrain {meta.get('pretrained_task')}` "
+                           f"({made_as} weights), not {kind}; pass it as {flag}")
+    norm = meta.get("pretrained_normalisation") or {}
+    for mean, std, _ in (layout.norm.values() if layout is not None else ()):
+        if norm and (list(mean) != norm.get("mean") or list(std) != norm.get("std")):
+            raise WeightsError(f"{source}: trained with input mean {norm.get('mean')} std "
+                               f"{norm.get('std')}, but {kind} imports set mean {list(mean)} "
+                               f"std {list(std)}")
 
 
 def _describe_wrapper(obj: Dict[str, Any]) -> Dict[str, Any]:
@@ -474,7 +532,9 @@ def import_state_dict(
     """
     if kind not in KINDS:
         raise WeightsError(f"{source}: unknown kind {kind!r}; choose from {', '.join(KINDS)}")
+    _check_pretrained(file_meta or {}, kind, None, source)  # before the key layout's own error
     layout = _detect(kind, list(state), source)
+    _check_pretrained(file_meta or {}, kind, layout, source)
     report = ImportReport(source, kind, layout.name, lenient=lenient, file_meta=file_meta or {})
     mapped = _plan(model, state, layout, report)
     if report.errors and not lenient:
@@ -529,6 +589,7 @@ def import_weights(
     if kind not in KINDS:
         raise WeightsError(f"{src_path}: unknown kind {kind!r}; choose from {', '.join(KINDS)}")
     state, meta = read_state_dict(src_path)
+    _check_pretrained(meta, kind, None, str(src_path))
     _detect(kind, list(state), str(src_path))  # a wrong kind fails before a model is built
     head = state.get("VIT.head.linear.weight")
     values = dict(overrides or {})

@@ -27,8 +27,8 @@ PACKAGES = ("grefel", "export", "benchmarks")
 
 # Training code: what serving must never pull in.
 TRAINING = ("grefel.train", "grefel.train_state", "grefel.train_utils", "grefel.evaluate",
-            "grefel.weights",
-            "grefel.unpickle", "grefel.data", "grefel.model.losses", "grefel.devices")
+            "grefel.weights", "grefel.pretrain", "grefel.unpickle", "grefel.data",
+            "grefel.model.losses", "grefel.devices")
 SERVING = ("grefel.runtime", "grefel.predict", "grefel.pipeline", "grefel.contract",
            "grefel.serve")
 # Modules a torch-free Jetson imports to run .onnx / .engine files.

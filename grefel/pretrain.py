@@ -1,0 +1,566 @@
+"""Pretraining the two streams on SynthFER's own labels, the paper's way (paper §3.1, §4.2).
+
+GReFEL's landmark stream is the trunk of a MobileFaceNet trained to find 68 facial landmarks
+(pytorch_face_landmark, frozen in GReFEL) and its image stream the first three stages of an
+IR-50 trained to recognise identities (face.evoLVe, MS-Celeb-1M, with a margin loss). Neither
+set of weights exists for the tiny preset, but SynthFER carries both kinds of labels: the
+ground-truth iBUG-68 landmarks of every image (`landmarks.csv`) and its identity (`group`; no
+identity is in two splits). `pretrain_landmarks` and `pretrain_identity` train the two streams
+on them and write checkpoints that `grefel train --pretrained-mobilefacenet` and
+`--pretrained-ir50` take:
+
+    landmarks  MobileFaceNet trunk (conv1 ... conv_6_sep) + its GDC landmark head
+               (output_layer: depthwise 7x7, Linear -> 136, BatchNorm1d), regressing the 68
+               (x, y) points in [0, 1] image coordinates (L2 loss). Reported: NME on the
+               validation split (held-out identities), normalised by the inter-ocular
+               distance (outer eye corners 36 and 45, the 300-W convention), beside the NME of
+               the mean training shape.
+    identity   IR-50 stages 1-3 (input_layer, body1-3) + face.evoLVe's output layer
+               (BatchNorm2d, Dropout, Flatten, Linear -> embedding, BatchNorm1d) + a margin
+               head: ArcFace (cos(theta + m), s = 64, m = 0.5, face.evoLVe's `ArcFace`) or
+               CosFace (cos(theta) - m, s = 64, m = 0.35). Trained on the training split's
+               identities with every `holdout_every`-th image of each identity held out;
+               reported: identification accuracy (argmax cosine, no margin) on those held-out
+               images, beside chance.
+
+The weights are written under the upstream key names (pytorch_face_landmark's MobileFaceNet,
+POSTER V2's renumbered IR-50 `body1/2/3`), so `grefel.weights` imports them through the same
+strict key maps as the published files; the heads (`output_layer.*`) are in the file and are
+"not used by GReFEL" there. The margin head's class weights are not saved. Each stream is fed
+the input normalisation its import sets (IR-50: (x - 0.5) / 0.5; MobileFaceNet: ImageNet
+statistics; `grefel.weights`), so the imported stream sees what it was trained on.
+
+    OUT.safetensors  the stream (+ head) weights, written atomically
+    OUT.json         sidecar: format, kind, preset, config of the stream, normalisation,
+                     metrics, steps and settings, the data folder's fingerprint, weights sha256
+
+Images are decoded once (`grefel.contract.decode_image` + `resize`, the input contract) and kept
+as uint8 in memory; batches are drawn with a seeded generator, so the same settings give the
+same weights. BatchNorm statistics are recomputed on training images before every evaluation
+(`grefel.train_utils.recalibrate_batchnorm`).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from torch import nn
+
+from grefel import __version__, contract
+from grefel.config import PRETRAIN_TASKS as TASKS
+from grefel.config import GReFELConfig, PretrainConfig
+from grefel.fileio import atomic_path, atomic_write_json, sha256_file
+from grefel.model.ir50 import IR50Stream
+from grefel.model.mobilefacenet import MobileFaceNetTrunk
+from grefel.train_utils import recalibrate_batchnorm, seed_everything
+from grefel.weights import PRETRAINED_FORMAT as FORMAT
+
+__all__ = [
+    "FORMAT",
+    "TASKS",
+    "IdentityNet",
+    "LandmarkNet",
+    "MarginHead",
+    "PretrainConfig",
+    "PretrainError",
+    "make_config",
+    "inter_ocular_nme",
+    "pretrain",
+]
+
+KIND = {"landmarks": "mobilefacenet", "identity": "ir50"}  # the grefel.weights kind it feeds
+NUM_POINTS = 68
+OUTER_EYE_CORNERS = (36, 45)  # iBUG-68 indices: the 300-W inter-ocular distance
+_EPS = 1e-6
+
+PathLike = Union[str, Path]
+
+
+class PretrainError(ValueError):
+    """A pretraining run that cannot start or finish; the message names the file or option."""
+
+
+def make_config(**options: Any) -> PretrainConfig:
+    """`PretrainConfig(**options)`, its validation errors as `PretrainError`."""
+    try:
+        return PretrainConfig(**options)
+    except ValueError as exc:
+        raise PretrainError(str(exc)) from None
+
+
+# --- the networks ------------------------------------------------------------------------------
+
+
+class GDCHead(nn.Module):
+    """pytorch_face_landmark's GDC output layer: depthwise 7x7 conv + BN, Linear, BatchNorm1d.
+
+    Args:
+        chs: channels of conv_6_sep.
+        outputs: 2 x 68 coordinates.
+    """
+
+    def __init__(self, chs: int, outputs: int = 2 * NUM_POINTS) -> None:
+        super().__init__()
+        self.conv_6_dw = nn.Sequential()  # keys conv_6_dw.conv / conv_6_dw.bn, as upstream
+        self.conv_6_dw.add_module("conv", nn.Conv2d(chs, chs, 7, groups=chs, bias=False))
+        self.conv_6_dw.add_module("bn", nn.BatchNorm2d(chs))
+        self.linear = nn.Linear(chs, outputs, bias=False)
+        self.bn = nn.BatchNorm1d(outputs)
+
+    @torch.no_grad()
+    def start_at(self, targets: torch.Tensor) -> None:
+        """Start the final BatchNorm's affine at the targets' mean and std (N, outputs).
+
+        Its output is standardised per batch, so from weight 1 / bias 0 the head first has to
+        shrink to the small spread of landmark positions (~0.02 of the image side), ~1000 Adam
+        steps at lr 1e-3; from here it starts at the mean shape with the right spread.
+        """
+        self.bn.bias.copy_(targets.mean(dim=0))
+        self.bn.weight.copy_(targets.std(dim=0).clamp_min(_EPS))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, chs, 7, 7) -> (B, outputs)."""
+        return self.bn(self.linear(self.conv_6_dw(x).flatten(1)))  # (B, chs) -> (B, outputs)
+
+
+class LandmarkNet(nn.Module):
+    """MobileFaceNet trunk of `cfg` + GDC head: (B, 3, 112, 112) in [0, 1] -> (B, 68, 2)."""
+
+    def __init__(self, cfg: GReFELConfig) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(cfg.landmark_mean).view(1, 3, 1, 1), False)
+        self.register_buffer("std", torch.tensor(cfg.landmark_std).view(1, 3, 1, 1), False)
+        self.trunk = MobileFaceNetTrunk(cfg.dims[:2], cfg.mfn_blocks, cfg.mfn_out)
+        self.output_layer = GDCHead(cfg.mfn_out)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        level3 = self.trunk((images - self.mean) / self.std)[2]  # (B, mfn_out, 7, 7)
+        return self.output_layer(level3).view(-1, NUM_POINTS, 2)  # (B, 68, 2)
+
+    def stream_state_dict(self) -> Dict[str, torch.Tensor]:
+        """pytorch_face_landmark's names: conv1 ... conv_6_sep, output_layer.*."""
+        state = {k[len("trunk."):]: v for k, v in self.state_dict().items()
+                 if k.startswith("trunk.")}
+        state.update({k: v for k, v in self.state_dict().items()
+                      if k.startswith("output_layer.")})
+        return state
+
+
+class IdentityNet(nn.Module):
+    """IR-50 stages 1-3 of `cfg` + face.evoLVe's output layer: images -> embedding (B, E).
+
+    The output layer acts on stage 3's map (d3 x 14 x 14 at 112 input): GReFEL has no stage 4.
+    """
+
+    def __init__(self, cfg: GReFELConfig, embedding: int = 512) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(cfg.image_mean).view(1, 3, 1, 1), False)
+        self.register_buffer("std", torch.tensor(cfg.image_std).view(1, 3, 1, 1), False)
+        stream = IR50Stream(cfg.dims, cfg.ir_units)
+        self.input_layer, self.body1 = stream.input_layer, stream.body1
+        self.body2, self.body3 = stream.body2, stream.body3
+        d3, side = cfg.dims[2], cfg.image_size // 8
+        self.output_layer = nn.Sequential(  # indices 0, 3, 4 hold weights, as upstream
+            nn.BatchNorm2d(d3), nn.Dropout(), nn.Flatten(),
+            nn.Linear(d3 * side * side, embedding), nn.BatchNorm1d(embedding),
+        )
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.input_layer((images - self.mean) / self.std)  # (B, d1, 112, 112)
+        x = self.body3(self.body2(self.body1(x)))  # (B, d3, 14, 14)
+        return self.output_layer(x)  # (B, E)
+
+    def stream_state_dict(self) -> Dict[str, torch.Tensor]:
+        """POSTER V2's renumbered IR-50 names: input_layer, body1/2/3, output_layer.*."""
+        return dict(self.state_dict())
+
+
+class MarginHead(nn.Module):
+    """Additive-margin softmax logits for identity classification (face.evoLVe `head/metrics`).
+
+    ArcFace (Deng et al. 2019): s * cos(theta_y + m) for the true class, s * cos(theta_j)
+    otherwise, with face.evoLVe's fallback cos(theta) - sin(pi - m) * m where theta_y + m would
+    pass pi. CosFace (Wang et al. 2018): s * (cos(theta_y) - m). Every norm and square root is
+    guarded.
+
+    Args:
+        embedding: input size E.
+        classes: number of identities.
+        kind: "arcface" or "cosface".
+        scale: s.
+        margin: m.
+    """
+
+    def __init__(self, embedding: int, classes: int, kind: str = "arcface",
+                 scale: float = 64.0, margin: float = 0.5) -> None:
+        super().__init__()
+        self.kind, self.scale, self.margin = kind, scale, margin
+        self.weight = nn.Parameter(torch.empty(classes, embedding))
+        nn.init.xavier_uniform_(self.weight)
+
+    def cosine(self, emb: torch.Tensor) -> torch.Tensor:
+        """(B, E) -> cos(theta) (B, classes), in [-1, 1]."""
+        cos = F.normalize(emb, dim=1, eps=_EPS) @ F.normalize(self.weight, dim=1, eps=_EPS).t()
+        return cos.clamp(-1.0, 1.0)
+
+    def forward(self, emb: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Training logits (B, classes) with the margin on each sample's own class."""
+        cos = self.cosine(emb)
+        target = cos.gather(1, labels[:, None])  # (B, 1)
+        m = self.margin
+        if self.kind == "cosface":
+            with_margin = target - m
+        else:
+            sin = torch.sqrt((1.0 - target * target).clamp_min(_EPS))
+            phi = target * math.cos(m) - sin * math.sin(m)  # cos(theta + m)
+            with_margin = torch.where(target > math.cos(math.pi - m), phi,
+                                      target - math.sin(math.pi - m) * m)
+        return self.scale * cos.scatter(1, labels[:, None], with_margin)
+
+
+def inter_ocular_nme(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-sample NME: mean point distance / outer-eye-corner distance; (B, 68, 2) -> (B,).
+
+    The distance is clamped at 1e-6 (of the image side) so a degenerate face gives a large,
+    finite value instead of inf.
+    """
+    a, b = OUTER_EYE_CORNERS
+    iod = (target[:, a] - target[:, b]).norm(dim=-1).clamp_min(_EPS)  # (B,)
+    return (pred - target).norm(dim=-1).mean(dim=1) / iod
+
+
+# --- data ---------------------------------------------------------------------------------------
+
+
+def _decode(paths: Sequence[str]) -> Tuple[torch.Tensor, List[Tuple[int, int]]]:
+    """Decode and resize (the input contract) -> uint8 (N, 3, 112, 112), original (w, h)."""
+    from grefel.data.datasets import load_image
+
+    images = np.empty((len(paths), 3, contract.INPUT_SIZE, contract.INPUT_SIZE), np.uint8)
+    sizes = []
+    for i, path in enumerate(paths):
+        try:
+            rgb = load_image(path)  # DatasetError naming the file
+        except ValueError as exc:
+            raise PretrainError(str(exc)) from None
+        sizes.append((rgb.shape[1], rgb.shape[0]))
+        images[i] = contract.resize(rgb).transpose(2, 0, 1)
+    return torch.from_numpy(images), sizes
+
+
+def _samples(root: Path, split: str) -> list:
+    from grefel.data import load_samples
+
+    try:
+        return load_samples(root, "auto", split)[0]
+    except ValueError as exc:  # DatasetError
+        raise PretrainError(str(exc)) from None
+
+
+def read_landmarks(root: Path) -> Dict[str, np.ndarray]:
+    """ROOT/landmarks.csv -> {absolute image path: (68, 2) pixel coordinates}."""
+    path = root / "landmarks.csv"
+    if not path.is_file():
+        raise PretrainError(f"{path}: no such file; landmark pretraining needs a SynthFER folder "
+                            "with ground-truth landmarks (grefel data synth --out ...)")
+    out: Dict[str, np.ndarray] = {}
+    with open(path, newline="") as f:
+        for row_no, row in enumerate(csv.reader(f)):
+            if row_no == 0:
+                continue
+            if len(row) != 1 + 2 * NUM_POINTS:
+                raise PretrainError(f"{path}: row {row_no + 1} has {len(row)} columns, expected "
+                                    f"path + {2 * NUM_POINTS} coordinates")
+            try:
+                xy = np.asarray(row[1:], dtype=np.float32).reshape(NUM_POINTS, 2)
+            except ValueError:
+                raise PretrainError(f"{path}: row {row_no + 1} has a non-numeric coordinate"
+                                    ) from None
+            out[str((root / row[0]).resolve())] = xy
+    return out
+
+
+def landmark_split(root: Path, split: str, table: Dict[str, np.ndarray]
+                   ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Images uint8 (N, 3, 112, 112) and landmarks (N, 68, 2) in [0, 1] of the image side."""
+    samples = _samples(root, split)
+    missing = [s.path for s in samples if s.path not in table]
+    if missing:
+        raise PretrainError(f"{root / 'landmarks.csv'}: no landmarks for {len(missing)} "
+                            f"{split} image(s), e.g. {missing[0]}")
+    images, sizes = _decode([s.path for s in samples])
+    wh = torch.tensor(sizes, dtype=torch.float32)[:, None, :]  # (N, 1, 2)
+    points = torch.from_numpy(np.stack([table[s.path] for s in samples])) / wh
+    return images, points
+
+
+def identity_split(root: Path, holdout_every: int
+                   ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, List[str]]:
+    """The training split's images, identity indices, held-out mask and identity names.
+
+    Every `holdout_every`-th image (in file order) of an identity with at least two images is
+    held out, so each identity keeps training images.
+    """
+    samples = _samples(root, "train")
+    if any(not s.group for s in samples):
+        raise PretrainError(f"{root}/train.csv: identity pretraining needs a group (identity) "
+                            "for every image")
+    names = sorted({s.group for s in samples})
+    if len(names) < 2:
+        raise PretrainError(f"{root}/train.csv: {len(names)} identity; need at least 2")
+    index = {name: i for i, name in enumerate(names)}
+    labels = torch.tensor([index[s.group] for s in samples])
+    seen: Dict[str, int] = {}
+    held = []
+    for s in samples:
+        seen[s.group] = seen.get(s.group, 0) + 1
+        held.append(seen[s.group] % holdout_every == 0)
+    images, _ = _decode([s.path for s in samples])
+    return images, labels, torch.tensor(held), names
+
+
+def _fingerprint(root: Path, task: str) -> str:
+    """sha256 over the files the task reads (split CSVs, landmarks): same data, same value."""
+    h = hashlib.sha256()
+    names = ("train.csv", "val.csv", "landmarks.csv") if task == "landmarks" else ("train.csv",)
+    for name in names:
+        p = root / name
+        h.update(name.encode() + (sha256_file(p).encode() if p.is_file() else b"-"))
+    return h.hexdigest()
+
+
+# --- training -----------------------------------------------------------------------------------
+
+
+def _as_float(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return images.to(device).float().div_(255.0)  # uint8 -> the model input, [0, 1]
+
+
+def _batches(n: int, batch: int, steps: int, g: torch.Generator):
+    """`steps` index batches drawn from epochs of a seeded permutation (last short one dropped)."""
+    done = 0
+    while done < steps:
+        order = torch.randperm(n, generator=g)
+        for start in range(0, n - batch + 1, batch):
+            if done == steps:
+                return
+            yield order[start:start + batch]
+            done += 1
+        if n < batch:
+            yield order
+            done += 1
+
+
+def _photometric(x: torch.Tensor, g: torch.Generator, amount: float = 0.2) -> torch.Tensor:
+    """Per-sample brightness and contrast jitter (geometry unchanged): (B, 3, H, W)."""
+    b = 1 + amount * (2 * torch.rand(len(x), 1, 1, 1, generator=g) - 1)
+    c = 1 + amount * (2 * torch.rand(len(x), 1, 1, 1, generator=g) - 1)
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    return ((x * b - mean) * c + mean).clamp(0.0, 1.0)
+
+
+def _flip_shift(x: torch.Tensor, g: torch.Generator, pixels: int = 6) -> torch.Tensor:
+    """Random horizontal flip and a shift of up to `pixels` (reflect padding): (B, 3, H, W)."""
+    flip = torch.rand(len(x), generator=g) < 0.5
+    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    _, _, H, W = x.shape
+    padded = F.pad(x, (pixels,) * 4, mode="reflect")  # (B, 3, H + 2p, W + 2p)
+    dy, dx = (int(v) for v in torch.randint(0, 2 * pixels + 1, (2,), generator=g))
+    return padded[:, :, dy:dy + H, dx:dx + W]  # one shift per batch
+
+
+def _log(message: str) -> None:
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
+
+
+def _train_landmarks(cfg: PretrainConfig, model_cfg: GReFELConfig, root: Path,
+                     device: torch.device) -> Tuple[nn.Module, Dict[str, Any]]:
+    table = read_landmarks(root)
+    train_x, train_y = landmark_split(root, "train", table)
+    val_x, val_y = landmark_split(root, "val", table)  # held-out identities
+    net = LandmarkNet(model_cfg).to(device)
+    net.output_layer.start_at(train_y.flatten(1))
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    g = torch.Generator().manual_seed(cfg.seed)
+    losses = []
+    net.train()
+    for step, idx in enumerate(_batches(len(train_x), cfg.batch_size, cfg.steps, g), start=1):
+        x, y = _as_float(train_x[idx], device), train_y[idx].to(device)
+        if cfg.augment:
+            x = _photometric(x, g)
+        loss = F.mse_loss(net(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        if not math.isfinite(losses[-1]):
+            raise PretrainError(f"landmark pretraining: non-finite loss at step {step}")
+        if step % 50 == 0 or step == cfg.steps:
+            _log(f"landmarks step {step}/{cfg.steps}  loss {np.mean(losses[-50:]):.5f}")
+    _recalibrate(net, train_x, cfg, device)
+    pred = _predict(net, val_x, device)
+    nme = inter_ocular_nme(pred, val_y)
+    mean_shape = train_y.mean(dim=0, keepdim=True).expand_as(val_y)
+    metrics = {
+        "val_nme": float(nme.mean()), "val_nme_median": float(nme.median()),
+        "val_nme_mean_shape": float(inter_ocular_nme(mean_shape, val_y).mean()),
+        "val_images": len(val_x), "train_images": len(train_x),
+        "first_loss": losses[0], "last_loss": float(np.mean(losses[-max(len(losses) // 10, 1):])),
+        "normaliser": "inter-ocular distance (outer eye corners 36-45)",
+    }
+    return net, metrics
+
+
+def _train_identity(cfg: PretrainConfig, model_cfg: GReFELConfig, root: Path,
+                    device: torch.device) -> Tuple[nn.Module, Dict[str, Any]]:
+    images, labels, held, names = identity_split(root, cfg.holdout_every)
+    train_x, train_y = images[~held], labels[~held]
+    test_x, test_y = images[held], labels[held]
+    if len(test_x) == 0:
+        raise PretrainError(f"{root}/train.csv: no identity has {cfg.holdout_every} images, so "
+                            "none is held out; lower --holdout-every")
+    net = IdentityNet(model_cfg, cfg.embedding).to(device)
+    head = MarginHead(cfg.embedding, len(names), cfg.margin_head, cfg.scale,
+                      cfg.margin_value).to(device)
+    opt = torch.optim.Adam([*net.parameters(), *head.parameters()], lr=cfg.lr)
+    g = torch.Generator().manual_seed(cfg.seed)
+    losses, hits, seen = [], 0, 0
+    net.train()
+    for step, idx in enumerate(_batches(len(train_x), cfg.batch_size, cfg.steps, g), start=1):
+        x, y = _as_float(train_x[idx], device), train_y[idx].to(device)
+        if cfg.augment:
+            x = _flip_shift(x, g)
+        emb = net(x)
+        loss = F.cross_entropy(head(emb, y), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        if not math.isfinite(losses[-1]):
+            raise PretrainError(f"identity pretraining: non-finite loss at step {step}")
+        if step > cfg.steps - max(cfg.steps // 4, 1):  # the last quarter's train accuracy
+            hits += int((head.cosine(emb).argmax(dim=1) == y).sum())
+            seen += len(y)
+        if step % 50 == 0 or step == cfg.steps:
+            _log(f"identity step {step}/{cfg.steps}  loss {np.mean(losses[-50:]):.3f}")
+    _recalibrate(net, train_x, cfg, device)
+    emb = _predict(net, test_x, device)
+    with torch.no_grad():
+        pred = head.cosine(emb.to(device)).argmax(dim=1).cpu()
+    metrics = {
+        "heldout_id_acc": float((pred == test_y).float().mean()),
+        "chance": 1.0 / len(names), "identities": len(names),
+        "train_images": len(train_x), "heldout_images": len(test_x),
+        "train_id_acc_last_quarter": hits / max(seen, 1),
+        "first_loss": losses[0], "last_loss": float(np.mean(losses[-max(len(losses) // 10, 1):])),
+        "margin_head": cfg.margin_head, "scale": cfg.scale, "margin": cfg.margin_value,
+    }
+    return net, metrics
+
+
+def _recalibrate(net: nn.Module, images: torch.Tensor, cfg: PretrainConfig,
+                 device: torch.device) -> None:
+    g = torch.Generator().manual_seed(cfg.seed + 1)
+    order = torch.randperm(len(images), generator=g)
+    batches = (_as_float(images[order[i:i + cfg.batch_size]], device)
+               for i in range(0, len(images), cfg.batch_size))
+    recalibrate_batchnorm(net, batches, cfg.precise_bn)
+
+
+@torch.no_grad()
+def _predict(net: nn.Module, images: torch.Tensor, device: torch.device,
+             batch: int = 64) -> torch.Tensor:
+    net.eval()
+    out = [net(_as_float(images[i:i + batch], device)).float().cpu()
+           for i in range(0, len(images), batch)]
+    return torch.cat(out)
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_suffix(".json")
+
+
+def _settings(cfg: PretrainConfig) -> Dict[str, Any]:
+    """The settings that decide the weights (not where they go, nor how many threads)."""
+    skip = ("out", "data", "device", "threads", "reuse")
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in skip}
+
+
+def _reusable(out: Path, cfg: PretrainConfig, fingerprint: str) -> Optional[Dict[str, Any]]:
+    """The sidecar of an existing OUT made with these settings from this data, else an error."""
+    import json
+
+    side = _sidecar(out)
+    try:
+        meta = json.loads(side.read_text())
+    except (OSError, ValueError):
+        raise PretrainError(f"{out} exists but its sidecar {side.name} is missing or unreadable; "
+                            "remove both files or choose another --out") from None
+    same = (meta.get("format") == FORMAT and meta.get("settings") == _settings(cfg)
+            and meta.get("data_fingerprint") == fingerprint
+            and meta.get("weights_sha256") == sha256_file(out))
+    if not same:
+        raise PretrainError(f"{out} exists but was made with other settings, other data or has "
+                            "changed since; remove it (and its .json) or choose another --out")
+    return meta
+
+
+def pretrain(cfg: PretrainConfig) -> Dict[str, Any]:
+    """Run one pretraining task; returns the sidecar dict (metrics included).
+
+    An existing `cfg.out` is an error, unless `cfg.reuse` and it was made with the same
+    settings from the same data (then it is returned as it is).
+    """
+    out, root = Path(cfg.out), Path(cfg.data).expanduser()
+    if not root.is_dir():
+        raise PretrainError(f"{root}: dataset folder does not exist")
+    fingerprint = _fingerprint(root, cfg.task)
+    if out.exists():
+        if cfg.reuse:
+            meta = _reusable(out, cfg, fingerprint)
+            _log(f"reusing {out} (same settings and data)")
+            return {**meta, "reused": True}
+        raise PretrainError(f"{out} already exists; remove it, choose another --out, or pass "
+                            "--reuse to keep it when its settings and data match")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        device = torch.device(cfg.device)
+    except RuntimeError:
+        raise PretrainError(f"--device {cfg.device!r}: use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise PretrainError(f"--device {cfg.device}: this torch sees no CUDA GPU")
+    seed_everything(cfg.seed)
+    model_cfg = GReFELConfig.preset(cfg.preset)
+    start = time.perf_counter()
+    train = _train_landmarks if cfg.task == "landmarks" else _train_identity
+    net, metrics = train(cfg, model_cfg, root, device)
+    metrics["seconds"] = round(time.perf_counter() - start, 1)
+    state = {k: v.detach().cpu().contiguous() for k, v in net.stream_state_dict().items()}
+    with atomic_path(out) as tmp:
+        save_file(state, str(tmp), metadata={"format": FORMAT})
+    stream = "landmark" if cfg.task == "landmarks" else "image"
+    meta = {
+        "format": FORMAT, "grefel_version": __version__, "task": cfg.task,
+        "kind": KIND[cfg.task], "preset": cfg.preset,
+        "stream_config": {k: getattr(model_cfg, k) for k in (
+            ("dims", "mfn_blocks", "mfn_out") if stream == "landmark" else ("dims", "ir_units"))},
+        "normalisation": {"mean": list(getattr(model_cfg, f"{stream}_mean")),
+                          "std": list(getattr(model_cfg, f"{stream}_std"))},
+        "metrics": metrics, "settings": _settings(cfg), "data": str(root),
+        "data_fingerprint": fingerprint, "weights_sha256": sha256_file(out),
+    }
+    atomic_write_json(_sidecar(out), meta)
+    return meta
