@@ -38,14 +38,15 @@ import numpy as np
 
 from grefel.fileio import atomic_path, atomic_write_json
 
-__all__ = ["load_level", "main"]
+__all__ = ["free_ports", "load_level", "main"]
 
 ROOT = Path(__file__).resolve().parents[1]
 POOL = 32  # distinct images the clients cycle through (their reference answers known)
 TOL = 1e-4
 
 
-def _free_ports(n: int) -> List[int]:
+def free_ports(n: int) -> List[int]:
+    """`n` TCP ports of 127.0.0.1 that were free a moment ago (bound to port 0, then closed)."""
     socks = []
     for _ in range(n):
         s = socket.socket()
@@ -62,7 +63,7 @@ class Server:
 
     def __init__(self, weights: Path, max_batch: int, delay_us: int, threads: Optional[int],
                  log: Path) -> None:
-        self.http, self.grpc, self.metrics = _free_ports(3)
+        self.http, self.grpc, self.metrics = free_ports(3)
         self.args = dict(max_batch=max_batch, queue_delay_us=delay_us, threads=threads)
         cmd = [sys.executable, "-m", "grefel", "serve", "--weights", str(weights),
                "--http-port", str(self.http), "--grpc-port", str(self.grpc),

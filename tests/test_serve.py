@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import io
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +23,7 @@ import pytest
 import test_runtime as rt  # the seeded tiny model files
 from click.testing import CliRunner
 
+from benchmarks.serve_load import free_ports
 from grefel import contract
 from grefel.cli import cli
 from grefel.runtime import open_backend
@@ -42,21 +42,9 @@ NAMES = ("probs", "primary", "confidence")
 START_TIMEOUT_S = 180
 
 
-def _free_ports(n: int) -> List[int]:
-    socks = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 class Server:
     def __init__(self, weights: Path, log: Path) -> None:
-        self.http, self.grpc, self.metrics = _free_ports(3)
+        self.http, self.grpc, self.metrics = free_ports(3)
         self.log = log
         self._log_file = open(log, "wb")  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen(
