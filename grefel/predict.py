@@ -168,8 +168,9 @@ class PredictSummary:
 
 
 class RecordWriter:
-    """Writes records as JSON lines or CSV (one header, columns per class) to a text stream,
-    flushing after each line (records are on disk as they are produced)."""
+    """Writes records as JSON lines or CSV (one header, columns per class) to a text stream;
+    `flush` after each frame puts them on disk as they are produced. A failed write or flush is
+    an OutputError naming the output."""
 
     def __init__(
         self, stream: IO[str], fmt: str, classes: Sequence[str], name: str = "stdout"
@@ -188,7 +189,6 @@ class RecordWriter:
     def _guarded(self, func: Callable[..., Any], *args: Any) -> None:
         try:
             func(*args)
-            self.stream.flush()
         except OSError as exc:  # a full disk, a closed pipe
             raise OutputError(f"{self.name}: cannot write records "
                               f"({exc.strerror or exc})") from None
@@ -207,7 +207,7 @@ class RecordWriter:
 
     def flush(self) -> None:
         """Push the records written so far to the file (after each frame)."""
-        self._guarded(lambda: None)
+        self._guarded(self.stream.flush)
 
 
 class Annotator:
