@@ -54,33 +54,30 @@ def softmax_matmuls(model: onnx.ModelProto, depth: int = 4) -> List[str]:
     """Names of the MatMuls that feed a Softmax or read its output, through at most `depth`
     pass-through ops (the attention scores q k^T and the weighted sum of v)."""
     g = _Graph(model.graph)
+
+    def upstream(j: int) -> List[int]:
+        return [g.producer[name] for name in g.nodes[j].input if name in g.producer]
+
+    def downstream(j: int) -> List[int]:
+        return g.consumers.get(g.nodes[j].output[0], [])
+
     found: Set[int] = set()
     for i, node in enumerate(g.nodes):
         if node.op_type != "Softmax":
             continue
-        todo, seen = [(i, 0)], {i}
-        while todo:  # upstream
-            j, d = todo.pop()
-            for name in g.nodes[j].input:
-                k = g.producer.get(name)
-                if k is None or k in seen:
-                    continue
-                seen.add(k)
-                if g.nodes[k].op_type == "MatMul":
-                    found.add(k)
-                elif g.nodes[k].op_type in _PASS_THROUGH and d < depth:
-                    todo.append((k, d + 1))
-        todo = [(i, 0)]
-        while todo:  # downstream
-            j, d = todo.pop()
-            for k in g.consumers.get(g.nodes[j].output[0], []):
-                if k in seen:
-                    continue
-                seen.add(k)
-                if g.nodes[k].op_type == "MatMul":
-                    found.add(k)
-                elif g.nodes[k].op_type in _PASS_THROUGH and d < depth:
-                    todo.append((k, d + 1))
+        seen = {i}
+        for neighbours in (upstream, downstream):
+            todo = [(i, 0)]
+            while todo:
+                j, d = todo.pop()
+                for k in neighbours(j):
+                    if k in seen:
+                        continue
+                    seen.add(k)
+                    if g.nodes[k].op_type == "MatMul":
+                        found.add(k)
+                    elif g.nodes[k].op_type in _PASS_THROUGH and d < depth:
+                        todo.append((k, d + 1))
     return [g.nodes[k].name for k in sorted(found)]
 
 
