@@ -32,7 +32,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -62,8 +62,9 @@ class Server:
     """`python -m grefel serve` on free local ports, stopped with SIGTERM."""
 
     def __init__(self, weights: Path, max_batch: int, delay_us: int, threads: Optional[int],
-                 log: Path) -> None:
+                 log: Path, extra: Sequence[str] = ()) -> None:
         self.http, self.grpc, self.metrics = free_ports(3)
+        self.log = log
         self.args = dict(max_batch=max_batch, queue_delay_us=delay_us, threads=threads)
         cmd = [sys.executable, "-m", "grefel", "serve", "--weights", str(weights),
                "--http-port", str(self.http), "--grpc-port", str(self.grpc),
@@ -71,24 +72,32 @@ class Server:
                "--queue-delay-us", str(delay_us)]
         if threads:
             cmd += ["--threads", str(threads)]
+        cmd += list(extra)
         self._log = open(log, "ab")  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT)
 
-    def wait_ready(self, timeout_s: float = 180.0) -> None:
+    def output(self) -> str:
+        """What the server printed so far."""
+        return self.log.read_text(errors="replace")
+
+    def wait_ready(self, timeout_s: float = 180.0, models: Sequence[str] = ("grefel",)) -> None:
+        """Until every model of `models` is ready; RuntimeError (with the server's output) if
+        the server exits or is not ready within `timeout_s`."""
         import tritonclient.grpc as grpcclient
 
         client = grpcclient.InferenceServerClient(f"127.0.0.1:{self.grpc}")
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"grefel serve exited with {self.proc.returncode}")
+                raise RuntimeError(f"grefel serve exited with {self.proc.returncode}:\n"
+                                   f"{self.output()}")
             try:
-                if client.is_model_ready("grefel"):
+                if all(client.is_model_ready(m) for m in models):
                     return
             except Exception:  # not listening yet
                 pass
             time.sleep(0.3)
-        raise RuntimeError(f"grefel serve not ready after {timeout_s} s")
+        raise RuntimeError(f"grefel serve not ready after {timeout_s} s:\n{self.output()}")
 
     def rss_mib(self) -> float:
         """Resident memory of the server's whole process tree, MiB."""

@@ -10,10 +10,8 @@ from __future__ import annotations
 import functools
 import io
 import signal
-import subprocess
 import sys
 import threading
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any, Dict, Iterator, List
@@ -23,7 +21,7 @@ import pytest
 import test_runtime as rt  # the seeded tiny model files
 from click.testing import CliRunner
 
-from benchmarks.serve_load import free_ports
+from benchmarks import serve_load
 from grefel import contract
 from grefel.cli import cli
 from grefel.runtime import open_backend
@@ -42,49 +40,18 @@ NAMES = ("probs", "primary", "confidence")
 START_TIMEOUT_S = 180
 
 
-class Server:
+class Server(serve_load.Server):
+    """The benchmark's server (free local ports, SIGTERM to stop) with this module's settings
+    and one client per protocol."""
+
     def __init__(self, weights: Path, log: Path) -> None:
-        self.http, self.grpc, self.metrics = free_ports(3)
-        self.log = log
-        self._log_file = open(log, "wb")  # noqa: SIM115 (closed in stop)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "grefel", "serve", "--weights", str(weights),
-             "--http-port", str(self.http), "--grpc-port", str(self.grpc),
-             "--metrics-port", str(self.metrics), "--max-batch", "8",
-             "--queue-delay-us", "5000", "--threads", "1", "--exit-timeout", "60"],
-            stdout=self._log_file, stderr=subprocess.STDOUT, cwd=ROOT,
-        )  # fmt: skip
+        super().__init__(weights, max_batch=8, delay_us=5000, threads=1, log=log,
+                         extra=("--exit-timeout", "60"))
         self.http_client = httpclient.InferenceServerClient(f"127.0.0.1:{self.http}")
         self.grpc_client = grpcclient.InferenceServerClient(f"127.0.0.1:{self.grpc}")
 
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
     def wait_ready(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"grefel serve exited {self.proc.returncode}:\n"
-                                     f"{self.output()}")
-            try:
-                if self.http_client.is_model_ready("grefel") and self.http_client.is_model_ready(
-                    "grefel_image"
-                ):
-                    return
-            except Exception:  # connection refused while tritonserver starts
-                pass
-            time.sleep(0.3)
-        raise AssertionError(f"grefel serve not ready in {START_TIMEOUT_S} s:\n{self.output()}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=90)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log_file.close()
+        super().wait_ready(timeout_s=START_TIMEOUT_S, models=("grefel", "grefel_image"))
 
 
 @pytest.fixture(scope="module")
