@@ -44,9 +44,9 @@ __all__ = ["convert_to_fp16", "emulate_fp16", "fp16_gate", "fp32_node_names", "t
 # Ops computed in FP16 when not in the FP32 set; every other op keeps its float32 tensors.
 FP16_OPS = {
     "Add", "AveragePool", "BatchNormalization", "Clip", "Concat", "Conv", "Div", "Erf", "Expand",
-    "Flatten", "Gather", "Gemm", "GlobalAveragePool", "Identity", "MatMul", "MaxPool", "Mul",
-    "Neg", "PRelu", "Relu", "Reshape", "Sigmoid", "Slice", "Split", "Squeeze", "Sub", "Tanh",
-    "Transpose", "Unsqueeze", "Where",
+    "Flatten", "Gather", "Gemm", "GlobalAveragePool", "Identity", "MatMul", "Max", "MaxPool",
+    "Min", "Mul", "Neg", "PRelu", "Relu", "Reshape", "Sigmoid", "Slice", "Split", "Squeeze", "Sub",
+    "Tanh", "Transpose", "Unsqueeze", "Where",
 }
 FLOAT, HALF = TensorProto.FLOAT, TensorProto.FLOAT16
 FP16_MAX = float(np.finfo(np.float16).max)  # 65504

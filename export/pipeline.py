@@ -34,11 +34,12 @@ from export.compare import FP16_CRITERIA, INT8_CRITERIA, artifact_precision
 from export.fp16 import convert_to_fp16, fp16_gate, fp32_node_names
 from export.gate_images import gate_images
 from export.lint import TARGETS, lint_onnx, target_table
+from export.prelu import to_branch_free
 from export.sidecar import device_info, engine_stem, onnx_meta, write_sidecar
 from export.simplify import simplify_onnx
 from grefel._lazy import MissingDependency, require
 from grefel.contract import opset_for_target
-from grefel.fileio import atomic_write_json
+from grefel.fileio import atomic_path, atomic_write_json
 
 __all__ = ["ExportOptions", "ExportResult", "remove_stale_work_dirs", "resolve_target",
            "run_export"]
@@ -308,6 +309,14 @@ class _Run:
                 raw.unlink()
                 notes.append(f"{report.nodes_before} -> {report.nodes_after} nodes")
                 self.gates.setdefault("onnxsim", {})[str(opset)] = report.to_dict()
+        with self.stage("PReLU for ONNX Runtime's CPU") as notes:
+            model = onnx.load(str(path))
+            count = to_branch_free(model)
+            with atomic_path(path) as tmp:
+                onnx.save(model, str(tmp))
+            self.gates["prelu_branch_free"] = count
+            notes.append(f"{count} PRelu -> Relu, Min, Mul, Add (exact; export/prelu.py; "
+                         "TensorRT builds get them folded back)")
 
     def _parity(self, path: Path) -> None:
         import numpy as np

@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 from export import ExportError
+from export.prelu import fold_for_tensorrt
 from grefel._lazy import require
 from grefel.contract import INPUT_SHAPE
 from grefel.fileio import atomic_path, atomic_write_bytes
@@ -310,7 +311,12 @@ def _build(trt: Any, mode: str, source: Path, engine_path: Path, opts: BuildOpti
     logger = trt_logger(trt)
     builder = trt.Builder(logger)
     network = builder.create_network(network_flags(trt, mode.endswith("-strong")))
-    _parse(trt, network, logger, source)
+    parsed = fold_for_tensorrt(source, engine_path.parent)  # PRelu layers, not 4 element-wise
+    try:
+        _parse(trt, network, logger, parsed)
+    finally:
+        if parsed != source:
+            parsed.unlink(missing_ok=True)
     config = builder.create_builder_config()
     shapes = _add_profile(builder, network, config, opts)
     notes = _configure(trt, builder, network, config, opts, mode)
