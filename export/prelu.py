@@ -1,11 +1,11 @@
 """PReLU in two equal ONNX forms: branch-free for ONNX Runtime's CPU, `PRelu` for TensorRT.
 
 PReLU(x) = x for x > 0, a * x otherwise (a per channel). ONNX Runtime's CPU `PRelu` kernel
-picks one of the two per element with a branch, so its time depends on the signs of x: on a
-[1, 64, 112, 112] tensor 3.8 ms with random signs against 0.27 ms with all positive ones (one
-thread; benchmarks/results/onnx_prelu_2026-12-02.md). Activations of a face network have mixed
-signs, and the paper preset's 55 PRelu nodes took 22-24 ms of its ~110 ms forward, where the
-POSTER V2 reference, fed its un-normalised [0, 1] input, spent 12.5 ms on the same nodes.
+picks one of the two per element with a branch, so its time depends on the signs of x
+(`python -m benchmarks.onnx_prelu` times it on one [1, 64, 112, 112] tensor, one thread:
+benchmarks/results/onnx_prelu.md). Activations of a face network have mixed signs; the paper
+preset's 55 PRelu nodes took 22-24 ms of its ~110 ms forward, where the POSTER V2 reference,
+fed its un-normalised [0, 1] input, spent 12.5 ms on the same nodes.
 
 The export therefore writes every `PRelu` as
 
@@ -47,7 +47,8 @@ def to_branch_free(model: onnx.ModelProto) -> int:
             nodes.append(node)
             continue
         x, slope = node.input
-        zero_dtype = zero_dtype or _slope_dtype(model, slope)
+        if zero_dtype is None:
+            zero_dtype = _slope_dtype(model, slope)
         name = node.name or f"PRelu_{replaced}"
         pos, neg, scaled = f"{name}/bf_pos", f"{name}/bf_neg", f"{name}/bf_scaled"
         nodes += [
@@ -84,9 +85,8 @@ def to_prelu(model: onnx.ModelProto) -> int:
         if node.op_type != "Relu" or not node.name.endswith(_PARTS[0]):
             continue
         name = node.name[: -len(_PARTS[0])]
-        relu, low, mul, add = (by_name.get(name + part) for part in _PARTS)
-        x = relu.input[0]
-        pos = relu.output[0]
+        low, mul, add = (by_name.get(name + part) for part in _PARTS[1:])
+        x, pos = node.input[0], node.output[0]
         if not (low is not None and mul is not None and add is not None
                 and low.op_type == "Min" and list(low.input) == [x, ZERO]
                 and mul.op_type == "Mul" and mul.input[0] == low.output[0]

@@ -1,0 +1,115 @@
+"""ONNX Runtime CPU time of one PReLU, as `PRelu` and as export/prelu.py's branch-free form,
+on inputs of three sign patterns, side by side in one run.
+
+    python -m benchmarks.onnx_prelu --threads 1 --iters 50 --out benchmarks/results/onnx_prelu
+
+One [1, 64, 112, 112] tensor (the paper preset's largest PReLU input), slopes drawn in
+[0.1, 0.4]. Each form is an ONNX graph of its own (the branch-free one made by
+`export.prelu.to_branch_free` from the `PRelu` one), run in turn on each input after 3 warm-up
+calls; the median of `--iters` timed calls is recorded with the 1-minute load average, and the
+outputs of the two forms are compared exactly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+import numpy as np
+
+__all__ = ["main", "run"]
+
+SHAPE = (1, 64, 112, 112)
+
+
+def _graphs() -> Dict[str, Any]:
+    from onnx import TensorProto, helper, numpy_helper
+
+    from export.prelu import to_branch_free
+
+    slope = np.random.default_rng(1).uniform(0.1, 0.4, (SHAPE[1], 1, 1)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("PRelu", ["x", "a"], ["y"], name="prelu")], "prelu",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(SHAPE))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(SHAPE))],
+        [numpy_helper.from_array(slope, "a")])
+    prelu = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    branch_free = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    to_branch_free(branch_free)
+    return {"PRelu": prelu, "Relu + a * Min(x, 0)": branch_free}
+
+
+def _inputs() -> Dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    normal = rng.standard_normal(SHAPE).astype(np.float32)
+    per_channel = np.sign(rng.standard_normal((1, SHAPE[1], 1, 1))).astype(np.float32)
+    return {"random signs": normal, "one sign per channel": np.abs(normal) * per_channel,
+            "all positive": np.abs(normal)}
+
+
+def run(threads: int, iters: int) -> Dict[str, Any]:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    sessions = {name: ort.InferenceSession(m.SerializeToString(), opts,
+                                           providers=["CPUExecutionProvider"])
+                for name, m in _graphs().items()}
+    rows: List[Dict[str, Any]] = []
+    for signs, x in _inputs().items():
+        outputs = {}
+        for form, session in sessions.items():
+            for _ in range(3):
+                outputs[form] = session.run(None, {"x": x})[0]
+            times = []
+            for _ in range(iters):
+                t0 = time.perf_counter()
+                session.run(None, {"x": x})
+                times.append(time.perf_counter() - t0)
+            rows.append({"input": signs, "form": form, "median_ms": 1000 * float(np.median(times)),
+                         "load_1min": os.getloadavg()[0]})
+        a, b = outputs.values()
+        rows[-1]["equal_to_prelu"] = bool(np.array_equal(a, b))
+    return {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "shape": list(SHAPE), "threads": threads,
+            "iters": iters, "onnxruntime": ort.__version__, "cpu": platform.processor() or
+            platform.machine(), "rows": rows}
+
+
+def _markdown(record: Dict[str, Any], command: str) -> str:
+    lines = [f"# ONNX Runtime CPU: one PReLU {tuple(record['shape'])}, two forms "
+             f"({record['date']})", "", f"Command: `{command}`", "",
+             f"onnxruntime {record['onnxruntime']}, {record['threads']} thread(s), median of "
+             f"{record['iters']} calls.", "",
+             "| input | form | median ms | load (1 min) | output equal to PRelu |",
+             "|---|---|---:|---:|---|"]
+    for r in record["rows"]:
+        equal = "" if "equal_to_prelu" not in r else ("yes" if r["equal_to_prelu"] else "NO")
+        lines.append(f"| {r['input']} | {r['form']} | {r['median_ms']:.2f} | "
+                     f"{r['load_1min']:.2f} | {equal} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Any = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--iters", type=int, default=50)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/onnx_prelu"))
+    args = parser.parse_args(argv)
+    from grefel.fileio import atomic_write_bytes, atomic_write_json
+
+    record = run(args.threads, args.iters)
+    command = (f"python -m benchmarks.onnx_prelu --threads {args.threads} --iters {args.iters} "
+               f"--out {args.out}")
+    atomic_write_json(args.out.with_suffix(".json"), record)
+    atomic_write_bytes(args.out.with_suffix(".md"), _markdown(record, command).encode())
+    print(_markdown(record, command))
+
+
+if __name__ == "__main__":
+    main()
