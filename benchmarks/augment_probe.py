@@ -28,6 +28,7 @@ SETTINGS = {
     "rotate_only": {"flip_p": 0.0, "resize_to": 112, "jitter": 0.0, "erase_p": 0.0},
     "jitter_only": {"flip_p": 0.0, "resize_to": 112, "max_degrees": 0.0, "erase_p": 0.0},
     "erase_only": {"flip_p": 0.0, "resize_to": 112, "max_degrees": 0.0, "jitter": 0.0},
+    "mild": {"resize_to": 116, "max_degrees": 0.0, "jitter": 0.0},  # flip, erase, 4-px crop
 }
 
 
