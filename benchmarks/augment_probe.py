@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from torch import nn
 
 SETTINGS = {
     "none": None,
@@ -46,6 +45,7 @@ def main(argv: Sequence[str] = ()) -> int:
     if unknown:
         p.error(f"--settings: unknown {', '.join(unknown)}; choose from {', '.join(SETTINGS)}")
 
+    from benchmarks.learnability import train_image_probe
     from grefel.config import GReFELConfig
     from grefel.data import FERDataset, load_samples, make_transforms
     from grefel.data.transforms import TrainTransform
@@ -63,23 +63,15 @@ def main(argv: Sequence[str] = ()) -> int:
         cfg = GReFELConfig.preset("tiny", num_classes=len(classes), class_names=tuple(classes),
                                   frozen=())
         model = GReFEL(cfg)
-        probe = nn.Linear(cfg.dims[2], cfg.num_classes)
-        opt = torch.optim.Adam([*model.image.parameters(), *probe.parameters()], lr=1e-3)
         gen = torch.Generator().manual_seed(a.seed)
-        model.image.train()
-        hist, start, cpu = [], time.perf_counter(), time.process_time()
-        for _ in range(a.steps):
-            idx = torch.randint(0, len(ds), (32,), generator=gen).tolist()
-            items = [ds[i] for i in idx]
-            x = torch.stack([it[0] for it in items])
-            y = torch.tensor([int(it[1]) for it in items])
-            feats = model.image((x - model.image_mean) / model.image_std)[2].mean(dim=(2, 3))
-            logits = probe(feats)
-            loss = nn.functional.cross_entropy(logits, y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            hist.append((loss.item(), (logits.argmax(1) == y).float().mean().item()))
+
+        def batch(ds=ds, gen=gen):
+            items = [ds[i] for i in torch.randint(0, len(ds), (32,), generator=gen).tolist()]
+            return (torch.stack([it[0] for it in items]),
+                    torch.tensor([int(it[1]) for it in items]))
+
+        start, cpu = time.perf_counter(), time.process_time()
+        hist = train_image_probe(model, batch, a.steps, lr=1e-3)
         q = hist[-max(a.steps // 4, 1):]
         print(f"{name:12s} loss first {hist[0][0]:.3f} last-quarter "
               f"{sum(h[0] for h in q) / len(q):.3f}  train acc {sum(h[1] for h in q) / len(q):.3f}"

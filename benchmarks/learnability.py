@@ -21,7 +21,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Sequence, Tuple
+from typing import Callable, List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -36,6 +36,28 @@ def load_split(root: Path, split: str, classes: Sequence[str]) -> Tuple[torch.Te
     ds = FERDataset(samples, list(classes), make_transforms(False), strict=True)
     items = [ds[i] for i in range(len(ds))]
     return torch.stack([it[0] for it in items]), torch.tensor([int(it[1]) for it in items])
+
+
+def train_image_probe(
+    model: nn.Module, next_batch: Callable[[], Tuple[torch.Tensor, torch.Tensor]], steps: int,
+    lr: float,
+) -> List[Tuple[float, float]]:
+    """Train `model`'s image stream alone for `steps` steps with a temporary linear classifier on
+    its mean-pooled level-3 map (what `grefel train --image-warmup` does; cross-entropy, Adam at
+    `lr`); the (loss, training accuracy) of every step."""
+    probe = nn.Linear(model.cfg.dims[2], model.cfg.num_classes)
+    opt = torch.optim.Adam([*model.image.parameters(), *probe.parameters()], lr=lr)
+    model.image.train()
+    hist = []
+    for _ in range(steps):
+        x, y = next_batch()
+        logits = probe(model.image((x - model.image_mean) / model.image_std)[2].mean(dim=(2, 3)))
+        loss = nn.functional.cross_entropy(logits, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        hist.append((loss.item(), (logits.argmax(1) == y).float().mean().item()))
+    return hist
 
 
 def main(argv: Sequence[str] = ()) -> int:
@@ -82,16 +104,8 @@ def main(argv: Sequence[str] = ()) -> int:
 
     start = time.perf_counter()
     if a.warmup_steps:
-        probe = nn.Linear(cfg.dims[2], cfg.num_classes)
-        opt = torch.optim.Adam([*model.image.parameters(), *probe.parameters()], lr=a.warmup_lr)
-        for _ in range(a.warmup_steps):
-            x, y = batch()
-            feats = model.image((x - model.image_mean) / model.image_std)[2].mean(dim=(2, 3))
-            loss = nn.functional.cross_entropy(probe(feats), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        print(f"warm-up {a.warmup_steps} steps: last loss {loss.item():.3f} "
+        warm = train_image_probe(model, batch, a.warmup_steps, a.warmup_lr)
+        print(f"warm-up {a.warmup_steps} steps: last loss {warm[-1][0]:.3f} "
               f"({time.perf_counter() - start:.0f}s)", flush=True)
 
     opt = torch.optim.Adam(model.parameters(), lr=a.lr)
