@@ -1,13 +1,13 @@
-"""ONNX Runtime CPU time of one PReLU, as `PRelu` and as export/prelu.py's branch-free form,
-on inputs of three sign patterns, side by side in one run.
+"""ONNX Runtime CPU time of one PReLU, as `PRelu` and as export/prelu.py's two branch-free
+forms, on inputs of three sign patterns, side by side in one run.
 
     python -m benchmarks.onnx_prelu --threads 1 --iters 50 --out benchmarks/results/onnx_prelu
 
 One [1, 64, 112, 112] tensor (the paper preset's largest PReLU input), slopes drawn in
-[0.1, 0.4]. Each form is an ONNX graph of its own (the branch-free one made by
+[0.1, 0.4]. Each form is an ONNX graph of its own (the branch-free ones made by
 `export.prelu.to_branch_free` from the `PRelu` one), run in turn on each input after 3 warm-up
-calls; the median of `--iters` timed calls is recorded with the 1-minute load average, and the
-outputs of the two forms are compared exactly.
+calls; the median of `--iters` timed calls is recorded with the 1-minute load average, and each
+form's output is compared exactly with `PRelu`'s.
 """
 
 from __future__ import annotations
@@ -37,10 +37,13 @@ def _graphs() -> Dict[str, Any]:
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(SHAPE))],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(SHAPE))],
         [numpy_helper.from_array(slope, "a")])
-    prelu = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    branch_free = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    to_branch_free(branch_free)
-    return {"PRelu": prelu, "Relu + a * Min(x, 0)": branch_free}
+    forms = {}
+    for name, max_form in (("PRelu", None), ("Relu + a * Min(x, 0)", False),
+                           ("Max(x, a * x)", True)):
+        forms[name] = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        if max_form is not None:
+            to_branch_free(forms[name], max_form=max_form)
+    return forms
 
 
 def _inputs() -> Dict[str, np.ndarray]:
@@ -74,15 +77,15 @@ def run(threads: int, iters: int) -> Dict[str, Any]:
                 times.append(time.perf_counter() - t0)
             rows.append({"input": signs, "form": form, "median_ms": 1000 * float(np.median(times)),
                          "load_1min": os.getloadavg()[0]})
-        a, b = outputs.values()
-        rows[-1]["equal_to_prelu"] = bool(np.array_equal(a, b))
+        for row in rows[-len(sessions) + 1:]:
+            row["equal_to_prelu"] = bool(np.array_equal(outputs[row["form"]], outputs["PRelu"]))
     return {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "shape": list(SHAPE), "threads": threads,
             "iters": iters, "onnxruntime": ort.__version__, "cpu": platform.processor() or
             platform.machine(), "rows": rows}
 
 
 def _markdown(record: Dict[str, Any], command: str) -> str:
-    lines = [f"# ONNX Runtime CPU: one PReLU {tuple(record['shape'])}, two forms "
+    lines = [f"# ONNX Runtime CPU: one PReLU {tuple(record['shape'])}, three forms "
              f"({record['date']})", "", f"Command: `{command}`", "",
              f"onnxruntime {record['onnxruntime']}, {record['threads']} thread(s), median of "
              f"{record['iters']} calls.", "",

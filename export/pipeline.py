@@ -315,8 +315,8 @@ class _Run:
             with atomic_path(path) as tmp:
                 onnx.save(model, str(tmp))
             self.gates["prelu_branch_free"] = count
-            notes.append(f"{count} PRelu -> Relu, Min, Mul, Add (exact; export/prelu.py; "
-                         "TensorRT builds get them folded back)")
+            notes.append(f"{count} PRelu -> Max(x, a*x) or Relu + a*Min(x, 0) (exact; "
+                         "export/prelu.py; TensorRT builds get them folded back)")
 
     def _parity(self, path: Path) -> None:
         import numpy as np

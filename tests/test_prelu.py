@@ -19,16 +19,20 @@ SHAPE = [2, 4, 5, 5]
 
 
 def _prelu_graph() -> onnx.ModelProto:
-    """x -> Conv -> PRelu -> PRelu(shared slope) -> y, two PRelus, one unnamed."""
+    """x -> Conv -> PRelu(a) -> PRelu(b) -> PRelu(a) -> y: slopes a in [-0.5, 0.9] (the
+    Max(x, a * x) form), b with a 0 and a 1.5 in it (the four-node form); one PRelu unnamed."""
     rng = np.random.default_rng(0)
-    slope = numpy_helper.from_array(rng.uniform(-0.5, 0.9, (4, 1, 1)).astype(np.float32), "a")
+    a = numpy_helper.from_array(rng.uniform(-0.5, 0.9, (4, 1, 1)).astype(np.float32), "a")
+    b = numpy_helper.from_array(np.array([0.25, 0.0, 1.5, -2.0], np.float32).reshape(4, 1, 1),
+                                "b")
     w = numpy_helper.from_array(rng.standard_normal((4, 4, 1, 1)).astype(np.float32), "w")
     nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
              helper.make_node("PRelu", ["c", "a"], ["p"], name="/act/PRelu"),
-             helper.make_node("PRelu", ["p", "a"], ["y"])]
+             helper.make_node("PRelu", ["p", "b"], ["q"], name="/act2/PRelu"),
+             helper.make_node("PRelu", ["q", "a"], ["y"])]
     graph = helper.make_graph(
         nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, SHAPE)],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, SHAPE)], [slope, w])
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, SHAPE)], [a, b, w])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -44,40 +48,87 @@ def _nodes(model: onnx.ModelProto) -> list:
     return [(n.op_type, n.name, list(n.input), list(n.output)) for n in model.graph.node]
 
 
+def _identity_graph(slope: np.ndarray, dtype: int = TensorProto.FLOAT) -> onnx.ModelProto:
+    """x -> PRelu(slope) -> y, nothing else (x's values reach the PRelu as they are)."""
+    graph = helper.make_graph(
+        [helper.make_node("PRelu", ["x", "a"], ["y"], name="p")], "g",
+        [helper.make_tensor_value_info("x", dtype, SHAPE)],
+        [helper.make_tensor_value_info("y", dtype, SHAPE)], [numpy_helper.from_array(slope, "a")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _special_values(dtype: type = np.float32) -> np.ndarray:
+    x = np.random.default_rng(1).standard_normal(SHAPE).astype(dtype) * 3
+    big = np.finfo(dtype).max
+    x.flat[:8] = [0.0, -0.0, 1e-38 if dtype == np.float32 else 1e-7,
+                  -1e-38 if dtype == np.float32 else -1e-7, big, -big, np.inf, -np.inf]
+    return x
+
+
 def test_branch_free_form_is_exactly_prelu():
     """Bit-equal outputs in ONNX Runtime on mixed signs, zeros, tiny and huge values."""
-    x = np.random.default_rng(1).standard_normal(SHAPE).astype(np.float32) * 3
-    x.flat[:8] = [0.0, -0.0, 1e-38, -1e-38, 3e38, -3e38, np.inf, -np.inf]
+    x = _special_values()
     model = _prelu_graph()
     before = _run(model, x)
-    assert to_branch_free(model) == 2
-    assert "PRelu" not in {n.op_type for n in model.graph.node}
+    assert to_branch_free(model) == 3
+    ops = [n.op_type for n in model.graph.node]
+    assert "PRelu" not in ops
+    assert ops.count("Max") == 2 and ops.count("Relu") == 1  # slope b has a 0 and a 1.5
     np.testing.assert_array_equal(_run(model, x), before)
+
+
+@pytest.mark.parametrize("slope, form", [
+    ([0.25, 1.0, -3.0, 1e-3], "Max"),  # every a <= 1, none 0
+    ([0.25, 1.5, 0.5, 0.5], "Relu"),  # a > 1: Max(x, a * x) would be a * x for x > 0
+    ([0.25, 0.0, 0.5, 0.5], "Relu"),  # a = 0: 0 * inf is NaN where PReLU(inf) = inf
+])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_each_slope_gets_an_exact_form(slope, form, dtype):
+    """The form follows the slope's values, and each is bit-equal to PRelu on the inputs of
+    its first PRelu (the special values fed straight in), FP16 included."""
+    onnx_type = TensorProto.FLOAT if dtype == np.float32 else TensorProto.FLOAT16
+    model = _identity_graph(np.array(slope, dtype).reshape(4, 1, 1), onnx_type)
+    x = _special_values(dtype)
+    before = _run(model, x)
+    assert to_branch_free(model) == 1
+    assert form in [n.op_type for n in model.graph.node]
+    np.testing.assert_array_equal(_run(model, x), before)
+
+
+def test_a_computed_slope_gets_the_four_node_form():
+    """A slope that is not a constant may hold any value at run time."""
+    model = _identity_graph(np.full((4, 1, 1), 0.5, np.float32))
+    model.graph.initializer[0].name = "a_init"
+    model.graph.node.insert(0, helper.make_node("Identity", ["a_init"], ["a"], name="id"))
+    to_branch_free(model)
+    assert "Max" not in [n.op_type for n in model.graph.node]
+    assert "Relu" in [n.op_type for n in model.graph.node]
 
 
 def test_fold_restores_the_original_nodes_and_names():
     original = _prelu_graph()
     model = _prelu_graph()
     to_branch_free(model)
-    assert to_prelu(model) == 2
+    assert to_prelu(model) == 3
     names = [n.name for n in original.graph.node]
-    assert names[2] == ""  # the unnamed PRelu gets a name, everything else as it was
+    assert names[3] == ""  # the unnamed PRelu gets a name, everything else as it was
     got = _nodes(model)
-    assert [g[1] for g in got] == [names[0], names[1], "PRelu_1"]
-    assert [g[0] for g in got] == ["Conv", "PRelu", "PRelu"]
+    assert [g[1] for g in got] == [*names[:3], "PRelu_2"]
+    assert [g[0] for g in got] == ["Conv", "PRelu", "PRelu", "PRelu"]
     assert [g[2:] for g in got] == [g[2:] for g in _nodes(original)]
     assert [i.name for i in model.graph.initializer] == [i.name for i in original.graph.initializer]
     assert to_prelu(model) == 0  # nothing left to fold
 
 
-def test_fold_leaves_lookalikes_alone():
-    """A Relu named like a part whose neighbours are not the pattern stays as it is."""
+@pytest.mark.parametrize("part", ["/act2/PRelu/bf_add", "/act/PRelu/bf_max"])
+def test_fold_leaves_lookalikes_alone(part):
+    """A node named like a part whose neighbours are not the pattern stays as it is."""
     model = _prelu_graph()
     to_branch_free(model)
-    add = next(n for n in model.graph.node if n.name.endswith("/act/PRelu/bf_add"))
-    add.input[0] = "c"  # no longer r + a * (x - r)
-    assert to_prelu(model) == 1
-    assert [n.op_type for n in model.graph.node].count("PRelu") == 1
+    node = next(n for n in model.graph.node if n.name == part)
+    node.input[0] = "w"  # no longer Relu(x) + a * Min(x, 0) / Max(x, a * x)
+    assert to_prelu(model) == 2
+    assert [n.op_type for n in model.graph.node].count("PRelu") == 2
 
 
 def test_exported_onnx_has_no_prelu_and_trt_parses_prelu(tmp_path, monkeypatch):
@@ -99,7 +150,9 @@ def test_exported_onnx_has_no_prelu_and_trt_parses_prelu(tmp_path, monkeypatch):
     run_export(ckpt, ExportOptions(out=out, onnx_only=True, fp16=False), log=lambda *_: None)
     exported = onnx.load(str(out / "m.onnx"))
     ops = [n.op_type for n in exported.graph.node]
-    assert "PRelu" not in ops and ops.count("Relu") >= prelus
+    assert "PRelu" not in ops
+    names = [n.name for n in exported.graph.node]
+    assert sum(n.endswith(("/bf_relu", "/bf_max")) for n in names) == prelus
 
     import export.trt_builder as builder
 
@@ -127,9 +180,9 @@ def test_fold_for_tensorrt_passes_unreadable_files_to_the_parser(tmp_path):
     assert fold_for_tensorrt(tmp_path / "missing.onnx", tmp_path) == tmp_path / "missing.onnx"
 
 
-@pytest.mark.parametrize("form", ["prelu", "branch_free"])
-def test_tiny_model_outputs_match_torch_in_both_forms(tmp_path: Path, form):
-    """The exported tiny model in either form agrees with PyTorch to float tolerance."""
+@pytest.mark.parametrize("form", ["prelu", "four_nodes", "max"])
+def test_tiny_model_outputs_match_torch_in_every_form(tmp_path: Path, form):
+    """The exported tiny model in each form agrees with PyTorch to float tolerance."""
     from export.onnx_export import export_onnx
     from grefel.model import create_model
 
@@ -137,8 +190,10 @@ def test_tiny_model_outputs_match_torch_in_both_forms(tmp_path: Path, form):
     model = create_model("tiny").eval()
     path = export_onnx(model, tmp_path / "m.onnx")
     proto = onnx.load(str(path))
-    if form == "branch_free":
-        assert to_branch_free(proto) > 0
+    if form != "prelu":
+        assert to_branch_free(proto, max_form=form == "max") > 0
+        ops = [n.op_type for n in proto.graph.node]
+        assert "PRelu" not in ops and ("Max" in ops) == (form == "max")
     x = np.random.default_rng(0).random((2, 3, 112, 112), dtype=np.float32)
     import onnxruntime as ort
 
