@@ -63,6 +63,7 @@ __all__ = [
     "StopSignal",
     "Tracker",
     "entropy_confidence",
+    "predict_pipeline",
     "run_predict",
     "signals_end_run",
     "stream_predictions",
@@ -333,6 +334,30 @@ class ShowError(RuntimeError):
     """--show where no window can be opened; the message says why and what to do."""
 
 
+def predict_pipeline(
+    backend: Backend, opts: PredictOptions, video: bool, detector: Any = None
+) -> Pipeline:
+    """The Pipeline of `grefel predict` for `opts`: for a video, camera or stream (`video`),
+    detection every `det_every` frames, tracks and smoothing; for still images, every image
+    detected on its own, no tracks (also `grefel serve`'s grefel_image).
+
+    detector: a detector object replacing `opts.detector` (tests, other detectors)."""
+    det = "none" if opts.aligned else (detector if detector is not None else opts.detector)
+    return Pipeline(
+        backend,
+        detector=det,
+        det_size=opts.det_size,
+        det_every=opts.det_every if video else 1,
+        align=opts.align,
+        margin=opts.margin,
+        min_face=opts.min_face,
+        threshold=opts.threshold,
+        smooth=opts.smooth,
+        track=video,
+        threads=opts.threads,
+    )
+
+
 class _Predictor:
     """Runs the pipeline frame by frame (or `batch_frames` frames per backend call) and writes
     the records of each frame in order, flushing the stream after each frame."""
@@ -347,20 +372,7 @@ class _Predictor:
         detector: Any = None,
     ) -> None:
         self.backend, self.writer, self.opts, self.annotator = backend, writer, opts, annotator
-        det = "none" if opts.aligned else (detector if detector is not None else opts.detector)
-        self.pipeline = Pipeline(
-            backend,
-            detector=det,
-            det_size=opts.det_size,
-            det_every=opts.det_every if video else 1,
-            align=opts.align,
-            margin=opts.margin,
-            min_face=opts.min_face,
-            threshold=opts.threshold,
-            smooth=opts.smooth,
-            track=video,
-            threads=opts.threads,
-        )
+        self.pipeline = predict_pipeline(backend, opts, video=video, detector=detector)
         self.summary = PredictSummary(detector=self.pipeline.detector_name)
         self.frames: List[Frame] = []
         self.post = 0.0  # writing and annotating, seconds
