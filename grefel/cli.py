@@ -513,6 +513,33 @@ def _csv_list(kind: type, allowed: Optional[Sequence[str]] = None) -> Callable[.
     return parse
 
 
+def _face_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Finding and preparing faces, shared by `grefel predict` and `grefel serve` (its
+    grefel_image model); defaults come from grefel.predict.PredictOptions."""
+    from grefel.predict import PredictOptions
+    from grefel.runtime.detectors import DETECTORS
+
+    o = PredictOptions()
+    options = [
+        click.option("--detector", type=click.Choice(list(DETECTORS)), default=o.detector,
+                     help="Face detector: BlazeFace (keypoints; `pip install 'grefel[faces]'`, "
+                          "see the README), Haar (no keypoints, no dependency); auto: BlazeFace "
+                          "if installed."),
+        click.option("--det-size", type=click.IntRange(min=0), default=o.det_size,
+                     help="Longest side of the frame the detector sees (0: full size)."),
+        click.option("--align/--no-align", default=o.align,
+                     help="Warp faces with keypoints onto the 5-point 112 px template."),
+        click.option("--margin", type=click.FloatRange(min=0), default=o.margin,
+                     help="Crop margin, fraction of the face side [0.2 square crops, 0 "
+                          "aligned]."),
+        click.option("--min-face", type=click.IntRange(min=0), default=o.min_face,
+                     help="Smallest face side kept, frame pixels."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
 @cli.command(
     "predict",
     epilog="""\b
@@ -564,20 +591,9 @@ Examples:
               help="Frames per backend call; 1: each frame's records are written before the "
                    "next frame is read.")
 @click.option("--max-frames", type=click.IntRange(min=1), help="Stop after this many frames.")
-@click.option("--detector", type=click.Choice(["auto", "blazeface", "blazeface-full", "haar"]),
-              default="auto",
-              help="Face detector: BlazeFace (keypoints; `pip install 'grefel[faces]'`, see the "
-                   "README), Haar (no keypoints, no dependency); auto: BlazeFace if installed.")
-@click.option("--det-size", type=click.IntRange(min=0), default=640,
-              help="Longest side of the frame the detector sees (0: full size).")
+@_face_options
 @click.option("--det-every", type=click.IntRange(min=1), default=1,
               help="Video: detect every N frames, follow the faces in between.")
-@click.option("--align/--no-align", default=True,
-              help="Warp faces with keypoints onto the 5-point 112 px template.")
-@click.option("--margin", type=click.FloatRange(min=0), default=None,
-              help="Crop margin, fraction of the face side [0.2 square crops, 0 aligned].")
-@click.option("--min-face", type=click.IntRange(min=0), default=16,
-              help="Smallest face side kept, frame pixels.")
 @click.option("--threads", type=click.IntRange(min=1),
               help="CPU threads of the backend, the detector and OpenCV (default: all).")
 @click.option("--show", is_flag=True, help="Show the annotated frames in a window (q quits).")
@@ -805,14 +821,19 @@ Examples:
 @click.option("--metrics-port", default=8002, type=click.IntRange(1, 65535))
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               help="ONNX Runtime / PyTorch device (an engine always runs on the GPU).")
-@click.option("--threads", type=click.IntRange(1), help="CPU threads per backend.")
-@click.option("--margin", type=click.FloatRange(0), default=0.2,
-              help="Face crop margin of the encoded-image model (as grefel predict).")
+@click.option("--threads", type=click.IntRange(1),
+              help="CPU threads per backend and per face detector.")
+@_face_options
 @click.option("--exit-timeout", "exit_timeout_s", default=30, type=click.IntRange(0),
               help="On SIGTERM, seconds to wait for in-flight requests.")
 def serve_command(weights: Path, device: str, **opts: Any) -> None:
     """Serve WEIGHTS on NVIDIA Triton (PyTriton): models `grefel` (float32 images) and
-    `grefel_image` (encoded image bytes), HTTP + gRPC, dynamic batching, metrics."""
+    `grefel_image` (encoded image bytes), HTTP + gRPC, dynamic batching, metrics.
+
+    grefel_image finds and prepares each image's face as `grefel predict` does for a still
+    image, with the same --detector, --det-size, --align, --margin and --min-face, and answers
+    for the first face (predict's first record); no face: the whole image.
+    """
     from grefel._lazy import MissingDependency
     from grefel.runtime import BackendError
     from grefel.serve import ServeError, ServeOptions, serve

@@ -8,14 +8,19 @@ callable in this process, on one of the runtime backends (`grefel.runtime.open_b
     grefel        images  float32 [N, 3, 112, 112], RGB in [0, 1] (grefel.contract's input)
     grefel_image  image   BYTES [N, 1], one encoded image file per sample (JPEG, PNG, ...):
                   decoded by grefel.contract.decode_image_bytes (EXIF, modes, the pixel limit),
-                  the largest face found by the face detector of grefel.runtime.preprocess,
-                  cropped with `margin` (grefel.contract.square_crop) and resized
-                  (to_model_input) exactly as `grefel predict` does; no face: the whole image
+                  then `grefel predict`'s path for a still image, grefel.pipeline.Pipeline with
+                  the same options and defaults (`detector`, `det_size`, `min_face`, `align`,
+                  `margin`): the faces are detected, the first (the detector's best: BlazeFace's
+                  top score, Haar's largest) is aligned onto the 5-point template when it has
+                  keypoints (else square-cropped) and resized. Each image on its own (no
+                  tracking, no smoothing across requests): the answer is `grefel predict`'s
+                  first record for the same file. No face: the whole image
 
 Both answer, per sample: `probs` (C) = L_final (eq. 19), `primary` (C) = l (eq. 9),
 `confidence` (1) = C_f (eq. 10), `label` (1, BYTES: the class of the largest prob) and `classes`
 (C, BYTES: the class names in output order); `grefel_image` adds `face` (1, BOOL: a face was
-found) and `box` (4, INT32: x1, y1, x2, y2 of the crop's face box in the decoded image).
+found) and `box` (4, INT32: x1, y1, x2, y2 of the face's box in the decoded image, the whole
+image when no face was found).
 
 Triton's dynamic batcher joins the requests (up to `max_batch` samples, waiting at most
 `queue_delay_us` for more); every sample's outputs are computed from its own input only. Triton
@@ -41,6 +46,9 @@ import numpy as np
 
 from grefel import contract
 from grefel._lazy import MissingDependency, require
+from grefel.contract import Box
+from grefel.pipeline import Pipeline
+from grefel.predict import PredictOptions, predict_pipeline
 from grefel.runtime import Backend, open_backend
 
 __all__ = [
@@ -49,6 +57,7 @@ __all__ = [
     "ServeError",
     "ServeOptions",
     "check_environment",
+    "image_pipeline",
     "serve",
 ]
 
@@ -73,9 +82,23 @@ class ServeOptions:
     grpc_port: int = 8001
     metrics_port: int = 8002
     device: Optional[str] = None  # ONNX Runtime / PyTorch device (None: CUDA when present)
-    threads: Optional[int] = None  # CPU threads per backend
-    margin: float = 0.2  # face crop margin of grefel_image (grefel predict's --margin)
+    threads: Optional[int] = None  # CPU threads per backend (and grefel_image's face detector)
     exit_timeout_s: int = 30  # how long a stop waits for in-flight requests
+    # grefel_image's faces: grefel predict's options for a still image, with its defaults
+    detector: str = PredictOptions.detector  # grefel.runtime.detectors.DETECTORS
+    det_size: int = PredictOptions.det_size  # longest side the detector sees (0: full image)
+    min_face: int = PredictOptions.min_face  # smallest face side kept, image pixels
+    align: bool = PredictOptions.align  # warp faces with keypoints onto the 5-point template
+    margin: Optional[float] = PredictOptions.margin  # None: 0.2 square crops, 0 aligned faces
+
+
+def image_pipeline(backend: Backend, opts: ServeOptions) -> Pipeline:
+    """The Pipeline that prepares grefel_image's faces: the one `grefel predict` builds for
+    still images with the same options (each image detected on its own, no tracks)."""
+    faces = PredictOptions(detector=opts.detector, det_size=opts.det_size,
+                           min_face=opts.min_face, align=opts.align, margin=opts.margin,
+                           threads=opts.threads)
+    return predict_pipeline(backend, faces, video=False)
 
 
 def check_environment() -> Any:
@@ -139,10 +162,10 @@ def _label_arrays(probs: np.ndarray, classes: Sequence[str]) -> Dict[str, np.nda
 
 
 class _Instance:
-    """One model instance: its own opened backend (and face detector for grefel_image)."""
+    """One model instance: its own opened backend (and, for grefel_image, its own Pipeline)."""
 
-    def __init__(self, backend: Backend, margin: float, detector: Any = None) -> None:
-        self.backend, self.margin, self.detector = backend, margin, detector
+    def __init__(self, backend: Backend, pipeline: Optional[Pipeline] = None) -> None:
+        self.backend, self.pipeline = backend, pipeline
         self.lock = threading.Lock()
 
     def _outputs(self, batch: np.ndarray) -> Dict[str, np.ndarray]:
@@ -172,15 +195,13 @@ class _Instance:
         sizes = [len(a) for a in arrays]
         return self._split(self._outputs(np.concatenate(arrays)), sizes)
 
-    def _face_input(self, data: bytes, name: str) -> Tuple[np.ndarray, bool, Tuple[int, ...]]:
-        from grefel.runtime.preprocess import whole_frame
-
+    def _face_input(self, data: bytes, name: str) -> Tuple[np.ndarray, bool, Box]:
+        """One encoded image -> the model input of its first face (Pipeline.prepare: detect,
+        align or crop, resize), whether a face was found, and that face's box."""
+        assert self.pipeline is not None, "a grefel_image instance has a pipeline"
         image = contract.decode_image_bytes(data, name=name)
-        boxes = self.detector.detect(image)
-        if not boxes:
-            return contract.to_model_input(image), False, whole_frame(image)
-        crop = contract.square_crop(image, boxes[0], margin=self.margin)
-        return contract.to_model_input(crop), True, boxes[0]
+        prep = self.pipeline.prepare(image, source=name, boxes=None, keypoints=None)
+        return prep.inputs[0], prep.found, prep.faces[0].box
 
     def infer_encoded(self, requests: List[Any]) -> List[Dict[str, np.ndarray]]:
         """Requests of `grefel_image` (each `image` [n, 1] BYTES) -> one output dict each."""
@@ -241,8 +262,6 @@ def serve(
     from pytriton import model_config as pmc
     from pytriton.triton import Triton, TritonConfig
 
-    from grefel.runtime.preprocess import FaceDetector
-
     if opts.instances < 1 or opts.max_batch < 1 or opts.queue_delay_us < 0:
         raise ServeError("--instances and --max-batch must be >= 1, --queue-delay-us >= 0")
     for name in ("pytriton", "tritonclient"):
@@ -256,10 +275,9 @@ def serve(
                 open_backend(weights, device=opts.device, threads=opts.threads).__enter__()
             )
         classes = backends[0].classes
-        tensor_instances = [_Instance(b, opts.margin) for b in backends[: opts.instances]]
-        image_instances = [
-            _Instance(b, opts.margin, FaceDetector()) for b in backends[opts.instances :]
-        ]
+        tensor_instances = [_Instance(b) for b in backends[: opts.instances]]
+        pipelines = [image_pipeline(b, opts) for b in backends[opts.instances :]]
+        image_instances = [_Instance(b, p) for b, p in zip(backends[opts.instances :], pipelines)]
         config = TritonConfig(
             http_address=opts.host,
             http_port=opts.http_port,
@@ -300,7 +318,8 @@ def serve(
                 f"models {MODEL!r} and {IMAGE_MODEL!r}: HTTP {opts.host}:{opts.http_port}, "
                 f"gRPC {opts.host}:{opts.grpc_port}, metrics "
                 f"http://{opts.host}:{opts.metrics_port}/metrics; max batch {opts.max_batch}, "
-                f"queue delay {opts.queue_delay_us} us, {opts.instances} instance(s)"
+                f"queue delay {opts.queue_delay_us} us, {opts.instances} instance(s); "
+                f"{IMAGE_MODEL!r} faces: detector {pipelines[0].detector_name}"
             )
             while not stop.is_set() and triton.is_alive():
                 stop.wait(0.5)

