@@ -5,6 +5,10 @@ else from a grefel sidecar `NAME.json` beside it (`grefel.contract.sidecar_class
 or checkpoint sidecar, format checked), else generic names with a warning. A fixed-batch graph
 (`grefel export --static`) takes any number of images: they run in chunks of its batch, the last
 chunk zero-padded (a sample's outputs never depend on the others), as the TensorRT backend does.
+
+With ONNX Runtime >= 1.21 the weights are memory-mapped out of the file instead of copied onto
+the heap (`grefel.runtime.ort_mapped`: the paper preset's peak RSS ~500 -> ~340 MiB, outputs
+bit-equal); older versions, or a file the skeleton cannot be made for, load the file as before.
 """
 
 from __future__ import annotations
@@ -19,8 +23,14 @@ import numpy as np
 from grefel import contract
 from grefel._lazy import require
 from grefel.runtime.base import Backend, BackendError, Outputs, check_outputs, generic_classes
+from grefel.runtime.ort_mapped import mapped_model
 
-__all__ = ["OrtBackend"]
+__all__ = ["MAPPED_SINCE", "OrtBackend"]
+
+# The session option naming the external-data folder of a model given as bytes (onnxruntime
+# PR #23557, release 1.21): older versions would look for the weights in the working directory.
+MAPPED_SINCE = (1, 21)
+FOLDER_OPTION = "session.model_external_initializers_file_folder_path"
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +77,7 @@ class OrtBackend(Backend):
         self.device = "cpu"
         return ("CPUExecutionProvider",)
 
-    def _open(self) -> None:
-        ort = require("onnxruntime")
-        if not Path(self.path).is_file():
-            raise BackendError(f"{self.path}: no such ONNX file")
+    def _session_options(self, ort: Any) -> Any:
         opts = ort.SessionOptions()
         level = "ORT_ENABLE_EXTENDED" if self.low_memory else "ORT_ENABLE_ALL"
         opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
@@ -79,14 +86,31 @@ class OrtBackend(Backend):
         if self._threads:
             opts.intra_op_num_threads = self._threads
         opts.log_severity_level = 3
-        try:
-            self._session = ort.InferenceSession(
-                str(self.path), opts, providers=list(self._providers(ort))
-            )
-        except BackendError:
-            raise
-        except Exception as exc:  # onnxruntime raises its own exception types for bad files
-            raise BackendError(f"{self.path}: not a loadable ONNX model ({exc})") from None
+        return opts
+
+    def _open(self) -> None:
+        ort = require("onnxruntime")
+        if not Path(self.path).is_file():
+            raise BackendError(f"{self.path}: no such ONNX file")
+        providers = list(self._providers(ort))
+        self.mapped_bytes = 0  # weights ONNX Runtime maps out of the file (0: copied)
+        self._session = None
+        mapped = mapped_model(Path(self.path)) if _version(ort) >= MAPPED_SINCE else None
+        if mapped is not None:
+            opts = self._session_options(ort)
+            opts.add_session_config_entry(FOLDER_OPTION, str(Path(self.path).resolve().parent))
+            try:
+                self._session = ort.InferenceSession(mapped[0], opts, providers=providers)
+                self.mapped_bytes = mapped[1]
+            except Exception as exc:  # noqa: BLE001 - the file itself is loaded next
+                log.debug("%s: mapped load refused (%s); loading the file", self.path, exc)
+        if self._session is None:
+            try:
+                self._session = ort.InferenceSession(
+                    str(self.path), self._session_options(ort), providers=providers
+                )
+            except Exception as exc:  # onnxruntime raises its own exception types for bad files
+                raise BackendError(f"{self.path}: not a loadable ONNX model ({exc})") from None
         inputs = self._session.get_inputs()
         if len(inputs) != 1:
             raise BackendError(f"{self.path}: expected one input, got {len(inputs)}")
@@ -144,3 +168,11 @@ class OrtBackend(Backend):
             raise BackendError(f"{self.path}: ONNX Runtime failed on a batch of "
                                f"{len(batch)} ({str(exc).splitlines()[0][:200]})") from None
         return {n: np.asarray(v, dtype=np.float32) for n, v in zip(self._outputs, values)}
+
+
+def _version(ort: Any) -> Tuple[int, ...]:
+    """onnxruntime's (major, minor) version; (0,) when it cannot be read."""
+    try:
+        return tuple(int(part) for part in str(ort.__version__).split(".")[:2])
+    except ValueError:
+        return (0,)
