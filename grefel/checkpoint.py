@@ -48,9 +48,17 @@ def sidecar_path(weights: PathLike) -> Path:
 
 
 def save_checkpoint(
-    path: PathLike, model: GReFEL, metrics: Optional[Dict[str, Any]] = None, **extra: Any
+    path: PathLike,
+    model: GReFEL,
+    metrics: Optional[Dict[str, Any]] = None,
+    face_alignment: Optional[Dict[str, Any]] = None,
+    **extra: Any,
 ) -> Path:
-    """Write `path` (.safetensors) and its JSON sidecar atomically; returns the weights path."""
+    """Write `path` (.safetensors) and its JSON sidecar atomically; returns the weights path.
+
+    face_alignment: how the training images became faces (`grefel train --align-faces`), kept
+    in the sidecar's `preprocessing` beside the input contract.
+    """
     path = Path(path)
     if path.suffix != ".safetensors":
         raise CheckpointError(f"{path}: checkpoints are .safetensors files")
@@ -63,7 +71,8 @@ def save_checkpoint(
         "grefel_version": __version__,
         "config": model.cfg.to_dict(),
         "class_names": list(model.cfg.class_names),
-        "preprocessing": PREPROCESSING,
+        "preprocessing": PREPROCESSING if face_alignment is None
+        else {**PREPROCESSING, "face_alignment": dict(face_alignment)},
         "metrics": metrics or {},
         "weights_sha256": sha256_file(path),
         **extra,

@@ -117,6 +117,64 @@ def _resume_epilog() -> str:
             "and what it changed.\n")
 
 
+_ALIGN_OPTIONS = ("align_detector", "align_det_size", "align_margin", "align_min_face",
+                  "align_cache")
+
+
+def _align_options() -> List[Any]:
+    """`--align-faces` and its settings, for train and eval; defaults from
+    grefel.config.FaceAlignment (the ones `grefel predict` uses)."""
+    from grefel.config import ALIGN_MODES, FaceAlignment
+    from grefel.runtime.detectors import DETECTORS
+
+    a = FaceAlignment()
+    return [
+        click.option("--align-faces", "align_faces", type=click.Choice(ALIGN_MODES),
+                     default=a.mode,
+                     help="detect: find and align each image's face as `grefel predict` does "
+                          "(detector, 5-point alignment, whole image when no face is found), "
+                          "once, cached as 112 px crops; off: images are used as given "
+                          "(aligned faces)."),
+        click.option("--detector", "align_detector", type=click.Choice(DETECTORS),
+                     default=a.detector, help="With --align-faces detect: the face detector "
+                                              "(auto: BlazeFace if installed, else Haar)."),
+        click.option("--det-size", "align_det_size", type=click.IntRange(min=0),
+                     default=a.det_size,
+                     help="With --align-faces detect: longest side the detector sees (0: full)."),
+        click.option("--margin", "align_margin", type=click.FloatRange(min=0), default=a.margin,
+                     help="With --align-faces detect: crop margin, fraction of the face side "
+                          "[0.2 square crops, 0 aligned]."),
+        click.option("--min-face", "align_min_face", type=click.IntRange(min=0),
+                     default=a.min_face,
+                     help="With --align-faces detect: smallest face side kept, image pixels."),
+        click.option("--align-cache", "align_cache", type=click.Path(file_okay=False),
+                     default="", show_default=False,
+                     help="Folder of the cached aligned crops (keyed by image content and "
+                          "settings) [default: $XDG_CACHE_HOME/grefel/aligned, else "
+                          "~/.cache/grefel/aligned]."),
+    ]
+
+
+def _check_align_options(mode: str, given: Sequence[str]) -> None:
+    """UsageError for alignment settings given while --align-faces is off."""
+    extra = [n for n in _ALIGN_OPTIONS if n in given]
+    if mode == "off" and extra:
+        names = ", ".join("--" + n.replace("align_", "", 1).replace("_", "-")
+                          if n != "align_cache" else "--align-cache" for n in extra)
+        raise click.UsageError(f"{names}: face alignment settings, used with --align-faces "
+                               "detect (it is off)")
+
+
+def _with_options(options: Callable[[], List[Any]]) -> Callable[[Any], Any]:
+    """A decorator adding the click options `options()` returns, in their order."""
+    def decorate(func: Any) -> Any:
+        for option in reversed(options()):
+            func = option(func)
+        return func
+
+    return decorate
+
+
 def _train_options(func):
     """The `grefel train` options; defaults come from grefel.config.DataConfig / TrainConfig."""
     from grefel.config import DataConfig, TrainConfig
@@ -186,6 +244,7 @@ def _train_options(func):
                           "import --kind posterv2`): its architecture, every tensor that fits "
                           "(strict), fresh class-dependent tensors when the classes differ; "
                           "writes init.json."),
+        *_align_options(),
         click.option("--json", "json_path", type=click.Path(dir_okay=False),
                      help="Write the run summary as JSON."),
     ]
@@ -231,6 +290,7 @@ def train(**opts) -> None:
         raise _user_error(exc) from None
     except (TypeError, ValueError) as exc:
         raise click.BadParameter(str(exc)) from None
+    _check_align_options(d.align_faces, sorted(given))
     try:
         summary = run_training(d, t)
     except (DatasetError, TrainingError, WeightsError, OSError) as exc:
@@ -277,8 +337,9 @@ Examples:
                    "else fp16, the FP16 gate's).")
 @click.option("--strict", is_flag=True, help="Unreadable images are an error.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write JSON here.")
+@_with_options(_align_options)
 def eval_(checkpoint, data, dataset, split, out, batch_size, workers, device, threads, reference,
-          criteria, strict, json_path):
+          criteria, strict, json_path, align_faces, align_cache, **align):
     """Accuracy, macro-F1, confusion, calibration, embedding and per-group bias of MODEL.
 
     MODEL is a checkpoint (.safetensors, PyTorch), an exported .onnx (FP32, FP16 or INT8; ONNX
@@ -289,10 +350,15 @@ def eval_(checkpoint, data, dataset, split, out, batch_size, workers, device, th
 
     from export.compare import CRITERIA, artifact_precision, measure_agreement
     from grefel.checkpoint import CheckpointError
+    from grefel.config import FaceAlignment
     from grefel.data import DatasetError
     from grefel.evaluate import ARTIFACT_SUFFIXES, EvalError, evaluate_model, format_report
     from grefel.train import TrainingError
 
+    ctx = click.get_current_context()
+    _check_align_options(align_faces, [k for k in (*align, "align_cache") if
+                                       ctx.get_parameter_source(k) is not ParameterSource.DEFAULT])
+    alignment = FaceAlignment(mode=align_faces, **{k[len("align_"):]: v for k, v in align.items()})
     model = Path(checkpoint)
     if not model.is_file():
         raise click.ClickException(f"{model}: no such model file")
@@ -311,7 +377,8 @@ def eval_(checkpoint, data, dataset, split, out, batch_size, workers, device, th
         report = evaluate_model(model, data, dataset=dataset, split=split, out=out,
                                 batch_size=batch_size, workers=workers, device=device,
                                 strict=strict, threads=threads, reference=reference,
-                                compare=compare, criteria_name=criteria_name)
+                                compare=compare, criteria_name=criteria_name,
+                                alignment=alignment, align_cache=align_cache or None)
     except (CheckpointError, DatasetError, EvalError, TrainingError, OSError) as exc:
         raise _user_error(exc) from None
     click.echo(format_report(report))

@@ -21,12 +21,14 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 from grefel.contract import INPUT_SIZE
 
 __all__ = [
+    "ALIGN_MODES",
     "DATASET_CLASSES",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "PRESETS",
     "PRETRAIN_TASKS",
     "VARIANTS",
+    "FaceAlignment",
     "GReFELConfig",
     "PretrainConfig",
 ]
@@ -238,6 +240,41 @@ def _require(ok: bool, message: str) -> None:
         raise ValueError(message)
 
 
+# How dataset images become faces (`grefel train` / `eval --align-faces`): "off" takes them as
+# given (aligned crops, or a reader's face box); "detect" runs `grefel predict`'s detector and
+# 5-point alignment on each image once and caches the 112 px crops (grefel.align_data).
+ALIGN_MODES = ("off", "detect")
+
+
+@dataclass(frozen=True)
+class FaceAlignment:
+    """Face detection and alignment settings: the only home of their defaults, shared by
+    `grefel predict` (grefel.predict.PredictOptions) and the dataset path of `grefel train` /
+    `grefel eval` (grefel.align_data), so both prepare a face alike.
+
+    mode: an ALIGN_MODES entry (the dataset path; predict always detects unless --aligned).
+    detector: a grefel.runtime.detectors.DETECTORS name ("auto": BlazeFace full range where
+        installed, else Haar).
+    det_size: longest side of the image the detector sees (0: full size).
+    margin: crop margin (None: 0.2 of the side for square crops, 0 for aligned faces).
+    min_face: smallest face side kept, image pixels.
+    """
+
+    mode: str = "off"
+    detector: str = "auto"
+    det_size: int = 640
+    margin: Optional[float] = None
+    min_face: int = 16
+
+    def __post_init__(self) -> None:
+        _require(self.mode in ALIGN_MODES, f"align_faces must be one of "
+                 f"{', '.join(ALIGN_MODES)}, got {self.mode!r}")
+        _require(self.det_size >= 0 and self.min_face >= 0,
+                 f"det_size and min_face must be >= 0, got {self.det_size}, {self.min_face}")
+        _require(self.margin is None or self.margin >= 0,
+                 f"the alignment margin must be >= 0, got {self.margin}")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Where the training images come from and how they are batched (`grefel train`)."""
@@ -252,13 +289,27 @@ class DataConfig:
     refine_per_group: int = 0  # N_pg of paper §4.1; 0 = no per-group cap
     strict: bool = False  # unreadable images are an error instead of skipped
     augment: bool = True  # the training augmentation; off = the eval resize only
+    # Face alignment of the images (FaceAlignment's fields; grefel.align_data)
+    align_faces: str = FaceAlignment.mode
+    align_detector: str = FaceAlignment.detector
+    align_det_size: int = FaceAlignment.det_size
+    align_margin: Optional[float] = FaceAlignment.margin
+    align_min_face: int = FaceAlignment.min_face
+    align_cache: str = ""  # folder of the aligned crops; "" = grefel.align_data.default_cache()
 
     def __post_init__(self) -> None:
+        self.face_alignment()  # validates the align_* fields
         _require(self.batch_size >= 2, f"batch_size must be >= 2, got {self.batch_size}")
         _require(self.workers >= 0, "workers must be >= 0")
         _require(self.refine_per_class >= 0 and self.refine_per_group >= 0, "refine sizes >= 0")
         _require(self.refine_per_group == 0 or self.refine_per_class > 0,
                  "refine_per_group needs refine_per_class (refinement draws B per class)")
+
+    def face_alignment(self) -> FaceAlignment:
+        """The align_* fields as a FaceAlignment."""
+        return FaceAlignment(mode=self.align_faces, detector=self.align_detector,
+                             det_size=self.align_det_size, margin=self.align_margin,
+                             min_face=self.align_min_face)
 
 
 # TrainConfig fields that override GReFELConfig fields (None keeps the preset's value).

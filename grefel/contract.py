@@ -5,6 +5,7 @@ is what `grefel predict` and an engine serve (docs/contract.md):
 
     dataset eval / train   grefel.data.datasets.load_image -> decode_image, crop_box
                            grefel.data.transforms (eval: to_model_input; train: resize first)
+    --align-faces detect   grefel.align_data -> grefel.pipeline.Pipeline.prepare, as predict
     predict / bench        grefel.runtime.preprocess -> decode_image, square_crop, to_model_input
     FP16 gate              export.fp16.gate_images -> load_model_input
     export / runtime       INPUT_NAME, INPUT_SHAPE, OUTPUTS, input_spec(), opset_for_target(),

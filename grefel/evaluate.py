@@ -14,7 +14,11 @@ export gates' comparator passed in by the CLI: `export.compare.measure_agreement
 
 Everything is measured on one split (test by default) and written to OUT:
 
-    metrics.json            every number below, machine-readable
+    metrics.json            every number below, machine-readable, and `alignment`: with
+                            `alignment=FaceAlignment(mode="detect")` (`--align-faces detect`)
+                            the images are first detected and aligned as `grefel predict` does
+                            a still image (grefel.align_data), and this holds the settings and
+                            the counts (faces found, without a face, unreadable)
     confusion_final.png     confusion matrix of L_final (eq. 19), the prediction
     confusion_primary.png   confusion matrix of the primary distribution l (eq. 9)
     confusion.json          both matrices, rows = true class, columns = predicted
@@ -37,6 +41,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from grefel.config import FaceAlignment
 from grefel.metrics import (
     accuracy,
     calinski_harabasz,
@@ -205,6 +210,7 @@ def format_report(report: Dict[str, Any]) -> str:
     lines = [
         f"{'metric':<34}{'value':>12}",
         f"{'samples':<34}{report['n']:>12}",
+        *_alignment_lines(report.get("alignment")),
         f"{'accuracy (final, eq. 19)':<34}{num(f['accuracy']):>12}",
         f"{'macro-F1 (final)':<34}{num(f['macro_f1']):>12}",
         f"{'accuracy (primary, eq. 9)':<34}{num(p['accuracy']):>12}",
@@ -244,6 +250,15 @@ def format_report(report: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _alignment_lines(alignment: Optional[Dict[str, Any]]) -> List[str]:
+    """format_report's lines on face alignment (none when it was off)."""
+    if not alignment or alignment.get("mode", "off") == "off":
+        return []
+    found = f"{alignment['faces']} / {alignment['no_face']}"
+    return [f"{'aligned by ' + str(alignment['detector']):<34}{alignment['images']:>12}",
+            f"{'faces found / without a face':<34}{found:>12}"]
+
+
 def evaluate_checkpoint(
     checkpoint: PathLike,
     data: PathLike,
@@ -277,12 +292,17 @@ def evaluate_model(
     reference: Optional[PathLike] = None,
     compare: Optional[Compare] = None,
     criteria_name: str = "",
+    alignment: Optional[FaceAlignment] = None,
+    align_cache: Optional[PathLike] = None,
 ) -> Dict[str, Any]:
     """Evaluate a checkpoint, `.onnx` or `.engine` on `split` of `data` (module doc).
 
     reference: an FP32 checkpoint run over the same batches; needs `compare(reference outputs,
         candidate outputs)`, returning an object with `to_dict()` (an `Agreement`).
     threads: CPU threads of ONNX Runtime / PyTorch (None: the library default).
+    alignment: with mode "detect", every image is first detected and aligned as `grefel
+        predict` does a still image (grefel.align_data, cached in `align_cache`); the
+        report's `alignment` holds the settings and how many images had no face.
     """
     from torch.utils.data import DataLoader
 
@@ -292,7 +312,9 @@ def evaluate_model(
     if reference is not None and compare is None:
         raise EvalError("a reference checkpoint needs a comparator")
     samples, classes = load_samples(data, dataset, split)
-    dataset_ = FERDataset(samples, classes, transform=make_transforms(False), strict=strict)
+    aligned = _aligned(samples, alignment, align_cache)
+    dataset_ = FERDataset(samples, classes, transform=make_transforms(False), strict=strict,
+                          read=aligned)
 
     def loader() -> Any:  # one fixed order: the reference sees the same batches
         return DataLoader(dataset_, batch_size=batch_size, shuffle=False, num_workers=workers,
@@ -312,7 +334,8 @@ def evaluate_model(
     attrs = [samples[int(i)].attrs for i in pred["indices"]]
     report = score_predictions(pred, classes, attrs, train_labels)
     report.update(model=str(model_path), backend=backend_name, data=str(data), split=split,
-                  skipped=[samples[int(i)].path for i in pred["skipped"]])
+                  skipped=[samples[int(i)].path for i in pred["skipped"]],
+                  alignment={"mode": "off"} if aligned is None else aligned.report())
     report["checkpoint"] = str(model_path)  # the key of earlier reports
     if reference is not None:
         ref_model = _load_model(Path(reference), classes, data, split, device, threads)
@@ -334,6 +357,19 @@ def evaluate_model(
     if out is not None:
         write_outputs(Path(out), report, pred, classes)
     return report
+
+
+def _aligned(samples: Sequence[Any], alignment: Optional[FaceAlignment],
+             cache: Optional[PathLike]) -> Any:
+    """The aligned crops of `samples` (grefel.align_data.AlignedImages), None when off."""
+    if alignment is None or alignment.mode == "off":
+        return None
+    from grefel.align_data import AlignError, align_samples
+
+    try:
+        return align_samples(samples, alignment, cache)
+    except AlignError as exc:
+        raise EvalError(f"--align-faces {alignment.mode}: {exc}") from None
 
 
 def model_device(model: torch.nn.Module) -> torch.device:

@@ -37,7 +37,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from grefel._lazy import require
-from grefel.contract import Box, align_face, square_crop, to_model_input
+from grefel.contract import Box, align_face, resize, square_crop, to_model_input
 from grefel.runtime.base import Backend
 from grefel.runtime.detectors import Face, make_detector
 
@@ -211,14 +211,16 @@ class _Prepared:
     faces: List[Face]
     found: bool
     aligned: List[bool]
-    inputs: List[np.ndarray] = field(default_factory=list)
+    inputs: List[np.ndarray] = field(default_factory=list)  # float32 (3, 112, 112) per face
+    crops: List[np.ndarray] = field(default_factory=list)  # the same as RGB uint8 (112, 112, 3)
 
 
 class Pipeline:
     """Detect, align, classify and track the faces of frames (module docstring).
 
     Args:
-        backend: an opened `grefel.runtime` backend.
+        backend: an opened `grefel.runtime` backend; None for a pipeline that only prepares
+            faces (`prepare`, e.g. `grefel.align_data` for dataset images), not `finish`.
         detector: a DETECTORS name, "none" (the whole frame is the face), or an object with
             `faces(rgb) -> [Face]` (or `detect(rgb) -> [Box]`).
         det_size: longest side of the frame the detector sees (0: the full frame).
@@ -234,7 +236,7 @@ class Pipeline:
 
     def __init__(
         self,
-        backend: Backend,
+        backend: Optional[Backend],
         detector: Union[str, Any] = "auto",
         det_size: int = 640,
         det_every: int = 1,
@@ -326,7 +328,7 @@ class Pipeline:
             h, w = image.shape[:2]
             prep.faces = [Face((0, 0, w, h), 0.0, None)]
             prep.aligned = [False]
-            prep.inputs = [to_model_input(image)]
+            prep.crops = [resize(image)]
         for f in faces:
             kp = f.keypoints
             if self.align and kp is not None and len(kp) >= 4:
@@ -337,13 +339,17 @@ class Pipeline:
                 crop = square_crop(image, f.box, margin=0.2 if self.margin is None
                                    else self.margin)
                 prep.aligned.append(False)
-            prep.inputs.append(to_model_input(crop))
+            prep.crops.append(resize(crop))
+        prep.inputs = [to_model_input(c) for c in prep.crops]  # resize(c) is c: 112 already
         t2 = time.perf_counter()
         self.times["detect"] += t1 - t0
         self.times["align"] += t2 - t1
         return prep
 
     def finish(self, preps: Sequence[_Prepared]) -> List[List[FaceResult]]:
+        if self.backend is None:
+            raise ValueError("this Pipeline was made without a backend: it prepares faces "
+                             "(`prepare`) but cannot classify them")
         t0 = time.perf_counter()
         out = self.backend.infer(np.stack([x for p in preps for x in p.inputs]))
         t1 = time.perf_counter()

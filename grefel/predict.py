@@ -47,6 +47,7 @@ from typing import IO, Any, Callable, Dict, Iterator, List, Optional, Sequence, 
 import numpy as np
 
 from grefel._lazy import require
+from grefel.config import FaceAlignment
 from grefel.fileio import display_path
 from grefel.pipeline import STAGES, FaceResult, Pipeline, Tracker, entropy_confidence
 from grefel.runtime.base import Backend
@@ -115,12 +116,14 @@ class PredictOptions:
     smooth: float = 0.6  # weight of the previous frame in the per-face smoothing (0: off)
     batch: int = 32  # most faces per backend call when frames are batched (a frame is not split)
     max_frames: Optional[int] = None
-    margin: Optional[float] = None  # crop margin (None: 0.2 square crops, 0 aligned faces)
-    detector: str = "auto"  # grefel.runtime.detectors.DETECTORS
-    det_size: int = 640  # longest side of the frame the detector sees (0: full frame)
+    # crop margin (None: 0.2 square crops, 0 aligned faces); the detector, its input size and
+    # the smallest face: grefel.config.FaceAlignment's defaults, which the dataset path shares
+    margin: Optional[float] = FaceAlignment.margin
+    detector: str = FaceAlignment.detector  # grefel.runtime.detectors.DETECTORS
+    det_size: int = FaceAlignment.det_size  # longest side the detector sees (0: full frame)
     det_every: int = 1  # detect every N frames of a stream, follow the faces in between
     align: bool = True  # warp faces with keypoints onto the 5-point template
-    min_face: int = 16  # smallest face side kept, frame pixels
+    min_face: int = FaceAlignment.min_face  # smallest face side kept, frame pixels
     batch_frames: int = 1  # frames per backend call (1: each frame's records before the next)
     threads: Optional[int] = None  # CPU threads of the backend, detector and OpenCV
     show: bool = False  # show the annotated frames in a window

@@ -13,6 +13,8 @@ Everything a run writes lands in its folder:
     last.safetensors       weights after the latest epoch (+ .json sidecar)
     best.safetensors       weights of the best validation accuracy (+ .json sidecar)
     warmup.json            the image-stream warm-up's losses, when TrainConfig.image_warmup > 0
+    alignment.json         with `--align-faces detect` (grefel.align_data): per split, the
+                           alignment settings and counts (faces found, none found, unreadable)
     init.json              what `TrainConfig.init` (`--init CKPT`) loaded and re-initialised
     last.state.pt          the resumable state: model, optimizer, scheduler, AMP scaler, epoch,
                            sampler, RNG states, best metric and the metric history; read back
@@ -171,6 +173,8 @@ class Run:
     resume_changes: Dict[str, List[Any]] = dataclasses.field(default_factory=dict)
     saved_epoch: Optional[int] = None  # the epoch of OUT/last.state.pt, once there is one
     init_report: Optional[Dict[str, Any]] = None  # what --init loaded, for init.json
+    # --align-faces: {"mode": "off"}, or per split the settings and counts (alignment.json)
+    alignment: Dict[str, Any] = dataclasses.field(default_factory=lambda: {"mode": "off"})
 
 
 def log(run_or_rank: Any, message: str) -> None:
@@ -381,13 +385,25 @@ def validate(run: Run) -> Dict[str, float]:
 def save_epoch(run: Run, row: Dict[str, Any], rngs: List[Dict[str, Any]]) -> None:
     """Rank 0: best/last checkpoints, the resumable state (last), then the metric files."""
     meta = {"epoch": run.epoch, "data_config": dataclasses.asdict(run.data_cfg),
-            "train_config": dataclasses.asdict(run.cfg)}
+            "train_config": dataclasses.asdict(run.cfg),
+            "face_alignment": face_alignment_record(run.alignment)}
     if run.best.get("epoch") == run.epoch:
         save_checkpoint(run.out / "best.safetensors", run.raw, metrics=row, **meta)
     save_checkpoint(run.out / "last.safetensors", run.raw, metrics=row, **meta)
     write_state(run, rngs)
     run.saved_epoch = run.epoch
     write_metrics(run.out, run.history)
+
+
+def face_alignment_record(alignment: Dict[str, Any]) -> Dict[str, Any]:
+    """How the training images became faces, for the checkpoint sidecar's preprocessing:
+    {"mode": "off"}, or the alignment settings of the training split (no counts)."""
+    train = alignment.get("train")
+    if not isinstance(train, dict):
+        return {"mode": "off"}
+    keys = ("mode", "detector", "detector_requested", "det_size", "margin", "min_face", "size",
+            "format")
+    return {k: train[k] for k in keys if k in train}
 
 
 def _gather_rng(run: Run) -> List[Dict[str, Any]]:
@@ -474,7 +490,9 @@ def build_loaders(d: DataConfig, seed: int, rank: int, world: int) -> Dict[str, 
 
     samples, classes = load_samples(d.root, d.dataset, d.train_split)
     check_readable(samples, f"{d.root} split {d.train_split!r}")  # before epoch 1, not after
-    train_set = FERDataset(samples, classes, make_transforms(d.augment), strict=d.strict)
+    aligned = {"train": align_split(d, samples, rank, world, d.train_split)}
+    train_set = FERDataset(samples, classes, make_transforms(d.augment), strict=d.strict,
+                           read=aligned["train"])
     if d.refine_per_class:  # paper §4.1: B per class (N_pg per group) drawn anew every epoch
         sampler = RefinedSampler([s.label for s in samples], [s.group for s in samples],
                                  len(classes), d.refine_per_class, d.refine_per_group,
@@ -492,11 +510,37 @@ def build_loaders(d: DataConfig, seed: int, rank: int, world: int) -> Dict[str, 
             raise TrainingError(f"{d.root}: split {d.val_split!r} has classes {val_classes}, "
                                 f"split {d.train_split!r} has {classes}")
         check_readable(val_samples, f"{d.root} split {d.val_split!r}")
-        val_set = FERDataset(val_samples, classes, make_transforms(False), strict=d.strict)
+        aligned["val"] = align_split(d, val_samples, rank, world, d.val_split)
+        val_set = FERDataset(val_samples, classes, make_transforms(False), strict=d.strict,
+                             read=aligned["val"])
         val_loader = DataLoader(val_set, d.batch_size, sampler=range(rank, len(val_set), world),
                                 **common)
+    alignment = {"mode": "off"} if aligned["train"] is None else {
+        split: a.report() for split, a in aligned.items() if a is not None}
     return {"train_set": train_set, "train_loader": train_loader, "sampler": sampler,
-            "val_loader": val_loader, "classes": classes}
+            "val_loader": val_loader, "classes": classes, "alignment": alignment}
+
+
+def align_split(d: DataConfig, samples: Sequence[Any], rank: int, world: int,
+                split: str) -> Any:
+    """The aligned face crops of a split under `--align-faces detect` (grefel.align_data), or
+    None when alignment is off. Under DDP each rank aligns its share first, then every rank
+    reads the whole split back from the cache (the counts are then all "from the cache")."""
+    alignment = d.face_alignment()
+    if alignment.mode == "off":
+        return None
+    from grefel.align_data import AlignError, align_samples
+
+    try:
+        if world > 1:
+            align_samples(samples, alignment, d.align_cache,
+                          indices=range(rank, len(samples), world))
+            dist.barrier()
+        aligned = align_samples(samples, alignment, d.align_cache)
+    except AlignError as exc:
+        raise TrainingError(f"--align-faces {alignment.mode}: {exc}") from None
+    log(rank, aligned.describe(f"{d.root} split {split!r}"))
+    return aligned
 
 
 def build_model(model_cfg: GReFELConfig, cfg: TrainConfig, rank: int = 0) -> GReFEL:
@@ -622,7 +666,11 @@ def _check_out(out: Path, cfg: TrainConfig, config: Dict[str, Any]) -> Dict[str,
                             "continue it or choose another --out")
     if not cfg.resume:
         return {}
-    refused, allowed = resume_differences(read_run_config(out), config)
+    saved = read_run_config(out)
+    for scope, defaults in (("data", DataConfig()), ("train", TrainConfig())):
+        # a setting added after the run was saved is compared with its default (what it ran)
+        saved[scope] = {**dataclasses.asdict(defaults), **saved[scope]}
+    refused, allowed = resume_differences(saved, config)
     if refused:
         raise TrainingError(
             f"--resume: {out / 'config.json'} was trained with other settings; a resume may "
@@ -644,6 +692,8 @@ def _write_config(run: Run, config: Dict[str, Any], allowed: Dict[str, List[Any]
     atomic_write_json(run.out / "config.json", config)
     if run.init_report is not None and not run.cfg.resume:
         atomic_write_json(run.out / "init.json", run.init_report)
+    if run.alignment.get("mode") != "off":
+        atomic_write_json(run.out / "alignment.json", run.alignment)
 
 
 def build_run(d: DataConfig, cfg: TrainConfig) -> Run:
@@ -682,7 +732,7 @@ def build_run(d: DataConfig, cfg: TrainConfig) -> Run:
     return Run(model, raw, loss_fn, optimizer, scheduler, torch.amp.GradScaler("cuda", enabled=amp),
                params, device, amp, rank, world, data["train_set"], data["train_loader"],
                data["sampler"], data["val_loader"], cfg, d, [], {}, out, config=config,
-               resume_changes=allowed, init_report=init)
+               resume_changes=allowed, init_report=init, alignment=data["alignment"])
 
 
 def finish_distributed(world: int) -> None:
@@ -776,7 +826,7 @@ def _train(run: Run) -> Dict[str, Any]:
                     write_tensorboard(tensorboard, row)
             log(run, _epoch_line(run, row))
         return {"out": str(run.out), "rank": run.rank, "epochs": run.epoch, "best": run.best,
-                "last": run.history[-1] if run.history else {}}
+                "last": run.history[-1] if run.history else {}, "alignment": run.alignment}
     finally:
         if tensorboard is not None:
             tensorboard.close()

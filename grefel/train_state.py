@@ -54,6 +54,7 @@ RESUME_MAY_CHANGE: Dict[str, str] = {
     "train.threads": "torch CPU threads",
     "data.workers": "DataLoader worker processes",
     "data.strict": "stop on an unreadable image instead of skipping it",
+    "data.align_cache": "where the aligned face crops are cached (keyed by image and settings)",
 }
 # Not compared: the folder itself, and the flag that asks for the resume.
 _NOT_COMPARED = ("train.out", "train.resume")

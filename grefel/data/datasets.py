@@ -34,6 +34,7 @@ __all__ = [
     "class_counts",
     "collate_skip",
     "detect_kind",
+    "is_table_row",
     "load_image",
     "load_samples",
 ]
@@ -85,12 +86,17 @@ def load_samples(
 # --- decoding one image -------------------------------------------------------------------------
 
 
+def is_table_row(path: str) -> bool:
+    """Whether `path` names an image stored in a table row (`FILE.csv#ROW`), not a file."""
+    return "#" in path and Path(path).name.partition("#")[0].endswith(".csv")
+
+
 def load_image(path: str) -> np.ndarray:
     """Decode `path` (or `TABLE#ROW`) -> RGB uint8 (H, W, 3); DatasetError naming the file if not.
 
     Files go through `grefel.contract.decode_image`, the decoder every path shares.
     """
-    if Path(path).name.partition("#")[0].endswith(".csv") and "#" in path:
+    if is_table_row(path):
         image = readers.table_image(path)
     else:
         try:
@@ -148,6 +154,9 @@ class FERDataset(Dataset):
         transform: RGB uint8 array (H, W, 3) -> FloatTensor [3,S,S]; default the eval
             transform (`grefel.contract.to_model_input`).
         strict: raise DatasetError on an unreadable image instead of returning None.
+        read: sample index -> RGB uint8 image (or DatasetError), replacing the decode and the
+            face-box crop of the sample's file (e.g. the aligned face crops of
+            `grefel.align_data.AlignedImages`).
     """
 
     def __init__(
@@ -156,6 +165,7 @@ class FERDataset(Dataset):
         class_names: Sequence[str],
         transform: Optional[Callable[[np.ndarray], torch.Tensor]] = None,
         strict: bool = False,
+        read: Optional[Callable[[int], np.ndarray]] = None,
     ) -> None:
         from grefel.data.transforms import make_transforms
 
@@ -163,6 +173,7 @@ class FERDataset(Dataset):
         self.class_names = tuple(class_names)
         self.transform = transform if transform is not None else make_transforms(False)
         self.strict = strict
+        self.read = read
         self.failures: Dict[int, str] = {}  # index -> reason, for items decoded in this process
         class_counts(self.samples, len(self.class_names))
 
@@ -183,15 +194,23 @@ class FERDataset(Dataset):
         if i in self.failures:
             return self.failures[i]
         try:
-            load_image(self.samples[i].path)
+            self.image(i)
         except DatasetError as e:
             return str(e)
         return ""
 
+    def image(self, i: int) -> np.ndarray:
+        """Item i's RGB uint8 image before the transform: `read(i)`, else the sample's file
+        decoded and cropped to its face box; DatasetError naming the file if unreadable."""
+        if self.read is not None:
+            return self.read(i)
+        s = self.samples[i]
+        return _crop_box(load_image(s.path), s.attrs)
+
     def __getitem__(self, i: int) -> Optional[Tuple[torch.Tensor, int, int]]:
         s = self.samples[i]
         try:
-            img = _crop_box(load_image(s.path), s.attrs)
+            img = self.image(i)
         except DatasetError as e:
             if self.strict:
                 raise
