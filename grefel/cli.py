@@ -352,7 +352,13 @@ def eval_(checkpoint, data, dataset, split, out, batch_size, workers, device, th
     from grefel.checkpoint import CheckpointError
     from grefel.config import FaceAlignment
     from grefel.data import DatasetError
-    from grefel.evaluate import ARTIFACT_SUFFIXES, EvalError, evaluate_model, format_report
+    from grefel.evaluate import (
+        ARTIFACT_SUFFIXES,
+        EvalError,
+        alignment_mismatch,
+        evaluate_model,
+        format_report,
+    )
     from grefel.train import TrainingError
 
     ctx = click.get_current_context()
@@ -382,6 +388,8 @@ def eval_(checkpoint, data, dataset, split, out, batch_size, workers, device, th
     except (CheckpointError, DatasetError, EvalError, TrainingError, OSError) as exc:
         raise _user_error(exc) from None
     click.echo(format_report(report))
+    if alignment_mismatch(report):
+        click.echo(f"\n{alignment_mismatch(report)}", err=True)
     click.echo(f"\nreport: {out}/metrics.json and plots", err=True)
     if json_path:
         from grefel.fileio import atomic_write_json

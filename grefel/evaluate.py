@@ -337,6 +337,7 @@ def evaluate_model(
                   skipped=[samples[int(i)].path for i in pred["skipped"]],
                   alignment={"mode": "off"} if aligned is None else aligned.report())
     report["checkpoint"] = str(model_path)  # the key of earlier reports
+    report["trained_face_alignment"] = trained_face_alignment(model_path)
     if reference is not None:
         ref_model = _load_model(Path(reference), classes, data, split, device, threads)
         ref_pred = collect_outputs(ref_model, loader(), model_device(ref_model))
@@ -357,6 +358,39 @@ def evaluate_model(
     if out is not None:
         write_outputs(Path(out), report, pred, classes)
     return report
+
+
+def trained_face_alignment(model_path: Path) -> Optional[Dict[str, Any]]:
+    """How a checkpoint's training images became faces (its sidecar's
+    `preprocessing.face_alignment`, grefel train --align-faces); None when it does not say
+    (an exported file, a checkpoint saved before the setting existed)."""
+    if model_path.suffix.lower() != ".safetensors":
+        return None
+    from grefel.checkpoint import CheckpointError, read_meta
+
+    try:
+        found = (read_meta(model_path).get("preprocessing") or {}).get("face_alignment")
+    except CheckpointError:
+        return None
+    return found if isinstance(found, dict) else None
+
+
+def alignment_mismatch(report: Dict[str, Any]) -> str:
+    """A note when the model was trained on faces prepared another way than this eval's
+    (e.g. trained with --align-faces detect, evaluated on the images as given); "" if not."""
+    trained = report.get("trained_face_alignment") or {}
+    if "mode" not in trained:
+        return ""
+    used = report.get("alignment") or {"mode": "off"}
+    keys = ("mode",) if trained["mode"] != used.get("mode") or trained["mode"] == "off" else (
+        "detector", "det_size", "margin", "min_face")
+    differ = [f"{k} {trained.get(k)!r} vs {used.get(k)!r}" for k in keys
+              if trained.get(k) != used.get(k)]
+    if not differ:
+        return ""
+    return (f"note: {report['model']} was trained on faces prepared otherwise than this eval's "
+            f"(training vs eval: {', '.join(differ)}); pass the training's --align-faces "
+            "settings to measure what it was trained for")
 
 
 def _aligned(samples: Sequence[Any], alignment: Optional[FaceAlignment],

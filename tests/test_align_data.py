@@ -14,7 +14,7 @@ import hashlib
 import io
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import pytest
@@ -224,9 +224,9 @@ def patched(dataset, monkeypatch: pytest.MonkeyPatch) -> Tuple[Path, PastedFaces
     return root, det
 
 
-def _checkpoint(path: Path) -> Path:
+def _checkpoint(path: Path, face_alignment: Optional[Dict[str, Any]] = None) -> Path:
     cfg = GReFELConfig.preset("tiny", num_classes=len(CLASSES), class_names=CLASSES)
-    return save_checkpoint(path, GReFEL(cfg).eval())
+    return save_checkpoint(path, GReFEL(cfg).eval(), face_alignment=face_alignment)
 
 
 def test_eval_align_faces_records_settings_and_no_face_count(patched, tmp_path: Path) -> None:
@@ -249,6 +249,29 @@ def test_eval_align_faces_records_settings_and_no_face_count(patched, tmp_path: 
     assert plain.exit_code == 0, plain.output
     assert json.loads((tmp_path / "ev3" / "metrics.json").read_text())["alignment"] == {
         "mode": "off"}
+
+
+def test_eval_notes_a_model_trained_on_faces_prepared_otherwise(patched, tmp_path: Path) -> None:
+    root, _ = patched
+    trained = {"mode": "detect", "detector": "pasted", "det_size": 640, "margin": None,
+               "min_face": 16}
+    ckpt = _checkpoint(tmp_path / "m.safetensors", face_alignment=trained)
+    args = ["eval", str(ckpt), "--data", str(root), "--dataset", "csv", "--device", "cpu",
+            "--out", str(tmp_path / "ev")]
+    align = ["--align-faces", "detect", "--align-cache", str(tmp_path / "cache")]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    assert "was trained on faces prepared otherwise than this eval's (training vs eval: mode " \
+           "'detect' vs 'off')" in res.output
+    res = CliRunner().invoke(cli, args + align)
+    assert res.exit_code == 0 and "prepared otherwise" not in res.output, res.output
+    res = CliRunner().invoke(cli, args + align + ["--margin", "0.3"])
+    assert "(training vs eval: margin None vs 0.3)" in res.output, res.output
+    plain = _checkpoint(tmp_path / "old.safetensors")  # a sidecar without face_alignment
+    res = CliRunner().invoke(cli, [*args[:1], str(plain), *args[2:]])
+    assert res.exit_code == 0 and "prepared otherwise" not in res.output
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())[
+        "trained_face_alignment"] is None
 
 
 def test_train_align_faces_records_alignment(patched, tmp_path: Path) -> None:
