@@ -7,7 +7,8 @@
 A dataset of unaligned photos (RAF-DB's original images, one's own folder) is prepared the way
 `grefel predict` prepares a still image, by the same code: each image is decoded
 (`grefel.data.datasets.load_image`, i.e. `grefel.contract.decode_image`), then
-`grefel.pipeline.Pipeline.prepare` runs the detector on it (shrunk to `det_size`; faces under
+`grefel.pipeline.Pipeline.prepare` of predict's still-image pipeline
+(`grefel.predict.predict_pipeline`) runs the detector on it (shrunk to `det_size`; faces under
 `min_face` px dropped), warps a face with keypoints onto the 5-point template
 (`grefel.contract.align_face`) or square-crops a face without (`square_crop`), and takes the
 whole image, resized, when no face is found. The first face (the detector's best: the highest
@@ -23,11 +24,11 @@ Each image is aligned once; its crop is cached as a PNG:
                                     first 2 hex digits); PNG text chunks say whether a face was
                                     found and whether it was warped or square-cropped
 
-KEY is a hash of the cache format, the detector as resolved (`auto` -> the one that ran), det_size,
-margin, min_face and the crop size: a changed setting makes a new folder, an edited image a new
-file, and a second run reads every crop back without running the detector. Each file is written
-atomically (grefel.fileio), so runs and DDP ranks can share a cache. CACHE is `--align-cache`,
-else $XDG_CACHE_HOME/grefel/aligned, else ~/.cache/grefel/aligned.
+KEY is a hash of the cache format, the detector as resolved (`auto` -> the one that ran),
+det_size, align, margin, min_face and the crop size: a changed setting makes a new folder, an
+edited image a new file, and a second run reads every crop back without running the detector.
+Each file is written atomically (grefel.fileio), so runs and DDP ranks can share a cache.
+CACHE is `--align-cache`, else $XDG_CACHE_HOME/grefel/aligned, else ~/.cache/grefel/aligned.
 
 Nothing is dropped silently: images without a face (whole image) and unreadable ones are counted
 in `AlignedImages.report()`, which `grefel train` logs and records (run summary, alignment.json,
@@ -54,6 +55,7 @@ from grefel.data.datasets import is_table_row, load_image
 from grefel.data.samples import DatasetError, Sample
 from grefel.fileio import atomic_write_bytes, atomic_write_json, sha256_file
 from grefel.pipeline import Pipeline
+from grefel.predict import PredictOptions, predict_pipeline
 from grefel.runtime.detectors import DETECTORS
 
 __all__ = [
@@ -84,8 +86,8 @@ def default_cache() -> Path:
 def alignment_settings(alignment: FaceAlignment, detector: str) -> Dict[str, Any]:
     """What the cache key stands for: the FaceAlignment with its detector as resolved."""
     return {"format": CACHE_FORMAT, "mode": alignment.mode, "detector": detector,
-            "det_size": alignment.det_size, "margin": alignment.margin,
-            "min_face": alignment.min_face, "size": INPUT_SIZE}
+            "det_size": alignment.det_size, "align": alignment.align,
+            "margin": alignment.margin, "min_face": alignment.min_face, "size": INPUT_SIZE}
 
 
 @dataclass
@@ -175,14 +177,14 @@ def align_samples(
 
 
 def _pipeline(alignment: FaceAlignment, detector: Any) -> Pipeline:
-    """The predict pipeline of a still image with these settings, without a backend."""
+    """`grefel predict`'s pipeline of a still image with these settings, without a backend."""
     name = alignment.detector
     if detector is None and name not in DETECTORS:
         raise AlignError(f"unknown face detector {name!r}; one of {', '.join(DETECTORS)}")
+    opts = PredictOptions(detector=name, det_size=alignment.det_size, align=alignment.align,
+                          margin=alignment.margin, min_face=alignment.min_face)
     try:
-        return Pipeline(None, detector=name if detector is None else detector,
-                        det_size=alignment.det_size, det_every=1, align=True,
-                        margin=alignment.margin, min_face=alignment.min_face, track=False)
+        return predict_pipeline(None, opts, video=False, detector=detector)
     except (MissingDependency, RuntimeError, ValueError) as exc:
         raise AlignError(f"face detector {name!r}: {exc}") from None
 

@@ -117,36 +117,53 @@ def _resume_epilog() -> str:
             "and what it changed.\n")
 
 
-_ALIGN_OPTIONS = ("align_detector", "align_det_size", "align_margin", "align_min_face",
-                  "align_cache")
+def _face_option_list(prefix: str = "", when: str = "") -> List[Any]:
+    """Finding and preparing faces: `grefel predict`, `grefel serve` (its grefel_image model)
+    and `grefel train` / `eval --align-faces detect` (parameter names `prefix` + the
+    PredictOptions field, help texts after `when`); defaults from grefel.predict.PredictOptions
+    (grefel.config.FaceAlignment's)."""
+    from grefel.predict import PredictOptions
+    from grefel.runtime.detectors import DETECTORS
+
+    o = PredictOptions()
+    return [
+        click.option("--detector", f"{prefix}detector", type=click.Choice(list(DETECTORS)),
+                     default=o.detector,
+                     help=when + "Face detector: BlazeFace (keypoints; `pip install "
+                          "'grefel[faces]'`, see the README), Haar (no keypoints, no "
+                          "dependency); auto: BlazeFace if installed."),
+        click.option("--det-size", f"{prefix}det_size", type=click.IntRange(min=0),
+                     default=o.det_size,
+                     help=when + "Longest side of the frame the detector sees (0: full size)."),
+        click.option("--align/--no-align", f"{prefix}align", default=o.align,
+                     help=when + "Warp faces with keypoints onto the 5-point 112 px template."),
+        click.option("--margin", f"{prefix}margin", type=click.FloatRange(min=0),
+                     default=o.margin,
+                     help=when + "Crop margin, fraction of the face side [0.2 square crops, 0 "
+                                 "aligned]."),
+        click.option("--min-face", f"{prefix}min_face", type=click.IntRange(min=0),
+                     default=o.min_face, help=when + "Smallest face side kept, frame pixels."),
+    ]
+
+
+def _face_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """`_face_option_list()` as a decorator (predict, serve)."""
+    return _with_options(_face_option_list)(func)
 
 
 def _align_options() -> List[Any]:
-    """`--align-faces` and its settings, for train and eval; defaults from
-    grefel.config.FaceAlignment (the ones `grefel predict` uses)."""
+    """`--align-faces`, predict's face options (parameters face_*) and `--align-cache`, for
+    train and eval; defaults from grefel.config.FaceAlignment (the ones predict uses)."""
     from grefel.config import ALIGN_MODES, FaceAlignment
-    from grefel.runtime.detectors import DETECTORS
 
-    a = FaceAlignment()
     return [
         click.option("--align-faces", "align_faces", type=click.Choice(ALIGN_MODES),
-                     default=a.mode,
+                     default=FaceAlignment.mode,
                      help="detect: find and align each image's face as `grefel predict` does "
-                          "(detector, 5-point alignment, whole image when no face is found), "
-                          "once, cached as 112 px crops; off: images are used as given "
-                          "(aligned faces)."),
-        click.option("--detector", "align_detector", type=click.Choice(DETECTORS),
-                     default=a.detector, help="With --align-faces detect: the face detector "
-                                              "(auto: BlazeFace if installed, else Haar)."),
-        click.option("--det-size", "align_det_size", type=click.IntRange(min=0),
-                     default=a.det_size,
-                     help="With --align-faces detect: longest side the detector sees (0: full)."),
-        click.option("--margin", "align_margin", type=click.FloatRange(min=0), default=a.margin,
-                     help="With --align-faces detect: crop margin, fraction of the face side "
-                          "[0.2 square crops, 0 aligned]."),
-        click.option("--min-face", "align_min_face", type=click.IntRange(min=0),
-                     default=a.min_face,
-                     help="With --align-faces detect: smallest face side kept, image pixels."),
+                          "a still image (--detector, --det-size, --align, --margin, "
+                          "--min-face; the whole image when no face is found), once, cached as "
+                          "112 px crops; off: images are used as given (aligned faces)."),
+        *_face_option_list("face_", "[--align-faces detect] "),
         click.option("--align-cache", "align_cache", type=click.Path(file_okay=False),
                      default="", show_default=False,
                      help="Folder of the cached aligned crops (keyed by image content and "
@@ -155,14 +172,14 @@ def _align_options() -> List[Any]:
     ]
 
 
-def _check_align_options(mode: str, given: Sequence[str]) -> None:
-    """UsageError for alignment settings given while --align-faces is off."""
-    extra = [n for n in _ALIGN_OPTIONS if n in given]
-    if mode == "off" and extra:
-        names = ", ".join("--" + n.replace("align_", "", 1).replace("_", "-")
-                          if n != "align_cache" else "--align-cache" for n in extra)
-        raise click.UsageError(f"{names}: face alignment settings, used with --align-faces "
-                               "detect (it is off)")
+def _check_align_options(ctx: click.Context, mode: str) -> None:
+    """UsageError for face alignment settings given while --align-faces is off."""
+    given = [p.opts[0] for p in ctx.command.params
+             if (p.name or "").startswith("face_") or p.name == "align_cache"
+             if ctx.get_parameter_source(p.name or "") is not ParameterSource.DEFAULT]
+    if mode == "off" and given:
+        raise click.UsageError(f"{', '.join(given)}: face alignment settings, used with "
+                               "--align-faces detect (it is off)")
 
 
 def _with_options(options: Callable[[], List[Any]]) -> Callable[[Any], Any]:
@@ -290,7 +307,7 @@ def train(**opts) -> None:
         raise _user_error(exc) from None
     except (TypeError, ValueError) as exc:
         raise click.BadParameter(str(exc)) from None
-    _check_align_options(d.align_faces, sorted(given))
+    _check_align_options(ctx, d.align_faces)
     try:
         summary = run_training(d, t)
     except (DatasetError, TrainingError, WeightsError, OSError) as exc:
@@ -339,7 +356,7 @@ Examples:
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write JSON here.")
 @_with_options(_align_options)
 def eval_(checkpoint, data, dataset, split, out, batch_size, workers, device, threads, reference,
-          criteria, strict, json_path, align_faces, align_cache, **align):
+          criteria, strict, json_path, align_faces, align_cache, **face):
     """Accuracy, macro-F1, confusion, calibration, embedding and per-group bias of MODEL.
 
     MODEL is a checkpoint (.safetensors, PyTorch), an exported .onnx (FP32, FP16 or INT8; ONNX
@@ -361,10 +378,8 @@ def eval_(checkpoint, data, dataset, split, out, batch_size, workers, device, th
     )
     from grefel.train import TrainingError
 
-    ctx = click.get_current_context()
-    _check_align_options(align_faces, [k for k in (*align, "align_cache") if
-                                       ctx.get_parameter_source(k) is not ParameterSource.DEFAULT])
-    alignment = FaceAlignment(mode=align_faces, **{k[len("align_"):]: v for k, v in align.items()})
+    _check_align_options(click.get_current_context(), align_faces)
+    alignment = FaceAlignment(mode=align_faces, **{k[len("face_"):]: v for k, v in face.items()})
     model = Path(checkpoint)
     if not model.is_file():
         raise click.ClickException(f"{model}: no such model file")
@@ -586,33 +601,6 @@ def _csv_list(kind: type, allowed: Optional[Sequence[str]] = None) -> Callable[.
         return items
 
     return parse
-
-
-def _face_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Finding and preparing faces, shared by `grefel predict` and `grefel serve` (its
-    grefel_image model); defaults come from grefel.predict.PredictOptions."""
-    from grefel.predict import PredictOptions
-    from grefel.runtime.detectors import DETECTORS
-
-    o = PredictOptions()
-    options = [
-        click.option("--detector", type=click.Choice(list(DETECTORS)), default=o.detector,
-                     help="Face detector: BlazeFace (keypoints; `pip install 'grefel[faces]'`, "
-                          "see the README), Haar (no keypoints, no dependency); auto: BlazeFace "
-                          "if installed."),
-        click.option("--det-size", type=click.IntRange(min=0), default=o.det_size,
-                     help="Longest side of the frame the detector sees (0: full size)."),
-        click.option("--align/--no-align", default=o.align,
-                     help="Warp faces with keypoints onto the 5-point 112 px template."),
-        click.option("--margin", type=click.FloatRange(min=0), default=o.margin,
-                     help="Crop margin, fraction of the face side [0.2 square crops, 0 "
-                          "aligned]."),
-        click.option("--min-face", type=click.IntRange(min=0), default=o.min_face,
-                     help="Smallest face side kept, frame pixels."),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
 
 
 @cli.command(

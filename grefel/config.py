@@ -256,6 +256,7 @@ class FaceAlignment:
     detector: a grefel.runtime.detectors.DETECTORS name ("auto": BlazeFace full range where
         installed, else Haar).
     det_size: longest side of the image the detector sees (0: full size).
+    align: warp faces with keypoints onto the 5-point template (else square crops).
     margin: crop margin (None: 0.2 of the side for square crops, 0 for aligned faces).
     min_face: smallest face side kept, image pixels.
     """
@@ -263,6 +264,7 @@ class FaceAlignment:
     mode: str = "off"
     detector: str = "auto"
     det_size: int = 640
+    align: bool = True
     margin: Optional[float] = None
     min_face: int = 16
 
@@ -289,16 +291,17 @@ class DataConfig:
     refine_per_group: int = 0  # N_pg of paper §4.1; 0 = no per-group cap
     strict: bool = False  # unreadable images are an error instead of skipped
     augment: bool = True  # the training augmentation; off = the eval resize only
-    # Face alignment of the images (FaceAlignment's fields; grefel.align_data)
+    # Face alignment of the images (grefel.align_data): the mode, then FaceAlignment's fields
     align_faces: str = FaceAlignment.mode
-    align_detector: str = FaceAlignment.detector
-    align_det_size: int = FaceAlignment.det_size
-    align_margin: Optional[float] = FaceAlignment.margin
-    align_min_face: int = FaceAlignment.min_face
+    face_detector: str = FaceAlignment.detector
+    face_det_size: int = FaceAlignment.det_size
+    face_align: bool = FaceAlignment.align
+    face_margin: Optional[float] = FaceAlignment.margin
+    face_min_face: int = FaceAlignment.min_face
     align_cache: str = ""  # folder of the aligned crops; "" = grefel.align_data.default_cache()
 
     def __post_init__(self) -> None:
-        self.face_alignment()  # validates the align_* fields
+        self.face_alignment()  # validates the alignment fields
         _require(self.batch_size >= 2, f"batch_size must be >= 2, got {self.batch_size}")
         _require(self.workers >= 0, "workers must be >= 0")
         _require(self.refine_per_class >= 0 and self.refine_per_group >= 0, "refine sizes >= 0")
@@ -306,10 +309,10 @@ class DataConfig:
                  "refine_per_group needs refine_per_class (refinement draws B per class)")
 
     def face_alignment(self) -> FaceAlignment:
-        """The align_* fields as a FaceAlignment."""
-        return FaceAlignment(mode=self.align_faces, detector=self.align_detector,
-                             det_size=self.align_det_size, margin=self.align_margin,
-                             min_face=self.align_min_face)
+        """align_faces and the face_* fields as a FaceAlignment."""
+        return FaceAlignment(mode=self.align_faces, detector=self.face_detector,
+                             det_size=self.face_det_size, align=self.face_align,
+                             margin=self.face_margin, min_face=self.face_min_face)
 
 
 # TrainConfig fields that override GReFELConfig fields (None keeps the preset's value).

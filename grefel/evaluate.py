@@ -383,7 +383,7 @@ def alignment_mismatch(report: Dict[str, Any]) -> str:
         return ""
     used = report.get("alignment") or {"mode": "off"}
     keys = ("mode",) if trained["mode"] != used.get("mode") or trained["mode"] == "off" else (
-        "detector", "det_size", "margin", "min_face")
+        "detector", "det_size", "align", "margin", "min_face")
     differ = [f"{k} {trained.get(k)!r} vs {used.get(k)!r}" for k in keys
               if trained.get(k) != used.get(k)]
     if not differ:

@@ -122,7 +122,7 @@ class PredictOptions:
     detector: str = FaceAlignment.detector  # grefel.runtime.detectors.DETECTORS
     det_size: int = FaceAlignment.det_size  # longest side the detector sees (0: full frame)
     det_every: int = 1  # detect every N frames of a stream, follow the faces in between
-    align: bool = True  # warp faces with keypoints onto the 5-point template
+    align: bool = FaceAlignment.align  # warp faces with keypoints onto the 5-point template
     min_face: int = FaceAlignment.min_face  # smallest face side kept, frame pixels
     batch_frames: int = 1  # frames per backend call (1: each frame's records before the next)
     threads: Optional[int] = None  # CPU threads of the backend, detector and OpenCV
@@ -338,11 +338,12 @@ class ShowError(RuntimeError):
 
 
 def predict_pipeline(
-    backend: Backend, opts: PredictOptions, video: bool, detector: Any = None
+    backend: Optional[Backend], opts: PredictOptions, video: bool, detector: Any = None
 ) -> Pipeline:
     """The Pipeline of `grefel predict` for `opts`: for a video, camera or stream (`video`),
     detection every `det_every` frames, tracks and smoothing; for still images, every image
-    detected on its own, no tracks (also `grefel serve`'s grefel_image).
+    detected on its own, no tracks (also `grefel serve`'s grefel_image, and, without a
+    backend, the dataset images of `grefel train` / `eval --align-faces detect`).
 
     detector: a detector object replacing `opts.detector` (tests, other detectors)."""
     det = "none" if opts.aligned else (detector if detector is not None else opts.detector)

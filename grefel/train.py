@@ -401,8 +401,8 @@ def face_alignment_record(alignment: Dict[str, Any]) -> Dict[str, Any]:
     train = alignment.get("train")
     if not isinstance(train, dict):
         return {"mode": "off"}
-    keys = ("mode", "detector", "detector_requested", "det_size", "margin", "min_face", "size",
-            "format")
+    keys = ("mode", "detector", "detector_requested", "det_size", "align", "margin",
+            "min_face", "size", "format")
     return {k: train[k] for k in keys if k in train}
 
 

@@ -164,11 +164,15 @@ def test_cache_is_reused_and_a_changed_setting_or_image_is_aligned_again(
     wider = align_samples(samples, FaceAlignment(mode="detect", margin=0.3), cache, detector=det)
     assert det.calls == 12 and wider.folder != first.folder and wider.computed == 6
     assert not np.array_equal(wider(0), first(0))  # the margin shrinks the face
+    square = align_samples(samples, FaceAlignment(mode="detect", align=False), cache,
+                           detector=det)  # --no-align: square crops around the boxes
+    assert det.calls == 18 and square.folder not in (first.folder, wider.folder)
+    assert (square.report()["aligned"], square.report()["square_crops"]) == (0, 4)
     edited = np.asarray(Image.open(samples[4].path)).copy()
     edited[0, 0] = 255 - edited[0, 0]
     Image.fromarray(edited).save(samples[4].path)
     third = align_samples(samples, FaceAlignment(mode="detect"), cache, detector=det)
-    assert det.calls == 13 and (third.computed, third.reused) == (1, 5)
+    assert det.calls == 19 and (third.computed, third.reused) == (1, 5)
 
 
 def test_unreadable_images_are_counted_and_raise_when_read(dataset, tmp_path: Path) -> None:
@@ -253,8 +257,8 @@ def test_eval_align_faces_records_settings_and_no_face_count(patched, tmp_path: 
 
 def test_eval_notes_a_model_trained_on_faces_prepared_otherwise(patched, tmp_path: Path) -> None:
     root, _ = patched
-    trained = {"mode": "detect", "detector": "pasted", "det_size": 640, "margin": None,
-               "min_face": 16}
+    trained = {"mode": "detect", "detector": "pasted", "det_size": 640, "align": True,
+               "margin": None, "min_face": 16}
     ckpt = _checkpoint(tmp_path / "m.safetensors", face_alignment=trained)
     args = ["eval", str(ckpt), "--data", str(root), "--dataset", "csv", "--device", "cpu",
             "--out", str(tmp_path / "ev")]
@@ -289,7 +293,7 @@ def test_train_align_faces_records_alignment(patched, tmp_path: Path) -> None:
     assert summary["alignment"]["val"]["reused"] == 6  # the same files: aligned once
     assert json.loads((out / "alignment.json").read_text()) == summary["alignment"]
     config = json.loads((out / "config.json").read_text())
-    assert config["data"]["align_faces"] == "detect" and config["data"]["align_min_face"] == 20
+    assert config["data"]["align_faces"] == "detect" and config["data"]["face_min_face"] == 20
     face = read_meta(out / "best.safetensors")["preprocessing"]["face_alignment"]
     assert (face["mode"], face["detector"], face["min_face"]) == ("detect", "pasted", 20)
     assert det.calls == 6
@@ -317,7 +321,7 @@ def test_bad_alignment_options_are_one_line(dataset, tmp_path: Path) -> None:
 
 
 def test_a_run_saved_before_alignment_resumes(tmp_path: Path) -> None:
-    """config.json of a run from before the align_* settings: they take their defaults."""
+    """config.json of a run from before the alignment settings: they take their defaults."""
     from grefel.train import _check_out
 
     out = tmp_path / "run"
@@ -327,7 +331,7 @@ def test_a_run_saved_before_alignment_resumes(tmp_path: Path) -> None:
     now = {"model": {}, "data": json.loads(json.dumps(d.__dict__)),
            "train": json.loads(json.dumps(t.__dict__))}
     saved = json.loads(json.dumps(now))
-    for key in [k for k in saved["data"] if k.startswith("align_")]:
+    for key in [k for k in saved["data"] if k.startswith(("align_", "face_"))]:
         del saved["data"][key]
     (out / "config.json").write_text(json.dumps(saved))
     assert _check_out(out, t, now) == {}
