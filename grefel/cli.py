@@ -661,8 +661,8 @@ Examples:
               help="CPU threads of the backend, the detector and OpenCV (default: all).")
 @click.option("--show", is_flag=True, help="Show the annotated frames in a window (q quits).")
 @click.option("--low-memory", is_flag=True,
-              help="ONNX Runtime: skip the NCHWc layout optimisation (a second copy of the "
-                   "convolution weights): less memory, slower CPU convolutions.")
+              help="ONNX Runtime: skip the NCHWc layout optimisation (its re-laid copy of the "
+                   "convolution weights): less memory, 2-3x slower CPU convolutions.")
 @click.option(
     "--device",
     type=click.Choice(["auto", "cpu", "cuda"]),

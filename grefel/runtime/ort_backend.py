@@ -43,9 +43,10 @@ class OrtBackend(Backend):
         device: "cpu", "cuda" or None for CUDA when the CUDA provider is installed.
         threads: intra-op threads (None: ONNX Runtime's default, all cores).
         low_memory: graph optimisations up to ORT_ENABLE_EXTENDED instead of ORT_ENABLE_ALL:
-            no layout transformation to the blocked NCHWc convolution kernels, which keep a
-            second, re-laid copy of the convolution weights (the paper preset's peak RSS:
-            490 -> 308 MiB in a bare session; outputs equal to 3e-7, CPU convolutions slower).
+            no layout transformation to the blocked NCHWc convolution kernels and their
+            re-laid copy of the convolution weights (`grefel predict --batch 1` on the paper
+            preset: peak RSS 345 -> 296 MiB with the weights mapped; outputs equal to 3e-7,
+            CPU convolutions 2-3x slower).
     """
 
     name = "onnx"
