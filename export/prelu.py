@@ -21,21 +21,18 @@ form because 0 * inf is NaN where PReLU(inf) = inf; in the second, x > 0 gives x
 otherwise 0 + a * x (`Relu(x) + a * (x - Relu(x))` is one op cheaper to write but turns x = inf
 into inf - inf = NaN). TensorRT has a PReLU layer of its own (fused with convolutions, and what
 DLA runs), so the engine builder folds both patterns back into `PRelu` nodes with their original
-names before parsing (`fold_for_tensorrt`); FP32 pins by node name keep working.
+names before parsing (`export.trt_form.for_tensorrt`); FP32 pins by node name keep working.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Dict, List, Optional
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from grefel.fileio import atomic_path
-
-__all__ = ["fold_for_tensorrt", "to_branch_free", "to_prelu"]
+__all__ = ["to_branch_free", "to_prelu"]
 
 # Suffixes of the nodes that stand for one PRelu named NAME: NAME + suffix.
 _PARTS = ("/bf_relu", "/bf_min", "/bf_mul", "/bf_add")  # Relu(x) + a * Min(x, 0)
@@ -138,19 +135,3 @@ def to_prelu(model: onnx.ModelProto) -> int:
         del model.graph.initializer[:]
         model.graph.initializer.extend(kept)
     return len(folded)
-
-
-def fold_for_tensorrt(source: Path, work: Path) -> Path:
-    """`source`, or a copy in `work` with the branch-free PReLUs folded back (what TensorRT's
-    parser should see). The copy is written atomically; `source` is never changed."""
-    try:
-        model = onnx.load(str(source))
-    except Exception:  # unreadable or not ONNX: TensorRT's parser reports it in its own words
-        return source
-    if to_prelu(model) == 0:
-        return source
-    work.mkdir(parents=True, exist_ok=True)
-    target = work / f"{source.stem}.prelu.onnx"
-    with atomic_path(target) as tmp:
-        onnx.save(model, str(tmp))
-    return target

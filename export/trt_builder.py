@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 from export import ExportError
-from export.prelu import fold_for_tensorrt
+from export.trt_form import for_tensorrt
 from grefel._lazy import require
 from grefel.contract import INPUT_SHAPE
 from grefel.fileio import atomic_path, atomic_write_bytes
@@ -311,7 +311,7 @@ def _build(trt: Any, mode: str, source: Path, engine_path: Path, opts: BuildOpti
     logger = trt_logger(trt)
     builder = trt.Builder(logger)
     network = builder.create_network(network_flags(trt, mode.endswith("-strong")))
-    parsed = fold_for_tensorrt(source, engine_path.parent)  # PRelu layers, not 4 element-wise
+    parsed = for_tensorrt(source, engine_path.parent)  # PRelu layers, int8 Q/DQ
     try:
         _parse(trt, network, logger, parsed)
     finally:

@@ -11,8 +11,9 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from export.prelu import fold_for_tensorrt, to_branch_free, to_prelu
+from export.prelu import to_branch_free, to_prelu
 from export.trt_builder import BuildOptions, build_engine
+from export.trt_form import for_tensorrt
 from tests.fakes.trt import Gpu, install
 
 SHAPE = [2, 4, 5, 5]
@@ -170,14 +171,14 @@ def test_exported_onnx_has_no_prelu_and_trt_parses_prelu(tmp_path, monkeypatch):
     build_engine(source, tmp_path / "m.engine", BuildOptions(fp16=False), log=str)
     assert seen["ops"].count("PRelu") == prelus
     assert source.read_bytes() == stamp
-    assert list(tmp_path.glob("*.prelu.onnx")) == []
+    assert list(tmp_path.glob("*.trt.onnx")) == []
 
 
-def test_fold_for_tensorrt_passes_unreadable_files_to_the_parser(tmp_path):
+def test_for_tensorrt_passes_unreadable_files_to_the_parser(tmp_path):
     bad = tmp_path / "x.onnx"
     bad.write_bytes(b"not onnx")
-    assert fold_for_tensorrt(bad, tmp_path) == bad
-    assert fold_for_tensorrt(tmp_path / "missing.onnx", tmp_path) == tmp_path / "missing.onnx"
+    assert for_tensorrt(bad, tmp_path) == bad
+    assert for_tensorrt(tmp_path / "missing.onnx", tmp_path) == tmp_path / "missing.onnx"
 
 
 @pytest.mark.parametrize("form", ["prelu", "four_nodes", "max"])
