@@ -29,7 +29,10 @@ ONNX Runtime runs them as integer kernels on the CPU and TensorRT builds them as
   preset at one thread: 194 ms against 219 ms in FP32), and with `session.qdqisint8allowed` an
   S8S8 kernel that is slower still (902 ms); with uint8 activations 95 ms. TensorRT takes int8
   Q/DQ with zero point 0 only, so the engine builder turns the activations back
-  (`to_int8_activations`, exact) before parsing (`export.trt_form`).
+  (`to_int8_activations`, exact) before parsing (`export.trt_form`), and the int32 biases
+  ONNX Runtime's quantizer writes (DequantizeLinear of an int32 initializer, which ONNX
+  Runtime's QLinearConv / QGemm fuse) as the float constants they dequantize to
+  (`float_biases`, exact): TensorRT's DequantizeLinear takes int8 and fp8 only.
 
 `int8_gate` runs the FP32 and the INT8 ONNX in the runtime's `OrtBackend` on held-out images
 (never the calibration ones) and compares them with `export.compare.measure_agreement` under
@@ -57,6 +60,7 @@ __all__ = [
     "int8_gate",
     "quantize_int8",
     "softmax_matmuls",
+    "float_biases",
     "to_int8_activations",
     "to_uint8_activations",
 ]
@@ -261,3 +265,38 @@ def to_uint8_activations(model: onnx.ModelProto) -> int:
 def to_int8_activations(model: onnx.ModelProto) -> int:
     """The inverse of `to_uint8_activations` (what TensorRT's Q/DQ layers take); the count."""
     return _shift_activations(model, to_uint8=False)
+
+
+def float_biases(model: onnx.ModelProto) -> int:
+    """Replace every DequantizeLinear of an int32 initializer (a quantized bias) by the float32
+    initializer it computes, (q - zero point) * scale as ONNX Runtime does; the count."""
+    from onnx import TensorProto, numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    keep: List[onnx.NodeProto] = []
+    made: List[onnx.TensorProto] = []
+    for node in model.graph.node:
+        q = inits.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
+        if q is None or q.data_type != TensorProto.INT32 or node.input[1] not in inits:
+            keep.append(node)
+            continue
+        values = numpy_helper.to_array(q).astype(np.int64)
+        scale = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
+        zero = (numpy_helper.to_array(inits[node.input[2]]).astype(np.int64)
+                if len(node.input) > 2 and node.input[2] in inits else np.zeros((), np.int64))
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+        if scale.ndim == 1 and values.ndim > 0:  # per axis: broadcast along `axis`
+            shape = [1] * values.ndim
+            shape[axis % values.ndim] = -1
+            scale, zero = scale.reshape(shape), zero.reshape(shape) if zero.ndim else zero
+        dequantized = (values - zero).astype(np.float32) * scale
+        made.append(numpy_helper.from_array(dequantized.astype(np.float32), node.output[0]))
+    if made:
+        del model.graph.node[:]
+        model.graph.node.extend(keep)
+        model.graph.initializer.extend(made)
+        used = {name for node in model.graph.node for name in node.input}
+        kept = [i for i in model.graph.initializer if i.name in used]
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(kept)
+    return len(made)

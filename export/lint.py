@@ -204,6 +204,25 @@ def _check_constant(nodes) -> Tuple[bool, str]:
     return (not bad), ("string/sparse constants on " + ", ".join(bad[:3])) if bad else "dense"
 
 
+def _check_zero_point(nodes, graph: onnx.GraphProto) -> Tuple[bool, str]:
+    """Q/DQ zero points: initializers, all 0, of a signed type (int8 / int4 / fp8; the ONNX
+    default, uint8, is what TensorRT's Q/DQ layers do not take)."""
+    from onnx import TensorProto, numpy_helper
+
+    inits = {i.name: i for i in graph.initializer}
+    signed = {TensorProto.INT8, TensorProto.INT4, TensorProto.FLOAT8E4M3FN}
+    bad = []
+    for n in nodes:
+        zp = inits.get(n.input[2]) if len(n.input) > 2 and n.input[2] else None
+        if zp is None or zp.data_type not in signed or numpy_helper.to_array(zp).astype(
+                "float64").any():
+            bad.append(n.name or n.op_type)
+    if bad:
+        return False, (f"{len(bad)} node(s) with a zero point that is not an int8 0 "
+                       f"({', '.join(bad[:3])})")
+    return True, "int8 zero points, all 0"
+
+
 def _check_restriction(
     op: str, text: str, graph: onnx.GraphProto, g: _GraphIndex, opset: int
 ) -> Tuple[Optional[bool], str]:
@@ -212,6 +231,8 @@ def _check_restriction(
         "MaxPool": lambda: _check_maxpool(nodes),
         "LayerNormalization": lambda: _check_first_output_only(nodes, g),
         "Constant": lambda: _check_constant(nodes),
+        "QuantizeLinear": lambda: _check_zero_point(nodes, graph),
+        "DequantizeLinear": lambda: _check_zero_point(nodes, graph),
     }
     if "axes" in text or "`axis`" in text:
         return _check_axes(op, nodes, g, opset)

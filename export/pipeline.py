@@ -37,6 +37,7 @@ from export.lint import TARGETS, lint_onnx, target_table
 from export.prelu import to_branch_free
 from export.sidecar import device_info, engine_stem, onnx_meta, write_sidecar
 from export.simplify import simplify_onnx
+from export.trt_form import for_tensorrt
 from grefel._lazy import MissingDependency, require
 from grefel.contract import opset_for_target
 from grefel.fileio import atomic_path, atomic_write_json
@@ -388,9 +389,12 @@ class _Run:
         return targets, skipped
 
     def _onnx_for_lint(self, path: Path, target: str) -> Path:
-        """The target's own ONNX: the main one, or a re-export at the target's opset."""
+        """The target's own ONNX: the main one (a given ONNX in the form TensorRT's parser gets,
+        `export.trt_form`), or a re-export at the target's opset."""
         opset = opset_for_target(target)
-        if self.is_onnx or self.opts.opset or opset == self.opset:
+        if self.is_onnx:
+            return for_tensorrt(path, self.work / "lint")
+        if self.opts.opset or opset == self.opset:
             return path
         other = self.work / f"{self.name}.opset{opset}.lint.onnx"
         if not other.exists():

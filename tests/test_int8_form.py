@@ -157,6 +157,7 @@ def test_tensorrt_parser_gets_int8_zero_points(int8_tiny, tmp_path, monkeypatch)
     """The engine builder hands TensorRT's parser the int8 form (TensorRT's QuantizeLinear
     takes zero point 0 only); the source stays as it is and the copy is removed."""
     import export.trt_builder as builder
+    from export.lint import lint_onnx
     from export.trt_builder import BuildOptions, build_engine
     from tests.fakes.trt import Gpu, install
 
@@ -167,6 +168,7 @@ def test_tensorrt_parser_gets_int8_zero_points(int8_tiny, tmp_path, monkeypatch)
         model = onnx.load(str(onnx_path))
         seen["zps"] = _zero_points(model)
         seen["prelu"] = sum(n.op_type == "PRelu" for n in model.graph.node)
+        seen["report"] = lint_onnx(model, "trt10")
         parse(trt, network, logger, onnx_path)
 
     monkeypatch.setattr(builder, "_parse", parse_and_look)
@@ -174,9 +176,38 @@ def test_tensorrt_parser_gets_int8_zero_points(int8_tiny, tmp_path, monkeypatch)
     stamp = int8_tiny.read_bytes()
     build_engine(int8_tiny, tmp_path / "m.engine", BuildOptions(int8=True), log=str,
                  onnx_int8=int8_tiny)
-    assert seen["zps"] and all(z.dtype != np.uint8 and not z.any() for z in seen["zps"].values())
+    assert seen["zps"] and all(z.dtype == np.int8 and not z.any() for z in seen["zps"].values())
+    assert seen["report"], "\n".join(seen["report"].lines())  # no int32 bias DQ either
     assert int8_tiny.read_bytes() == stamp
     assert list(tmp_path.glob("*.trt.onnx")) == []
+
+
+def test_float_biases_are_what_the_int32_ones_dequantize_to():
+    """DequantizeLinear of an int32 bias (per channel) -> the float32 constant, bit-equal."""
+    import onnxruntime as ort
+
+    from export.int8 import float_biases
+
+    rng = np.random.default_rng(2)
+    q = rng.integers(-2**20, 2**20, 4).astype(np.int32)
+    scale = rng.uniform(1e-4, 1e-3, 4).astype(np.float32)
+    inits = [numpy_helper.from_array(q, "bq"), numpy_helper.from_array(scale, "bs"),
+             numpy_helper.from_array(np.zeros(4, np.int32), "bz")]
+    nodes = [helper.make_node("DequantizeLinear", ["bq", "bs", "bz"], ["b"], axis=0, name="dq"),
+             helper.make_node("Add", ["x", "b"], ["y"], name="add")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, [4])], [helper.make_tensor_value_info(
+            "y", TensorProto.FLOAT, [4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = np.zeros(4, np.float32)
+    want = ort.InferenceSession(model.SerializeToString(), providers=[
+        "CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert float_biases(model) == 1
+    assert [n.op_type for n in model.graph.node] == ["Add"]
+    assert [i.name for i in model.graph.initializer] == ["b"]
+    got = ort.InferenceSession(model.SerializeToString(), providers=[
+        "CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(got, want)
 
 
 def test_tensorrt_form_of_a_plain_file_is_the_file(tmp_path):
@@ -184,3 +215,18 @@ def test_tensorrt_form_of_a_plain_file_is_the_file(tmp_path):
     path = tmp_path / "plain.onnx"
     onnx.save(model, str(path))
     assert for_tensorrt(path, tmp_path / "work") == path
+
+
+def test_lint_wants_int8_zero_points_and_lints_what_tensorrt_gets(tmp_path):
+    """TensorRT's Q/DQ take zero point 0 only: the uint8 file fails the op lint, its TensorRT
+    form passes it (what `grefel export NAME.int8.onnx --int8` lints)."""
+    from export.lint import lint_onnx
+
+    model = _qdq_graph()
+    assert lint_onnx(model, "trt10")
+    to_uint8_activations(model)
+    report = lint_onnx(model, "trt10")
+    assert not report and "zero point" in "\n".join(report.lines())
+    path = tmp_path / "u8.onnx"
+    onnx.save(model, str(path))
+    assert lint_onnx(for_tensorrt(path, tmp_path / "work"), "trt10")
