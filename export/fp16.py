@@ -189,13 +189,7 @@ def convert_to_fp16(src: Union[str, Path], dst: Union[str, Path]) -> Dict[str, i
                 n.input[:] = [inner if i == out.name else i for i in n.input]
             new_nodes.append(helper.make_node("Cast", [inner], [out.name], name=f"{inner}_out",
                                               to=FLOAT))
-    del model.graph.node[:]
-    model.graph.node.extend(new_nodes)
-    model.graph.initializer.extend(new_inits)
-    used = {i for n in model.graph.node for i in n.input}
-    kept_inits = [t for t in model.graph.initializer if t.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept_inits)
+    set_nodes(model, new_nodes, new_inits)
     del model.graph.value_info[:]
     model.metadata_props.add(key="grefel.precision", value="fp16 (FP32 I/O, LayerNorm, Softmax, "
                              "reliability tail)")
@@ -297,3 +291,16 @@ def fp16_gate(
     check = measure_agreement(reference, typed, criteria, label="FP16-typed ONNX",
                               backend=f"onnxruntime CPU on {Path(fp16_onnx).name}")
     return gate, {"ran": True, **check.to_dict()}
+
+
+def set_nodes(model: onnx.ModelProto, nodes: List[onnx.NodeProto],
+              initializers: List[onnx.TensorProto]) -> None:
+    """The main graph's nodes become `nodes`, `initializers` are added, and the initializers no
+    node reads any more are dropped."""
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    model.graph.initializer.extend(initializers)
+    used = {name for node in model.graph.node for name in node.input}
+    kept = [t for t in model.graph.initializer if t.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)

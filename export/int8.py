@@ -50,7 +50,7 @@ import onnx
 
 from export import ExportError
 from export.compare import INT8_CRITERIA, Agreement, GateCriteria, measure_agreement, run_backend
-from export.fp16 import _Graph, fp32_node_names
+from export.fp16 import _Graph, fp32_node_names, set_nodes
 from grefel._lazy import require
 from grefel.fileio import atomic_path
 
@@ -292,11 +292,5 @@ def float_biases(model: onnx.ModelProto) -> int:
         dequantized = (values - zero).astype(np.float32) * scale
         made.append(numpy_helper.from_array(dequantized.astype(np.float32), node.output[0]))
     if made:
-        del model.graph.node[:]
-        model.graph.node.extend(keep)
-        model.graph.initializer.extend(made)
-        used = {name for node in model.graph.node for name in node.input}
-        kept = [i for i in model.graph.initializer if i.name in used]
-        del model.graph.initializer[:]
-        model.graph.initializer.extend(kept)
+        set_nodes(model, keep, made)
     return len(made)
