@@ -300,7 +300,15 @@ def set_nodes(model: onnx.ModelProto, nodes: List[onnx.NodeProto],
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     model.graph.initializer.extend(initializers)
+    drop_unused_initializers(model)
+
+
+def drop_unused_initializers(model: onnx.ModelProto, names: Optional[Set[str]] = None) -> None:
+    """Remove the initializers no node of the main graph reads (only those in `names`, if
+    given)."""
     used = {name for node in model.graph.node for name in node.input}
-    kept = [t for t in model.graph.initializer if t.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept)
+    kept = [t for t in model.graph.initializer
+            if t.name in used or (names is not None and t.name not in names)]
+    if len(kept) != len(model.graph.initializer):
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(kept)

@@ -50,7 +50,7 @@ import onnx
 
 from export import ExportError
 from export.compare import INT8_CRITERIA, Agreement, GateCriteria, measure_agreement, run_backend
-from export.fp16 import _Graph, fp32_node_names, set_nodes
+from export.fp16 import _Graph, drop_unused_initializers, fp32_node_names, set_nodes
 from grefel._lazy import require
 from grefel.fileio import atomic_path
 
@@ -247,12 +247,7 @@ def _shift_activations(model: onnx.ModelProto, *, to_uint8: bool) -> int:
         shifted += 1
     if shifted and new_name not in inits:
         model.graph.initializer.append(numpy_helper.from_array(np.array(new_value), new_name))
-    used = {name for node in model.graph.node for name in node.input}
-    ours = replaced | {U8_ZERO_POINT, S8_ZERO_POINT}
-    kept = [i for i in model.graph.initializer if i.name in used or i.name not in ours]
-    if len(kept) != len(model.graph.initializer):
-        del model.graph.initializer[:]
-        model.graph.initializer.extend(kept)
+    drop_unused_initializers(model, replaced | {U8_ZERO_POINT, S8_ZERO_POINT})
     return shifted
 
 

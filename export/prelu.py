@@ -32,6 +32,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from export.fp16 import drop_unused_initializers
+
 __all__ = ["to_branch_free", "to_prelu"]
 
 # Suffixes of the nodes that stand for one PRelu named NAME: NAME + suffix.
@@ -130,8 +132,5 @@ def to_prelu(model: onnx.ModelProto) -> int:
     nodes = [folded.get(n.name, n) for n in model.graph.node if id(n) not in drop]
     del model.graph.node[:]
     model.graph.node.extend(nodes)
-    if not any(ZERO in n.input for n in nodes):
-        kept = [i for i in model.graph.initializer if i.name != ZERO]
-        del model.graph.initializer[:]
-        model.graph.initializer.extend(kept)
+    drop_unused_initializers(model, {ZERO})
     return len(folded)

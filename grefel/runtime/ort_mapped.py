@@ -105,20 +105,20 @@ def _tensor(buf: mmap.mmap, start: int, end: int, location: bytes) -> Tuple[byte
     """The TensorProto in buf[start:end], its raw_data made an external reference into the file
     when it is a large weight tensor; (the message, bytes made external)."""
     data_type, raw, external = 0, None, False
-    for number, wire, _, value_start, field_end in _fields(buf, start, end):
+    kept = bytearray()  # every field but raw_data, as it is in the file
+    for number, wire, key_start, value_start, field_end in _fields(buf, start, end):
         if number == 2 and wire == _VARINT:
             data_type = _varint(buf, value_start, field_end)[0]
         elif number == 9 and wire == _LEN:
             raw = (value_start, field_end)
+            continue
         elif number in (13, 14):
             external = True
+        kept += buf[key_start:field_end]
     if (raw is None or external or data_type not in _WEIGHT_TYPES
             or raw[1] - raw[0] < MIN_MAPPED_BYTES):
         return bytes(buf[start:end]), 0
-    out = bytearray()
-    for number, _, key_start, _, field_end in _fields(buf, start, end):
-        if number != 9:
-            out += buf[key_start:field_end]
+    out = kept
     for key, value in ((b"location", location), (b"offset", str(raw[0]).encode()),
                        (b"length", str(raw[1] - raw[0]).encode())):
         out += _len_field(13, _len_field(1, key) + _len_field(2, value))
