@@ -1,24 +1,31 @@
-"""Mini-ablation: the paper's Tables 2 and 7 at small scale, on SynthFER with the tiny preset.
+"""Mini-ablation: the paper's Tables 2 and 7 at small scale, on SynthFER.
 
     python -m benchmarks.ablation                      # 2 noise levels x 4 variants x 3 seeds
     python -m benchmarks.ablation --seeds 0 --noise 0  # a quick look
+    python -m benchmarks.ablation --trunk frozen ...   # streams trained once: many seeds on a CPU
+    python -m benchmarks.ablation --preset paper --device cuda ...   # a GPU's (device_check)
 
 For each label-noise rate a SynthFER dataset is drawn once (same pictures for every rate: the
-noise only flips training labels; val and test stay clean). Every Table 2 variant (no_rb,
-anchors, mhsa, both) is trained with `grefel.train.run_training` for each seed; the checkpoint
-with the best validation accuracy is scored on the clean test split with
-`grefel.evaluate.evaluate_checkpoint`. The record holds every run and, per (noise, variant),
-the mean and sample standard deviation over seeds of test accuracy and macro-F1 (of the final
-prediction L_final and of the primary l), written to benchmarks/results/ablation_<date>.json and
-.md. Runs already in the partial record of the same settings are not repeated, so an interrupted
-ablation continues where it stopped.
+noise only flips training labels; val and test stay clean). With `--trunk trained` every
+Table 2 variant (no_rb, anchors, mhsa, both) is trained with `grefel.train.run_training` for
+each seed, and the checkpoint with the best validation accuracy is scored on the clean test
+split with `grefel.evaluate.evaluate_checkpoint`; with `--trunk frozen` the streams are trained
+once per noise rate and every run trains the rest of the model on their cached maps
+(`benchmarks.frozen_trunk`, tiny preset on the CPU). The record holds every run and, per
+(noise, variant), the mean and sample standard deviation over seeds of test accuracy and
+macro-F1 (of the final prediction L_final and of the primary l), written to
+benchmarks/results/ablation_<preset>_<trunk>_<date>.json and .md. Runs already in the partial
+record of the same settings are not repeated, so an interrupted ablation continues where it
+stopped, and more seeds can be added later.
 
 Paired seeds: every variant of one seed trains on the same data, in the same order (the sampler
-is seeded by the seed) and, with `--pretrained-mobilefacenet` / `--pretrained-ir50` (issue 16:
-`grefel pretrain`), from the same pretrained streams. The record then gives, per noise rate and
-variant, the paired differences variant - no_rb of test accuracy over the seeds that have both,
-their mean and a 95 % Student-t interval (`paired_differences`); an interval that excludes 0 is
-reported as an effect, one that contains it as none found at this budget.
+is seeded by the seed), from the same initial weights of the parts the variants share
+(`GReFEL` creates the balancing modules last) and, with `--pretrained-mobilefacenet` /
+`--pretrained-ir50` (issue 16: `grefel pretrain`), from the same pretrained streams. The record
+then gives, per noise rate and variant, the paired differences variant - no_rb of test accuracy
+over the seeds that have both, their mean and a 95 % Student-t interval (`paired_differences`);
+an interval that excludes 0 is reported as an effect, one that contains it as none found at
+this budget.
 """
 
 from __future__ import annotations
@@ -52,6 +59,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.2])
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--preset", default="tiny", choices=["tiny", "paper"],
+                   help="the network (paper: a GPU's job; --trunk trained only)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (--trunk trained)")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -64,6 +74,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                    help="landmark stream weights for every run (grefel pretrain landmarks)")
     p.add_argument("--pretrained-ir50", default="",
                    help="image stream weights for every run (grefel pretrain identity)")
+    p.add_argument("--trunk", default="trained", choices=["trained", "frozen"],
+                   help="trained: every run trains the whole model (grefel.train); frozen: the "
+                        "streams are trained once per noise rate, frozen, and every run trains "
+                        "the rest on their cached maps (benchmarks.frozen_trunk)")
+    p.add_argument("--trunk-seed", type=int, default=0,
+                   help="--trunk frozen: the seed of the streams' warm-up")
     p.add_argument("--precise-bn", type=int, default=128, help="see grefel.train_utils")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--jobs", type=int, default=1, help="runs trained in parallel processes")
@@ -100,14 +116,15 @@ def one_run(args: argparse.Namespace, data: Path, noise: float, variant: str, se
     start = time.perf_counter()
     summary = run_training(
         DataConfig(root=str(data), batch_size=args.batch_size, augment=args.augment),
-        TrainConfig(out=str(out), preset="tiny", variant=variant, epochs=args.epochs,
-                    lr=args.lr, seed=seed, device="cpu", freeze=args.freeze,
+        TrainConfig(out=str(out), preset=args.preset, variant=variant, epochs=args.epochs,
+                    lr=args.lr, seed=seed, device=args.device, freeze=args.freeze,
                     precise_bn=args.precise_bn, image_warmup=args.image_warmup,
                     pretrained_mobilefacenet=args.pretrained_mobilefacenet,
                     pretrained_ir50=args.pretrained_ir50),
     )
     train_s = time.perf_counter() - start
-    report = evaluate_checkpoint(out / "best.safetensors", data, split="test", device="cpu")
+    report = evaluate_checkpoint(out / "best.safetensors", data, split="test",
+                                 device=args.device)
     return {
         "noise": noise, "variant": variant, "seed": seed,
         "test_acc": report["final"]["accuracy"], "test_macro_f1": report["final"]["macro_f1"],
@@ -118,6 +135,50 @@ def one_run(args: argparse.Namespace, data: Path, noise: float, variant: str, se
         "majority_acc": report["majority_baseline"]["accuracy"],
         "train_seconds": round(train_s, 1), "total_seconds": round(time.perf_counter() - start, 1),
     }
+
+
+def frozen_runs(args: argparse.Namespace, noise: float, seed: int,
+                variants: Sequence[str]) -> List[Dict]:
+    """The (noise, variant, seed) cells of one noise rate and seed on its frozen trunk."""
+    from benchmarks.frozen_trunk import load_trunk, train_variant
+
+    trunk = load_trunk(trunk_path(args, noise))
+    return [{"noise": noise, **train_variant(trunk, variant=variant, seed=seed,
+                                             epochs=args.epochs, lr=args.lr,
+                                             batch_size=args.batch_size,
+                                             precise_bn=args.precise_bn)}
+            for variant in variants]
+
+
+def trunk_path(args: argparse.Namespace, noise: float) -> Path:
+    """The trunk file of one noise rate under these settings (benchmarks.frozen_trunk)."""
+    from benchmarks.frozen_trunk import features_path
+
+    keys = ("n", "imbalance", "difficulty", "trunk_seed", "image_warmup", "lr", "batch_size",
+            "pretrained_mobilefacenet", "pretrained_ir50")
+    return features_path(Path(args.work), noise, {k: getattr(args, k) for k in keys})
+
+
+def frozen_trunks(args: argparse.Namespace) -> Dict[str, Any]:
+    """Build the missing trunks of `--trunk frozen` (one per noise rate, on all the run's
+    cores); returns each noise rate's warm-up report."""
+    from benchmarks.frozen_trunk import build_trunk, trunk_report
+
+    reports = {}
+    for noise in args.noise:
+        path = trunk_path(args, noise)
+        if not path.is_file() and not args.report_only:
+            data = dataset(Path(args.work), args.n, noise, args.imbalance, args.difficulty)
+            print(f"training the streams of noise {noise:g} -> {path} ...", file=sys.stderr,
+                  flush=True)
+            build_trunk(data, path, seed=args.trunk_seed, image_warmup=args.image_warmup,
+                        lr=args.lr, batch_size=args.batch_size,
+                        pretrained_mobilefacenet=args.pretrained_mobilefacenet,
+                        pretrained_ir50=args.pretrained_ir50,
+                        threads=max(args.threads * args.jobs, 1))
+        if path.is_file():
+            reports[f"{noise:g}"] = {"file": str(path), **trunk_report(path)}
+    return reports
 
 
 def _init(args: argparse.Namespace) -> None:
@@ -211,20 +272,44 @@ def _paired_lines(record: Dict[str, Any]) -> List[str]:
     return lines
 
 
+def _trunk_lines(record: Dict[str, Any]) -> List[str]:
+    """What `--trunk frozen` trained once per noise rate (benchmarks.frozen_trunk)."""
+    if record["settings"].get("trunk", "trained") != "frozen":
+        return []
+    s = record["settings"]
+    lines = ["", "**Trunk frozen** (`benchmarks/frozen_trunk.py`): per noise rate the streams "
+             f"were trained once (seed {s.get('trunk_seed', 0)}): landmark stream "
+             f"`{s['pretrained_mobilefacenet'] or 'random'}`, image stream "
+             f"`{s['pretrained_ir50'] or 'random'}`, then {s['image_warmup']} warm-up steps of "
+             "the image stream on that rate's training labels; then frozen, their maps of "
+             "every image cached (float16), and each run trained the cross-attention levels, "
+             "the fusion ViT, the head and its balancing on them (the freeze setting above "
+             "does not apply). Paired runs share the initial weights of every shared part, "
+             "the batch order and the trunk; the intervals cover the head's seed, not the "
+             "trunk's.", ""]
+    for noise, t in sorted(record.get("trunks", {}).items()):
+        lines.append(f"- noise {noise}: warm-up train accuracy {t.get('acc', float('nan')):.3f}"
+                     f" (last quarter of {t.get('steps', 0)} steps), "
+                     f"{t.get('seconds_with_maps', 0) / 60:.1f} min with the maps")
+    return lines
+
+
 def markdown(record: Dict[str, Any]) -> str:
     s = record["settings"]
     lines = [
-        f"# Mini-ablation ({record['date']}): Table 2 variants x label noise, tiny preset, "
-        "SynthFER",
+        f"# Mini-ablation ({record['date']}): Table 2 variants x label noise, "
+        f"{s.get('preset', 'tiny')} preset, SynthFER",
         "",
         f"SynthFER n={s['n']}, {s['imbalance']} classes, difficulty {s['difficulty']} (seed 0; "
         f"noise flips train labels only), image-stream warm-up {s['image_warmup']} steps, "
         f"augmentation {'on' if s['augment'] else 'off'}, "
         f"{s['epochs']} epochs, batch {s['batch_size']}, Adam lr {s['lr']}, freeze "
         f"{s['freeze']}, precise BN on {s['precise_bn']} images, seeds {s['seeds']}, "
+        f"device {s.get('device', 'cpu')}, "
         f"{s['threads']} torch thread(s) on {record['env']['cpus']} shared CPU cores. "
         "Test split is clean; each run's best-validation checkpoint is scored. "
         "Mean +- sample std over seeds.",
+        *_trunk_lines(record),
         "",
         "| noise | variant | test acc | test macro-F1 | primary acc | primary macro-F1 | seeds |",
         "|---|---|---|---|---|---|---|",
@@ -244,43 +329,66 @@ def markdown(record: Dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def record_name(args: argparse.Namespace, date: str) -> str:
+    """The record's file name (no suffix): one per preset, trunk mode and day."""
+    return f"ablation_{args.preset}_{args.trunk}_{date}"
+
+
 def main(argv: Sequence[str] = ()) -> int:
     args = parse_args(argv or sys.argv[1:])
+    if args.trunk == "frozen" and (args.preset != "tiny" or args.device != "cpu"):
+        print("--trunk frozen trains the tiny preset on the CPU; for --preset paper or a GPU "
+              "use --trunk trained", file=sys.stderr)
+        return 2
     import torch
 
     work, out = Path(args.work), Path(args.out)
     settings = {k: getattr(args, k) for k in ("n", "imbalance", "difficulty", "noise",
-                                              "variants", "seeds", "epochs", "batch_size", "lr",
+                                              "variants", "seeds", "preset", "epochs",
+                                              "batch_size", "lr",
                                               "image_warmup", "augment", "freeze", "precise_bn",
+                                              "trunk", "trunk_seed", "device",
                                               "pretrained_mobilefacenet", "pretrained_ir50",
                                               "threads", "jobs")}
     # Runs of the same training settings are reused (more seeds can be added later).
-    same = lambda a, b: all(a.get(k) == b.get(k) for k in settings  # noqa: E731
-                            if k not in ("seeds", "threads", "jobs"))
+    # A setting a partial record lacks (added later) counts as its default, which it ran with.
+    defaults = vars(parse_args([]))
+    same = lambda a, b: all(a.get(k, defaults[k]) == b.get(k, defaults[k])  # noqa: E731
+                            for k in settings if k not in ("seeds", "threads", "jobs"))
     partial = work / "ablation_partial.json"
     runs: List[Dict[str, Any]] = []
     if partial.is_file() and same(json.loads(partial.read_text())["settings"], settings):
         runs = json.loads(partial.read_text())["runs"]
     start = time.perf_counter()
     done = {(r["noise"], r["variant"], r["seed"]) for r in runs}
-    todo = [(dataset(work, args.n, noise, args.imbalance, args.difficulty), noise, variant, seed)
-            for seed in args.seeds for noise in args.noise for variant in args.variants
-            if (noise, variant, seed) not in done and not args.report_only]  # seed-major: a
-    # cut-off ablation holds whole grids of the first seeds
+    trunks: Dict[str, Any] = {}
     ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch state
     with ProcessPoolExecutor(args.jobs, mp_context=ctx, initializer=_init, initargs=(args,)) as ex:
-        futures = [ex.submit(one_run, args, *job) for job in todo]
+        if args.trunk == "frozen":
+            trunks = frozen_trunks(args)
+            jobs = [(noise, seed, [v for v in args.variants if (noise, v, seed) not in done])
+                    for seed in args.seeds for noise in args.noise]
+            futures = [ex.submit(frozen_runs, args, *job) for job in jobs
+                       if job[2] and not args.report_only]
+        else:
+            todo = [(dataset(work, args.n, noise, args.imbalance, args.difficulty), noise,
+                     variant, seed)
+                    for seed in args.seeds for noise in args.noise for variant in args.variants
+                    if (noise, variant, seed) not in done and not args.report_only]  # seed-major:
+            # a cut-off ablation holds whole grids of the first seeds
+            futures = [ex.submit(one_run, args, *job) for job in todo]
         for future in as_completed(futures):
-            r = future.result()
-            runs.append(r)
-            print(f"noise {r['noise']:g} {r['variant']:8s} seed {r['seed']}: test acc "
-                  f"{r['test_acc']:.3f} macro-F1 {r['test_macro_f1']:.3f} "
-                  f"({r['total_seconds']:.0f}s)", file=sys.stderr, flush=True)
-            atomic_write_json(partial, {"settings": settings, "runs": runs})
+            result = future.result()
+            for r in result if isinstance(result, list) else [result]:
+                runs.append(r)
+                print(f"noise {r['noise']:g} {r['variant']:8s} seed {r['seed']}: test acc "
+                      f"{r['test_acc']:.3f} macro-F1 {r['test_macro_f1']:.3f} "
+                      f"({r['total_seconds']:.0f}s)", file=sys.stderr, flush=True)
+            atomic_write_json(partial, {"settings": settings, "runs": runs, "trunks": trunks})
     date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
     settings["seeds"] = sorted({r["seed"] for r in runs})  # what the record holds
     record = {
-        "date": date, "settings": settings, "summary": summarise(runs),
+        "date": date, "settings": settings, "trunks": trunks, "summary": summarise(runs),
         "paired": paired_differences(runs), "runs": runs,
         "wall_seconds": round(time.perf_counter() - start, 1),  # this invocation (+ drawing)
         "run_seconds": round(sum(r["total_seconds"] for r in runs), 1),  # all runs, train+eval
@@ -288,8 +396,9 @@ def main(argv: Sequence[str] = ()) -> int:
                 "platform": platform.platform(), "cpus": os.cpu_count(),
                 "load_average_end": list(os.getloadavg())},
     }
-    atomic_write_json(out / f"ablation_{date}.json", record)
-    atomic_write_bytes(out / f"ablation_{date}.md", markdown(record).encode())
+    name = record_name(args, date)
+    atomic_write_json(out / f"{name}.json", record)
+    atomic_write_bytes(out / f"{name}.md", markdown(record).encode())
     print(markdown(record))
     return 0
 

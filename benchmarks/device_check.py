@@ -14,7 +14,16 @@ section, so a run stopped by its time limit still leaves what it measured):
 - `tensorrt`: where TensorRT and pycuda import, `grefel export --fp16 --verify` of the demo ONNX
   (`--onnx`, default runs/demo/engines/best.onnx; without it a random-init tiny checkpoint goes
   through the whole export) and the engine's latency at batch 1/8/32 with the GPU compute time
-  from CUDA events (TensorRTBackend.infer_timed).
+  from CUDA events (TensorRTBackend.infer_timed);
+- `ablation` (only with `--sections ...,ablation`: it takes most of a lease): issue 16's paired
+  ablation on the paper preset, `benchmarks.ablation --preset paper --device cuda --trunk
+  trained` (no_rb vs both at 0 % and 30 % label noise, `--ablation-seeds` seeds, every run the
+  whole model with the image-stream warm-up, as `make demo` trains the tiny one). Its record
+  goes to OUT beside this one (`ablation_paper_trained_<date>.json/.md`, paired differences with
+  95 % intervals); stopped by the time limit, it records the seeds that finished, and the same
+  command with the same --ablation-work continues.
+
+    python -m benchmarks.device_check --sections env,ablation --time-limit 540
 
 Without a CUDA GPU it exits at once (status 2) saying so and writes nothing. Each section that
 fails records its one-line error instead of a number; numbers are never invented.
@@ -33,6 +42,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 BATCHES = (1, 8, 32)
+SECTIONS = ("env", "train_step", "torch_latency", "ort_cuda_latency", "tensorrt", "ablation")
+DEFAULT_SECTIONS = SECTIONS[:-1]  # the ablation only when asked for
 DEFAULT_ONNX = Path("runs/demo/engines/best.onnx")
 
 
@@ -196,6 +207,38 @@ def section_tensorrt(onnx: Optional[Path], tmp: Path, iters: int) -> Dict[str, A
     return out
 
 
+ABLATION_NOISE = ("0", "0.3")
+
+
+def ablation_argv(args: argparse.Namespace) -> List[str]:
+    """The paper-preset ablation this check runs (benchmarks.ablation's command line)."""
+    return ["--preset", "paper", "--device", "cuda", "--trunk", "trained", "--n", "3000",
+            "--noise", *ABLATION_NOISE, "--variants", "no_rb", "both",
+            "--seeds", *(str(s) for s in range(args.ablation_seeds)),
+            "--epochs", str(args.ablation_epochs), "--image-warmup", "150", "--freeze", "none",
+            "--work", str(args.ablation_work), "--out", str(args.out)]
+
+
+def section_ablation(args: argparse.Namespace) -> Dict[str, Any]:
+    """benchmarks.ablation on the paper preset; on the time limit, the record of what finished."""
+    from benchmarks import ablation
+
+    argv = ablation_argv(args)
+    try:
+        status = ablation.main(argv)
+    except TimeLimit:
+        ablation.main(argv + ["--report-only"])  # the seeds that finished, then stop
+        raise
+    records = sorted(Path(args.out).glob("ablation_paper_trained_*.json"))
+    if status != 0 or not records:
+        return {"status": f"failed: benchmarks.ablation exited {status}"}
+    import json
+
+    record = json.loads(records[-1].read_text())
+    return {"status": "ok", "record": str(records[-1]), "command":
+            "python -m benchmarks.ablation " + " ".join(argv), "paired": record["paired"]}
+
+
 def run(args: argparse.Namespace, write: Callable[[Dict[str, Any]], None]) -> Dict[str, Any]:
     record: Dict[str, Any] = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"),
                               "time_limit_s": args.time_limit, "sections": {}}
@@ -209,8 +252,12 @@ def run(args: argparse.Namespace, write: Callable[[Dict[str, Any]], None]) -> Di
             ("torch_latency", lambda: section_torch_latency(args.iters)),
             ("ort_cuda_latency", lambda: section_ort_cuda(args.iters, tmp)),
             ("tensorrt", lambda: section_tensorrt(onnx, tmp, args.iters)),
+            ("ablation", lambda: section_ablation(args)),
         ]
+        chosen = getattr(args, "sections", None) or DEFAULT_SECTIONS
         for name, fn in sections:
+            if name not in chosen:
+                continue
             start = time.perf_counter()
             try:
                 record["sections"][name] = fn()
@@ -237,7 +284,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--train-batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=20, help="timed training steps")
     parser.add_argument("--iters", type=int, default=50, help="timed iterations per batch size")
+    parser.add_argument("--sections", default=",".join(DEFAULT_SECTIONS),
+                        help=f"comma-separated, of {', '.join(SECTIONS)}")
+    parser.add_argument("--ablation-seeds", type=int, default=5, help="seeds 0..N-1")
+    parser.add_argument("--ablation-epochs", type=int, default=8)
+    parser.add_argument("--ablation-work", type=Path, default=Path("runs/ablation_paper"),
+                        help="the ablation's datasets, runs and partial record")
     args = parser.parse_args(argv)
+    args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = sorted(set(args.sections) - set(SECTIONS))
+    if unknown or not args.sections:
+        print(f"device_check: --sections {','.join(unknown) or '(empty)'}: choose from "
+              f"{', '.join(SECTIONS)}", file=sys.stderr)
+        return 2
     if not cuda_available():
         print("device_check: no CUDA GPU visible (torch.cuda.is_available() is False); "
               "nothing measured, nothing written", file=sys.stderr)

@@ -207,3 +207,17 @@ def test_config_validation_and_round_trip() -> None:
         GReFELConfig.preset("tiny", num_classes=1)
     with pytest.raises(ValueError, match="unknown GReFELConfig fields"):
         GReFELConfig.preset("tiny", widht=3)
+
+
+def test_under_one_seed_every_variant_starts_from_the_same_shared_weights():
+    """The Table 2 variants are paired by seed (benchmarks.ablation): the parts they share must
+    start equal, whatever the variant adds (its modules are created and initialised last)."""
+    states = {}
+    for variant in ("no_rb", "anchors", "mhsa", "both"):
+        torch.manual_seed(5)
+        states[variant] = create_model("tiny", variant).state_dict()
+    base = states["no_rb"]
+    for variant, state in states.items():
+        assert set(base) <= set(state)
+        unequal = [k for k in base if not torch.equal(base[k], state[k])]
+        assert not unequal, f"{variant}: {unequal[:3]}"

@@ -71,6 +71,10 @@ class GReFEL(nn.Module):
         self.fusion = FusionViT(
             cfg.dims, cfg.embed_dim, cfg.vit_depth, cfg.vit_heads, cfg.mlp_ratio, tokens_per_level
         )
+        for part in (self.levels, self.fusion):
+            part.apply(_init_linear)
+        # The parts every Table 2 variant has are created (and initialised) before the ones a
+        # variant adds: under one torch seed all variants start from the same shared weights.
         self.head = PrimaryHead(cfg.embed_dim, cfg.num_classes, cfg.head_hidden, cfg.head_dropout)
         self.anchor = (
             AnchorCorrection(cfg.num_classes, cfg.anchors_per_class, cfg.embed_dim, cfg.delta)
@@ -82,9 +86,8 @@ class GReFEL(nn.Module):
             if cfg.use_attention
             else None
         )
-        for part in (self.levels, self.fusion, self.attentive):
-            if part is not None:
-                part.apply(_init_linear)
+        if self.attentive is not None:
+            self.attentive.apply(_init_linear)
         self.frozen: Tuple[str, ...] = ()
         self.set_frozen(cfg.frozen)
 
@@ -121,19 +124,35 @@ class GReFEL(nn.Module):
             module.eval()  # frozen BatchNorm statistics must not drift while the rest trains
         return self
 
-    def forward_features(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """images (B, 3, 112, 112) in [0, 1] -> fused tokens (B, 148, D), embedding e (B, D)."""
+    def forward_streams(
+        self, images: torch.Tensor
+    ) -> Tuple[Tuple[torch.Tensor, ...], Tuple[torch.Tensor, ...]]:
+        """images (B, 3, 112, 112) in [0, 1] -> the two pretrained streams' maps (Fig. 2, left).
+
+        Returns (image maps, landmark maps): (B, d1, 28, 28), (B, d2, 14, 14), (B, d3, 7, 7) of
+        the IR-50 stages, and (B, d1, 28, 28), (B, d2, 14, 14), (B, mfn_out, 7, 7) of the
+        MobileFaceNet trunk (level 3 before `landmark_proj`, which trains with the fusion).
+        """
         x_img = (images - self.image_mean) / self.image_std
         x_lm = (images - self.landmark_mean) / self.landmark_std
-        l1, l2, l3 = self.landmark(x_lm)  # (B, d1, 28, 28), (B, d2, 14, 14), (B, mfn_out, 7, 7)
-        lms = (l1, l2, self.landmark_proj(l3))  # level 3 -> (B, d3, 7, 7)
-        imgs = self.image(x_img)  # same shapes as lms
+        return tuple(self.image(x_img)), tuple(self.landmark(x_lm))
+
+    def fuse(
+        self, imgs: Tuple[torch.Tensor, ...], lms: Tuple[torch.Tensor, ...]
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The streams' maps (`forward_streams`) -> fused tokens (B, 148, D), embedding (B, D):
+        window cross-attention per level (eqs. 1-5), then the fusion ViT (eqs. 6-8)."""
+        l1, l2, l3 = lms
         fused = []
-        for level, img, lm in zip(self.levels, imgs, lms):
+        for level, img, lm in zip(self.levels, imgs, (l1, l2, self.landmark_proj(l3))):
             _, C, H, W = img.shape
             tokens = level(img, lm)  # (B, H*W, C)
             fused.append(tokens.transpose(1, 2).reshape(-1, C, H, W))  # (B, C, H, W)
         return self.fusion(*fused)
+
+    def forward_features(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """images (B, 3, 112, 112) in [0, 1] -> fused tokens (B, 148, D), embedding e (B, D)."""
+        return self.fuse(*self.forward_streams(images))
 
     def forward_head(self, tokens: torch.Tensor, embedding: torch.Tensor) -> GReFELOutput:
         """Eqs. 9-19 on the fused tokens (B, N, D) and the embedding (B, D)."""
