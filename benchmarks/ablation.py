@@ -44,7 +44,8 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
-from grefel.fileio import atomic_write_bytes, atomic_write_json
+from benchmarks.report import write_json_and_markdown
+from grefel.fileio import atomic_write_json
 
 VARIANTS = ("no_rb", "anchors", "mhsa", "both")
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -396,9 +397,9 @@ def main(argv: Sequence[str] = ()) -> int:
                 "platform": platform.platform(), "cpus": os.cpu_count(),
                 "load_average_end": list(os.getloadavg())},
     }
-    name = record_name(args, date)
-    atomic_write_json(out / f"{name}.json", record)
-    atomic_write_bytes(out / f"{name}.md", markdown(record).encode())
+    stem = out / record_name(args, date)
+    write_json_and_markdown(stem.with_suffix(".json"), stem.with_suffix(".md"), record,
+                            markdown(record))
     print(markdown(record))
     return 0
 

@@ -626,11 +626,11 @@ def to_markdown(record: Dict[str, Any]) -> str:
 
 
 def write(record: Dict[str, Any], out_dir: Path) -> Path:
-    from grefel.fileio import atomic_write_bytes, atomic_write_json
+    from benchmarks.report import write_json_and_markdown
 
     stem = Path(out_dir) / f"fault_campaign_{time.strftime('%Y-%m-%d')}"
-    atomic_write_json(stem.with_suffix(".json"), record)
-    atomic_write_bytes(stem.with_suffix(".md"), to_markdown(record).encode())
+    write_json_and_markdown(stem.with_suffix(".json"), stem.with_suffix(".md"), record,
+                            to_markdown(record))
     return stem
 
 

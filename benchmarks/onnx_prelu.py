@@ -104,13 +104,13 @@ def main(argv: Any = None) -> None:
     parser.add_argument("--iters", type=int, default=50)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/onnx_prelu"))
     args = parser.parse_args(argv)
-    from grefel.fileio import atomic_write_bytes, atomic_write_json
+    from benchmarks.report import write_json_and_markdown
 
     record = run(args.threads, args.iters)
     command = (f"python -m benchmarks.onnx_prelu --threads {args.threads} --iters {args.iters} "
                f"--out {args.out}")
-    atomic_write_json(args.out.with_suffix(".json"), record)
-    atomic_write_bytes(args.out.with_suffix(".md"), _markdown(record, command).encode())
+    write_json_and_markdown(args.out.with_suffix(".json"), args.out.with_suffix(".md"), record,
+                            _markdown(record, command))
     print(_markdown(record, command))
 
 

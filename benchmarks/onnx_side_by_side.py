@@ -225,10 +225,10 @@ def main() -> None:
     text = _markdown(record)
     print(text)
     if args.out is not None:
-        from grefel.fileio import atomic_write_bytes, atomic_write_json
+        from benchmarks.report import write_json_and_markdown
 
-        atomic_write_json(args.out.with_suffix(".json"), record)
-        atomic_write_bytes(args.out.with_suffix(".md"), text.encode())
+        write_json_and_markdown(args.out.with_suffix(".json"), args.out.with_suffix(".md"),
+                                record, text)
 
 
 if __name__ == "__main__":

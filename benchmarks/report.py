@@ -31,6 +31,7 @@ __all__ = [
     "make_record",
     "sizes_table",
     "to_markdown",
+    "write_json_and_markdown",
     "write_record",
 ]
 
@@ -242,9 +243,15 @@ def write_record(
 ) -> Tuple[Path, Path]:
     """The record as JSON and Markdown in `out_dir` (at `paths` when given), written atomically."""
     json_path, md_path = paths or record_paths(out_dir, record["environment"])
-    atomic_write_json(json_path, record)
-    atomic_write_bytes(md_path, to_markdown(record).encode())
+    write_json_and_markdown(json_path, md_path, record, to_markdown(record))
     return json_path, md_path
+
+
+def write_json_and_markdown(json_path: Path, md_path: Path, record: Dict[str, Any],
+                            markdown: str) -> None:
+    """A benchmark's record: the JSON and its Markdown rendering, each written atomically."""
+    atomic_write_json(json_path, record)
+    atomic_write_bytes(md_path, markdown.encode())
 
 
 def check_writable(out_dir: Path) -> None:

@@ -33,7 +33,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
 
-from grefel.fileio import atomic_write_bytes, atomic_write_json
+from benchmarks.report import write_json_and_markdown
 
 RESULTS = Path(__file__).resolve().parent / "results"
 KEYS = {"ir50": "", "mobilefacenet": "", "warmup": "0", "seed": "0"}
@@ -167,8 +167,9 @@ def main(argv: Sequence[str] = ()) -> int:
                 "cpus": os.cpu_count()},
     }
     out = Path(args.out)
-    atomic_write_json(out / f"stream_probe_{record['date']}.json", record)
-    atomic_write_bytes(out / f"stream_probe_{record['date']}.md", markdown(record).encode())
+    stem = out / f"stream_probe_{record['date']}"
+    write_json_and_markdown(stem.with_suffix(".json"), stem.with_suffix(".md"), record,
+                            markdown(record))
     print(markdown(record))
     return 0
 
