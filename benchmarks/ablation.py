@@ -256,19 +256,24 @@ def paired_differences(runs: List[Dict[str, Any]], baseline: str = "no_rb",
     return rows
 
 
+METRIC_NAMES = {"test_acc": "accuracy", "test_macro_f1": "macro-F1"}
+
+
 def _paired_lines(record: Dict[str, Any]) -> List[str]:
     rows = record.get("paired", [])
     if not rows:
         return []
-    lines = ["", "Paired differences of test accuracy, variant - no_rb (same seed: same data, "
-             "order and pretrained streams), mean and 95 % Student-t interval over seeds:", "",
-             "| noise | variant | mean diff | 95 % interval | pairs | effect at this budget |",
-             "|---|---|---|---|---|---|"]
+    lines = ["", "Paired differences on the test split, variant - no_rb (same seed: same data, "
+             "order, initial shared weights and streams), mean and 95 % Student-t interval over "
+             "seeds (each interval on its own, no correction for the number of comparisons):",
+             "", "| noise | variant | metric | mean diff | 95 % interval | pairs | "
+             "effect at this budget |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         ci = "n/a (1 pair)" if r["ci95"] is None else f"[{r['ci95'][0]:+.3f}, {r['ci95'][1]:+.3f}]"
         effect = {None: "undecided (1 pair)", True: "yes (interval excludes 0)",
                   False: "none found (interval contains 0)"}[r["effect"]]
-        lines.append(f"| {r['noise']:g} | {r['variant']} | {r['mean']:+.3f} | {ci} | "
+        metric = METRIC_NAMES.get(r.get("metric", "test_acc"), r.get("metric"))
+        lines.append(f"| {r['noise']:g} | {r['variant']} | {metric} | {r['mean']:+.3f} | {ci} | "
                      f"{len(r['diffs'])} | {effect} |")
     return lines
 
@@ -351,11 +356,13 @@ def main(argv: Sequence[str] = ()) -> int:
                                               "trunk", "trunk_seed", "device",
                                               "pretrained_mobilefacenet", "pretrained_ir50",
                                               "threads", "jobs")}
-    # Runs of the same training settings are reused (more seeds can be added later).
+    # Runs of the same training settings are reused (more seeds or variants can be added
+    # later: the record then holds every run of these settings).
     # A setting a partial record lacks (added later) counts as its default, which it ran with.
     defaults = vars(parse_args([]))
     same = lambda a, b: all(a.get(k, defaults[k]) == b.get(k, defaults[k])  # noqa: E731
-                            for k in settings if k not in ("seeds", "threads", "jobs"))
+                            for k in settings
+                            if k not in ("seeds", "variants", "threads", "jobs"))
     partial = work / "ablation_partial.json"
     runs: List[Dict[str, Any]] = []
     if partial.is_file() and same(json.loads(partial.read_text())["settings"], settings):
@@ -388,9 +395,11 @@ def main(argv: Sequence[str] = ()) -> int:
             atomic_write_json(partial, {"settings": settings, "runs": runs, "trunks": trunks})
     date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
     settings["seeds"] = sorted({r["seed"] for r in runs})  # what the record holds
+    settings["variants"] = [v for v in VARIANTS if any(r["variant"] == v for r in runs)]
     record = {
         "date": date, "settings": settings, "trunks": trunks, "summary": summarise(runs),
-        "paired": paired_differences(runs), "runs": runs,
+        "paired": [row for key in METRIC_NAMES for row in paired_differences(runs, key=key)],
+        "runs": runs,
         "wall_seconds": round(time.perf_counter() - start, 1),  # this invocation (+ drawing)
         "run_seconds": round(sum(r["total_seconds"] for r in runs), 1),  # all runs, train+eval
         "env": {"python": platform.python_version(), "torch": torch.__version__,

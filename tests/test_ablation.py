@@ -50,4 +50,4 @@ def test_the_record_prints_the_paired_table():
                            "freeze": "landmark", "precise_bn": 0, "seeds": [0, 1],
                            "threads": 1}}
     text = markdown(record)
-    assert "Paired differences" in text and "| 0 | both | +0.075 |" in text
+    assert "Paired differences" in text and "| 0 | both | accuracy | +0.075 |" in text

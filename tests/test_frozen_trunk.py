@@ -102,8 +102,10 @@ def test_the_frozen_grid_resumes_and_records_the_trunk(tmp_path, monkeypatch):
     assert {(r["variant"], r["seed"]) for r in record["runs"]} == {
         ("no_rb", 0), ("both", 0), ("no_rb", 1), ("both", 1)}
     assert record["trunks"]["0"]["steps"] == 2 and record["settings"]["trunk"] == "frozen"
-    (row,) = record["paired"]
-    assert row["variant"] == "both" and row["seeds"] == [0, 1] and row["ci95"] is not None
+    accuracy, macro_f1 = record["paired"]  # both - no_rb, of each metric
+    assert (accuracy["metric"], macro_f1["metric"]) == ("test_acc", "test_macro_f1")
+    for row in (accuracy, macro_f1):
+        assert row["variant"] == "both" and row["seeds"] == [0, 1] and row["ci95"] is not None
     assert "frozen" in (tmp_path / "out" / record_file.with_suffix(".md").name).read_text()
 
     def no_training(*args, **kwargs):
@@ -114,3 +116,11 @@ def test_the_frozen_grid_resumes_and_records_the_trunk(tmp_path, monkeypatch):
     assert ablation.main(argv) == 0  # everything is in the partial record and on disk
     again = json.loads(record_file.read_text())
     assert len(again["runs"]) == 4 and again["trunks"]["0"]["steps"] == 2
+    monkeypatch.undo()
+    cut = argv.index("both") + 1
+    more = argv[:cut] + ["mhsa"] + argv[cut:]  # --variants no_rb both mhsa: only mhsa trains
+    assert ablation.main(more) == 0
+    grown = json.loads(record_file.read_text())
+    assert len(grown["runs"]) == 6 and grown["settings"]["variants"] == ["no_rb", "mhsa", "both"]
+    assert [r["seed"] for r in grown["runs"] if r["variant"] == "mhsa"] in ([0, 1], [1, 0])
+    assert {r["variant"] for r in grown["paired"]} == {"mhsa", "both"}
