@@ -44,7 +44,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
-from benchmarks.report import write_json_and_markdown
+from benchmarks.report import publish
 from grefel.fileio import atomic_write_json
 
 VARIANTS = ("no_rb", "anchors", "mhsa", "both")
@@ -406,10 +406,7 @@ def main(argv: Sequence[str] = ()) -> int:
                 "platform": platform.platform(), "cpus": os.cpu_count(),
                 "load_average_end": list(os.getloadavg())},
     }
-    stem = out / record_name(args, date)
-    write_json_and_markdown(stem.with_suffix(".json"), stem.with_suffix(".md"), record,
-                            markdown(record))
-    print(markdown(record))
+    publish(out / record_name(args, date), record, markdown(record))
     return 0
 
 

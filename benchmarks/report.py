@@ -29,6 +29,7 @@ __all__ = [
     "latency_table",
     "load_record",
     "make_record",
+    "publish",
     "sizes_table",
     "to_markdown",
     "write_json_and_markdown",
@@ -252,6 +253,12 @@ def write_json_and_markdown(json_path: Path, md_path: Path, record: Dict[str, An
     """A benchmark's record: the JSON and its Markdown rendering, each written atomically."""
     atomic_write_json(json_path, record)
     atomic_write_bytes(md_path, markdown.encode())
+
+
+def publish(stem: Path, record: Dict[str, Any], markdown: str) -> None:
+    """A benchmark command's last step: STEM.json and STEM.md, then the Markdown on stdout."""
+    write_json_and_markdown(stem.with_suffix(".json"), stem.with_suffix(".md"), record, markdown)
+    print(markdown)
 
 
 def check_writable(out_dir: Path) -> None:

@@ -33,7 +33,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
 
-from benchmarks.report import write_json_and_markdown
+from benchmarks.report import publish
 
 RESULTS = Path(__file__).resolve().parent / "results"
 KEYS = {"ir50": "", "mobilefacenet": "", "warmup": "0", "seed": "0"}
@@ -166,11 +166,7 @@ def main(argv: Sequence[str] = ()) -> int:
         "env": {"python": platform.python_version(), "torch": torch.__version__,
                 "cpus": os.cpu_count()},
     }
-    out = Path(args.out)
-    stem = out / f"stream_probe_{record['date']}"
-    write_json_and_markdown(stem.with_suffix(".json"), stem.with_suffix(".md"), record,
-                            markdown(record))
-    print(markdown(record))
+    publish(Path(args.out) / f"stream_probe_{record['date']}", record, markdown(record))
     return 0
 
 
