@@ -12,7 +12,8 @@ labels (`grefel.train.warm_up_image_stream`: without it the head stays at chance
 budget, recipe_2026-12-03.md). Their maps of every train/val/test image (eval transform, no
 augmentation) are computed once and stored; each (variant, seed) then trains the levels,
 `landmark_proj`, the fusion ViT, the head and the variant's balancing on them with the run's
-loss (eq. 23), Adam and ExponentialLR as `grefel train` does, precise BatchNorm statistics after
+loss (eq. 23), Adam and ExponentialLR as `grefel train` does (but no gradient clipping: its
+clip_grad 5.0 is not applied here), precise BatchNorm statistics after
 every epoch, keeps the epoch with the best validation accuracy and scores it on the test split.
 
 Pairing: for one seed every variant starts from the same initial weights of every part they
@@ -52,12 +53,16 @@ def features_path(work: Path, noise: float, settings: Dict[str, Any]) -> Path:
 
 def trunk_report(path: Path) -> Dict[str, Any]:
     """The warm-up report `build_trunk` stored with the trunk at `path`."""
-    import json
-
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
-        return json.loads((f.metadata() or {}).get("report", "{}"))
+        return _report(f.metadata() or {})
+
+
+def _report(meta: Dict[str, str]) -> Dict[str, Any]:
+    import json
+
+    return json.loads(meta.get("report", "{}"))
 
 
 def build_trunk(data: Path, out: Path, *, seed: int, image_warmup: int, lr: float,
@@ -86,7 +91,7 @@ def build_trunk(data: Path, out: Path, *, seed: int, image_warmup: int, lr: floa
             DataConfig(root=str(data), batch_size=batch_size, augment=False),
             TrainConfig(out=str(Path(scratch) / "run"), preset="tiny", variant="both",
                         epochs=1, lr=lr, seed=seed, device="cpu",
-                        freeze="landmark" if pretrained_mobilefacenet else "none",
+                        freeze="none",  # the warm-up trains the image stream only
                         image_warmup=image_warmup,
                         pretrained_mobilefacenet=pretrained_mobilefacenet,
                         pretrained_ir50=pretrained_ir50))
@@ -138,14 +143,15 @@ def stream_maps(model: nn.Module, data: Path, split: str, *, batch_size: int
 
 
 def load_trunk(path: Path) -> Dict[str, Any]:
-    """What `build_trunk` stored: {"weights": {...}, "classes": (...), SPLIT: (maps, labels)}."""
+    """What `build_trunk` stored: {"report": {...}, "weights": {...}, "classes": (...),
+    SPLIT: (maps, labels)}."""
     from safetensors import safe_open
-    from safetensors.torch import load_file
 
-    tensors = load_file(str(path))
-    with safe_open(str(path), framework="pt") as f:
+    with safe_open(str(path), framework="pt") as f:  # one read: tensors and metadata
         meta = f.metadata() or {}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
     trunk: Dict[str, Any] = {
+        "report": _report(meta),
         "weights": {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith("weights/")},
         "classes": tuple(meta.get("classes", "").split(",")),
     }

@@ -33,6 +33,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
 
+from benchmarks.frozen_trunk import MAPS
 from benchmarks.report import publish
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -84,14 +85,12 @@ def probe_accuracy(layer: torch.nn.Linear, mean: torch.Tensor, std: torch.Tensor
 
 def features(maps: Sequence[torch.Tensor], stream: str, kind: str) -> torch.Tensor:
     """Level 3 of one stream ("image": i3, "landmark": l3), pooled or flattened, float32."""
-    level3 = (maps[2] if stream == "image" else maps[5]).float()  # (N, C, 7, 7)
+    level3 = maps[MAPS.index("i3" if stream == "image" else "l3")].float()  # (N, C, 7, 7)
     return level3.mean(dim=(2, 3)) if kind == "pooled" else level3.flatten(1)
 
 
-def probe_trunk(path: Path) -> List[Dict[str, Any]]:
-    from benchmarks.frozen_trunk import load_trunk
-
-    trunk = load_trunk(path)
+def probe_trunk(trunk: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """The four probes (2 streams x pooled/map) of a trunk (`frozen_trunk.load_trunk`)."""
     c = len(trunk["classes"])
     rows = []
     for stream in ("image", "landmark"):
@@ -135,7 +134,7 @@ def main(argv: Sequence[str] = ()) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args(argv or sys.argv[1:])
-    from benchmarks.frozen_trunk import build_trunk, features_path, load_trunk, trunk_report
+    from benchmarks.frozen_trunk import build_trunk, features_path, load_trunk
     from grefel.metrics import majority_baseline
 
     torch.set_num_threads(args.threads)
@@ -148,20 +147,20 @@ def main(argv: Sequence[str] = ()) -> int:
             build_trunk(data, path, seed=int(spec["seed"]), image_warmup=int(spec["warmup"]),
                         lr=1e-3, batch_size=32, pretrained_mobilefacenet=spec["mobilefacenet"],
                         pretrained_ir50=spec["ir50"], threads=args.threads)
-        probes = probe_trunk(path)
+        trunk = load_trunk(path)
+        probes = probe_trunk(trunk)
         for r in probes:
             print(f"{name:18s} {r['stream']:8s} {r['features']:6s} val {r['val_acc']:.3f} "
                   f"test {r['test_acc']:.3f}", file=sys.stderr, flush=True)
         trunks.append({"name": name, "spec": spec, "file": str(path),
-                       "report": trunk_report(path), "probes": probes})
-    last = load_trunk(Path(trunks[-1]["file"]))
-    c = len(last["classes"])
+                       "report": trunk["report"], "probes": probes})
+    c = len(trunk["classes"])  # chance and majority of the last trunk's data (one --data)
     record = {
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d"), "data": str(data),
         "command": "python -m benchmarks.stream_probe " + " ".join(argv or sys.argv[1:]),
         "chance": 1.0 / c,
-        "majority_test": majority_baseline(last["train"][1].tolist(),
-                                           last["test"][1].numpy(), c)[1],
+        "majority_test": majority_baseline(trunk["train"][1].tolist(),
+                                           trunk["test"][1].numpy(), c)[1],
         "trunks": trunks, "seconds": round(time.perf_counter() - start, 1),
         "env": {"python": platform.python_version(), "torch": torch.__version__,
                 "cpus": os.cpu_count()},
