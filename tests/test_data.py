@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import os
 from pathlib import Path
 from typing import Dict, List, Sequence
 
@@ -203,6 +204,21 @@ def test_imagefolder_reader_and_its_errors(tmp_path):
     (root / "classes.txt").write_text("anger\njoy\n")
     with pytest.raises(DatasetError, match=r"not in classes.txt.*: fear"):
         load_samples(root, "imagefolder", split="train")
+
+
+def test_imagefolder_links_to_nothing_are_errors_not_skipped(tmp_path):
+    """A class folder or an image that is a broken link or a loop of links used to be left out
+    without a word (the dataset silently shrank or lost a class)."""
+    root = make_imagefolder_root(tmp_path / "d")
+    image = root / "test" / "joy" / "gone.png"
+    os.symlink(root / "nowhere.png", image)
+    with pytest.raises(DatasetError, match=r"joy: 1 symbolic link\(s\) to nothing .*gone.png"):
+        load_samples(root, "imagefolder", split="test")
+    image.unlink()
+    os.symlink(root / "test" / "loop_b", root / "test" / "loop_a")
+    os.symlink(root / "test" / "loop_a", root / "test" / "loop_b")
+    with pytest.raises(DatasetError, match=r"test: 2 symbolic link\(s\) to nothing .*loop_a"):
+        load_samples(root, "imagefolder", split="test")
 
 
 def test_rafdb_reader_with_manual_attributes(tmp_path):

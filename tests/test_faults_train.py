@@ -406,7 +406,15 @@ def _symlink_loop(root: Path) -> Path:
     return data
 
 
+def _imagefolder_broken_link(root: Path) -> Path:
+    data = _imagefolder(root, ["anger", "joy"])
+    os.symlink(data / "nowhere.png", data / "train" / "joy" / "1.png")
+    return data
+
+
 DATASETS = {
+    "broken link, imagefolder": (_imagefolder_broken_link,
+                                 ["symbolic link(s) to nothing", "joy/1.png"]),
     "empty class folder": (lambda r: _imagefolder(r, ["anger", "joy"], empty=["joy"]),
                            ["empty class folder", "joy"]),
     "unknown label": (lambda r: _csv_dataset(r, ["happiness", "angry"], CLASSES),

@@ -41,7 +41,8 @@ jaffe       ROOT/**/<subject>.<EXPR><n>.<id>.tiff (e.g. KA.AN1.39.tiff; NE HA SA
             group = subject.
 imagefolder ROOT/<split>/<class>/*.{jpg,jpeg,png,bmp,tif,tiff,webp}; classes from
             ROOT/classes.txt (one per line) when present, else the sorted class folders of all
-            split folders. Empty class folders and folders not in classes.txt are errors.
+            split folders. Empty class folders, folders not in classes.txt and links to nothing
+            (broken, or a loop of links) among the folders and images are errors.
 csv         ROOT/<split>.csv with a header: path,label[,group][,more columns -> attrs]. path is
             relative to ROOT (or absolute), label a class name or index; classes from
             ROOT/classes.txt when present, else the sorted names (or 0..max index, every index
@@ -188,20 +189,38 @@ def read_csv_dataset(root: Path, split: str, **_: object) -> Result:
     return samples, classes
 
 
+def _entries(folder: Path, *, images_only: bool = False) -> List[Path]:
+    """The sorted entries of a folder; a link to nothing among them (broken, or a loop of
+    links) is an error naming it, not an entry silently left out. With images_only, only the
+    entries with an image extension count (and are checked)."""
+    entries = sorted(folder.iterdir())
+    if images_only:
+        entries = [p for p in entries if p.suffix.lower() in IMAGE_EXTS]
+    dangling = [str(p) for p in entries if not p.exists() and os.path.lexists(p)]
+    if dangling:
+        raise DatasetError(f"{folder}: {len(dangling)} symbolic link(s) to nothing (broken, or a "
+                           f"loop of links); fix or remove them: {_listing(dangling)}")
+    return entries
+
+
+def _subfolders(folder: Path) -> List[Path]:
+    return [p for p in _entries(folder) if p.is_dir()]
+
+
 def _image_files(folder: Path) -> List[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+    return [p for p in _entries(folder, images_only=True) if p.is_file()]
 
 
 def read_imagefolder(root: Path, split: str, **_: object) -> Result:
     """ROOT/<split>/<class>/*.jpg (see the module docstring)."""
     base = _need(root / split, f"split folder {split}/ (layout ROOT/{split}/<class>/*.jpg)")
-    folders = sorted(p for p in base.iterdir() if p.is_dir())
+    folders = _subfolders(base)
     if not folders:
         raise DatasetError(f"{base}: no class folders (layout ROOT/{split}/<class>/*.jpg)")
     classes = _classes_file(root)
     if classes is None:
         names = {p.name for s in ("train", "val", "test") if (root / s).is_dir()
-                 for p in (root / s).iterdir() if p.is_dir()}
+                 for p in _subfolders(root / s)}
         classes = tuple(sorted(names))
     unknown = [p.name for p in folders if p.name not in classes]
     if unknown:
@@ -400,10 +419,10 @@ def read_fergdb(root: Path, split: str, **_: object) -> Result:
     """FERG-DB <character>/<character>_<emotion>/*.png (see the module docstring)."""
     _check_split(split, ("train", "val", "test", "all"), root, "FERG-DB")
     classes = DATASET_CLASSES["fergdb"]
-    characters = sorted(p for p in root.iterdir() if p.is_dir())
+    characters = _subfolders(root)
     samples, empty, unknown, total = [], [], [], 0
     for char in characters:
-        for folder in sorted(p for p in char.iterdir() if p.is_dir()):
+        for folder in _subfolders(char):
             emotion = folder.name.rsplit("_", 1)[-1].lower()
             if emotion not in classes:
                 unknown.append(str(folder))
