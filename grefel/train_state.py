@@ -75,14 +75,22 @@ class RunLock:
     path: Path
     fd: int
     previous: Optional[Dict[str, Any]] = None  # the stale owner it took over, if any
+    created: Tuple[Path, ...] = ()  # the folders taking the lock created, deepest first
 
     def release(self) -> None:
+        """Remove the lock file, then the folders the lock created if they are still empty: a
+        run that stopped before writing anything (a bad --data, --device) leaves no folder."""
         if self.fd < 0:
             return
         with contextlib.suppress(FileNotFoundError):  # removed while held: a run waiting on
             os.unlink(self.path)  # this file then sees it is gone and retries (samestat)
         os.close(self.fd)
         self.fd = -1
+        for folder in self.created:
+            try:
+                folder.rmdir()  # only an empty folder goes; a run's files keep theirs
+            except OSError:
+                break
 
 
 def _owner_text(owner: Optional[Dict[str, Any]]) -> str:
@@ -127,6 +135,7 @@ def _flock(fd: int) -> bool:
 
 def lock_run_folder(out: Path, attempts: int = 5) -> RunLock:
     """Take OUT/.lock for this process (creating OUT); TrainingError if another run holds it."""
+    created = tuple(p for p in (out, *out.parents) if not p.exists())  # deepest first
     out.mkdir(parents=True, exist_ok=True)
     path = out / LOCK_NAME
     for _ in range(attempts):
@@ -158,7 +167,7 @@ def lock_run_folder(out: Path, attempts: int = 5) -> RunLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
         os.fsync(fd)
-        return RunLock(path, fd, previous)
+        return RunLock(path, fd, previous, created)
     raise TrainingError(f"{path}: could not take the run folder's lock ({attempts} attempts; "
                         "other runs keep starting and ending in it)")
 

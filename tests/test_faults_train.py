@@ -136,6 +136,17 @@ def test_lock_without_flock_checks_the_recorded_pid(tmp_path, monkeypatch):
     assert not (tmp_path / LOCK_NAME).exists()
 
 
+def test_a_run_refused_before_writing_removes_only_the_folders_it_created(tmp_path):
+    """Folders the lock created go again when the run stops before writing a file; a folder
+    that was there before stays."""
+    missing = tmp_path / "nope"
+    one_error(invoke(_args(missing, tmp_path / "a" / "b" / "run")), 1, "does not exist")
+    assert not (tmp_path / "a").exists()
+    (tmp_path / "given").mkdir()
+    one_error(invoke(_args(missing, tmp_path / "given")), 1, "does not exist")
+    assert (tmp_path / "given").is_dir() and not any((tmp_path / "given").iterdir())
+
+
 # --- item 2: --resume with changed settings -----------------------------------------------------
 
 
@@ -444,7 +455,7 @@ def test_dataset_corpus_through_train(case, tmp_path):
     build, fragments = DATASETS[case]
     data = build(tmp_path / "ds")
     one_error(invoke(_args(data, tmp_path / "run")), 1, *fragments)
-    assert not (tmp_path / "run" / "config.json").exists()
+    assert not (tmp_path / "run").exists()  # a refused run leaves no (empty) run folder behind
 
 
 def test_missing_split_through_eval(tmp_path):
