@@ -36,7 +36,7 @@ venv: $(VENV)/.installed
 # TensorRT and a GPU exist) -> predict -> bench. Minutes on a 2-core CPU.
 DEMO ?= runs/demo
 DEMO_N ?= 3000
-DEMO_EPOCHS ?= 4
+DEMO_EPOCHS ?= 8
 GREFEL := $(VENV)/bin/grefel
 HAVE_TRT = $(PY) -c "from grefel._lazy import require; require('tensorrt'); require('pycuda.driver')" 2>/dev/null
 
