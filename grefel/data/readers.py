@@ -189,26 +189,35 @@ def read_csv_dataset(root: Path, split: str, **_: object) -> Result:
     return samples, classes
 
 
-def _entries(folder: Path, *, images_only: bool = False) -> List[Path]:
-    """The sorted entries of a folder; a link to nothing among them (broken, or a loop of
-    links) is an error naming it, not an entry silently left out. With images_only, only the
-    entries with an image extension count (and are checked)."""
-    entries = sorted(folder.iterdir())
-    if images_only:
-        entries = [p for p in entries if p.suffix.lower() in IMAGE_EXTS]
-    dangling = [str(p) for p in entries if not p.exists() and os.path.lexists(p)]
+def _folder_entries(folder: Path, kind: str) -> List[Path]:
+    """The sorted subfolders (kind "dir") or image files (kind "image") of a folder, in one scan
+    (no stat for plain entries). A link to nothing among them (broken, or a loop of links) is
+    an error naming it, not an entry silently left out."""
+    found, dangling = [], []
+    with os.scandir(folder) as scan:
+        for entry in scan:
+            if kind == "image" and os.path.splitext(entry.name)[1].lower() not in IMAGE_EXTS:
+                continue
+            try:
+                wanted = entry.is_dir() if kind == "dir" else entry.is_file()
+            except OSError:  # a loop of links: stat fails with ELOOP
+                wanted = False
+            if wanted:
+                found.append(Path(entry.path))
+            elif entry.is_symlink() and not os.path.exists(entry.path):
+                dangling.append(entry.path)
     if dangling:
         raise DatasetError(f"{folder}: {len(dangling)} symbolic link(s) to nothing (broken, or a "
-                           f"loop of links); fix or remove them: {_listing(dangling)}")
-    return entries
+                           f"loop of links); fix or remove them: {_listing(sorted(dangling))}")
+    return sorted(found)
 
 
 def _subfolders(folder: Path) -> List[Path]:
-    return [p for p in _entries(folder) if p.is_dir()]
+    return _folder_entries(folder, "dir")
 
 
 def _image_files(folder: Path) -> List[Path]:
-    return [p for p in _entries(folder, images_only=True) if p.is_file()]
+    return _folder_entries(folder, "image")
 
 
 def read_imagefolder(root: Path, split: str, **_: object) -> Result:
