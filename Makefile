@@ -32,8 +32,9 @@ $(VENV)/.installed: pyproject.toml $(LOCK)
 
 venv: $(VENV)/.installed
 
-# The main job: SynthFER -> train (tiny) -> eval -> export (ONNX + gates; the engine where
-# TensorRT and a GPU exist) -> predict -> bench. Minutes on a 2-core CPU.
+# The main job: SynthFER -> pretrain both streams on it -> train (tiny; landmark stream frozen)
+# -> eval -> export (ONNX + gates; the engine where TensorRT and a GPU exist) -> predict -> bench.
+# Minutes on a 2-core CPU.
 DEMO ?= runs/demo
 DEMO_N ?= 3000
 DEMO_EPOCHS ?= 8
@@ -43,8 +44,12 @@ HAVE_TRT = $(PY) -c "from grefel._lazy import require; require('tensorrt'); requ
 demo: venv
 	rm -rf $(DEMO)
 	$(GREFEL) data synth --out $(DEMO)/synthfer --n $(DEMO_N) --imbalance uniform --difficulty 0.3
+	$(GREFEL) pretrain landmarks --data $(DEMO)/synthfer --steps 200 --out $(DEMO)/pretrained/mobilefacenet.safetensors
+	$(GREFEL) pretrain identity --data $(DEMO)/synthfer --steps 150 --out $(DEMO)/pretrained/ir50.safetensors
 	$(GREFEL) train --data $(DEMO)/synthfer --preset tiny --epochs $(DEMO_EPOCHS) --batch-size 32 \
-		--lr 1e-3 --freeze none --image-warmup 150 --no-augment --out $(DEMO)/train
+		--lr 1e-3 --freeze landmark --pretrained-mobilefacenet $(DEMO)/pretrained/mobilefacenet.safetensors \
+		--pretrained-ir50 $(DEMO)/pretrained/ir50.safetensors --image-warmup 150 --no-augment \
+		--out $(DEMO)/train
 	$(GREFEL) eval $(DEMO)/train/best.safetensors --data $(DEMO)/synthfer --out $(DEMO)/eval
 	$(GREFEL) export $(DEMO)/train/best.safetensors --fp16 --out $(DEMO)/engines \
 		--calib-data $(DEMO)/synthfer/images $$($(HAVE_TRT) || echo --onnx-only)
