@@ -26,10 +26,7 @@ without the image warm-up stays at chance).
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import math
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -37,7 +34,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
 
-from benchmarks.report import publish
+from benchmarks.report import probe_header, publish
 from benchmarks.stream_probe import fit_probe, probe_accuracy
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -205,12 +202,9 @@ def main(argv: Sequence[str] = ()) -> int:
         print(f"{name}: {result}", file=sys.stderr, flush=True)
         models.append({"name": name, "file": str(path), **result})
     record = {
-        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d"), "data": str(data),
-        "command": "python -m benchmarks.readout_probe " + " ".join(argv or sys.argv[1:]),
+        **probe_header("benchmarks.readout_probe", argv or sys.argv[1:]), "data": str(data),
         "chance": 1.0 / models[-1]["classes"], "models": models,
         "seconds": round(time.perf_counter() - start, 1),
-        "env": {"python": platform.python_version(), "torch": torch.__version__,
-                "cpus": os.cpu_count()},
     }
     publish(Path(args.out) / f"readout_probe_{record['date']}", record, markdown(record))
     return 0

@@ -11,7 +11,10 @@ is a BenchError naming it, before any timing.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import os
+import platform
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -29,6 +32,7 @@ __all__ = [
     "latency_table",
     "load_record",
     "make_record",
+    "probe_header",
     "publish",
     "sizes_table",
     "to_markdown",
@@ -253,6 +257,17 @@ def write_json_and_markdown(json_path: Path, md_path: Path, record: Dict[str, An
     """A benchmark's record: the JSON and its Markdown rendering, each written atomically."""
     atomic_write_json(json_path, record)
     atomic_write_bytes(md_path, markdown.encode())
+
+
+def probe_header(module: str, argv: Sequence[str]) -> Dict[str, Any]:
+    """The fields every probe record opens with: today's date (UTC), the command that made it
+    (`python -m MODULE ARGV`) and the software it ran on."""
+    import torch
+
+    return {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d"),
+            "command": f"python -m {module} " + " ".join(argv),
+            "env": {"python": platform.python_version(), "torch": torch.__version__,
+                    "cpus": os.cpu_count()}}
 
 
 def publish(stem: Path, record: Dict[str, Any], markdown: str) -> None:

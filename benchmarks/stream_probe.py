@@ -23,9 +23,6 @@ queries look). A probe near chance on the image stream means the head has nothin
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -34,7 +31,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 import torch
 
 from benchmarks.frozen_trunk import MAPS
-from benchmarks.report import publish
+from benchmarks.report import probe_header, publish
 
 RESULTS = Path(__file__).resolve().parent / "results"
 KEYS = {"ir50": "", "mobilefacenet": "", "warmup": "0", "seed": "0"}
@@ -156,14 +153,11 @@ def main(argv: Sequence[str] = ()) -> int:
                        "report": trunk["report"], "probes": probes})
     c = len(trunk["classes"])  # chance and majority of the last trunk's data (one --data)
     record = {
-        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d"), "data": str(data),
-        "command": "python -m benchmarks.stream_probe " + " ".join(argv or sys.argv[1:]),
+        **probe_header("benchmarks.stream_probe", argv or sys.argv[1:]), "data": str(data),
         "chance": 1.0 / c,
         "majority_test": majority_baseline(trunk["train"][1].tolist(),
                                            trunk["test"][1].numpy(), c)[1],
         "trunks": trunks, "seconds": round(time.perf_counter() - start, 1),
-        "env": {"python": platform.python_version(), "torch": torch.__version__,
-                "cpus": os.cpu_count()},
     }
     publish(Path(args.out) / f"stream_probe_{record['date']}", record, markdown(record))
     return 0

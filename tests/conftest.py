@@ -21,6 +21,15 @@ def paper_model():
 
 
 
+@pytest.fixture(scope="session")
+def synthfer(tmp_path_factory):
+    """A small SynthFER folder (90 faces, balanced classes; read-only for the tests using it)."""
+    from grefel.data.synthfer import generate_synthfer
+
+    return generate_synthfer(tmp_path_factory.mktemp("synthfer"), 90, seed=0,
+                             imbalance="uniform", difficulty=0.3)
+
+
 @pytest.fixture
 def no_tensorrt(monkeypatch: pytest.MonkeyPatch) -> None:
     """TensorRT and pycuda are not importable for this test, whatever is installed."""

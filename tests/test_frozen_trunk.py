@@ -21,14 +21,6 @@ from benchmarks.frozen_trunk import (
 
 
 @pytest.fixture(scope="module")
-def synthfer(tmp_path_factory):
-    from grefel.data.synthfer import generate_synthfer
-
-    return generate_synthfer(tmp_path_factory.mktemp("synthfer"), 90, seed=0,
-                             imbalance="uniform", difficulty=0.3)
-
-
-@pytest.fixture(scope="module")
 def trunk_file(synthfer, tmp_path_factory):
     path = tmp_path_factory.mktemp("trunk") / "trunk.safetensors"
     report = build_trunk(synthfer, path, seed=0, image_warmup=3, lr=1e-3, batch_size=16,

@@ -19,14 +19,6 @@ from benchmarks.readout_probe import (
 from grefel.model import create_model
 
 
-@pytest.fixture(scope="module")
-def synthfer(tmp_path_factory):
-    from grefel.data.synthfer import generate_synthfer
-
-    return generate_synthfer(tmp_path_factory.mktemp("synthfer"), 60, seed=0,
-                             imbalance="uniform", difficulty=0.3)
-
-
 def _model(seed: int = 0):
     torch.manual_seed(seed)
     model = create_model("tiny").eval()
