@@ -23,11 +23,14 @@ import torch
 SETTINGS = {
     "none": None,
     "full": {},
-    "flip_crop": {"max_degrees": 0.0, "jitter": 0.0, "erase_p": 0.0},
-    "rotate_only": {"flip_p": 0.0, "resize_to": 112, "jitter": 0.0, "erase_p": 0.0},
-    "jitter_only": {"flip_p": 0.0, "resize_to": 112, "max_degrees": 0.0, "erase_p": 0.0},
-    "erase_only": {"flip_p": 0.0, "resize_to": 112, "max_degrees": 0.0, "jitter": 0.0},
-    "mild": {"resize_to": 116, "max_degrees": 0.0, "jitter": 0.0},  # flip, erase, 4-px crop
+    "flip_shift": {"max_degrees": 0.0, "jitter": 0.0, "erase_p": 0.0},
+    "flip_only": {"max_shift": 0, "max_degrees": 0.0, "jitter": 0.0, "erase_p": 0.0},
+    "shift_only": {"flip_p": 0.0, "max_degrees": 0.0, "jitter": 0.0, "erase_p": 0.0},
+    "rotate_only": {"flip_p": 0.0, "max_shift": 0, "jitter": 0.0, "erase_p": 0.0},
+    "jitter_only": {"flip_p": 0.0, "max_shift": 0, "max_degrees": 0.0, "erase_p": 0.0},
+    "erase_only": {"flip_p": 0.0, "max_shift": 0, "max_degrees": 0.0, "jitter": 0.0},
+    "mild": {"max_shift": 2, "max_degrees": 0.0, "jitter": 0.0},  # flip, erase, +-2 px shift
+    "light": {"max_shift": 2, "max_degrees": 5.0},  # all five kinds, smaller shift and rotation
 }
 
 

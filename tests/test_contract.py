@@ -243,18 +243,34 @@ def test_resize_is_antialiased_and_shared_by_the_train_transform() -> None:
     x = contract.to_model_input(np.repeat(checker[..., None], 3, axis=2))
     assert x.shape == contract.INPUT_SHAPE and x.dtype == np.float32
     assert abs(float(x.mean()) - 0.5) < 0.02 and float(x.std()) < 0.05  # no aliasing stripes
-    t = TrainTransform(flip_p=0.0, max_degrees=0.0, jitter=0.0, erase_p=0.0)
+    t = TrainTransform(max_shift=0, flip_p=0.0, max_degrees=0.0, jitter=0.0, erase_p=0.0)
     face = _face(7)
     import torch
 
     out = t(face, generator=torch.Generator().manual_seed(0))
-    # the crop of the contract's resize to 128, nothing else
-    big = contract.resize(face, t.resize_to).astype(np.float32) / 255.0
-    best = min(
-        float(np.abs(out.numpy() - big[i:i + 112, j:j + 112].transpose(2, 0, 1)).max())
-        for i in range(t.resize_to - 111) for j in range(t.resize_to - 111)
-    )
-    assert best < 1e-4  # float rounding of the identity rotation; one 8-bit step is 3.9e-3
+    # with its random parts off, the training transform is the contract's input, exactly: the
+    # face the model trains on has the scale it has at eval and in deployment
+    # (to float rounding of the identity colour jitter; one 8-bit step is 3.9e-3)
+    assert np.abs(out.numpy() - contract.to_model_input(face)).max() < 1e-6
+
+
+def test_the_training_shift_moves_the_eval_input_by_whole_pixels() -> None:
+    import torch
+
+    from grefel.data.transforms import TrainTransform
+
+    face = _face(3)
+    base = contract.to_model_input(face)
+    t = TrainTransform(max_shift=8, flip_p=0.0, max_degrees=0.0, jitter=0.0, erase_p=0.0)
+    shifted = 0
+    for seed in range(6):
+        out = t(face, generator=torch.Generator().manual_seed(seed)).numpy()
+        # some (dx, dy) in [-8, 8]^2 maps the eval input onto out away from the reflected edges
+        match = [(dx, dy) for dx in range(-8, 9) for dy in range(-8, 9) if np.abs(
+            out[:, 8 + dy:104 + dy, 8 + dx:104 + dx] - base[:, 8:104, 8:104]).max() < 1e-5]
+        assert len(match) == 1, seed
+        shifted += match[0] != (0, 0)
+    assert shifted >= 4  # the shift is drawn, not always zero
 
 
 def test_image_size_is_fixed_by_the_contract() -> None:

@@ -453,7 +453,7 @@ def test_train_transform_shape_range_and_seeded_determinism():
     assert a.shape == (3, 112, 112) and a.dtype == torch.float32
     assert float(a.min()) >= 0.0 and float(a.max()) <= 1.0
     assert torch.equal(a, b) and not torch.equal(a, c)
-    assert t.resize_to == 128  # 256 -> 224 ratio at 112
+    assert t.max_shift == 8  # the shift range of the former 128 -> 112 crop, at eval scale
     assert make_transforms(True, image_size=64)(img).shape == (3, 64, 64)
 
 

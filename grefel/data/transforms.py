@@ -9,9 +9,13 @@ torch 2.13.0 this project pins, and NVIDIA's Jetson torch wheels ship without a 
 torchvision, so depending on it would break training on both. Each step is a few lines and
 tested (shape, range, determinism under a seeded generator).
 
-    train: resize to 128 (the paper's 256 -> 224 crop ratio at our 112 scale), random crop 112,
-           horizontal flip, rotation within +-10 degrees, colour jitter (brightness, contrast,
-           saturation), random erasing.
+    train: the eval resize to 112, then a random shift within +-8 px and a rotation within
+           +-10 degrees (one affine warp, reflecting at the borders), horizontal flip, colour
+           jitter (brightness, contrast, saturation), random erasing. The face keeps the
+           scale it has at eval and in deployment (POSTER V2 likewise trains on
+           `RandomCrop(224, padding=32)` of its eval resize); until 2026-12-04 the crop was
+           112 of a 128 resize, so every training face was 1.14 x larger than any the model
+           was evaluated or deployed on.
     eval:  antialiased resize to 112 (`grefel.contract.to_model_input`).
 
 Every transform maps an RGB uint8 array (H, W, 3) (or a PIL image, converted by
@@ -46,19 +50,19 @@ def _rgb_array(img: ImageLike) -> np.ndarray:
     return img
 
 
-def _tensor(a: np.ndarray) -> torch.Tensor:
-    """RGB uint8 (H, W, 3) -> float32 [3,H,W] in [0,1]."""
-    return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1))).float().div_(255.0)
-
-
 def _uniform(lo: float, hi: float, g: Optional[torch.Generator]) -> float:
     return lo + (hi - lo) * float(torch.rand((), generator=g))
 
 
-def _rotate(x: torch.Tensor, degrees: float) -> torch.Tensor:
-    """Rotate [3,H,W] about its centre, reflecting at the borders."""
+def _warp(x: torch.Tensor, degrees: float, dx: float, dy: float) -> torch.Tensor:
+    """Rotate [3,H,W] about its centre by `degrees` and shift it by (dx, dy) pixels (right,
+    down), reflecting at the borders; an integer shift without rotation moves pixels exactly."""
     a = math.radians(degrees)
-    theta = torch.tensor([[math.cos(a), -math.sin(a), 0.0], [math.sin(a), math.cos(a), 0.0]])
+    _, h, w = x.shape
+    # affine_grid maps output to input coordinates in [-1, 1]: a shift of the content by +dx
+    # pixels samples the input at -dx, i.e. -2 dx / W in normalised units.
+    theta = torch.tensor([[math.cos(a), -math.sin(a), -2.0 * dx / w],
+                          [math.sin(a), math.cos(a), -2.0 * dy / h]])
     grid = F.affine_grid(theta[None], [1, *x.shape], align_corners=False)  # [1,H,W,2]
     y = F.grid_sample(x[None], grid, mode="bilinear", padding_mode="reflection",
                       align_corners=False)
@@ -106,11 +110,12 @@ class EvalTransform:
 
 
 class TrainTransform:
-    """Resize, random crop, flip, rotation, colour jitter, random erasing (paper §4.1).
+    """Eval resize, random shift and rotation, flip, colour jitter, random erasing (§4.1).
 
     Args:
         size: output side (112).
-        resize_to: side before cropping; default round(size * 256 / 224) = 128 at 112.
+        max_shift: shift drawn uniformly in [-max_shift, max_shift] pixels, each axis (whole
+            pixels; the +-8 px of the former 128 -> 112 crop).
         flip_p: probability of a horizontal flip.
         max_degrees: rotation drawn uniformly in [-max_degrees, max_degrees].
         jitter: maximum relative change of brightness, contrast and saturation.
@@ -120,14 +125,14 @@ class TrainTransform:
     def __init__(
         self,
         size: int = contract.INPUT_SIZE,
-        resize_to: Optional[int] = None,
+        max_shift: int = 8,
         flip_p: float = 0.5,
         max_degrees: float = 10.0,
         jitter: float = 0.3,
         erase_p: float = 0.25,
     ) -> None:
         self.size = size
-        self.resize_to = resize_to if resize_to is not None else int(round(size * 256 / 224))
+        self.max_shift = max_shift
         self.flip_p = flip_p
         self.max_degrees = max_degrees
         self.jitter = jitter
@@ -135,14 +140,14 @@ class TrainTransform:
 
     def __call__(self, img: ImageLike, generator: Optional[torch.Generator] = None
                  ) -> torch.Tensor:
-        g, s = generator, self.size
-        x = _tensor(contract.resize(_rgb_array(img), self.resize_to))  # [3,R,R]
-        top = int(torch.randint(0, self.resize_to - s + 1, (), generator=g))
-        left = int(torch.randint(0, self.resize_to - s + 1, (), generator=g))
-        x = x[:, top:top + s, left:left + s]  # [3,S,S]
+        g, s, m = generator, self.size, self.max_shift
+        x = torch.from_numpy(contract.to_model_input(_rgb_array(img), s))  # [3,S,S], as eval
+        dx, dy = (int(torch.randint(-m, m + 1, (), generator=g)) for _ in range(2))
         if float(torch.rand((), generator=g)) < self.flip_p:
             x = x.flip(-1)
-        x = _rotate(x, _uniform(-self.max_degrees, self.max_degrees, g))
+        degrees = _uniform(-self.max_degrees, self.max_degrees, g)
+        if degrees or dx or dy:
+            x = _warp(x, degrees, dx, dy)
         j = self.jitter
         x = _color_jitter(x, *(_uniform(1 - j, 1 + j, g) for _ in range(3)))
         if float(torch.rand((), generator=g)) < self.erase_p:
@@ -153,7 +158,7 @@ class TrainTransform:
         return x.contiguous()
 
     def __repr__(self) -> str:
-        return (f"TrainTransform(size={self.size}, resize_to={self.resize_to}, "
+        return (f"TrainTransform(size={self.size}, max_shift={self.max_shift}, "
                 f"flip_p={self.flip_p}, max_degrees={self.max_degrees}, jitter={self.jitter}, "
                 f"erase_p={self.erase_p})")
 
