@@ -102,17 +102,17 @@ def collect(model: torch.nn.Module, data: Path, split: str, batch_size: int = 64
 
 
 def attention_summary(attn: torch.Tensor) -> List[Dict[str, float]]:
-    """Per block: mean normalised entropy (1 = uniform) and mean largest weight of the cls
-    attention (N, blocks, h, T)."""
+    """Per block: mean normalised entropy (1 = uniform), mean largest weight and image
+    dependence of the cls attention (N, blocks, h, T)."""
     T = attn.shape[-1]
     p = attn.clamp_min(torch.finfo(attn.dtype).tiny)
     entropy = -(attn * p.log()).sum(-1) / math.log(T)  # (N, blocks, h)
     # How much the pattern depends on the image: total-variation distance of each image's
     # attention from the mean pattern over the images (0: the same positions for every face).
-    spread = 0.5 * (attn - attn.mean(0, keepdim=True)).abs().sum(-1)  # (N, blocks, h)
+    tv = 0.5 * (attn - attn.mean(0, keepdim=True)).abs().sum(-1)  # (N, blocks, h)
     return [{"block": b, "entropy": float(entropy[:, b].mean()),
              "max_weight": float(attn[:, b].amax(-1).mean()), "uniform_weight": 1.0 / T,
-             "image_dependence": float(spread[:, b].mean())}
+             "image_dependence": float(tv[:, b].mean())}
             for b in range(attn.shape[1])]
 
 
