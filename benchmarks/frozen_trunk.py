@@ -116,9 +116,9 @@ def build_trunk(data: Path, out: Path, *, seed: int, image_warmup: int, lr: floa
 
 
 @torch.no_grad()
-def stream_maps(model: nn.Module, data: Path, split: str, *, batch_size: int
-                ) -> Tuple[List[torch.Tensor], torch.Tensor, Tuple[str, ...]]:
-    """The six stream maps (float16) of every image of `split`, its labels, the class names."""
+def split_loader(data: Path, split: str, *, batch_size: int) -> Tuple[Any, Tuple[str, ...]]:
+    """A loader of every image of `split` through the eval transform (in order, strict), and
+    the class names."""
     from torch.utils.data import DataLoader
 
     from grefel.data import FERDataset, check_readable, collate_skip, load_samples, make_transforms
@@ -127,6 +127,13 @@ def stream_maps(model: nn.Module, data: Path, split: str, *, batch_size: int
     check_readable(samples, f"{data} split {split!r}")
     loader = DataLoader(FERDataset(samples, classes, make_transforms(False), strict=True),
                         batch_size, collate_fn=collate_skip)
+    return loader, tuple(classes)
+
+
+def stream_maps(model: nn.Module, data: Path, split: str, *, batch_size: int
+                ) -> Tuple[List[torch.Tensor], torch.Tensor, Tuple[str, ...]]:
+    """The six stream maps (float16) of every image of `split`, its labels, the class names."""
+    loader, classes = split_loader(data, split, batch_size=batch_size)
     parts: List[List[torch.Tensor]] = [[] for _ in MAPS]
     labels = []
     for images, y, _, _ in loader:
@@ -139,7 +146,7 @@ def stream_maps(model: nn.Module, data: Path, split: str, *, batch_size: int
         if not torch.isfinite(m).all():  # beyond float16's range (65504) or NaN
             raise FloatingPointError(f"{data} split {split!r}: stream map {name} is not finite "
                                      "in float16")
-    return maps, torch.cat(labels), tuple(classes)
+    return maps, torch.cat(labels), classes
 
 
 def load_trunk(path: Path) -> Dict[str, Any]:

@@ -34,8 +34,9 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
 
+from benchmarks.frozen_trunk import split_loader
 from benchmarks.report import probe_header, publish
-from benchmarks.stream_probe import fit_probe, probe_accuracy
+from benchmarks.stream_probe import score_probe
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SPLITS = ("train", "val", "test")
@@ -65,14 +66,7 @@ def cls_attention(block: torch.nn.Module, normed: torch.Tensor) -> torch.Tensor:
 def collect(model: torch.nn.Module, data: Path, split: str, batch_size: int = 64
             ) -> Dict[str, torch.Tensor]:
     """Xo (N, 147, D), e (N, D), labels (N,) and each block's cls attention (N, blocks, h, T)."""
-    from torch.utils.data import DataLoader
-
-    from grefel.data import FERDataset, check_readable, collate_skip, load_samples, make_transforms
-
-    samples, classes = load_samples(data, "auto", split)
-    check_readable(samples, f"{data} split {split!r}")
-    loader = DataLoader(FERDataset(samples, classes, make_transforms(False), strict=True),
-                        batch_size, collate_fn=collate_skip)
+    loader, _ = split_loader(data, split, batch_size=batch_size)
     fusion = model.fusion
     xo: List[torch.Tensor] = []
     attn: List[torch.Tensor] = []
@@ -146,17 +140,11 @@ def probe_model(path: Path, data: Path) -> Dict[str, Any]:
     model, _ = load_checkpoint(path)
     col = {split: collect(model, data, split) for split in SPLITS}
     classes = len(model.cfg.class_names)
-    probes = []
     sets = {split: feature_sets(col[split]) for split in SPLITS}
-    for name in sets["train"]:
-        x, y = sets["train"][name].float(), col["train"]["labels"]
-        layer, mean, std = fit_probe(x, y, classes)
-        row = {"features": name, "dims": x.shape[1],
-               "train_acc": probe_accuracy(layer, mean, std, x, y)}
-        for split in ("val", "test"):
-            row[f"{split}_acc"] = probe_accuracy(layer, mean, std, sets[split][name].float(),
-                                                 col[split]["labels"])
-        probes.append(row)
+    probes = [{"features": name, **score_probe(
+                  {split: (sets[split][name].float(), col[split]["labels"]) for split in SPLITS},
+                  classes)}
+              for name in sets["train"]]
     return {"classes": classes, "attention": attention_summary(col["test"]["attn"]),
             "probes": probes,
             "e_spread": spread(col["test"]["e"]),
@@ -166,13 +154,14 @@ def probe_model(path: Path, data: Path) -> Dict[str, Any]:
 
 
 def markdown(record: Dict[str, Any]) -> str:
+    tokens = round(1.0 / record["models"][0]["attention"][0]["uniform_weight"])  # cls + Xo
     lines = [f"# The fusion ViT's cls readout of trained models ({record['date']})", "",
              f"Data: `{record['data']}`; chance {record['chance']:.3f}. Command:", "",
              "    " + record["command"], "",
-             "| model | cls attention entropy / ln 148 (block 0) | largest weight (uniform "
-             "0.0068) | its dependence on the image (TV) | spread of e | spread of pooled tokens "
-             "| e from pooled tokens, R^2 | probe: pooled tokens | probe: all tokens | "
-             "probe: e |", "|---|---|---|---|---|---|---|---|---|---|"]
+             f"| model | cls attention entropy / ln {tokens} (block 0) | largest weight "
+             f"(uniform {1 / tokens:.4f}) | its dependence on the image (TV) | "
+             "spread of e | spread of pooled tokens | e from pooled tokens, R^2 | "
+             "probe: pooled tokens | probe: all tokens | probe: e |", "|---" * 10 + "|"]
     for m in record["models"]:
         a = m["attention"][0]
         acc = {p["features"]: p["test_acc"] for p in m["probes"]}

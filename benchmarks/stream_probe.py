@@ -86,21 +86,23 @@ def features(maps: Sequence[torch.Tensor], stream: str, kind: str) -> torch.Tens
     return level3.mean(dim=(2, 3)) if kind == "pooled" else level3.flatten(1)
 
 
+def score_probe(splits: Dict[str, Tuple[torch.Tensor, torch.Tensor]], classes: int
+                ) -> Dict[str, Any]:
+    """A probe fitted on splits["train"] (features (N, F), labels (N,)) and its accuracy on
+    every split given: {"dims", "train_acc", "val_acc", ...}."""
+    x, y = splits["train"]
+    layer, mean, std = fit_probe(x, y, classes)
+    return {"dims": x.shape[1], **{f"{split}_acc": probe_accuracy(layer, mean, std, fx, fy)
+                                   for split, (fx, fy) in splits.items()}}
+
+
 def probe_trunk(trunk: Dict[str, Any]) -> List[Dict[str, Any]]:
     """The four probes (2 streams x pooled/map) of a trunk (`frozen_trunk.load_trunk`)."""
     c = len(trunk["classes"])
-    rows = []
-    for stream in ("image", "landmark"):
-        for kind in ("pooled", "map"):
-            x, y = features(trunk["train"][0], stream, kind), trunk["train"][1]
-            layer, mean, std = fit_probe(x, y, c)
-            row = {"stream": stream, "features": kind, "dims": x.shape[1],
-                   "train_acc": probe_accuracy(layer, mean, std, x, y)}
-            for split in ("val", "test"):
-                row[f"{split}_acc"] = probe_accuracy(
-                    layer, mean, std, features(trunk[split][0], stream, kind), trunk[split][1])
-            rows.append(row)
-    return rows
+    return [{"stream": stream, "features": kind, **score_probe(
+                {split: (features(trunk[split][0], stream, kind), trunk[split][1])
+                 for split in ("train", "val", "test")}, c)}
+            for stream in ("image", "landmark") for kind in ("pooled", "map")]
 
 
 def markdown(record: Dict[str, Any]) -> str:
