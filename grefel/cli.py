@@ -94,6 +94,46 @@ def data_synth(out: str, n: int, seed: int, noise: float, imbalance: str, contem
     click.echo((path / "README.txt").read_text(), nl=False)
 
 
+@data.command(
+    "split",
+    epilog="""\b
+Examples:
+  grefel data split facial_expressions          # muxspace/facial_expressions, as cloned
+  grefel data split facial_expressions --json split.json
+""",
+)
+@click.argument("root", type=click.Path(file_okay=False))
+@click.option("--json", "json_path", type=click.Path(dir_okay=False),
+              help="Also write the split record (counts per class and split) as JSON.")
+def data_split(root: str, json_path: Optional[str]) -> None:
+    """Show (and on first use write) the identity-disjoint split of a real-faces folder.
+
+    The split of muxspace/facial_expressions is stratified by class and written into ROOT as
+    grefel_split.csv + grefel_split.json the first time any command reads ROOT; every later
+    command uses those files. Prints the images per class and split and flags the classes
+    with fewer than 10 test images.
+    """
+    from grefel.data import DatasetError
+    from grefel.data.muxspace import looks_muxspace, muxspace_split, split_table
+    from grefel.fileio import atomic_write_json
+
+    path = Path(root).expanduser()
+    if not looks_muxspace(path):
+        raise click.BadParameter(f"{path}: not a muxspace/facial_expressions folder (needs "
+                                 "data/legend.csv and images/)", param_hint="ROOT")
+    try:
+        _, _, record = muxspace_split(path)
+    except DatasetError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(split_table(record))
+    flagged = record["flagged_fewer_than_10_test_images"]
+    if flagged:
+        click.echo("flagged (fewer than 10 test images: their test metrics are noise): "
+                   + ", ".join(f"{c} {n}" for c, n in flagged.items()))
+    if json_path:
+        atomic_write_json(json_path, record)
+
+
 def _user_error(exc: BaseException) -> click.ClickException:
     """A ClickException from a library error; a DataLoader worker's traceback is cut off, an
     OSError becomes "FILE: what went wrong"."""

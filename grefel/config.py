@@ -49,6 +49,11 @@ DATASET_CLASSES: Dict[str, Tuple[str, ...]] = {
         "neutral", "anger", "disgust", "fear", "happiness", "sadness", "surprise", "other",
     ),
     "jaffe": ("neutral", "happiness", "sadness", "surprise", "anger", "disgust", "fear"),
+    # muxspace/facial_expressions (grefel.data.muxspace): the 7 basic expressions, + contempt
+    "muxspace": ("neutral", "happiness", "sadness", "surprise", "fear", "disgust", "anger"),
+    "muxspace8": (
+        "neutral", "happiness", "sadness", "surprise", "fear", "disgust", "anger", "contempt",
+    ),
     "synthfer": ("neutral", "happiness", "sadness", "surprise", "fear", "disgust", "anger"),
     "synthfer8": (
         "neutral", "happiness", "sadness", "surprise", "fear", "disgust", "anger", "contempt",

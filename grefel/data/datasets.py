@@ -44,7 +44,7 @@ _log = logging.getLogger("grefel.data")
 MIN_SIDE = 16  # images smaller than this (either side, in pixels) are refused as unreadable
 KINDS = (
     "auto", "rafdb", "affectnet7", "affectnet8", "ferplus", "fergdb", "affwild2", "jaffe",
-    "imagefolder", "csv",
+    "imagefolder", "csv", "muxspace", "muxspace8",
 )
 
 

@@ -48,6 +48,12 @@ csv         ROOT/<split>.csv with a header: path,label[,group][,more columns -> 
             ROOT/classes.txt when present, else the sorted names (or 0..max index, every index
             present) of all split CSVs. Unknown labels, index gaps without classes.txt and
             missing images (broken links and symlink loops included) are errors listing them.
+muxspace, muxspace8
+            muxspace/facial_expressions: ROOT/data/legend.csv (user.id,image,emotion) and
+            ROOT/images/. 7 classes (contempt left out and counted) or 8. Splits train / val /
+            test: identity-disjoint, stratified by class, written into ROOT as grefel_split.csv
+            + .json on first read (grefel.data.muxspace); "all" = every labelled image.
+            group = identity (the file name without its trailing index).
 """
 
 from __future__ import annotations
@@ -64,6 +70,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from grefel.config import DATASET_CLASSES
+from grefel.data.muxspace import looks_muxspace, read_muxspace, read_muxspace8
 from grefel.data.samples import DatasetError, Sample
 
 __all__ = ["READERS", "detect_kind", "table_image"]
@@ -558,6 +565,7 @@ READERS: Dict[str, Callable[..., Result]] = {
     "rafdb": read_rafdb, "affectnet7": read_affectnet7, "affectnet8": read_affectnet8,
     "ferplus": read_ferplus, "fergdb": read_fergdb, "affwild2": read_affwild2,
     "jaffe": read_jaffe, "imagefolder": read_imagefolder, "csv": read_csv_dataset,
+    "muxspace": read_muxspace, "muxspace8": read_muxspace8,
 }
 
 
@@ -573,6 +581,7 @@ def _looks_fergdb(root: Path) -> bool:
 def detect_kind(root: Path, split: str = "train") -> str:
     """The layout `root` matches; affectnet8 for AffectNet (pass affectnet7 to drop contempt)."""
     checks = (
+        ("muxspace", lambda: looks_muxspace(root)),
         ("csv", lambda: (root / f"{split}.csv").exists() or (root / "train.csv").exists()),
         ("rafdb", lambda: (root / "EmoLabel").is_dir() or (root / "basic" / "EmoLabel").is_dir()),
         ("affectnet8", lambda: (root / "training.csv").exists()
@@ -588,7 +597,8 @@ def detect_kind(root: Path, split: str = "train") -> str:
         if check():
             return kind
     raise DatasetError(
-        f"{root}: cannot tell the dataset layout; looked for {split}.csv (csv), "
+        f"{root}: cannot tell the dataset layout; looked for data/legend.csv + images/ "
+        f"(muxspace), {split}.csv (csv), "
         "EmoLabel/ (rafdb), training.csv (affectnet), fer2013new.csv (ferplus), "
         f"cropped_aligned/ (affwild2), {split}/<class>/ (imagefolder), *.tiff (jaffe), "
         "<character>/<character>_<emotion>/ (fergdb). Pass --dataset KIND to choose.")
