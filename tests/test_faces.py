@@ -117,6 +117,30 @@ def test_blazeface_finds_nothing_in_noise(blaze_models: Dict[str, Path]) -> None
     assert det.faces(noise) == []
 
 
+def test_every_packaged_model_is_in_the_notice_and_the_package_data() -> None:
+    """Each .tflite of grefel/runtime/models is named in its NOTICE.md with its size and sha256
+    (the licence record stays true), and pyproject's package data puts it in the wheel."""
+    import fnmatch
+    import hashlib
+
+    tomllib = pytest.importorskip("tomllib")
+    folder = ROOT / "grefel" / "runtime" / "models"
+    notice = (folder / "NOTICE.md").read_text()
+    files = sorted(folder.glob("*.tflite"))
+    assert {"face_detection_short_range.tflite", "face_detection_full_range.tflite",
+            "face_landmark.tflite"} <= {f.name for f in files}
+    for f in files:
+        data = f.read_bytes()
+        row = f"| `{f.name}` | {len(data)} | `{hashlib.sha256(data).hexdigest()}` |"
+        assert row in notice, row
+    globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"]["grefel"]
+    for f in [*files, folder / "NOTICE.md", folder / "LICENSE"]:
+        rel = f.relative_to(ROOT / "grefel").as_posix()
+        assert any(fnmatch.fnmatch(rel, g) for g in globs), rel
+    assert (folder / "LICENSE").read_text().lstrip().startswith("Apache License")
+
+
 # --- decoding with made-up outputs ---------------------------------------------------------------
 
 
