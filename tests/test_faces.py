@@ -79,6 +79,74 @@ def test_blazeface_finds_nothing_in_noise() -> None:
     assert det.faces(noise) == []
 
 
+def _close_up(seed: int) -> tuple:
+    """A drawn face cropped to its landmarks (a face that fills the frame, as a tight face crop
+    or a face close to the camera) and its 68 landmarks in the crop's pixels."""
+    img, lm = _drawn_face(seed)
+    x1, y1 = lm.min(0).astype(int) - [5, 10]
+    x2, y2 = lm.max(0).astype(int) + 5
+    return img[max(y1, 0) : y2, max(x1, 0) : x2], lm - [max(x1, 0), max(y1, 0)]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_auto_finds_close_up_faces_the_full_range_model_misses(seed: int) -> None:
+    """On a face that fills the frame the full-range model finds nothing; `auto` gives the
+    short-range model's face (confirmed on the zoomed-out frame) with its keypoints."""
+    auto = detectors.AutoDetector(interpreter=detectors.OpenCVTFLite)
+    crop, lm = _close_up(seed)
+    assert auto.full.faces(crop) == []
+    (face,) = auto.faces(crop)
+    assert face.score >= auto.short.min_score and face.keypoints is not None
+    x1, y1, x2, y2 = face.box
+    eyes = np.stack([lm[36:42].mean(0), lm[42:48].mean(0)])
+    assert (np.linalg.norm(face.keypoints[:2] - eyes, axis=1) < 0.08 * (x2 - x1)).all()
+
+
+def test_auto_finds_nothing_in_noise_and_keeps_full_range_faces() -> None:
+    auto = make_detector("auto")
+    assert isinstance(auto, detectors.AutoDetector) and auto.name == "blazeface-auto"
+    # the rule measured in benchmarks/results/faces_2026-12-06.md
+    assert (auto.short.min_score, auto.zoom_out, auto.confirm_score, auto.confirm_iou) == (
+        0.5, 2.0, 0.5, 0.5)
+    noise = np.random.default_rng(0).integers(0, 255, (240, 320, 3), dtype=np.uint8)
+    assert auto.faces(noise) == []
+    face, _ = _drawn_face(1)
+    frame = np.full((224, 400, 3), 90, np.uint8)
+    frame[:, 100:324] = face
+    assert [f.box for f in auto.faces(frame)] == [f.box for f in auto.full.faces(frame)] != []
+
+
+class Scripted:
+    """A stand-in for one BlazeFaceDetector inside AutoDetector: fixed faces per call kind,
+    and a log of the calls (zoom_out, min_score)."""
+
+    def __init__(self, faces: List[Face], zoomed: Optional[List[Face]] = None) -> None:
+        self._faces, self._zoomed, self.calls = faces, zoomed or [], []
+        self.min_score = 0.5
+
+    def faces(self, image: np.ndarray, zoom_out: float = 1.0,
+              min_score: Optional[float] = None) -> List[Face]:
+        self.calls.append((zoom_out, min_score))
+        return self._faces if zoom_out == 1.0 else self._zoomed
+
+
+def test_auto_keeps_only_short_range_faces_the_zoomed_out_full_range_model_confirms() -> None:
+    auto = detectors.AutoDetector.__new__(detectors.AutoDetector)  # models set below
+    auto.zoom_out, auto.confirm_score, auto.confirm_iou = 2.0, 0.5, 0.5
+    image = np.zeros((100, 100, 3), np.uint8)
+    a, b = Face((0, 0, 50, 50), 0.7), Face((50, 50, 100, 100), 0.6)
+    far = Face((2, 0, 52, 50), 0.55)  # IoU 0.92 with a, 0 with b
+    auto.full, auto.short = Scripted([], [far]), Scripted([a, b])
+    assert auto.faces(image) == [a]
+    assert auto.full.calls == [(1.0, None), (2.0, 0.5)]
+    auto.full, auto.short = Scripted([b]), Scripted([a])  # the full-range model found one
+    assert auto.faces(image) == [b] and auto.short.calls == []
+    auto.full, auto.short = Scripted([]), Scripted([])  # nothing: no zoomed-out run
+    assert auto.faces(image) == [] and auto.full.calls == [(1.0, None)]
+    auto.full, auto.short, auto.zoom_out = Scripted([], [far]), Scripted([a, b]), None
+    assert auto.faces(image) == [a, b] and auto.full.calls == [(1.0, None)]  # no confirmation
+
+
 def test_the_models_ship_inside_grefel() -> None:
     """No other package is needed for BlazeFace: its files are grefel's own."""
     folder = ROOT / "grefel" / "runtime" / "models"
@@ -194,6 +262,20 @@ def test_blazeface_maps_the_letterbox_back_to_the_frame(tmp_path: Path) -> None:
     assert np.allclose(face.keypoints, [[200, 100]] * 6, atol=1e-3)
     x = fake.inputs[0]
     assert x.max() == 1.0 and x.min() == -1.0  # white frame, black padding
+
+
+def test_blazeface_zoom_out_maps_back_to_the_frame(tmp_path: Path) -> None:
+    """zoom_out 2: the 200 x 400 frame is centred in an 800 px square, so the fake's face (0.2
+    of the input at its centre) is 160 px at the frame's centre."""
+    fake = FakeInterpreter()
+    det = BlazeFaceDetector(model=tmp_path / "m.tflite", interpreter=lambda p, t: fake)
+    frame = np.full((200, 400, 3), 255, np.uint8)
+    (face,) = det.faces(frame, zoom_out=2.0)
+    assert face.box == (120, 20, 280, 180)
+    assert np.allclose(face.keypoints, [[200, 100]] * 6, atol=1e-3)
+    assert det.faces(frame, min_score=0.999) == []  # the fake's score is sigmoid(5) = 0.993
+    with pytest.raises(ValueError, match="zoom_out must be >= 1"):
+        det.faces(frame, zoom_out=0.5)
 
 
 def test_a_missing_model_file_is_one_clear_error(

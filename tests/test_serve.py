@@ -216,7 +216,7 @@ def test_encoded_image_model_equals_grefel_predict_on_the_file(server, backend, 
                                atol=TOL, rtol=0)
     assert result.as_numpy("box")[1].tolist() == rec["box"]
     assert bool(result.as_numpy("face")[1, 0])
-    assert "'grefel_image' faces: detector blazeface-full" in server.output()
+    assert "'grefel_image' faces: detector blazeface-auto" in server.output()
 
 
 def test_serve_face_options_are_predicts(weights, monkeypatch) -> None:
