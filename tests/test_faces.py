@@ -330,6 +330,32 @@ def test_runtime_order_litert_then_opencv(monkeypatch: pytest.MonkeyPatch, tmp_p
         detectors.tflite_interpreter(bad)
 
 
+def test_detector_bench_counts_one_face_photos(tmp_path: Path) -> None:
+    """benchmarks.detectors --one-face: the face is the detection covering the photo's centre,
+    every other detection a false positive; the sample is drawn with its seed, sorted."""
+    from benchmarks.detectors import evaluate_one_face, one_face_sample
+
+    centre, corner = Face((20, 20, 80, 60), 0.9), Face((0, 0, 10, 10), 0.6)
+    found = {10: [centre], 20: [corner], 30: [centre, corner], 40: []}
+    for value in found:
+        cv2.imwrite(str(tmp_path / f"{value}.png"), np.full((80, 100, 3), value, np.uint8))
+    (tmp_path / "notes.txt").write_text("not an image")
+
+    class ByValue:
+        def faces(self, image: np.ndarray) -> List[Face]:
+            return found[int(image[0, 0, 0])]
+
+    three = one_face_sample(tmp_path, 3, seed=0)
+    assert three == one_face_sample(tmp_path, 3, seed=0) == sorted(three) and len(three) == 3
+    files = one_face_sample(tmp_path, 0, seed=0)
+    assert [f.name for f in files] == ["10.png", "20.png", "30.png", "40.png"]
+    r = evaluate_one_face(ByValue(), files, tmp_path)
+    assert (r["images"], r["found"], r["false_positives"], r["images_with_false_positives"]) == (
+        4, 2, 2, 2)
+    assert r["missed"] == ["20.png", "40.png"]
+    assert [row["photo"] for row in r["false_positive_rows"]] == ["20.png", "30.png"]
+
+
 # --- alignment -----------------------------------------------------------------------------------
 
 
