@@ -356,6 +356,25 @@ def test_detector_bench_counts_one_face_photos(tmp_path: Path) -> None:
     assert [row["photo"] for row in r["false_positive_rows"]] == ["20.png", "30.png"]
 
 
+def test_no_tflite_runtime_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An OpenCV older than 4.8 (JetPack 5's apt build) and no LiteRT / tflite-runtime: `auto`
+    says what to install or to use Haar (it no longer falls back to Haar by itself)."""
+    from types import SimpleNamespace
+
+    old_cv2 = SimpleNamespace(__version__="4.5.4", dnn=SimpleNamespace())
+
+    def fake_require(name: str) -> Any:
+        if name == "cv2":
+            return old_cv2
+        raise MissingDependency(name)
+
+    monkeypatch.setattr(detectors, "require", fake_require)
+    with pytest.raises(MissingDependency, match="OpenCV 4.5.4 cannot read .tflite") as err:
+        make_detector("auto")
+    assert "grefel[faces]" in str(err.value) and "--detector haar" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
 # --- alignment -----------------------------------------------------------------------------------
 
 

@@ -234,8 +234,11 @@ class OpenCVTFLite:
     def __init__(self, model_path: str, num_threads: Optional[int] = None) -> None:
         cv2 = require("cv2")
         if not hasattr(cv2.dnn, "readNetFromTFLite"):
-            raise MissingDependency(f"OpenCV {cv2.__version__} cannot read .tflite files (4.8 "
-                                    "or later can)")
+            raise MissingDependency(
+                f"no TFLite runtime for BlazeFace: OpenCV {cv2.__version__} cannot read .tflite "
+                "files (4.8 or later can) and neither ai-edge-litert (`pip install "
+                "'grefel[faces]'`) nor tflite-runtime is installed; or use --detector haar"
+            )
         try:
             self._net = cv2.dnn.readNetFromTFLite(str(model_path))
         except cv2.error as exc:
