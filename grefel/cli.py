@@ -134,6 +134,21 @@ def data_split(root: str, json_path: Optional[str]) -> None:
         atomic_write_json(json_path, record)
 
 
+def _model_or_default(path: Optional[Any], kind: str = "onnx") -> Path:
+    """`path`, or the model that ships inside grefel (grefel.runtime.default_model), named on
+    stderr."""
+    if path is not None:
+        return Path(path)
+    from grefel.runtime.default_model import DefaultModelError, default_model, describe
+
+    try:
+        found = default_model(kind)
+    except DefaultModelError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"using the {describe(found)}", err=True)
+    return found
+
+
 def _user_error(exc: BaseException) -> click.ClickException:
     """A ClickException from a library error; a DataLoader worker's traceback is cut off, an
     OSError becomes "FILE: what went wrong"."""
@@ -202,8 +217,9 @@ def _align_options() -> List[Any]:
                      help="detect: find and align each image's face as `grefel predict` does "
                           "a still image (--detector, --det-size, --align, --margin, "
                           "--min-face; the whole image when no face is found), once, cached as "
-                          "112 px crops; off: images are used as given (aligned faces)."),
-        *_face_option_list("face_", "[--align-faces detect] "),
+                          "112 px crops; off: images are used as given (aligned faces); auto: "
+                          "detect for datasets of photos (muxspace), off for the others."),
+        *_face_option_list("face_", "[--align-faces detect/auto] "),
         click.option("--align-cache", "align_cache", type=click.Path(file_okay=False),
                      default="", show_default=False,
                      help="Folder of the cached aligned crops (keyed by image content and "
@@ -212,14 +228,31 @@ def _align_options() -> List[Any]:
     ]
 
 
-def _check_align_options(ctx: click.Context, mode: str) -> None:
-    """UsageError for face alignment settings given while --align-faces is off."""
+def _check_align_options(ctx: click.Context, mode: str, data: Optional[str],
+                         dataset: str) -> None:
+    """UsageError for face alignment settings given while --align-faces is off, or auto on a
+    dataset where auto means off (a layout the library then reports if it cannot tell)."""
     given = [p.opts[0] for p in ctx.command.params
              if (p.name or "").startswith("face_") or p.name == "align_cache"
              if ctx.get_parameter_source(p.name or "") is not ParameterSource.DEFAULT]
-    if mode == "off" and given:
-        raise click.UsageError(f"{', '.join(given)}: face alignment settings, used with "
-                               "--align-faces detect (it is off)")
+    if not given or mode == "detect":
+        return
+    if mode == "auto" and data:
+        from grefel.config import FaceAlignment
+        from grefel.data import DatasetError
+        from grefel.data.datasets import resolve_kind
+
+        try:
+            kind = resolve_kind(data, dataset)
+        except DatasetError:
+            return
+        if FaceAlignment(mode=mode).for_dataset(kind).mode == "detect":
+            return
+        raise click.UsageError(f"{', '.join(given)}: face alignment settings, but --align-faces "
+                               f"auto is off for a {kind} dataset (faces as given): pass "
+                               "--align-faces detect to align them")
+    raise click.UsageError(f"{', '.join(given)}: face alignment settings, used with "
+                           "--align-faces detect or auto (it is off)")
 
 
 def _with_options(options: Callable[[], List[Any]]) -> Callable[[Any], Any]:
@@ -347,7 +380,7 @@ def train(**opts) -> None:
         raise _user_error(exc) from None
     except (TypeError, ValueError) as exc:
         raise click.BadParameter(str(exc)) from None
-    _check_align_options(ctx, d.align_faces)
+    _check_align_options(ctx, d.align_faces, d.root, d.dataset)
     try:
         summary = run_training(d, t)
     except (DatasetError, TrainingError, WeightsError, OSError) as exc:
@@ -374,13 +407,13 @@ Examples:
   grefel eval engines/best_fp16_b8.engine --data runs/demo/synthfer   (on the GPU that built it)
 """,
 )
-@click.argument("checkpoint", metavar="MODEL", type=click.Path(dir_okay=False))
+@click.argument("checkpoint", metavar="[MODEL]", type=click.Path(dir_okay=False), required=False)
 @click.option("--data", required=True, type=click.Path(file_okay=False), help="Dataset folder.")
 @click.option("--dataset", default="auto", help="Reader kind (auto detects).")
 @click.option("--split", default="test", help="Split to evaluate.")
 @click.option("--out", type=click.Path(file_okay=False),
               help="Report folder [default: MODEL's folder/eval-SPLIT (eval-MODEL-SPLIT for an "
-                   "exported file)].")
+                   "exported file); runs/eval-MODEL-SPLIT for the default model].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64)
 @click.option("--workers", type=click.IntRange(min=0), default=0, help="DataLoader workers.")
 @click.option("--device", default="auto", help="auto, cpu, cuda or cuda:N.")
@@ -400,8 +433,9 @@ def eval_(checkpoint, data, dataset, split, out, batch_size, workers, device, th
     """Accuracy, macro-F1, confusion, calibration, embedding and per-group bias of MODEL.
 
     MODEL is a checkpoint (.safetensors, PyTorch), an exported .onnx (FP32, FP16 or INT8; ONNX
-    Runtime) or a TensorRT .engine, fed by the one preprocessing path. Prints a table on stdout;
-    writes metrics.json, confusion.json and PNG plots to --out.
+    Runtime) or a TensorRT .engine, fed by the one preprocessing path; without MODEL, the
+    default model that ships inside grefel (its ONNX). Prints a table on stdout; writes
+    metrics.json, confusion.json and PNG plots to --out.
     """
     import functools
 
@@ -418,12 +452,14 @@ def eval_(checkpoint, data, dataset, split, out, batch_size, workers, device, th
     )
     from grefel.train import TrainingError
 
-    _check_align_options(click.get_current_context(), align_faces)
+    _check_align_options(click.get_current_context(), align_faces, data, dataset)
     alignment = FaceAlignment(mode=align_faces, **{k[len("face_"):]: v for k, v in face.items()})
-    model = Path(checkpoint)
+    model = _model_or_default(checkpoint)
     if not model.is_file():
         raise click.ClickException(f"{model}: no such model file")
     exported = model.suffix.lower() in ARTIFACT_SUFFIXES
+    if checkpoint is None:  # never write into the installed package
+        out = out or str(Path("runs") / f"eval-{model.stem}-{split}")
     out = out or str(model.parent / (f"eval-{model.stem}-{split}" if exported else f"eval-{split}"))
     compare, criteria_name = None, ""
     if reference is not None:
@@ -531,7 +567,8 @@ Examples:
   grefel export runs/demo/train/best.safetensors --fp16 --triton model_repository
 """,
 )
-@click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                required=False)
 @click.option("--fp16/--fp32", default=True, help="FP16 engine (with the FP16 gate) or FP32.")
 @click.option("--batch", default=1, type=click.IntRange(1), help="Profile opt batch.")
 @click.option("--max-batch", default=8, type=click.IntRange(1), help="Profile max batch.")
@@ -581,9 +618,12 @@ def export_cmd(ctx: click.Context, source: Path, json_path: Optional[Path],
                triton_queue_delay_us: int, **options) -> None:
     """Checkpoint (.safetensors) or ONNX -> checked ONNX -> TensorRT engine + sidecar.
 
-    Work happens in a hidden `.export-<pid>-*` folder inside --out; the ones that killed exports
-    left behind are removed first.
+    Without SOURCE, the default model that ships inside grefel: its checkpoint where torch is
+    installed, else its ONNX. Work happens in a hidden `.export-<pid>-*` folder inside --out;
+    the ones that killed exports left behind are removed first.
     """
+    import importlib.util
+
     from export import ExportError
     from export.pipeline import ExportOptions, run_export
     from grefel.contract import set_max_pixels
@@ -591,6 +631,9 @@ def export_cmd(ctx: click.Context, source: Path, json_path: Optional[Path],
 
     if max_pixels is not None:
         set_max_pixels(max_pixels)
+    if source is None:
+        has_torch = importlib.util.find_spec("torch") is not None
+        source = _model_or_default(None, "checkpoint" if has_torch else "onnx")
     if triton_repo is not None and not options["dynamic"]:
         raise click.BadParameter("a Triton repository with dynamic batching needs a dynamic "
                                  "batch: drop --static", param_hint="--triton")
@@ -660,9 +703,9 @@ Examples:
 @click.option(
     "--weights",
     "-w",
-    required=True,
     type=click.Path(dir_okay=False, path_type=Path),
-    help="A .engine (TensorRT), .onnx (ONNX Runtime) or .safetensors checkpoint.",
+    help="A .engine (TensorRT), .onnx (ONNX Runtime) or .safetensors checkpoint [default: the "
+         "model that ships inside grefel, docs/models.md].",
 )
 @click.option("--aligned", is_flag=True, help="Inputs are face crops: skip face detection.")
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl")
@@ -754,6 +797,7 @@ def predict_command(
 
     if max_pixels is not None:
         set_max_pixels(max_pixels)
+    weights = _model_or_default(weights)
     try:
         with signals_end_run():
             summary = run_predict(
@@ -910,8 +954,9 @@ Examples:
   curl -s localhost:8000/v2/health/ready; curl -s localhost:8002/metrics
 """,
 )
-@click.option("--weights", "-w", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="A .engine (TensorRT), .onnx (ONNX Runtime) or .safetensors checkpoint.")
+@click.option("--weights", "-w", type=click.Path(dir_okay=False, path_type=Path),
+              help="A .engine (TensorRT), .onnx (ONNX Runtime) or .safetensors checkpoint "
+                   "[default: the model that ships inside grefel, docs/models.md].")
 @click.option("--max-batch", default=8, type=click.IntRange(1),
               help="Most samples per backend call (Triton max_batch_size).")
 @click.option("--queue-delay-us", default=2000, type=click.IntRange(0),
@@ -930,7 +975,8 @@ Examples:
 @click.option("--exit-timeout", "exit_timeout_s", default=30, type=click.IntRange(0),
               help="On SIGTERM, seconds to wait for in-flight requests.")
 def serve_command(weights: Path, device: str, **opts: Any) -> None:
-    """Serve WEIGHTS on NVIDIA Triton (PyTriton): models `grefel` (float32 images) and
+    """Serve WEIGHTS (default: the model that ships inside grefel) on NVIDIA Triton (PyTriton):
+    models `grefel` (float32 images) and
     `grefel_image` (encoded image bytes), HTTP + gRPC, dynamic batching, metrics.
 
     grefel_image finds and prepares each image's face as `grefel predict` does for a still
@@ -941,6 +987,7 @@ def serve_command(weights: Path, device: str, **opts: Any) -> None:
     from grefel.runtime import BackendError
     from grefel.serve import ServeError, ServeOptions, serve
 
+    weights = _model_or_default(weights)
     try:
         serve(weights, ServeOptions(device=None if device == "auto" else device, **opts),
               on_ready=lambda line: click.echo(line, err=True))
@@ -958,13 +1005,19 @@ Examples:
 )
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path))
 def info(json_path: Optional[Path]) -> None:
-    """Versions, CPU, GPU, TensorRT, Jetson model and power mode."""
+    """Versions, CPU, GPU, TensorRT, Jetson model and power mode, and the default model."""
     from benchmarks.env import environment
     from benchmarks.report import env_lines
     from grefel.fileio import atomic_write_json
+    from grefel.runtime.default_model import DefaultModelError, default_model, describe
 
     env = environment()
+    try:
+        env["default_model"] = describe(default_model("onnx"))
+    except DefaultModelError as exc:
+        env["default_model"] = f"missing: {exc}"
     click.echo("\n".join(env_lines(env)))
+    click.echo(env["default_model"])
     if json_path:
         atomic_write_json(json_path, env)
 
@@ -974,7 +1027,7 @@ def info(json_path: Optional[Path]) -> None:
 
 @cli.group(context_settings=CONTEXT)
 def pretrain() -> None:
-    """Pretrain the landmark / image stream on SynthFER's landmarks / identities (paper 3.1)."""
+    """Pretrain the landmark / image stream on landmarks / identities (paper 3.1)."""
 
 
 def _pretrain_defaults() -> dict:
@@ -994,7 +1047,9 @@ def _pretrain_options(func):
     c = _PRETRAIN_DEFAULTS
     options = [
         click.option("--data", required=True, type=click.Path(file_okay=False),
-                     help="SynthFER folder (grefel data synth): train/val splits, landmarks.csv."),
+                     help="Dataset folder with identities (SynthFER from grefel data synth, "
+                          "muxspace/facial_expressions, or any reader's layout)."),
+        click.option("--dataset", default=c["dataset"], help="Reader kind (auto detects)."),
         click.option("--out", required=True, type=click.Path(dir_okay=False),
                      help="Checkpoint to write (.safetensors + .json sidecar)."),
         click.option("--preset", type=click.Choice(["tiny", "paper"]), default=c["preset"],
@@ -1014,20 +1069,25 @@ def _pretrain_options(func):
                      help="Keep an existing --out made with the same settings from the same data."),
         click.option("--json", "json_path", type=click.Path(dir_okay=False),
                      help="Also write the sidecar (metrics, settings) as JSON here."),
+        *_align_options(),
     ]
     for option in reversed(options):
         func = option(func)
     return func
 
 
-def _run_pretrain(task: str, json_path: Optional[str], **opts: Any) -> None:
+def _run_pretrain(task: str, json_path: Optional[str], align_faces: str, **opts: Any) -> None:
     import json
 
+    from grefel.config import FaceAlignment
     from grefel.fileio import atomic_write_json
     from grefel.pretrain import PretrainError, make_config, pretrain
 
+    _check_align_options(click.get_current_context(), align_faces, opts["data"], opts["dataset"])
+    face = {k[len("face_"):]: opts.pop(k) for k in list(opts) if k.startswith("face_")}
+    alignment = FaceAlignment(mode=align_faces, **face)
     try:
-        meta = pretrain(make_config(task=task, **opts))
+        meta = pretrain(make_config(task=task, alignment=alignment, **opts))
     except PretrainError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(json.dumps(meta["metrics"], indent=2))
@@ -1041,14 +1101,22 @@ def _run_pretrain(task: str, json_path: Optional[str], **opts: Any) -> None:
     epilog="""\b
 Examples:
   grefel pretrain landmarks --data runs/demo/synthfer --out runs/pretrained/mfn_tiny.safetensors
+  grefel pretrain landmarks --data facial_expressions --out runs/real/mfn_mesh.safetensors
   grefel train --data runs/demo/synthfer --pretrained-mobilefacenet \\
       runs/pretrained/mfn_tiny.safetensors --freeze landmark --out runs/demo/train
 """,
 )
 @_pretrain_options
+@click.option("--landmarks", type=click.Choice(["auto", "file", "mesh"]),
+              default=_PRETRAIN_DEFAULTS["landmarks"],
+              help="Targets: file = the dataset's landmarks.csv (SynthFER's 68 ground-truth "
+                   "points); mesh = MediaPipe's 468-point face mesh (shipped in grefel) run on "
+                   "each face; auto = the file where there is one and faces are not aligned.")
 def pretrain_landmarks(json_path: Optional[str], **opts: Any) -> None:
-    """MobileFaceNet trunk + GDC head regressing the 68 ground-truth landmarks.
+    """MobileFaceNet trunk + GDC head regressing facial landmarks.
 
+    The targets are a dataset's own landmarks (SynthFER's 68 ground-truth points), or, for
+    real photos without them, the 468 points of MediaPipe's face mesh on each (aligned) face.
     Reports the NME on the validation split (held-out identities), normalised by the
     inter-ocular distance, beside the NME of the mean training shape.
     """
@@ -1069,7 +1137,7 @@ Examples:
               default=_PRETRAIN_DEFAULTS["margin_head"], help="face.evoLVe's margin heads.")
 @click.option("--scale", type=float, default=_PRETRAIN_DEFAULTS["scale"],
               help="s of the margin head.")
-@click.option("--margin", type=float, default=None,
+@click.option("--head-margin", "margin", type=float, default=None,
               help="m of the margin head [default: 0.5 ArcFace, 0.35 CosFace].")
 @click.option("--embedding", type=click.IntRange(min=2), default=_PRETRAIN_DEFAULTS["embedding"],
               help="Embedding size of the output layer.")

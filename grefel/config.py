@@ -22,10 +22,12 @@ from grefel.contract import INPUT_SIZE
 
 __all__ = [
     "ALIGN_MODES",
+    "PHOTO_DATASETS",
     "DATASET_CLASSES",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "PRESETS",
+    "LANDMARK_SOURCES",
     "PRETRAIN_TASKS",
     "VARIANTS",
     "FaceAlignment",
@@ -247,8 +249,10 @@ def _require(ok: bool, message: str) -> None:
 
 # How dataset images become faces (`grefel train` / `eval --align-faces`): "off" takes them as
 # given (aligned crops, or a reader's face box); "detect" runs `grefel predict`'s detector and
-# 5-point alignment on each image once and caches the 112 px crops (grefel.align_data).
-ALIGN_MODES = ("off", "detect")
+# 5-point alignment on each image once and caches the 112 px crops (grefel.align_data); "auto"
+# is detect for the readers of unaligned photos (PHOTO_DATASETS), off for the others.
+ALIGN_MODES = ("auto", "off", "detect")
+PHOTO_DATASETS = ("muxspace", "muxspace8")
 
 
 @dataclass(frozen=True)
@@ -257,7 +261,8 @@ class FaceAlignment:
     `grefel predict` (grefel.predict.PredictOptions) and the dataset path of `grefel train` /
     `grefel eval` (grefel.align_data), so both prepare a face alike.
 
-    mode: an ALIGN_MODES entry (the dataset path; predict always detects unless --aligned).
+    mode: an ALIGN_MODES entry (the dataset path; predict always detects unless --aligned);
+        "auto" is resolved per dataset by `for_dataset`.
     detector: a grefel.runtime.detectors.DETECTORS name ("auto": BlazeFace full range, then
         short range for close-up faces, grefel.runtime.detectors.AutoDetector; Haar only by
         name).
@@ -267,7 +272,7 @@ class FaceAlignment:
     min_face: smallest face side kept, image pixels.
     """
 
-    mode: str = "off"
+    mode: str = "auto"
     detector: str = "auto"
     det_size: int = 640
     align: bool = True
@@ -281,6 +286,13 @@ class FaceAlignment:
                  f"det_size and min_face must be >= 0, got {self.det_size}, {self.min_face}")
         _require(self.margin is None or self.margin >= 0,
                  f"the alignment margin must be >= 0, got {self.margin}")
+
+    def for_dataset(self, kind: str) -> FaceAlignment:
+        """This alignment with mode "auto" resolved for the reader `kind` (a resolved kind,
+        not "auto"): detect for PHOTO_DATASETS, off for the others."""
+        if self.mode != "auto":
+            return self
+        return dataclasses.replace(self, mode="detect" if kind in PHOTO_DATASETS else "off")
 
 
 @dataclass(frozen=True)
@@ -396,6 +408,7 @@ class TrainConfig:
 
 
 PRETRAIN_TASKS = ("landmarks", "identity")  # grefel pretrain landmarks | identity
+LANDMARK_SOURCES = ("auto", "file", "mesh")  # grefel pretrain landmarks --landmarks
 
 
 @dataclass(frozen=True)
@@ -413,6 +426,14 @@ class PretrainConfig:
     device: str = "cpu"
     threads: int = 0  # torch CPU threads; 0 = torch's default
     augment: bool = True  # identity: flips and shifts; landmarks: brightness/contrast only
+    dataset: str = "auto"  # a grefel.data.load_samples kind
+    # landmarks only: the targets. "file": the dataset's landmarks.csv (SynthFER's ground
+    # truth); "mesh": MediaPipe's 468-point face mesh run on each face (grefel.runtime.face_mesh);
+    # "auto": the file where there is one and the faces are the images as given, else the mesh
+    landmarks: str = "auto"
+    # How the images become faces: as `grefel train` (auto: aligned for datasets of photos)
+    alignment: FaceAlignment = FaceAlignment()
+    align_cache: str = ""  # folder of the aligned crops; "" = grefel.align_data.default_cache()
     # identity only
     margin_head: str = "arcface"  # arcface | cosface
     scale: float = 64.0  # s of the margin head (face.evoLVe: 64)
@@ -438,6 +459,9 @@ class PretrainConfig:
             problems.append("scale must be > 0 and margin in [0, 1)")
         if self.embedding < 2 or self.holdout_every < 2 or self.precise_bn < 0:
             problems.append("embedding >= 2, holdout_every >= 2 and precise_bn >= 0")
+        if self.landmarks not in LANDMARK_SOURCES:
+            problems.append(f"landmarks must be one of {LANDMARK_SOURCES}, got "
+                            f"{self.landmarks!r}")
         if not str(self.out).endswith(".safetensors"):
             problems.append(f"out must end in .safetensors, got {self.out!r}")
         if problems:

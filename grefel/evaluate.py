@@ -311,7 +311,11 @@ def evaluate_model(
     model_path = Path(model_path)
     if reference is not None and compare is None:
         raise EvalError("a reference checkpoint needs a comparator")
+    from grefel.data.datasets import resolve_kind
+
     samples, classes = load_samples(data, dataset, split)
+    if alignment is not None:
+        alignment = alignment.for_dataset(resolve_kind(data, dataset, split))
     aligned = _aligned(samples, alignment, align_cache)
     dataset_ = FERDataset(samples, classes, transform=make_transforms(False), strict=strict,
                           read=aligned)

@@ -48,6 +48,7 @@ import hashlib
 import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -58,6 +59,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from grefel import __version__, contract
+from grefel._lazy import MissingDependency
 from grefel.config import PRETRAIN_TASKS as TASKS
 from grefel.config import GReFELConfig, PretrainConfig
 from grefel.fileio import atomic_path, atomic_write_json, sha256_file
@@ -82,6 +84,7 @@ __all__ = [
 KIND = {"landmarks": "mobilefacenet", "identity": "ir50"}  # the grefel.weights kind it feeds
 NUM_POINTS = 68
 OUTER_EYE_CORNERS = (36, 45)  # iBUG-68 indices: the 300-W inter-ocular distance
+MESH_MIN_PRESENCE = 0.5  # face-mesh labels of a crop it finds no face in are not used
 _EPS = 1e-6
 
 PathLike = Union[str, Path]
@@ -135,18 +138,24 @@ class GDCHead(nn.Module):
 
 
 class LandmarkNet(nn.Module):
-    """MobileFaceNet trunk of `cfg` + GDC head: (B, 3, 112, 112) in [0, 1] -> (B, 68, 2)."""
+    """MobileFaceNet trunk of `cfg` + GDC head: (B, 3, 112, 112) in [0, 1] -> (B, K, 2).
 
-    def __init__(self, cfg: GReFELConfig) -> None:
+    Args:
+        cfg: the GReFEL config whose landmark stream this is.
+        points: K, the landmarks regressed (68 iBUG points; 468 for the face mesh).
+    """
+
+    def __init__(self, cfg: GReFELConfig, points: int = NUM_POINTS) -> None:
         super().__init__()
         self.register_buffer("mean", torch.tensor(cfg.landmark_mean).view(1, 3, 1, 1), False)
         self.register_buffer("std", torch.tensor(cfg.landmark_std).view(1, 3, 1, 1), False)
         self.trunk = MobileFaceNetTrunk(cfg.dims[:2], cfg.mfn_blocks, cfg.mfn_out)
-        self.output_layer = GDCHead(cfg.mfn_out)
+        self.output_layer = GDCHead(cfg.mfn_out, 2 * points)
+        self.points = points
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         level3 = self.trunk((images - self.mean) / self.std)[2]  # (B, mfn_out, 7, 7)
-        return self.output_layer(level3).view(-1, NUM_POINTS, 2)  # (B, 68, 2)
+        return self.output_layer(level3).view(-1, self.points, 2)  # (B, K, 2)
 
     def stream_state_dict(self) -> Dict[str, torch.Tensor]:
         """pytorch_face_landmark's names: conv1 ... conv_6_sep, output_layer.*."""
@@ -229,18 +238,35 @@ class MarginHead(nn.Module):
         return self.scale * cos.scatter(1, labels[:, None], with_margin)
 
 
-def inter_ocular_nme(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-sample NME: mean point distance / outer-eye-corner distance; (B, 68, 2) -> (B,).
+def inter_ocular_nme(pred: torch.Tensor, target: torch.Tensor,
+                     corners: Tuple[int, int] = OUTER_EYE_CORNERS) -> torch.Tensor:
+    """Per-sample NME: mean point distance / outer-eye-corner distance; (B, K, 2) -> (B,).
 
-    The distance is clamped at 1e-6 (of the image side) so a degenerate face gives a large,
-    finite value instead of inf.
+    corners: the indices of the outer eye corners among the K points (iBUG-68: 36, 45; the
+        468-point face mesh: 33, 263). The distance is clamped at 1e-6 (of the image side) so
+        a degenerate face gives a large, finite value instead of inf.
     """
-    a, b = OUTER_EYE_CORNERS
+    a, b = corners
     iod = (target[:, a] - target[:, b]).norm(dim=-1).clamp_min(_EPS)  # (B,)
     return (pred - target).norm(dim=-1).mean(dim=1) / iod
 
 
 # --- data ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Faces:
+    """One split's faces as the streams see them.
+
+    images: uint8 (N, 3, 112, 112), the input contract before the 1/255 scale.
+    samples: the reader's samples, in the same order.
+    sizes: each image's original (w, h) when the faces are the images as given (decoded and
+        resized), None when they are aligned crops (`--align-faces detect`).
+    """
+
+    images: torch.Tensor
+    samples: list
+    sizes: Optional[List[Tuple[int, int]]]
 
 
 def _decode(paths: Sequence[str]) -> Tuple[torch.Tensor, List[Tuple[int, int]]]:
@@ -259,21 +285,42 @@ def _decode(paths: Sequence[str]) -> Tuple[torch.Tensor, List[Tuple[int, int]]]:
     return torch.from_numpy(images), sizes
 
 
-def _samples(root: Path, split: str) -> list:
+def load_faces(cfg: PretrainConfig, split: str) -> Faces:
+    """The `split` of `cfg.data` as faces: decoded and resized as given, or, where the face
+    alignment resolves to detect (`--align-faces auto` on a dataset of photos), the aligned
+    crops of `grefel.align_data` (the cache `grefel train` and `grefel eval` share)."""
     from grefel.data import load_samples
+    from grefel.data.datasets import resolve_kind
 
+    root = Path(cfg.data).expanduser()
     try:
-        return load_samples(root, "auto", split)[0]
+        samples = load_samples(root, cfg.dataset, split)[0]
+        alignment = cfg.alignment.for_dataset(resolve_kind(root, cfg.dataset, split))
     except ValueError as exc:  # DatasetError
         raise PretrainError(str(exc)) from None
+    if alignment.mode == "off":
+        images, sizes = _decode([s.path for s in samples])
+        return Faces(images, samples, sizes)
+    from grefel.align_data import AlignError, align_samples
+
+    try:
+        aligned = align_samples(samples, alignment, cfg.align_cache or None)
+    except AlignError as exc:
+        raise PretrainError(f"--align-faces {alignment.mode}: {exc}") from None
+    _log(aligned.describe(f"{root} split {split!r}"))
+    if aligned.failures:
+        raise PretrainError(next(iter(aligned.failures.values())))
+    crops = np.stack([aligned(i) for i in range(len(samples))])  # (N, 112, 112, 3)
+    return Faces(torch.from_numpy(crops.transpose(0, 3, 1, 2).copy()), samples, None)
 
 
 def read_landmarks(root: Path) -> Dict[str, np.ndarray]:
     """ROOT/landmarks.csv -> {absolute image path: (68, 2) pixel coordinates}."""
     path = root / "landmarks.csv"
     if not path.is_file():
-        raise PretrainError(f"{path}: no such file; landmark pretraining needs a SynthFER folder "
-                            "with ground-truth landmarks (grefel data synth --out ...)")
+        raise PretrainError(f"{path}: no such file; --landmarks file needs a SynthFER folder "
+                            "with ground-truth landmarks (grefel data synth --out ...), "
+                            "--landmarks mesh labels the faces with MediaPipe's face mesh")
     out: Dict[str, np.ndarray] = {}
     with open(path, newline="") as f:
         for row_no, row in enumerate(csv.reader(f)):
@@ -291,34 +338,76 @@ def read_landmarks(root: Path) -> Dict[str, np.ndarray]:
     return out
 
 
-def landmark_split(root: Path, split: str, table: Dict[str, np.ndarray]
-                   ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Images uint8 (N, 3, 112, 112) and landmarks (N, 68, 2) in [0, 1] of the image side."""
-    samples = _samples(root, split)
-    missing = [s.path for s in samples if s.path not in table]
-    if missing:
-        raise PretrainError(f"{root / 'landmarks.csv'}: no landmarks for {len(missing)} "
-                            f"{split} image(s), e.g. {missing[0]}")
-    images, sizes = _decode([s.path for s in samples])
-    wh = torch.tensor(sizes, dtype=torch.float32)[:, None, :]  # (N, 1, 2)
-    points = torch.from_numpy(np.stack([table[s.path] for s in samples])) / wh
-    return images, points
+@dataclass
+class Landmarks:
+    """Training targets of the landmark stream: points (N, K, 2) in [0, 1] of the face side,
+    which samples have them (a face mesh that finds no face labels nothing), the outer eye
+    corners among the K points, and where they came from (for the sidecar)."""
+
+    points: torch.Tensor
+    keep: torch.Tensor  # bool (N,)
+    corners: Tuple[int, int]
+    source: Dict[str, Any]
 
 
-def identity_split(root: Path, holdout_every: int
-                   ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, List[str]]:
-    """The training split's images, identity indices, held-out mask and identity names.
+def resolve_landmarks(cfg: PretrainConfig, faces: Faces) -> str:
+    """cfg.landmarks with "auto" resolved: the dataset's landmarks.csv where there is one and
+    the faces are the images as given, else the face mesh."""
+    if cfg.landmarks != "auto":
+        return cfg.landmarks
+    has_file = (Path(cfg.data).expanduser() / "landmarks.csv").is_file()
+    return "file" if has_file and faces.sizes is not None else "mesh"
+
+
+def landmark_targets(cfg: PretrainConfig, faces: Faces, source: str) -> Landmarks:
+    """The landmark targets of `faces` from `source` ("file" or "mesh")."""
+    root = Path(cfg.data).expanduser()
+    if source == "file":
+        table = read_landmarks(root)
+        if faces.sizes is None:
+            raise PretrainError(f"{root / 'landmarks.csv'}: its points are in the original "
+                                "images, the faces are aligned crops: use --landmarks mesh, or "
+                                "--align-faces off")
+        missing = [s.path for s in faces.samples if s.path not in table]
+        if missing:
+            raise PretrainError(f"{root / 'landmarks.csv'}: no landmarks for {len(missing)} "
+                                f"image(s), e.g. {missing[0]}")
+        wh = torch.tensor(faces.sizes, dtype=torch.float32)[:, None, :]  # (N, 1, 2)
+        points = torch.from_numpy(np.stack([table[s.path] for s in faces.samples])) / wh
+        return Landmarks(points, torch.ones(len(points), dtype=torch.bool), OUTER_EYE_CORNERS,
+                         {"source": "file", "file": "landmarks.csv", "points": NUM_POINTS})
+    from grefel.runtime.face_mesh import EYE_CORNERS, MESH_POINTS, FaceMesh
+
+    try:
+        mesh = FaceMesh(threads=cfg.threads or None)
+    except (OSError, ValueError, MissingDependency) as exc:
+        raise PretrainError(f"--landmarks mesh: {exc}") from None
+    side = float(contract.INPUT_SIZE)
+    points = torch.empty(len(faces.images), MESH_POINTS, 2)
+    keep = torch.empty(len(faces.images), dtype=torch.bool)
+    for i, image in enumerate(faces.images):
+        xyz, presence = mesh.points(image.permute(1, 2, 0).numpy())
+        points[i] = torch.from_numpy(xyz[:, :2] / side)
+        keep[i] = presence >= MESH_MIN_PRESENCE
+    return Landmarks(points, keep, EYE_CORNERS, {
+        "source": "mesh", "points": MESH_POINTS, "model": mesh.model.name,
+        "model_sha256": sha256_file(mesh.model), "min_presence": MESH_MIN_PRESENCE})
+
+
+def identity_split(faces: Faces, holdout_every: int, where: str
+                   ) -> Tuple[torch.Tensor, torch.Tensor, List[str]]:
+    """Identity indices of the training faces, the held-out mask and the identity names.
 
     Every `holdout_every`-th image (in file order) of an identity with at least two images is
     held out, so each identity keeps training images.
     """
-    samples = _samples(root, "train")
+    samples = faces.samples
     if any(not s.group for s in samples):
-        raise PretrainError(f"{root}/train.csv: identity pretraining needs a group (identity) "
-                            "for every image")
+        raise PretrainError(f"{where}: identity pretraining needs a group (identity) for every "
+                            "image")
     names = sorted({s.group for s in samples})
     if len(names) < 2:
-        raise PretrainError(f"{root}/train.csv: {len(names)} identity; need at least 2")
+        raise PretrainError(f"{where}: {len(names)} identity; need at least 2")
     index = {name: i for i, name in enumerate(names)}
     labels = torch.tensor([index[s.group] for s in samples])
     seen: Dict[str, int] = {}
@@ -326,17 +415,25 @@ def identity_split(root: Path, holdout_every: int
     for s in samples:
         seen[s.group] = seen.get(s.group, 0) + 1
         held.append(seen[s.group] % holdout_every == 0)
-    images, _ = _decode([s.path for s in samples])
-    return images, labels, torch.tensor(held), names
+    return labels, torch.tensor(held), names
 
 
-def _fingerprint(root: Path, task: str) -> str:
-    """sha256 over the files the task reads (split CSVs, landmarks): same data, same value."""
+def _fingerprint(cfg: PretrainConfig) -> str:
+    """sha256 over what the task reads: the splits' samples (path, label, group), the landmark
+    file where it is used. Same data, same value."""
+    from grefel.data import load_samples
+
+    root = Path(cfg.data).expanduser()
     h = hashlib.sha256()
-    names = ("train.csv", "val.csv", "landmarks.csv") if task == "landmarks" else ("train.csv",)
-    for name in names:
-        p = root / name
-        h.update(name.encode() + (sha256_file(p).encode() if p.is_file() else b"-"))
+    for split in ("train", "val") if cfg.task == "landmarks" else ("train",):
+        try:
+            samples = load_samples(root, cfg.dataset, split)[0]
+        except ValueError as exc:
+            raise PretrainError(str(exc)) from None
+        for x in samples:
+            h.update(f"{split}\0{x.path}\0{x.label}\0{x.group}\n".encode())
+    if cfg.task == "landmarks" and (root / "landmarks.csv").is_file():
+        h.update(sha256_file(root / "landmarks.csv").encode())
     return h.hexdigest()
 
 
@@ -385,12 +482,18 @@ def _log(message: str) -> None:
     sys.stderr.flush()
 
 
-def _train_landmarks(cfg: PretrainConfig, model_cfg: GReFELConfig, root: Path,
+def _train_landmarks(cfg: PretrainConfig, model_cfg: GReFELConfig,
                      device: torch.device) -> Tuple[nn.Module, Dict[str, Any]]:
-    table = read_landmarks(root)
-    train_x, train_y = landmark_split(root, "train", table)
-    val_x, val_y = landmark_split(root, "val", table)  # held-out identities
-    net = LandmarkNet(model_cfg).to(device)
+    train_faces, val_faces = load_faces(cfg, "train"), load_faces(cfg, "val")  # held-out people
+    source = resolve_landmarks(cfg, train_faces)
+    train_t, val_t = landmark_targets(cfg, train_faces, source), landmark_targets(
+        cfg, val_faces, source)
+    train_x, train_y = train_faces.images[train_t.keep], train_t.points[train_t.keep]
+    val_x, val_y = val_faces.images[val_t.keep], val_t.points[val_t.keep]
+    if len(train_x) < 2 or len(val_x) == 0:
+        raise PretrainError(f"{cfg.data}: {len(train_x)} training and {len(val_x)} validation "
+                            f"faces with {source} landmarks; need 2 and 1")
+    net = LandmarkNet(model_cfg, train_y.shape[1]).to(device)
     net.output_layer.start_at(train_y.flatten(1))
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     g = torch.Generator().manual_seed(cfg.seed)
@@ -411,26 +514,32 @@ def _train_landmarks(cfg: PretrainConfig, model_cfg: GReFELConfig, root: Path,
             _log(f"landmarks step {step}/{cfg.steps}  loss {np.mean(losses[-50:]):.5f}")
     _recalibrate(net, train_x, cfg, device)
     pred = _predict(net, val_x, device)
-    nme = inter_ocular_nme(pred, val_y)
+    a, b = train_t.corners
+    nme = inter_ocular_nme(pred, val_y, train_t.corners)
     mean_shape = train_y.mean(dim=0, keepdim=True).expand_as(val_y)
     metrics = {
         "val_nme": float(nme.mean()), "val_nme_median": float(nme.median()),
-        "val_nme_mean_shape": float(inter_ocular_nme(mean_shape, val_y).mean()),
+        "val_nme_mean_shape": float(inter_ocular_nme(mean_shape, val_y, train_t.corners).mean()),
         "val_images": len(val_x), "train_images": len(train_x),
+        "unlabelled_images": {"train": int((~train_t.keep).sum()),
+                              "val": int((~val_t.keep).sum())},
         "first_loss": losses[0], "last_loss": float(np.mean(losses[-max(len(losses) // 10, 1):])),
-        "normaliser": "inter-ocular distance (outer eye corners 36-45)",
+        "normaliser": f"inter-ocular distance (outer eye corners {a}-{b})",
+        "landmarks": train_t.source,
     }
     return net, metrics
 
 
-def _train_identity(cfg: PretrainConfig, model_cfg: GReFELConfig, root: Path,
+def _train_identity(cfg: PretrainConfig, model_cfg: GReFELConfig,
                     device: torch.device) -> Tuple[nn.Module, Dict[str, Any]]:
-    images, labels, held, names = identity_split(root, cfg.holdout_every)
-    train_x, train_y = images[~held], labels[~held]
-    test_x, test_y = images[held], labels[held]
+    faces = load_faces(cfg, "train")
+    where = f"{cfg.data} (train split)"
+    labels, held, names = identity_split(faces, cfg.holdout_every, where)
+    train_x, train_y = faces.images[~held], labels[~held]
+    test_x, test_y = faces.images[held], labels[held]
     if len(test_x) == 0:
-        raise PretrainError(f"{root}/train.csv: no identity has {cfg.holdout_every} images, so "
-                            "none is held out; lower --holdout-every")
+        raise PretrainError(f"{where}: no identity has {cfg.holdout_every} images, so none is "
+                            "held out; lower --holdout-every")
     net = IdentityNet(model_cfg, cfg.embedding).to(device)
     head = MarginHead(cfg.embedding, len(names), cfg.margin_head, cfg.scale,
                       cfg.margin_value).to(device)
@@ -494,7 +603,7 @@ def _sidecar(path: Path) -> Path:
 
 def _settings(cfg: PretrainConfig) -> Dict[str, Any]:
     """The settings that decide the weights (not where they go, nor how many threads)."""
-    skip = ("out", "data", "device", "threads", "reuse")
+    skip = ("out", "data", "device", "threads", "reuse", "align_cache")
     return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in skip}
 
 
@@ -526,7 +635,7 @@ def pretrain(cfg: PretrainConfig) -> Dict[str, Any]:
     out, root = Path(cfg.out), Path(cfg.data).expanduser()
     if not root.is_dir():
         raise PretrainError(f"{root}: dataset folder does not exist")
-    fingerprint = _fingerprint(root, cfg.task)
+    fingerprint = _fingerprint(cfg)
     if out.exists():
         if cfg.reuse:
             meta = _reusable(out, cfg, fingerprint)
@@ -546,7 +655,7 @@ def pretrain(cfg: PretrainConfig) -> Dict[str, Any]:
     model_cfg = GReFELConfig.preset(cfg.preset)
     start = time.perf_counter()
     train = _train_landmarks if cfg.task == "landmarks" else _train_identity
-    net, metrics = train(cfg, model_cfg, root, device)
+    net, metrics = train(cfg, model_cfg, device)
     metrics["seconds"] = round(time.perf_counter() - start, 1)
     state = {k: v.detach().cpu().contiguous() for k, v in net.stream_state_dict().items()}
     with atomic_path(out) as tmp:

@@ -526,7 +526,9 @@ def align_split(d: DataConfig, samples: Sequence[Any], rank: int, world: int,
     """The aligned face crops of a split under `--align-faces detect` (grefel.align_data), or
     None when alignment is off. Under DDP each rank aligns its share first, then every rank
     reads the whole split back from the cache (the counts are then all "from the cache")."""
-    alignment = d.face_alignment()
+    from grefel.data.datasets import resolve_kind
+
+    alignment = d.face_alignment().for_dataset(resolve_kind(d.root, d.dataset, split))
     if alignment.mode == "off":
         return None
     from grefel.align_data import AlignError, align_samples

@@ -298,10 +298,13 @@ def test_bad_alignment_options_are_one_line(dataset, tmp_path: Path) -> None:
     base = ["train", "--data", str(root), "--out", str(tmp_path / "r"), "--device", "cpu"]
     for extra, message in (
         (["--align-faces", "sideways"], "Invalid value for '--align-faces': 'sideways' is not"),
-        (["--margin", "0.3"], "--margin: face alignment settings, used with --align-faces "
-                              "detect (it is off)"),
-        (["--set", "data.align_faces=sideways"], "align_faces must be one of off, detect, got "
-                                                 "'sideways'"),
+        (["--margin", "0.3"], "--margin: face alignment settings, but --align-faces auto is "
+                              "off for a csv dataset (faces as given)"),
+        (["--align-faces", "off", "--margin", "0.3"], "--margin: face alignment settings, used "
+                                                      "with --align-faces detect or auto (it is "
+                                                      "off)"),
+        (["--set", "data.align_faces=sideways"], "align_faces must be one of auto, off, detect, "
+                                                 "got 'sideways'"),
         (["--align-faces", "detect", "--margin", "-1"], "Invalid value for '--margin'"),
     ):
         res = runner.invoke(cli, base + extra)

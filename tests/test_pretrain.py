@@ -9,6 +9,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -189,7 +190,7 @@ def test_bad_data_is_one_line_naming_the_file(tmp_path, synthfer):
     shutil.copytree(synthfer, copy)
     (copy / "landmarks.csv").unlink()
     res = _invoke("pretrain", "landmarks", "--data", str(copy), "--out",
-                  str(tmp_path / "x.safetensors"), *STEPS)
+                  str(tmp_path / "x.safetensors"), "--landmarks", "file", *STEPS)
     assert res.exit_code == 1 and "landmarks.csv: no such file" in res.output
     assert "Traceback" not in res.output and not (tmp_path / "x.safetensors").exists()
     with pytest.raises(PretrainError, match="must end in .safetensors"):
@@ -210,3 +211,76 @@ def test_landmark_head_starts_at_the_mean_shape_with_its_spread():
     assert torch.allclose(out.mean(dim=0), targets.flatten(1).mean(dim=0), atol=1e-5)
     std = out.std(dim=0, unbiased=False)
     assert torch.allclose(std, targets.flatten(1).std(dim=0), rtol=1e-2)
+
+
+# --- real photos: muxspace's layout, aligned faces, face-mesh landmarks ------------------------
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    """A folder in muxspace/facial_expressions' layout (data/legend.csv + images/) of drawn
+    faces pasted into larger photos: 16 people with 3 images each."""
+    from PIL import Image
+
+    from grefel.data.faces import _EXPRESSIONS, make_identity, render_face
+
+    root = tmp_path_factory.mktemp("photos") / "mux"
+    (root / "data").mkdir(parents=True)
+    (root / "images").mkdir()
+    names = list(_EXPRESSIONS)
+    rows = ["user.id,image,emotion"]
+    for person in range(16):
+        rng = np.random.default_rng(person)
+        identity = make_identity(rng)
+        for k in range(3):
+            expr = names[(person + k) % 7]
+            face, _, _ = render_face(rng, identity, expr, size=160, difficulty=0.0)
+            photo = np.full((240, 200, 3), 120, np.uint8)
+            photo[40:200, 20:180] = np.asarray(face)
+            image = f"Person_{chr(65 + person)}_{k + 1:04d}.jpg"
+            Image.fromarray(photo).save(root / "images" / image, quality=95)
+            rows.append(f"dwdii,{image},{expr.upper()}")
+    (root / "data" / "legend.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def test_pretrain_landmarks_on_photos_labels_aligned_faces_with_the_face_mesh(photos, tmp_path):
+    """No landmarks.csv, a dataset of photos: auto aligns the faces (as grefel train does) and
+    labels them with the face mesh's 468 points; train imports the stream."""
+    out = tmp_path / "mfn_mesh.safetensors"
+    cache = tmp_path / "aligned"
+    res = _invoke("pretrain", "landmarks", "--data", str(photos), "--out", str(out),
+                  "--align-cache", str(cache), *STEPS)
+    assert res.exit_code == 0, res.output
+    meta = json.loads(out.with_suffix(".json").read_text())
+    m = meta["metrics"]
+    assert m["landmarks"]["source"] == "mesh" and m["landmarks"]["points"] == 468
+    assert m["normaliser"] == "inter-ocular distance (outer eye corners 33-263)"
+    assert m["train_images"] + m["unlabelled_images"]["train"] > 0 and m["val_images"] > 0
+    assert math.isfinite(m["val_nme"]) and m["val_nme"] > 0
+    assert meta["settings"]["alignment"]["mode"] == "auto"
+    assert "aligned by blazeface-auto" in res.output  # the crops train and eval use
+    assert load_file(str(out))["output_layer.linear.weight"].shape[0] == 2 * 468
+    model = GReFEL(GReFELConfig.preset("tiny"))
+    import_pretrained(model, out, "mobilefacenet")
+    saved = load_file(str(out))
+    assert torch.equal(model.landmark.state_dict()["conv1.conv.weight"], saved["conv1.conv.weight"])
+
+
+def test_pretrain_identity_on_photos_uses_the_aligned_faces(photos, tmp_path):
+    out = tmp_path / "ir.safetensors"
+    res = _invoke("pretrain", "identity", "--data", str(photos), "--out", str(out),
+                  "--embedding", "16", "--holdout-every", "3",
+                  "--align-cache", str(tmp_path / "aligned"), *STEPS)
+    assert res.exit_code == 0, res.output
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["metrics"]["identities"] >= 8  # the train split's people, not its images
+    assert "aligned by blazeface-auto" in res.output
+
+
+def test_landmarks_file_on_aligned_faces_is_refused(photos, tmp_path):
+    res = _invoke("pretrain", "landmarks", "--data", str(photos), "--out",
+                  str(tmp_path / "x.safetensors"), "--landmarks", "file",
+                  "--align-cache", str(tmp_path / "aligned"), *STEPS)
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert "landmarks.csv: no such file" in res.output

@@ -37,6 +37,7 @@ __all__ = [
     "is_table_row",
     "load_image",
     "load_samples",
+    "resolve_kind",
 ]
 
 _log = logging.getLogger("grefel.data")
@@ -54,6 +55,11 @@ KINDS = (
 def detect_kind(root: Union[str, Path], split: str = "train") -> str:
     """The reader kind whose layout `root` matches (see grefel.data.readers for the layouts)."""
     return readers.detect_kind(Path(root), split)
+
+
+def resolve_kind(root: Union[str, Path], kind: str = "auto", split: str = "train") -> str:
+    """`kind`, or the detected layout of `root` when it is "auto"."""
+    return readers.detect_kind(Path(root).expanduser(), split) if kind == "auto" else kind
 
 
 def load_samples(

@@ -16,9 +16,10 @@ groups greedily, rarest classes first:
    the split s that most lowers sum_c ((held(s, c) - target(s, c)) / target(s, c))^2, with
    target(s, c) = fraction_s * total_c (the relative error, so that the small splits' shares
    of a rare class count as much as the large split's). Ties go to the largest split.
-3. A group larger than `max_share` (15 %) of a smaller split's expected size may only go to
-   the largest split (train): without this rule the greedy fills a held-out split with a few
-   large identities (one person was 37 % of the test split of muxspace/facial_expressions).
+3. A group larger than `max_share` (15 %) of a smaller split's expected size, and larger than
+   MIN_CAP images, may only go to the largest split (train): without this rule the greedy fills
+   a held-out split with a few large identities (one person was 37 % of the test split of
+   muxspace/facial_expressions).
 4. Then, in the same order, a group moves to another allowed split wherever that lowers the
    error, until no move does (at most REFINE_PASSES passes): the greedy pass overfills the
    small splits with the minority images of groups placed for a rarer class.
@@ -39,7 +40,8 @@ __all__ = ["FRACTIONS", "MAX_SHARE", "SPLITS", "split_counts", "stratified_group
 
 SPLITS = ("train", "val", "test")
 FRACTIONS = (0.8, 0.1, 0.1)
-MAX_SHARE = 0.15  # one identity makes up at most 15 % of val or test
+MAX_SHARE = 0.15  # one identity makes up at most 15 % of val or test ...
+MIN_CAP = 20  # ... unless it has at most this many images (a small set: every group would be)
 REFINE_PASSES = 10
 
 
@@ -100,7 +102,8 @@ def stratified_group_split(
 
     ordered = sorted(groups, key=order)
     allowed = {g: [s for s in preference if s == preference[0]
-                   or sum(groups[g]) <= max_share * fractions[s] * images] for g in ordered}
+                   or sum(groups[g]) <= max(max_share * fractions[s] * images, MIN_CAP)]
+               for g in ordered}
     where: Dict[str, int] = {}
     for group in ordered:  # step 2: greedy placement
         counts = groups[group]

@@ -231,7 +231,8 @@ class OpenCVTFLite:
     (`cv2.dnn.readNetFromTFLite`, OpenCV >= 4.8): the fallback runtime, nothing to install.
     Inputs are given NHWC like TFLite's and passed to OpenCV as NCHW."""
 
-    def __init__(self, model_path: str, num_threads: Optional[int] = None) -> None:
+    def __init__(self, model_path: str, num_threads: Optional[int] = None,
+                 input_side: Optional[int] = None) -> None:
         cv2 = require("cv2")
         if not hasattr(cv2.dnn, "readNetFromTFLite"):
             raise MissingDependency(
@@ -245,8 +246,9 @@ class OpenCVTFLite:
             raise ValueError(f"{model_path}: OpenCV cannot read this TFLite model "
                              f"({str(exc).strip().splitlines()[-1]})") from None
         self._names = list(self._net.getUnconnectedOutLayersNames())
-        self._size = _SPECS_BY_FILE.get(Path(model_path).name, 128)
+        self._size = input_side or _SPECS_BY_FILE.get(Path(model_path).name, 128)
         self._out: Dict[int, np.ndarray] = {}
+        self._shapes: Optional[List[Tuple[int, ...]]] = None
 
     def allocate_tensors(self) -> None:
         pass
@@ -256,11 +258,19 @@ class OpenCVTFLite:
 
     def get_output_details(self) -> List[Dict[str, Any]]:
         # BlazeFace's outputs: "regressors" / "reshaped_regressor_face_4" (A, 16) and
-        # "classificators" / "reshaped_classifier_face_4" (A, 1)
-        def last(name: str) -> int:
-            return 16 if "regress" in name else 1 if "classif" in name else 0
+        # "classificators" / "reshaped_classifier_face_4" (A, 1); any other model's outputs
+        # (the face mesh's) have the shapes one run on zeros gives
+        def shape(i: int, name: str) -> Tuple[int, ...]:
+            if "regress" in name or "classif" in name:
+                return (1, -1, 16 if "regress" in name else 1)
+            if self._shapes is None:
+                zeros = np.zeros((1, self._size, self._size, 3), np.float32)
+                self.set_tensor(0, zeros)
+                self.invoke()
+                self._shapes = [self._out[k].shape for k in sorted(self._out)]
+            return tuple(self._shapes[i])
 
-        return [{"index": i + 1, "name": n, "shape": np.array([1, -1, last(n)])}
+        return [{"index": i + 1, "name": n, "shape": np.array(shape(i, n))}
                 for i, n in enumerate(self._names)]
 
     def set_tensor(self, index: int, value: np.ndarray) -> None:
@@ -274,15 +284,17 @@ class OpenCVTFLite:
         return self._out[index]
 
 
-def tflite_interpreter(path: Path, threads: Optional[int] = None) -> Any:
-    """A TFLite interpreter for `path`: ai-edge-litert, else tflite-runtime, else OpenCV DNN."""
+def tflite_interpreter(path: Path, threads: Optional[int] = None,
+                       input_side: Optional[int] = None) -> Any:
+    """A TFLite interpreter for `path`: ai-edge-litert, else tflite-runtime, else OpenCV DNN
+    (which cannot tell a model's input size: `input_side`, else the BlazeFace file's)."""
     for module in ("ai_edge_litert.interpreter", "tflite_runtime.interpreter"):
         try:
             mod = require(module)
         except MissingDependency:
             continue
         return mod.Interpreter(model_path=str(path), num_threads=threads)
-    return OpenCVTFLite(str(path), num_threads=threads)
+    return OpenCVTFLite(str(path), num_threads=threads, input_side=input_side)
 
 
 class BlazeFaceDetector:

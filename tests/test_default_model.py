@@ -1,0 +1,94 @@
+"""The model that ships inside grefel (grefel.runtime.default_model): what predict, eval, serve
+and export use without a model file, and what `grefel info` names.
+
+The resolution tests put a seeded tiny model in place of the packaged one (MODELS patched), so
+they hold whatever is shipped; `test_the_shipped_default_model_*` checks the real files.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Dict
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from grefel.cli import cli
+from grefel.runtime import detectors
+from grefel.runtime.default_model import DEFAULT_MODEL
+from tests.test_runtime import make_models
+
+PACKAGED = detectors.MODELS
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Path]:
+    return make_models(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture
+def packaged(tiny: Dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A models folder holding the tiny model under the default model's names."""
+    folder = tmp_path / "models"
+    folder.mkdir()
+    shutil.copy(tiny["onnx"], folder / f"{DEFAULT_MODEL}.onnx")
+    shutil.copy(tiny["ckpt"], folder / f"{DEFAULT_MODEL}.safetensors")
+    meta = json.loads(tiny["ckpt"].with_suffix(".json").read_text())
+    meta["model_card"] = {"data": "a test set", "test": {"macro_f1": 0.5, "accuracy": 0.75}}
+    (folder / f"{DEFAULT_MODEL}.json").write_text(json.dumps(meta))
+    for name in ("face_detection_full_range.tflite", "face_detection_short_range.tflite"):
+        shutil.copy(PACKAGED / name, folder / name)
+    monkeypatch.setattr(detectors, "MODELS", folder)
+    return folder
+
+
+def _photo(tmp_path: Path) -> Path:
+    import cv2
+
+    path = tmp_path / "face.png"
+    cv2.imwrite(str(path), np.random.default_rng(0).integers(0, 255, (112, 112, 3), np.uint8))
+    return path
+
+
+def test_predict_without_weights_runs_the_packaged_onnx_and_names_it(packaged: Path,
+                                                                      tmp_path: Path) -> None:
+    res = CliRunner().invoke(cli, ["predict", str(_photo(tmp_path)), "--aligned"])
+    assert res.exit_code == 0, res.output
+    assert f"using the default model {DEFAULT_MODEL} ({packaged / DEFAULT_MODEL}.onnx)" in \
+        res.output
+    assert "test macro-F1 0.500, accuracy 0.750" in res.output
+    record = json.loads(next(ln for ln in res.output.splitlines() if ln.startswith("{")))
+    assert set(record["probs"]) == {"neutral", "happiness", "sadness", "surprise", "fear",
+                                    "disgust", "anger"}
+
+
+def test_eval_without_a_model_never_writes_into_the_package(packaged: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch,
+                                                            synthfer: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(cli, ["eval", "--data", str(synthfer), "--split", "test"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "runs" / f"eval-{DEFAULT_MODEL}-test" / "metrics.json").is_file()
+    assert sorted(p.name for p in packaged.iterdir()) == sorted(
+        [f"{DEFAULT_MODEL}{s}" for s in (".onnx", ".safetensors", ".json")]
+        + ["face_detection_full_range.tflite", "face_detection_short_range.tflite"])
+
+
+def test_a_missing_default_model_is_one_clear_error(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(detectors, "MODELS", tmp_path)
+    res = CliRunner().invoke(cli, ["predict", str(_photo(tmp_path)), "--aligned"])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    (line,) = [ln for ln in res.output.splitlines() if ln.startswith("Error")]
+    assert f"{tmp_path / DEFAULT_MODEL}.onnx: the default model is missing" in line
+    assert "pass a model file (--weights)" in line
+
+
+def test_info_names_the_default_model(packaged: Path) -> None:
+    res = CliRunner().invoke(cli, ["info"])
+    assert res.exit_code == 0, res.output
+    assert f"default model {DEFAULT_MODEL} ({packaged / DEFAULT_MODEL}.onnx): trained on a test " \
+           "set" in res.output
