@@ -181,12 +181,17 @@ def test_fer_face_pads_with_the_bottom_rows_mean_squares_and_offsets() -> None:
     assert (face[26, 5:] == 90).all() and (face[27, 5:] == 110).all()
 
 
-def test_fer_face_clips_at_the_padded_corner_and_squares_tall_boxes() -> None:
-    image = np.zeros((100, 100, 3), np.uint8)
-    face = sbs.fer_face(image, (0, 0, 20, 60))  # h 60 > w 20: x -= 20 -> -20, w = 60
-    # x1 = -20 - 10 + 40 = 10, x2 = -20 + 60 + 10 + 40 = 90; y1 = max(0, -10 + 40) = 30,
-    # y2 = 0 + 60 + 10 + 40 = 110
+def test_fer_face_squares_tall_boxes_and_clips_at_the_padded_corner() -> None:
+    image = np.repeat(np.tile(np.arange(100, dtype=np.uint8), (100, 1))[..., None], 3, axis=2)
+    face = sbs.fer_face(image, (40, 20, 60, 80))  # grey = column; h 60 > w 20: x -= 20, w = 60
+    # x 20 - 10 .. 20 + 60 + 10 = image columns 10 .. 89; y 20 - 10 .. 20 + 60 + 10 = 10 .. 89
     assert face.shape == (80, 80)
+    assert (face[:, 0] == 10).all() and (face[:, -1] == 89).all()
+    image[-2:] = 77  # the padding
+    corner = sbs.fer_face(image, (0, 0, 20, 60))  # x -20 - 10 + 40 = 10 (padded), y1 = 30
+    assert corner.shape == (80, 80)  # padded rows 30..110, columns 10..90: image -10.., -30..
+    assert (corner[:, :30] == 77).all() and (corner[:10] == 77).all()
+    assert (corner[10:, 30] == 0).all() and (corner[10:, 31] == 1).all()
 
 
 def test_fer_input_is_nhwc_in_minus_one_to_one_from_bgr_grey() -> None:
