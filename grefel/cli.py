@@ -267,7 +267,7 @@ def _with_options(options: Callable[[], List[Any]]) -> Callable[[Any], Any]:
 
 def _train_options(func):
     """The `grefel train` options; defaults come from grefel.config.DataConfig / TrainConfig."""
-    from grefel.config import DataConfig, TrainConfig
+    from grefel.config import AUGMENT_POLICIES, DataConfig, TrainConfig
     from grefel.train_state import resume_help
 
     d, t = DataConfig(), TrainConfig()
@@ -295,6 +295,10 @@ def _train_options(func):
         click.option("--head-dropout", type=float, help="Eq. 9 MLP dropout [preset: 0.5]."),
         click.option("--augment/--no-augment", default=d.augment,
                      help="Training augmentation (off: eval resize only)."),
+        click.option("--augment-policy", type=click.Choice(list(AUGMENT_POLICIES)),
+                     default=d.augment_policy,
+                     help="paper: shift 8 px, rotation 10 deg, flip, colour jitter 0.3, erasing; "
+                          "light: shift 4 px, flip, jitter 0.2."),
         click.option("--label-smoothing", type=float, default=t.label_smoothing,
                      help="Eq. 20 smoothing; the paper supplement's \"smoothing term 11\" "
                           "reads as 0.11 to us."),
@@ -311,6 +315,9 @@ def _train_options(func):
                      help="Data refinement B per class per epoch (paper 4.1); 0 = plain shuffle."),
         click.option("--refine-per-group", type=int, default=d.refine_per_group,
                      help="Data refinement N_pg per face group / video; 0 = no cap."),
+        click.option("--refine-repeat/--no-refine-repeat", default=d.refine_repeat,
+                     help="A class with fewer than B images: repeat them up to B (the paper's "
+                          "B per class), or take each once."),
         click.option("--workers", type=click.IntRange(min=0), default=d.workers,
                      help="DataLoader workers."),
         click.option("--seed", type=int, default=t.seed),
@@ -1112,8 +1119,13 @@ Examples:
               help="Targets: file = the dataset's landmarks.csv (SynthFER's 68 ground-truth "
                    "points); mesh = MediaPipe's 468-point face mesh (shipped in grefel) run on "
                    "each face; auto = the file where there is one and faces are not aligned.")
+@click.option("--stream", type=click.Choice(["landmark", "image"]), default="landmark",
+              help="landmark: the MobileFaceNet trunk (the paper's landmark stream; "
+                   "--pretrained-mobilefacenet); image: IR-50 stages 1-3, the image stream "
+                   "(--pretrained-ir50), where no face-recognition IR-50 exists (tiny).")
 def pretrain_landmarks(json_path: Optional[str], **opts: Any) -> None:
-    """MobileFaceNet trunk + GDC head regressing facial landmarks.
+    """MobileFaceNet trunk (or, with --stream image, IR-50 stages 1-3) + GDC head regressing
+    facial landmarks.
 
     The targets are a dataset's own landmarks (SynthFER's 68 ground-truth points), or, for
     real photos without them, the 468 points of MediaPipe's face mesh on each (aligned) face.

@@ -22,6 +22,7 @@ from grefel.contract import INPUT_SIZE
 
 __all__ = [
     "ALIGN_MODES",
+    "AUGMENT_POLICIES",
     "PHOTO_DATASETS",
     "DATASET_CLASSES",
     "IMAGENET_MEAN",
@@ -252,6 +253,7 @@ def _require(ok: bool, message: str) -> None:
 # 5-point alignment on each image once and caches the 112 px crops (grefel.align_data); "auto"
 # is detect for the readers of unaligned photos (PHOTO_DATASETS), off for the others.
 ALIGN_MODES = ("auto", "off", "detect")
+AUGMENT_POLICIES = ("paper", "light")  # grefel.data.transforms.AUGMENT_POLICIES
 PHOTO_DATASETS = ("muxspace", "muxspace8")
 
 
@@ -307,8 +309,13 @@ class DataConfig:
     workers: int = 0
     refine_per_class: int = 0  # B of paper §4.1; 0 = plain shuffle of the whole split
     refine_per_group: int = 0  # N_pg of paper §4.1; 0 = no per-group cap
+    # a class with fewer than B images: repeat them up to B (paper), or take each once
+    refine_repeat: bool = True
     strict: bool = False  # unreadable images are an error instead of skipped
     augment: bool = True  # the training augmentation; off = the eval resize only
+    # which augmentation (grefel.data.transforms.AUGMENT_POLICIES): "paper" (shift, rotation,
+    # flip, colour jitter, erasing) or "light" (small shift, flip, mild jitter)
+    augment_policy: str = "paper"
     # Face alignment of the images (grefel.align_data): the mode, then FaceAlignment's fields
     align_faces: str = FaceAlignment.mode
     face_detector: str = FaceAlignment.detector
@@ -320,6 +327,8 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         self.face_alignment()  # validates the alignment fields
+        _require(self.augment_policy in AUGMENT_POLICIES, f"augment_policy must be one of "
+                 f"{', '.join(AUGMENT_POLICIES)}, got {self.augment_policy!r}")
         _require(self.batch_size >= 2, f"batch_size must be >= 2, got {self.batch_size}")
         _require(self.workers >= 0, "workers must be >= 0")
         _require(self.refine_per_class >= 0 and self.refine_per_group >= 0, "refine sizes >= 0")
@@ -431,6 +440,9 @@ class PretrainConfig:
     # truth); "mesh": MediaPipe's 468-point face mesh run on each face (grefel.runtime.face_mesh);
     # "auto": the file where there is one and the faces are the images as given, else the mesh
     landmarks: str = "auto"
+    # the stream trained: "auto" = the task's own (landmarks: the landmark stream MobileFaceNet;
+    # identity: the image stream IR-50); "image" with landmarks: IR-50 stages 1-3 on landmarks
+    stream: str = "auto"
     # How the images become faces: as `grefel train` (auto: aligned for datasets of photos)
     alignment: FaceAlignment = FaceAlignment()
     align_cache: str = ""  # folder of the aligned crops; "" = grefel.align_data.default_cache()
@@ -459,6 +471,10 @@ class PretrainConfig:
             problems.append("scale must be > 0 and margin in [0, 1)")
         if self.embedding < 2 or self.holdout_every < 2 or self.precise_bn < 0:
             problems.append("embedding >= 2, holdout_every >= 2 and precise_bn >= 0")
+        if self.stream not in ("auto", "landmark", "image"):
+            problems.append(f"stream must be auto, landmark or image, got {self.stream!r}")
+        elif self.task == "identity" and self.stream == "landmark":
+            problems.append("identity pretraining trains the image stream (stream image/auto)")
         if self.landmarks not in LANDMARK_SOURCES:
             problems.append(f"landmarks must be one of {LANDMARK_SOURCES}, got "
                             f"{self.landmarks!r}")

@@ -72,6 +72,7 @@ __all__ = [
     "FORMAT",
     "TASKS",
     "IdentityNet",
+    "ImageLandmarkNet",
     "LandmarkNet",
     "MarginHead",
     "PretrainConfig",
@@ -81,7 +82,7 @@ __all__ = [
     "pretrain",
 ]
 
-KIND = {"landmarks": "mobilefacenet", "identity": "ir50"}  # the grefel.weights kind it feeds
+KIND = {"landmark": "mobilefacenet", "image": "ir50"}  # the grefel.weights kind a stream feeds
 NUM_POINTS = 68
 OUTER_EYE_CORNERS = (36, 45)  # iBUG-68 indices: the 300-W inter-ocular distance
 MESH_MIN_PRESENCE = 0.5  # face-mesh labels of a crop it finds no face in are not used
@@ -92,6 +93,14 @@ PathLike = Union[str, Path]
 
 class PretrainError(ValueError):
     """A pretraining run that cannot start or finish; the message names the file or option."""
+
+
+def stream_of(cfg: PretrainConfig) -> str:
+    """The stream a run trains: cfg.stream, "auto" being the task's own (landmarks: the
+    landmark stream, identity: the image stream)."""
+    if cfg.stream != "auto":
+        return cfg.stream
+    return "landmark" if cfg.task == "landmarks" else "image"
 
 
 def make_config(**options: Any) -> PretrainConfig:
@@ -106,17 +115,19 @@ def make_config(**options: Any) -> PretrainConfig:
 
 
 class GDCHead(nn.Module):
-    """pytorch_face_landmark's GDC output layer: depthwise 7x7 conv + BN, Linear, BatchNorm1d.
+    """pytorch_face_landmark's GDC output layer: depthwise conv over the whole map + BN,
+    Linear, BatchNorm1d.
 
     Args:
-        chs: channels of conv_6_sep.
-        outputs: 2 x 68 coordinates.
+        chs: channels of the map (conv_6_sep's).
+        outputs: 2 x the landmark count.
+        side: the map's side (7 for MobileFaceNet's conv_6_sep, 14 for IR-50's stage 3).
     """
 
-    def __init__(self, chs: int, outputs: int = 2 * NUM_POINTS) -> None:
+    def __init__(self, chs: int, outputs: int = 2 * NUM_POINTS, side: int = 7) -> None:
         super().__init__()
         self.conv_6_dw = nn.Sequential()  # keys conv_6_dw.conv / conv_6_dw.bn, as upstream
-        self.conv_6_dw.add_module("conv", nn.Conv2d(chs, chs, 7, groups=chs, bias=False))
+        self.conv_6_dw.add_module("conv", nn.Conv2d(chs, chs, side, groups=chs, bias=False))
         self.conv_6_dw.add_module("bn", nn.BatchNorm2d(chs))
         self.linear = nn.Linear(chs, outputs, bias=False)
         self.bn = nn.BatchNorm1d(outputs)
@@ -192,6 +203,36 @@ class IdentityNet(nn.Module):
 
     def stream_state_dict(self) -> Dict[str, torch.Tensor]:
         """POSTER V2's renumbered IR-50 names: input_layer, body1/2/3, output_layer.*."""
+        return dict(self.state_dict())
+
+
+class ImageLandmarkNet(nn.Module):
+    """IR-50 stages 1-3 of `cfg` + a GDC head on stage 3: images -> landmarks (B, K, 2).
+
+    The image stream trained on landmarks (`grefel pretrain landmarks --stream image`): where no
+    face-recognition IR-50 exists for a preset (tiny), the face mesh's points put the geometry
+    of each face into the stream's maps. Like IdentityNet it acts on stage 3's 14 x 14 map
+    (POSTER's stride-2 reductions to the level maps, `IR50Stream.reduce`, train with GReFEL).
+    Keys as IdentityNet's (input_layer, body1-3) plus the head's output_layer.*, which
+    `--pretrained-ir50` reports as not used by GReFEL.
+    """
+
+    def __init__(self, cfg: GReFELConfig, points: int = NUM_POINTS) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(cfg.image_mean).view(1, 3, 1, 1), False)
+        self.register_buffer("std", torch.tensor(cfg.image_std).view(1, 3, 1, 1), False)
+        stream = IR50Stream(cfg.dims, cfg.ir_units)
+        self.input_layer, self.body1 = stream.input_layer, stream.body1
+        self.body2, self.body3 = stream.body2, stream.body3
+        self.output_layer = GDCHead(cfg.dims[2], 2 * points, side=cfg.image_size // 8)
+        self.points = points
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.input_layer((images - self.mean) / self.std)  # (B, d1, 112, 112)
+        x = self.body3(self.body2(self.body1(x)))  # (B, d3, 14, 14)
+        return self.output_layer(x).view(-1, self.points, 2)  # (B, K, 2)
+
+    def stream_state_dict(self) -> Dict[str, torch.Tensor]:
         return dict(self.state_dict())
 
 
@@ -493,7 +534,8 @@ def _train_landmarks(cfg: PretrainConfig, model_cfg: GReFELConfig,
     if len(train_x) < 2 or len(val_x) == 0:
         raise PretrainError(f"{cfg.data}: {len(train_x)} training and {len(val_x)} validation "
                             f"faces with {source} landmarks; need 2 and 1")
-    net = LandmarkNet(model_cfg, train_y.shape[1]).to(device)
+    net_class = LandmarkNet if stream_of(cfg) == "landmark" else ImageLandmarkNet
+    net = net_class(model_cfg, train_y.shape[1]).to(device)
     net.output_layer.start_at(train_y.flatten(1))
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     g = torch.Generator().manual_seed(cfg.seed)
@@ -660,10 +702,10 @@ def pretrain(cfg: PretrainConfig) -> Dict[str, Any]:
     state = {k: v.detach().cpu().contiguous() for k, v in net.stream_state_dict().items()}
     with atomic_path(out) as tmp:
         save_file(state, str(tmp), metadata={"format": FORMAT})
-    stream = "landmark" if cfg.task == "landmarks" else "image"
+    stream = stream_of(cfg)
     meta = {
         "format": FORMAT, "grefel_version": __version__, "task": cfg.task,
-        "kind": KIND[cfg.task], "preset": cfg.preset,
+        "kind": KIND[stream], "stream": stream, "preset": cfg.preset,
         "stream_config": {k: getattr(model_cfg, k) for k in (
             ("dims", "mfn_blocks", "mfn_out") if stream == "landmark" else ("dims", "ir_units"))},
         "normalisation": {"mean": list(getattr(model_cfg, f"{stream}_mean")),

@@ -247,10 +247,11 @@ def warm_up_image_stream(run: Run) -> Dict[str, Any]:
     (benchmarks/results/warmup_2026-11-29.md). The warm-up trains the stream with a temporary
     linear classifier on its mean-pooled level-3 map (cross-entropy with the run's class weights
     and label smoothing, Adam at the run's lr, the training split's own labels) and then drops
-    that classifier: the model and its checkpoints stay exactly GReFEL. Under DDP the gradients
-    are averaged across ranks.
+    that classifier: the model and its checkpoints stay exactly GReFEL. Its batches are drawn
+    as the epochs' are (`train_sampler`: class-balanced under data refinement), from another
+    seed. Under DDP the gradients are averaged across ranks.
     """
-    from torch.utils.data import DataLoader, DistributedSampler
+    from torch.utils.data import DataLoader
 
     from grefel.data import collate_skip
 
@@ -259,8 +260,8 @@ def warm_up_image_stream(run: Run) -> Dict[str, Any]:
     params = list(raw.image.parameters()) + list(probe.parameters())
     optimizer = torch.optim.Adam(params, lr=cfg.lr)
     scaler = torch.amp.GradScaler("cuda", enabled=run.amp)
-    sampler = DistributedSampler(run.train_set, run.world, run.rank, shuffle=True,
-                                 seed=cfg.seed + 1)  # not the epochs' draw
+    sampler = train_sampler(run.data_cfg, run.train_set, cfg.seed + 1, run.rank,
+                            run.world)  # the epochs' kind of draw, not their draw
     loader = DataLoader(run.train_set, run.data_cfg.batch_size, sampler=sampler,
                         drop_last=len(sampler) > run.data_cfg.batch_size,
                         collate_fn=collate_skip, num_workers=run.data_cfg.workers)
@@ -477,11 +478,10 @@ def setup_distributed(device_name: str) -> Tuple[int, int, torch.device]:
 
 def build_loaders(d: DataConfig, seed: int, rank: int, world: int) -> Dict[str, Any]:
     """Train and validation loaders; each rank reads a disjoint share of both."""
-    from torch.utils.data import DataLoader, DistributedSampler
+    from torch.utils.data import DataLoader
 
     from grefel.data import (
         FERDataset,
-        RefinedSampler,
         check_readable,
         collate_skip,
         load_samples,
@@ -491,14 +491,9 @@ def build_loaders(d: DataConfig, seed: int, rank: int, world: int) -> Dict[str, 
     samples, classes = load_samples(d.root, d.dataset, d.train_split)
     check_readable(samples, f"{d.root} split {d.train_split!r}")  # before epoch 1, not after
     aligned = {"train": align_split(d, samples, rank, world, d.train_split)}
-    train_set = FERDataset(samples, classes, make_transforms(d.augment), strict=d.strict,
-                           read=aligned["train"])
-    if d.refine_per_class:  # paper §4.1: B per class (N_pg per group) drawn anew every epoch
-        sampler = RefinedSampler([s.label for s in samples], [s.group for s in samples],
-                                 len(classes), d.refine_per_class, d.refine_per_group,
-                                 seed=seed, rank=rank, world_size=world)
-    else:
-        sampler = DistributedSampler(train_set, world, rank, shuffle=True, seed=seed)
+    train_set = FERDataset(samples, classes, make_transforms(d.augment, policy=d.augment_policy),
+                           strict=d.strict, read=aligned["train"])
+    sampler = train_sampler(d, train_set, seed, rank, world)
     common = {"num_workers": d.workers, "collate_fn": collate_skip,
               "pin_memory": torch.cuda.is_available()}
     train_loader = DataLoader(train_set, d.batch_size, sampler=sampler,
@@ -519,6 +514,21 @@ def build_loaders(d: DataConfig, seed: int, rank: int, world: int) -> Dict[str, 
         split: a.report() for split, a in aligned.items() if a is not None}
     return {"train_set": train_set, "train_loader": train_loader, "sampler": sampler,
             "val_loader": val_loader, "classes": classes, "alignment": alignment}
+
+
+def train_sampler(d: DataConfig, train_set: Any, seed: int, rank: int, world: int) -> Any:
+    """The draw of the training images: data refinement (paper §4.1: B per class, N_pg per
+    group, anew every epoch) when refine_per_class is set, else a plain shuffle; this rank's
+    share under DDP."""
+    from torch.utils.data import DistributedSampler
+
+    from grefel.data import RefinedSampler
+
+    if not d.refine_per_class:
+        return DistributedSampler(train_set, world, rank, shuffle=True, seed=seed)
+    return RefinedSampler(train_set.labels, train_set.groups, len(train_set.class_names),
+                          d.refine_per_class, d.refine_per_group, seed=seed, rank=rank,
+                          world_size=world, repeat=d.refine_repeat)
 
 
 def align_split(d: DataConfig, samples: Sequence[Any], rank: int, world: int,

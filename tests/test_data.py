@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from grefel.config import DATASET_CLASSES
+from grefel.config import DATASET_CLASSES, DataConfig
 from grefel.data import (
     DatasetError,
     FERDataset,
@@ -457,6 +457,21 @@ def test_train_transform_shape_range_and_seeded_determinism():
     assert make_transforms(True, image_size=64)(img).shape == (3, 64, 64)
 
 
+def test_light_augmentation_shifts_flips_and_jitters_only():
+    """policy "light": no rotation and no erasing; a shift of at most 4 px. A flat image stays
+    flat (jitter changes its level, nothing paints a box into it)."""
+    t = make_transforms(True, policy="light")
+    assert (t.max_shift, t.max_degrees, t.erase_p, t.jitter) == (4, 0.0, 0.0, 0.2)
+    flat = Image.fromarray(np.full((112, 112, 3), 128, np.uint8), "RGB")
+    for seed in range(20):
+        x = t(flat, generator=torch.Generator().manual_seed(seed))
+        assert float(x.max() - x.min()) < 1e-6
+    with pytest.raises(KeyError):
+        make_transforms(True, policy="heavy")
+    with pytest.raises(ValueError, match="augment_policy must be one of paper, light"):
+        DataConfig(augment_policy="heavy")
+
+
 def test_eval_transform_is_deterministic_and_antialiased():
     t = make_transforms(False)
     img = _face_like()
@@ -494,6 +509,27 @@ def test_refined_sampler_balances_classes_and_caps_groups():
     assert sorted(np.unique(class2, return_counts=True)[1].tolist()) == [2, 3, 3]
     class1 = [i for i in draw if toy["labels"][i] == 1]
     assert len(set(class1)) == 6  # 6 after the cap (3 per group) < B: each at least once
+
+
+def test_refined_sampler_without_repeats_takes_a_short_class_once():
+    """repeat=False: min(B, n_c) per class, every index once; a class the group cap leaves
+    short is topped up from its other images, so the epoch length stays fixed."""
+    toy = _toy_labels()
+    for per_group in (0, 1):
+        s = RefinedSampler(toy["labels"], toy["groups"], num_classes=3, per_class=8,
+                           per_group=per_group, seed=3, repeat=False)
+        for epoch in range(3):
+            s.set_epoch(epoch)
+            draw = list(s)
+            assert len(draw) == len(s) == 8 + 6 + 3
+            assert len(set(draw)) == len(draw)  # nothing repeated
+            labels = np.array(toy["labels"])[draw]
+            assert np.bincount(labels, minlength=3).tolist() == [8, 6, 3]
+    capped = RefinedSampler(toy["labels"], toy["groups"], 3, per_class=8, per_group=1, seed=3,
+                            repeat=False)
+    class0 = [i for i in capped.epoch_indices() if toy["labels"][i] == 0]
+    groups = np.array(toy["groups"])[class0]  # 4 groups x 1 kept < 8: the rest tops it up
+    assert len(class0) == 8 and set(groups) <= {"g0", "g1", "g2", "g3"}
 
 
 def test_refined_sampler_is_deterministic_per_seed_and_epoch_and_resumes():

@@ -284,3 +284,23 @@ def test_landmarks_file_on_aligned_faces_is_refused(photos, tmp_path):
                   "--align-cache", str(tmp_path / "aligned"), *STEPS)
     assert res.exit_code == 1 and "Traceback" not in res.output
     assert "landmarks.csv: no such file" in res.output
+
+
+def test_pretrain_landmarks_into_the_image_stream(photos, tmp_path):
+    """--stream image: IR-50 stages 1-3 learn the face mesh; the file is an ir50 file for
+    --pretrained-ir50 (its GDC head not used) and refused as a MobileFaceNet."""
+    out = tmp_path / "ir50_mesh.safetensors"
+    res = _invoke("pretrain", "landmarks", "--data", str(photos), "--out", str(out),
+                  "--stream", "image", "--align-cache", str(tmp_path / "aligned"), *STEPS)
+    assert res.exit_code == 0, res.output
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert (meta["kind"], meta["stream"], meta["task"]) == ("ir50", "image", "landmarks")
+    assert meta["normalisation"]["mean"] == list(FACE_EVOLVE_MEAN)
+    model = GReFEL(GReFELConfig.preset("tiny"))
+    report = import_pretrained(model, out, "ir50")
+    saved = load_file(str(out))
+    assert torch.equal(model.state_dict()["image.body3.1.res_layer.3.weight"],
+                       saved["body3.1.res_layer.3.weight"])
+    assert any(k.startswith("output_layer.") for k in report.not_used)
+    with pytest.raises(WeightsError, match="pass it as --pretrained-ir50"):
+        import_pretrained(GReFEL(GReFELConfig.preset("tiny")), out, "mobilefacenet")

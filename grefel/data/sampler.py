@@ -1,4 +1,4 @@
-"""Data refinement (paper §4.1): a class-balanced, group-capped draw of B x C images per epoch.
+"""Data refinement (paper §4.1): a class-balanced, group-capped draw of B per class per epoch.
 
 "During training, N_pg images are randomly selected from each video or face group. From these,
 B images per expression are chosen for training, creating a batch of (B x N_cls) images per
@@ -9,7 +9,10 @@ epoch." Each epoch `RefinedSampler`:
 2. takes `per_class` (B) images of every class from what was kept: without replacement when the
    class has at least B, otherwise all of them once and the rest again (repeats only where the
    class is short). A class that the cap happened to empty draws from its uncapped images, so
-   the epoch length never changes;
+   the epoch length never changes. With `repeat=False` a class with fewer than B images gives
+   each of them once instead (min(B, n_c) images: the majority classes are cut to B, the rare
+   ones are not copied many times over; on a set as imbalanced as muxspace/facial_expressions,
+   where fear has 17 training images, B = 300 would show each of them 18 times an epoch);
 3. shuffles the B x C indices. Classes with no image at all are left out (B x classes present).
 
 Under DDP every rank computes the same draw from (seed, epoch) and takes every world_size-th
@@ -40,6 +43,8 @@ class RefinedSampler(Sampler):
         per_group: N_pg, the most images kept per group per epoch (<= 0: no cap).
         seed: the draw is a function of (seed, epoch) only.
         rank, world_size: this process's place under DDP.
+        repeat: a class with fewer than B images fills its B by repeating them (the paper's B x
+            C epoch); False: each of them once.
     """
 
     def __init__(
@@ -52,6 +57,7 @@ class RefinedSampler(Sampler):
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        repeat: bool = True,
     ) -> None:
         if len(labels) != len(groups):
             raise ValueError(f"{len(labels)} labels but {len(groups)} groups")
@@ -68,11 +74,14 @@ class RefinedSampler(Sampler):
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
+        self.repeat = repeat
         self.epoch = 0
         self._groups = self._group_members(groups)
         self._by_class = [np.flatnonzero(self.labels == c) for c in range(num_classes)]
         self.classes_present = [c for c in range(num_classes) if len(self._by_class[c])]
-        self.epoch_size = per_class * len(self.classes_present)  # B x C
+        self._counts = {c: per_class if repeat else min(per_class, len(self._by_class[c]))
+                        for c in self.classes_present}
+        self.epoch_size = sum(self._counts.values())  # B x C (repeat), else sum min(B, n_c)
         self.num_samples = -(-self.epoch_size // world_size)  # this rank's share, ceil
 
     @staticmethod
@@ -105,11 +114,16 @@ class RefinedSampler(Sampler):
                 for m in self._groups]
         return np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64)
 
-    def _take(self, pool: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Step 2: B indices from `pool`; repeats only when the pool has fewer than B."""
-        b = self.per_class
+    def _take(self, pool: np.ndarray, rng: np.random.Generator, b: int,
+              whole_class: np.ndarray) -> np.ndarray:
+        """Step 2: b indices from `pool`; without `repeat`, a pool the group cap left short is
+        topped up from the rest of its class (b <= the class size), else repeats only when the
+        pool has fewer than b."""
         if len(pool) >= b:
             return rng.choice(pool, b, replace=False)
+        if not self.repeat:
+            rest = np.setdiff1d(whole_class, pool)
+            return np.concatenate([pool, rng.choice(rest, b - len(pool), replace=False)])
         reps, rest = divmod(b, len(pool))
         whole = [rng.permutation(pool) for _ in range(reps)]
         return np.concatenate(whole + [rng.choice(pool, rest, replace=False)])
@@ -122,7 +136,9 @@ class RefinedSampler(Sampler):
         parts = []
         for c in self.classes_present:
             pool = kept[kept_labels == c]
-            parts.append(self._take(pool if len(pool) else self._by_class[c], rng))
+            if not len(pool) and self.repeat:
+                pool = self._by_class[c]
+            parts.append(self._take(pool, rng, self._counts[c], self._by_class[c]))
         draw = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
         return rng.permutation(draw).tolist()
 

@@ -35,7 +35,7 @@ from PIL import Image
 
 from grefel import contract
 
-__all__ = ["EvalTransform", "TrainTransform", "make_transforms"]
+__all__ = ["AUGMENT_POLICIES", "EvalTransform", "TrainTransform", "make_transforms"]
 
 ImageLike = Union[np.ndarray, Image.Image]
 
@@ -163,6 +163,18 @@ class TrainTransform:
                 f"erase_p={self.erase_p})")
 
 
-def make_transforms(train: bool, image_size: int = contract.INPUT_SIZE):
-    """The training augmentation (train=True) or the eval resize, at `image_size`."""
-    return TrainTransform(image_size) if train else EvalTransform(image_size)
+# TrainTransform settings per augmentation policy (grefel.config.AUGMENT_POLICIES names them).
+# "light": on muxspace/facial_expressions' real photos at a CPU budget the paper's augmentation
+# kept the tiny model near chance for the first epochs (as on SynthFER:
+# benchmarks/results/recipe_2026-12-04.md); a small shift, the flip and mild jitter do not.
+AUGMENT_POLICIES = {
+    "paper": {},
+    "light": {"max_shift": 4, "max_degrees": 0.0, "jitter": 0.2, "erase_p": 0.0},
+}
+
+
+def make_transforms(train: bool, image_size: int = contract.INPUT_SIZE, policy: str = "paper"):
+    """The training augmentation of `policy` (train=True) or the eval resize, at `image_size`."""
+    if not train:
+        return EvalTransform(image_size)
+    return TrainTransform(image_size, **AUGMENT_POLICIES[policy])
