@@ -163,10 +163,12 @@ class Predicted:
 
 
 def predict_split(samples: Sequence[Sample], *, pipeline: Any, backends: Dict[str, Any],
-                  fer: FerModel, fer_index: np.ndarray) -> Predicted:
+                  fer: Optional[FerModel] = None,
+                  fer_index: Optional[np.ndarray] = None) -> Predicted:
     """Each image decoded and prepared once; its first face (the whole image when none) to
-    every grefel backend (aligned crop, CHUNK images per call) and to fer (the same box)."""
-    got = Predicted(preds={k: [] for k in [*backends, "fer"]},
+    every grefel backend (aligned crop, CHUNK images per call) and to fer (the same box;
+    fer None: grefel's models only, benchmarks.real_ablation)."""
+    got = Predicted(preds={k: [] for k in [*backends, *(["fer"] if fer else [])]},
                     seconds=dict.fromkeys(["decode", *backends, "fer_preprocess", "fer_infer"],
                                           0.0))
     for first in range(0, len(samples), CHUNK):
@@ -191,7 +193,7 @@ def predict_split(samples: Sequence[Sample], *, pipeline: Any, backends: Dict[st
             probs = backend.infer(batch)["probs"]
             got.seconds[label] += time.perf_counter() - t0
             got.preds[label] += index[np.argmax(probs, axis=1)].tolist()
-        for image, prep in zip(images, preps):
+        for image, prep in zip(images, preps) if fer is not None else ():
             t0 = time.perf_counter()
             x = fer_input(image, prep.faces[0].box)
             t1 = time.perf_counter()

@@ -41,9 +41,10 @@ import hashlib
 import io
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image, PngImagePlugin
@@ -68,6 +69,7 @@ __all__ = [
 ]
 
 CACHE_FORMAT = "grefel-aligned/1"  # bump when the crops of the same settings would change
+PROGRESS_EVERY = 10.0  # seconds between progress lines
 _FACE, _ALIGNED = "grefel-face", "grefel-aligned"  # PNG text chunks of a cached crop
 
 PathLike = Union[str, Path]
@@ -139,6 +141,7 @@ def align_samples(
     *,
     indices: Optional[Iterable[int]] = None,
     detector: Any = None,
+    progress: Optional[Callable[[str], None]] = None,
 ) -> AlignedImages:
     """Align `samples` (those at `indices`, default all; e.g. a DDP rank's share) as predict
     does a still image (module docstring), through the cache at `cache` (default
@@ -146,6 +149,8 @@ def align_samples(
 
     detector: a detector object replacing `alignment.detector`, with the
         grefel.runtime.detectors API (`name`, `faces(rgb) -> [Face]`).
+    progress: called with a line every PROGRESS_EVERY seconds while faces are detected (the
+        first alignment of a large set takes minutes; the cache makes later runs quick).
     Raises AlignError for a detector that cannot run.
     """
     if alignment.mode != "detect":
@@ -157,7 +162,13 @@ def align_samples(
     if not (folder / "settings.json").is_file():
         atomic_write_json(folder / "settings.json", settings)
     out = AlignedImages(settings, folder, alignment.detector)
-    for i in range(len(samples)) if indices is None else indices:
+    todo = list(range(len(samples)) if indices is None else indices)
+    start = last = time.monotonic()
+    for done, i in enumerate(todo):
+        if progress is not None and time.monotonic() - last >= PROGRESS_EVERY:
+            last = time.monotonic()
+            progress(f"aligning faces: {done}/{len(todo)} images ({out.computed} detected, "
+                     f"{out.reused} from the cache) in {last - start:.0f} s")
         path = samples[i].path
         try:
             file, flags = _cached(folder, path)

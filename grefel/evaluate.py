@@ -35,6 +35,7 @@ Davies-Bouldin and Calinski-Harabasz are computed on the full D-dimensional embe
 from __future__ import annotations
 
 import contextlib
+import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -405,7 +406,8 @@ def _aligned(samples: Sequence[Any], alignment: Optional[FaceAlignment],
     from grefel.align_data import AlignError, align_samples
 
     try:
-        return align_samples(samples, alignment, cache)
+        return align_samples(samples, alignment, cache,
+                             progress=lambda line: print(line, file=sys.stderr, flush=True))
     except AlignError as exc:
         raise EvalError(f"--align-faces {alignment.mode}: {exc}") from None
 

@@ -345,7 +345,8 @@ def load_faces(cfg: PretrainConfig, split: str) -> Faces:
     from grefel.align_data import AlignError, align_samples
 
     try:
-        aligned = align_samples(samples, alignment, cfg.align_cache or None)
+        aligned = align_samples(samples, alignment, cfg.align_cache or None,
+                                progress=lambda line: _log(f"{split}: {line}"))
     except AlignError as exc:
         raise PretrainError(f"--align-faces {alignment.mode}: {exc}") from None
     _log(aligned.describe(f"{root} split {split!r}"))

@@ -546,9 +546,11 @@ def align_split(d: DataConfig, samples: Sequence[Any], rank: int, world: int,
     try:
         if world > 1:
             align_samples(samples, alignment, d.align_cache,
-                          indices=range(rank, len(samples), world))
+                          indices=range(rank, len(samples), world),
+                          progress=lambda line: log(rank, f"{split}: {line}"))
             dist.barrier()
-        aligned = align_samples(samples, alignment, d.align_cache)
+        aligned = align_samples(samples, alignment, d.align_cache,
+                                progress=lambda line: log(rank, f"{split}: {line}"))
     except AlignError as exc:
         raise TrainingError(f"--align-faces {alignment.mode}: {exc}") from None
     log(rank, aligned.describe(f"{d.root} split {split!r}"))

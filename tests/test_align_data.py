@@ -173,6 +173,23 @@ def test_cache_is_reused_and_a_changed_setting_or_image_is_aligned_again(
     assert det.calls == 19 and (third.computed, third.reused) == (1, 5)
 
 
+def test_a_long_alignment_reports_its_progress(dataset, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first alignment of a real set takes minutes: a line every PROGRESS_EVERY seconds
+    (here 0: before every image) says how far it is."""
+    import grefel.align_data as align_data
+
+    root, det = dataset
+    samples, _ = load_samples(root, "csv", "train")
+    monkeypatch.setattr(align_data, "PROGRESS_EVERY", 0.0)
+    lines: List[str] = []
+    align_samples(samples, FaceAlignment(mode="detect"), tmp_path / "c", detector=det,
+                  progress=lines.append)
+    assert len(lines) == 6
+    assert lines[0].startswith("aligning faces: 0/6 images (0 detected, 0 from the cache)")
+    assert lines[-1].startswith("aligning faces: 5/6 images (5 detected, 0 from the cache)")
+
+
 def test_unreadable_images_are_counted_and_raise_when_read(dataset, tmp_path: Path) -> None:
     from grefel.data import DatasetError
 
