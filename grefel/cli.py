@@ -311,6 +311,9 @@ def _train_options(func):
         click.option("--freeze", type=click.Choice(["landmark", "image", "none"]),
                      default=t.freeze, help="Stream kept frozen."),
         click.option("--amp/--no-amp", default=t.amp, help="Mixed precision (CUDA only)."),
+        click.option("--select", type=click.Choice(["accuracy", "macro_f1"]), default=t.select,
+                     help="What best.safetensors is chosen by on the validation split "
+                          "(macro_f1 for imbalanced data)."),
         click.option("--refine-per-class", type=int, default=d.refine_per_class,
                      help="Data refinement B per class per epoch (paper 4.1); 0 = plain shuffle."),
         click.option("--refine-per-group", type=int, default=d.refine_per_group,

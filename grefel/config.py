@@ -386,6 +386,9 @@ class TrainConfig:
     # Steps that train the image stream alone before epoch 1 (grefel.train.warm_up_image_stream):
     # a stand-in for the paper's pretrained IR-50 where no pretrained weights exist (tiny).
     image_warmup: int = 0
+    # what best.safetensors is chosen by: validation accuracy, or macro-F1 (imbalanced data,
+    # where the majority class alone scores a high accuracy); train accuracy without val
+    select: str = "accuracy"
 
     def __post_init__(self) -> None:
         _require(self.preset in PRESETS, f"unknown preset {self.preset!r}")
@@ -398,6 +401,7 @@ class TrainConfig:
                  "clip_grad, threads and precise_bn must be >= 0")
         _require(self.freeze in ("landmark", "image", "none"), "freeze: landmark, image or none")
         _require(self.image_warmup >= 0, "image_warmup must be >= 0")
+        _require(self.select in ("accuracy", "macro_f1"), "select: accuracy or macro_f1")
         _require(not (self.image_warmup and self.freeze == "image"),
                  "image_warmup trains the image stream, which freeze=image keeps frozen")
         _require(not (self.init and (self.pretrained_ir50 or self.pretrained_mobilefacenet)),

@@ -11,7 +11,8 @@ Everything a run writes lands in its folder:
     metrics.csv / .json    one row per finished epoch
     tensorboard/           the same rows as TensorBoard scalars, when `tensorboard` is installed
     last.safetensors       weights after the latest epoch (+ .json sidecar)
-    best.safetensors       weights of the best validation accuracy (+ .json sidecar)
+    best.safetensors       weights of the best validation accuracy, or macro-F1 (--select)
+                           (+ .json sidecar)
     warmup.json            the image-stream warm-up's losses, when TrainConfig.image_warmup > 0
     alignment.json         with `--align-faces detect` (grefel.align_data): per split, the
                            alignment settings and counts (faces found, none found, unreadable)
@@ -363,6 +364,14 @@ def precise_bn(run: Run) -> None:
     images = (batch[0].to(run.device) for batch in run.train_loader)
     reduce = (lambda t: _all_sum(run, t)) if run.world > 1 else None
     recalibrate_batchnorm(run.raw, images, run.cfg.precise_bn, reduce)
+
+
+def best_metric(cfg: TrainConfig, row: Dict[str, Any]) -> str:
+    """The epoch row's key that picks best.safetensors: val accuracy or macro-F1
+    (`TrainConfig.select`), train accuracy without a validation split."""
+    if "val_acc" not in row:
+        return "train_acc"
+    return "val_macro_f1" if cfg.select == "macro_f1" else "val_acc"
 
 
 def validate(run: Run) -> Dict[str, float]:
@@ -829,10 +838,9 @@ def _train(run: Run) -> Dict[str, Any]:
             row.update(validate(run))
             run.epoch = epoch + 1
             run.history.append(row)
-            score = row.get("val_acc", row["train_acc"])
-            if not run.best or score > run.best["value"]:
-                metric = "val_acc" if "val_acc" in row else "train_acc"
-                run.best = {"metric": metric, "value": score, "epoch": run.epoch}
+            metric = best_metric(cfg, row)
+            if not run.best or row[metric] > run.best["value"]:
+                run.best = {"metric": metric, "value": row[metric], "epoch": run.epoch}
             rngs = _gather_rng(run)
             if run.rank == 0:
                 save_epoch(run, row, rngs)

@@ -379,3 +379,36 @@ def test_image_warmup_trains_only_the_image_stream_and_is_not_repeated(tmp_path,
     res = runner.invoke(cli, _train_args(data, tmp_path / "x", 1) + ["--image-warmup", "3",
                                                                       "--freeze", "image"])
     assert res.exit_code == 2 and "freeze=image" in res.output
+
+
+def test_best_checkpoint_is_chosen_by_the_selected_metric():
+    """--select macro_f1: on imbalanced data an epoch that predicts the majority class only has
+    the best accuracy and the worst macro-F1; best.safetensors must follow the selection."""
+    from grefel.train import best_metric
+
+    row = {"train_acc": 0.9, "val_acc": 0.7, "val_macro_f1": 0.2}
+    assert best_metric(TrainConfig(), row) == "val_acc"
+    assert best_metric(TrainConfig(select="macro_f1"), row) == "val_macro_f1"
+    assert best_metric(TrainConfig(select="macro_f1"), {"train_acc": 0.9}) == "train_acc"
+    with pytest.raises(ValueError, match="select: accuracy or macro_f1"):
+        TrainConfig(select="loss")
+
+
+def test_train_records_best_by_macro_f1(tmp_path, monkeypatch):
+    """End to end: the epoch rows' val_macro_f1 decides `best` (and best.safetensors' epoch)."""
+    import grefel.train as train_mod
+
+    data = make_dataset(tmp_path / "d")
+    scores = iter([(0.6, 0.1), (0.4, 0.3), (0.5, 0.2)])  # (acc, macro-F1) of epochs 1-3
+
+    def fake_validate(run):
+        acc, f1 = next(scores)
+        return {"val_acc": acc, "val_macro_f1": f1}
+
+    monkeypatch.setattr(train_mod, "validate", fake_validate)
+    out = tmp_path / "run"
+    summary = run_training(DataConfig(root=str(data), batch_size=7),
+                           TrainConfig(out=str(out), epochs=3, select="macro_f1", device="cpu",
+                                       precise_bn=0))
+    assert summary["best"] == {"metric": "val_macro_f1", "value": 0.3, "epoch": 2}
+    assert read_meta(out / "best.safetensors")["metrics"]["epoch"] == 2
