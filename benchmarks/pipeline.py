@@ -7,9 +7,9 @@ milliseconds per frame of each stage, with the machine's load beside them.
 
     python -m benchmarks.pipeline --make-video scratch/one_face_640x480.avi
 
-writes the benchmark's video: 300 frames, 640 x 480, 30 FPS, MJPG, one real face (scikit-image's
-astronaut photo when scikit-image is installed, else a drawn SynthFER face) moving on a slow
-path across a still background.
+writes the benchmark's video: 300 frames, 640 x 480, 30 FPS, MJPG, one real face (the
+public-domain astronaut photo of benchmarks/data/astronaut.jpg, from scikit-image's sample
+data) moving on a slow path across a still background.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import numpy as np
 
 __all__ = ["make_video", "pipeline_rows"]
 
+ASTRONAUT = Path(__file__).resolve().parent / "data" / "astronaut.jpg"
 BACKEND_OF = {".onnx": "onnx", ".engine": "tensorrt", ".plan": "tensorrt",
               ".safetensors": "torch"}
 
@@ -102,23 +103,10 @@ def pipeline_markdown(rows: Sequence[Dict[str, Any]]) -> List[str]:
 
 
 def _face_image() -> np.ndarray:
-    import importlib.metadata
-
+    """The head and shoulders of the astronaut photo in benchmarks/data (public domain)."""
     from grefel.contract import decode_image
 
-    try:
-        dist = importlib.metadata.distribution("scikit-image")
-        path = Path(str(dist.locate_file("skimage/data/astronaut.png")))
-        if path.is_file():
-            return decode_image(path)[40:220, 140:310]  # head and shoulders, 170 x 180
-    except importlib.metadata.PackageNotFoundError:
-        pass
-    from grefel.data.faces import _EXPRESSIONS, make_identity, render_face
-
-    rng = np.random.default_rng(0)
-    img, _, _ = render_face(rng, make_identity(rng), list(_EXPRESSIONS)[1], size=180,
-                            difficulty=0.0)
-    return np.asarray(img)
+    return decode_image(ASTRONAUT)[40:220, 140:310]  # head and shoulders, 170 x 180
 
 
 def make_video(path: Path, frames: int = 300, fps: float = 30.0) -> Path:

@@ -175,3 +175,20 @@ def test_bench_tiny_writes_table_json_and_compares(tmp_path: Path, no_tensorrt: 
     assert "Latency:" in res.stdout and "median ms" in res.stdout and "GMACs" in res.stdout
     assert "latency ratio" in res.stdout  # onnx batch 1 matched the earlier run
     assert "onnx / torch, tiny-random, batch 2: median latency ratio" in res.stdout
+
+
+def test_pipeline_video_shows_the_real_face_the_detector_finds(tmp_path: Path) -> None:
+    """benchmarks.pipeline --make-video: the astronaut photo of benchmarks/data (a real face,
+    no scikit-image needed) moving over 640 x 480 frames, found by the default detector."""
+    import cv2
+
+    from benchmarks.pipeline import make_video
+    from grefel.runtime.detectors import make_detector
+
+    video = make_video(tmp_path / "v.avi", frames=4)
+    cap = cv2.VideoCapture(str(video))
+    ok, frame = cap.read()
+    cap.release()
+    assert ok and frame.shape == (480, 640, 3)
+    faces = make_detector("auto").faces(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+    assert len(faces) == 1 and faces[0].keypoints is not None

@@ -92,3 +92,26 @@ def test_info_names_the_default_model(packaged: Path) -> None:
     assert res.exit_code == 0, res.output
     assert f"default model {DEFAULT_MODEL} ({packaged / DEFAULT_MODEL}.onnx): trained on a test " \
            "set" in res.output
+
+
+def test_the_default_model_is_chosen_on_validation_macro_f1(tmp_path: Path) -> None:
+    """benchmarks.default_model: the run with the best val macro-F1 (not accuracy, never a
+    test figure); a tie keeps the run listed first; a run without val metrics is refused."""
+    from benchmarks.default_model import choose
+
+    def run(name: str, metrics: Dict[str, float]) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "best.safetensors").write_bytes(b"")
+        (folder / "best.json").write_text(json.dumps({"format": "grefel-checkpoint/1",
+                                                     "metrics": metrics}))
+        return folder
+
+    a = run("a", {"epoch": 3, "val_acc": 0.80, "val_macro_f1": 0.30})
+    b = run("b", {"epoch": 5, "val_acc": 0.70, "val_macro_f1": 0.34})
+    c = run("c", {"epoch": 2, "val_acc": 0.60, "val_macro_f1": 0.34})
+    ranked = choose([a, b, c])
+    assert [Path(r["run"]).name for r in ranked] == ["b", "c", "a"]
+    assert ranked[0]["epoch"] == 5 and ranked[0]["val_macro_f1"] == 0.34
+    with pytest.raises(SystemExit, match="no val_macro_f1"):
+        choose([run("d", {"epoch": 1, "train_acc": 0.9})])
