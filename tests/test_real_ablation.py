@@ -59,3 +59,18 @@ def test_recipe_configs_read_the_run_and_refuse_a_folder_without_one(tmp_path: P
     assert got["data"]["refine_per_class"] == 300 and got["train"]["image_warmup"] == 400
     with pytest.raises(TrainingError, match="config.json does not exist"):
         ra.recipe_configs(tmp_path / "none")
+
+
+def test_recipe_parts_change_one_setting_where_it_lives() -> None:
+    from benchmarks.recipe_parts import PARTS, with_changes
+
+    recipe = {"data": {"root": "/d", "refine_repeat": False, "augment_policy": "light"},
+              "train": {"epochs": 8, "image_warmup": 400, "pretrained_ir50": "ir.safetensors",
+                        "pretrained_mobilefacenet": "mfn.safetensors", "variant": "both"}}
+    got = with_changes(recipe, PARTS["random_image"][1], epochs=None)
+    assert got["train"]["pretrained_ir50"] == "" and got["train"]["image_warmup"] == 400
+    assert recipe["train"]["pretrained_ir50"] == "ir.safetensors"  # the recipe is not changed
+    got = with_changes(recipe, PARTS["repeat"][1], epochs=3)
+    assert got["data"]["refine_repeat"] is True and got["train"]["epochs"] == 3
+    with pytest.raises(KeyError, match="not a DataConfig or TrainConfig field"):
+        with_changes(recipe, {"sharpness": 2}, None)
