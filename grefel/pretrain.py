@@ -1,20 +1,26 @@
-"""Pretraining the two streams on SynthFER's own labels, the paper's way (paper §3.1, §4.2).
+"""Pretraining the two streams on a dataset's own labels, the paper's way (paper §3.1, §4.2).
 
 GReFEL's landmark stream is the trunk of a MobileFaceNet trained to find 68 facial landmarks
 (pytorch_face_landmark, frozen in GReFEL) and its image stream the first three stages of an
 IR-50 trained to recognise identities (face.evoLVe, MS-Celeb-1M, with a margin loss). Neither
-set of weights exists for the tiny preset, but SynthFER carries both kinds of labels: the
-ground-truth iBUG-68 landmarks of every image (`landmarks.csv`) and its identity (`group`; no
-identity is in two splits). `pretrain_landmarks` and `pretrain_identity` train the two streams
-on them and write checkpoints that `grefel train --pretrained-mobilefacenet` and
-`--pretrained-ir50` take:
+set of weights exists for the tiny preset, so grefel trains them on the dataset at hand:
+
+- landmarks: SynthFER's ground-truth iBUG-68 points (`landmarks.csv`); on real photos without
+  landmarks (muxspace/facial_expressions), the 468 points of MediaPipe's face mesh run on each
+  face as train and predict see it (`--landmarks auto|file|mesh`; grefel.runtime.face_mesh);
+- identities: each image's `group` (no identity is in two splits).
+
+`pretrain_landmarks` and `pretrain_identity` write checkpoints that `grefel train
+--pretrained-mobilefacenet` and `--pretrained-ir50` take:
 
     landmarks  MobileFaceNet trunk (conv1 ... conv_6_sep) + its GDC landmark head
-               (output_layer: depthwise 7x7, Linear -> 136, BatchNorm1d), regressing the 68
-               (x, y) points in [0, 1] image coordinates (L2 loss). Reported: NME on the
-               validation split (held-out identities), normalised by the inter-ocular
-               distance (outer eye corners 36 and 45, the 300-W convention), beside the NME of
-               the mean training shape.
+               (output_layer: depthwise 7x7, Linear -> 2K, BatchNorm1d), regressing the K
+               (x, y) points in [0, 1] of the face (L2 loss). Reported: NME on the validation
+               split (held-out identities), normalised by the inter-ocular distance (outer eye
+               corners: 36 and 45 of iBUG-68, the 300-W convention; 33 and 263 of the mesh),
+               beside the NME of the mean training shape. `--stream image`: the same task for
+               IR-50 stages 1-3 (ImageLandmarkNet): the image stream's pretraining of the
+               real-faces recipe (docs/models.md).
     identity   IR-50 stages 1-3 (input_layer, body1-3) + face.evoLVe's output layer
                (BatchNorm2d, Dropout, Flatten, Linear -> embedding, BatchNorm1d) + a margin
                head: ArcFace (cos(theta + m), s = 64, m = 0.5, face.evoLVe's `ArcFace`) or
@@ -22,6 +28,9 @@ on them and write checkpoints that `grefel train --pretrained-mobilefacenet` and
                identities with every `holdout_every`-th image of each identity held out;
                reported: identification accuracy (argmax cosine, no margin) on those held-out
                images, beside chance.
+
+Faces are the images as given (decoded and resized), or, for datasets of photos (`--align-faces
+auto`, as `grefel train`), the aligned crops of grefel.align_data that train and eval use.
 
 The weights are written under the upstream key names (pytorch_face_landmark's MobileFaceNet,
 POSTER V2's renumbered IR-50 `body1/2/3`), so `grefel.weights` imports them through the same
@@ -34,8 +43,8 @@ statistics; `grefel.weights`), so the imported stream sees what it was trained o
     OUT.json         sidecar: format, kind, preset, config of the stream, normalisation,
                      metrics, steps and settings, the data folder's fingerprint, weights sha256
 
-Images are decoded once (`grefel.contract.decode_image` + `resize`, the input contract) and kept
-as uint8 in memory; batches are drawn with a seeded generator, so the same settings give the
+Faces are made once (decoded and resized by the input contract, or aligned) and kept as uint8
+in memory; batches are drawn with a seeded generator, so the same settings give the
 same weights. BatchNorm statistics are recomputed on training images before every evaluation
 (`grefel.train_utils.recalibrate_batchnorm`).
 """
