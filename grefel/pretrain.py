@@ -186,19 +186,33 @@ class LandmarkNet(nn.Module):
         return state
 
 
-class IdentityNet(nn.Module):
-    """IR-50 stages 1-3 of `cfg` + face.evoLVe's output layer: images -> embedding (B, E).
+class _IR50Stages(nn.Module):
+    """IR-50 stages 1-3 of `cfg` behind the image stream's input normalisation, under POSTER V2's
+    renumbered IR-50 names (input_layer, body1/2/3); a subclass adds `output_layer`, a head on
+    stage 3's map (d3 x 14 x 14 at 112 input: GReFEL has no stage 4)."""
 
-    The output layer acts on stage 3's map (d3 x 14 x 14 at 112 input): GReFEL has no stage 4.
-    """
-
-    def __init__(self, cfg: GReFELConfig, embedding: int = 512) -> None:
+    def __init__(self, cfg: GReFELConfig) -> None:
         super().__init__()
         self.register_buffer("mean", torch.tensor(cfg.image_mean).view(1, 3, 1, 1), False)
         self.register_buffer("std", torch.tensor(cfg.image_std).view(1, 3, 1, 1), False)
         stream = IR50Stream(cfg.dims, cfg.ir_units)
         self.input_layer, self.body1 = stream.input_layer, stream.body1
         self.body2, self.body3 = stream.body2, stream.body3
+
+    def stage3(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.input_layer((images - self.mean) / self.std)  # (B, d1, 112, 112)
+        return self.body3(self.body2(self.body1(x)))  # (B, d3, 14, 14)
+
+    def stream_state_dict(self) -> Dict[str, torch.Tensor]:
+        """input_layer, body1/2/3 and the head's output_layer.*."""
+        return dict(self.state_dict())
+
+
+class IdentityNet(_IR50Stages):
+    """IR-50 stages 1-3 of `cfg` + face.evoLVe's output layer: images -> embedding (B, E)."""
+
+    def __init__(self, cfg: GReFELConfig, embedding: int = 512) -> None:
+        super().__init__(cfg)
         d3, side = cfg.dims[2], cfg.image_size // 8
         self.output_layer = nn.Sequential(  # indices 0, 3, 4 hold weights, as upstream
             nn.BatchNorm2d(d3), nn.Dropout(), nn.Flatten(),
@@ -206,43 +220,26 @@ class IdentityNet(nn.Module):
         )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.input_layer((images - self.mean) / self.std)  # (B, d1, 112, 112)
-        x = self.body3(self.body2(self.body1(x)))  # (B, d3, 14, 14)
-        return self.output_layer(x)  # (B, E)
-
-    def stream_state_dict(self) -> Dict[str, torch.Tensor]:
-        """POSTER V2's renumbered IR-50 names: input_layer, body1/2/3, output_layer.*."""
-        return dict(self.state_dict())
+        return self.output_layer(self.stage3(images))  # (B, E)
 
 
-class ImageLandmarkNet(nn.Module):
+class ImageLandmarkNet(_IR50Stages):
     """IR-50 stages 1-3 of `cfg` + a GDC head on stage 3: images -> landmarks (B, K, 2).
 
     The image stream trained on landmarks (`grefel pretrain landmarks --stream image`): where no
     face-recognition IR-50 exists for a preset (tiny), the face mesh's points put the geometry
-    of each face into the stream's maps. Like IdentityNet it acts on stage 3's 14 x 14 map
-    (POSTER's stride-2 reductions to the level maps, `IR50Stream.reduce`, train with GReFEL).
-    Keys as IdentityNet's (input_layer, body1-3) plus the head's output_layer.*, which
-    `--pretrained-ir50` reports as not used by GReFEL.
+    of each face into the stream's maps. POSTER's stride-2 reductions to the level maps
+    (`IR50Stream.reduce`) train with GReFEL; the head's output_layer.* is reported by
+    `--pretrained-ir50` as not used by GReFEL.
     """
 
     def __init__(self, cfg: GReFELConfig, points: int = NUM_POINTS) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(cfg.image_mean).view(1, 3, 1, 1), False)
-        self.register_buffer("std", torch.tensor(cfg.image_std).view(1, 3, 1, 1), False)
-        stream = IR50Stream(cfg.dims, cfg.ir_units)
-        self.input_layer, self.body1 = stream.input_layer, stream.body1
-        self.body2, self.body3 = stream.body2, stream.body3
+        super().__init__(cfg)
         self.output_layer = GDCHead(cfg.dims[2], 2 * points, side=cfg.image_size // 8)
         self.points = points
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.input_layer((images - self.mean) / self.std)  # (B, d1, 112, 112)
-        x = self.body3(self.body2(self.body1(x)))  # (B, d3, 14, 14)
-        return self.output_layer(x).view(-1, self.points, 2)  # (B, K, 2)
-
-    def stream_state_dict(self) -> Dict[str, torch.Tensor]:
-        return dict(self.state_dict())
+        return self.output_layer(self.stage3(images)).view(-1, self.points, 2)  # (B, K, 2)
 
 
 class MarginHead(nn.Module):
