@@ -186,7 +186,7 @@ def _face_option_list(prefix: str = "", when: str = "") -> List[Any]:
                      default=o.detector,
                      help=when + "Face detector: BlazeFace (keypoints; its models ship "
                           "inside grefel), Haar (no keypoints); auto: BlazeFace full range, then "
-                          "short range for close-up faces (README)."),
+                          "short range for close-up faces (docs/predict.md)."),
         click.option("--det-size", f"{prefix}det_size", type=click.IntRange(min=0),
                      default=o.det_size,
                      help=when + "Longest side of the frame the detector sees (0: full size)."),

@@ -1,4 +1,4 @@
-"""`make demo` is what the README says it is, and it runs the paper's stream recipe: the files
+"""`make demo` is what docs/train.md says it is, and it runs the paper's stream recipe: the files
 `grefel pretrain` writes are the ones `grefel train` imports, the landmark stream frozen."""
 
 from __future__ import annotations
@@ -32,17 +32,17 @@ def _makefile_demo() -> List[str]:
     return commands
 
 
-def _readme_demo() -> List[str]:
-    """The commands of the README's "make demo runs" block."""
-    text = (ROOT / "README.md").read_text()
+def _docs_demo() -> List[str]:
+    """The commands of docs/train.md's "make demo runs" block."""
+    text = (ROOT / "docs" / "train.md").read_text()
     block = re.search(r"`make demo` runs \(see the Makefile.*?\n```bash\n(.*?)```", text,
                       flags=re.S)
-    assert block, "README: no \"`make demo` runs\" block"
+    assert block, "docs/train.md: no \"`make demo` runs\" block"
     return [line for line in _logical_lines(block.group(1)) if line.startswith(STAGES)]
 
 
-def test_the_readme_shows_the_demo_the_makefile_runs():
-    assert _readme_demo() == _makefile_demo()
+def test_the_docs_show_the_demo_the_makefile_runs():
+    assert _docs_demo() == _makefile_demo()
 
 
 def test_the_demo_trains_on_the_streams_it_pretrained_with_the_landmark_stream_frozen():
