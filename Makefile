@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # Exact pins live in the lock only (pyproject declares ranges for users): every package of the
 # dev/test venv, torch's CPU build included, as CI last passed with. The lock is for CPython 3.11
-# on x86_64 Linux (the CI machine kind); `make lock` regenerates it (see the README).
+# on x86_64 Linux (the CI machine kind); `make lock` regenerates it (docs/development.md).
 LOCK ?= requirements/dev-py311-linux-x86_64.lock
 LOCK_PYTHON := 3.11
 # What `make lock` resolves: this CPU build of torch (pip finds it in the local wheel cache of

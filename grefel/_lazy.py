@@ -14,7 +14,7 @@ __all__ = ["MissingDependency", "lazy_exports", "require"]
 
 _HINTS = {
     "tensorrt": "TensorRT Python bindings: `pip install 'grefel[trt]'` on a desktop GPU; on Jetson "
-    "use JetPack's python3-libnvinfer in a venv made with --system-site-packages (README)",
+    "use JetPack's python3-libnvinfer in a venv made with --system-site-packages (docs/install.md)",
     "pycuda": "pycuda: `pip install 'grefel[trt]'` (on Jetson it builds against JetPack's CUDA: "
     "export PATH=/usr/local/cuda/bin:$PATH first)",
     "pycuda.driver": "pycuda with a working NVIDIA driver (`pip install 'grefel[trt]'`)",

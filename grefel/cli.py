@@ -20,9 +20,16 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "max_con
     context_settings=CONTEXT,
     epilog="""\b
 Examples:
+  grefel predict photo.jpg                 # the model that ships inside grefel
   grefel data synth --out runs/demo/synthfer --n 3000 --imbalance uniform --difficulty 0.3
-  grefel train --data runs/demo/synthfer --preset tiny --epochs 4 --lr 1e-3 --freeze none \\
-      --image-warmup 150 --no-augment --out runs/demo/train
+  grefel pretrain landmarks --data runs/demo/synthfer --steps 200 \\
+      --out runs/demo/pretrained/mobilefacenet.safetensors
+  grefel pretrain identity --data runs/demo/synthfer --steps 150 \\
+      --out runs/demo/pretrained/ir50.safetensors
+  grefel train --data runs/demo/synthfer --preset tiny --epochs 8 --batch-size 32 --lr 1e-3 \\
+      --freeze landmark --pretrained-mobilefacenet runs/demo/pretrained/mobilefacenet.safetensors \\
+      --pretrained-ir50 runs/demo/pretrained/ir50.safetensors --image-warmup 150 --no-augment \\
+      --out runs/demo/train
   grefel eval runs/demo/train/best.safetensors --data runs/demo/synthfer
   grefel export runs/demo/train/best.safetensors --fp16
   grefel predict photo.jpg --weights engines/best_fp16_b8.engine
@@ -98,8 +105,8 @@ def data_synth(out: str, n: int, seed: int, noise: float, imbalance: str, contem
     "split",
     epilog="""\b
 Examples:
-  grefel data split facial_expressions          # muxspace/facial_expressions, as cloned
-  grefel data split facial_expressions --json split.json
+  grefel data split data/facial_expressions     # muxspace/facial_expressions, as cloned
+  grefel data split data/facial_expressions --json split.json
 """,
 )
 @click.argument("root", type=click.Path(file_okay=False))
@@ -186,7 +193,7 @@ def _face_option_list(prefix: str = "", when: str = "") -> List[Any]:
                      default=o.detector,
                      help=when + "Face detector: BlazeFace (keypoints; its models ship "
                           "inside grefel), Haar (no keypoints); auto: BlazeFace full range, then "
-                          "short range for close-up faces (README)."),
+                          "short range for close-up faces (docs/predict.md)."),
         click.option("--det-size", f"{prefix}det_size", type=click.IntRange(min=0),
                      default=o.det_size,
                      help=when + "Longest side of the frame the detector sees (0: full size)."),
@@ -356,9 +363,16 @@ def _train_options(func):
 @cli.command(
     epilog="""\b
 Examples:
-  grefel train --data data/synthfer --preset tiny --epochs 4 --lr 1e-3 --freeze none \\
-      --image-warmup 150 --no-augment --out runs/demo/train
-  grefel train --out runs/demo/train --resume --epochs 8
+  grefel train --data runs/demo/synthfer --preset tiny --epochs 8 --batch-size 32 --lr 1e-3 \\
+      --freeze landmark --pretrained-mobilefacenet runs/demo/pretrained/mobilefacenet.safetensors \\
+      --pretrained-ir50 runs/demo/pretrained/ir50.safetensors --image-warmup 150 --no-augment \\
+      --out runs/demo/train   # make demo
+  grefel train --data data/facial_expressions --preset tiny --freeze landmark --image-warmup 400 \\
+      --refine-per-class 300 --no-refine-repeat --augment-policy light --select macro_f1 \\
+      --epochs 20 --gamma 0.85 --batch-size 48 --lr 1e-3 --out runs/real/seed0 \\
+      --pretrained-mobilefacenet runs/real/pretrained/mobilefacenet_mesh.safetensors \\
+      --pretrained-ir50 runs/real/pretrained/ir50_mesh.safetensors       # make real-model
+  grefel train --out runs/demo/train --resume --epochs 12
   grefel train --data data/rafdb --preset paper --refine-per-class 32 --label-smoothing 0.11
   grefel train --data data/rafdb --preset paper --init ckpt/poster_raf.safetensors --lr 1e-5 \\
       --out runs/finetune
@@ -409,12 +423,13 @@ def train(**opts) -> None:
     epilog="""\b
 Examples:
   grefel eval runs/demo/train/best.safetensors --data runs/demo/synthfer
+  grefel eval --data data/facial_expressions   # the model that ships inside grefel
   grefel eval runs/demo/train/best.safetensors --data data/rafdb --split test --out runs/demo/eval
   grefel eval engines/best.onnx --data runs/demo/synthfer \\
       --reference runs/demo/train/best.safetensors
   grefel eval engines/best.int8.onnx --data runs/demo/synthfer --threads 2 \\
       --reference runs/demo/train/best.safetensors
-  grefel eval engines/best_fp16_b8.engine --data runs/demo/synthfer   (on the GPU that built it)
+  grefel eval engines/best_fp16_b8.engine --data runs/demo/synthfer   # on the GPU that built it
 """,
 )
 @click.argument("checkpoint", metavar="[MODEL]", type=click.Path(dir_okay=False), required=False)
@@ -570,10 +585,11 @@ def _opset(ctx: click.Context, param: click.Parameter, value: str) -> Optional[i
     epilog="""\b
 Examples:
   grefel export runs/demo/train/best.safetensors --fp16
+  grefel export --onnx-only                # the model that ships inside grefel
   grefel export runs/demo/train/best.safetensors --target trt8.5 --onnx-only
-  grefel export engines/best.onnx --fp16 --max-batch 8 --verify   (on the Jetson)
+  grefel export engines/best.onnx --fp16 --max-batch 8 --verify   # on the Jetson
   grefel export runs/demo/train/best.safetensors --int8 --calib-data runs/demo/synthfer --onnx-only
-  grefel export engines/best.int8.onnx --int8 --max-batch 8 --verify   (on the Jetson)
+  grefel export engines/best.int8.onnx --int8 --max-batch 8 --verify   # on the Jetson
   grefel export runs/demo/train/best.safetensors --fp16 --triton model_repository
 """,
 )
@@ -700,6 +716,7 @@ def _csv_list(kind: type, allowed: Optional[Sequence[str]] = None) -> Callable[.
     "predict",
     epilog="""\b
 Examples:
+  grefel predict photo.jpg                 # the model that ships inside grefel
   grefel predict photo.jpg --weights engines/best_fp16_b8.engine
   grefel predict faces/ -w runs/demo/train/best.safetensors --aligned --format csv --out p.csv
   grefel predict clip.mp4 --weights model.onnx --annotate clip_annotated.avi
@@ -959,6 +976,7 @@ def bench(
     "serve",
     epilog="""\b
 Examples:
+  grefel serve                             # the model that ships inside grefel
   grefel serve --weights runs/demo/engines/best.onnx
   grefel serve -w engines/best_fp16_b8.engine --host 0.0.0.0 --max-batch 8 --instances 2
   curl -s localhost:8000/v2/health/ready; curl -s localhost:8002/metrics
@@ -1110,10 +1128,13 @@ def _run_pretrain(task: str, json_path: Optional[str], align_faces: str, **opts:
     "landmarks",
     epilog="""\b
 Examples:
-  grefel pretrain landmarks --data runs/demo/synthfer --out runs/pretrained/mfn_tiny.safetensors
-  grefel pretrain landmarks --data facial_expressions --out runs/real/mfn_mesh.safetensors
-  grefel train --data runs/demo/synthfer --pretrained-mobilefacenet \\
-      runs/pretrained/mfn_tiny.safetensors --freeze landmark --out runs/demo/train
+  grefel pretrain landmarks --data runs/demo/synthfer --steps 200 \\
+      --out runs/demo/pretrained/mobilefacenet.safetensors                       # make demo
+  grefel pretrain landmarks --data data/facial_expressions --steps 1000 --batch-size 64 \\
+      --out runs/real/pretrained/mobilefacenet_mesh.safetensors                  # make real-model
+  grefel pretrain landmarks --data data/facial_expressions --stream image --steps 1000 \\
+      --batch-size 64 --out runs/real/pretrained/ir50_mesh.safetensors           # make real-model
+  (then grefel train --pretrained-mobilefacenet / --pretrained-ir50 FILE: see grefel train -h)
 """,
 )
 @_pretrain_options
@@ -1142,9 +1163,10 @@ def pretrain_landmarks(json_path: Optional[str], **opts: Any) -> None:
     "identity",
     epilog="""\b
 Examples:
-  grefel pretrain identity --data runs/demo/synthfer --out runs/pretrained/ir50_tiny.safetensors
+  grefel pretrain identity --data runs/demo/synthfer --steps 150 \\
+      --out runs/demo/pretrained/ir50.safetensors                                # make demo
   grefel pretrain identity --data data/synthfer --margin-head cosface --out ir.safetensors
-  grefel train --data runs/demo/synthfer --pretrained-ir50 runs/pretrained/ir50_tiny.safetensors
+  (then grefel train --pretrained-ir50 FILE: see grefel train -h)
 """,
 )
 @_pretrain_options

@@ -387,7 +387,7 @@ class AutoDetector:
     zoomed out (`AUTO_ZOOM_OUT`: the close-up face made small), at score >= `AUTO_CONFIRM_SCORE`
     and IoU >= `AUTO_CONFIRM_IOU`. A frame costs one full-range run when it has a face the
     full-range model sees, two when the short-range model finds nothing, three otherwise.
-    Measured: benchmarks/results/faces_2026-12-06.md (README, "Faces").
+    Measured: benchmarks/results/faces_2026-12-06.md (docs/predict.md, "Measured").
 
     Args:
         threads: TFLite CPU threads of each model (None: the runtime's default).
