@@ -240,6 +240,21 @@ def test_export_builds_from_an_onnx_model(installed: Installed) -> None:
     assert (out / "tiny.onnx").is_file() and (out / "tiny.checks.json").is_file()
 
 
+def test_the_jetson_recipe_installs_the_dependencies_of_the_wheel_but_opencv() -> None:
+    """docs/install.md installs grefel on a Jetson with --no-deps (to keep JetPack's OpenCV),
+    then lists the rest of its dependencies: that list follows pyproject."""
+    try:
+        import tomllib
+    except ImportError:  # Python < 3.11
+        tomllib = pytest.importorskip("tomli")
+    declared = {canonicalize_name(Requirement(r).name) for r in
+                tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]}
+    doc = (ROOT / "docs" / "install.md").read_text().splitlines()
+    (line,) = [x for x in doc if x.startswith("pip install click ")]
+    listed = {canonicalize_name(n) for n in line.split("#")[0].split()[2:]}
+    assert listed == declared - {"numpy", "opencv-python-headless"}, line
+
+
 def test_main_turns_a_missing_optional_package_into_one_line(
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
     """In this venv: `grefel train` where torch cannot be imported ends in one error line naming
