@@ -44,6 +44,11 @@ class Installed(NamedTuple):
     linked: Set[str]  # canonical names of the distributions the venv sees
 
 
+def _checked(*cmd: object) -> None:
+    res = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, f"{' '.join(map(str, cmd))}: exit {res.returncode}\n{res.stderr}"
+
+
 def _build_wheel(tmp: Path) -> Path:
     src = tmp / "src"
     src.mkdir()
@@ -53,9 +58,8 @@ def _build_wheel(tmp: Path) -> Path:
                             ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "results"))
         else:
             shutil.copy2(ROOT / name, src / name)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
-                    "--no-build-isolation", "--no-index", "-w", str(tmp / "dist"), str(src)],
-                   check=True, capture_output=True, text=True, timeout=300)
+    _checked(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+             "--no-index", "-w", tmp / "dist", src)
     (wheel,) = (tmp / "dist").glob("grefel-*.whl")
     return wheel
 
@@ -110,12 +114,9 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     tmp = tmp_path_factory.mktemp("wheel")
     wheel = _build_wheel(tmp)
     venv = tmp / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True,
-                   timeout=120)
-    python = venv / "bin" / "python"
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q",
-                    "--no-deps", "--no-index", str(wheel)],
-                   check=True, capture_output=True, text=True, timeout=300)
+    _checked(sys.executable, "-m", "venv", "--without-pip", venv)
+    _checked(sys.executable, "-m", "pip", "--python", venv / "bin" / "python", "install", "-q",
+             "--no-deps", "--no-index", wheel)
     dists = _closure(_wheel_requirements(wheel))
     _link_distributions(dists.values(), tmp / "deps")
     (site,) = (venv / "lib").glob("python3*/site-packages")
