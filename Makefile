@@ -10,8 +10,9 @@ PY := $(VENV)/bin/python
 LOCK ?= requirements/dev-py311-linux-x86_64.lock
 LOCK_PYTHON := 3.11
 # What `make lock` resolves: this CPU build of torch (pip finds it in the local wheel cache of
-# our machines, elsewhere on PyTorch's CPU index), then grefel's ranges with the dev and serve
-# extras (the tests start a real Triton server).
+# our machines, elsewhere on PyTorch's CPU index), then grefel's ranges with the dev extra (the
+# test tools and grefel[train]: torch, onnxsim, safetensors) and the serve extra (the tests start
+# a real Triton server).
 TORCH_PIN ?= torch==2.13.0
 LOCK_EXTRAS ?= dev,serve
 

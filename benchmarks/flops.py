@@ -5,7 +5,9 @@
 
 FLOPs come from `torch.utils.flop_counter.FlopCounterMode` at batch 1 (2 FLOPs per multiply-add;
 convolutions and matrix products, elementwise work not counted). The paper's "FLOPs" are thop
-MACs, so compare its column with GMACs = GFLOPs / 2.
+MACs, so compare its column with GMACs = GFLOPs / 2. torch is imported when a model is measured
+(a MissingDependency naming grefel's train extra without it), so `grefel bench` imports this
+module on a torch-free install too.
 """
 
 from __future__ import annotations
@@ -15,12 +17,10 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import click
-import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.paper import POSTER_V2, TABLE2
+from grefel._lazy import require
 from grefel.config import VARIANTS
-from grefel.model import create_model
 
 __all__ = ["measure", "measure_variants", "render"]
 
@@ -32,6 +32,11 @@ def measure(
     preset: str = "paper", variant: str = "both", num_classes: int = 7, batch: int = 1
 ) -> Dict[str, Any]:
     """Build one variant, count its parameters per component and its FLOPs on one batch."""
+    torch = require("torch", "the params/FLOPs table")
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from grefel.model import create_model
+
     model = create_model(preset, variant, num_classes=num_classes).eval()
     per_component = {name: sum(p.numel() for p in child.parameters())
                      for name, child in model.named_children()}
@@ -101,6 +106,7 @@ def render(rows: Sequence[Dict[str, Any]]) -> str:
               help="Also write the rows as JSON.")
 def main(presets: Sequence[str], num_classes: int, threads: int, json_path: Optional[Path]) -> None:
     """Params, FLOPs and MACs of the Table 2 variants beside the paper's numbers."""
+    torch = require("torch", "benchmarks.flops")
     torch.set_num_threads(threads)
     rows = [row for preset in presets for row in measure_variants(preset, num_classes)]
     click.echo(render(rows))

@@ -2,7 +2,8 @@
 
 A record is one JSON object: {"schema", "created", "settings", "environment", "sizes" (params /
 FLOPs / MACs of the Table 2 variants beside the paper's numbers), "latency" (one row per
-backend, model and batch size)}. Files go to `benchmarks/results/bench_<YYYYmmdd-HHMMSS>_<device>`
+backend, model and batch size)}; without torch the sizes are not measured: "sizes" is empty
+and "sizes_note" says why. Files go to `benchmarks/results/bench_<YYYYmmdd-HHMMSS>_<device>`
 with `.json` and `.md` suffixes, written atomically: `--out` is checked writable before anything
 is measured, and both files are rewritten after every latency row, so an interrupted or failed
 run keeps every row measured so far. A weights file that cannot be read (a bad `.safetensors`)
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from benchmarks.env import device_label
+from grefel._lazy import MissingDependency, require
 from grefel.fileio import atomic_write_bytes, atomic_write_json
 
 __all__ = [
@@ -213,6 +215,8 @@ def to_markdown(record: Dict[str, Any]) -> str:
             "",
             MAC_NOTE,
         ]
+    elif record.get("sizes_note"):
+        parts += ["", "## Params and FLOPs vs the paper (Table 2)", "", record["sizes_note"]]
     if record.get("pipeline"):
         from benchmarks.pipeline import pipeline_markdown
 
@@ -227,6 +231,8 @@ def to_text(record: Dict[str, Any]) -> str:
     out = ["Environment:"] + [f"  {line}" for line in env_lines(record["environment"])]
     if record["sizes"]:
         out += ["", "Params and FLOPs vs the paper (Table 2):", sizes_table(record), MAC_NOTE]
+    elif record.get("sizes_note"):
+        out += ["", f"Params and FLOPs vs the paper (Table 2): {record['sizes_note']}"]
     if record.get("pipeline"):
         from benchmarks.pipeline import pipeline_markdown
 
@@ -368,6 +374,11 @@ def bench_targets(weights: Sequence[Path], backends: Sequence[str], presets: Seq
     targets: List[Target] = []
     models: List[Tuple[str, Any]] = []
     if not weights:
+        try:
+            require("torch", "bench without --weights (random-init models)")
+        except MissingDependency as exc:
+            raise BenchError(f"{exc} Or time a model file: --weights model.onnx / .engine"
+                             ) from None
         from grefel.model import create_model
 
         models = [(f"{p}-random", create_model(p).eval()) for p in presets]
@@ -378,6 +389,9 @@ def bench_targets(weights: Sequence[Path], backends: Sequence[str], presets: Seq
 
             try:
                 models.append((Path(path).stem, load_checkpoint(path)[0]))
+            except MissingDependency as exc:
+                raise BenchError(f"--weights {exc} Or time its exported .onnx / .engine."
+                                 ) from None
             except (CheckpointError, OSError) as exc:
                 raise BenchError(f"--weights {exc}" if str(path) in str(exc)
                                  else f"--weights {path}: {exc}") from None
@@ -435,7 +449,10 @@ def run_bench(
         return record, (write_record(record, out_dir) if out_dir is not None else None)
     if progress:
         progress("params and FLOPs of the Table 2 variants ...")
-    sizes = table2_sizes(presets)
+    try:
+        sizes, sizes_note = table2_sizes(presets), ""
+    except MissingDependency as exc:  # a torch-free install times its model files all the same
+        sizes, sizes_note = [], str(exc)
     settings = {
         "weights": [str(w) for w in weights],
         "backends": list(backends),
@@ -446,6 +463,8 @@ def run_bench(
         "threads": threads,
     }
     record = make_record(settings, env, sizes, [])
+    if sizes_note:
+        record["sizes_note"] = sizes_note
     paths = record_paths(out_dir, env) if out_dir is not None else None
 
     def on_row(row: Any) -> None:

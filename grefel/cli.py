@@ -7,6 +7,7 @@ its options to one library call.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
@@ -475,7 +476,7 @@ def eval_(checkpoint, data, dataset, split, out, batch_size, workers, device, th
         evaluate_model,
         format_report,
     )
-    from grefel.train import TrainingError
+    from grefel.train_state import TrainingError
 
     _check_align_options(click.get_current_context(), align_faces, data, dataset)
     alignment = FaceAlignment(mode=align_faces, **{k[len("face_"):]: v for k, v in face.items()})
@@ -1190,7 +1191,23 @@ def pretrain_identity(json_path: Optional[str], **opts: Any) -> None:
 
 
 def main() -> None:
-    cli()
+    """The `grefel` console script. A command that needs an optional package that is not
+    installed (torch on a torch-free Jetson, TensorRT, PyTriton) ends in one error line naming
+    what to install, never in a traceback."""
+    from grefel._lazy import OPTIONAL, MissingDependency, install_hint
+
+    try:
+        cli()
+    except MissingDependency as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)
+    except ModuleNotFoundError as exc:
+        name = (exc.name or "").split(".")[0]
+        if name not in OPTIONAL:
+            raise
+        click.echo(f"Error: this command needs {name}, which is not installed. Install "
+                   f"{install_hint(name)}.", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,9 @@ loader: `FERDataset` decodes and crops with `grefel.contract` and the eval trans
 `grefel.contract.to_model_input`, what `grefel predict` feeds a backend. So the accuracy of an
 artifact is measured on the tensors it serves. With `reference=CKPT` the FP32 checkpoint runs
 over the same batches and the report holds both accuracies and the agreement (`compare`, the
-export gates' comparator passed in by the CLI: `export.compare.measure_agreement`).
+export gates' comparator passed in by the CLI: `export.compare.measure_agreement`). The loader
+yields numpy batches (`grefel.data.datasets.batches`; torch's DataLoader with `workers` > 0),
+so an exported model is evaluated without torch, as on a Jetson without it.
 
 Everything is measured on one split (test by default) and written to OUT:
 
@@ -37,11 +39,11 @@ from __future__ import annotations
 import contextlib
 import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
-import torch
 
+from grefel._lazy import MissingDependency, require
 from grefel.config import FaceAlignment
 from grefel.metrics import (
     accuracy,
@@ -57,6 +59,9 @@ from grefel.metrics import (
     prediction_changes,
     reliability_bins,
 )
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "ARTIFACT_SUFFIXES", "EvalError", "collect_backend_outputs", "collect_outputs",
@@ -76,15 +81,16 @@ class EvalError(ValueError):
     """Data and checkpoint that do not fit together; the message says how."""
 
 
-@torch.no_grad()
 def collect_outputs(
     model: torch.nn.Module, loader: Any, device: torch.device, amp: bool = False
 ) -> Dict[str, np.ndarray]:
-    """Run `model` (eval mode) over a loader of collate_skip batches.
+    """Run `model` (eval mode) over a loader of collate_skip or collate_arrays batches.
 
     Returns numpy arrays: indices (N,), labels (N,), probs and primary (N, C), confidence (N,),
     embedding (N, D), and skipped (dataset indices of unreadable images).
     """
+    import torch
+
     was_training = model.training
     model.eval()
     parts: Dict[str, List[np.ndarray]] = {k: [] for k in
@@ -95,10 +101,10 @@ def collect_outputs(
         skipped.extend(bad)
         if len(labels) == 0:
             continue
-        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-            out = model(images.to(device, non_blocking=True))  # GReFELOutput, (B, C) / (B,)
-        parts["indices"].append(indices.numpy())
-        parts["labels"].append(labels.numpy())
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            out = model(torch.as_tensor(images).to(device, non_blocking=True))  # (B, C) / (B,)
+        parts["indices"].append(np.asarray(indices))
+        parts["labels"].append(np.asarray(labels))
         for name in ("probs", "primary", "confidence", "embedding"):
             parts[name].append(getattr(out, name).float().cpu().numpy())
     model.train(was_training)
@@ -110,8 +116,8 @@ def collect_outputs(
 def collect_backend_outputs(backend: Any, loader: Any) -> Dict[str, np.ndarray]:
     """`collect_outputs` for an opened runtime backend (`grefel.runtime.Backend`).
 
-    The loader's float32 tensors go to `backend.infer` as numpy; the embedding is included only
-    when the artifact outputs it (`grefel export --embedding`).
+    The loader's float32 batches (arrays or tensors) go to `backend.infer` as numpy; the
+    embedding is included only when the artifact outputs it (`grefel export --embedding`).
     """
     parts: Dict[str, List[np.ndarray]] = {k: [] for k in
                                           ("indices", "labels", "probs", "primary",
@@ -121,9 +127,9 @@ def collect_backend_outputs(backend: Any, loader: Any) -> Dict[str, np.ndarray]:
         skipped.extend(bad)
         if len(labels) == 0:
             continue
-        out = backend.infer(np.ascontiguousarray(images.numpy(), dtype=np.float32))
-        parts["indices"].append(indices.numpy())
-        parts["labels"].append(labels.numpy())
+        out = backend.infer(np.ascontiguousarray(images, dtype=np.float32))
+        parts["indices"].append(np.asarray(indices))
+        parts["labels"].append(np.asarray(labels))
         for name in ("probs", "primary", "confidence"):
             parts[name].append(np.asarray(out[name], dtype=np.float32))
         if "embedding" in out:
@@ -305,25 +311,33 @@ def evaluate_model(
         predict` does a still image (grefel.align_data, cached in `align_cache`); the
         report's `alignment` holds the settings and how many images had no face.
     """
-    from torch.utils.data import DataLoader
-
-    from grefel.data import DatasetError, FERDataset, collate_skip, load_samples, make_transforms
+    from grefel import contract
+    from grefel.data import DatasetError, FERDataset, load_samples
+    from grefel.data.datasets import batches, collate_arrays, resolve_kind
 
     model_path = Path(model_path)
     if reference is not None and compare is None:
         raise EvalError("a reference checkpoint needs a comparator")
-    from grefel.data.datasets import resolve_kind
 
     samples, classes = load_samples(data, dataset, split)
     if alignment is not None:
         alignment = alignment.for_dataset(resolve_kind(data, dataset, split))
     aligned = _aligned(samples, alignment, align_cache)
-    dataset_ = FERDataset(samples, classes, transform=make_transforms(False), strict=strict,
+    # The eval transform as numpy (`EvalTransform` is this in a tensor): no torch for an export.
+    dataset_ = FERDataset(samples, classes, transform=contract.to_model_input, strict=strict,
                           read=aligned)
 
     def loader() -> Any:  # one fixed order: the reference sees the same batches
+        if workers == 0:
+            return batches(dataset_, batch_size, collate_arrays)
+        try:
+            require("torch", f"--workers {workers} (torch's DataLoader)")
+        except MissingDependency as exc:
+            raise EvalError(f"{exc} Or use --workers 0.") from None
+        from torch.utils.data import DataLoader
+
         return DataLoader(dataset_, batch_size=batch_size, shuffle=False, num_workers=workers,
-                          collate_fn=collate_skip)
+                          collate_fn=collate_arrays)
 
     if model_path.suffix.lower() in ARTIFACT_SUFFIXES:
         pred, backend_name = _artifact_outputs(model_path, classes, data, split, loader(),
@@ -413,17 +427,22 @@ def _aligned(samples: Sequence[Any], alignment: Optional[FaceAlignment],
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of `model`'s first parameter."""
     return next(model.parameters()).device
 
 
 def _load_model(path: Path, classes: Sequence[str], data: PathLike, split: str, device: str,
                 threads: Optional[int]) -> torch.nn.Module:
-    from grefel.checkpoint import load_checkpoint
-    from grefel.devices import DeviceError, resolve_device
-
     if path.suffix.lower() != ".safetensors":
         raise EvalError(f"{path}: expected a .safetensors checkpoint, or an exported "
                         f"{' / '.join(ARTIFACT_SUFFIXES)}")
+    try:
+        torch = require("torch", f"{path.name} (a PyTorch checkpoint)")
+    except MissingDependency as exc:
+        raise EvalError(f"{exc} Or evaluate its exported .onnx / .engine.") from None
+    from grefel.checkpoint import load_checkpoint
+    from grefel.devices import DeviceError, resolve_device
+
     try:
         dev = resolve_device(device)
     except DeviceError as exc:

@@ -1,7 +1,7 @@
 """`grefel serve`: the model on NVIDIA Triton Inference Server, through PyTriton.
 
-PyTriton (`pip install 'grefel[serve]'`) starts the real `tritonserver` binary that its wheel
-bundles; each model below is a Triton Python-backend model whose `execute` is answered by a
+PyTriton (grefel's serve extra, docs/install.md) starts the real `tritonserver` binary that its
+wheel bundles; each model below is a Triton Python-backend model whose `execute` is answered by a
 callable in this process, on one of the runtime backends (`grefel.runtime.open_backend`: an
 `.engine`, `.onnx` or `.safetensors`). Two models:
 
@@ -63,7 +63,7 @@ __all__ = [
 
 MODEL = "grefel"  # the tensor model
 IMAGE_MODEL = "grefel_image"  # the encoded-bytes model
-SERVE_HINT = "pip install 'grefel[serve]'"
+SERVE_HINT = "pip install '.[serve]' in a clone of grefel (docs/install.md)"
 
 log = logging.getLogger(__name__)
 

@@ -431,6 +431,28 @@ def test_collate_skip_drops_none_and_reports_indices(odd_images):
     assert empty[0].shape == (0, 3, 112, 112) and empty[1].numel() == 0
 
 
+def test_numpy_batches_match_the_dataloader_without_torch(odd_images):
+    """`batches` + `collate_arrays` (a torch-free eval) give the DataLoader's batches, skips
+    included, with the eval transform as numpy."""
+    from grefel import contract
+    from grefel.data.datasets import batches, collate_arrays
+
+    ds = FERDataset(odd_images, ("a", "b"), transform=contract.to_model_input)
+    got = list(batches(ds, 3))
+    want = list(DataLoader(FERDataset(odd_images, ("a", "b")), batch_size=3,
+                           collate_fn=collate_skip))
+    assert len(got) == len(want) == 3
+    for (images, labels, indices, skipped), (t_images, t_labels, t_indices, t_skipped) in zip(
+            got, want):
+        assert isinstance(images, np.ndarray) and images.dtype == np.float32
+        assert labels.dtype == indices.dtype == np.int64 and skipped == t_skipped
+        np.testing.assert_array_equal(images, t_images.numpy())
+        assert labels.tolist() == t_labels.tolist() and indices.tolist() == t_indices.tolist()
+    assert [b[3] for b in got] == [[1, 2], [3], []]
+    empty = collate_arrays([None])
+    assert empty[0].shape == (0, 3, 112, 112) and empty[1].size == 0
+
+
 def test_ferdataset_rejects_labels_out_of_range(tmp_path):
     with pytest.raises(DatasetError, match="label 5 outside 0..1"):
         FERDataset([Sample(str(tmp_path / "x.png"), 5)], ("a", "b"))

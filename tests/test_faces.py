@@ -371,7 +371,7 @@ def test_no_tflite_runtime_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(detectors, "require", fake_require)
     with pytest.raises(MissingDependency, match="OpenCV 4.5.4 cannot read .tflite") as err:
         make_detector("auto")
-    assert "grefel[faces]" in str(err.value) and "--detector haar" in str(err.value)
+    assert "pip install '.[faces]'" in str(err.value) and "--detector haar" in str(err.value)
     assert "\n" not in str(err.value)
 
 

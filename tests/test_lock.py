@@ -44,9 +44,21 @@ def _pyproject() -> dict:
 
 
 def _locked_requirements(project: dict, extras: List[str]) -> List[Requirement]:
+    """The dependencies and those of `extras`; an extra naming grefel's own extras (`dev`
+    holds `grefel[train]`) contributes theirs."""
     reqs = [Requirement(r) for r in project["dependencies"]]
-    for extra in extras:
-        reqs += [Requirement(r) for r in project["optional-dependencies"][extra]]
+    todo, seen = list(extras), set()
+    while todo:
+        extra = todo.pop()
+        if extra in seen:
+            continue
+        seen.add(extra)
+        for line in project["optional-dependencies"][extra]:
+            req = Requirement(line)
+            if canonicalize_name(req.name) == canonicalize_name(project["name"]):
+                todo += sorted(req.extras)
+            else:
+                reqs.append(req)
     return reqs
 
 
@@ -66,6 +78,14 @@ def test_lock_pins_every_declared_dependency_inside_its_range() -> None:
         elif not req.specifier.contains(pinned, prereleases=True):
             problems.append(f"{req.name}=={pinned} (lock) is outside pyproject's {req.specifier}")
     assert not problems, "lock and pyproject disagree (make lock):\n" + "\n".join(problems)
+
+
+def test_self_referencing_extras_are_expanded() -> None:
+    project = {"name": "grefel", "dependencies": ["numpy"],
+               "optional-dependencies": {"train": ["torch>=2.1"], "dev": ["grefel[train]",
+                                                                      "pytest"]}}
+    names = [r.name for r in _locked_requirements(project, ["dev"])]
+    assert sorted(names) == ["numpy", "pytest", "torch"]
 
 
 def test_lock_pins_the_makefile_torch() -> None:

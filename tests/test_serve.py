@@ -298,7 +298,7 @@ def test_numpy2_and_missing_pytriton_are_one_clear_line(weights, monkeypatch) ->
     monkeypatch.setattr(serve.np, "__version__", "1.26.4")
     monkeypatch.setitem(sys.modules, "pytriton.triton", None)
     result = CliRunner().invoke(cli, ["serve", "--weights", str(weights)])
-    assert result.exit_code == 1 and "pip install 'grefel[serve]'" in result.output
+    assert result.exit_code == 1 and "pip install '.[serve]'" in result.output
     assert len(result.output.strip().splitlines()) == 1
     monkeypatch.undo()
     result = CliRunner().invoke(cli, ["serve", "--weights", str(weights.with_name("none.onnx"))])

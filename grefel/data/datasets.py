@@ -1,4 +1,5 @@
-"""Samples, the dataset-reader entry point, the torch Dataset and its skip-aware collate.
+"""Samples, the dataset-reader entry point, the dataset of decoded images and its skip-aware
+collates.
 
 `load_samples(root, kind, split)` turns a dataset folder into `(samples, class_names)`; the
 per-dataset readers and their expected layouts live in `grefel.data.readers`, the `Sample` and
@@ -7,18 +8,18 @@ per item with `grefel.contract.decode_image` (the decoder predict uses: EXIF ori
 mode -> RGB, the pixel limit), crops a face box with `grefel.contract.crop_box`, applies a
 transform and returns `(image [3,S,S] in [0,1], label, index)`; an unreadable file is `None` (or
 a `DatasetError` when strict), and `collate_skip` drops those and reports which dataset indices
-they were.
+they were. `FERDataset` is a map-style dataset (`__len__`, `__getitem__`) that torch's DataLoader
+takes; `collate_arrays` and `batches` give the same batches as numpy arrays without torch (the
+evaluation of an exported model on a torch-free Jetson). torch is imported by `collate_skip` only.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset
 
 from grefel import contract
 from grefel.data import readers
@@ -28,10 +29,12 @@ __all__ = [
     "KINDS",
     "MIN_SIDE",
     "DatasetError",
+    "batches",
     "check_readable",
     "FERDataset",
     "Sample",
     "class_counts",
+    "collate_arrays",
     "collate_skip",
     "detect_kind",
     "is_table_row",
@@ -143,7 +146,7 @@ def _crop_box(image: np.ndarray, attrs: Dict[str, str]) -> np.ndarray:
     return contract.crop_box(image, (int(x), int(y), int(x + w), int(y + h)))
 
 
-# --- the torch Dataset ---------------------------------------------------------------------------
+# --- the dataset of decoded images ---------------------------------------------------------------
 
 # Dataset indices whose image was unreadable, recorded in the process that decoded them. The
 # DataLoader runs __getitem__ and the collate function of one batch in the same process (the main
@@ -151,14 +154,16 @@ def _crop_box(image: np.ndarray, attrs: Dict[str, str]) -> np.ndarray:
 _SKIPPED: List[int] = []
 
 
-class FERDataset(Dataset):
-    """Samples -> (image FloatTensor [3,S,S] in [0,1], label, index), or None if unreadable.
+class FERDataset:
+    """Samples -> (transformed image, label, index), or None if unreadable: a map-style
+    dataset, for torch's DataLoader or `batches`.
 
     Args:
         samples: from `load_samples`.
         class_names: the class names in label order.
-        transform: RGB uint8 array (H, W, 3) -> FloatTensor [3,S,S]; default the eval
-            transform (`grefel.contract.to_model_input`).
+        transform: RGB uint8 array (H, W, 3) -> image [3,S,S] in [0,1] (a FloatTensor, or a
+            float32 array for `collate_arrays`); default the eval transform
+            (`grefel.data.transforms.EvalTransform`, torch).
         strict: raise DatasetError on an unreadable image instead of returning None.
         read: sample index -> RGB uint8 image (or DatasetError), replacing the decode and the
             face-box crop of the sample's file (e.g. the aligned face crops of
@@ -169,15 +174,17 @@ class FERDataset(Dataset):
         self,
         samples: Sequence[Sample],
         class_names: Sequence[str],
-        transform: Optional[Callable[[np.ndarray], torch.Tensor]] = None,
+        transform: Optional[Callable[[np.ndarray], Any]] = None,
         strict: bool = False,
         read: Optional[Callable[[int], np.ndarray]] = None,
     ) -> None:
-        from grefel.data.transforms import make_transforms
+        if transform is None:
+            from grefel.data.transforms import make_transforms  # torch
 
+            transform = make_transforms(False)
         self.samples = list(samples)
         self.class_names = tuple(class_names)
-        self.transform = transform if transform is not None else make_transforms(False)
+        self.transform = transform
         self.strict = strict
         self.read = read
         self.failures: Dict[int, str] = {}  # index -> reason, for items decoded in this process
@@ -213,7 +220,7 @@ class FERDataset(Dataset):
         s = self.samples[i]
         return _crop_box(load_image(s.path), s.attrs)
 
-    def __getitem__(self, i: int) -> Optional[Tuple[torch.Tensor, int, int]]:
+    def __getitem__(self, i: int) -> Optional[Tuple[Any, int, int]]:
         s = self.samples[i]
         try:
             img = self.image(i)
@@ -227,22 +234,55 @@ class FERDataset(Dataset):
         return self.transform(img), s.label, i
 
 
-def collate_skip(
-    batch: Sequence[Optional[Tuple[torch.Tensor, int, int]]],
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, List[int]]:
-    """Stack the readable items -> (images [B,3,S,S], labels [B], indices [B], skipped indices).
-
-    `skipped` lists the dataset indices of the None items (unreadable images) in this batch. A
-    batch with no readable item gives empty tensors of shape [0,3,112,112] / [0].
-    """
+def _readable(batch: Sequence[Optional[Tuple[Any, int, int]]]
+              ) -> Tuple[List[Tuple[Any, int, int]], List[int]]:
+    """The readable items of a batch, and the dataset indices of its None items."""
     items = [b for b in batch if b is not None]
     n_bad = len(batch) - len(items)
     skipped = _SKIPPED[max(len(_SKIPPED) - n_bad, 0):] if n_bad else []
     del _SKIPPED[:]
+    return items, list(skipped)
+
+
+def collate_skip(
+    batch: Sequence[Optional[Tuple[Any, int, int]]],
+) -> Tuple[Any, Any, Any, List[int]]:
+    """Stack the readable items -> (images [B,3,S,S], labels [B], indices [B], skipped indices),
+    torch tensors.
+
+    `skipped` lists the dataset indices of the None items (unreadable images) in this batch. A
+    batch with no readable item gives empty tensors of shape [0,3,112,112] / [0].
+    """
+    import torch
+
+    items, skipped = _readable(batch)
     if not items:
         empty = torch.empty(0, dtype=torch.int64)
         return torch.empty(0, *contract.INPUT_SHAPE), empty, empty.clone(), skipped
     images = torch.stack([b[0] for b in items])  # [B,3,S,S]
     labels = torch.tensor([b[1] for b in items], dtype=torch.int64)
     indices = torch.tensor([b[2] for b in items], dtype=torch.int64)
-    return images, labels, indices, list(skipped)
+    return images, labels, indices, skipped
+
+
+def collate_arrays(
+    batch: Sequence[Optional[Tuple[Any, int, int]]],
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray, List[int]]:
+    """`collate_skip` in numpy: images float32 [B,3,S,S], labels and indices int64 [B]."""
+    items, skipped = _readable(batch)
+    if not items:
+        empty = np.empty(0, dtype=np.int64)
+        return np.empty((0, *contract.INPUT_SHAPE), np.float32), empty, empty.copy(), skipped
+    images = np.stack([np.asarray(b[0], dtype=np.float32) for b in items])  # [B,3,S,S]
+    labels = np.asarray([b[1] for b in items], dtype=np.int64)
+    indices = np.asarray([b[2] for b in items], dtype=np.int64)
+    return images, labels, indices, skipped
+
+
+def batches(
+    dataset: FERDataset, batch_size: int, collate: Callable[[List[Any]], Any] = collate_arrays
+) -> Iterator[Any]:
+    """`dataset` in order, `batch_size` items per collated batch: what torch's DataLoader
+    yields with shuffle off and no workers, without torch."""
+    for start in range(0, len(dataset), batch_size):
+        yield collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])

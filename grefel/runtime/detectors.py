@@ -4,8 +4,8 @@
                     no keypoints (faces are square-cropped, not aligned); only by name.
     blazeface       MediaPipe's BlazeFace short-range model (faces within about 2 m, 128 px
                     input, 6 keypoints; Apache-2.0), a .tflite file that ships inside grefel
-                    (grefel/runtime/models, NOTICE.md there), run by `ai-edge-litert` (`pip
-                    install 'grefel[faces]'`), else `tflite-runtime`, else OpenCV's DNN module
+                    (grefel/runtime/models, NOTICE.md there), run by `ai-edge-litert` (grefel's
+                    faces extra, docs/install.md), else `tflite-runtime`, else OpenCV's DNN module
                     (its TFLite reader, OpenCV >= 4.8; the same outputs to 1e-4).
     blazeface-full  the full-range model (faces up to about 5 m, 192 px input), shipped alike.
     auto            AutoDetector: blazeface-full; on a frame where it finds nothing, the
@@ -238,7 +238,8 @@ class OpenCVTFLite:
             raise MissingDependency(
                 f"no TFLite runtime for BlazeFace: OpenCV {cv2.__version__} cannot read .tflite "
                 "files (4.8 or later can) and neither ai-edge-litert (`pip install "
-                "'grefel[faces]'`) nor tflite-runtime is installed; or use --detector haar"
+                "'.[faces]'` in a clone of grefel) nor tflite-runtime is installed; or use "
+                "--detector haar"
             )
         try:
             self._net = cv2.dnn.readNetFromTFLite(str(model_path))
