@@ -29,6 +29,16 @@ undecodable bytes are refused here with an error message naming the request. A b
 as one: a bad request that the batcher put in the same batch as good ones fails them too (the
 PyTriton 0.7 proxy has no per-request error), the server itself lives on.
 
+Readiness: tritonserver loads both models before it opens its ports, so the first 200 of
+`GET /v2/health/ready` (strict readiness: every model ready; the probe to use) means both models
+answer. PyTriton's default start opens the ports with an empty repository, then loads the models
+through the repository API: its ready came seconds before the models, and a request sent then got
+"unknown model". Here PyTriton writes the models into a local repository before tritonserver starts
+(`TritonLifecyclePolicy(local_model_store=True)`) and tritonserver loads them at startup
+(`--load-model=*`, before its endpoints start). The in-process callables are connected by
+PyTriton just after (`Model.setup`); a request that comes in between waits for them and is
+answered, it is not refused.
+
 SIGTERM or SIGINT: tritonserver stops taking requests, answers those in flight (waiting up to
 `exit_timeout_s`), then the backends close.
 """
@@ -260,7 +270,7 @@ def serve(
     """
     check_environment()
     from pytriton import model_config as pmc
-    from pytriton.triton import Triton, TritonConfig
+    from pytriton.triton import Triton, TritonConfig, TritonLifecyclePolicy
 
     if opts.instances < 1 or opts.max_batch < 1 or opts.queue_delay_us < 0:
         raise ServeError("--instances and --max-batch must be >= 1, --queue-delay-us >= 0")
@@ -287,12 +297,16 @@ def serve(
             metrics_address=opts.host,
             exit_timeout_secs=opts.exit_timeout_s,
             allow_gpu_metrics=False,
+            strict_readiness=True,  # /v2/health/ready: every model ready (Triton's default)
         )
         model_config = pmc.ModelConfig(
             max_batch_size=opts.max_batch,
             batcher=pmc.DynamicBatcher(max_queue_delay_microseconds=opts.queue_delay_us),
         )
-        triton = Triton(config=config)
+        # The models go into a local repository that tritonserver loads before it listens, so
+        # its first ready is honest (module docstring); PyTriton's default loads them after.
+        triton = Triton(config=config, triton_lifecycle_policy=TritonLifecyclePolicy(
+            launch_triton_on_startup=True, local_model_store=True))
         for model, instances, encoded in (
             (MODEL, tensor_instances, False),
             (IMAGE_MODEL, image_instances, True),

@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any, Dict, Iterator, List
@@ -45,6 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TOL = 1e-5
 NAMES = ("probs", "primary", "confidence")
 START_TIMEOUT_S = 180
+FIRST_READY_IMAGES = np.random.default_rng(11).random((2, 3, 112, 112), dtype=np.float32)
 
 
 class Server(serve_load.Server):
@@ -56,9 +58,40 @@ class Server(serve_load.Server):
                          extra=("--exit-timeout", "60"))
         self.http_client = httpclient.InferenceServerClient(f"127.0.0.1:{self.http}")
         self.grpc_client = grpcclient.InferenceServerClient(f"127.0.0.1:{self.grpc}")
+        self.first_ready: Dict[str, Any] = {}  # each model's answer (or error) at the first 200
+
+    def _probe(self) -> bool:
+        """The documented readiness probe: GET /v2/health/ready answers 200."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http}/v2/health/ready",
+                                        timeout=10) as r:
+                return r.status == 200
+        except OSError:  # not listening yet, or an HTTP error status (503: not ready)
+            return False
 
     def wait_ready(self) -> None:
-        super().wait_ready(timeout_s=START_TIMEOUT_S, models=("grefel", "grefel_image"))
+        """Polls the documented probe until its first 200, then at once asks every model (one
+        request each; the answers or errors are kept in `first_ready`, which
+        test_first_ready_answers_every_model checks). RuntimeError, with the server's output,
+        if the server exits or is not ready within START_TIMEOUT_S."""
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not self._probe():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"grefel serve exited with {self.proc.returncode}:\n"
+                                   f"{self.output()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"grefel serve not ready after {START_TIMEOUT_S} s:\n"
+                                   f"{self.output()}")
+            time.sleep(0.05)
+        for model, call in (
+            ("grefel", lambda: _infer(self.http_client, httpclient, FIRST_READY_IMAGES)),
+            ("grefel_image", lambda: _served_images(self.http_client, httpclient,
+                                                    [_png(_face_image())])),
+        ):
+            try:
+                self.first_ready[model] = call()
+            except InferenceServerException as exc:
+                self.first_ready[model] = exc
 
 
 @pytest.fixture(scope="module")
@@ -270,6 +303,20 @@ def test_malformed_requests_get_triton_errors_and_the_server_lives_on(server, ba
     x = _images(2, 7)
     _check_equal(_infer(client, module, x), backend.infer(x), rt.CLASSES)
     assert server.proc.poll() is None
+
+
+def test_first_ready_answers_every_model(server, backend) -> None:
+    """The documented probe's first 200 (GET /v2/health/ready, polled from the server's
+    start) means every model answers: the requests sent at that moment (by the `server`
+    fixture) got their answers, not "unknown model". (PyTriton's default start answered 200
+    before it had loaded the models; grefel serve now has tritonserver load them before it
+    listens: grefel.serve.)"""
+    answers = server.first_ready
+    assert set(answers) == {"grefel", "grefel_image"}
+    errors = {m: str(a) for m, a in answers.items() if isinstance(a, Exception)}
+    assert not errors, errors
+    _check_equal(answers["grefel"], backend.infer(FIRST_READY_IMAGES), rt.CLASSES)
+    assert bool(answers["grefel_image"].as_numpy("face")[0, 0])
 
 
 def test_health_and_metrics_endpoints(server) -> None:
