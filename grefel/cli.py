@@ -717,7 +717,10 @@ Examples:
     help="A .engine (TensorRT), .onnx (ONNX Runtime) or .safetensors checkpoint [default: the "
          "model that ships inside grefel, docs/models.md].",
 )
-@click.option("--aligned", is_flag=True, help="Inputs are face crops: skip face detection.")
+@click.option("--aligned", is_flag=True,
+              help="Inputs are face crops: no face detection, the whole image is classified "
+                   "(without it, a frame where no face is found gets a record with face false "
+                   "and no label).")
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl")
 @click.option(
     "--out",
@@ -982,6 +985,10 @@ Examples:
 @click.option("--threads", type=click.IntRange(1),
               help="CPU threads per backend and per face detector.")
 @_face_options
+@click.option("--aligned", is_flag=True,
+              help="grefel_image: the images are face crops: no face detection, the whole "
+                   "image is classified (without it, an image without a face gets face false, "
+                   "NaN probs and an empty label).")
 @click.option("--exit-timeout", "exit_timeout_s", default=30, type=click.IntRange(0),
               help="On SIGTERM, seconds to wait for in-flight requests.")
 def serve_command(weights: Path, device: str, **opts: Any) -> None:
@@ -990,8 +997,8 @@ def serve_command(weights: Path, device: str, **opts: Any) -> None:
     `grefel_image` (encoded image bytes), HTTP + gRPC, dynamic batching, metrics.
 
     grefel_image finds and prepares each image's face as `grefel predict` does for a still
-    image, with the same --detector, --det-size, --align, --margin and --min-face, and answers
-    for the first face (predict's first record); no face: the whole image.
+    image, with the same --detector, --det-size, --align, --margin, --min-face and --aligned,
+    and answers for the first face (predict's first record); no face: face false and no label.
     """
     from grefel._lazy import MissingDependency
     from grefel.runtime import BackendError

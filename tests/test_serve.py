@@ -203,27 +203,39 @@ def _served_images(client: Any, module: Any, files: List[bytes]) -> Any:
     return _infer(client, module, x, dtype="BYTES", name="image", model="grefel_image")
 
 
+def _check_no_face(result: Any, i: int) -> None:
+    """grefel_image's sample i has no face and no expression: face false, NaN probs, primary
+    and confidence, an empty label, a 0-size box."""
+    assert not result.as_numpy("face")[i, 0], "a face was found where there is none"
+    for name in NAMES:
+        assert np.isnan(result.as_numpy(name)[i]).all(), name
+    assert result.as_numpy("label")[i, 0] == b""
+    assert result.as_numpy("box")[i].tolist() == [0, 0, 0, 0]
+
+
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_encoded_image_model_equals_local_pipeline(server, backend, protocol) -> None:
     """Each image of one request (noise: no face; a drawn face) against `Pipeline.process` with
-    its own defaults on the decoded image: its first face's outputs and box."""
+    its own defaults on the decoded image: its first face's outputs and box; no face, no
+    expression."""
     client, module = ((server.http_client, httpclient) if protocol == "http"
                       else (server.grpc_client, grpcclient))
     rng = np.random.default_rng(3)
     files = [_png(rng.integers(0, 255, (90, 120, 3), dtype=np.uint8)), _png(_face_image())]
     result = _served_images(client, module, files)
     pipe = Pipeline(backend, track=False, threads=1)  # the server runs with --threads 1
-    for i, data in enumerate(files):
-        ref = pipe.process(contract.decode_image_bytes(data))[0]
-        want = {"probs": list(ref.probs.values()), "primary": list(ref.primary.values()),
-                "confidence": [ref.confidence]}
-        for name in NAMES:
-            np.testing.assert_allclose(result.as_numpy(name)[i].reshape(-1), want[name],
-                                       atol=TOL, rtol=0, err_msg=name)
-        assert bool(result.as_numpy("face")[i, 0]) == ref.face
-        assert result.as_numpy("box")[i].tolist() == list(ref.box)
-    assert result.as_numpy("face")[1, 0], "the drawn face was not detected"
-    assert not result.as_numpy("face")[0, 0], "a face was found in noise"
+    noise, face = (pipe.process(contract.decode_image_bytes(data))[0] for data in files)
+    assert not noise.face and noise.probs is None and noise.label is None
+    _check_no_face(result, 0)
+    assert face.face and face.probs is not None and face.primary is not None, "not detected"
+    want = {"probs": list(face.probs.values()), "primary": list(face.primary.values()),
+            "confidence": [face.confidence]}
+    for name in NAMES:
+        np.testing.assert_allclose(result.as_numpy(name)[1].reshape(-1), want[name],
+                                   atol=TOL, rtol=0, err_msg=name)
+    assert result.as_numpy("face")[1, 0]
+    assert result.as_numpy("box")[1].tolist() == list(face.box)
+    assert result.as_numpy("label")[1, 0].decode() == face.label
 
 
 def test_encoded_image_model_equals_grefel_predict_on_the_file(server, backend, tmp_path) -> None:
@@ -261,15 +273,45 @@ def test_serve_face_options_are_predicts(weights, monkeypatch) -> None:
     monkeypatch.setattr(serve, "serve", lambda w, opts, on_ready: got.append(opts))
     result = CliRunner().invoke(cli, ["serve", "-w", str(weights)])
     assert result.exit_code == 0, result.output
-    names = ("detector", "det_size", "min_face", "align", "margin")
+    names = ("detector", "det_size", "min_face", "align", "margin", "aligned")
     assert {n: getattr(got[0], n) for n in names} == {n: getattr(PredictOptions(), n)
                                                       for n in names}
     result = CliRunner().invoke(cli, ["serve", "-w", str(weights), "--detector", "haar",
                                       "--det-size", "320", "--min-face", "24", "--no-align",
-                                      "--margin", "0.3"])
+                                      "--margin", "0.3", "--aligned"])
     assert result.exit_code == 0, result.output
     assert {n: getattr(got[1], n) for n in names} == {
-        "detector": "haar", "det_size": 320, "min_face": 24, "align": False, "margin": 0.3}
+        "detector": "haar", "det_size": 320, "min_face": 24, "align": False, "margin": 0.3,
+        "aligned": True}
+
+
+def test_image_model_answers_no_face_without_expression_and_aligned_whole_image(backend) -> None:
+    """grefel_image's instance (what Triton calls) without a server: a chessboard has no face
+    (face false, NaN probs, empty label, 0-size box) beside a drawn face in the same batch;
+    with --aligned the chessboard is the face and its whole image is classified."""
+    from grefel.serve import ServeOptions, _Instance, image_pipeline
+
+    cells = (np.indices((8, 8)).sum(axis=0) % 2).astype(np.uint8) * 255
+    board = np.repeat(np.kron(cells, np.ones((30, 30), np.uint8))[:, :, None], 3, axis=2)
+    requests = [{"image": np.array([[_png(board)]], dtype=np.object_)},
+                {"image": np.array([[_png(_face_image())]], dtype=np.object_)}]
+
+    class Answer:  # the outputs as tritonclient's InferResult gives them
+        def __init__(self, outputs: Dict[str, np.ndarray]) -> None:
+            self.outputs = outputs
+
+        def as_numpy(self, name: str) -> np.ndarray:
+            return self.outputs[name]
+
+    detect = _Instance(backend, image_pipeline(backend, ServeOptions(threads=1)))
+    board_out, face_out = (Answer(o) for o in detect.infer_encoded(requests))
+    _check_no_face(board_out, 0)
+    assert face_out.as_numpy("face")[0, 0] and face_out.as_numpy("label")[0, 0] != b""
+    whole = _Instance(backend, image_pipeline(backend, ServeOptions(threads=1, aligned=True)))
+    answer = Answer(whole.infer_encoded(requests[:1])[0])
+    x = contract.to_model_input(contract.resize(board))[None]
+    _check_equal(answer, backend.infer(x), rt.CLASSES)
+    assert answer.as_numpy("face")[0, 0] and answer.as_numpy("box")[0].tolist() == [0, 0, 240, 240]
 
 
 def _error(call) -> str:
