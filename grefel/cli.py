@@ -964,7 +964,8 @@ def bench(
 Examples:
   grefel serve --weights runs/demo/engines/best.onnx
   grefel serve -w engines/best_fp16_b8.engine --host 0.0.0.0 --max-batch 8 --instances 2
-  curl -s localhost:8000/v2/health/ready; curl -s localhost:8002/metrics
+  curl -s -o /dev/null -w '%{http_code}\\n' localhost:8000/v2/health/ready  # 200: models answer
+  curl -s localhost:8002/metrics
 """,
 )
 @click.option("--weights", "-w", type=click.Path(dir_okay=False, path_type=Path),
@@ -999,6 +1000,7 @@ def serve_command(weights: Path, device: str, **opts: Any) -> None:
     grefel_image finds and prepares each image's face as `grefel predict` does for a still
     image, with the same --detector, --det-size, --align, --margin, --min-face and --aligned,
     and answers for the first face (predict's first record); no face: face false and no label.
+    Readiness probe: GET /v2/health/ready (200 once every model answers).
     """
     from grefel._lazy import MissingDependency
     from grefel.runtime import BackendError
