@@ -12,7 +12,8 @@ The same faces for everyone: each image is decoded once (grefel.contract.decode_
 once through `grefel predict`'s still-image pipeline (Pipeline.prepare, --detector, default
 auto; with LiteRT installed, as this benchmark needs, BlazeFace runs in it as under
 grefel's faces extra). Its first face gives
-- grefel's models the aligned 112 px crop (no face: the whole image, as predict does);
+- grefel's models the aligned 112 px crop (no face: the whole image, which `grefel predict`
+  would not classify, so that every labelled image is scored; they are counted apart);
 - fer's model the same box (no face: the whole image) with fer 25.10.3's own preprocessing
   (fer/fer.py, FER.detect_emotions): cv2 BGR2GRAY of the BGR image, padded by PADDING = 40 px
   with the mean of its bottom 2 rows (pad), the box made square (tosquare) and widened by the

@@ -11,11 +11,13 @@ A dataset of unaligned photos (RAF-DB's original images, one's own folder) is pr
 (`grefel.predict.predict_pipeline`) runs the detector on it (shrunk to `det_size`; faces under
 `min_face` px dropped), warps a face with keypoints onto the 5-point template
 (`grefel.contract.align_face`) or square-crops a face without (`square_crop`), and takes the
-whole image, resized, when no face is found. The first face (the detector's best: the highest
-score for BlazeFace, the largest for Haar) is the image's face: its 112 x 112 uint8 crop, exactly
-what predict feeds a backend for it, is what the eval transform (`to_model_input`, a no-op resize)
-and the training augmentation (its first resize to 128) start from. A reader's face box (AffectNet)
-is not used: the detector sees the whole image, as predict does.
+whole image, resized, when no face is found (a labelled image is still scored and trained on;
+`grefel predict` classifies nothing there: no face, no expression). The first face (the
+detector's best: the highest score for BlazeFace, the largest for Haar) is the image's face: its
+112 x 112 uint8 crop, exactly what predict feeds a backend for it, is what the eval transform
+(`to_model_input`, a no-op resize) and the training augmentation (its first resize to 128) start
+from. A reader's face box (AffectNet) is not used: the detector sees the whole image, as predict
+does.
 
 Each image is aligned once; its crop is cached as a PNG:
 

@@ -735,7 +735,10 @@ Examples:
     help="A .engine (TensorRT), .onnx (ONNX Runtime) or .safetensors checkpoint [default: the "
          "model that ships inside grefel, docs/models.md].",
 )
-@click.option("--aligned", is_flag=True, help="Inputs are face crops: skip face detection.")
+@click.option("--aligned", is_flag=True,
+              help="Inputs are face crops: no face detection, the whole image is classified "
+                   "(without it, a frame where no face is found gets a record with face false "
+                   "and no label).")
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl")
 @click.option(
     "--out",
@@ -980,7 +983,8 @@ Examples:
   grefel serve                             # the model that ships inside grefel
   grefel serve --weights runs/demo/engines/best.onnx
   grefel serve -w engines/best_fp16_b8.engine --host 0.0.0.0 --max-batch 8 --instances 2
-  curl -s localhost:8000/v2/health/ready; curl -s localhost:8002/metrics
+  curl -s -o /dev/null -w '%{http_code}\\n' localhost:8000/v2/health/ready  # 200: models answer
+  curl -s localhost:8002/metrics
 """,
 )
 @click.option("--weights", "-w", type=click.Path(dir_okay=False, path_type=Path),
@@ -1001,6 +1005,10 @@ Examples:
 @click.option("--threads", type=click.IntRange(1),
               help="CPU threads per backend and per face detector.")
 @_face_options
+@click.option("--aligned", is_flag=True,
+              help="grefel_image: the images are face crops: no face detection, the whole "
+                   "image is classified (without it, an image without a face gets face false, "
+                   "NaN probs and an empty label).")
 @click.option("--exit-timeout", "exit_timeout_s", default=30, type=click.IntRange(0),
               help="On SIGTERM, seconds to wait for in-flight requests.")
 def serve_command(weights: Path, device: str, **opts: Any) -> None:
@@ -1009,8 +1017,9 @@ def serve_command(weights: Path, device: str, **opts: Any) -> None:
     `grefel_image` (encoded image bytes), HTTP + gRPC, dynamic batching, metrics.
 
     grefel_image finds and prepares each image's face as `grefel predict` does for a still
-    image, with the same --detector, --det-size, --align, --margin and --min-face, and answers
-    for the first face (predict's first record); no face: the whole image.
+    image, with the same --detector, --det-size, --align, --margin, --min-face and --aligned,
+    and answers for the first face (predict's first record); no face: face false and no label.
+    Readiness probe: GET /v2/health/ready (200 once every model answers).
     """
     from grefel._lazy import MissingDependency
     from grefel.runtime import BackendError

@@ -24,7 +24,10 @@ Per frame (times of each stage are summed in `Pipeline.times`):
             p_t = s p_{t-1} + (1 - s) p, confidence C_f (eqs. 10-11) of the smoothed p, the
             label and `uncertain` = confidence < threshold.
 
-When no face is found the whole frame is classified and the result says `face = False`.
+No face, no expression: a frame where no face is found gives one result with `face = False`
+and no box, label, probabilities or confidence (`FaceResult.no_face`); nothing of it is
+classified. A pipeline without a detector (`detector="none"`: inputs that are already face
+crops, `grefel predict --aligned`) takes the whole frame as the face and classifies it.
 """
 
 from __future__ import annotations
@@ -172,47 +175,74 @@ class FaceFollower:
 
 @dataclass
 class FaceResult:
-    """One face of a frame: what `Pipeline.process` returns."""
+    """One face of a frame, or the one result of a frame without a face (`face` False: every
+    field below `face` is None or False, nothing was classified): what `Pipeline.process`
+    returns, and the one source of `grefel predict`'s records and `grefel_image`'s answers."""
 
-    box: Box
-    keypoints: Optional[np.ndarray]  # (K, 2) x, y px, or None
-    label: str
-    probs: Dict[str, float]  # L_final (eq. 19), smoothed over the track
-    primary: Dict[str, float]  # l (eq. 9)
-    confidence: float  # C_f(probs) (eq. 10)
-    uncertain: bool  # confidence < threshold
-    track: Optional[int]  # the stream's face id (None outside a stream)
-    face: bool = True  # False: no face found, the whole frame was classified
+    face: bool  # a face was found (or the frame is the face: a pipeline without a detector)
+    box: Optional[Box] = None  # x1, y1, x2, y2 px
+    keypoints: Optional[np.ndarray] = None  # (K, 2) x, y px
+    label: Optional[str] = None  # the class of the largest prob
+    probs: Optional[Dict[str, float]] = None  # L_final (eq. 19), smoothed over the track
+    primary: Optional[Dict[str, float]] = None  # l (eq. 9)
+    confidence: Optional[float] = None  # C_f(probs) (eq. 10)
+    uncertain: Optional[bool] = None  # confidence < threshold
+    track: Optional[int] = None  # the stream's face id (None outside a stream)
     aligned: bool = False  # warped onto the 5-point template (else square-cropped)
     score: Optional[float] = None  # the detector's score
 
+    @classmethod
+    def no_face(cls) -> FaceResult:
+        """A frame without a face: no box, no label, no probabilities."""
+        return cls(face=False)
+
     def record(self, source: str, frame: int) -> Dict[str, Any]:
-        """The JSON record of `grefel predict` (docs in grefel/predict.py)."""
+        """The JSON record of `grefel predict` (docs/contract.md, "The prediction record"):
+        the same keys for every record, null where a frame has no face."""
+
+        def rounded(p: Optional[Dict[str, float]]) -> Optional[Dict[str, float]]:
+            return None if p is None else {k: round(v, 6) for k, v in p.items()}
+
         return {
             "source": source,
             "frame": frame,
             "face": self.face,
             "track": self.track,
-            "box": [int(v) for v in self.box],
+            "box": None if self.box is None else [int(v) for v in self.box],
             "keypoints": None if self.keypoints is None
             else [[round(float(x), 1), round(float(y), 1)] for x, y in self.keypoints],
             "aligned": self.aligned,
             "label": self.label,
-            "confidence": round(self.confidence, 6),
+            "confidence": None if self.confidence is None else round(self.confidence, 6),
             "uncertain": self.uncertain,
-            "probs": {k: round(v, 6) for k, v in self.probs.items()},
-            "primary": {k: round(v, 6) for k, v in self.primary.items()},
+            "probs": rounded(self.probs),
+            "primary": rounded(self.primary),
         }
 
 
 @dataclass
 class _Prepared:
+    """The faces of one frame, prepared for the model. Without a face found (`found` False)
+    the whole frame stands in as the one face: what the dataset path (grefel.align_data,
+    benchmarks.side_by_side) scores a labelled image by; `Pipeline.finish` classifies none of
+    it (`classified`)."""
+
     source: str
     faces: List[Face]
     found: bool
     aligned: List[bool]
     inputs: List[np.ndarray] = field(default_factory=list)  # float32 (3, 112, 112) per face
     crops: List[np.ndarray] = field(default_factory=list)  # the same as RGB uint8 (112, 112, 3)
+
+    @property
+    def classified(self) -> List[np.ndarray]:
+        """The inputs `finish` sends to the backend: the faces found, none without a face."""
+        return self.inputs if self.found else []
+
+    def first(self) -> _Prepared:
+        """Only the first face (the detector's best): grefel_image answers for it alone."""
+        return _Prepared(self.source, self.faces[:1], self.found, self.aligned[:1],
+                         self.inputs[:1], self.crops[:1])
 
 
 class Pipeline:
@@ -351,11 +381,18 @@ class Pipeline:
             raise ValueError("this Pipeline was made without a backend: it prepares faces "
                              "(`prepare`) but cannot classify them")
         t0 = time.perf_counter()
-        out = self.backend.infer(np.stack([x for p in preps for x in p.inputs]))
+        batch = [x for p in preps for x in p.classified]
+        out = self.backend.infer(np.stack(batch)) if batch else {}
         t1 = time.perf_counter()
         classes = self.backend.classes
-        results, row = [], 0
+        results: List[List[FaceResult]] = []
+        row = 0
         for p in preps:
+            if not p.found:  # no face, no expression; a track is matched to the last frame only
+                if self.tracker is not None:
+                    self.tracker.update(p.source, [], np.zeros((0, len(classes)), np.float32))
+                results.append([FaceResult.no_face()])
+                continue
             n = len(p.faces)
             probs = out["probs"][row : row + n]
             primary, conf = out["primary"][row : row + n], out["confidence"][row : row + n]
@@ -368,6 +405,7 @@ class Pipeline:
             for i, f in enumerate(p.faces):
                 c = float(conf[i])
                 faces.append(FaceResult(
+                    face=True,
                     box=f.box,
                     keypoints=f.keypoints,
                     label=classes[int(np.argmax(probs[i]))],
@@ -376,9 +414,8 @@ class Pipeline:
                     confidence=c,
                     uncertain=bool(c < self.threshold),
                     track=tracks[i],
-                    face=p.found,
                     aligned=p.aligned[i],
-                    score=f.score if p.found else None,
+                    score=f.score,
                 ))
             results.append(faces)
         self.times["infer"] += t1 - t0

@@ -13,8 +13,13 @@ gives one record:
     label, confidence, uncertain, probs {class: p}, primary {class: p}
 
 `probs` is L_final (eq. 19) and `primary` is l (eq. 9); `confidence` is C_f(probs) (eq. 10) and
-`uncertain` is `confidence < threshold`. When no face is detected the whole frame is classified
-and the record says `"face": false` (nothing is dropped silently). In a video, camera or network
+`uncertain` is `confidence < threshold`. No face, no expression: a frame where no face is found
+gives one record with `"face": false` and null box, keypoints, label, confidence, uncertain,
+probs and primary (empty cells in the CSV); nothing of it is classified, nothing is dropped
+silently, and the summary counts these frames. `aligned=True` (`--aligned`) is the opt-in for
+inputs that are already face crops: no detection, the whole image is the face and is
+classified. The record is built in one place, `grefel.pipeline.FaceResult.record`; the schema
+is in docs/contract.md. In a video, camera or network
 stream a face is matched to the previous frame's faces by IoU (its `track` id, whatever the
 smoothing) and its probabilities are smoothed exponentially: p_t = s * p_{t-1} + (1 - s) * p
 (confidence recomputed from the smoothed p; `smooth` 0: no smoothing). The summary has the mean
@@ -111,7 +116,7 @@ def signals_end_run(signums: Sequence[int] = (signal.SIGTERM, signal.SIGHUP)) ->
 
 @dataclass(frozen=True)
 class PredictOptions:
-    aligned: bool = False  # inputs are face crops: no detection
+    aligned: bool = False  # inputs are face crops: no detection, the whole image is classified
     threshold: float = 0.3  # confidence below this marks a record `uncertain`
     smooth: float = 0.6  # weight of the previous frame in the per-face smoothing (0: off)
     batch: int = 32  # most faces per backend call when frames are batched (a frame is not split)
@@ -204,10 +209,12 @@ class RecordWriter:
         if self._csv is None:
             self.stream.write(json.dumps(rec) + "\n")
         else:
-            row = [rec["source"], rec["frame"], rec["face"], rec["track"], *rec["box"]]
+            # a frame without a face: empty cells for its nulls (csv writes None as "")
+            row = [rec["source"], rec["frame"], rec["face"], rec["track"],
+                   *(rec["box"] or [None] * 4)]
             row += [rec["label"], rec["confidence"], rec["uncertain"]]
-            row += [rec["probs"][c] for c in self.classes]
-            self._csv.writerow(row + [rec["primary"][c] for c in self.classes])
+            row += [(rec["probs"] or {}).get(c) for c in self.classes]
+            self._csv.writerow(row + [(rec["primary"] or {}).get(c) for c in self.classes])
 
     def flush(self) -> None:
         """Push the records written so far to the file (after each frame)."""
@@ -221,7 +228,8 @@ class Annotator:
 
     The label ("#track label confidence", "?" for an uncertain face) is drawn on a filled
     background in text scaled to the frame (about 1/40 of its shorter side); uncertain faces
-    are orange, the others green, the whole frame (no face found) grey.
+    are orange, the others green. A frame without a face gets "no face" in grey at its top left
+    corner, and no box.
     """
 
     WINDOW = "grefel"
@@ -258,16 +266,18 @@ class Annotator:
         scale = max(min(h, w) / 800.0, 0.4)  # FONT_HERSHEY_SIMPLEX at 1.0 is ~22 px tall
         thick = max(int(round(scale * 2)), 1)
         for rec in records:
-            x1, y1, x2, y2 = rec["box"]
-            color = (160, 160, 160) if not rec["face"] else (
-                (0, 165, 255) if rec["uncertain"] else (0, 200, 0))
-            cv2.rectangle(image, (x1, y1), (x2 - 1, y2 - 1), color, thick + 1)
-            for x, y in rec.get("keypoints") or []:
-                cv2.circle(image, (int(round(x)), int(round(y))), thick + 1, (255, 255, 0), -1)
-            track = "" if rec["track"] is None else f"#{rec['track']} "
-            mark = "?" if rec["uncertain"] else ""
-            text = f"{track}{rec['label']}{mark} {rec['confidence']:.2f}" + (
-                "" if rec["face"] else " (no face)")
+            if not rec["face"]:
+                x1, y1, color, text = 0, 0, (160, 160, 160), "no face"
+            else:
+                x1, y1, x2, y2 = rec["box"]
+                color = (0, 165, 255) if rec["uncertain"] else (0, 200, 0)
+                cv2.rectangle(image, (x1, y1), (x2 - 1, y2 - 1), color, thick + 1)
+                for x, y in rec.get("keypoints") or []:
+                    cv2.circle(image, (int(round(x)), int(round(y))), thick + 1, (255, 255, 0),
+                               -1)
+                track = "" if rec["track"] is None else f"#{rec['track']} "
+                mark = "?" if rec["uncertain"] else ""
+                text = f"{track}{rec['label']}{mark} {rec['confidence']:.2f}"
             (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
             top = y1 - th - base - 4 if y1 - th - base - 4 >= 0 else min(y1 + 1, h - th - base)
             cv2.rectangle(image, (x1, top), (x1 + tw + 4, top + th + base + 4), color, -1)
@@ -392,17 +402,17 @@ class _Predictor:
         while start < len(frames):  # frames of one call: at most `batch` faces unless a frame
             chunk = frames[start : start + 1]  # has more on its own
             preps = [self.pipeline.prepare(chunk[0].image, chunk[0].source, None, None)]
-            faces = len(preps[0].inputs)
+            faces = len(preps[0].classified)
             start += 1
             while start < len(frames):
                 nxt = self.pipeline.prepare(frames[start].image, frames[start].source,
                                              None, None)
-                if faces + len(nxt.inputs) > self.opts.batch:
+                if faces + len(nxt.classified) > self.opts.batch:
                     self._write(chunk, self.pipeline.finish(preps))
                     chunk, preps, faces = [], [], 0
                 chunk.append(frames[start])
                 preps.append(nxt)
-                faces += len(nxt.inputs)
+                faces += len(nxt.classified)
                 start += 1
             self._write(chunk, self.pipeline.finish(preps))
 
@@ -413,7 +423,7 @@ class _Predictor:
             for rec in recs:
                 self.writer.write(rec)
             self.writer.flush()
-            found = bool(faces) and faces[0].face
+            found = faces[0].face  # a frame without a face has one result, FaceResult.no_face()
             self.summary.frames += 1
             self.summary.faces += len(faces) if found else 0
             self.summary.no_face_frames += 0 if found else 1

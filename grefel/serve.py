@@ -10,17 +10,20 @@ callable in this process, on one of the runtime backends (`grefel.runtime.open_b
                   decoded by grefel.contract.decode_image_bytes (EXIF, modes, the pixel limit),
                   then `grefel predict`'s path for a still image, grefel.pipeline.Pipeline with
                   the same options and defaults (`detector`, `det_size`, `min_face`, `align`,
-                  `margin`): the faces are detected, the first (the detector's best: BlazeFace's
-                  top score, Haar's largest) is aligned onto the 5-point template when it has
-                  keypoints (else square-cropped) and resized. Each image on its own (no
-                  tracking, no smoothing across requests): the answer is `grefel predict`'s
-                  first record for the same file. No face: the whole image
+                  `margin`, `aligned`): the faces are detected, the first (the detector's best:
+                  BlazeFace's top score, Haar's largest) is aligned onto the 5-point template
+                  when it has keypoints (else square-cropped), resized and classified by
+                  `Pipeline.finish`. Each image on its own (no tracking, no smoothing across
+                  requests): the answer is `grefel predict`'s first record for the same file
+                  (one `grefel.pipeline.FaceResult`). `aligned` (`--aligned`): the images are
+                  face crops, the whole image is classified.
 
 Both answer, per sample: `probs` (C) = L_final (eq. 19), `primary` (C) = l (eq. 9),
 `confidence` (1) = C_f (eq. 10), `label` (1, BYTES: the class of the largest prob) and `classes`
 (C, BYTES: the class names in output order); `grefel_image` adds `face` (1, BOOL: a face was
-found) and `box` (4, INT32: x1, y1, x2, y2 of the face's box in the decoded image, the whole
-image when no face was found).
+found) and `box` (4, INT32: x1, y1, x2, y2 of the face's box in the decoded image). No face, no
+expression: where `face` is false, nothing was classified and the record's nulls are written as
+a tensor can hold them: `probs`, `primary` and `confidence` NaN, `label` empty, `box` 0, 0, 0, 0.
 
 Triton's dynamic batcher joins the requests (up to `max_batch` samples, waiting at most
 `queue_delay_us` for more); every sample's outputs are computed from its own input only. Triton
@@ -28,6 +31,16 @@ itself rejects a request of the wrong shape or dtype; values outside [0, 1], NaN
 undecodable bytes are refused here with an error message naming the request. A batch is answered
 as one: a bad request that the batcher put in the same batch as good ones fails them too (the
 PyTriton 0.7 proxy has no per-request error), the server itself lives on.
+
+Readiness: tritonserver loads both models before it opens its ports, so the first 200 of
+`GET /v2/health/ready` (strict readiness: every model ready; the probe to use) means both models
+answer. PyTriton's default start opens the ports with an empty repository, then loads the models
+through the repository API: its ready came seconds before the models, and a request sent then got
+"unknown model". Here PyTriton writes the models into a local repository before tritonserver starts
+(`TritonLifecyclePolicy(local_model_store=True)`) and tritonserver loads them at startup
+(`--load-model=*`, before its endpoints start). The in-process callables are connected by
+PyTriton just after (`Model.setup`); a request that comes in between waits for them and is
+answered, it is not refused.
 
 SIGTERM or SIGINT: tritonserver stops taking requests, answers those in flight (waiting up to
 `exit_timeout_s`), then the backends close.
@@ -46,8 +59,7 @@ import numpy as np
 
 from grefel import contract
 from grefel._lazy import MissingDependency, require
-from grefel.contract import Box
-from grefel.pipeline import Pipeline
+from grefel.pipeline import FaceResult, Pipeline
 from grefel.predict import PredictOptions, predict_pipeline
 from grefel.runtime import Backend, open_backend
 
@@ -90,6 +102,7 @@ class ServeOptions:
     min_face: int = PredictOptions.min_face  # smallest face side kept, image pixels
     align: bool = PredictOptions.align  # warp faces with keypoints onto the 5-point template
     margin: Optional[float] = PredictOptions.margin  # None: 0.2 square crops, 0 aligned faces
+    aligned: bool = PredictOptions.aligned  # images are face crops: no detection, whole image
 
 
 def image_pipeline(backend: Backend, opts: ServeOptions) -> Pipeline:
@@ -97,7 +110,7 @@ def image_pipeline(backend: Backend, opts: ServeOptions) -> Pipeline:
     still images with the same options (each image detected on its own, no tracks)."""
     faces = PredictOptions(detector=opts.detector, det_size=opts.det_size,
                            min_face=opts.min_face, align=opts.align, margin=opts.margin,
-                           threads=opts.threads)
+                           aligned=opts.aligned, threads=opts.threads)
     return predict_pipeline(backend, faces, video=False)
 
 
@@ -195,17 +208,12 @@ class _Instance:
         sizes = [len(a) for a in arrays]
         return self._split(self._outputs(np.concatenate(arrays)), sizes)
 
-    def _face_input(self, data: bytes, name: str) -> Tuple[np.ndarray, bool, Box]:
-        """One encoded image -> the model input of its first face (Pipeline.prepare: detect,
-        align or crop, resize), whether a face was found, and that face's box."""
-        assert self.pipeline is not None, "a grefel_image instance has a pipeline"
-        image = contract.decode_image_bytes(data, name=name)
-        prep = self.pipeline.prepare(image, source=name, boxes=None, keypoints=None)
-        return prep.inputs[0], prep.found, prep.faces[0].box
-
     def infer_encoded(self, requests: List[Any]) -> List[Dict[str, np.ndarray]]:
-        """Requests of `grefel_image` (each `image` [n, 1] BYTES) -> one output dict each."""
-        inputs, faces, boxes, sizes = [], [], [], []
+        """Requests of `grefel_image` (each `image` [n, 1] BYTES) -> one output dict each:
+        each image's first face prepared (Pipeline.prepare: detect, align or crop, resize),
+        all of them classified in one Pipeline.finish, as `grefel predict` does."""
+        assert self.pipeline is not None, "a grefel_image instance has a pipeline"
+        preps, sizes = [], []
         for i, r in enumerate(requests):
             items = np.asarray(r["image"], dtype=np.object_).reshape(-1)
             sizes.append(len(items))
@@ -213,17 +221,44 @@ class _Instance:
                 if not isinstance(item, (bytes, bytearray, np.bytes_)):
                     raise ValueError(f"request {i}: `image` item {j} is {type(item).__name__}, "
                                      "expected the bytes of an image file")
+                name = f"request {i} image {j}"
                 try:
-                    x, found, box = self._face_input(bytes(item), f"request {i} image {j}")
+                    image = contract.decode_image_bytes(bytes(item), name=name)
                 except contract.ImageError as exc:
                     raise ValueError(str(exc)) from None
-                inputs.append(x)
-                faces.append(found)
-                boxes.append(box)
-        out = self._outputs(np.stack(inputs))
-        out["face"] = np.array(faces, dtype=np.bool_).reshape(-1, 1)
-        out["box"] = np.array(boxes, dtype=np.int32).reshape(-1, 4)
-        return self._split(out, sizes)
+                prep = self.pipeline.prepare(image, source=name, boxes=None, keypoints=None)
+                preps.append(prep.first())
+        with self.lock:
+            results = self.pipeline.finish(preps)
+        answers = [faces[0] for faces in results]
+        return self._split(_image_outputs(answers, self.backend.classes), sizes)
+
+
+def _image_outputs(results: Sequence[FaceResult], classes: Sequence[str]) -> Dict[str, np.ndarray]:
+    """grefel_image's output tensors of one FaceResult per image: the record of
+    `FaceResult.record` as tensors, its nulls (no face) as NaN, "" and a 0-size box."""
+    n, c = len(results), len(classes)
+    probs = np.full((n, c), np.nan, dtype=np.float32)
+    primary, confidence = probs.copy(), np.full((n, 1), np.nan, dtype=np.float32)
+    box = np.zeros((n, 4), dtype=np.int32)
+    for i, r in enumerate(results):
+        if r.probs is not None and r.primary is not None and r.confidence is not None:
+            probs[i] = [r.probs[k] for k in classes]
+            primary[i] = [r.primary[k] for k in classes]
+            confidence[i, 0] = r.confidence
+        if r.box is not None:
+            box[i] = r.box
+    names = np.array([k.encode("utf-8") for k in classes], dtype=np.object_)
+    return {
+        "probs": probs,
+        "primary": primary,
+        "confidence": confidence,
+        "label": np.array([(r.label or "").encode("utf-8") for r in results],
+                          dtype=np.object_).reshape(-1, 1),
+        "classes": np.tile(names, (n, 1)),
+        "face": np.array([r.face for r in results], dtype=np.bool_).reshape(-1, 1),
+        "box": box,
+    }
 
 
 def _tensors(pytriton_config: Any, num_classes: int, encoded: bool) -> Tuple[list, list]:
@@ -260,7 +295,7 @@ def serve(
     """
     check_environment()
     from pytriton import model_config as pmc
-    from pytriton.triton import Triton, TritonConfig
+    from pytriton.triton import Triton, TritonConfig, TritonLifecyclePolicy
 
     if opts.instances < 1 or opts.max_batch < 1 or opts.queue_delay_us < 0:
         raise ServeError("--instances and --max-batch must be >= 1, --queue-delay-us >= 0")
@@ -287,12 +322,16 @@ def serve(
             metrics_address=opts.host,
             exit_timeout_secs=opts.exit_timeout_s,
             allow_gpu_metrics=False,
+            strict_readiness=True,  # /v2/health/ready: every model ready (Triton's default)
         )
         model_config = pmc.ModelConfig(
             max_batch_size=opts.max_batch,
             batcher=pmc.DynamicBatcher(max_queue_delay_microseconds=opts.queue_delay_us),
         )
-        triton = Triton(config=config)
+        # The models go into a local repository that tritonserver loads before it listens, so
+        # its first ready is honest (module docstring); PyTriton's default loads them after.
+        triton = Triton(config=config, triton_lifecycle_policy=TritonLifecyclePolicy(
+            launch_triton_on_startup=True, local_model_store=True))
         for model, instances, encoded in (
             (MODEL, tensor_instances, False),
             (IMAGE_MODEL, image_instances, True),

@@ -121,11 +121,17 @@ def dataset(tmp_path: Path) -> Tuple[Path, PastedFaces]:
 
 
 def _predict_inputs(path: str, detector: Any) -> np.ndarray:
-    """The first face's input `grefel predict IMAGE` gives the backend (float32 (3, 112, 112))."""
+    """The first face's input `grefel predict IMAGE` gives the backend (float32 (3, 112, 112)).
+    Where predict finds no face it classifies nothing (no face, no expression): then the whole
+    image, resized, which the dataset path scores a labelled image by (`_Prepared`)."""
     with Recording() as backend:
-        writer = RecordWriter(io.StringIO(), "jsonl", CLASSES)
-        stream_predictions(path, backend, writer, PredictOptions(), detector=detector)
-        return backend.batches[0][0]
+        out = io.StringIO()
+        stream_predictions(path, backend, RecordWriter(out, "jsonl", CLASSES), PredictOptions(),
+                           detector=detector)
+        if json.loads(out.getvalue().splitlines()[0])["face"]:
+            return backend.batches[0][0]
+        assert backend.batches == [], "a frame without a face was classified"
+        return contract.to_model_input(contract.resize(contract.decode_image(path)))
 
 
 def test_cache_holds_the_crops_predict_feeds(dataset, tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from grefel import contract
 from grefel._lazy import MissingDependency
 from grefel.cli import cli
-from grefel.pipeline import FaceFollower, Pipeline, Tracker
+from grefel.pipeline import FaceFollower, FaceResult, Pipeline, Tracker
 from grefel.predict import PredictOptions, RecordWriter, stream_predictions
 from grefel.runtime import detectors, open_backend, sources
 from grefel.runtime.detectors import (
@@ -470,6 +470,37 @@ def test_pipeline_process_aligns_with_keypoints_and_takes_boxes(
         assert rec["frame"] == 3 and rec["keypoints"] is None and rec["face"] is True
 
 
+def test_pipeline_without_a_face_classifies_nothing(models: Dict[str, Path]) -> None:
+    """No face, no expression: a frame whose detector finds nothing (or given `boxes=[]`) gets
+    one result with face False and no box, label or probabilities, and is not sent to the
+    backend, alone or beside a frame with a face; the track of a face that comes back after a
+    faceless frame is a new one (tracks match the previous frame's faces)."""
+    image, _ = _drawn_face(1)
+    found = {"faces": [Face((40, 50, 180, 200), 0.9, None)]}
+
+    class Scripted(BoxesDetector):
+        def faces(self, image: np.ndarray) -> List[Face]:
+            return list(found["faces"])
+
+    with open_backend(models["onnx"]) as inner:
+        backend = CountingBackend(inner)
+        pipe = Pipeline(backend, detector=Scripted([]))
+        assert pipe.process(image, source="v")[0].track == 0
+        found["faces"] = []
+        (none,) = pipe.process(image, source="v")
+        assert none == FaceResult.no_face() and backend.calls == [1]
+        assert none.record("v", 1) == {
+            "source": "v", "frame": 1, "face": False, "track": None, "box": None,
+            "keypoints": None, "aligned": False, "label": None, "confidence": None,
+            "uncertain": None, "probs": None, "primary": None}
+        found["faces"] = [Face((40, 50, 180, 200), 0.9, None)]
+        assert pipe.process(image, source="v")[0].track == 1
+        mixed = pipe.process_many([(image, "a", [], None), (image, "b", None, None)])
+        assert [[f.face for f in faces] for faces in mixed] == [[False], [True]]
+        assert backend.calls[-1] == 1  # only the face of the second frame
+        assert mixed[1][0].label in CLASSES and mixed[0][0].label is None
+
+
 def test_pipeline_det_every_follows_a_moving_face(models: Dict[str, Path]) -> None:
     """Detect on frames 0 and 3 only; in between the face is followed as it moves 6 px/frame."""
     face, _ = _drawn_face(2, size=112)
@@ -523,10 +554,11 @@ def _video(path: Path, frames: int = 6) -> Path:
 
 
 def test_predict_smooth_zero_still_tracks(models: Dict[str, Path], tmp_path: Path) -> None:
-    """`--smooth 0` used to switch tracking off (every track null)."""
+    """`--smooth 0` used to switch tracking off (every track null). The noise frames have no
+    face: --aligned makes each frame the face (no face, no expression, no track otherwise)."""
     video = _video(tmp_path / "v.avi")
     res = CliRunner().invoke(cli, ["predict", str(video), "-w", str(models["onnx"]),
-                                   "--smooth", "0", "--detector", "haar", "--max-frames", "3"])
+                                   "--smooth", "0", "--aligned", "--max-frames", "3"])
     assert res.exit_code == 0, res.output
     recs = [json.loads(x) for x in res.stdout.splitlines() if x.startswith("{")]
     assert [r["track"] for r in recs] == [0, 0, 0]
@@ -536,7 +568,8 @@ def test_records_of_a_frame_are_written_before_the_next_is_read(
     models: Dict[str, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """The source checks, before yielding frame k, that k frames' records were flushed; with
-    --batch-frames 3 the backend gets 3 frames per call instead."""
+    --batch-frames 3 the backend gets 3 frames per call instead. (The noise frames have no
+    face: `aligned` makes each frame the face, so each is classified.)"""
     video = _video(tmp_path / "v.avi")
     seen: List[int] = []
 
@@ -559,7 +592,7 @@ def test_records_of_a_frame_are_written_before_the_next_is_read(
     with open_backend(models["onnx"]) as inner:
         backend = CountingBackend(inner)
         writer = RecordWriter(out, "jsonl", backend.classes)
-        opts = PredictOptions(detector="haar")
+        opts = PredictOptions(aligned=True)
         summary = stream_predictions(str(video), backend, writer, opts=opts)  # type: ignore
         assert seen == [0, 1, 2, 3, 4, 5] and backend.calls == [1] * 6
         assert summary.frames == 6 and summary.fps > 0
@@ -567,7 +600,7 @@ def test_records_of_a_frame_are_written_before_the_next_is_read(
         assert all(v >= 0 for v in summary.stages_ms.values())
         monkeypatch.setattr("grefel.predict.iter_source", real)
         backend.calls.clear()
-        opts = PredictOptions(detector="haar", batch_frames=3)
+        opts = PredictOptions(aligned=True, batch_frames=3)
         stream_predictions(str(video), backend, RecordWriter(io.StringIO(), "jsonl",
                                                              backend.classes), opts=opts)
         assert backend.calls == [3, 3]

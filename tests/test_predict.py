@@ -25,6 +25,13 @@ def _noise(h: int, w: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8)
 
 
+def _chessboard(side: int = 240, squares: int = 8) -> np.ndarray:
+    """A black-and-white chessboard, RGB uint8: no face in it."""
+    cells = (np.indices((squares, squares)).sum(axis=0) % 2).astype(np.uint8) * 255
+    board = np.kron(cells, np.ones((side // squares, side // squares), np.uint8))
+    return np.repeat(board[:, :, None], 3, axis=2)
+
+
 @pytest.fixture(scope="module")
 def media(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Path]:
     """A folder of 4 images (one nested) plus a text file, a 6-frame MJPG video, a bad video."""
@@ -50,6 +57,16 @@ def _invoke(*args: Any) -> Any:
 
 def _jsonl(text: str) -> List[Dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+NO_FACE_NULLS = ("track", "box", "keypoints", "label", "confidence", "uncertain", "probs",
+                 "primary")
+
+
+def _check_no_face(rec: Dict[str, Any]) -> None:
+    """No face, no expression: face false, and every key but source/frame/aligned null."""
+    assert rec["face"] is False and rec["aligned"] is False, rec
+    assert {k: rec[k] for k in NO_FACE_NULLS} == dict.fromkeys(NO_FACE_NULLS), rec
 
 
 def _check_record(rec: Dict[str, Any]) -> None:
@@ -133,14 +150,51 @@ def test_predict_video_tracks_smooths_and_annotates(
     assert res.exit_code == 0, res.output
     recs = _jsonl(res.stdout)
     assert [r["frame"] for r in recs] == [0, 1, 2, 3, 4]
-    for r in recs:
+    for r in recs:  # the detector finds no face in noise: no face, no expression
+        _check_no_face(r)
+    assert "5 frames, 0 faces, 5 frames without a face" in res.stderr
+    aligned = _jsonl(_invoke(media["video"], "-w", models["onnx"], "--aligned",
+                             "--max-frames", "5").stdout)
+    for r in aligned:  # --aligned: each frame is the face, classified, tracked, smoothed
         _check_record(r)
-    # Haar finds no face in noise: documented fallback, whole frame with face: false
-    assert all(r["face"] is False and r["box"] == [0, 0, 128, 96] for r in recs)
-    assert {r["track"] for r in recs} == {0}  # the same box across frames is one track
+    assert [r["box"] for r in aligned] == [[0, 0, 128, 96]] * 5
+    assert {r["track"] for r in aligned} == {0}  # the same box across frames is one track
     cap = cv2.VideoCapture(str(annotated))
     assert cap.isOpened() and int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 5
     cap.release()
+
+
+def test_no_face_gets_no_expression_in_jsonl_csv_and_summary(
+    models: Dict[str, Path], tmp_path: Path
+) -> None:
+    """A chessboard (no face) through predict's default detector: one record with face false
+    and no box, label, confidence or probabilities (JSONL and CSV), counted by the summary;
+    an annotated copy is still written. --aligned classifies the whole image."""
+    board = tmp_path / "chessboard.png"
+    cv2.imwrite(str(board), _chessboard())
+    summary, annotated = tmp_path / "summary.json", tmp_path / "annotated.png"
+    res = _invoke(board, "-w", models["onnx"], "--json", summary, "--annotate", annotated)
+    assert res.exit_code == 0, res.output
+    (rec,) = _jsonl(res.stdout)
+    _check_no_face(rec)
+    assert (rec["source"], rec["frame"]) == (str(board), 0)
+    info = json.loads(summary.read_text())
+    assert (info["frames"], info["faces"], info["no_face_frames"]) == (1, 0, 1)
+    assert "1 frames, 0 faces, 1 frames without a face" in res.stderr
+    assert cv2.imread(str(annotated)).shape == (240, 240, 3)
+
+    out = tmp_path / "p.csv"
+    res = _invoke(board, "-w", models["onnx"], "--format", "csv", "--out", out)
+    assert res.exit_code == 0, res.output
+    (row,) = list(csv.DictReader(out.open()))
+    assert row["face"] == "False" and row["source"] == str(board)
+    empty = ["track", "x1", "y1", "x2", "y2", "label", "confidence", "uncertain"]
+    empty += [f"{kind}_{c}" for kind in ("prob", "primary") for c in CLASSES]
+    assert {k: row[k] for k in empty} == dict.fromkeys(empty, "")
+
+    (whole,) = _jsonl(_invoke(board, "-w", models["onnx"], "--aligned").stdout)
+    _check_record(whole)
+    assert whole["face"] is True and whole["box"] == [0, 0, 240, 240]
 
 
 def test_tracker_smooths_matched_faces_only() -> None:

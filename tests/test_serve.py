@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any, Dict, Iterator, List
@@ -45,6 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TOL = 1e-5
 NAMES = ("probs", "primary", "confidence")
 START_TIMEOUT_S = 180
+FIRST_READY_IMAGES = np.random.default_rng(11).random((2, 3, 112, 112), dtype=np.float32)
 
 
 class Server(serve_load.Server):
@@ -56,9 +58,40 @@ class Server(serve_load.Server):
                          extra=("--exit-timeout", "60"))
         self.http_client = httpclient.InferenceServerClient(f"127.0.0.1:{self.http}")
         self.grpc_client = grpcclient.InferenceServerClient(f"127.0.0.1:{self.grpc}")
+        self.first_ready: Dict[str, Any] = {}  # each model's answer (or error) at the first 200
+
+    def _probe(self) -> bool:
+        """The documented readiness probe: GET /v2/health/ready answers 200."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http}/v2/health/ready",
+                                        timeout=10) as r:
+                return r.status == 200
+        except OSError:  # not listening yet, or an HTTP error status (503: not ready)
+            return False
 
     def wait_ready(self) -> None:
-        super().wait_ready(timeout_s=START_TIMEOUT_S, models=("grefel", "grefel_image"))
+        """Polls the documented probe until its first 200, then at once asks every model (one
+        request each; the answers or errors are kept in `first_ready`, which
+        test_first_ready_answers_every_model checks). RuntimeError, with the server's output,
+        if the server exits or is not ready within START_TIMEOUT_S."""
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not self._probe():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"grefel serve exited with {self.proc.returncode}:\n"
+                                   f"{self.output()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"grefel serve not ready after {START_TIMEOUT_S} s:\n"
+                                   f"{self.output()}")
+            time.sleep(0.05)
+        for model, call in (
+            ("grefel", lambda: _infer(self.http_client, httpclient, FIRST_READY_IMAGES)),
+            ("grefel_image", lambda: _served_images(self.http_client, httpclient,
+                                                    [_png(_face_image())])),
+        ):
+            try:
+                self.first_ready[model] = call()
+            except InferenceServerException as exc:
+                self.first_ready[model] = exc
 
 
 @pytest.fixture(scope="module")
@@ -170,27 +203,39 @@ def _served_images(client: Any, module: Any, files: List[bytes]) -> Any:
     return _infer(client, module, x, dtype="BYTES", name="image", model="grefel_image")
 
 
+def _check_no_face(result: Any, i: int) -> None:
+    """grefel_image's sample i has no face and no expression: face false, NaN probs, primary
+    and confidence, an empty label, a 0-size box."""
+    assert not result.as_numpy("face")[i, 0], "a face was found where there is none"
+    for name in NAMES:
+        assert np.isnan(result.as_numpy(name)[i]).all(), name
+    assert result.as_numpy("label")[i, 0] == b""
+    assert result.as_numpy("box")[i].tolist() == [0, 0, 0, 0]
+
+
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_encoded_image_model_equals_local_pipeline(server, backend, protocol) -> None:
     """Each image of one request (noise: no face; a drawn face) against `Pipeline.process` with
-    its own defaults on the decoded image: its first face's outputs and box."""
+    its own defaults on the decoded image: its first face's outputs and box; no face, no
+    expression."""
     client, module = ((server.http_client, httpclient) if protocol == "http"
                       else (server.grpc_client, grpcclient))
     rng = np.random.default_rng(3)
     files = [_png(rng.integers(0, 255, (90, 120, 3), dtype=np.uint8)), _png(_face_image())]
     result = _served_images(client, module, files)
     pipe = Pipeline(backend, track=False, threads=1)  # the server runs with --threads 1
-    for i, data in enumerate(files):
-        ref = pipe.process(contract.decode_image_bytes(data))[0]
-        want = {"probs": list(ref.probs.values()), "primary": list(ref.primary.values()),
-                "confidence": [ref.confidence]}
-        for name in NAMES:
-            np.testing.assert_allclose(result.as_numpy(name)[i].reshape(-1), want[name],
-                                       atol=TOL, rtol=0, err_msg=name)
-        assert bool(result.as_numpy("face")[i, 0]) == ref.face
-        assert result.as_numpy("box")[i].tolist() == list(ref.box)
-    assert result.as_numpy("face")[1, 0], "the drawn face was not detected"
-    assert not result.as_numpy("face")[0, 0], "a face was found in noise"
+    noise, face = (pipe.process(contract.decode_image_bytes(data))[0] for data in files)
+    assert not noise.face and noise.probs is None and noise.label is None
+    _check_no_face(result, 0)
+    assert face.face and face.probs is not None and face.primary is not None, "not detected"
+    want = {"probs": list(face.probs.values()), "primary": list(face.primary.values()),
+            "confidence": [face.confidence]}
+    for name in NAMES:
+        np.testing.assert_allclose(result.as_numpy(name)[1].reshape(-1), want[name],
+                                   atol=TOL, rtol=0, err_msg=name)
+    assert result.as_numpy("face")[1, 0]
+    assert result.as_numpy("box")[1].tolist() == list(face.box)
+    assert result.as_numpy("label")[1, 0].decode() == face.label
 
 
 def test_encoded_image_model_equals_grefel_predict_on_the_file(server, backend, tmp_path) -> None:
@@ -228,15 +273,45 @@ def test_serve_face_options_are_predicts(weights, monkeypatch) -> None:
     monkeypatch.setattr(serve, "serve", lambda w, opts, on_ready: got.append(opts))
     result = CliRunner().invoke(cli, ["serve", "-w", str(weights)])
     assert result.exit_code == 0, result.output
-    names = ("detector", "det_size", "min_face", "align", "margin")
+    names = ("detector", "det_size", "min_face", "align", "margin", "aligned")
     assert {n: getattr(got[0], n) for n in names} == {n: getattr(PredictOptions(), n)
                                                       for n in names}
     result = CliRunner().invoke(cli, ["serve", "-w", str(weights), "--detector", "haar",
                                       "--det-size", "320", "--min-face", "24", "--no-align",
-                                      "--margin", "0.3"])
+                                      "--margin", "0.3", "--aligned"])
     assert result.exit_code == 0, result.output
     assert {n: getattr(got[1], n) for n in names} == {
-        "detector": "haar", "det_size": 320, "min_face": 24, "align": False, "margin": 0.3}
+        "detector": "haar", "det_size": 320, "min_face": 24, "align": False, "margin": 0.3,
+        "aligned": True}
+
+
+def test_image_model_answers_no_face_without_expression_and_aligned_whole_image(backend) -> None:
+    """grefel_image's instance (what Triton calls) without a server: a chessboard has no face
+    (face false, NaN probs, empty label, 0-size box) beside a drawn face in the same batch;
+    with --aligned the chessboard is the face and its whole image is classified."""
+    from grefel.serve import ServeOptions, _Instance, image_pipeline
+
+    cells = (np.indices((8, 8)).sum(axis=0) % 2).astype(np.uint8) * 255
+    board = np.repeat(np.kron(cells, np.ones((30, 30), np.uint8))[:, :, None], 3, axis=2)
+    requests = [{"image": np.array([[_png(board)]], dtype=np.object_)},
+                {"image": np.array([[_png(_face_image())]], dtype=np.object_)}]
+
+    class Answer:  # the outputs as tritonclient's InferResult gives them
+        def __init__(self, outputs: Dict[str, np.ndarray]) -> None:
+            self.outputs = outputs
+
+        def as_numpy(self, name: str) -> np.ndarray:
+            return self.outputs[name]
+
+    detect = _Instance(backend, image_pipeline(backend, ServeOptions(threads=1)))
+    board_out, face_out = (Answer(o) for o in detect.infer_encoded(requests))
+    _check_no_face(board_out, 0)
+    assert face_out.as_numpy("face")[0, 0] and face_out.as_numpy("label")[0, 0] != b""
+    whole = _Instance(backend, image_pipeline(backend, ServeOptions(threads=1, aligned=True)))
+    answer = Answer(whole.infer_encoded(requests[:1])[0])
+    x = contract.to_model_input(contract.resize(board))[None]
+    _check_equal(answer, backend.infer(x), rt.CLASSES)
+    assert answer.as_numpy("face")[0, 0] and answer.as_numpy("box")[0].tolist() == [0, 0, 240, 240]
 
 
 def _error(call) -> str:
@@ -270,6 +345,20 @@ def test_malformed_requests_get_triton_errors_and_the_server_lives_on(server, ba
     x = _images(2, 7)
     _check_equal(_infer(client, module, x), backend.infer(x), rt.CLASSES)
     assert server.proc.poll() is None
+
+
+def test_first_ready_answers_every_model(server, backend) -> None:
+    """The documented probe's first 200 (GET /v2/health/ready, polled from the server's
+    start) means every model answers: the requests sent at that moment (by the `server`
+    fixture) got their answers, not "unknown model". (PyTriton's default start answered 200
+    before it had loaded the models; grefel serve now has tritonserver load them before it
+    listens: grefel.serve.)"""
+    answers = server.first_ready
+    assert set(answers) == {"grefel", "grefel_image"}
+    errors = {m: str(a) for m, a in answers.items() if isinstance(a, Exception)}
+    assert not errors, errors
+    _check_equal(answers["grefel"], backend.infer(FIRST_READY_IMAGES), rt.CLASSES)
+    assert bool(answers["grefel_image"].as_numpy("face")[0, 0])
 
 
 def test_health_and_metrics_endpoints(server) -> None:
