@@ -463,6 +463,9 @@ def eval_(checkpoint, data, dataset, split, out, batch_size, workers, device, th
     default model that ships inside grefel (its ONNX). Prints a table on stdout; writes
     metrics.json, confusion.json and PNG plots to --out.
     """
+    from grefel.runtime.torch_backend import prefer_passive_openmp
+
+    prefer_passive_openmp()  # before anything imports torch (docs/predict.md, --threads)
     import functools
 
     from export.compare import CRITERIA, artifact_precision, measure_agreement
@@ -813,6 +816,9 @@ def predict_command(
     SIGTERM, SIGHUP and Ctrl-C end the run after writing the records so far and the summary;
     the exit status is then 128 + the signal number (143, 129, 130).
     """
+    from grefel.runtime.torch_backend import prefer_passive_openmp
+
+    prefer_passive_openmp()  # before anything imports torch (docs/predict.md, --threads)
     from grefel._lazy import MissingDependency
     from grefel.contract import ImageError, set_max_pixels
     from grefel.fileio import atomic_write_json, display_path
@@ -932,6 +938,9 @@ def bench(
     --out is checked writable before timing; each row is written there as it is measured; a
     backend or batch size that cannot run gets a row saying why.
     """
+    from grefel.runtime.torch_backend import prefer_passive_openmp
+
+    prefer_passive_openmp()  # before anything imports torch (docs/predict.md, --threads)
     from benchmarks.report import BenchError, compare, load_record, run_bench, to_text
     from grefel.fileio import display_path
 

@@ -248,3 +248,38 @@ def test_predict_engine_without_tensorrt_says_what_to_install(
     engine.write_bytes(b"plan")
     res = _invoke(media["image"], "-w", engine)
     assert res.exit_code == 1 and "tensorrt is not available" in res.output
+
+
+_SPY_TORCH_IMPORT = """
+import importlib.abc, json, os, sys
+seen = []
+class Spy(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "torch" and not seen:
+            seen.append(os.environ.get("OMP_WAIT_POLICY"))
+sys.meta_path.insert(0, Spy())
+from click.testing import CliRunner
+from grefel.cli import cli
+result = CliRunner().invoke(cli, sys.argv[1:])
+print(json.dumps({"exit": result.exit_code, "policy_at_torch_import": seen}))
+"""
+
+
+@pytest.mark.parametrize("user_policy", [None, "ACTIVE"])
+def test_predict_torch_backend_loads_torch_with_passive_openmp(
+    models: Dict[str, Path], media: Dict[str, Path], user_policy: Any
+) -> None:
+    """Spinning OpenMP threads cost 5-20x per frame on a busy CPU (torch_backend.py): predict
+    sets OMP_WAIT_POLICY=PASSIVE before torch loads, and keeps a policy the user chose."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if user_policy is not None:
+        env["OMP_WAIT_POLICY"] = user_policy
+    args = ["predict", str(media["image"]), "--weights", str(models["ckpt"]), "--aligned"]
+    proc = subprocess.run([sys.executable, "-c", _SPY_TORCH_IMPORT, *args], env=env,
+                          capture_output=True, text=True, timeout=600, check=False)
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report == {"exit": 0, "policy_at_torch_import": [user_policy or "PASSIVE"]}, proc.stderr
