@@ -100,6 +100,7 @@ def data_synth(out: str, n: int, seed: int, noise: float, imbalance: str, contem
         raise click.ClickException(str(e)) from None
     click.echo(f"done in {time.perf_counter() - start:.1f} s", err=True)
     click.echo((path / "README.txt").read_text(), nl=False)
+    _wrote(path, f"{n} images, train/val/test CSVs, classes.txt, README.txt")
 
 
 @data.command(
@@ -155,6 +156,13 @@ def _model_or_default(path: Optional[Any], kind: str = "onnx") -> Path:
         raise click.ClickException(str(exc)) from None
     click.echo(f"using the {describe(found)}", err=True)
     return found
+
+
+def _wrote(path: Any, what: str) -> None:
+    """The one line per output that every command prints on stderr: `wrote PATH (what)`."""
+    from grefel.fileio import display_path
+
+    click.echo(f"wrote {display_path(str(path))} ({what})", err=True)
 
 
 def _user_error(exc: BaseException) -> click.ClickException:
@@ -412,11 +420,13 @@ def train(**opts) -> None:
         raise _user_error(exc) from None
     if summary["rank"] == 0:
         click.echo(json.dumps(summary, indent=2))
+        _wrote(summary["out"], "run folder: best and last .safetensors, config.json, metrics")
         if json_path:
             try:
                 atomic_write_json(json_path, summary)
             except OSError as exc:
                 raise _user_error(exc) from None
+            _wrote(json_path, "summary JSON")
 
 
 @cli.command(
@@ -510,7 +520,7 @@ def eval_(checkpoint, data, dataset, split, out, batch_size, workers, device, th
     click.echo(format_report(report))
     if alignment_mismatch(report):
         click.echo(f"\n{alignment_mismatch(report)}", err=True)
-    click.echo(f"\nreport: {out}/metrics.json and plots", err=True)
+    _wrote(out, "metrics.json, confusion.json, PNG plots")
     if json_path:
         from grefel.fileio import atomic_write_json
 
@@ -518,6 +528,7 @@ def eval_(checkpoint, data, dataset, split, out, batch_size, workers, device, th
             atomic_write_json(json_path, report)
         except OSError as exc:
             raise _user_error(exc) from None
+        _wrote(json_path, "report JSON")
 
 
 # --- weights import (issue 4) ------------------------------------------------------------------
@@ -751,7 +762,8 @@ Examples:
 @click.option(
     "--annotate",
     type=click.Path(path_type=Path),
-    help="Annotated image (folder for a folder source; .avi/.mp4 for video or camera).",
+    help="Annotated copy, written to exactly this name: .png/.jpg for an image, a folder for "
+         "a folder, .avi/.mp4 for a video or camera (anything else is refused).",
 )
 @click.option(
     "--threshold",
@@ -826,6 +838,7 @@ def predict_command(
         OutputError,
         PredictOptions,
         ShowError,
+        annotated_what,
         run_predict,
         signals_end_run,
     )
@@ -850,12 +863,17 @@ def predict_command(
         click.echo(f"interrupted before any record was written (signal {signum})", err=True)
         ctx.exit(128 + signum)
     click.echo(summary.describe(), err=True)
+    if out is not None:
+        _wrote(out, f"records, {fmt}")
+    if annotate is not None and summary.frames:
+        _wrote(annotate, annotated_what(src))
     if json_path:
         try:
             atomic_write_json(json_path, summary.to_dict())
         except OSError as exc:
             raise click.ClickException(f"--json {display_path(json_path)}: cannot write "
                                        f"({exc.strerror or exc})") from None
+        _wrote(json_path, "summary JSON")
     if summary.signal:
         ctx.exit(128 + int(summary.signal))
     if summary.frames == 0:
@@ -979,7 +997,8 @@ def bench(
     click.echo(to_text(record))
     if previous is not None:
         click.echo(f"\nCompared with {compare_path}:\n" + compare(record, previous))
-    click.echo(f"wrote {paths[0]} and {paths[1]}", err=True)
+    _wrote(paths[0], "bench record, JSON")
+    _wrote(paths[1], "bench record, Markdown")
 
 
 # --- serve (issue 17) --------------------------------------------------------------------------
@@ -1138,9 +1157,16 @@ def _run_pretrain(task: str, json_path: Optional[str], align_faces: str, **opts:
     except PretrainError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(json.dumps(meta["metrics"], indent=2))
+    if meta.get("reused"):
+        click.echo(f"kept {opts['out']} (pretrained weights, reused)", err=True)
+    else:
+        _wrote(opts["out"], "pretrained weights and their JSON sidecar")
     if json_path:
-        atomic_write_json(json_path, meta)
-    click.echo(f"{'kept' if meta.get('reused') else 'wrote'} {opts['out']}", err=True)
+        try:
+            atomic_write_json(json_path, meta)
+        except OSError as exc:
+            raise _user_error(exc) from None
+        _wrote(json_path, "metrics JSON")
 
 
 @pretrain.command(
