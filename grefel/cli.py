@@ -158,6 +158,18 @@ def _model_or_default(path: Optional[Any], kind: str = "onnx") -> Path:
     return found
 
 
+def _default_train_folder(preset: str) -> str:
+    """A new runs/train/PRESET (-2, ...); under torchrun every rank must name the same folder,
+    so there it is runs/train/PRESET itself (rank 0 locks it; a second run there is refused)."""
+    import os
+
+    from grefel.fileio import RUNS, new_run_folder
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return str(RUNS / "train" / preset)
+    return str(new_run_folder("train", preset))
+
+
 def _wrote(path: Any, what: str) -> None:
     """The one line per output that every command prints on stderr: `wrote PATH (what)`."""
     from grefel.fileio import display_path
@@ -300,7 +312,8 @@ def _train_options(func):
         click.option("--batch-size", type=click.IntRange(min=2), default=d.batch_size,
                      help="Per process."),
         click.option("--out", type=click.Path(file_okay=False), default=t.out,
-                     help="Run folder (checkpoints, metrics, config)."),
+                     help="Run folder (checkpoints, metrics, config) [default: a new "
+                          "runs/train/PRESET, -2, -3, ...; under torchrun runs/train/PRESET]."),
         click.option("--lr", type=float, default=t.lr, help="Adam learning rate."),
         click.option("--gamma", type=float, default=t.gamma, help="LR decay per epoch."),
         click.option("--lambda-cls", type=float, help="Eq. 23 weight [preset: 1]."),
@@ -405,6 +418,10 @@ def train(**opts) -> None:
     json_path = opts.pop("json_path")
     if opts["root"] is None and not opts["resume"]:
         raise click.UsageError("Missing option '--data' (needed unless --resume).")
+    if not opts["out"]:
+        if opts["resume"]:
+            raise click.UsageError("Missing option '--out' (the run folder to resume).")
+        opts["out"] = _default_train_folder(opts["preset"])
     ctx = click.get_current_context()
     given = {k for k in opts if ctx.get_parameter_source(k) is not ParameterSource.DEFAULT}
     try:
@@ -448,8 +465,7 @@ Examples:
 @click.option("--dataset", default="auto", help="Reader kind (auto detects).")
 @click.option("--split", default="test", help="Split to evaluate.")
 @click.option("--out", type=click.Path(file_okay=False),
-              help="Report folder [default: MODEL's folder/eval-SPLIT (eval-MODEL-SPLIT for an "
-                   "exported file); runs/eval-MODEL-SPLIT for the default model].")
+              help="Report folder [default: a new runs/eval/MODEL-SPLIT, -2, -3, ...].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64)
 @click.option("--workers", type=click.IntRange(min=0), default=0, help="DataLoader workers.")
 @click.option("--device", default="auto", help="auto, cpu, cuda or cuda:N.")
@@ -483,7 +499,6 @@ def eval_(checkpoint, data, dataset, split, out, batch_size, workers, device, th
     from grefel.config import FaceAlignment
     from grefel.data import DatasetError
     from grefel.evaluate import (
-        ARTIFACT_SUFFIXES,
         EvalError,
         alignment_mismatch,
         evaluate_model,
@@ -496,10 +511,10 @@ def eval_(checkpoint, data, dataset, split, out, batch_size, workers, device, th
     model = _model_or_default(checkpoint)
     if not model.is_file():
         raise click.ClickException(f"{model}: no such model file")
-    exported = model.suffix.lower() in ARTIFACT_SUFFIXES
-    if checkpoint is None:  # never write into the installed package
-        out = out or str(Path("runs") / f"eval-{model.stem}-{split}")
-    out = out or str(model.parent / (f"eval-{model.stem}-{split}" if exported else f"eval-{split}"))
+    if out is None:
+        from grefel.fileio import new_run_folder
+
+        out = str(new_run_folder("eval", f"{model.stem}-{split}"))
     compare, criteria_name = None, ""
     if reference is not None:
         if not Path(reference).is_file():
@@ -628,7 +643,8 @@ Examples:
 @click.option("--onnx-only", is_flag=True, help="Stop after the checked ONNX artifacts.")
 @click.option("--force", is_flag=True, help="Continue past a failed lint / FP16 gate / verify.")
 @click.option("--verify", is_flag=True, help="Run the engine vs ONNX Runtime after the build.")
-@click.option("--out", default="engines", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Artifacts folder [default: a new runs/export/NAME, -2, -3, ...].")
 @click.option("--name", help="Artifact name (default: the source file's stem).")
 @click.option("--embedding", is_flag=True, help="Also output the pooled embedding.")
 @click.option("--calib-data", type=click.Path(exists=True, file_okay=False, path_type=Path),
@@ -678,6 +694,10 @@ def export_cmd(ctx: click.Context, source: Path, json_path: Optional[Path],
     if triton_repo is not None and not options["dynamic"]:
         raise click.BadParameter("a Triton repository with dynamic batching needs a dynamic "
                                  "batch: drop --static", param_hint="--triton")
+    if options["out"] is None:
+        from grefel.fileio import new_run_folder
+
+        options["out"] = new_run_folder("export", options["name"] or source.stem)
     try:
         result = run_export(source, ExportOptions(**options), log=lambda s: click.echo(s, err=True))
         if triton_repo is not None and result.exit_code in (0, 2):
@@ -922,8 +942,7 @@ Examples:
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
-    default=Path("benchmarks/results"),
-    help="Folder for the JSON and Markdown record.",
+    help="Folder for the JSON and Markdown record [default: a new runs/bench/MODEL, -2, ...].",
 )
 @click.option("--source", help="A video (or camera / stream): time the end-to-end pipeline on "
               "it for each --weights file instead of the model alone.")
@@ -943,7 +962,7 @@ def bench(
     presets: List[str],
     threads: Optional[int],
     compare_path: Optional[Path],
-    out: Path,
+    out: Optional[Path],
     source: Optional[str],
     detectors: List[str],
     det_every: List[int],
@@ -968,6 +987,10 @@ def bench(
         raise click.BadParameter(str(exc), param_hint="--compare") from None
     if source is not None and not weights:
         raise click.BadParameter("the pipeline rows need model files", param_hint="--weights")
+    if out is None:
+        from grefel.fileio import new_run_folder
+
+        out = new_run_folder("bench", weights[0].stem if weights else "random-init")
     pipeline = None if source is None else {
         "source": source, "detectors": detectors, "det_every": det_every,
         "det_size": det_size, "max_frames": max_frames}
