@@ -55,6 +55,7 @@ from grefel._lazy import require
 from grefel.config import FaceAlignment
 from grefel.fileio import display_path
 from grefel.pipeline import STAGES, FaceResult, Pipeline, Tracker, entropy_confidence
+from grefel.progress import Progress
 from grefel.runtime.base import Backend
 from grefel.runtime.sources import STREAM_KINDS, Frame, Skipped, iter_source, source_kind
 
@@ -492,10 +493,12 @@ def stream_predictions(
     annotator: Optional[Annotator] = None,
     on_skip: Callable[[str, str], None] = lambda f, r: None,
     detector: Any = None,
+    progress: Optional[Progress] = None,
 ) -> PredictSummary:
     """Stream `src` through `backend` (opened), writing one record per face to `writer`.
 
-    detector: a detector object replacing `opts.detector` (tests, other detectors)."""
+    detector: a detector object replacing `opts.detector` (tests, other detectors).
+    progress: told the frames done after each frame read."""
     start = time.perf_counter()
     video = source_kind(src) in ("video",) + STREAM_KINDS
     runner = _Predictor(backend, writer, opts, annotator, video, detector=detector)
@@ -513,10 +516,14 @@ def stream_predictions(
                 on_skip(item.source, item.reason)
             else:
                 runner.add(item)
+            if progress is not None:
+                progress.update(runner.summary.frames + len(runner.frames))
     except KeyboardInterrupt as exc:  # Ctrl-C ends a camera stream; SIGTERM / SIGHUP likewise
         runner.summary.interrupted = True
         runner.summary.signal = getattr(exc, "signum", signal.SIGINT)
     runner.flush()
+    if progress is not None:
+        progress.close()
     summary = runner.summary
     summary.seconds = time.perf_counter() - start
     pipe = runner.pipeline
@@ -573,6 +580,9 @@ def run_predict(
             stack.callback(annotator.close)
         name = "stdout" if out is None else f"--out {display_path(out)}"
         writer = RecordWriter(stream, fmt, backend.classes, name=name)
+        # Redrawn in place only where no records go to the same terminal.
+        tty = sys.stderr.isatty() and not (out is None and sys.stdout.isatty())
         return stream_predictions(
-            src, backend, writer, opts=opts, annotator=annotator, on_skip=on_skip
+            src, backend, writer, opts=opts, annotator=annotator, on_skip=on_skip,
+            progress=Progress("predict", "frames", tty=tty),
         )

@@ -335,3 +335,19 @@ def test_annotate_and_every_output_named_once(
     wrote = [line for line in res.stderr.splitlines() if line.startswith("wrote ")]
     assert wrote == [f"wrote {out} (records, csv)", f"wrote {annotated} (annotated image)",
                      f"wrote {summary} (summary JSON)"]
+
+
+def test_predict_reports_progress_on_a_video(models: Dict[str, Path], media: Dict[str, Path],
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 33 s video printed nothing until the end."""
+    import functools
+
+    import grefel.predict
+    from grefel.progress import Progress
+
+    monkeypatch.setattr(grefel.predict, "Progress", functools.partial(Progress, every=0.0))
+    res = CliRunner().invoke(cli, ["predict", str(media["video"]), "-w", str(models["onnx"]),
+                                   "--aligned"])
+    assert res.exit_code == 0, res.output
+    lines = [line for line in res.output.splitlines() if line.startswith("predict: ")]
+    assert [line.split(",")[0] for line in lines] == [f"predict: {i} frames" for i in range(1, 7)]
