@@ -100,6 +100,7 @@ def data_synth(out: str, n: int, seed: int, noise: float, imbalance: str, contem
         raise click.ClickException(str(e)) from None
     click.echo(f"done in {time.perf_counter() - start:.1f} s", err=True)
     click.echo((path / "README.txt").read_text(), nl=False)
+    _wrote(path, f"{n} images, train/val/test CSVs, classes.txt, README.txt")
 
 
 @data.command(
@@ -155,6 +156,25 @@ def _model_or_default(path: Optional[Any], kind: str = "onnx") -> Path:
         raise click.ClickException(str(exc)) from None
     click.echo(f"using the {describe(found)}", err=True)
     return found
+
+
+def _default_train_folder(preset: str) -> str:
+    """A new runs/train/PRESET (-2, ...); under torchrun every rank must name the same folder,
+    so there it is runs/train/PRESET itself (rank 0 locks it; a second run there is refused)."""
+    import os
+
+    from grefel.fileio import RUNS, new_run_folder
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return str(RUNS / "train" / preset)
+    return str(new_run_folder("train", preset))
+
+
+def _wrote(path: Any, what: str) -> None:
+    """The one line per output that every command prints on stderr: `wrote PATH (what)`."""
+    from grefel.fileio import display_path
+
+    click.echo(f"wrote {display_path(str(path))} ({what})", err=True)
 
 
 def _user_error(exc: BaseException) -> click.ClickException:
@@ -292,7 +312,8 @@ def _train_options(func):
         click.option("--batch-size", type=click.IntRange(min=2), default=d.batch_size,
                      help="Per process."),
         click.option("--out", type=click.Path(file_okay=False), default=t.out,
-                     help="Run folder (checkpoints, metrics, config)."),
+                     help="Run folder (checkpoints, metrics, config) [default: a new "
+                          "runs/train/PRESET, -2, -3, ...; under torchrun runs/train/PRESET]."),
         click.option("--lr", type=float, default=t.lr, help="Adam learning rate."),
         click.option("--gamma", type=float, default=t.gamma, help="LR decay per epoch."),
         click.option("--lambda-cls", type=float, help="Eq. 23 weight [preset: 1]."),
@@ -397,6 +418,10 @@ def train(**opts) -> None:
     json_path = opts.pop("json_path")
     if opts["root"] is None and not opts["resume"]:
         raise click.UsageError("Missing option '--data' (needed unless --resume).")
+    if not opts["out"]:
+        if opts["resume"]:
+            raise click.UsageError("Missing option '--out' (the run folder to resume).")
+        opts["out"] = _default_train_folder(opts["preset"])
     ctx = click.get_current_context()
     given = {k for k in opts if ctx.get_parameter_source(k) is not ParameterSource.DEFAULT}
     try:
@@ -412,11 +437,13 @@ def train(**opts) -> None:
         raise _user_error(exc) from None
     if summary["rank"] == 0:
         click.echo(json.dumps(summary, indent=2))
+        _wrote(summary["out"], "run folder: best and last .safetensors, config.json, metrics")
         if json_path:
             try:
                 atomic_write_json(json_path, summary)
             except OSError as exc:
                 raise _user_error(exc) from None
+            _wrote(json_path, "summary JSON")
 
 
 @cli.command(
@@ -438,8 +465,7 @@ Examples:
 @click.option("--dataset", default="auto", help="Reader kind (auto detects).")
 @click.option("--split", default="test", help="Split to evaluate.")
 @click.option("--out", type=click.Path(file_okay=False),
-              help="Report folder [default: MODEL's folder/eval-SPLIT (eval-MODEL-SPLIT for an "
-                   "exported file); runs/eval-MODEL-SPLIT for the default model].")
+              help="Report folder [default: a new runs/eval/MODEL-SPLIT, -2, -3, ...].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64)
 @click.option("--workers", type=click.IntRange(min=0), default=0, help="DataLoader workers.")
 @click.option("--device", default="auto", help="auto, cpu, cuda or cuda:N.")
@@ -463,6 +489,9 @@ def eval_(checkpoint, data, dataset, split, out, batch_size, workers, device, th
     default model that ships inside grefel (its ONNX). Prints a table on stdout; writes
     metrics.json, confusion.json and PNG plots to --out.
     """
+    from grefel.runtime.torch_backend import prefer_passive_openmp
+
+    prefer_passive_openmp()  # before anything imports torch (docs/predict.md, --threads)
     import functools
 
     from export.compare import CRITERIA, artifact_precision, measure_agreement
@@ -470,7 +499,6 @@ def eval_(checkpoint, data, dataset, split, out, batch_size, workers, device, th
     from grefel.config import FaceAlignment
     from grefel.data import DatasetError
     from grefel.evaluate import (
-        ARTIFACT_SUFFIXES,
         EvalError,
         alignment_mismatch,
         evaluate_model,
@@ -483,10 +511,10 @@ def eval_(checkpoint, data, dataset, split, out, batch_size, workers, device, th
     model = _model_or_default(checkpoint)
     if not model.is_file():
         raise click.ClickException(f"{model}: no such model file")
-    exported = model.suffix.lower() in ARTIFACT_SUFFIXES
-    if checkpoint is None:  # never write into the installed package
-        out = out or str(Path("runs") / f"eval-{model.stem}-{split}")
-    out = out or str(model.parent / (f"eval-{model.stem}-{split}" if exported else f"eval-{split}"))
+    if out is None:
+        from grefel.fileio import new_run_folder
+
+        out = str(new_run_folder("eval", f"{model.stem}-{split}"))
     compare, criteria_name = None, ""
     if reference is not None:
         if not Path(reference).is_file():
@@ -507,7 +535,7 @@ def eval_(checkpoint, data, dataset, split, out, batch_size, workers, device, th
     click.echo(format_report(report))
     if alignment_mismatch(report):
         click.echo(f"\n{alignment_mismatch(report)}", err=True)
-    click.echo(f"\nreport: {out}/metrics.json and plots", err=True)
+    _wrote(out, "metrics.json, confusion.json, PNG plots")
     if json_path:
         from grefel.fileio import atomic_write_json
 
@@ -515,6 +543,7 @@ def eval_(checkpoint, data, dataset, split, out, batch_size, workers, device, th
             atomic_write_json(json_path, report)
         except OSError as exc:
             raise _user_error(exc) from None
+        _wrote(json_path, "report JSON")
 
 
 # --- weights import (issue 4) ------------------------------------------------------------------
@@ -614,7 +643,8 @@ Examples:
 @click.option("--onnx-only", is_flag=True, help="Stop after the checked ONNX artifacts.")
 @click.option("--force", is_flag=True, help="Continue past a failed lint / FP16 gate / verify.")
 @click.option("--verify", is_flag=True, help="Run the engine vs ONNX Runtime after the build.")
-@click.option("--out", default="engines", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Artifacts folder [default: a new runs/export/NAME, -2, -3, ...].")
 @click.option("--name", help="Artifact name (default: the source file's stem).")
 @click.option("--embedding", is_flag=True, help="Also output the pooled embedding.")
 @click.option("--calib-data", type=click.Path(exists=True, file_okay=False, path_type=Path),
@@ -664,6 +694,10 @@ def export_cmd(ctx: click.Context, source: Path, json_path: Optional[Path],
     if triton_repo is not None and not options["dynamic"]:
         raise click.BadParameter("a Triton repository with dynamic batching needs a dynamic "
                                  "batch: drop --static", param_hint="--triton")
+    if options["out"] is None:
+        from grefel.fileio import new_run_folder
+
+        options["out"] = new_run_folder("export", options["name"] or source.stem)
     try:
         result = run_export(source, ExportOptions(**options), log=lambda s: click.echo(s, err=True))
         if triton_repo is not None and result.exit_code in (0, 2):
@@ -748,7 +782,8 @@ Examples:
 @click.option(
     "--annotate",
     type=click.Path(path_type=Path),
-    help="Annotated image (folder for a folder source; .avi/.mp4 for video or camera).",
+    help="Annotated copy, written to exactly this name: .png/.jpg for an image, a folder for "
+         "a folder, .avi/.mp4 for a video or camera (anything else is refused).",
 )
 @click.option(
     "--threshold",
@@ -813,6 +848,9 @@ def predict_command(
     SIGTERM, SIGHUP and Ctrl-C end the run after writing the records so far and the summary;
     the exit status is then 128 + the signal number (143, 129, 130).
     """
+    from grefel.runtime.torch_backend import prefer_passive_openmp
+
+    prefer_passive_openmp()  # before anything imports torch (docs/predict.md, --threads)
     from grefel._lazy import MissingDependency
     from grefel.contract import ImageError, set_max_pixels
     from grefel.fileio import atomic_write_json, display_path
@@ -820,6 +858,7 @@ def predict_command(
         OutputError,
         PredictOptions,
         ShowError,
+        annotated_what,
         run_predict,
         signals_end_run,
     )
@@ -844,12 +883,17 @@ def predict_command(
         click.echo(f"interrupted before any record was written (signal {signum})", err=True)
         ctx.exit(128 + signum)
     click.echo(summary.describe(), err=True)
+    if out is not None:
+        _wrote(out, f"records, {fmt}")
+    if annotate is not None and summary.frames:
+        _wrote(annotate, annotated_what(src))
     if json_path:
         try:
             atomic_write_json(json_path, summary.to_dict())
         except OSError as exc:
             raise click.ClickException(f"--json {display_path(json_path)}: cannot write "
                                        f"({exc.strerror or exc})") from None
+        _wrote(json_path, "summary JSON")
     if summary.signal:
         ctx.exit(128 + int(summary.signal))
     if summary.frames == 0:
@@ -898,8 +942,7 @@ Examples:
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
-    default=Path("benchmarks/results"),
-    help="Folder for the JSON and Markdown record.",
+    help="Folder for the JSON and Markdown record [default: a new runs/bench/MODEL, -2, ...].",
 )
 @click.option("--source", help="A video (or camera / stream): time the end-to-end pipeline on "
               "it for each --weights file instead of the model alone.")
@@ -919,7 +962,7 @@ def bench(
     presets: List[str],
     threads: Optional[int],
     compare_path: Optional[Path],
-    out: Path,
+    out: Optional[Path],
     source: Optional[str],
     detectors: List[str],
     det_every: List[int],
@@ -932,6 +975,9 @@ def bench(
     --out is checked writable before timing; each row is written there as it is measured; a
     backend or batch size that cannot run gets a row saying why.
     """
+    from grefel.runtime.torch_backend import prefer_passive_openmp
+
+    prefer_passive_openmp()  # before anything imports torch (docs/predict.md, --threads)
     from benchmarks.report import BenchError, compare, load_record, run_bench, to_text
     from grefel.fileio import display_path
 
@@ -941,6 +987,10 @@ def bench(
         raise click.BadParameter(str(exc), param_hint="--compare") from None
     if source is not None and not weights:
         raise click.BadParameter("the pipeline rows need model files", param_hint="--weights")
+    if out is None:
+        from grefel.fileio import new_run_folder
+
+        out = new_run_folder("bench", weights[0].stem if weights else "random-init")
     pipeline = None if source is None else {
         "source": source, "detectors": detectors, "det_every": det_every,
         "det_size": det_size, "max_frames": max_frames}
@@ -970,7 +1020,8 @@ def bench(
     click.echo(to_text(record))
     if previous is not None:
         click.echo(f"\nCompared with {compare_path}:\n" + compare(record, previous))
-    click.echo(f"wrote {paths[0]} and {paths[1]}", err=True)
+    _wrote(paths[0], "bench record, JSON")
+    _wrote(paths[1], "bench record, Markdown")
 
 
 # --- serve (issue 17) --------------------------------------------------------------------------
@@ -1129,9 +1180,16 @@ def _run_pretrain(task: str, json_path: Optional[str], align_faces: str, **opts:
     except PretrainError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(json.dumps(meta["metrics"], indent=2))
+    if meta.get("reused"):
+        click.echo(f"kept {opts['out']} (pretrained weights, reused)", err=True)
+    else:
+        _wrote(opts["out"], "pretrained weights and their JSON sidecar")
     if json_path:
-        atomic_write_json(json_path, meta)
-    click.echo(f"{'kept' if meta.get('reused') else 'wrote'} {opts['out']}", err=True)
+        try:
+            atomic_write_json(json_path, meta)
+        except OSError as exc:
+            raise _user_error(exc) from None
+        _wrote(json_path, "metrics JSON")
 
 
 @pretrain.command(

@@ -356,7 +356,7 @@ class TrainConfig:
     gradient clipping at norm 5, landmark stream frozen.
     """
 
-    out: str = "runs/grefel"
+    out: str = ""  # "": `grefel train` makes a new runs/train/PRESET (-2, -3, ...)
     preset: str = "tiny"
     variant: str = "both"  # row of the paper's Table 2
     epochs: int = 10

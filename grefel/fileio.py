@@ -16,7 +16,28 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Union
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_json", "display_path", "sha256_file"]
+__all__ = ["RUNS", "atomic_path", "atomic_write_bytes", "atomic_write_json", "display_path",
+           "new_run_folder", "sha256_file"]
+
+RUNS = Path("runs")  # every command's default output folder: runs/<command>/<name>
+
+
+def new_run_folder(command: str, name: str, root: Path = RUNS) -> Path:
+    """Create and return `root/command/name`, or `name-2`, `name-3`, ... when that exists (as
+    ultralytics' `increment_path`): the default output of a command is a folder no earlier run
+    wrote, so it has one owner and nothing in it is replaced. An explicit `--out` bypasses this.
+    """
+    parent = Path(root) / command
+    parent.mkdir(parents=True, exist_ok=True)
+    n = 1
+    while True:
+        path = parent / (name if n == 1 else f"{name}-{n}")
+        try:
+            path.mkdir()  # exclusive: two runs started together get different folders
+        except FileExistsError:
+            n += 1
+            continue
+        return path
 
 PathLike = Union[str, "os.PathLike[str]"]
 

@@ -55,6 +55,7 @@ from grefel._lazy import require
 from grefel.config import FaceAlignment
 from grefel.fileio import display_path
 from grefel.pipeline import STAGES, FaceResult, Pipeline, Tracker, entropy_confidence
+from grefel.progress import Progress
 from grefel.runtime.base import Backend
 from grefel.runtime.sources import STREAM_KINDS, Frame, Skipped, iter_source, source_kind
 
@@ -78,6 +79,53 @@ __all__ = [
 
 class OutputError(OSError):
     """An output (--out records, --annotate images / video) that cannot be written; names it."""
+
+
+ANNOTATED_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+ANNOTATED_VIDEO_CODECS = {".avi": "MJPG", ".mp4": "mp4v"}  # suffix -> OpenCV fourcc
+
+
+def check_annotate(out: Path, src: str) -> Path:
+    """`out` itself, when it is a name `--annotate` can write for `src` exactly as given; else an
+    OutputError saying what to give. An image gets an image file (.png, .jpg, .jpeg, .bmp), a
+    folder a folder (mirroring it), a video, camera or stream a .avi (MJPG) or .mp4 (mp4v)
+    file; never the source itself or a path inside the source folder."""
+    kind, name = source_kind(src), display_path(out)
+    out = Path(out)
+    if kind == "folder":
+        if out.exists() and not out.is_dir():
+            raise OutputError(f"--annotate {name}: is a file; a folder source needs a folder "
+                              "for its annotated copies")
+        inside = out.resolve() == Path(src).resolve() or Path(src).resolve() in out.resolve(
+            ).parents
+        if inside:
+            raise OutputError(f"--annotate {name}: is inside the source folder {src}; give a "
+                              "folder outside it (the copies would replace or join the inputs)")
+        return out
+    if out.is_dir():
+        what = "an image file (.png, .jpg)" if kind == "image" else "a .avi or .mp4 file"
+        raise OutputError(f"--annotate {name}: is a folder; give {what}")
+    if kind == "image":
+        if out.suffix.lower() not in ANNOTATED_IMAGE_SUFFIXES:
+            raise OutputError(f"--annotate {name}: an image source gets an annotated image; "
+                              "give a .png, .jpg, .jpeg or .bmp name")
+        if out.exists() and out.resolve() == Path(src).resolve():
+            raise OutputError(f"--annotate {name}: is the source image; give another name")
+        return out
+    if out.suffix.lower() not in ANNOTATED_VIDEO_CODECS:
+        raise OutputError(f"--annotate {name}: a {kind} source gets an annotated video; give a "
+                          ".avi (MJPG) or .mp4 (mp4v) name")
+    if kind == "video" and out.exists() and out.resolve() == Path(src).resolve():
+        raise OutputError(f"--annotate {name}: is the source video; give another name")
+    return out
+
+
+def annotated_what(src: str) -> str:
+    """What `--annotate` wrote for `src`, for the `wrote PATH (...)` line."""
+    kind = source_kind(src)
+    if kind == "folder":
+        return "annotated copies, mirroring the source folder"
+    return "annotated image" if kind == "image" else "annotated video"
 
 
 class StopSignal(KeyboardInterrupt):
@@ -236,7 +284,8 @@ class Annotator:
 
     def __init__(self, out: Optional[Path], src: str, show: bool = False) -> None:
         self.cv2 = require("cv2")
-        self.out, self.kind = (Path(out) if out is not None else None), source_kind(src)
+        self.out = check_annotate(out, src) if out is not None else None
+        self.kind = source_kind(src)
         self.root = Path(src) if self.kind == "folder" else None
         self._video: Any = None
         self.show, self.stopped = show, False
@@ -300,8 +349,8 @@ class Annotator:
         dest = (
             self.out if self.root is None else self.out / Path(frame.source).relative_to(self.root)
         )
-        if dest.suffix.lower() not in (".png", ".jpg", ".jpeg", ".bmp"):
-            dest = dest.with_suffix(".png")
+        if self.root is not None and dest.suffix.lower() not in ANNOTATED_IMAGE_SUFFIXES:
+            dest = dest.with_suffix(".png")  # a folder's .tif, .webp, ... copies: PNG
         # Encoded here and written by Python, so a name that is not UTF-8 keeps its bytes (OpenCV
         # takes only UTF-8 names) and a failed write is an error, not imwrite's silent False.
         ok, data = cv2.imencode(dest.suffix.lower(), image)
@@ -327,7 +376,7 @@ class Annotator:
             if name != str(self.out):
                 raise OutputError(f"--annotate {name}: OpenCV writes videos only to names that "
                                   "are valid UTF-8")
-            code = "MJPG" if self.out.suffix.lower() == ".avi" else "mp4v"
+            code = ANNOTATED_VIDEO_CODECS[self.out.suffix.lower()]
             h, w = image.shape[:2]
             fourcc = self.cv2.VideoWriter_fourcc(*code)
             self._video = self.cv2.VideoWriter(str(self.out), fourcc, fps or 25.0, (w, h))
@@ -444,10 +493,12 @@ def stream_predictions(
     annotator: Optional[Annotator] = None,
     on_skip: Callable[[str, str], None] = lambda f, r: None,
     detector: Any = None,
+    progress: Optional[Progress] = None,
 ) -> PredictSummary:
     """Stream `src` through `backend` (opened), writing one record per face to `writer`.
 
-    detector: a detector object replacing `opts.detector` (tests, other detectors)."""
+    detector: a detector object replacing `opts.detector` (tests, other detectors).
+    progress: told the frames done after each frame read."""
     start = time.perf_counter()
     video = source_kind(src) in ("video",) + STREAM_KINDS
     runner = _Predictor(backend, writer, opts, annotator, video, detector=detector)
@@ -465,10 +516,14 @@ def stream_predictions(
                 on_skip(item.source, item.reason)
             else:
                 runner.add(item)
+            if progress is not None:
+                progress.update(runner.summary.frames + len(runner.frames))
     except KeyboardInterrupt as exc:  # Ctrl-C ends a camera stream; SIGTERM / SIGHUP likewise
         runner.summary.interrupted = True
         runner.summary.signal = getattr(exc, "signum", signal.SIGINT)
     runner.flush()
+    if progress is not None:
+        progress.close()
     summary = runner.summary
     summary.seconds = time.perf_counter() - start
     pipe = runner.pipeline
@@ -497,7 +552,9 @@ def run_predict(
 
     from grefel.runtime import open_backend
 
-    source_kind(src)  # a missing path fails before the model is loaded
+    source_kind(src)  # a missing path, or an --annotate name that cannot be written as
+    if annotate is not None:  # given, fails before the model is loaded
+        check_annotate(annotate, src)
     if opts.threads:
         require("cv2").setNumThreads(opts.threads)
     with contextlib.ExitStack() as stack:
@@ -523,6 +580,9 @@ def run_predict(
             stack.callback(annotator.close)
         name = "stdout" if out is None else f"--out {display_path(out)}"
         writer = RecordWriter(stream, fmt, backend.classes, name=name)
+        # Redrawn in place only where no records go to the same terminal.
+        tty = sys.stderr.isatty() and not (out is None and sys.stdout.isatty())
         return stream_predictions(
-            src, backend, writer, opts=opts, annotator=annotator, on_skip=on_skip
+            src, backend, writer, opts=opts, annotator=annotator, on_skip=on_skip,
+            progress=Progress("predict", "frames", tty=tty),
         )

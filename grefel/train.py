@@ -769,6 +769,9 @@ def run_training(data_cfg: DataConfig, cfg: TrainConfig) -> Dict[str, Any]:
     Rank 0 owns the run folder for the whole run (OUT/.lock, grefel.train_state): a second run
     into the same folder stops before it reads or writes anything there.
     """
+    if not cfg.out:  # Path("") is the working directory: never train into it by accident
+        raise TrainingError("TrainConfig.out is empty: give the run folder (grefel train makes "
+                            "a new runs/train/PRESET)")
     out = Path(cfg.out)
     lock = None
     if int(os.environ.get("RANK", "0")) == 0:

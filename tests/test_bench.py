@@ -164,6 +164,9 @@ def test_bench_tiny_writes_table_json_and_compares(tmp_path: Path, no_tensorrt: 
     res = CliRunner().invoke(cli, args)
     assert res.exit_code == 0, res.output
     (json_path,) = out.glob("bench_*.json")
+    wrote = [line for line in res.output.splitlines() if line.startswith("wrote ")]
+    assert wrote == [f"wrote {json_path} (bench record, JSON)",
+                     f"wrote {json_path.with_suffix('.md')} (bench record, Markdown)"]
     record = load_record(json_path)
     rows: List[dict] = record["latency"]
     ok = {(r["backend"], r["batch"]) for r in rows if r["status"] == "ok"}

@@ -136,6 +136,7 @@ def test_eval_cli_writes_report(tmp_path):
                                    "--batch-size", "4", "--device", "cpu"])
     assert res.exit_code == 0, res.output
     assert "macro-F1 (final)" in res.output and "majority baseline" in res.output
+    assert f"wrote {out} (metrics.json, confusion.json, PNG plots)" in res.output.splitlines()
     for name in ("metrics.json", "confusion.json", "confusion_final.png",
                  "confusion_primary.png", "reliability.png", "embedding.png"):
         assert (out / name).stat().st_size > 0, name

@@ -67,6 +67,7 @@ def run1(tmp_path_factory) -> Path:
     data = make_dataset(base / "ds", n_train=4, n_val=2, n_test=2)
     res = invoke(_args(data, base / "run", "--lr", "1e-3"))
     assert res.exit_code == 0, res.output
+    assert f"wrote {base / 'run'} (run folder: " in res.output  # where it wrote, one line
     return base / "run"
 
 
@@ -312,6 +313,7 @@ def test_data_synth_refuses_an_existing_folder_unless_overwrite(tmp_path):
     assert len(list((out / "images").glob("*.png"))) == 3
     res = invoke(["data", "synth", "--out", tmp_path / "empty", "--n", "3"])  # new: fine
     assert res.exit_code == 0, res.output
+    assert f"wrote {tmp_path / 'empty'} (3 images, " in res.output  # where it wrote, one line
 
 
 # --- item 14: unwritable --out, a full disk, bad option values ----------------------------------

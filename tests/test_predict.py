@@ -248,3 +248,106 @@ def test_predict_engine_without_tensorrt_says_what_to_install(
     engine.write_bytes(b"plan")
     res = _invoke(media["image"], "-w", engine)
     assert res.exit_code == 1 and "tensorrt is not available" in res.output
+
+
+_SPY_TORCH_IMPORT = """
+import importlib.abc, json, os, sys
+seen = []
+class Spy(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "torch" and not seen:
+            seen.append(os.environ.get("OMP_WAIT_POLICY"))
+sys.meta_path.insert(0, Spy())
+from click.testing import CliRunner
+from grefel.cli import cli
+result = CliRunner().invoke(cli, sys.argv[1:])
+print(json.dumps({"exit": result.exit_code, "policy_at_torch_import": seen}))
+"""
+
+
+@pytest.mark.parametrize("user_policy", [None, "ACTIVE"])
+def test_predict_torch_backend_loads_torch_with_passive_openmp(
+    models: Dict[str, Path], media: Dict[str, Path], user_policy: Any
+) -> None:
+    """Spinning OpenMP threads cost 5-20x per frame on a busy CPU (torch_backend.py): predict
+    sets OMP_WAIT_POLICY=PASSIVE before torch loads, and keeps a policy the user chose."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if user_policy is not None:
+        env["OMP_WAIT_POLICY"] = user_policy
+    args = ["predict", str(media["image"]), "--weights", str(models["ckpt"]), "--aligned"]
+    proc = subprocess.run([sys.executable, "-c", _SPY_TORCH_IMPORT, *args], env=env,
+                          capture_output=True, text=True, timeout=600, check=False)
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report == {"exit": 0, "policy_at_torch_import": [user_policy or "PASSIVE"]}, proc.stderr
+
+
+def _error_line(res: Any) -> str:
+    """The one line of a refused command (exit 1, no traceback)."""
+    assert res.exit_code == 1 and res.exception is None or isinstance(res.exception, SystemExit)
+    lines = [line for line in res.output.splitlines() if line.startswith("Error:")]
+    assert len(lines) == 1 and "Traceback" not in res.output, res.output
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "source, given, says",
+    [
+        ("image", "x.mp4", "give a .png, .jpg, .jpeg or .bmp name"),
+        ("image", "existing_dir", "is a folder; give an image file"),
+        ("video", "x.png", "give a .avi (MJPG) or .mp4 (mp4v) name"),
+        ("video", "existing_dir", "is a folder; give a .avi or .mp4 file"),
+        ("folder", "inside", "is inside the source folder"),
+    ],
+)
+def test_annotate_writes_the_path_given_or_refuses_it(
+    models: Dict[str, Path], media: Dict[str, Path], tmp_path: Path, source: str, given: str,
+    says: str,
+) -> None:
+    """`--annotate x.mp4` on an image wrote x.png, an existing folder DIR got DIR.png beside it,
+    and a video's `--annotate x.png` got MPEG-4 bytes with exit 0: now one line, nothing
+    written, before the model loads."""
+    (tmp_path / "existing_dir").mkdir()
+    target = media["folder"] / "annotated" if given == "inside" else tmp_path / given
+    before = sorted(p.name for p in tmp_path.iterdir())
+    res = _invoke(media[source], "-w", models["onnx"], "--annotate", target)
+    line = _error_line(res)
+    assert f"--annotate {target}" in line and says in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no x.png, no existing_dir.png
+    assert not (media["folder"] / "annotated").exists()
+
+
+def test_annotate_and_every_output_named_once(
+    models: Dict[str, Path], media: Dict[str, Path], tmp_path: Path
+) -> None:
+    """The exact --annotate name (a .jpg stays a .jpg) and one `wrote PATH (what)` line per
+    output."""
+    annotated, out, summary = tmp_path / "a.jpg", tmp_path / "r.csv", tmp_path / "s.json"
+    res = CliRunner().invoke(cli, [
+        "predict", str(media["image"]), "-w", str(models["onnx"]), "--aligned", "--format",
+        "csv", "--out", str(out), "--annotate", str(annotated), "--json", str(summary)])
+    assert res.exit_code == 0, res.output + res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jpg", "r.csv", "s.json"]
+    assert cv2.imread(str(annotated)) is not None
+    wrote = [line for line in res.stderr.splitlines() if line.startswith("wrote ")]
+    assert wrote == [f"wrote {out} (records, csv)", f"wrote {annotated} (annotated image)",
+                     f"wrote {summary} (summary JSON)"]
+
+
+def test_predict_reports_progress_on_a_video(models: Dict[str, Path], media: Dict[str, Path],
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 33 s video printed nothing until the end."""
+    import functools
+
+    import grefel.predict
+    from grefel.progress import Progress
+
+    monkeypatch.setattr(grefel.predict, "Progress", functools.partial(Progress, every=0.0))
+    res = CliRunner().invoke(cli, ["predict", str(media["video"]), "-w", str(models["onnx"]),
+                                   "--aligned"])
+    assert res.exit_code == 0, res.output
+    lines = [line for line in res.output.splitlines() if line.startswith("predict: ")]
+    assert [line.split(",")[0] for line in lines] == [f"predict: {i} frames" for i in range(1, 7)]

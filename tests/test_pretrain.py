@@ -49,6 +49,7 @@ def landmark_ckpt(synthfer, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("lm") / "mfn.safetensors"
     res = _invoke("pretrain", "landmarks", "--data", str(synthfer), "--out", str(out), *STEPS)
     assert res.exit_code == 0, res.output
+    assert f"wrote {out} (pretrained weights and their JSON sidecar)" in res.output.splitlines()
     return out
 
 

@@ -3,10 +3,22 @@
 torch is imported when the backend opens, never at module import. On CUDA, `infer_timed`
 brackets the forward pass with CUDA events so that bench can report GPU compute time apart from
 the end-to-end time.
+
+OpenMP's wait policy: the CPU build of torch runs its intra-op threads on OpenMP, whose threads
+spin-wait at every barrier by default. With more threads than idle cores (other processes, or
+the face detector's and OpenCV's own threads in `grefel predict`) a spinning thread holds a core
+that the thread everyone waits for needs, and the small operators of a batch-1 forward pass pay
+that at every barrier: the tiny preset took 153-380 ms per call at torch's default thread count
+on a loaded 2-core machine, 21-33 ms with OMP_WAIT_POLICY=PASSIVE or one thread
+(benchmarks/results/torch_threads_2026-12-07.md). `prefer_passive_openmp` sets PASSIVE (unless
+the user set a policy) before torch is imported; OpenMP reads it only when torch loads, so the
+inference commands call it first thing, and the backend calls it before it imports torch.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 from typing import Any, Optional, Tuple
 
@@ -15,7 +27,18 @@ import numpy as np
 from grefel._lazy import require
 from grefel.runtime.base import OUTPUTS, Backend, BackendError, Outputs
 
-__all__ = ["TorchBackend"]
+__all__ = ["OPENMP_WAIT_POLICY", "TorchBackend", "prefer_passive_openmp"]
+
+OPENMP_WAIT_POLICY = "PASSIVE"  # idle OpenMP threads sleep instead of spinning
+
+
+def prefer_passive_openmp() -> bool:
+    """Set OMP_WAIT_POLICY to PASSIVE unless it is set; True when torch will run with it (torch
+    not imported yet, or imported with it already set). OpenMP reads the variable once, when
+    torch loads."""
+    if "torch" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", OPENMP_WAIT_POLICY)
+    return os.environ.get("OMP_WAIT_POLICY", "").upper() == OPENMP_WAIT_POLICY
 
 
 class TorchBackend(Backend):
@@ -44,6 +67,7 @@ class TorchBackend(Backend):
         self._torch: Any = None
 
     def _open(self) -> None:
+        prefer_passive_openmp()
         torch = self._torch = require("torch")
         if self._threads:
             torch.set_num_threads(self._threads)
