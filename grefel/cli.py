@@ -514,6 +514,7 @@ def eval_(checkpoint, data, dataset, split, out, batch_size, workers, device, th
         evaluate_model,
         format_report,
     )
+    from grefel.progress import Progress
     from grefel.train_state import TrainingError
 
     _check_align_options(click.get_current_context(), align_faces, data, dataset)
@@ -539,7 +540,8 @@ def eval_(checkpoint, data, dataset, split, out, batch_size, workers, device, th
                                 batch_size=batch_size, workers=workers, device=device,
                                 strict=strict, threads=threads, reference=reference,
                                 compare=compare, criteria_name=criteria_name,
-                                alignment=alignment, align_cache=align_cache or None)
+                                alignment=alignment, align_cache=align_cache or None,
+                                progress=lambda what, total: Progress(what, "images", total))
     except (CheckpointError, DatasetError, EvalError, TrainingError, OSError) as exc:
         raise _user_error(exc) from None
     click.echo(format_report(report))
