@@ -295,7 +295,13 @@ def _with_options(options: Callable[[], List[Any]]) -> Callable[[Any], Any]:
 
 def _train_options(func):
     """The `grefel train` options; defaults come from grefel.config.DataConfig / TrainConfig."""
-    from grefel.config import AUGMENT_POLICIES, DataConfig, TrainConfig
+    from grefel.config import (
+        AUGMENT_POLICIES,
+        AUTO_IMAGE_WARMUP,
+        FREEZE_CHOICES,
+        DataConfig,
+        TrainConfig,
+    )
     from grefel.train_state import resume_help
 
     d, t = DataConfig(), TrainConfig()
@@ -337,8 +343,10 @@ def _train_options(func):
         click.option("--precise-bn", type=int, default=t.precise_bn,
                      help="Training images to recompute BatchNorm statistics on after each "
                           "epoch; 0 = off."),
-        click.option("--freeze", type=click.Choice(["landmark", "image", "none"]),
-                     default=t.freeze, help="Stream kept frozen."),
+        click.option("--freeze", type=click.Choice(list(FREEZE_CHOICES)), default=t.freeze,
+                     help="Stream kept frozen; only a stream with weights (--pretrained-"
+                          "mobilefacenet, --pretrained-ir50, --init). auto: landmark when it has "
+                          "them, else none."),
         click.option("--amp/--no-amp", default=t.amp, help="Mixed precision (CUDA only)."),
         click.option("--select", type=click.Choice(["accuracy", "macro_f1"]), default=t.select,
                      help="What best.safetensors is chosen by on the validation split "
@@ -362,10 +370,12 @@ def _train_options(func):
                      help="Override any DataConfig/TrainConfig field (data.KEY for data)."),
         click.option("--pretrained-ir50", default="", type=click.Path(dir_okay=False),
                      help="face.evoLVe / POSTER V2 IR-50 weights for the image stream."),
-        click.option("--image-warmup", type=int, default=t.image_warmup, show_default=True,
+        click.option("--image-warmup", type=click.IntRange(min=0), default=t.image_warmup,
+                     show_default=False,
                      help="Steps that train the image stream alone (pooled linear classifier, "
                           "then dropped) before epoch 1: a stand-in for a pretrained IR-50 when "
-                          "there is none (the tiny preset)."),
+                          "there is none (the tiny preset); 0: off [default: "
+                          f"{AUTO_IMAGE_WARMUP}, 0 with --freeze image or --init]."),
         click.option("--pretrained-mobilefacenet", default="", type=click.Path(dir_okay=False),
                      help="pytorch_face_landmark MobileFaceNet weights (landmark stream)."),
         click.option("--init", default=t.init, type=click.Path(dir_okay=False),
@@ -504,6 +514,7 @@ def eval_(checkpoint, data, dataset, split, out, batch_size, workers, device, th
         evaluate_model,
         format_report,
     )
+    from grefel.progress import Progress
     from grefel.train_state import TrainingError
 
     _check_align_options(click.get_current_context(), align_faces, data, dataset)
@@ -529,7 +540,8 @@ def eval_(checkpoint, data, dataset, split, out, batch_size, workers, device, th
                                 batch_size=batch_size, workers=workers, device=device,
                                 strict=strict, threads=threads, reference=reference,
                                 compare=compare, criteria_name=criteria_name,
-                                alignment=alignment, align_cache=align_cache or None)
+                                alignment=alignment, align_cache=align_cache or None,
+                                progress=lambda what, total: Progress(what, "images", total))
     except (CheckpointError, DatasetError, EvalError, TrainingError, OSError) as exc:
         raise _user_error(exc) from None
     click.echo(format_report(report))

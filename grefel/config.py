@@ -348,12 +348,20 @@ MODEL_OVERRIDES = (
 )
 
 
+FREEZE_CHOICES = ("auto", "landmark", "image", "none")  # TrainConfig.freeze
+# Steps of the image-stream warm-up when TrainConfig.image_warmup is auto: make demo's (with it
+# the tiny preset learns from the first epoch; without it, it stays at chance: docs/research.md)
+AUTO_IMAGE_WARMUP = 150
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation, regularisation and bookkeeping of one training run (paper §4.2).
 
     The only home of the training defaults: Adam lr 3e-4, exponential decay 0.995 per epoch,
-    gradient clipping at norm 5, landmark stream frozen.
+    gradient clipping at norm 5; the landmark stream frozen when it starts from pretrained
+    weights, and the image-stream warm-up whenever that stream trains on a fresh model (without
+    it the tiny preset stays at chance: docs/research.md).
     """
 
     out: str = ""  # "": `grefel train` makes a new runs/train/PRESET (-2, -3, ...)
@@ -366,7 +374,9 @@ class TrainConfig:
     class_weights: str = "none"  # none | inverse (inverse frequency, mean 1)
     clip_grad: float = 5.0  # max gradient norm; 0 = off
     precise_bn: int = 512  # training images to recompute BatchNorm statistics on; 0 = off
-    freeze: str = "landmark"  # landmark | image | none
+    # landmark | image | none | auto: landmark when it starts from weights (pretrained_mobilefacenet
+    # or init), else none (see frozen_stream); a fresh run may freeze only a stream with weights
+    freeze: str = "auto"
     amp: bool = True  # autocast + GradScaler, on CUDA only
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -385,7 +395,8 @@ class TrainConfig:
     init: str = ""
     # Steps that train the image stream alone before epoch 1 (grefel.train.warm_up_image_stream):
     # a stand-in for the paper's pretrained IR-50 where no pretrained weights exist (tiny).
-    image_warmup: int = 0
+    # None = auto: AUTO_IMAGE_WARMUP unless the image stream is frozen or comes from init.
+    image_warmup: Optional[int] = None
     # what best.safetensors is chosen by: validation accuracy, or macro-F1 (imbalanced data,
     # where the majority class alone scores a high accuracy); train accuracy without val
     select: str = "accuracy"
@@ -399,10 +410,10 @@ class TrainConfig:
         _require(self.class_weights in ("none", "inverse"), "class_weights: none or inverse")
         _require(min(self.clip_grad, self.threads, self.precise_bn) >= 0,
                  "clip_grad, threads and precise_bn must be >= 0")
-        _require(self.freeze in ("landmark", "image", "none"), "freeze: landmark, image or none")
-        _require(self.image_warmup >= 0, "image_warmup must be >= 0")
+        _require(self.freeze in FREEZE_CHOICES, f"freeze: {', '.join(FREEZE_CHOICES)}")
+        _require(self.image_warmup is None or self.image_warmup >= 0, "image_warmup must be >= 0")
         _require(self.select in ("accuracy", "macro_f1"), "select: accuracy or macro_f1")
-        _require(not (self.image_warmup and self.freeze == "image"),
+        _require(not (self.image_warmup and self.frozen_stream() == "image"),
                  "image_warmup trains the image stream, which freeze=image keeps frozen")
         _require(not (self.init and (self.pretrained_ir50 or self.pretrained_mobilefacenet)),
                  "init loads a whole grefel checkpoint; pretrained stream weights are for a "
@@ -410,10 +421,33 @@ class TrainConfig:
         _require(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda"),
                  f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 
+    def frozen_stream(self) -> str:
+        """The stream kept frozen: `freeze`, with auto resolved (landmark when that stream starts
+        from weights: pretrained_mobilefacenet or init; else none)."""
+        if self.freeze != "auto":
+            return self.freeze
+        return "landmark" if self.pretrained_mobilefacenet or self.init else "none"
+
+    def warmup_steps(self) -> int:
+        """The image-stream warm-up's steps: `image_warmup`, with None (auto) resolved to
+        AUTO_IMAGE_WARMUP unless the image stream is frozen or comes from `init`."""
+        if self.image_warmup is not None:
+            return self.image_warmup
+        return 0 if self.frozen_stream() == "image" or self.init else AUTO_IMAGE_WARMUP
+
+    def unweighted_frozen_stream(self) -> Optional[str]:
+        """The frozen stream that has no weights to keep (it would stay random), or None.
+        `init` gives every stream weights; pretrained_* gives its own stream."""
+        stream = self.frozen_stream()
+        weights = {"landmark": self.pretrained_mobilefacenet, "image": self.pretrained_ir50}
+        if stream == "none" or self.init or weights[stream]:
+            return None
+        return stream
+
     def model_config(self, class_names: Sequence[str]) -> GReFELConfig:
         """The preset, the Table 2 variant, the dataset's classes and this config's overrides."""
         overrides = {k: getattr(self, k) for k in MODEL_OVERRIDES if getattr(self, k) is not None}
-        frozen = () if self.freeze == "none" else (self.freeze,)
+        frozen = () if self.frozen_stream() == "none" else (self.frozen_stream(),)
         return GReFELConfig.preset(
             self.preset, **VARIANTS[self.variant], num_classes=len(class_names),
             class_names=tuple(class_names), frozen=frozen, **overrides,

@@ -39,7 +39,18 @@ from __future__ import annotations
 import contextlib
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Dict,
+    Iterator,
+    List,
+    Optional,
+    Sequence,
+    Tuple,
+    Union,
+)
 
 import numpy as np
 
@@ -59,6 +70,7 @@ from grefel.metrics import (
     prediction_changes,
     reliability_bins,
 )
+from grefel.progress import Progress
 
 if TYPE_CHECKING:
     import torch
@@ -283,6 +295,22 @@ def evaluate_checkpoint(
 
 
 Compare = Callable[[Dict[str, np.ndarray], Dict[str, np.ndarray]], Any]
+# (what, total images) -> the Progress of one pass over the split (`grefel eval`: stderr)
+ProgressFactory = Callable[[str, int], Progress]
+
+
+def with_progress(loader: Any, progress: Optional[Progress]) -> Iterator[Any]:
+    """`loader`'s batches, telling `progress` the images done (read or skipped) after each."""
+    if progress is None:
+        yield from loader
+        return
+    done = 0
+    for batch in loader:
+        yield batch
+        _, labels, _, bad = batch
+        done += len(labels) + len(bad)
+        progress.update(done)
+    progress.close()
 
 
 def evaluate_model(
@@ -301,6 +329,7 @@ def evaluate_model(
     criteria_name: str = "",
     alignment: Optional[FaceAlignment] = None,
     align_cache: Optional[PathLike] = None,
+    progress: Optional[ProgressFactory] = None,
 ) -> Dict[str, Any]:
     """Evaluate a checkpoint, `.onnx` or `.engine` on `split` of `data` (module doc).
 
@@ -310,6 +339,8 @@ def evaluate_model(
     alignment: with mode "detect", every image is first detected and aligned as `grefel
         predict` does a still image (grefel.align_data, cached in `align_cache`); the
         report's `alignment` holds the settings and how many images had no face.
+    progress: makes the Progress of each pass over the split ("eval", then "eval reference"),
+        told the images done after every batch.
     """
     from grefel import contract
     from grefel.data import DatasetError, FERDataset, load_samples
@@ -327,7 +358,11 @@ def evaluate_model(
     dataset_ = FERDataset(samples, classes, transform=contract.to_model_input, strict=strict,
                           read=aligned)
 
-    def loader() -> Any:  # one fixed order: the reference sees the same batches
+    def loader(what: str = "eval") -> Any:  # one fixed order: the reference sees the same batches
+        shown = None if progress is None else progress(what, len(samples))
+        return with_progress(plain_loader(), shown)
+
+    def plain_loader() -> Any:
         if workers == 0:
             return batches(dataset_, batch_size, collate_arrays)
         try:
@@ -359,7 +394,7 @@ def evaluate_model(
     report["trained_face_alignment"] = trained_face_alignment(model_path)
     if reference is not None:
         ref_model = _load_model(Path(reference), classes, data, split, device, threads)
-        ref_pred = collect_outputs(ref_model, loader(), model_device(ref_model))
+        ref_pred = collect_outputs(ref_model, loader("eval reference"), model_device(ref_model))
         if not np.array_equal(ref_pred["indices"], pred["indices"]):
             raise EvalError(f"{data} ({split}): the reference run read other images than "
                             f"{model_path.name} (a file changed during eval?)")

@@ -13,7 +13,7 @@ Everything a run writes lands in its folder:
     last.safetensors       weights after the latest epoch (+ .json sidecar)
     best.safetensors       weights of the best validation accuracy, or macro-F1 (--select)
                            (+ .json sidecar)
-    warmup.json            the image-stream warm-up's losses, when TrainConfig.image_warmup > 0
+    warmup.json            the image-stream warm-up's losses, when TrainConfig.warmup_steps() > 0
     alignment.json         with `--align-faces detect` (grefel.align_data): per split, the
                            alignment settings and counts (faces found, none found, unreadable)
     init.json              what `TrainConfig.init` (`--init CKPT`) loaded and re-initialised
@@ -256,7 +256,7 @@ def warm_up_image_stream(run: Run) -> Dict[str, Any]:
 
     from grefel.data import collate_skip
 
-    raw, cfg, steps = run.raw, run.cfg, run.cfg.image_warmup
+    raw, cfg, steps = run.raw, run.cfg, run.cfg.warmup_steps()
     probe = torch.nn.Linear(raw.cfg.dims[2], raw.cfg.num_classes).to(run.device)
     params = list(raw.image.parameters()) + list(probe.parameters())
     optimizer = torch.optim.Adam(params, lr=cfg.lr)
@@ -763,6 +763,26 @@ def finish_distributed(world: int) -> None:
         dist.destroy_process_group()
 
 
+# What gives a frozen stream its weights: the option, and the command that writes such a file
+STREAM_WEIGHTS = {
+    "landmark": ("--pretrained-mobilefacenet", "grefel pretrain landmarks"),
+    "image": ("--pretrained-ir50", "grefel pretrain identity"),
+}
+
+
+def check_frozen_streams(cfg: TrainConfig) -> None:
+    """TrainingError when a fresh run would freeze a stream without weights: it would stay
+    randomly initialised for the whole run (the record of such runs: docs/research.md). A
+    resumed run keeps what it was started with (runs from before the check included)."""
+    stream = None if cfg.resume else cfg.unweighted_frozen_stream()
+    if stream is None:
+        return
+    option, command = STREAM_WEIGHTS[stream]
+    raise TrainingError(
+        f"--freeze {stream}: the {stream} stream has no pretrained weights, so freezing keeps it "
+        f"random; give {option} FILE (`{command}` writes one) or --init CKPT, or --freeze none")
+
+
 def run_training(data_cfg: DataConfig, cfg: TrainConfig) -> Dict[str, Any]:
     """Train (or resume) one run; returns the best metric and the last epoch's row.
 
@@ -772,6 +792,7 @@ def run_training(data_cfg: DataConfig, cfg: TrainConfig) -> Dict[str, Any]:
     if not cfg.out:  # Path("") is the working directory: never train into it by accident
         raise TrainingError("TrainConfig.out is empty: give the run folder (grefel train makes "
                             "a new runs/train/PRESET)")
+    check_frozen_streams(cfg)
     out = Path(cfg.out)
     lock = None
     if int(os.environ.get("RANK", "0")) == 0:
@@ -823,7 +844,7 @@ def _train(run: Run) -> Dict[str, Any]:
         if run.rank == 0:
             write_metrics(run.out, run.history)
             tensorboard = open_tensorboard(run.out)
-        if cfg.image_warmup and not run.warmed_up and run.epoch == 0:
+        if cfg.warmup_steps() and not run.warmed_up and run.epoch == 0:
             warm = warm_up_image_stream(run)
             run.warmed_up = True
             rngs = _gather_rng(run)

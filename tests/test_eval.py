@@ -175,3 +175,24 @@ def test_help(command):
     assert res.exit_code == 0 and "Examples:" in res.output
     if command == "train":
         assert "0.11" in res.output  # the label-smoothing reading of the supplement
+
+
+def test_eval_reports_progress_over_the_split(tmp_path, monkeypatch):
+    """`grefel eval` tells how far it is on stderr (grefel.progress, as predict does): here a
+    line per batch (the interval set to 0; 10 s in use), the last one at all 10 images."""
+    import grefel.progress
+
+    class EveryBatch(grefel.progress.Progress):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **{**kwargs, "tty": False, "every": 0.0})
+
+    monkeypatch.setattr(grefel.progress, "Progress", EveryBatch)
+    data = make_dataset(tmp_path / "ds", n_train=7, n_val=0, n_test=10)
+    res = CliRunner().invoke(cli, ["eval", str(_checkpoint(tmp_path)), "--data", str(data),
+                                   "--out", str(tmp_path / "report"), "--batch-size", "4",
+                                   "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    lines = [line for line in res.stderr.splitlines() if line.startswith("eval: ")]
+    assert [line.split(",")[0] for line in lines] == [
+        "eval: 4/10 images (40 %)", "eval: 8/10 images (80 %)", "eval: 10/10 images (100 %)"]
+    assert "eval:" not in res.stdout

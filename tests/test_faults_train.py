@@ -40,7 +40,8 @@ from tests.test_train import CLASSES, _env, _rows, make_dataset
 
 def _args(data: Path, out: Path, *extra: str) -> List[str]:
     return ["train", "--data", str(data), "--out", str(out), "--epochs", "1", "--batch-size",
-            "2", "--device", "cpu", "--preset", "tiny", "--precise-bn", "0", *extra]
+            "2", "--device", "cpu", "--preset", "tiny", "--precise-bn", "0", "--image-warmup", "0",
+            *extra]
 
 
 def one_error(res: Result, code: int, *fragments: str) -> str:

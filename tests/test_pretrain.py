@@ -154,7 +154,7 @@ def test_train_takes_both_pretrained_streams_and_keeps_the_landmark_stream_froze
     out = tmp_path / "run"
     res = _invoke("train", "--data", str(synthfer), "--out", str(out), "--epochs", "1",
                   "--batch-size", "16", "--device", "cpu", "--preset", "tiny",
-                  "--precise-bn", "16", "--freeze", "landmark",
+                  "--precise-bn", "16", "--freeze", "landmark", "--image-warmup", "0",
                   "--pretrained-mobilefacenet", str(landmark_ckpt),
                   "--pretrained-ir50", str(identity_ckpt))
     assert res.exit_code == 0, res.output

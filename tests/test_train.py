@@ -69,7 +69,8 @@ def _env() -> Dict[str, str]:
 
 def _train_args(data: Path, out: Path, epochs: int, batch: int = 7) -> List[str]:
     return ["train", "--data", str(data), "--out", str(out), "--epochs", str(epochs),
-            "--batch-size", str(batch), "--device", "cpu", "--preset", "tiny"]
+            "--batch-size", str(batch), "--device", "cpu", "--preset", "tiny",
+            "--image-warmup", "0"]  # the warm-up is measured elsewhere; these test the run
 
 
 def test_lr_at_epoch_matches_exponential_lr():
@@ -149,7 +150,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
 
     monkeypatch.setattr(GReFELLoss, "forward", poisoned)
     d = DataConfig(root=str(data), val_split="", batch_size=7)
-    t = TrainConfig(out=str(out), epochs=3, device="cpu")
+    t = TrainConfig(out=str(out), epochs=3, device="cpu", image_warmup=0)
     with pytest.raises(TrainingError) as err:
         run_training(d, t)
     message = str(err.value)
@@ -276,7 +277,7 @@ def test_recalibrate_batchnorm_averages_batches_and_spares_frozen_parts():
 
     from grefel.model.grefel import GReFEL
 
-    model = GReFEL(TrainConfig(preset="tiny").model_config(CLASSES))  # landmark stream frozen
+    model = GReFEL(TrainConfig(preset="tiny", freeze="landmark").model_config(CLASSES))
     frozen = next(m for m in model.landmark.modules() if isinstance(m, torch.nn.BatchNorm2d))
     head = model.head.net[2]  # BatchNorm1d of eq. 9's MLP
     before = frozen.running_mean.clone()
@@ -409,6 +410,64 @@ def test_train_records_best_by_macro_f1(tmp_path, monkeypatch):
     out = tmp_path / "run"
     summary = run_training(DataConfig(root=str(data), batch_size=7),
                            TrainConfig(out=str(out), epochs=3, select="macro_f1", device="cpu",
-                                       precise_bn=0))
+                                       precise_bn=0, image_warmup=0))
     assert summary["best"] == {"metric": "val_macro_f1", "value": 0.3, "epoch": 2}
     assert read_meta(out / "best.safetensors")["metrics"]["epoch"] == 2
+
+
+def test_a_fresh_run_freezes_only_a_stream_with_weights(tmp_path):
+    """Freezing a stream without weights keeps it random for the whole run: refused in one line
+    naming the option that gives it weights and --freeze none, before the run folder exists;
+    a resumed run keeps what it was started with (issue 26)."""
+    from grefel.train import check_frozen_streams
+
+    data = make_dataset(tmp_path / "ds", n_train=14, n_val=7)
+    for stream, option in (("landmark", "--pretrained-mobilefacenet"),
+                           ("image", "--pretrained-ir50")):
+        out = tmp_path / stream
+        res = CliRunner().invoke(cli, _train_args(data, out, 1) + ["--freeze", stream])
+        lines = res.output.strip().splitlines()
+        assert res.exit_code == 1 and len(lines) == 1, res.output
+        assert f"--freeze {stream}" in lines[0] and option in lines[0]
+        assert "--freeze none" in lines[0] and not out.exists()
+    check_frozen_streams(TrainConfig(out="old", freeze="landmark", resume=True))
+
+
+def test_the_defaults_freeze_only_what_has_weights_and_warm_up_the_image_stream():
+    """auto: the landmark stream frozen when it has weights, else none; the image-stream
+    warm-up (without which the tiny preset stays at chance) unless that stream is frozen or
+    comes from --init."""
+    from grefel.config import AUTO_IMAGE_WARMUP
+
+    def resolved(**fields):
+        t = TrainConfig(**fields)
+        return t.frozen_stream(), t.warmup_steps()
+
+    assert resolved() == ("none", AUTO_IMAGE_WARMUP) == ("none", 150)
+    assert resolved(pretrained_mobilefacenet="m.safetensors") == ("landmark", AUTO_IMAGE_WARMUP)
+    assert resolved(init="ckpt.safetensors") == ("landmark", 0)
+    assert resolved(freeze="image", pretrained_ir50="ir.safetensors") == ("image", 0)
+    assert resolved(image_warmup=0) == ("none", 0)
+    assert resolved(freeze="none", pretrained_mobilefacenet="m.safetensors") == ("none", 150)
+
+
+def test_grefel_train_warms_the_image_stream_up_by_default(tmp_path, monkeypatch):
+    """Without --image-warmup the run warms the image stream up for AUTO_IMAGE_WARMUP steps
+    (the real warm-up replaced by a fake with its API: 150 real steps take a while on a CPU)."""
+    import grefel.train as train_mod
+
+    steps = []
+
+    def fake_warm_up(run):
+        steps.append(run.cfg.warmup_steps())
+        return {"steps": steps[-1], "first_loss": 1.9, "loss": 1.5, "acc": 0.4, "seconds": 0.0}
+
+    monkeypatch.setattr(train_mod, "warm_up_image_stream", fake_warm_up)
+    data = make_dataset(tmp_path / "ds", n_train=14, n_val=7)
+    out = tmp_path / "run"
+    args = [a for a in _train_args(data, out, 1) if a not in ("--image-warmup", "0")]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    assert steps == [150] and json.loads((out / "warmup.json").read_text())["steps"] == 150
+    config = json.loads((out / "config.json").read_text())["train"]
+    assert config["freeze"] == "auto" and config["image_warmup"] is None
