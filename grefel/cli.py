@@ -1074,7 +1074,13 @@ Examples:
                    "NaN probs and an empty label).")
 @click.option("--exit-timeout", "exit_timeout_s", default=30, type=click.IntRange(0),
               help="On SIGTERM, seconds to wait for in-flight requests.")
-def serve_command(weights: Path, device: str, **opts: Any) -> None:
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for tritonserver's log, tritonserver.log [default: a new "
+                   "runs/serve/MODEL, -2, ...].")
+@click.option("--verbose", "-v", is_flag=True,
+              help="tritonserver's log on stdout instead of in a file.")
+def serve_command(weights: Path, device: str, out: Optional[Path], verbose: bool,
+                  **opts: Any) -> None:
     """Serve WEIGHTS (default: the model that ships inside grefel) on NVIDIA Triton (PyTriton):
     models `grefel` (float32 images) and
     `grefel_image` (encoded image bytes), HTTP + gRPC, dynamic batching, metrics.
@@ -1089,8 +1095,21 @@ def serve_command(weights: Path, device: str, **opts: Any) -> None:
     from grefel.serve import ServeError, ServeOptions, serve
 
     weights = _model_or_default(weights)
+    log_file = None
+    if not verbose:
+        from grefel.fileio import RUNS, display_path, new_run_folder
+
+        try:
+            folder = out if out is not None else new_run_folder("serve", weights.stem)
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            where = f"--out {display_path(out)}" if out is not None else str(RUNS / "serve")
+            raise click.ClickException(f"{where}: cannot create the folder for tritonserver's "
+                                       f"log ({exc.strerror or exc})") from None
+        log_file = folder / "tritonserver.log"  # serve says where once its checks pass
     try:
-        serve(weights, ServeOptions(device=None if device == "auto" else device, **opts),
+        serve(weights, ServeOptions(device=None if device == "auto" else device,
+                                    log_file=log_file, **opts),
               on_ready=lambda line: click.echo(line, err=True))
     except (ServeError, BackendError, MissingDependency) as exc:
         raise click.ClickException(str(exc)) from None
