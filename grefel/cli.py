@@ -84,7 +84,7 @@ def data_synth(out: str, n: int, seed: int, noise: float, imbalance: str, contem
     """Generate SynthFER, the bundled procedurally drawn expression dataset."""
     import time
 
-    from grefel.data.synthfer import generate_synthfer
+    from grefel.data.synthfer import generate_synthfer, split_identities
 
     start = time.perf_counter()
     click.echo(f"drawing {n} faces into {out} ...", err=True)
@@ -100,6 +100,11 @@ def data_synth(out: str, n: int, seed: int, noise: float, imbalance: str, contem
         raise click.ClickException(str(e)) from None
     click.echo(f"done in {time.perf_counter() - start:.1f} s", err=True)
     click.echo((path / "README.txt").read_text(), nl=False)
+    few = [f"{name} {k}" for name, k in split_identities(path).items() if k < 2]
+    if few:
+        click.echo(f"warning: one identity in a split ({', '.join(few)}): its metrics measure one "
+                   "face, not faces the model never saw; a larger --n gives each split more",
+                   err=True)
     _wrote(path, f"{n} images, train/val/test CSVs, classes.txt, README.txt")
 
 
