@@ -1,4 +1,5 @@
-"""Parameters, FLOPs and MACs of the four Table 2 variants beside the paper's figures.
+"""Parameters, FLOPs and MACs of the four Table 2 variants beside the paper's figures, and of
+the model `grefel bench` times (`count` for a torch model, `onnx_sizes` for an .onnx).
 
     python -m benchmarks.flops                       # paper preset, 7 classes
     python -m benchmarks.flops --presets paper tiny --json benchmarks/results/flops.json
@@ -12,6 +13,7 @@ module on a torch-free install too.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -19,10 +21,10 @@ from typing import Any, Dict, List, Optional, Sequence
 import click
 
 from benchmarks.paper import POSTER_V2, TABLE2
-from grefel._lazy import require
+from grefel._lazy import MissingDependency, require
 from grefel.config import VARIANTS
 
-__all__ = ["measure", "measure_variants", "render"]
+__all__ = ["count", "measure", "measure_variants", "onnx_sizes", "render"]
 
 # Top-level children of GReFEL outside the POSTER V2 feature extractor.
 RELIABILITY_PARTS = ("head", "anchor", "attentive")
@@ -32,12 +34,20 @@ def measure(
     preset: str = "paper", variant: str = "both", num_classes: int = 7, batch: int = 1
 ) -> Dict[str, Any]:
     """Build one variant, count its parameters per component and its FLOPs on one batch."""
-    torch = require("torch", "the params/FLOPs table")
-    from torch.utils.flop_counter import FlopCounterMode
-
+    require("torch", "the params/FLOPs table")
     from grefel.model import create_model
 
     model = create_model(preset, variant, num_classes=num_classes).eval()
+    return {"preset": preset, "variant": variant, "num_classes": num_classes,
+            **count(model=model, batch=batch)}
+
+
+def count(model: Any, batch: int = 1) -> Dict[str, Any]:
+    """Parameters (total, backbone, per component) and FLOPs / MACs of one forward of `model`
+    (a GReFEL) on a random batch of `batch` images."""
+    torch = require("torch", "the params/FLOPs of a model")
+    from torch.utils.flop_counter import FlopCounterMode
+
     per_component = {name: sum(p.numel() for p in child.parameters())
                      for name, child in model.named_children()}
     images = torch.rand(batch, 3, model.cfg.image_size, model.cfg.image_size)
@@ -48,9 +58,6 @@ def measure(
     flops = int(counter.get_total_flops())
     total = sum(per_component.values())
     return {
-        "preset": preset,
-        "variant": variant,
-        "num_classes": num_classes,
         "batch": batch,
         "params_total": total,
         "params_backbone": total - sum(per_component.get(k, 0) for k in RELIABILITY_PARTS),
@@ -59,6 +66,45 @@ def measure(
         "macs": flops // 2,
         "first_forward_s": round(seconds, 3),
     }
+
+
+# Initializer types that hold weights (float, and the 8-bit integers of a quantized model);
+# int32 / int64 initializers are shapes, axes and indices.
+_WEIGHT_TYPES = ("FLOAT", "FLOAT16", "BFLOAT16", "DOUBLE", "INT8", "UINT8")
+
+
+def onnx_sizes(path: Path) -> Dict[str, Any]:
+    """Parameters of an ONNX model, the elements of its weight initializers (torch-free), and
+    with torch the FLOPs / MACs of the architecture its `grefel.config` metadata names (FLOPs do
+    not depend on the weights); `note` says what was not computed and why."""
+    import onnx
+
+    model = onnx.load(str(path))
+    kinds = {getattr(onnx.TensorProto, name) for name in _WEIGHT_TYPES}
+    params = 0
+    for init in model.graph.initializer:
+        if init.data_type in kinds:
+            n = 1
+            for d in init.dims:
+                n *= int(d)
+            params += n
+    row: Dict[str, Any] = {"params_total": params, "params_from": "ONNX weight initializers",
+                           "flops": None, "macs": None, "note": ""}
+    config = {p.key: p.value for p in model.metadata_props}.get("grefel.config")
+    if config is None:
+        row["note"] = "FLOPs not computed: the ONNX has no grefel.config metadata"
+        return row
+    try:
+        require("torch", "the FLOPs of an .onnx (counted on its architecture in PyTorch)")
+    except MissingDependency as exc:
+        row["note"] = f"FLOPs not computed: {exc}"
+        return row
+    from grefel.config import GReFELConfig
+    from grefel.model.grefel import GReFEL
+
+    counted = count(model=GReFEL(GReFELConfig.from_dict(json.loads(config))).eval())
+    row.update(flops=counted["flops"], macs=counted["macs"])
+    return row
 
 
 def measure_variants(preset: str = "paper", num_classes: int = 7) -> List[Dict[str, Any]]:

@@ -1,12 +1,14 @@
 """Benchmark records: the stdout table, JSON + Markdown files, and comparison with an old run.
 
-A record is one JSON object: {"schema", "created", "settings", "environment", "sizes" (params /
-FLOPs / MACs of the Table 2 variants beside the paper's numbers), "latency" (one row per
-backend, model and batch size)}; without torch the sizes are not measured: "sizes" is empty
-and "sizes_note" says why. Files go to `benchmarks/results/bench_<YYYYmmdd-HHMMSS>_<device>`
-with `.json` and `.md` suffixes, written atomically: `--out` is checked writable before anything
-is measured, and both files are rewritten after every latency row, so an interrupted or failed
-run keeps every row measured so far. A weights file that cannot be read (a bad `.safetensors`)
+A record is one JSON object: {"schema", "created", "settings", "environment", "timed_sizes"
+(params / FLOPs / MACs of each timed model, `timed_sizes`), "sizes" (those of the Table 2
+variants beside the paper's numbers), "latency" (one row per backend, model and batch size)};
+without torch the Table 2 sizes are not measured: "sizes" is empty and "sizes_note" says why,
+and a timed .onnx has its params but no FLOPs (its row's "note" says why). Files go to
+`benchmarks/results/bench_<YYYYmmdd-HHMMSS>_<device>` with `.json` and `.md` suffixes, written
+atomically: `--out` is checked writable before anything is measured, and both files are
+rewritten after every latency row, so an interrupted or failed run keeps every row measured so
+far. A weights file that cannot be read (a bad `.safetensors`)
 is a BenchError naming it, before any timing.
 """
 
@@ -43,6 +45,7 @@ __all__ = [
 ]
 
 SCHEMA = "grefel-bench/1"
+TABLE2_TITLE = "Params and FLOPs of the Table 2 variants vs the paper"
 
 
 class BenchError(ValueError):
@@ -59,12 +62,14 @@ def make_record(
     environment: Dict[str, Any],
     sizes: List[Dict[str, Any]],
     latency: List[Dict[str, Any]],
+    timed_sizes: Optional[List[Dict[str, Any]]] = None,
 ) -> Dict[str, Any]:
     return {
         "schema": SCHEMA,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "settings": settings,
         "environment": environment,
+        "timed_sizes": timed_sizes or [],
         "sizes": sizes,
         "mac_convention": MAC_NOTE,
         "latency": latency,
@@ -109,6 +114,20 @@ def _rows_sizes(sizes: Sequence[Dict[str, Any]]) -> Tuple[List[str], List[List[s
             ]
         )
     return head, rows
+
+
+def _rows_timed(timed: Sequence[Dict[str, Any]]) -> Tuple[List[str], List[List[str]]]:
+    head = ["model", "params M", "GFLOPs", "GMACs", "params from"]
+    rows = [[t["model"],
+             _fmt(None if t["params_total"] is None else t["params_total"] / 1e6, 3),
+             _fmt(None if t["flops"] is None else t["flops"] / 1e9, 3),
+             _fmt(None if t["macs"] is None else t["macs"] / 1e9, 3),
+             t["params_from"] or "-"] for t in timed]
+    return head, rows
+
+
+def _timed_notes(record: Dict[str, Any]) -> List[str]:
+    return [f"{t['model']}: {t['note']}" for t in record.get("timed_sizes", []) if t["note"]]
 
 
 def _rows_latency(latency: Sequence[Dict[str, Any]]) -> Tuple[List[str], List[List[str]]]:
@@ -206,17 +225,21 @@ def to_markdown(record: Dict[str, Any]) -> str:
     parts = [f"# grefel bench, {record['created']}", "", "## Environment", ""]
     parts += [f"- {line}" for line in env_lines(record["environment"])]
     parts += ["", "## Settings", "", "```", json.dumps(record["settings"], indent=2), "```"]
+    if record.get("timed_sizes"):
+        parts += ["", "## Params and FLOPs of the timed models (batch 1)", "",
+                  _markdown(*_rows_timed(record["timed_sizes"])), ""]
+        parts += [f"- {line}" for line in _timed_notes(record)]
     if record["sizes"]:
         parts += [
             "",
-            "## Params and FLOPs vs the paper (Table 2)",
+            f"## {TABLE2_TITLE}",
             "",
             _markdown(*_rows_sizes(record["sizes"])),
             "",
             MAC_NOTE,
         ]
     elif record.get("sizes_note"):
-        parts += ["", "## Params and FLOPs vs the paper (Table 2)", "", record["sizes_note"]]
+        parts += ["", f"## {TABLE2_TITLE}", "", record["sizes_note"]]
     if record.get("pipeline"):
         from benchmarks.pipeline import pipeline_markdown
 
@@ -229,10 +252,13 @@ def to_markdown(record: Dict[str, Any]) -> str:
 
 def to_text(record: Dict[str, Any]) -> str:
     out = ["Environment:"] + [f"  {line}" for line in env_lines(record["environment"])]
+    if record.get("timed_sizes"):
+        out += ["", "Params and FLOPs of the timed models (batch 1):",
+                _text(*_rows_timed(record["timed_sizes"]))] + _timed_notes(record)
     if record["sizes"]:
-        out += ["", "Params and FLOPs vs the paper (Table 2):", sizes_table(record), MAC_NOTE]
+        out += ["", f"{TABLE2_TITLE}:", sizes_table(record), MAC_NOTE]
     elif record.get("sizes_note"):
-        out += ["", f"Params and FLOPs vs the paper (Table 2): {record['sizes_note']}"]
+        out += ["", f"{TABLE2_TITLE}: {record['sizes_note']}"]
     if record.get("pipeline"):
         from benchmarks.pipeline import pipeline_markdown
 
@@ -365,6 +391,34 @@ def table2_sizes(presets: Sequence[str], num_classes: int = 7) -> List[Dict[str,
     return rows
 
 
+def timed_sizes(targets: Sequence[Any]) -> List[Dict[str, Any]]:
+    """Params and FLOPs of each model `grefel bench` times, one row per model: a torch model
+    (checkpoint, random init) counted by `benchmarks.flops.count`, an .onnx by its weight
+    initializers (and FLOPs with torch: `benchmarks.flops.onnx_sizes`); an engine's are not read
+    (`note` says so)."""
+    from benchmarks.flops import count, onnx_sizes
+
+    rows: List[Dict[str, Any]] = []
+    seen = set()
+    for t in targets:
+        if t.label in seen or (t.model is None and t.path is None):
+            continue
+        seen.add(t.label)
+        row: Dict[str, Any] = {"model": t.label, "file": None if t.path is None else str(t.path)}
+        if t.model is not None:
+            counted = count(model=t.model)
+            row.update(params_total=counted["params_total"], params_from="PyTorch parameters",
+                       flops=counted["flops"], macs=counted["macs"], note="")
+        elif Path(t.path).suffix.lower() == ".onnx":
+            row.update(onnx_sizes(t.path))
+        else:
+            row.update(params_total=None, params_from=None, flops=None, macs=None,
+                       note="params and FLOPs are not read from a TensorRT engine: bench its "
+                            ".onnx or checkpoint for them")
+        rows.append(row)
+    return rows
+
+
 def bench_targets(weights: Sequence[Path], backends: Sequence[str], presets: Sequence[str]):
     """What to time: each weights file with its own backend (a checkpoint also through ONNX
     Runtime via a temporary export), or a random-init model per preset when no file is given."""
@@ -448,7 +502,8 @@ def run_bench(
         record["pipeline"] = rows
         return record, (write_record(record, out_dir) if out_dir is not None else None)
     if progress:
-        progress("params and FLOPs of the Table 2 variants ...")
+        progress("params and FLOPs of the timed models and of the Table 2 variants ...")
+    timed = timed_sizes(targets)
     try:
         sizes, sizes_note = table2_sizes(presets), ""
     except MissingDependency as exc:  # a torch-free install times its model files all the same
@@ -462,7 +517,7 @@ def run_bench(
         "presets": list(presets),
         "threads": threads,
     }
-    record = make_record(settings, env, sizes, [])
+    record = make_record(settings, env, sizes, [], timed_sizes=timed)
     if sizes_note:
         record["sizes_note"] = sizes_note
     paths = record_paths(out_dir, env) if out_dir is not None else None

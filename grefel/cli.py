@@ -84,7 +84,7 @@ def data_synth(out: str, n: int, seed: int, noise: float, imbalance: str, contem
     """Generate SynthFER, the bundled procedurally drawn expression dataset."""
     import time
 
-    from grefel.data.synthfer import generate_synthfer
+    from grefel.data.synthfer import generate_synthfer, split_identities
 
     start = time.perf_counter()
     click.echo(f"drawing {n} faces into {out} ...", err=True)
@@ -100,6 +100,11 @@ def data_synth(out: str, n: int, seed: int, noise: float, imbalance: str, contem
         raise click.ClickException(str(e)) from None
     click.echo(f"done in {time.perf_counter() - start:.1f} s", err=True)
     click.echo((path / "README.txt").read_text(), nl=False)
+    few = [f"{name} {k}" for name, k in split_identities(path).items() if k < 2]
+    if few:
+        click.echo(f"warning: one identity in a split ({', '.join(few)}): its metrics measure one "
+                   "face, not faces the model never saw; a larger --n gives each split more",
+                   err=True)
     _wrote(path, f"{n} images, train/val/test CSVs, classes.txt, README.txt")
 
 
@@ -1074,7 +1079,13 @@ Examples:
                    "NaN probs and an empty label).")
 @click.option("--exit-timeout", "exit_timeout_s", default=30, type=click.IntRange(0),
               help="On SIGTERM, seconds to wait for in-flight requests.")
-def serve_command(weights: Path, device: str, **opts: Any) -> None:
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for tritonserver's log, tritonserver.log [default: a new "
+                   "runs/serve/MODEL, -2, ...].")
+@click.option("--verbose", "-v", is_flag=True,
+              help="tritonserver's log on stdout instead of in a file.")
+def serve_command(weights: Path, device: str, out: Optional[Path], verbose: bool,
+                  **opts: Any) -> None:
     """Serve WEIGHTS (default: the model that ships inside grefel) on NVIDIA Triton (PyTriton):
     models `grefel` (float32 images) and
     `grefel_image` (encoded image bytes), HTTP + gRPC, dynamic batching, metrics.
@@ -1089,8 +1100,21 @@ def serve_command(weights: Path, device: str, **opts: Any) -> None:
     from grefel.serve import ServeError, ServeOptions, serve
 
     weights = _model_or_default(weights)
+    log_file = None
+    if not verbose:
+        from grefel.fileio import RUNS, display_path, new_run_folder
+
+        try:
+            folder = out if out is not None else new_run_folder("serve", weights.stem)
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            where = f"--out {display_path(out)}" if out is not None else str(RUNS / "serve")
+            raise click.ClickException(f"{where}: cannot create the folder for tritonserver's "
+                                       f"log ({exc.strerror or exc})") from None
+        log_file = folder / "tritonserver.log"  # serve says where once its checks pass
     try:
-        serve(weights, ServeOptions(device=None if device == "auto" else device, **opts),
+        serve(weights, ServeOptions(device=None if device == "auto" else device,
+                                    log_file=log_file, **opts),
               on_ready=lambda line: click.echo(line, err=True))
     except (ServeError, BackendError, MissingDependency) as exc:
         raise click.ClickException(str(exc)) from None

@@ -59,6 +59,7 @@ import numpy as np
 
 from grefel import contract
 from grefel._lazy import MissingDependency, require
+from grefel.fileio import display_path
 from grefel.pipeline import FaceResult, Pipeline
 from grefel.predict import PredictOptions, predict_pipeline
 from grefel.runtime import Backend, open_backend
@@ -103,6 +104,7 @@ class ServeOptions:
     align: bool = PredictOptions.align  # warp faces with keypoints onto the 5-point template
     margin: Optional[float] = PredictOptions.margin  # None: 0.2 square crops, 0 aligned faces
     aligned: bool = PredictOptions.aligned  # images are face crops: no detection, whole image
+    log_file: Optional[Path] = None  # tritonserver's log (None: on stdout, as `grefel serve -v`)
 
 
 def image_pipeline(backend: Backend, opts: ServeOptions) -> Pipeline:
@@ -290,6 +292,8 @@ def serve(
     stop: Optional[threading.Event] = None,
 ) -> None:
     """Serve `weights` until SIGTERM / SIGINT (or `stop` is set); see the module docstring.
+    `on_ready` gets one line saying where tritonserver's log is (`opts.log_file`, once the
+    checks pass) and one when every model answers.
 
     Raises ServeError (environment, options) or BackendError (the model file) before serving.
     """
@@ -323,6 +327,7 @@ def serve(
             exit_timeout_secs=opts.exit_timeout_s,
             allow_gpu_metrics=False,
             strict_readiness=True,  # /v2/health/ready: every model ready (Triton's default)
+            log_file=opts.log_file,  # tritonserver's --log-file; None: its stdout
         )
         model_config = pmc.ModelConfig(
             max_batch_size=opts.max_batch,
@@ -340,6 +345,9 @@ def serve(
             funcs = [i.infer_encoded if encoded else i.infer_images for i in instances]
             triton.bind(model_name=model, infer_func=funcs, inputs=inputs, outputs=outputs,
                         config=model_config, strict=True)
+        if opts.log_file is not None:
+            on_ready(f"tritonserver's log: {display_path(opts.log_file)} (-v: on stdout "
+                     "instead)")
         previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM,
                                                                          signal.SIGINT)}
         try:
@@ -363,7 +371,8 @@ def serve(
             while not stop.is_set() and triton.is_alive():
                 stop.wait(0.5)
             if not stop.is_set():
-                raise ServeError("tritonserver exited on its own (see its log above)")
+                where = "above" if opts.log_file is None else f"in {opts.log_file}"
+                raise ServeError(f"tritonserver exited on its own (see its log {where})")
         finally:
             triton.stop()  # tritonserver drains in-flight requests, then the proxies stop
             for sig, handler in previous.items():

@@ -195,3 +195,87 @@ def test_pipeline_video_shows_the_real_face_the_detector_finds(tmp_path: Path) -
     assert ok and frame.shape == (480, 640, 3)
     faces = make_detector("auto").faces(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
     assert len(faces) == 1 and faces[0].keypoints is not None
+
+
+@pytest.fixture()
+def tiny_files(tmp_path: Path) -> Tuple[Path, Path]:
+    """The shared tiny checkpoint and a copy of its ONNX carrying its grefel.config metadata,
+    as `grefel export` writes it."""
+    import onnx
+    from test_runtime import _shared_models
+
+    from export.onnx_export import set_metadata
+    from grefel.checkpoint import read_meta
+
+    shared = _shared_models()
+    proto = onnx.load(str(shared["onnx"]))
+    config = read_meta(shared["ckpt"])["config"]
+    set_metadata(proto, {"grefel.config": json.dumps(config, sort_keys=True)})
+    onnx_path = tmp_path / "tiny-exported.onnx"
+    onnx.save(proto, str(onnx_path))
+    return shared["ckpt"], onnx_path
+
+
+def _bench(out: Path, *weights: Path) -> Any:
+    args = ["bench", "--presets", "tiny", "--backends", "onnx", "--batch-sizes", "1",
+            "--iters", "1", "--seconds", "0", "--threads", "1", "--out", str(out)]
+    for w in weights:
+        args += ["--weights", str(w)]
+    return CliRunner().invoke(cli, args)
+
+
+def test_bench_reports_the_timed_models_own_params_and_flops(
+        tmp_path: Path, no_tensorrt: None, tiny_files: Tuple[Path, Path]) -> None:
+    """The timed checkpoint's and .onnx's own size, beside the Table 2 variants, in the
+    record, its Markdown and stdout (before: only the presets' Table 2 rows)."""
+    from benchmarks.flops import count
+    from grefel.checkpoint import load_checkpoint
+
+    ckpt, onnx_path = tiny_files
+    res = _bench(tmp_path / "out", ckpt, onnx_path)
+    assert res.exit_code == 0, res.output
+    (json_path,) = (tmp_path / "out").glob("bench_*.json")
+    rows = {r["model"]: r for r in load_record(json_path)["timed_sizes"]}
+    own = count(model=load_checkpoint(ckpt)[0])
+    assert rows["tiny"]["params_total"] == own["params_total"]
+    assert rows["tiny"]["flops"] == own["flops"] > 0 and rows["tiny"]["note"] == ""
+    # the same architecture: the same FLOPs; params from the ONNX's weights (BatchNorm folded)
+    onnx_row = rows["tiny-exported.onnx"]
+    assert onnx_row["flops"] == own["flops"] and onnx_row["macs"] == own["flops"] // 2
+    assert 0.9 * own["params_total"] <= onnx_row["params_total"] <= own["params_total"]
+    assert onnx_row["params_from"] == "ONNX weight initializers"
+    heading = "Params and FLOPs of the timed models (batch 1)"
+    assert heading in res.stdout and f"## {heading}" in json_path.with_suffix(".md").read_text()
+    assert f"{own['params_total'] / 1e6:.3f}" in res.stdout
+    assert "Params and FLOPs of the Table 2 variants vs the paper" in res.stdout
+
+
+def test_bench_of_an_onnx_without_torch_counts_its_params_and_says_why_no_flops(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_tensorrt: None,
+        tiny_files: Tuple[Path, Path]) -> None:
+    import sys
+
+    import onnx
+
+    _, onnx_path = tiny_files
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ModuleNotFoundError
+    res = _bench(tmp_path / "out", onnx_path)
+    assert res.exit_code == 0, res.output
+    (json_path,) = (tmp_path / "out").glob("bench_*.json")
+    (row,) = load_record(json_path)["timed_sizes"]
+    weights = sum(int(np.prod(i.dims)) for i in onnx.load(str(onnx_path)).graph.initializer
+                  if i.data_type == onnx.TensorProto.FLOAT)
+    assert row["params_total"] == weights > 0 and row["flops"] is None and row["macs"] is None
+    assert row["note"].startswith("FLOPs not computed: ") and "[train]" in row["note"]
+    notes = [line for line in res.stdout.splitlines() if "FLOPs not computed" in line]
+    assert notes == [f"tiny-exported.onnx: {row['note']}"]
+
+
+def test_an_engine_says_its_size_is_not_read(tmp_path: Path) -> None:
+    from benchmarks.latency import Target
+    from benchmarks.report import timed_sizes
+
+    (row,) = timed_sizes([Target("m.engine", "tensorrt", tmp_path / "m.engine"),
+                          Target("(no engine)", "tensorrt")])
+    assert row["params_total"] is None and row["flops"] is None
+    assert "not read from a TensorRT engine" in row["note"]

@@ -82,3 +82,32 @@ def test_train_default_is_a_new_runs_train_folder(tmp_path: Path,
     assert _default_train_folder("paper") == str(Path("runs") / "train" / "paper")
     res = CliRunner().invoke(cli, ["train", "--resume"])
     assert res.exit_code == 2 and "Missing option '--out'" in res.output
+
+
+def test_serve_writes_tritonserver_log_in_a_new_runs_serve_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """It went to stdout (tables, CUDA errors on a CPU machine); -v keeps it there. `serve` is
+    replaced by a fake with its signature that records the options it was given (the line
+    saying where the log is: test_serve.py, with a real server)."""
+    import grefel.serve
+
+    given = []
+
+    def fake_serve(weights: Path, opts: grefel.serve.ServeOptions, on_ready=print,
+                   stop=None) -> None:
+        given.append(opts)
+
+    monkeypatch.setattr(grefel.serve, "serve", fake_serve)
+    monkeypatch.chdir(tmp_path)
+    weights = tmp_path / "m.onnx"
+    weights.write_bytes(b"")
+    for folder in ("m", "m-2"):
+        res = CliRunner().invoke(cli, ["serve", "-w", str(weights)])
+        assert res.exit_code == 0, res.output
+        log = Path("runs") / "serve" / folder / "tritonserver.log"
+        assert given[-1].log_file == log and log.parent.is_dir()
+    res = CliRunner().invoke(cli, ["serve", "-w", str(weights), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 0 and given[-1].log_file == tmp_path / "o" / "tritonserver.log"
+    res = CliRunner().invoke(cli, ["serve", "-w", str(weights), "-v"])
+    assert res.exit_code == 0 and given[-1].log_file is None
+    assert not (Path("runs") / "serve" / "m-3").exists()

@@ -54,8 +54,9 @@ class Server(serve_load.Server):
     and one client per protocol."""
 
     def __init__(self, weights: Path, log: Path) -> None:
+        self.run_folder = log.parent / "run"  # tritonserver's log: run_folder/tritonserver.log
         super().__init__(weights, max_batch=8, delay_us=5000, threads=1, log=log,
-                         extra=("--exit-timeout", "60"))
+                         extra=("--exit-timeout", "60", "--out", str(self.run_folder)))
         self.http_client = httpclient.InferenceServerClient(f"127.0.0.1:{self.http}")
         self.grpc_client = grpcclient.InferenceServerClient(f"127.0.0.1:{self.grpc}")
         self.first_ready: Dict[str, Any] = {}  # each model's answer (or error) at the first 200
@@ -264,11 +265,12 @@ def test_encoded_image_model_equals_grefel_predict_on_the_file(server, backend, 
     assert "'grefel_image' faces: detector blazeface-auto" in server.output()
 
 
-def test_serve_face_options_are_predicts(weights, monkeypatch) -> None:
+def test_serve_face_options_are_predicts(weights, monkeypatch, tmp_path) -> None:
     """--detector, --det-size, --align, --margin and --min-face reach grefel_image's options;
     not given, they are `grefel predict`'s defaults."""
     from grefel import serve
 
+    monkeypatch.chdir(tmp_path)  # the runs/serve folders of tritonserver's log
     got: List[Any] = []
     monkeypatch.setattr(serve, "serve", lambda w, opts, on_ready: got.append(opts))
     result = CliRunner().invoke(cli, ["serve", "-w", str(weights)])
@@ -376,21 +378,22 @@ def test_health_and_metrics_endpoints(server) -> None:
     assert config["dynamic_batching"]["max_queue_delay_microseconds"] == 5000
 
 
-def test_numpy2_and_missing_pytriton_are_one_clear_line(weights, monkeypatch) -> None:
+def test_numpy2_and_missing_pytriton_are_one_clear_line(weights, monkeypatch, tmp_path) -> None:
     from grefel import serve
 
     monkeypatch.setattr(serve.np, "__version__", "2.1.3")
-    result = CliRunner().invoke(cli, ["serve", "--weights", str(weights)])
+    result = CliRunner().invoke(cli, ["serve", "--out", str(tmp_path), "--weights", str(weights)])
     assert result.exit_code == 1 and "Traceback" not in result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "numpy<2" in lines[0] and "numpy 2.1.3" in lines[0]
     monkeypatch.setattr(serve.np, "__version__", "1.26.4")
     monkeypatch.setitem(sys.modules, "pytriton.triton", None)
-    result = CliRunner().invoke(cli, ["serve", "--weights", str(weights)])
+    result = CliRunner().invoke(cli, ["serve", "--out", str(tmp_path), "--weights", str(weights)])
     assert result.exit_code == 1 and "pip install '.[serve]'" in result.output
     assert len(result.output.strip().splitlines()) == 1
     monkeypatch.undo()
-    result = CliRunner().invoke(cli, ["serve", "--weights", str(weights.with_name("none.onnx"))])
+    result = CliRunner().invoke(cli, ["serve", "--out", str(tmp_path), "--weights",
+                                      str(weights.with_name("none.onnx"))])
     assert result.exit_code == 1 and "none.onnx: no such model file" in result.output
     assert len(result.output.strip().splitlines()) == 1
 
@@ -402,12 +405,22 @@ def test_missing_blazeface_is_one_clear_line(weights, monkeypatch, tmp_path) -> 
 
     monkeypatch.setattr(detectors, "MODELS", tmp_path)
     monkeypatch.setenv("LD_LIBRARY_PATH", os.environ.get("LD_LIBRARY_PATH", ""))  # restored
-    result = CliRunner().invoke(cli, ["serve", "-w", str(weights), "--detector", "blazeface"])
+    result = CliRunner().invoke(cli, ["serve", "--out", str(tmp_path), "-w", str(weights),
+                                      "--detector", "blazeface"])
     assert result.exit_code == 1 and "Traceback" not in result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "missing from this grefel install" in lines[0]
     assert str(tmp_path / "face_detection_short_range.tflite") in lines[0]
     assert "--detector haar" in lines[0]
+
+
+def test_tritonserver_log_is_in_its_file_and_serve_says_where(server) -> None:
+    """It flooded grefel serve's stdout (tables; CUDA errors on a CPU machine)."""
+    log = server.run_folder / "tritonserver.log"
+    assert "successfully loaded 'grefel_image'" in log.read_text(errors="replace")
+    out = server.output()
+    assert f"tritonserver's log: {log} (-v: on stdout instead)" in out.splitlines()
+    assert "model_lifecycle" not in out and "+---" not in out, out
 
 
 def test_sigterm_answers_in_flight_requests_then_exits(server, backend) -> None:

@@ -175,3 +175,20 @@ def test_difficulty_zero_removes_nuisances(tmp_path) -> None:
     assert {r["intensity"] for r in rows if r["label"] != "neutral"} == {"1.00"}
     with pytest.raises(ValueError, match="difficulty"):
         generate_synthfer(tmp_path / "bad", n=12, difficulty=1.5)
+
+
+def test_cli_data_synth_warns_of_a_one_identity_split(tmp_path) -> None:
+    """--n 200 makes a test split of one identity (it said nothing); --n 400 does not."""
+    from grefel.data.synthfer import split_identities
+
+    res = CliRunner().invoke(cli, ["data", "synth", "--out", str(tmp_path / "a"), "--n", "200",
+                                   "--size", "64"])
+    assert res.exit_code == 0, res.output
+    assert split_identities(tmp_path / "a")["test"] == 1
+    warnings = [line for line in res.stderr.splitlines() if line.startswith("warning:")]
+    assert warnings == ["warning: one identity in a split (test 1): its metrics measure one "
+                        "face, not faces the model never saw; a larger --n gives each split more"]
+    res = CliRunner().invoke(cli, ["data", "synth", "--out", str(tmp_path / "b"), "--n", "400",
+                                   "--size", "64"])
+    assert res.exit_code == 0 and "warning:" not in res.output
+    assert min(split_identities(tmp_path / "b").values()) >= 2

@@ -29,7 +29,7 @@ from grefel.config import DATASET_CLASSES
 from grefel.data.faces import Identity, make_identity, render_face
 from grefel.fileio import atomic_write_bytes
 
-__all__ = ["RAFDB_TRAIN_COUNTS", "generate_synthfer"]
+__all__ = ["RAFDB_TRAIN_COUNTS", "generate_synthfer", "split_identities"]
 
 # RAF-DB basic training-set counts per class: the default class imbalance.
 RAFDB_TRAIN_COUNTS: Dict[str, int] = {
@@ -86,6 +86,15 @@ def _csv_bytes(header: Sequence[str], rows: Sequence[Sequence[object]]) -> bytes
     w.writerow(header)
     w.writerows(rows)
     return buf.getvalue().encode()
+
+
+def split_identities(path: Path) -> Dict[str, int]:
+    """Distinct identities (`group`) in each split CSV of a SynthFER folder."""
+    counts = {}
+    for name in ("train", "val", "test"):
+        with open(Path(path) / f"{name}.csv", newline="") as f:
+            counts[name] = len({row["group"] for row in csv.DictReader(f)})
+    return counts
 
 
 def generate_synthfer(
