@@ -880,7 +880,7 @@ def predict_command(
         signals_end_run,
     )
     from grefel.runtime import BackendError
-    from grefel.runtime.sources import SourceError
+    from grefel.runtime.sources import STREAM_KINDS, SourceError, source_kind
 
     if max_pixels is not None:
         set_max_pixels(max_pixels)
@@ -904,6 +904,10 @@ def predict_command(
         _wrote(out, f"records, {fmt}")
     if annotate is not None and summary.frames:
         _wrote(annotate, annotated_what(src))
+    if summary.plot is not None:
+        _wrote(summary.plot, "expression-over-time plot, PNG")
+    elif out is not None and summary.faces == 0 and source_kind(src) in ("video", *STREAM_KINDS):
+        click.echo("no expression-over-time plot: no face was found in any frame", err=True)
     if json_path:
         try:
             atomic_write_json(json_path, summary.to_dict())

@@ -58,6 +58,7 @@ from grefel.pipeline import STAGES, FaceResult, Pipeline, Tracker, entropy_confi
 from grefel.progress import Progress
 from grefel.runtime.base import Backend
 from grefel.runtime.sources import STREAM_KINDS, Frame, Skipped, iter_source, source_kind
+from grefel.timeline import Timeline, plot_path
 
 __all__ = [
     "STAGES",
@@ -194,6 +195,7 @@ class PredictSummary:
     signal: Optional[int] = None  # the signal that ended the run (SIGINT for Ctrl-C), if any
     detector: str = ""
     stages_ms: Dict[str, float] = field(default_factory=dict)  # mean ms per frame
+    plot: Optional[str] = None  # the expression-over-time PNG of a video run (grefel.timeline)
 
     @property
     def fps(self) -> float:
@@ -221,6 +223,7 @@ class PredictSummary:
             "signal": signal.Signals(self.signal).name if self.signal else None,
             "detector": self.detector,
             "stages_ms_per_frame": dict(self.stages_ms),
+            "plot": self.plot,
         }
 
 
@@ -439,6 +442,7 @@ class _Predictor:
         self.summary = PredictSummary(detector=self.pipeline.detector_name)
         self.frames: List[Frame] = []
         self.post = 0.0  # writing and annotating, seconds
+        self.timeline: Optional[Timeline] = None
 
     def add(self, frame: Frame) -> None:
         self.frames.append(frame)
@@ -478,6 +482,8 @@ class _Predictor:
             self.summary.no_face_frames += 0 if found else 1
             if self.annotator is not None:
                 self.annotator.add(frame, recs)
+            if self.timeline is not None:
+                self.timeline.add(frame.index, recs, fps=frame.fps)
         self.post += time.perf_counter() - t0
 
     @property
@@ -494,14 +500,17 @@ def stream_predictions(
     on_skip: Callable[[str, str], None] = lambda f, r: None,
     detector: Any = None,
     progress: Optional[Progress] = None,
+    timeline: Optional[Timeline] = None,
 ) -> PredictSummary:
     """Stream `src` through `backend` (opened), writing one record per face to `writer`.
 
     detector: a detector object replacing `opts.detector` (tests, other detectors).
-    progress: told the frames done after each frame read."""
+    progress: told the frames done after each frame read.
+    timeline: given each frame's records (the expression-over-time plot)."""
     start = time.perf_counter()
     video = source_kind(src) in ("video",) + STREAM_KINDS
     runner = _Predictor(backend, writer, opts, annotator, video, detector=detector)
+    runner.timeline = timeline
     decode = 0.0
     try:
         items = iter_source(src, opts.max_frames)
@@ -552,9 +561,11 @@ def run_predict(
 
     from grefel.runtime import open_backend
 
-    source_kind(src)  # a missing path, or an --annotate name that cannot be written as
+    kind = source_kind(src)  # a missing path, or an --annotate name that cannot be written as
     if annotate is not None:  # given, fails before the model is loaded
         check_annotate(annotate, src)
+    # a .png is never the video source nor its --annotate video (both need a video suffix)
+    plot = plot_path(out) if out is not None and kind in ("video",) + STREAM_KINDS else None
     if opts.threads:
         require("cv2").setNumThreads(opts.threads)
     with contextlib.ExitStack() as stack:
@@ -582,7 +593,16 @@ def run_predict(
         writer = RecordWriter(stream, fmt, backend.classes, name=name)
         # Redrawn in place only where no records go to the same terminal.
         tty = sys.stderr.isatty() and not (out is None and sys.stdout.isatty())
-        return stream_predictions(
+        timeline = Timeline(backend.classes) if plot is not None else None
+        summary = stream_predictions(
             src, backend, writer, opts=opts, annotator=annotator, on_skip=on_skip,
-            progress=Progress("predict", "frames", tty=tty),
+            progress=Progress("predict", "frames", tty=tty), timeline=timeline,
         )
+    if timeline is not None and plot is not None:
+        try:
+            if timeline.save(plot, title=display_path(src)):
+                summary.plot = str(plot)
+        except OSError as exc:
+            raise OutputError(f"--out {display_path(out)}: cannot write its expression plot "
+                              f"{display_path(plot)} ({exc.strerror or exc})") from None
+    return summary

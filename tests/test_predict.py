@@ -351,3 +351,41 @@ def test_predict_reports_progress_on_a_video(models: Dict[str, Path], media: Dic
     assert res.exit_code == 0, res.output
     lines = [line for line in res.output.splitlines() if line.startswith("predict: ")]
     assert [line.split(",")[0] for line in lines] == [f"predict: {i} frames" for i in range(1, 7)]
+
+
+def test_a_video_run_writes_its_expression_plot_beside_the_records(
+    models: Dict[str, Path], media: Dict[str, Path], tmp_path: Path
+) -> None:
+    """A video with --out R also writes R's stem + .expressions.png (the probabilities of the
+    longest track per frame) and says where; without a face in any frame it writes none and
+    says why."""
+    out = tmp_path / "clip.jsonl"
+    res = _invoke(media["video"], "-w", models["onnx"], "--aligned", "--out", out)
+    assert res.exit_code == 0, res.output
+    plot = tmp_path / "clip.expressions.png"
+    assert f"wrote {plot} (expression-over-time plot, PNG)" in res.stderr
+    image = cv2.imread(str(plot))
+    assert image is not None and image.shape == (400, 1000, 3)
+    assert json.loads(_invoke(media["video"], "-w", models["onnx"], "--aligned", "--out", out,
+                              "--json", tmp_path / "s.json").exit_code == 0 and
+                      (tmp_path / "s.json").read_text())["plot"] == str(plot)
+    faceless = tmp_path / "faceless.jsonl"
+    res = _invoke(media["video"], "-w", models["onnx"], "--out", faceless)  # noise: no face
+    assert res.exit_code == 0, res.output
+    assert "no expression-over-time plot: no face was found in any frame" in res.stderr
+    assert not (tmp_path / "faceless.expressions.png").exists()
+
+
+def test_the_timeline_plots_the_longest_track_with_gaps(tmp_path: Path) -> None:
+    from grefel.timeline import Timeline
+
+    line = Timeline(["a", "b"])
+    face = {"face": True, "track": 3, "probs": {"a": 0.2, "b": 0.8}}
+    other = {"face": True, "track": 5, "probs": {"a": 0.9, "b": 0.1}}
+    line.add(0, [face, other], fps=10.0)
+    line.add(1, [{"face": False, "track": None, "probs": None}])
+    line.add(2, [face])
+    assert line.main_track() == 3 and line.last_frame == 2 and line.fps == 10.0
+    assert line.save(tmp_path / "t.png", title="clip") and (tmp_path / "t.png").stat().st_size
+    assert not Timeline(["a"]).save(tmp_path / "none.png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.png"]  # no temporary left
