@@ -79,7 +79,12 @@ def onnx_sizes(path: Path) -> Dict[str, Any]:
     not depend on the weights); `note` says what was not computed and why."""
     import onnx
 
-    model = onnx.load(str(path))
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError, OSError, ...: one row
+        return {"params_total": None, "params_from": None, "flops": None, "macs": None,
+                "note": f"not read: not a loadable ONNX model ({type(exc).__name__}: "
+                        f"{str(exc)[:120]})"}
     kinds = {getattr(onnx.TensorProto, name) for name in _WEIGHT_TYPES}
     params = 0
     for init in model.graph.initializer:
@@ -102,7 +107,12 @@ def onnx_sizes(path: Path) -> Dict[str, Any]:
     from grefel.config import GReFELConfig
     from grefel.model.grefel import GReFEL
 
-    counted = count(model=GReFEL(GReFELConfig.from_dict(json.loads(config))).eval())
+    try:
+        arch = GReFEL(GReFELConfig.from_dict(json.loads(config))).eval()
+    except (ValueError, TypeError, KeyError) as exc:  # metadata that names no grefel model
+        row["note"] = f"FLOPs not computed: its grefel.config metadata is not a model ({exc})"
+        return row
+    counted = count(model=arch)
     row.update(flops=counted["flops"], macs=counted["macs"])
     return row
 

@@ -304,7 +304,7 @@ def test_train_align_faces_records_alignment(patched, tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     assert "split 'train': 6 images aligned by pasted" in res.output
     assert "2 without a face (whole image)" in res.output
-    summary = json.loads(res.output[res.output.index("{\n"):])
+    summary = json.loads(res.stdout[res.stdout.index("{\n"):])
     assert summary["alignment"]["train"]["no_face"] == 2
     assert summary["alignment"]["val"]["reused"] == 6  # the same files: aligned once
     assert json.loads((out / "alignment.json").read_text()) == summary["alignment"]

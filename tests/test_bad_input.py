@@ -353,6 +353,9 @@ def test_bench_rows_say_why_a_model_cannot_run(files: Dict[str, Any], tmp_path: 
     assert rows[("mini.onnx", 1)] == rows[("mini.onnx", 3)] == "ok"
     assert all("not a loadable ONNX model" in rows[("random.onnx", b)] for b in (1, 3))
     assert all("not a grefel model" in rows[("foreign_shape.onnx", b)] for b in (1, 3))
+    # its size row says why too (once a protobuf DecodeError escaped as a traceback)
+    sizes = {t["model"]: t for t in record["timed_sizes"]}
+    assert "not a loadable ONNX model" in sizes["random.onnx"]["note"]
 
 
 def test_bench_writes_each_row_as_measured(files: Dict[str, Any], tmp_path: Path,
