@@ -30,11 +30,12 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 import onnx
 
 from export import ExportError
-from export.compare import FP16_CRITERIA, INT8_CRITERIA, artifact_precision
+from export.compare import FP16_CRITERIA, INT8_CRITERIA, Agreement, artifact_precision
 from export.fp16 import convert_to_fp16, fp16_gate, fp32_node_names
 from export.gate_images import gate_images
 from export.lint import TARGETS, lint_onnx, target_table
 from export.prelu import to_branch_free
+from export.quiet import CapturedWarnings, captured_warnings
 from export.sidecar import device_info, engine_stem, onnx_meta, write_sidecar
 from export.simplify import simplify_onnx
 from export.trt_form import for_tensorrt
@@ -103,24 +104,33 @@ def resolve_target(target: str, trt: Any) -> Tuple[str, List[str]]:
 
 
 class _Stages:
-    """Numbered progress lines on `log`, each with its wall time."""
+    """Numbered stages: one line on `log` when a stage ends (its summary and wall time); its
+    start line and a nested stage's lines go to `detail` (shown with -v)."""
 
-    def __init__(self, log: Log) -> None:
-        self.log = log
+    def __init__(self, log: Log, detail: Log) -> None:
+        self.log, self.detail = log, detail
         self.n = 0
+        self.depth = 0
         self.times: Dict[str, float] = {}
 
     @contextmanager
     def __call__(self, title: str) -> Iterator[List[str]]:
-        self.n += 1
-        n = self.n
+        nested = self.depth > 0
+        if not nested:
+            self.n += 1
+        label = f"    {title}" if nested else f"[{self.n}] {title}"
+        say = self.detail if nested else self.log
         notes: List[str] = []
         start = time.perf_counter()
-        self.log(f"[{n}] {title} ...")
-        yield notes
+        self.detail(f"{label} ...")
+        self.depth += 1
+        try:
+            yield notes
+        finally:
+            self.depth -= 1
         seconds = time.perf_counter() - start
-        self.times[title] = round(seconds, 3)
-        self.log(f"[{n}] {title}: {'; '.join(notes) or 'done'} ({seconds:.1f} s)")
+        self.times.setdefault(title, round(seconds, 3))
+        say(f"{label}: {'; '.join(notes) or 'done'} ({seconds:.1f} s)")
 
 
 def _require_trt() -> Tuple[Any, str]:
@@ -130,8 +140,12 @@ def _require_trt() -> Tuple[Any, str]:
         return None, str(exc)
 
 
-def run_export(source: Path, opts: ExportOptions, log: Log = print) -> ExportResult:
-    """Run every stage for `source` (.safetensors checkpoint or .onnx); see the module doc."""
+def run_export(source: Path, opts: ExportOptions, log: Log = print,
+               verbose: bool = False) -> ExportResult:
+    """Run every stage for `source` (.safetensors checkpoint or .onnx); see the module doc.
+
+    `log` gets one line per stage; with `verbose` also each stage's details (lint reports,
+    per-batch parity, third-party warnings), which `NAME.checks.json` keeps either way."""
     if opts.batch > opts.max_batch:
         raise ExportError(f"--batch {opts.batch} is larger than --max-batch {opts.max_batch}")
     trt, missing = _require_trt()
@@ -144,8 +158,11 @@ def run_export(source: Path, opts: ExportOptions, log: Log = print) -> ExportRes
         raise ExportError(f"--out {opts.out}: cannot write there ({exc.strerror or exc}); give "
                           "a writable folder") from None
     with work as tmp:
+        run = _Run(source, opts, log, Path(tmp), trt, missing, target, lint_targets, verbose)
         try:
-            return _Run(source, opts, log, Path(tmp), trt, missing, target, lint_targets).run()
+            with captured_warnings(sink=run.detail) as caught:
+                run.caught = caught
+                return run.run()
         except ExportError as exc:
             raise ExportError(_user_message(str(exc), Path(source), Path(tmp))) from None
         except OSError as exc:  # a full disk, --out made read-only meanwhile
@@ -192,6 +209,18 @@ def _user_message(message: str, source: Path, work: Path) -> str:
     return message if message.startswith(str(source)) else f"{source}: {message}"
 
 
+def _gate_summary(gate: Agreement) -> str:
+    """A gate in a few words: verdict, decisive flips, max |dp|, images."""
+    verdict = "pass" if gate else "FAIL (" + "; ".join(gate.reasons()) + ")"
+    return (f"{verdict}, {gate.decisive_flips} decisive flips, max|dp| "
+            f"{gate.max_abs_dprobs:.1e} on {gate.samples} images")
+
+
+def _met(line: str) -> bool:
+    """A lint report line of a restriction the graph meets (or that cannot be checked)."""
+    return ": met" in line or ": not checkable here" in line
+
+
 def _model_opset(path: Path) -> int:
     model = onnx.load(str(path), load_external_data=False)
     return max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
@@ -230,10 +259,14 @@ def _check_onnx_source(path: Path) -> None:
 class _Run:
     """One export: state shared by the stage methods."""
 
-    def __init__(self, source, opts, log, work, trt, missing, target, lint_targets) -> None:
-        self.source, self.opts, self.log, self.work = Path(source), opts, log, work
+    def __init__(self, source, opts, log, work, trt, missing, target, lint_targets,
+                 verbose: bool = False) -> None:
+        self.source, self.opts, self._log, self.work = Path(source), opts, log, work
         self.trt, self.missing, self.target, self.lint_targets = trt, missing, target, lint_targets
-        self.stage = _Stages(log)
+        self.verbose = verbose
+        self.lines: List[str] = []  # everything logged or detailed: NAME.checks.json's "log"
+        self.caught: Optional[CapturedWarnings] = None
+        self.stage = _Stages(self.log, self.detail)
         self.gates: Dict[str, Any] = {}
         self.model = None
         self.is_onnx = self.source.suffix.lower() == ".onnx"
@@ -243,6 +276,23 @@ class _Run:
         self.opset = opts.opset or opset_for_target(target)
         self.explicit_target = opts.target != "auto"
         self._images: Optional[Tuple[Any, str]] = None
+
+    def log(self, line: str) -> None:
+        """A line the user always sees (one per stage)."""
+        self.lines.append(line)
+        self._log(line)
+
+    def detail(self, line: str) -> None:
+        """A detail line: shown with -v, always kept in NAME.checks.json."""
+        self.lines.append(line)
+        if self.verbose:
+            self._log(line)
+
+    def checks(self) -> Dict[str, Any]:
+        """NAME.checks.json: every gate's result, the stage times, the full log, the warnings."""
+        return {"source": str(self.source), "target": self.target,
+                "stage_seconds": self.stage.times, **self.gates, "log": list(self.lines),
+                "warnings": self.caught.lines() if self.caught is not None else []}
 
     # --- ONNX stages ---------------------------------------------------------------------
     def run(self) -> ExportResult:
@@ -272,12 +322,13 @@ class _Run:
             self.int8_path = self._int8(onnx_path)
             artifacts.append(self.int8_path)
         artifacts.append(self.work / f"{self.name}.checks.json")
-        atomic_write_json(artifacts[-1], {"source": str(self.source), "target": self.target,
-                                          "stage_seconds": self.stage.times, **self.gates})
+        self.log("ONNX artifacts: " + ", ".join(str(p.name) for p in artifacts)
+                 + f" -> {self.opts.out}")
+        atomic_write_json(artifacts[-1], self.checks())
         final = [self._publish(p) for p in artifacts]
+        self.checks_path = final[-1]
         if self.int8_path is not None:
             self.int8_path = self.opts.out / self.int8_path.name
-        self.log("ONNX artifacts: " + ", ".join(str(p) for p in final))
         if self.opts.onnx_only:
             return ExportResult(0, final, self.gates, "ONNX artifacts written (--onnx-only)")
         if self.trt is None:
@@ -294,7 +345,7 @@ class _Run:
                 raise ExportError(str(exc)) from None
             notes.append(f"preset {self.model.cfg.name}, {self.model.cfg.num_classes} classes")
 
-    def _export(self, path: Path, opset: int, quiet: bool = False) -> None:
+    def _export(self, path: Path, opset: int) -> None:
         from export.onnx_export import export_onnx
 
         raw = path.with_suffix(".raw.onnx") if self.opts.simplify else path
@@ -316,8 +367,9 @@ class _Run:
             with atomic_path(path) as tmp:
                 onnx.save(model, str(tmp))
             self.gates["prelu_branch_free"] = count
-            notes.append(f"{count} PRelu -> Max(x, a*x) or Relu + a*Min(x, 0) (exact; "
-                         "export/prelu.py; TensorRT builds get them folded back)")
+            notes.append(f"{count} PRelu rewritten, exact")
+            self.detail(f"    {count} PRelu -> Max(x, a*x) or Relu + a*Min(x, 0) (exact; "
+                        "export/prelu.py; TensorRT builds get them folded back)")
 
     def _parity(self, path: Path) -> None:
         import numpy as np
@@ -329,18 +381,20 @@ class _Run:
         sizes = (1, 3, 8) if self.opts.dynamic else (self.opts.max_batch,)
         with self.stage(f"ONNX Runtime vs torch at batch {'/'.join(map(str, sizes))}") as notes:
             rng = np.random.default_rng(0)
-            results = []
+            results, worst = [], 0.0
             for b in sizes:
                 x = rng.random((b, 3, 112, 112), dtype=np.float32)
                 ref = run_backend(TorchBackend(model=self.model, device="cpu"), x, chunk=b)
                 got = run_backend(OrtBackend(path, device="cpu"), x, chunk=b)
                 result = check_parity(ref, got, PARITY_TOL, label=f"batch {b}")
                 results.append(result.to_dict())
-                notes.append(str(result))
+                self.detail(f"    {result}")
                 if not result:
                     raise ExportError(f"{self.source}: the exported ONNX disagrees with torch "
                                       f"in ONNX Runtime: {result}")
+                worst = max([worst, *(c.max_abs for c in result.checks)])
             self.gates["parity"] = results
+            notes.append(f"pass, max|d| {worst:.1e}")
 
     def gate_images(self) -> Tuple[Any, str]:
         """The precision gates' images (made once per export)."""
@@ -355,7 +409,9 @@ class _Run:
             for target in targets:
                 reports[target] = lint_onnx(self._onnx_for_lint(path, target), target)
                 for line in reports[target].lines():
-                    self.log("    " + line.replace(str(self.work / path.name), str(self.source)))
+                    # what fails is always shown; the restrictions that hold only with -v
+                    say = self.log if not reports[target] and not _met(line) else self.detail
+                    say("    " + line.replace(str(self.work / path.name), str(self.source)))
             self.gates["lint"] = {t: r.to_dict() for t, r in reports.items()}
             self.gates["lint_skipped"] = skipped
             failed = [t for t, r in reports.items() if not r]
@@ -411,9 +467,12 @@ class _Run:
                                        "calib_data": str(self.opts.calib_data or ""),
                                        "fp16_onnx_in_onnxruntime": typed}
             typed_ok = typed.get("ran") is False or typed.get("passed")
-            notes.append(f"{gate} on {what}")
-            notes.append(f"the FP16-typed ONNX in ONNX Runtime: {typed.get('why') or 'agrees'}"
-                         if typed_ok else "the FP16-typed ONNX in ONNX Runtime disagrees")
+            notes.append(_gate_summary(gate))
+            self.detail(f"    {gate} on {what}")
+            self.detail(f"    the FP16-typed ONNX in ONNX Runtime: {typed.get('why') or 'agrees'}"
+                        if typed_ok else "    the FP16-typed ONNX in ONNX Runtime disagrees")
+            if not typed_ok:
+                notes.append("the FP16-typed ONNX disagrees in ONNX Runtime")
             if counts["init_values_clamped"] or counts["init_values_flushed"]:
                 notes.append(f"{counts['init_values_clamped']} weights clamped to +-65504, "
                              f"{counts['init_values_flushed']} below float16's range set to 0")
@@ -438,10 +497,10 @@ class _Run:
             gate, _ = int8_gate(path, int8_path, held_out, criteria=INT8_CRITERIA)
             self.gates["int8_gate"] = {**gate.to_dict(), **counts, "images": what,
                                        "calib_data": str(self.opts.calib_data)}
+            notes.append(_gate_summary(gate))
             notes.append(f"{counts['quantized_nodes']} nodes quantized, "
-                         f"{counts['float_nodes_kept']} kept float, "
                          f"{counts['bytes'] / 2**20:.1f} MiB")
-            notes.append(f"{gate} on {what}")
+            self.detail(f"    {gate} on {what}")
         if not gate and not self.opts.force:
             raise ExportError(f"{self.source}: INT8 breaks this model: {gate}; try "
                               "--calib-method percentile or entropy, more --calib-data, or "
@@ -485,8 +544,9 @@ class _Run:
             fp32_layers = fp32_node_names(onnx.load(str(onnx_fp32)))
             build = build_engine(onnx_fp32, work_engine, build_opts, onnx_fp16=onnx_fp16,
                                  onnx_int8=self.int8_path, fp32_layers=fp32_layers,
-                                 log=self.log)
+                                 log=self.detail)
             notes.append(f"{build.precision_mode}, {build.plan_bytes / 2**20:.1f} MiB")
+            notes += [f"note: {note}" for note in build.notes]
         if self.opts.verify:
             self._verify(work_engine, onnx_fp32)
         engine = self._publish(work_engine)
@@ -496,6 +556,7 @@ class _Run:
             write_sidecar(sidecar, engine=engine, onnx_built=build.onnx_built,
                           onnx_fp32=onnx_fp32, build=build.to_dict(), gates=self.gates,
                           device=device_info(self.trt), meta=onnx_meta(onnx_fp32))
+        atomic_write_json(self.checks_path, self.checks())  # now with the engine stages' log
         return ExportResult(0, [*final, engine, sidecar], self.gates, f"engine: {engine}")
 
     def _verify(self, engine: Path, onnx_fp32: Path) -> None:
@@ -506,6 +567,7 @@ class _Run:
             criteria = INT8_CRITERIA if self.int8_path is not None else FP16_CRITERIA
             result = verify_engine(engine, onnx_fp32, images, criteria=criteria)
             self.gates["verify"] = result.to_dict()
-            notes.append(f"{result} on {what}")
+            notes.append(_gate_summary(result))
+            self.detail(f"    {result} on {what}")
         if not result and not self.opts.force:
             raise ExportError(f"{engine.name}: {result}; the engine was not installed")

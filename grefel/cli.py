@@ -638,10 +638,13 @@ Examples:
               help="instance_group count of the Triton model.")
 @click.option("--triton-queue-delay-us", default=2000, type=click.IntRange(0),
               help="Dynamic batching: max_queue_delay_microseconds.")
+@click.option("-v", "--verbose", is_flag=True,
+              help="Also print each stage's details (lint reports, per-batch parity, captured "
+                   "third-party warnings); NAME.checks.json keeps them either way.")
 @click.pass_context
 def export_cmd(ctx: click.Context, source: Path, json_path: Optional[Path],
                max_pixels: Optional[int], triton_repo: Optional[Path], triton_instances: int,
-               triton_queue_delay_us: int, **options) -> None:
+               triton_queue_delay_us: int, verbose: bool, **options) -> None:
     """Checkpoint (.safetensors) or ONNX -> checked ONNX -> TensorRT engine + sidecar.
 
     Without SOURCE, the default model that ships inside grefel: its checkpoint where torch is
@@ -664,7 +667,8 @@ def export_cmd(ctx: click.Context, source: Path, json_path: Optional[Path],
         raise click.BadParameter("a Triton repository with dynamic batching needs a dynamic "
                                  "batch: drop --static", param_hint="--triton")
     try:
-        result = run_export(source, ExportOptions(**options), log=lambda s: click.echo(s, err=True))
+        result = run_export(source, ExportOptions(**options),
+                            log=lambda s: click.echo(s, err=True), verbose=verbose)
         if triton_repo is not None and result.exit_code in (0, 2):
             from export.triton import write_model_repository
 
