@@ -146,8 +146,7 @@ def run_export(source: Path, opts: ExportOptions, log: Log = print,
 
     `log` gets one line per stage; with `verbose` also each stage's details (lint reports,
     per-batch parity, third-party warnings), which `NAME.checks.json` keeps either way."""
-    if opts.batch > opts.max_batch:
-        raise ExportError(f"--batch {opts.batch} is larger than --max-batch {opts.max_batch}")
+    check_options(Path(source), opts)
     trt, missing = _require_trt()
     target, lint_targets = resolve_target(opts.target, trt)
     try:
@@ -169,6 +168,18 @@ def run_export(source: Path, opts: ExportOptions, log: Log = print,
             raise ExportError(f"--out {opts.out}: cannot write the artifacts "
                               f"({exc.strerror or exc}); nothing earlier there was replaced"
                               ) from None
+
+
+def check_options(source: Path, opts: ExportOptions) -> None:
+    """Refuse option combinations that cannot work, before any work is done."""
+    if opts.batch > opts.max_batch:
+        raise ExportError(f"--batch {opts.batch} is larger than --max-batch {opts.max_batch}")
+    if not opts.int8 or opts.calib_data is not None:
+        return
+    if source.suffix.lower() == ".onnx" and artifact_precision(source) == "int8":
+        return  # a QDQ INT8 ONNX is built as it is: nothing to calibrate
+    raise ExportError("--int8 needs --calib-data DIR: a folder of real face crops (e.g. a "
+                      "SynthFER or RAF-DB folder) to calibrate on and gate with")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -308,9 +319,6 @@ class _Run:
             self._load_checkpoint()
             self._export(onnx_path, self.opset)
             self._parity(onnx_path)
-        if self.opts.int8 and self.opts.calib_data is None and not self.source_int8:
-            raise ExportError("--int8 needs --calib-data DIR: a folder of real face crops (e.g. "
-                              "a SynthFER or RAF-DB folder) to calibrate on and gate with")
         if self.source_int8 and not self.opts.int8:
             raise ExportError(f"{self.source}: a QDQ INT8 ONNX; build it with --int8")
         self._lint(onnx_path)

@@ -1,5 +1,5 @@
-"""Issue 26 on `grefel export --int8`: ONNX Runtime's quantizer warnings (root logger) go to
-checks.json and -v, not to the terminal."""
+"""Issue 26 on `grefel export --int8`: refused without --calib-data before any work; ONNX
+Runtime's quantizer warnings (root logger) go to checks.json and -v, not to the terminal."""
 
 from __future__ import annotations
 
@@ -7,14 +7,16 @@ import json
 import logging
 import warnings
 from pathlib import Path
-from typing import Dict, List
+from typing import Any, Dict, List
 
 import pytest
 import torch
 from click.testing import CliRunner
 from fakes.trt import block as block_tensorrt
 
+from export import ExportError
 from export.onnx_export import export_onnx
+from export.pipeline import ExportOptions, run_export
 from export.quiet import captured_warnings
 from grefel.checkpoint import save_checkpoint
 from grefel.cli import cli
@@ -41,6 +43,29 @@ def int8_cli(tiny, synthfer, tmp_path_factory):
             "export", str(tiny["onnx"]), "--int8", "--fp32", "--calib-data", str(synthfer),
             "--onnx-only", "--out", str(tmp / "e")])
     return result, tmp
+
+
+# --- refused before any work -------------------------------------------------------------------
+
+
+def test_int8_without_calib_data_is_refused_before_any_work(tiny, tmp_path, monkeypatch):
+    """One line naming --calib-data; no checkpoint is loaded, --out is not even created."""
+    import grefel.checkpoint
+
+    def no_work(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the checkpoint was loaded before the options were checked")
+
+    monkeypatch.setattr(grefel.checkpoint, "load_checkpoint", no_work)
+    out = tmp_path / "engines"
+    result = CliRunner().invoke(cli, ["export", str(tiny["ckpt"]), "--int8", "--out", str(out)])
+    assert result.exit_code == 1, result.output
+    assert result.output.strip().splitlines() == [
+        "Error: --int8 needs --calib-data DIR: a folder of real face crops (e.g. a SynthFER or "
+        "RAF-DB folder) to calibrate on and gate with"]
+    assert not out.exists()
+    with pytest.raises(ExportError, match="--calib-data"):
+        run_export(tiny["onnx"], ExportOptions(int8=True, out=out), log=str)
+    assert not out.exists()
 
 
 # --- third-party warnings ----------------------------------------------------------------------
