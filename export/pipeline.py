@@ -33,6 +33,7 @@ from export import ExportError
 from export.compare import FP16_CRITERIA, INT8_CRITERIA, Agreement, artifact_precision
 from export.fp16 import convert_to_fp16, fp16_gate, fp32_node_names
 from export.gate_images import gate_images
+from export.int8 import CALIB_METHODS
 from export.lint import TARGETS, lint_onnx, target_table
 from export.prelu import to_branch_free
 from export.quiet import CapturedWarnings, captured_warnings
@@ -76,7 +77,7 @@ class ExportOptions:
     embedding: bool = False
     calib_data: Optional[Path] = None
     int8: bool = False  # also the QDQ INT8 ONNX (needs calib_data); the engine is INT8
-    calib_method: str = "minmax"  # export.int8.CALIB_METHODS
+    calib_method: str = "auto"  # auto: each of export.int8.CALIB_METHODS in turn
 
 
 @dataclass
@@ -174,6 +175,9 @@ def check_options(source: Path, opts: ExportOptions) -> None:
     """Refuse option combinations that cannot work, before any work is done."""
     if opts.batch > opts.max_batch:
         raise ExportError(f"--batch {opts.batch} is larger than --max-batch {opts.max_batch}")
+    if opts.calib_method not in ("auto", *CALIB_METHODS):
+        raise ExportError(f"--calib-method {opts.calib_method}: choose auto or one of "
+                          f"{', '.join(CALIB_METHODS)}")
     if not opts.int8 or opts.calib_data is not None:
         return
     if source.suffix.lower() == ".onnx" and artifact_precision(source) == "int8":
@@ -220,11 +224,37 @@ def _user_message(message: str, source: Path, work: Path) -> str:
     return message if message.startswith(str(source)) else f"{source}: {message}"
 
 
+@dataclass(frozen=True)
+class _Int8Try:
+    """One calibration method's INT8 ONNX (in the work folder) and its gate."""
+
+    method: str
+    path: Path
+    counts: Dict[str, Any]
+    gate: Agreement
+    seconds: float
+
+
+def _closest(tries: List[_Int8Try]) -> _Int8Try:
+    """The try nearest to passing: the most decisive agreement, then the smallest |dp|."""
+    return max(tries, key=lambda t: (t.gate.decisive_agreement, -t.gate.max_abs_dprobs))
+
+
 def _gate_summary(gate: Agreement) -> str:
     """A gate in a few words: verdict, decisive flips, max |dp|, images."""
     verdict = "pass" if gate else "FAIL (" + "; ".join(gate.reasons()) + ")"
     return (f"{verdict}, {gate.decisive_flips} decisive flips, max|dp| "
             f"{gate.max_abs_dprobs:.1e} on {gate.samples} images")
+
+
+def _int8_summary(requested: str, tries: List[_Int8Try], chosen: _Int8Try) -> str:
+    """`percentile calibration (minmax failed: ...)`: what was kept, and why the others were not."""
+    failed = [f"{t.method} failed: {', '.join(t.gate.reasons())}" for t in tries
+              if t is not chosen]
+    which = f"{chosen.method} calibration" + (f" ({'; '.join(failed)})" if failed else "")
+    if requested == "auto" and not failed:
+        which += ", the first tried"
+    return f"{which}: {_gate_summary(chosen.gate)}"
 
 
 def _met(line: str) -> bool:
@@ -494,26 +524,56 @@ class _Run:
         return fp16_path
 
     def _int8(self, path: Path) -> Path:
+        """The QDQ INT8 ONNX, calibrated with --calib-method; `auto` tries CALIB_METHODS in turn
+        and keeps the first whose INT8 gate passes (each try is recorded in checks.json)."""
         from export.gate_images import calibration_split
-        from export.int8 import int8_gate, quantize_int8
 
         int8_path = path.with_name(f"{self.name}.int8.onnx")
-        with self.stage(f"INT8 QDQ ONNX ({self.opts.calib_method} calibration) + INT8 "
-                        "gate") as notes:
+        requested = self.opts.calib_method
+        methods = CALIB_METHODS if requested == "auto" else (requested,)
+        with self.stage(f"INT8 QDQ ONNX ({requested} calibration) + INT8 gate") as notes:
             calib, held_out, what = calibration_split(self.opts.calib_data)
-            counts = quantize_int8(path, int8_path, calib, method=self.opts.calib_method)
-            gate, _ = int8_gate(path, int8_path, held_out, criteria=INT8_CRITERIA)
-            self.gates["int8_gate"] = {**gate.to_dict(), **counts, "images": what,
+            self.detail(f"    {what}")
+            tries: List[_Int8Try] = []
+            for method in methods:
+                tries.append(self._calibrate(path, method, calib, held_out))
+                if tries[-1].gate:
+                    break
+            chosen = next((t for t in tries if t.gate), None) or _closest(tries)
+            os.replace(chosen.path, int8_path)
+            for t in tries:
+                t.path.unlink(missing_ok=True)
+            self.gates["int8_gate"] = {**chosen.gate.to_dict(), **chosen.counts, "images": what,
                                        "calib_data": str(self.opts.calib_data)}
-            notes.append(_gate_summary(gate))
-            notes.append(f"{counts['quantized_nodes']} nodes quantized, "
-                         f"{counts['bytes'] / 2**20:.1f} MiB")
-            self.detail(f"    {gate} on {what}")
-        if not gate and not self.opts.force:
-            raise ExportError(f"{self.source}: INT8 breaks this model: {gate}; try "
-                              "--calib-method percentile or entropy, more --calib-data, or "
-                              "--force to export anyway")
+            self.gates["int8_calibration"] = {
+                "requested": requested, "chosen": chosen.method,
+                "tried": [{"method": t.method, "passed": t.gate.passed,
+                           "reasons": t.gate.reasons(), "seconds": t.seconds} for t in tries]}
+            notes.append(_int8_summary(requested, tries, chosen))
+            notes.append(f"{chosen.counts['quantized_nodes']} nodes quantized, "
+                         f"{chosen.counts['bytes'] / 2**20:.1f} MiB")
+        if not chosen.gate and not self.opts.force:
+            if requested == "auto":
+                raise ExportError(
+                    f"{self.source}: INT8 breaks this model with every calibration method ("
+                    + "; ".join(f"{t.method}: {', '.join(t.gate.reasons())}" for t in tries)
+                    + "); more --calib-data, --fp16 instead of --int8, or --force to export "
+                    f"anyway (keeps {chosen.method}, the closest)")
+            raise ExportError(f"{self.source}: INT8 breaks this model: {chosen.gate}; try "
+                              "--calib-method auto (each method in turn), more --calib-data, "
+                              "or --force to export anyway")
         return int8_path
+
+    def _calibrate(self, path: Path, method: str, calib: Any, held_out: Any) -> _Int8Try:
+        from export.int8 import int8_gate, quantize_int8
+
+        start = time.perf_counter()
+        candidate = self.work / f"{self.name}.int8-{method}.onnx"
+        counts = quantize_int8(path, candidate, calib, method=method)
+        gate, _ = int8_gate(path, candidate, held_out, criteria=INT8_CRITERIA)
+        seconds = round(time.perf_counter() - start, 3)
+        self.detail(f"    {method} calibration: {gate} ({seconds:.1f} s)")
+        return _Int8Try(method, candidate, counts, gate, seconds)
 
     def _publish(self, path: Path) -> Path:
         dest = self.opts.out / path.name

@@ -623,9 +623,11 @@ Examples:
               help="Also write NAME.int8.onnx (QDQ: per-channel int8 weights, calibrated int8 "
                    "activations; LayerNorm, Softmax and the reliability tail in float) with the "
                    "INT8 gate; the engine is INT8. Needs --calib-data.")
-@click.option("--calib-method", type=click.Choice(["minmax", "percentile", "entropy"]),
-              default="minmax", help="INT8 activation ranges: max |x| over the calibration "
-                                     "images, its 99.999th percentile, or minimal KL divergence.")
+@click.option("--calib-method", type=click.Choice(["auto", "minmax", "percentile", "entropy"]),
+              default="auto", help="INT8 activation ranges: max |x| over the calibration images, "
+                                   "its 99.999th percentile, or minimal KL divergence; auto tries "
+                                   "them in that order and keeps the first that passes the INT8 "
+                                   "gate.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the gate results as JSON here.")
 @click.option("--max-pixels", type=click.IntRange(min=0),

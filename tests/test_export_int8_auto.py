@@ -1,20 +1,25 @@
-"""Issue 26 on `grefel export --int8`: refused without --calib-data before any work; ONNX
+"""Issue 26 on `grefel export --int8`: refused without --calib-data before any work; `--calib-method
+auto` keeps the first calibration method whose INT8 gate passes and records every try; ONNX
 Runtime's quantizer warnings (root logger) go to checks.json and -v, not to the terminal."""
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any, Dict, List
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 from fakes.trt import block as block_tensorrt
 
+import export.int8 as int8
 from export import ExportError
+from export.compare import INT8_CRITERIA, Agreement, measure_agreement
 from export.onnx_export import export_onnx
 from export.pipeline import ExportOptions, run_export
 from export.quiet import captured_warnings
@@ -80,7 +85,11 @@ def test_quantizer_warnings_go_to_checks_json_not_the_terminal(int8_cli):
                for w in checks["warnings"]), checks["warnings"]
     assert any(line.startswith("    warning: WARNING root") for line in checks["log"])
     int8_lines = [ln for ln in result.stderr.splitlines() if "INT8 QDQ ONNX" in ln]
-    assert len(int8_lines) == 1 and ": pass, 0 decisive flips" in int8_lines[0]
+    assert len(int8_lines) == 1 and "(auto calibration)" in int8_lines[0]
+    assert checks["int8_calibration"]["requested"] == "auto"
+    tried = checks["int8_calibration"]["tried"]
+    assert tried[-1]["method"] == checks["int8_calibration"]["chosen"] and tried[-1]["passed"]
+    assert checks["int8_gate"]["calibration"] == checks["int8_calibration"]["chosen"]
 
 
 def test_captured_warnings_restores_the_root_logger(capfd):
@@ -102,3 +111,87 @@ def test_captured_warnings_restores_the_root_logger(capfd):
     assert lines[1] == "WARNING onnxruntime.quantization: a named logger"
     assert lines[2].startswith("DeprecationWarning: old API (test_export_int8_auto.py:")
     assert len(lines) == 3 and len(seen) == 3 and root.handlers == handlers
+
+
+# --- --calib-method auto -----------------------------------------------------------------------
+
+
+def _agreement(flip: bool) -> Agreement:
+    """A real INT8-gate result: identical probabilities, or one confident label changed."""
+    ref = np.full((20, 7), 0.05)
+    ref[np.arange(20), np.arange(20) % 7] = 0.7
+    got = ref.copy()
+    if flip:
+        got[0] = np.roll(got[0], 1)
+    outs = {"probs": ref, "confidence": ref.max(1)}
+    cand = {"probs": got, "confidence": got.max(1)}
+    return measure_agreement(outs, cand, INT8_CRITERIA, label="INT8 gate")
+
+
+@pytest.fixture
+def scripted_gates(monkeypatch):
+    """quantize_int8 copies the FP32 ONNX; int8_gate fails the methods in `failing`. Same
+    signatures as export.int8's functions; records the methods calibrated."""
+    state: Dict[str, Any] = {"failing": set(), "calls": []}
+
+    def quantize(fp32_onnx, int8_onnx, calib_images, *, method="minmax"):
+        state["calls"].append(method)
+        shutil.copyfile(fp32_onnx, int8_onnx)
+        return {"calibration": method, "calibration_images": len(calib_images),
+                "quantized_nodes": 3, "float_nodes_kept": 1, "quantize_linear": 3,
+                "dequantize_linear": 6, "bytes": Path(int8_onnx).stat().st_size}
+
+    def gate(fp32_onnx, int8_onnx, images, *, criteria=INT8_CRITERIA, threads=None):
+        return _agreement(flip=state["calls"][-1] in state["failing"]), {}
+
+    monkeypatch.setattr(int8, "quantize_int8", quantize)
+    monkeypatch.setattr(int8, "int8_gate", gate)
+    block_tensorrt(monkeypatch)
+    return state
+
+
+def _run(tiny, synthfer, out: Path, **kw) -> Dict[str, Any]:
+    logs: List[str] = []
+    opts = ExportOptions(out=out, int8=True, fp16=False, onnx_only=True, calib_data=synthfer,
+                         target="trt10", **kw)
+    run_export(tiny["onnx"], opts, log=logs.append)
+    checks = json.loads((out / "tiny.checks.json").read_text())
+    return {"logs": logs, "checks": checks}
+
+
+def test_auto_keeps_the_first_method_that_passes(tiny, synthfer, tmp_path, scripted_gates):
+    """minmax fails the gate, percentile passes: percentile is kept, entropy never tried, and
+    the one stage line says why minmax was not."""
+    scripted_gates["failing"] = {"minmax"}
+    got = _run(tiny, synthfer, tmp_path)
+    assert scripted_gates["calls"] == ["minmax", "percentile"]
+    cal = got["checks"]["int8_calibration"]
+    assert cal["requested"] == "auto" and cal["chosen"] == "percentile"
+    assert [(t["method"], t["passed"]) for t in cal["tried"]] == [
+        ("minmax", False), ("percentile", True)]
+    assert "decisive top-1 flips" in " ".join(cal["tried"][0]["reasons"])
+    assert got["checks"]["int8_gate"]["calibration"] == "percentile"
+    line = next(ln for ln in got["logs"] if "INT8 QDQ ONNX" in ln)
+    assert "percentile calibration (minmax failed: " in line and ": pass, 0 decisive" in line
+    assert sorted(p.name for p in tmp_path.iterdir() if "int8" in p.name) == ["tiny.int8.onnx"]
+
+
+def test_auto_fails_with_every_reason_or_keeps_the_closest_with_force(tiny, synthfer, tmp_path,
+                                                                      scripted_gates):
+    scripted_gates["failing"] = set(int8.CALIB_METHODS)
+    with pytest.raises(ExportError) as err:
+        _run(tiny, synthfer, tmp_path / "a")
+    message = str(err.value)
+    assert "every calibration method" in message and "\n" not in message
+    assert all(f"{m}: " in message for m in int8.CALIB_METHODS) and "--force" in message
+    assert not (tmp_path / "a" / "tiny.int8.onnx").exists()
+    got = _run(tiny, synthfer, tmp_path / "b", force=True)
+    assert got["checks"]["int8_calibration"]["chosen"] == "minmax"  # all equally close: first
+    assert not got["checks"]["int8_gate"]["passed"]
+
+
+def test_a_named_method_is_the_only_one_tried(tiny, synthfer, tmp_path, scripted_gates):
+    scripted_gates["failing"] = {"minmax"}
+    with pytest.raises(ExportError, match="--calib-method auto"):
+        _run(tiny, synthfer, tmp_path, calib_method="minmax")
+    assert scripted_gates["calls"] == ["minmax"]
