@@ -78,6 +78,9 @@ class ExportOptions:
     calib_data: Optional[Path] = None
     int8: bool = False  # also the QDQ INT8 ONNX (needs calib_data); the engine is INT8
     calib_method: str = "auto"  # auto: each of export.int8.CALIB_METHODS in turn
+    deepstream: Optional[Path] = None  # also a DeepStream nvinfer config folder
+    deepstream_detector_id: int = 1  # the face detector's gie-unique-id
+    deepstream_face_classes: Tuple[int, ...] = (0,)  # its face class ids
 
 
 @dataclass
@@ -175,6 +178,10 @@ def check_options(source: Path, opts: ExportOptions) -> None:
     """Refuse option combinations that cannot work, before any work is done."""
     if opts.batch > opts.max_batch:
         raise ExportError(f"--batch {opts.batch} is larger than --max-batch {opts.max_batch}")
+    if opts.deepstream is not None and opts.embedding:
+        raise ExportError("--deepstream with --embedding: DeepStream's classifier parser would "
+                          "read the embedding output as one more class attribute; export for "
+                          "DeepStream without --embedding")
     if opts.calib_method not in ("auto", *CALIB_METHODS):
         raise ExportError(f"--calib-method {opts.calib_method}: choose auto or one of "
                           f"{', '.join(CALIB_METHODS)}")
@@ -367,11 +374,42 @@ class _Run:
         self.checks_path = final[-1]
         if self.int8_path is not None:
             self.int8_path = self.opts.out / self.int8_path.name
+        if self.opts.onnx_only or self.trt is None:
+            planned = self.opts.out / f"{self._engine_stem()}.engine"
+            final += self._deepstream(final[0], planned, built=False)
+            atomic_write_json(self.checks_path, self.checks())
         if self.opts.onnx_only:
             return ExportResult(0, final, self.gates, "ONNX artifacts written (--onnx-only)")
         if self.trt is None:
             return ExportResult(2, final, self.gates, self._how_to_build(final[0]))
         return self._engine(final)
+
+    def _engine_stem(self) -> str:
+        return engine_stem(self.name, self.opts.fp16, self.opts.max_batch,
+                           int8=self.int8_path is not None)
+
+    def _deepstream(self, onnx_fp32: Path, engine: Path, built: bool) -> List[Path]:
+        """--deepstream DIR: the nvinfer config for `engine` (built, or the one the printed
+        command builds on the device); [] without --deepstream."""
+        from export.deepstream import DeepStreamOptions, write_deepstream_config
+
+        if self.opts.deepstream is None:
+            return []
+        precision = ("int8" if self.int8_path is not None else
+                     "fp16" if self.opts.fp16 else "fp32")
+        ds = DeepStreamOptions(detector_gie_id=self.opts.deepstream_detector_id,
+                               face_class_ids=tuple(self.opts.deepstream_face_classes),
+                               batch_size=self.opts.max_batch, precision=precision,
+                               dla_core=self.opts.dla_core)
+        with self.stage("DeepStream nvinfer config") as notes:
+            onnx_path = self.int8_path if self.int8_path is not None else onnx_fp32
+            written = write_deepstream_config(
+                self.opts.deepstream, engine=engine, onnx=onnx_path, opts=ds,
+                engine_built=built, build_command=self._build_command(onnx_fp32))
+            notes.append(f"{written[0]}, {precision.upper()}, secondary on class(es) "
+                         f"{';'.join(map(str, ds.face_class_ids))} of GIE {ds.detector_gie_id}"
+                         + ("" if built else f"; engine to build: {engine.name}"))
+        return written
 
     def _load_checkpoint(self) -> None:
         from grefel.checkpoint import CheckpointError, load_checkpoint
@@ -580,15 +618,21 @@ class _Run:
         os.replace(path, dest)
         return dest
 
-    def _how_to_build(self, onnx_path: Path) -> str:
+    def _build_command(self, onnx_path: Path) -> str:
+        """The command that builds this export's engine on the device, into --out."""
         flags = f"--fp16 --batch {self.opts.batch} --max-batch {self.opts.max_batch}"
         if self.int8_path is not None:
             onnx_path, flags = self.int8_path, flags.replace("--fp16", "--int8")
+        elif not self.opts.fp16:
+            flags = flags.replace("--fp16", "--fp32")
+        return f"grefel export {onnx_path} {flags} --target auto --verify --out {self.opts.out}"
+
+    def _how_to_build(self, onnx_path: Path) -> str:
         lines = [
             f"No engine built: {self.missing}",
             "Build it on the target GPU (TensorRT + pycuda; no torch needed; --target auto "
             "picks the installed TensorRT):",
-            f"  grefel export {onnx_path} {flags} --target auto --verify",
+            f"  {self._build_command(onnx_path)}",
         ]
         if not self.is_onnx:
             lines.append("For TensorRT 8.5 (JetPack 5.1.x) export opset 16 first: grefel export "
@@ -602,7 +646,7 @@ class _Run:
         onnx_fp32 = final[0]
         int8 = self.int8_path is not None
         onnx_fp16 = final[1] if self.opts.fp16 and not int8 else None
-        stem = engine_stem(self.name, self.opts.fp16, self.opts.max_batch, int8=int8)
+        stem = self._engine_stem()
         work_engine = self.work / f"{stem}.engine"
         build_opts = BuildOptions(self.opts.fp16 and not int8, self.opts.batch,
                                   self.opts.max_batch, self.opts.workspace_gib,
@@ -624,8 +668,10 @@ class _Run:
             write_sidecar(sidecar, engine=engine, onnx_built=build.onnx_built,
                           onnx_fp32=onnx_fp32, build=build.to_dict(), gates=self.gates,
                           device=device_info(self.trt), meta=onnx_meta(onnx_fp32))
+        written = self._deepstream(onnx_fp32, engine, built=True)
         atomic_write_json(self.checks_path, self.checks())  # now with the engine stages' log
-        return ExportResult(0, [*final, engine, sidecar], self.gates, f"engine: {engine}")
+        return ExportResult(0, [*final, engine, sidecar, *written], self.gates,
+                            f"engine: {engine}")
 
     def _verify(self, engine: Path, onnx_fp32: Path) -> None:
         from export.verify import verify_engine

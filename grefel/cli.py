@@ -579,6 +579,14 @@ def _opset(ctx: click.Context, param: click.Parameter, value: str) -> Optional[i
     return int(value)
 
 
+def _class_ids(ctx: click.Context, param: click.Parameter, value: str) -> Tuple[int, ...]:
+    parts = [v.strip() for v in value.split(",") if v.strip()]
+    if not parts or not all(p.isdigit() for p in parts):
+        raise click.BadParameter(f"{value!r}: give the detector's face class id(s), e.g. 0 or "
+                                 "0,2")
+    return tuple(int(p) for p in parts)
+
+
 @cli.command(
     "export",
     context_settings=CONTEXT,
@@ -591,6 +599,7 @@ Examples:
   grefel export runs/demo/train/best.safetensors --int8 --calib-data runs/demo/synthfer --onnx-only
   grefel export engines/best.int8.onnx --int8 --max-batch 8 --verify   # on the Jetson
   grefel export runs/demo/train/best.safetensors --fp16 --triton model_repository
+  grefel export runs/demo/train/best.safetensors --deepstream deepstream
 """,
 )
 @click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -640,6 +649,13 @@ Examples:
               help="instance_group count of the Triton model.")
 @click.option("--triton-queue-delay-us", default=2000, type=click.IntRange(0),
               help="Dynamic batching: max_queue_delay_microseconds.")
+@click.option("--deepstream", type=click.Path(file_okay=False, path_type=Path),
+              help="Also write a DeepStream nvinfer config here (secondary classifier on a face "
+                   "detector's faces): config_infer_secondary_grefel.txt and labels.txt.")
+@click.option("--deepstream-detector-id", default=1, type=click.IntRange(1),
+              help="gie-unique-id of the face detector grefel runs after (operate-on-gie-id).")
+@click.option("--deepstream-face-classes", default="0", callback=_class_ids,
+              help="The detector's face class id(s), comma-separated (operate-on-class-ids).")
 @click.option("-v", "--verbose", is_flag=True,
               help="Also print each stage's details (lint reports, per-batch parity, captured "
                    "third-party warnings); NAME.checks.json keeps them either way.")

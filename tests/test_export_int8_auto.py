@@ -40,13 +40,13 @@ def tiny(tmp_path_factory) -> Dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def int8_cli(tiny, synthfer, tmp_path_factory):
-    """One real `grefel export tiny.onnx --int8 --calib-data DIR` run."""
+    """One real `grefel export tiny.onnx --int8 --calib-data DIR --deepstream DIR` run."""
     tmp = tmp_path_factory.mktemp("int8cli")
     with pytest.MonkeyPatch.context() as mp:
         block_tensorrt(mp)
         result = CliRunner().invoke(cli, [
             "export", str(tiny["onnx"]), "--int8", "--fp32", "--calib-data", str(synthfer),
-            "--onnx-only", "--out", str(tmp / "e")])
+            "--onnx-only", "--out", str(tmp / "e"), "--deepstream", str(tmp / "ds")])
     return result, tmp
 
 
@@ -195,3 +195,26 @@ def test_a_named_method_is_the_only_one_tried(tiny, synthfer, tmp_path, scripted
     with pytest.raises(ExportError, match="--calib-method auto"):
         _run(tiny, synthfer, tmp_path, calib_method="minmax")
     assert scripted_gates["calls"] == ["minmax"]
+
+
+# --- DeepStream with INT8 ----------------------------------------------------------------------
+
+
+def test_deepstream_int8_config_points_at_tensorrts_form_of_the_qdq_onnx(int8_cli):
+    """network-mode INT8; onnx-file is the QDQ ONNX with int8 zero points (TensorRT takes no
+    uint8 activations), written beside the config."""
+    import onnx
+    from onnx import TensorProto
+
+    result, tmp = int8_cli
+    config = (tmp / "ds" / "config_infer_secondary_grefel.txt").read_text()
+    props = dict(line.split("=", 1) for line in config.splitlines()
+                 if line and not line.startswith(("#", "[")))
+    assert props["network-mode"] == "1"
+    assert props["model-engine-file"] == "../e/tiny_int8_b8.engine"
+    parsed = (tmp / "ds" / props["onnx-file"]).resolve()
+    assert parsed == (tmp / "ds" / "tiny.int8.trt.onnx").resolve()
+    inits = {i.name: i for i in onnx.load(str(parsed)).graph.initializer}
+    zero_points = [inits[n.input[2]] for n in onnx.load(str(parsed)).graph.node
+                   if n.op_type == "QuantizeLinear" and n.input[2] in inits]
+    assert zero_points and all(z.data_type == TensorProto.INT8 for z in zero_points)
