@@ -30,11 +30,13 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 import onnx
 
 from export import ExportError
-from export.compare import FP16_CRITERIA, INT8_CRITERIA, artifact_precision
+from export.compare import FP16_CRITERIA, INT8_CRITERIA, Agreement, artifact_precision
 from export.fp16 import convert_to_fp16, fp16_gate, fp32_node_names
 from export.gate_images import gate_images
+from export.int8 import CALIB_METHODS
 from export.lint import TARGETS, lint_onnx, target_table
 from export.prelu import to_branch_free
+from export.quiet import CapturedWarnings, captured_warnings
 from export.sidecar import device_info, engine_stem, onnx_meta, write_sidecar
 from export.simplify import simplify_onnx
 from export.trt_form import for_tensorrt
@@ -75,7 +77,10 @@ class ExportOptions:
     embedding: bool = False
     calib_data: Optional[Path] = None
     int8: bool = False  # also the QDQ INT8 ONNX (needs calib_data); the engine is INT8
-    calib_method: str = "minmax"  # export.int8.CALIB_METHODS
+    calib_method: str = "auto"  # auto: each of export.int8.CALIB_METHODS in turn
+    deepstream: Optional[Path] = None  # also a DeepStream nvinfer config folder
+    deepstream_detector_id: int = 1  # the face detector's gie-unique-id
+    deepstream_face_classes: Tuple[int, ...] = (0,)  # its face class ids
 
 
 @dataclass
@@ -103,24 +108,33 @@ def resolve_target(target: str, trt: Any) -> Tuple[str, List[str]]:
 
 
 class _Stages:
-    """Numbered progress lines on `log`, each with its wall time."""
+    """Numbered stages: one line on `log` when a stage ends (its summary and wall time); its
+    start line and a nested stage's lines go to `detail` (shown with -v)."""
 
-    def __init__(self, log: Log) -> None:
-        self.log = log
+    def __init__(self, log: Log, detail: Log) -> None:
+        self.log, self.detail = log, detail
         self.n = 0
+        self.depth = 0
         self.times: Dict[str, float] = {}
 
     @contextmanager
     def __call__(self, title: str) -> Iterator[List[str]]:
-        self.n += 1
-        n = self.n
+        nested = self.depth > 0
+        if not nested:
+            self.n += 1
+        label = f"    {title}" if nested else f"[{self.n}] {title}"
+        say = self.detail if nested else self.log
         notes: List[str] = []
         start = time.perf_counter()
-        self.log(f"[{n}] {title} ...")
-        yield notes
+        self.detail(f"{label} ...")
+        self.depth += 1
+        try:
+            yield notes
+        finally:
+            self.depth -= 1
         seconds = time.perf_counter() - start
-        self.times[title] = round(seconds, 3)
-        self.log(f"[{n}] {title}: {'; '.join(notes) or 'done'} ({seconds:.1f} s)")
+        self.times.setdefault(title, round(seconds, 3))
+        say(f"{label}: {'; '.join(notes) or 'done'} ({seconds:.1f} s)")
 
 
 def _require_trt() -> Tuple[Any, str]:
@@ -130,10 +144,13 @@ def _require_trt() -> Tuple[Any, str]:
         return None, str(exc)
 
 
-def run_export(source: Path, opts: ExportOptions, log: Log = print) -> ExportResult:
-    """Run every stage for `source` (.safetensors checkpoint or .onnx); see the module doc."""
-    if opts.batch > opts.max_batch:
-        raise ExportError(f"--batch {opts.batch} is larger than --max-batch {opts.max_batch}")
+def run_export(source: Path, opts: ExportOptions, log: Log = print,
+               verbose: bool = False) -> ExportResult:
+    """Run every stage for `source` (.safetensors checkpoint or .onnx); see the module doc.
+
+    `log` gets one line per stage; with `verbose` also each stage's details (lint reports,
+    per-batch parity, third-party warnings), which `NAME.checks.json` keeps either way."""
+    check_options(Path(source), opts)
     trt, missing = _require_trt()
     target, lint_targets = resolve_target(opts.target, trt)
     try:
@@ -144,14 +161,36 @@ def run_export(source: Path, opts: ExportOptions, log: Log = print) -> ExportRes
         raise ExportError(f"--out {opts.out}: cannot write there ({exc.strerror or exc}); give "
                           "a writable folder") from None
     with work as tmp:
+        run = _Run(source, opts, log, Path(tmp), trt, missing, target, lint_targets, verbose)
         try:
-            return _Run(source, opts, log, Path(tmp), trt, missing, target, lint_targets).run()
+            with captured_warnings(sink=run.detail) as caught:
+                run.caught = caught
+                return run.run()
         except ExportError as exc:
             raise ExportError(_user_message(str(exc), Path(source), Path(tmp))) from None
         except OSError as exc:  # a full disk, --out made read-only meanwhile
             raise ExportError(f"--out {opts.out}: cannot write the artifacts "
                               f"({exc.strerror or exc}); nothing earlier there was replaced"
                               ) from None
+
+
+def check_options(source: Path, opts: ExportOptions) -> None:
+    """Refuse option combinations that cannot work, before any work is done."""
+    if opts.batch > opts.max_batch:
+        raise ExportError(f"--batch {opts.batch} is larger than --max-batch {opts.max_batch}")
+    if opts.deepstream is not None and opts.embedding:
+        raise ExportError("--deepstream with --embedding: DeepStream's classifier parser would "
+                          "read the embedding output as one more class attribute; export for "
+                          "DeepStream without --embedding")
+    if opts.calib_method not in ("auto", *CALIB_METHODS):
+        raise ExportError(f"--calib-method {opts.calib_method}: choose auto or one of "
+                          f"{', '.join(CALIB_METHODS)}")
+    if not opts.int8 or opts.calib_data is not None:
+        return
+    if source.suffix.lower() == ".onnx" and artifact_precision(source) == "int8":
+        return  # a QDQ INT8 ONNX is built as it is: nothing to calibrate
+    raise ExportError("--int8 needs --calib-data DIR: a folder of real face crops (e.g. a "
+                      "SynthFER or RAF-DB folder) to calibrate on and gate with")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -192,6 +231,44 @@ def _user_message(message: str, source: Path, work: Path) -> str:
     return message if message.startswith(str(source)) else f"{source}: {message}"
 
 
+@dataclass(frozen=True)
+class _Int8Try:
+    """One calibration method's INT8 ONNX (in the work folder) and its gate."""
+
+    method: str
+    path: Path
+    counts: Dict[str, Any]
+    gate: Agreement
+    seconds: float
+
+
+def _closest(tries: List[_Int8Try]) -> _Int8Try:
+    """The try nearest to passing: the most decisive agreement, then the smallest |dp|."""
+    return max(tries, key=lambda t: (t.gate.decisive_agreement, -t.gate.max_abs_dprobs))
+
+
+def _gate_summary(gate: Agreement) -> str:
+    """A gate in a few words: verdict, decisive flips, max |dp|, images."""
+    verdict = "pass" if gate else "FAIL (" + "; ".join(gate.reasons()) + ")"
+    return (f"{verdict}, {gate.decisive_flips} decisive flips, max|dp| "
+            f"{gate.max_abs_dprobs:.1e} on {gate.samples} images")
+
+
+def _int8_summary(requested: str, tries: List[_Int8Try], chosen: _Int8Try) -> str:
+    """`percentile calibration (minmax failed: ...)`: what was kept, and why the others were not."""
+    failed = [f"{t.method} failed: {', '.join(t.gate.reasons())}" for t in tries
+              if t is not chosen]
+    which = f"{chosen.method} calibration" + (f" ({'; '.join(failed)})" if failed else "")
+    if requested == "auto" and not failed:
+        which += ", the first tried"
+    return f"{which}: {_gate_summary(chosen.gate)}"
+
+
+def _met(line: str) -> bool:
+    """A lint report line of a restriction the graph meets (or that cannot be checked)."""
+    return ": met" in line or ": not checkable here" in line
+
+
 def _model_opset(path: Path) -> int:
     model = onnx.load(str(path), load_external_data=False)
     return max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
@@ -230,10 +307,14 @@ def _check_onnx_source(path: Path) -> None:
 class _Run:
     """One export: state shared by the stage methods."""
 
-    def __init__(self, source, opts, log, work, trt, missing, target, lint_targets) -> None:
-        self.source, self.opts, self.log, self.work = Path(source), opts, log, work
+    def __init__(self, source, opts, log, work, trt, missing, target, lint_targets,
+                 verbose: bool = False) -> None:
+        self.source, self.opts, self._log, self.work = Path(source), opts, log, work
         self.trt, self.missing, self.target, self.lint_targets = trt, missing, target, lint_targets
-        self.stage = _Stages(log)
+        self.verbose = verbose
+        self.lines: List[str] = []  # everything logged or detailed: NAME.checks.json's "log"
+        self.caught: Optional[CapturedWarnings] = None
+        self.stage = _Stages(self.log, self.detail)
         self.gates: Dict[str, Any] = {}
         self.model = None
         self.is_onnx = self.source.suffix.lower() == ".onnx"
@@ -243,6 +324,23 @@ class _Run:
         self.opset = opts.opset or opset_for_target(target)
         self.explicit_target = opts.target != "auto"
         self._images: Optional[Tuple[Any, str]] = None
+
+    def log(self, line: str) -> None:
+        """A line the user always sees (one per stage)."""
+        self.lines.append(line)
+        self._log(line)
+
+    def detail(self, line: str) -> None:
+        """A detail line: shown with -v, always kept in NAME.checks.json."""
+        self.lines.append(line)
+        if self.verbose:
+            self._log(line)
+
+    def checks(self) -> Dict[str, Any]:
+        """NAME.checks.json: every gate's result, the stage times, the full log, the warnings."""
+        return {"source": str(self.source), "target": self.target,
+                "stage_seconds": self.stage.times, **self.gates, "log": list(self.lines),
+                "warnings": self.caught.lines() if self.caught is not None else []}
 
     # --- ONNX stages ---------------------------------------------------------------------
     def run(self) -> ExportResult:
@@ -258,9 +356,6 @@ class _Run:
             self._load_checkpoint()
             self._export(onnx_path, self.opset)
             self._parity(onnx_path)
-        if self.opts.int8 and self.opts.calib_data is None and not self.source_int8:
-            raise ExportError("--int8 needs --calib-data DIR: a folder of real face crops (e.g. "
-                              "a SynthFER or RAF-DB folder) to calibrate on and gate with")
         if self.source_int8 and not self.opts.int8:
             raise ExportError(f"{self.source}: a QDQ INT8 ONNX; build it with --int8")
         self._lint(onnx_path)
@@ -272,17 +367,49 @@ class _Run:
             self.int8_path = self._int8(onnx_path)
             artifacts.append(self.int8_path)
         artifacts.append(self.work / f"{self.name}.checks.json")
-        atomic_write_json(artifacts[-1], {"source": str(self.source), "target": self.target,
-                                          "stage_seconds": self.stage.times, **self.gates})
+        self.log("ONNX artifacts: " + ", ".join(str(p.name) for p in artifacts)
+                 + f" -> {self.opts.out}")
+        atomic_write_json(artifacts[-1], self.checks())
         final = [self._publish(p) for p in artifacts]
+        self.checks_path = final[-1]
         if self.int8_path is not None:
             self.int8_path = self.opts.out / self.int8_path.name
-        self.log("ONNX artifacts: " + ", ".join(str(p) for p in final))
+        if self.opts.onnx_only or self.trt is None:
+            planned = self.opts.out / f"{self._engine_stem()}.engine"
+            final += self._deepstream(final[0], planned, built=False)
+            atomic_write_json(self.checks_path, self.checks())
         if self.opts.onnx_only:
             return ExportResult(0, final, self.gates, "ONNX artifacts written (--onnx-only)")
         if self.trt is None:
             return ExportResult(2, final, self.gates, self._how_to_build(final[0]))
         return self._engine(final)
+
+    def _engine_stem(self) -> str:
+        return engine_stem(self.name, self.opts.fp16, self.opts.max_batch,
+                           int8=self.int8_path is not None)
+
+    def _deepstream(self, onnx_fp32: Path, engine: Path, built: bool) -> List[Path]:
+        """--deepstream DIR: the nvinfer config for `engine` (built, or the one the printed
+        command builds on the device); [] without --deepstream."""
+        from export.deepstream import DeepStreamOptions, write_deepstream_config
+
+        if self.opts.deepstream is None:
+            return []
+        precision = ("int8" if self.int8_path is not None else
+                     "fp16" if self.opts.fp16 else "fp32")
+        ds = DeepStreamOptions(detector_gie_id=self.opts.deepstream_detector_id,
+                               face_class_ids=tuple(self.opts.deepstream_face_classes),
+                               batch_size=self.opts.max_batch, precision=precision,
+                               dla_core=self.opts.dla_core)
+        with self.stage("DeepStream nvinfer config") as notes:
+            onnx_path = self.int8_path if self.int8_path is not None else onnx_fp32
+            written = write_deepstream_config(
+                self.opts.deepstream, engine=engine, onnx=onnx_path, opts=ds,
+                engine_built=built, build_command=self._build_command(onnx_fp32))
+            notes.append(f"{written[0]}, {precision.upper()}, secondary on class(es) "
+                         f"{';'.join(map(str, ds.face_class_ids))} of GIE {ds.detector_gie_id}"
+                         + ("" if built else f"; engine to build: {engine.name}"))
+        return written
 
     def _load_checkpoint(self) -> None:
         from grefel.checkpoint import CheckpointError, load_checkpoint
@@ -294,7 +421,7 @@ class _Run:
                 raise ExportError(str(exc)) from None
             notes.append(f"preset {self.model.cfg.name}, {self.model.cfg.num_classes} classes")
 
-    def _export(self, path: Path, opset: int, quiet: bool = False) -> None:
+    def _export(self, path: Path, opset: int) -> None:
         from export.onnx_export import export_onnx
 
         raw = path.with_suffix(".raw.onnx") if self.opts.simplify else path
@@ -316,8 +443,9 @@ class _Run:
             with atomic_path(path) as tmp:
                 onnx.save(model, str(tmp))
             self.gates["prelu_branch_free"] = count
-            notes.append(f"{count} PRelu -> Max(x, a*x) or Relu + a*Min(x, 0) (exact; "
-                         "export/prelu.py; TensorRT builds get them folded back)")
+            notes.append(f"{count} PRelu rewritten, exact")
+            self.detail(f"    {count} PRelu -> Max(x, a*x) or Relu + a*Min(x, 0) (exact; "
+                        "export/prelu.py; TensorRT builds get them folded back)")
 
     def _parity(self, path: Path) -> None:
         import numpy as np
@@ -329,18 +457,20 @@ class _Run:
         sizes = (1, 3, 8) if self.opts.dynamic else (self.opts.max_batch,)
         with self.stage(f"ONNX Runtime vs torch at batch {'/'.join(map(str, sizes))}") as notes:
             rng = np.random.default_rng(0)
-            results = []
+            results, worst = [], 0.0
             for b in sizes:
                 x = rng.random((b, 3, 112, 112), dtype=np.float32)
                 ref = run_backend(TorchBackend(model=self.model, device="cpu"), x, chunk=b)
                 got = run_backend(OrtBackend(path, device="cpu"), x, chunk=b)
                 result = check_parity(ref, got, PARITY_TOL, label=f"batch {b}")
                 results.append(result.to_dict())
-                notes.append(str(result))
+                self.detail(f"    {result}")
                 if not result:
                     raise ExportError(f"{self.source}: the exported ONNX disagrees with torch "
                                       f"in ONNX Runtime: {result}")
+                worst = max([worst, *(c.max_abs for c in result.checks)])
             self.gates["parity"] = results
+            notes.append(f"pass, max|d| {worst:.1e}")
 
     def gate_images(self) -> Tuple[Any, str]:
         """The precision gates' images (made once per export)."""
@@ -355,7 +485,9 @@ class _Run:
             for target in targets:
                 reports[target] = lint_onnx(self._onnx_for_lint(path, target), target)
                 for line in reports[target].lines():
-                    self.log("    " + line.replace(str(self.work / path.name), str(self.source)))
+                    # what fails is always shown; the restrictions that hold only with -v
+                    say = self.log if not reports[target] and not _met(line) else self.detail
+                    say("    " + line.replace(str(self.work / path.name), str(self.source)))
             self.gates["lint"] = {t: r.to_dict() for t, r in reports.items()}
             self.gates["lint_skipped"] = skipped
             failed = [t for t, r in reports.items() if not r]
@@ -411,9 +543,12 @@ class _Run:
                                        "calib_data": str(self.opts.calib_data or ""),
                                        "fp16_onnx_in_onnxruntime": typed}
             typed_ok = typed.get("ran") is False or typed.get("passed")
-            notes.append(f"{gate} on {what}")
-            notes.append(f"the FP16-typed ONNX in ONNX Runtime: {typed.get('why') or 'agrees'}"
-                         if typed_ok else "the FP16-typed ONNX in ONNX Runtime disagrees")
+            notes.append(_gate_summary(gate))
+            self.detail(f"    {gate} on {what}")
+            self.detail(f"    the FP16-typed ONNX in ONNX Runtime: {typed.get('why') or 'agrees'}"
+                        if typed_ok else "    the FP16-typed ONNX in ONNX Runtime disagrees")
+            if not typed_ok:
+                notes.append("the FP16-typed ONNX disagrees in ONNX Runtime")
             if counts["init_values_clamped"] or counts["init_values_flushed"]:
                 notes.append(f"{counts['init_values_clamped']} weights clamped to +-65504, "
                              f"{counts['init_values_flushed']} below float16's range set to 0")
@@ -427,41 +562,77 @@ class _Run:
         return fp16_path
 
     def _int8(self, path: Path) -> Path:
+        """The QDQ INT8 ONNX, calibrated with --calib-method; `auto` tries CALIB_METHODS in turn
+        and keeps the first whose INT8 gate passes (each try is recorded in checks.json)."""
         from export.gate_images import calibration_split
-        from export.int8 import int8_gate, quantize_int8
 
         int8_path = path.with_name(f"{self.name}.int8.onnx")
-        with self.stage(f"INT8 QDQ ONNX ({self.opts.calib_method} calibration) + INT8 "
-                        "gate") as notes:
+        requested = self.opts.calib_method
+        methods = CALIB_METHODS if requested == "auto" else (requested,)
+        with self.stage(f"INT8 QDQ ONNX ({requested} calibration) + INT8 gate") as notes:
             calib, held_out, what = calibration_split(self.opts.calib_data)
-            counts = quantize_int8(path, int8_path, calib, method=self.opts.calib_method)
-            gate, _ = int8_gate(path, int8_path, held_out, criteria=INT8_CRITERIA)
-            self.gates["int8_gate"] = {**gate.to_dict(), **counts, "images": what,
+            self.detail(f"    {what}")
+            tries: List[_Int8Try] = []
+            for method in methods:
+                tries.append(self._calibrate(path, method, calib, held_out))
+                if tries[-1].gate:
+                    break
+            chosen = next((t for t in tries if t.gate), None) or _closest(tries)
+            os.replace(chosen.path, int8_path)
+            for t in tries:
+                t.path.unlink(missing_ok=True)
+            self.gates["int8_gate"] = {**chosen.gate.to_dict(), **chosen.counts, "images": what,
                                        "calib_data": str(self.opts.calib_data)}
-            notes.append(f"{counts['quantized_nodes']} nodes quantized, "
-                         f"{counts['float_nodes_kept']} kept float, "
-                         f"{counts['bytes'] / 2**20:.1f} MiB")
-            notes.append(f"{gate} on {what}")
-        if not gate and not self.opts.force:
-            raise ExportError(f"{self.source}: INT8 breaks this model: {gate}; try "
-                              "--calib-method percentile or entropy, more --calib-data, or "
-                              "--force to export anyway")
+            self.gates["int8_calibration"] = {
+                "requested": requested, "chosen": chosen.method,
+                "tried": [{"method": t.method, "passed": t.gate.passed,
+                           "reasons": t.gate.reasons(), "seconds": t.seconds} for t in tries]}
+            notes.append(_int8_summary(requested, tries, chosen))
+            notes.append(f"{chosen.counts['quantized_nodes']} nodes quantized, "
+                         f"{chosen.counts['bytes'] / 2**20:.1f} MiB")
+        if not chosen.gate and not self.opts.force:
+            if requested == "auto":
+                raise ExportError(
+                    f"{self.source}: INT8 breaks this model with every calibration method ("
+                    + "; ".join(f"{t.method}: {', '.join(t.gate.reasons())}" for t in tries)
+                    + "); more --calib-data, --fp16 instead of --int8, or --force to export "
+                    f"anyway (keeps {chosen.method}, the closest)")
+            raise ExportError(f"{self.source}: INT8 breaks this model: {chosen.gate}; try "
+                              "--calib-method auto (each method in turn), more --calib-data, "
+                              "or --force to export anyway")
         return int8_path
+
+    def _calibrate(self, path: Path, method: str, calib: Any, held_out: Any) -> _Int8Try:
+        from export.int8 import int8_gate, quantize_int8
+
+        start = time.perf_counter()
+        candidate = self.work / f"{self.name}.int8-{method}.onnx"
+        counts = quantize_int8(path, candidate, calib, method=method)
+        gate, _ = int8_gate(path, candidate, held_out, criteria=INT8_CRITERIA)
+        seconds = round(time.perf_counter() - start, 3)
+        self.detail(f"    {method} calibration: {gate} ({seconds:.1f} s)")
+        return _Int8Try(method, candidate, counts, gate, seconds)
 
     def _publish(self, path: Path) -> Path:
         dest = self.opts.out / path.name
         os.replace(path, dest)
         return dest
 
-    def _how_to_build(self, onnx_path: Path) -> str:
+    def _build_command(self, onnx_path: Path) -> str:
+        """The command that builds this export's engine on the device, into --out."""
         flags = f"--fp16 --batch {self.opts.batch} --max-batch {self.opts.max_batch}"
         if self.int8_path is not None:
             onnx_path, flags = self.int8_path, flags.replace("--fp16", "--int8")
+        elif not self.opts.fp16:
+            flags = flags.replace("--fp16", "--fp32")
+        return f"grefel export {onnx_path} {flags} --target auto --verify --out {self.opts.out}"
+
+    def _how_to_build(self, onnx_path: Path) -> str:
         lines = [
             f"No engine built: {self.missing}",
             "Build it on the target GPU (TensorRT + pycuda; no torch needed; --target auto "
             "picks the installed TensorRT):",
-            f"  grefel export {onnx_path} {flags} --target auto --verify",
+            f"  {self._build_command(onnx_path)}",
         ]
         if not self.is_onnx:
             lines.append("For TensorRT 8.5 (JetPack 5.1.x) export opset 16 first: grefel export "
@@ -475,7 +646,7 @@ class _Run:
         onnx_fp32 = final[0]
         int8 = self.int8_path is not None
         onnx_fp16 = final[1] if self.opts.fp16 and not int8 else None
-        stem = engine_stem(self.name, self.opts.fp16, self.opts.max_batch, int8=int8)
+        stem = self._engine_stem()
         work_engine = self.work / f"{stem}.engine"
         build_opts = BuildOptions(self.opts.fp16 and not int8, self.opts.batch,
                                   self.opts.max_batch, self.opts.workspace_gib,
@@ -485,8 +656,9 @@ class _Run:
             fp32_layers = fp32_node_names(onnx.load(str(onnx_fp32)))
             build = build_engine(onnx_fp32, work_engine, build_opts, onnx_fp16=onnx_fp16,
                                  onnx_int8=self.int8_path, fp32_layers=fp32_layers,
-                                 log=self.log)
+                                 log=self.detail)
             notes.append(f"{build.precision_mode}, {build.plan_bytes / 2**20:.1f} MiB")
+            notes += [f"note: {note}" for note in build.notes]
         if self.opts.verify:
             self._verify(work_engine, onnx_fp32)
         engine = self._publish(work_engine)
@@ -496,7 +668,10 @@ class _Run:
             write_sidecar(sidecar, engine=engine, onnx_built=build.onnx_built,
                           onnx_fp32=onnx_fp32, build=build.to_dict(), gates=self.gates,
                           device=device_info(self.trt), meta=onnx_meta(onnx_fp32))
-        return ExportResult(0, [*final, engine, sidecar], self.gates, f"engine: {engine}")
+        written = self._deepstream(onnx_fp32, engine, built=True)
+        atomic_write_json(self.checks_path, self.checks())  # now with the engine stages' log
+        return ExportResult(0, [*final, engine, sidecar, *written], self.gates,
+                            f"engine: {engine}")
 
     def _verify(self, engine: Path, onnx_fp32: Path) -> None:
         from export.verify import verify_engine
@@ -506,6 +681,7 @@ class _Run:
             criteria = INT8_CRITERIA if self.int8_path is not None else FP16_CRITERIA
             result = verify_engine(engine, onnx_fp32, images, criteria=criteria)
             self.gates["verify"] = result.to_dict()
-            notes.append(f"{result} on {what}")
+            notes.append(_gate_summary(result))
+            self.detail(f"    {result} on {what}")
         if not result and not self.opts.force:
             raise ExportError(f"{engine.name}: {result}; the engine was not installed")

@@ -626,6 +626,14 @@ def _opset(ctx: click.Context, param: click.Parameter, value: str) -> Optional[i
     return int(value)
 
 
+def _class_ids(ctx: click.Context, param: click.Parameter, value: str) -> Tuple[int, ...]:
+    parts = [v.strip() for v in value.split(",") if v.strip()]
+    if not parts or not all(p.isdigit() for p in parts):
+        raise click.BadParameter(f"{value!r}: give the detector's face class id(s), e.g. 0 or "
+                                 "0,2")
+    return tuple(int(p) for p in parts)
+
+
 @cli.command(
     "export",
     context_settings=CONTEXT,
@@ -638,6 +646,7 @@ Examples:
   grefel export runs/demo/train/best.safetensors --int8 --calib-data runs/demo/synthfer --onnx-only
   grefel export engines/best.int8.onnx --int8 --max-batch 8 --verify   # on the Jetson
   grefel export runs/demo/train/best.safetensors --fp16 --triton model_repository
+  grefel export runs/demo/train/best.safetensors --deepstream deepstream
 """,
 )
 @click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -671,9 +680,11 @@ Examples:
               help="Also write NAME.int8.onnx (QDQ: per-channel int8 weights, calibrated int8 "
                    "activations; LayerNorm, Softmax and the reliability tail in float) with the "
                    "INT8 gate; the engine is INT8. Needs --calib-data.")
-@click.option("--calib-method", type=click.Choice(["minmax", "percentile", "entropy"]),
-              default="minmax", help="INT8 activation ranges: max |x| over the calibration "
-                                     "images, its 99.999th percentile, or minimal KL divergence.")
+@click.option("--calib-method", type=click.Choice(["auto", "minmax", "percentile", "entropy"]),
+              default="auto", help="INT8 activation ranges: max |x| over the calibration images, "
+                                   "its 99.999th percentile, or minimal KL divergence; auto tries "
+                                   "them in that order and keeps the first that passes the INT8 "
+                                   "gate.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the gate results as JSON here.")
 @click.option("--max-pixels", type=click.IntRange(min=0),
@@ -686,10 +697,20 @@ Examples:
               help="instance_group count of the Triton model.")
 @click.option("--triton-queue-delay-us", default=2000, type=click.IntRange(0),
               help="Dynamic batching: max_queue_delay_microseconds.")
+@click.option("--deepstream", type=click.Path(file_okay=False, path_type=Path),
+              help="Also write a DeepStream nvinfer config here (secondary classifier on a face "
+                   "detector's faces): config_infer_secondary_grefel.txt and labels.txt.")
+@click.option("--deepstream-detector-id", default=1, type=click.IntRange(1),
+              help="gie-unique-id of the face detector grefel runs after (operate-on-gie-id).")
+@click.option("--deepstream-face-classes", default="0", callback=_class_ids,
+              help="The detector's face class id(s), comma-separated (operate-on-class-ids).")
+@click.option("-v", "--verbose", is_flag=True,
+              help="Also print each stage's details (lint reports, per-batch parity, captured "
+                   "third-party warnings); NAME.checks.json keeps them either way.")
 @click.pass_context
 def export_cmd(ctx: click.Context, source: Path, json_path: Optional[Path],
                max_pixels: Optional[int], triton_repo: Optional[Path], triton_instances: int,
-               triton_queue_delay_us: int, **options) -> None:
+               triton_queue_delay_us: int, verbose: bool, **options) -> None:
     """Checkpoint (.safetensors) or ONNX -> checked ONNX -> TensorRT engine + sidecar.
 
     Without SOURCE, the default model that ships inside grefel: its checkpoint where torch is
@@ -716,7 +737,8 @@ def export_cmd(ctx: click.Context, source: Path, json_path: Optional[Path],
 
         options["out"] = new_run_folder("export", options["name"] or source.stem)
     try:
-        result = run_export(source, ExportOptions(**options), log=lambda s: click.echo(s, err=True))
+        result = run_export(source, ExportOptions(**options),
+                            log=lambda s: click.echo(s, err=True), verbose=verbose)
         if triton_repo is not None and result.exit_code in (0, 2):
             from export.triton import write_model_repository
 

@@ -92,6 +92,39 @@ def test_cli_without_tensorrt_writes_checked_onnx_and_exits_2(cli_export):
     assert [r["label"] for r in gates["parity"]] == ["batch 1", "batch 3", "batch 8"]
 
 
+def test_export_prints_one_line_per_stage_and_keeps_details_in_checks_json(cli_export):
+    """Issue 26: the export log is one line per stage; the lint's 'met' restrictions, the
+    per-batch parity and the start lines are details: in checks.json's log, not printed."""
+    _, out, result, _ = cli_export
+    printed = result.stderr.splitlines()
+    stages = [line for line in printed if line.startswith("[")]
+    numbers = [line.split("]")[0] for line in stages]
+    assert len(numbers) == len(set(numbers)) and len(stages) >= 6
+    assert all(line.endswith(" s)") for line in stages)  # a stage's line is its end line
+    assert not [line for line in printed if ": met" in line or line.endswith(" ...")]
+    assert len(printed) <= len(stages) + 5, result.stderr  # artifacts + how to build
+    assert any("TensorRT op lint" in line and "every target passes" in line for line in stages)
+    checks = json.loads((out / "tiny.checks.json").read_text())
+    log = checks["log"]
+    assert any(": met" in line for line in log) and any("batch 3: pass" in line for line in log)
+    assert set(stages) <= set(log) and checks["warnings"] == []
+
+
+def test_verbose_export_prints_the_details(cli_export, tmp_path):
+    """-v prints what checks.json's log holds: start lines, lint reports, per-batch parity."""
+    _, out, _, _ = cli_export
+    with pytest.MonkeyPatch.context() as mp:
+        block_tensorrt(mp)
+        result = CliRunner().invoke(cli, ["export", str(out / "tiny.onnx"), "--fp32",
+                                          "--onnx-only", "-v", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "[1] TensorRT op lint" in result.stderr and " ...\n" in result.stderr
+    assert ": met" in result.stderr
+    log = json.loads((tmp_path / "tiny.checks.json").read_text())["log"]
+    assert [line for line in log if ": met" in line] == [
+        line for line in result.stderr.splitlines() if ": met" in line]
+
+
 def test_exported_batch_is_dynamic_and_matches_torch(cli_export):
     ckpt, out, _, _ = cli_export
     model, _ = load_checkpoint(ckpt)

@@ -363,6 +363,29 @@ def test_pipeline_builds_verifies_and_writes_sidecar(tiny_onnx, tmp_path, monkey
     assert trt.BuilderFlag.TF32 not in gpu10.last["config"]._flags
 
 
+def test_deepstream_config_names_the_built_engine(tiny_onnx, tmp_path, monkeypatch):
+    """With an engine built (fake TensorRT 10.3), --deepstream points nvinfer at it, at the
+    export's max batch, after the detector GIE given."""
+    import export.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "gate_images", lambda calib: gate_images(calib, n=6))
+    spec = EngineSpec(_ort_engine(tiny_onnx), OUTPUTS, profile=(1, 1, 4))
+    install(monkeypatch, Gpu(gen="10.3", engines={b"\x00PLAN": spec}))
+    opts = ExportOptions(out=tmp_path / "engines", max_batch=4, deepstream=tmp_path / "ds",
+                         deepstream_detector_id=3)
+    result = run_export(tiny_onnx, opts, log=str)
+    config = tmp_path / "ds" / "config_infer_secondary_grefel.txt"
+    assert result.exit_code == 0 and config in result.artifacts
+    text = config.read_text()
+    props = dict(line.split("=", 1) for line in text.splitlines()
+                 if line and not line.startswith(("#", "[")))
+    assert props["model-engine-file"] == "../engines/tiny_fp16_b4.engine"
+    assert (tmp_path / "engines" / "tiny_fp16_b4.engine").is_file()
+    assert "# model-engine-file: built by grefel export" in text
+    assert (props["batch-size"], props["operate-on-gie-id"], props["gie-unique-id"]) == (
+        "4", "3", "4")
+
+
 def test_export_cli_has_no_tf32_flag():
     from click.testing import CliRunner
 
