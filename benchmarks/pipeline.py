@@ -44,6 +44,7 @@ def pipeline_rows(
     """One row per (weights, detector, det_every); a row that cannot run says why."""
     from grefel._lazy import MissingDependency
     from grefel.predict import PredictOptions, RecordWriter, stream_predictions
+    from grefel.progress import Progress
     from grefel.runtime import BackendError, open_backend
 
     rows = []
@@ -71,7 +72,9 @@ def pipeline_rows(
                         backend.infer(warm)  # first-call setup is not a frame's time
                         summary = stream_predictions(
                             str(source), backend, RecordWriter(sink, "jsonl", backend.classes),
-                            opts=opts)
+                            opts=opts,
+                            progress=Progress(f"bench {Path(path).name} {det} det_every={every}",
+                                              "frames", total=max_frames))
                     row.update(
                         status="ok", frames=summary.frames, faces=summary.faces,
                         no_face_frames=summary.no_face_frames, seconds=round(summary.seconds, 3),

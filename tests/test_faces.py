@@ -673,7 +673,15 @@ def test_annotation_label_scales_with_the_frame(tmp_path: Path) -> None:
     assert small >= 8 and big >= 2 * small
 
 
-def test_bench_source_records_pipeline_rows(models: Dict[str, Path], tmp_path: Path) -> None:
+def test_bench_source_records_pipeline_rows(models: Dict[str, Path], tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import functools
+
+    import grefel.progress
+
+    # progress on every frame of a pipeline row (plain lines every 10 s in real use)
+    monkeypatch.setattr(grefel.progress.Progress, "__init__", functools.partialmethod(
+        grefel.progress.Progress.__init__, every=0.0))
     video = _video(tmp_path / "v.avi", frames=4)
     res = CliRunner().invoke(cli, ["bench", "--weights", str(models["onnx"]), "--source",
                                    str(video), "--detectors", "haar", "--det-every", "1,2",
@@ -687,6 +695,9 @@ def test_bench_source_records_pipeline_rows(models: Dict[str, Path], tmp_path: P
     assert set(rows[0]["stages_ms"]) == {"decode", "detect", "align", "infer", "post"}
     md = next((tmp_path / "out").glob("bench_*.md")).read_text()
     assert "## Pipeline (end to end)" in md and "| tiny.onnx | onnx | haar | 2 |" in md
+    lines = [ln.split(",")[0] for ln in res.output.splitlines() if ln.startswith("bench tiny")]
+    assert lines == [f"bench tiny.onnx haar det_every={e}: {i} frames" for e in (1, 2)
+                     for i in range(1, 5)]
 
 
 def test_low_memory_onnx_gives_the_same_outputs(models: Dict[str, Path]) -> None:
