@@ -6,9 +6,10 @@ clip's labels flicker or drift. Torch-free (matplotlib's Figure, no pyplot state
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from grefel.fileio import atomic_path
 
 __all__ = ["Timeline", "plot_path"]
 
@@ -46,7 +47,7 @@ class Timeline:
         return max(self.tracks, key=lambda k: len(self.tracks[k]))
 
     def save(self, path: Path, title: str = "") -> bool:
-        """Write the PNG (atomically: a temporary file renamed); False when no face was found."""
+        """Write the PNG atomically (`grefel.fileio.atomic_path`); False when no face was found."""
         track = self.main_track()
         if track is None:
             return False
@@ -71,11 +72,6 @@ class Timeline:
                      "gaps: not found)" if title else f"track {track}")
         ax.legend(loc="upper right", fontsize=8, ncol=2)
         fig.tight_layout()
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
+        with atomic_path(path) as tmp:
             fig.savefig(tmp, format="png")
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
         return True
