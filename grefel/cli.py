@@ -898,11 +898,12 @@ def predict_command(
         PredictOptions,
         ShowError,
         annotated_what,
+        plot_target,
         run_predict,
         signals_end_run,
     )
     from grefel.runtime import BackendError
-    from grefel.runtime.sources import STREAM_KINDS, SourceError, source_kind
+    from grefel.runtime.sources import SourceError
 
     if max_pixels is not None:
         set_max_pixels(max_pixels)
@@ -928,7 +929,7 @@ def predict_command(
         _wrote(annotate, annotated_what(src))
     if summary.plot is not None:
         _wrote(summary.plot, "expression-over-time plot, PNG")
-    elif out is not None and summary.faces == 0 and source_kind(src) in ("video", *STREAM_KINDS):
+    elif summary.faces == 0 and plot_target(out, src) is not None:
         click.echo("no expression-over-time plot: no face was found in any frame", err=True)
     if json_path:
         try:

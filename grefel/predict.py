@@ -543,6 +543,14 @@ def stream_predictions(
     return summary
 
 
+def plot_target(out: Optional[Path], src: str) -> Optional[Path]:
+    """Where a run writes its expression-over-time plot: beside `out` for a video, camera or
+    stream source (a .png is never such a source nor its --annotate video), else nowhere."""
+    if out is None or source_kind(src) not in ("video",) + STREAM_KINDS:
+        return None
+    return plot_path(out)
+
+
 def run_predict(
     src: str,
     weights: Path,
@@ -561,11 +569,10 @@ def run_predict(
 
     from grefel.runtime import open_backend
 
-    kind = source_kind(src)  # a missing path, or an --annotate name that cannot be written as
+    source_kind(src)  # a missing path, or an --annotate name that cannot be written as
     if annotate is not None:  # given, fails before the model is loaded
         check_annotate(annotate, src)
-    # a .png is never the video source nor its --annotate video (both need a video suffix)
-    plot = plot_path(out) if out is not None and kind in ("video",) + STREAM_KINDS else None
+    plot = plot_target(out, src)
     if opts.threads:
         require("cv2").setNumThreads(opts.threads)
     with contextlib.ExitStack() as stack:
