@@ -2,6 +2,7 @@
 
     python -m benchmarks.fault_campaign                 # all cases -> benchmarks/results/
     python -m benchmarks.fault_campaign --only infer    # predict / export / bench cases only
+    python -m benchmarks.fault_campaign --only families # issue 27's families (or one: --only NAME)
 
 Each case is one `python -m grefel ...` command (a few set up a folder or run two commands, as a
 user would) run in its own process with a time limit, and its outcome is one of:
@@ -17,7 +18,8 @@ user would) run in its own process with a time limit, and its outcome is one of:
 
 The inference cases (predict, export, bench: issue 13 items 3, 5, 6, 7, 9, 10, 14, 15) use
 `benchmarks/fault_corpus.py`; the train-side ones (items 1, 2, 4, 12, 13, 14, 15) build tiny CSV
-datasets and a tiny checkpoint. The record goes to
+datasets and a tiny checkpoint; issue 27's families are the modules of
+`benchmarks/fault_families/` (one per family, each its own side in the record). The record goes to
 `benchmarks/results/fault_campaign_<YYYY-mm-dd>.json` and `.md`: per case its command, exit
 status, category and the first lines of its output; and the count per category.
 """
@@ -37,6 +39,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from benchmarks.fault_families import family_modules
 
 ROOT = Path(__file__).resolve().parents[1]
 CATEGORIES = ("clear error", "handled", "traceback", "segfault", "silently wrong", "lost",
@@ -575,6 +579,10 @@ def run_campaign(only: Optional[str], out_dir: Path, log: Callable[[str], None] 
             cases += infer_cases(tmp_path / "corpus")
         if only in (None, "train"):
             cases += train_cases(tmp_path / "train")
+        for module in family_modules():
+            side = module.__name__.rsplit(".", 1)[1]
+            if only in (None, "families", side):
+                cases += module.cases(tmp_path / "families" / side)
         cases = [c for c in cases if match in c.name]
         outcomes: List[Outcome] = []
         for i, case in enumerate(cases):
@@ -585,8 +593,9 @@ def run_campaign(only: Optional[str], out_dir: Path, log: Callable[[str], None] 
             outcomes.append(outcome)
             log(f"[{i + 1}/{len(cases)}] {outcome.category:14s} {case.name}"
                 + (f"  -- {outcome.note}" if outcome.note else ""))
+    sides = list(dict.fromkeys(o.side for o in outcomes))
     counts = {side: {c: sum(o.category == c and o.side == side for o in outcomes)
-                     for c in CATEGORIES} for side in ("infer", "train")}
+                     for c in CATEGORIES} for side in sides}
     record = {
         "schema": "grefel-fault-campaign/1",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -608,14 +617,24 @@ def _git() -> str:
         return ""
 
 
+def summary_line(record: Dict[str, Any]) -> str:
+    """One line: the number of cases and the count of each outcome that occurred."""
+    counts = ", ".join(f"{n} {c}" for c, n in record["counts"].items() if n)
+    bad = sum(n for c, n in record["counts"].items() if c not in ("clear error", "handled"))
+    return (f"{record['cases']} cases: {counts}; "
+            + ("all held" if not bad else f"{bad} defect(s)") + f" ({record['git']})")
+
+
 def to_markdown(record: Dict[str, Any]) -> str:
     lines = [f"# Fault campaign, {record['created']} ({record['git']})", "",
              f"{record['cases']} cases through the CLI (`python -m benchmarks.fault_campaign`), "
              "each in its own process.", "",
-             "| category | all | inference | train side |", "|---|---|---|---|"]
+             summary_line(record), ""]
+    by = record["counts_by_side"]
+    lines += ["| category | all | " + " | ".join(by) + " |", "|---" * (len(by) + 2) + "|"]
     for c in CATEGORIES:
-        by = record["counts_by_side"]
-        lines.append(f"| {c} | {record['counts'][c]} | {by['infer'][c]} | {by['train'][c]} |")
+        lines.append(f"| {c} | {record['counts'][c]} | "
+                     + " | ".join(str(by[side][c]) for side in by) + " |")
     lines += ["", "| # | side | item | case | expected | outcome | exit | note |",
               "|---|---|---|---|---|---|---|---|"]
     for i, o in enumerate(record["outcomes"], 1):
@@ -636,12 +655,15 @@ def write(record: Dict[str, Any], out_dir: Path) -> Path:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--only", choices=["infer", "train"], help="One side's cases only.")
+    sides = ["infer", "train", "families", *(m.__name__.rsplit(".", 1)[1]
+                                             for m in family_modules())]
+    parser.add_argument("--only", choices=sides,
+                        help="One side's cases only (families: all of issue 27's; or one family).")
     parser.add_argument("--match", default="", help="Only cases whose name contains this.")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args(argv)
     record = run_campaign(args.only, args.out, match=args.match)
-    print(json.dumps(record["counts"], indent=2))
+    print(summary_line(record))
     return 0
 
 
