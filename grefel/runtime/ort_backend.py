@@ -8,7 +8,8 @@ chunk zero-padded (a sample's outputs never depend on the others), as the Tensor
 
 With ONNX Runtime >= 1.21 the weights are memory-mapped out of the file instead of copied onto
 the heap (`grefel.runtime.ort_mapped`: the paper preset's peak RSS ~500 -> ~340 MiB, outputs
-bit-equal); older versions, or a file the skeleton cannot be made for, load the file as before.
+bit-equal), out of a private copy that nothing can truncate while the command runs; older
+versions, or a file the skeleton cannot be made for, load the file as before.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 from grefel import contract
 from grefel._lazy import require
 from grefel.runtime.base import Backend, BackendError, Outputs, check_outputs, generic_classes
-from grefel.runtime.ort_mapped import mapped_model
+from grefel.runtime.ort_mapped import mapped_model, private_copy
 
 __all__ = ["MAPPED_SINCE", "OrtBackend"]
 
@@ -96,15 +97,8 @@ class OrtBackend(Backend):
         providers = list(self._providers(ort))
         self.mapped_bytes = 0  # weights ONNX Runtime maps out of the file (0: copied)
         self._session = None
-        mapped = mapped_model(Path(self.path)) if _version(ort) >= MAPPED_SINCE else None
-        if mapped is not None:
-            opts = self._session_options(ort)
-            opts.add_session_config_entry(FOLDER_OPTION, str(Path(self.path).resolve().parent))
-            try:
-                self._session = ort.InferenceSession(mapped[0], opts, providers=providers)
-                self.mapped_bytes = mapped[1]
-            except Exception as exc:  # noqa: BLE001 - the file itself is loaded next
-                log.debug("%s: mapped load refused (%s); loading the file", self.path, exc)
+        if _version(ort) >= MAPPED_SINCE:
+            self._open_mapped(ort, providers)
         if self._session is None:
             try:
                 self._session = ort.InferenceSession(
@@ -131,6 +125,24 @@ class OrtBackend(Backend):
         except BackendError as exc:
             raise BackendError(f"{self.path}: not a grefel model: {exc}") from None
         self.classes = self._read_classes()
+
+    def _open_mapped(self, ort: Any, providers: list) -> None:
+        """The session with its weights mapped out of a private copy of the file (never the file
+        itself: a `cp` over it while the command runs would kill it with SIGBUS,
+        grefel.runtime.ort_mapped); no session when the skeleton cannot be made or is refused."""
+        try:
+            with private_copy(Path(self.path)) as copy:
+                mapped = mapped_model(copy)
+                if mapped is None:
+                    return
+                opts = self._session_options(ort)
+                opts.add_session_config_entry(FOLDER_OPTION, str(copy.parent))
+                self._session = ort.InferenceSession(mapped[0], opts, providers=providers)
+                self.mapped_bytes = mapped[1]
+        except OSError as exc:  # no room for the copy: the file is loaded onto the heap
+            log.debug("%s: no private copy (%s); loading the file", self.path, exc)
+        except Exception as exc:  # noqa: BLE001 - the file itself is loaded next
+            log.debug("%s: mapped load refused (%s); loading the file", self.path, exc)
 
     def _read_classes(self) -> Tuple[str, ...]:
         meta = self._session.get_modelmeta().custom_metadata_map

@@ -19,6 +19,28 @@ constants such as Reshape's and cannot read external ones); an initializer that 
 already is left as it is. A malformed file, or one with nothing to map, gives None and the
 caller loads the file as usual (as it does when ONNX Runtime refuses the skeleton).
 
+The mapping reads a private copy, never the user's file (issue 27.2). ONNX Runtime keeps some of
+the mapped pages for the session's lifetime, and a page of a file that another program
+truncates or rewrites in place (`cp new.onnx model.onnx`: open with O_TRUNC, then write) is
+gone: the next inference touching it dies of SIGBUS. A rename over the name is safe (the old
+inode lives on), an in-place rewrite is not. So `private_copy` copies the file (a reflink where
+the file system has them, FICLONE: no bytes copied) into a fresh 0700 folder beside it (in the
+temporary folder when the model's folder is read-only), the skeleton points into that copy, and
+the copy's name is removed as soon as ONNX Runtime holds its mapping: no other process can name
+the inode, so nothing can truncate it, and the kernel frees it when the session closes. The
+running command keeps the model it loaded whatever happens to the file afterwards.
+
+The trade-off, measured on the paper preset's 190 MB ONNX (176 MB of it mapped; 2 shared cores,
+ext4, 2 runs each): peak RSS 335 / 342 MiB mapping the file, 333 / 331 MiB mapping the copy
+(the mapped pages are file-backed and clean either way: the kernel can drop them under
+pressure); opening the session 0.52 / 0.69 s vs 0.65 / 0.53 s (the copy, ~0.1 s from the page
+cache and nothing with a reflink, is within this machine's noise); the disk holds a second,
+nameless copy while the session lives. Copying
+beside the model keeps the copy on the model's file system, which is a disk wherever the model
+file is; the temporary folder is the fallback because on a tmpfs /tmp the copy would sit in RAM.
+The copy is not worth it for the heap load (files the skeleton cannot be made for, ONNX Runtime
+< 1.21): ONNX Runtime reads such a file into its own memory once and never looks at it again.
+
 Protobuf fields used (onnx.proto3): ModelProto.graph = 7; GraphProto.initializer = 5;
 TensorProto.data_type = 2, raw_data = 9, external_data = 13 (StringStringEntryProto: key = 1,
 value = 2), data_location = 14 (EXTERNAL = 1).
@@ -26,11 +48,22 @@ value = 2), data_location = 14 (EXTERNAL = 1).
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import mmap
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Iterator, Optional, Tuple, Union
 
-__all__ = ["MIN_MAPPED_BYTES", "mapped_model"]
+try:
+    import fcntl
+except ImportError:  # not POSIX: plain copies
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["MIN_MAPPED_BYTES", "mapped_model", "private_copy"]
+
+FICLONE = 0x40049409  # linux/fs.h _IOW(0x94, 9, int): a copy-on-write clone of a whole file
 
 MIN_MAPPED_BYTES = 4096  # smaller initializers stay inline
 # TensorProto FLOAT, UINT8, INT8, FLOAT16, DOUBLE, BFLOAT16: weights. Integer shape constants
@@ -156,3 +189,36 @@ def mapped_model(path: Path) -> Optional[Tuple[bytes, int]]:
     except (OSError, ValueError):  # unreadable, empty (mmap refuses), or malformed
         return None
     return (skeleton, mapped) if mapped else None
+
+
+@contextlib.contextmanager
+def private_copy(path: Path) -> Iterator[Path]:
+    """A copy of `path` under the same name in a fresh private folder (beside `path`, else in the
+    temporary folder); folder and copy are removed on exit, so a mapping made inside the block
+    keeps a file nobody can name, truncate or rewrite (see the module docstring)."""
+    path = Path(path)
+    try:
+        folder = tempfile.mkdtemp(prefix=".grefel-model-", dir=path.resolve().parent)
+    except OSError:  # a read-only folder (an installed package, a mounted model store)
+        folder = tempfile.mkdtemp(prefix="grefel-model-")
+    try:
+        copy = Path(folder) / path.name
+        _clone_or_copy(path, copy)
+        yield copy
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _clone_or_copy(src: Path, dest: Path) -> None:
+    """A reflink of `src` at `dest` where the file system has them (btrfs, XFS: instant, no
+    space), else a plain copy."""
+    with open(src, "rb") as fin, open(dest, "wb") as fout:
+        try:
+            if fcntl is not None:
+                fcntl.ioctl(fout.fileno(), FICLONE, fin.fileno())
+                return
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL,
+                                 errno.ENOSYS, errno.EPERM, errno.EBADF):
+                raise
+        shutil.copyfileobj(fin, fout, length=1 << 20)
