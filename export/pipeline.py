@@ -44,8 +44,8 @@ from grefel._lazy import MissingDependency, require
 from grefel.contract import opset_for_target
 from grefel.fileio import atomic_path, atomic_write_json
 
-__all__ = ["ExportOptions", "ExportResult", "remove_stale_work_dirs", "resolve_target",
-           "run_export"]
+__all__ = ["ExportOptions", "ExportResult", "artifact_name", "planned_outputs",
+           "remove_stale_work_dirs", "resolve_target", "run_export"]
 
 WORK_PREFIX = ".export-"
 
@@ -89,6 +89,45 @@ class ExportResult:
     artifacts: List[Path] = field(default_factory=list)
     gates: Dict[str, Any] = field(default_factory=dict)
     message: str = ""
+
+
+def artifact_name(source: Path, opts: ExportOptions) -> str:
+    """NAME of the artifacts: --name, else the source's whole stem, so an artifact never takes
+    the name of another precision's file (NAME.fp16.onnx exports as NAME.fp16, never as NAME,
+    whose NAME.onnx is the FP32 model of another export). A QDQ INT8 source NAME.int8.onnx is
+    NAME: its INT8 artifact NAME.int8.onnx is then the source itself."""
+    source = Path(source)
+    if opts.name:
+        return opts.name
+    if (source.suffix.lower() == ".onnx" and source.stem.endswith(".int8")
+            and artifact_precision(source) == "int8"):
+        return source.stem[: -len(".int8")]
+    return source.stem
+
+
+def planned_outputs(source: Path, opts: ExportOptions) -> Tuple[str, ...]:
+    """The names this export may write into --out (ONNX artifacts, checks file, engine and its
+    sidecar), the source itself excepted: an ONNX exported in its own folder is used in place
+    (`_Run._publish` never rewrites it)."""
+    source = Path(source)
+    name = artifact_name(source, opts)
+    int8_source = source.suffix.lower() == ".onnx" and artifact_precision(source) == "int8"
+    names = [f"{name}{'.int8' if int8_source else ''}.onnx", f"{name}.checks.json"]
+    if opts.fp16 and not int8_source:
+        names.append(f"{name}.fp16.onnx")
+    if opts.int8 and not int8_source:
+        names.append(f"{name}.int8.onnx")
+    if not opts.onnx_only:
+        stem = engine_stem(name, opts.fp16, opts.max_batch, int8=opts.int8 or int8_source)
+        names += [f"{stem}.engine", f"{stem}.json"]
+    return tuple(n for n in names if not _is_source(Path(opts.out) / n, source))
+
+
+def _is_source(path: Path, source: Path) -> bool:
+    try:
+        return os.path.samefile(path, source)
+    except OSError:  # no such file (yet)
+        return False
 
 
 def resolve_target(target: str, trt: Any) -> Tuple[str, List[str]]:
@@ -318,7 +357,7 @@ class _Run:
         self.gates: Dict[str, Any] = {}
         self.model = None
         self.is_onnx = self.source.suffix.lower() == ".onnx"
-        self.name = opts.name or self.source.stem.replace(".fp16", "").replace(".int8", "")
+        self.name = artifact_name(self.source, opts)
         # A QDQ ONNX given as the source is the INT8 model itself (built, never re-quantized).
         self.source_int8 = self.is_onnx and artifact_precision(self.source) == "int8"
         self.opset = opts.opset or opset_for_target(target)
@@ -614,7 +653,12 @@ class _Run:
         return _Int8Try(method, candidate, counts, gate, seconds)
 
     def _publish(self, path: Path) -> Path:
+        """Move a finished artifact into --out; the ONNX copy of a source that already is that
+        artifact (exported in its own folder) is dropped: the source is never rewritten."""
         dest = self.opts.out / path.name
+        if _is_source(dest, self.source):
+            path.unlink()
+            return dest
         os.replace(path, dest)
         return dest
 

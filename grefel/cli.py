@@ -129,12 +129,14 @@ def data_split(root: str, json_path: Optional[str]) -> None:
     """
     from grefel.data import DatasetError
     from grefel.data.muxspace import looks_muxspace, muxspace_split, split_table
-    from grefel.fileio import atomic_write_json
+    from grefel.fileio import Input, Output, atomic_write_json
 
     path = Path(root).expanduser()
     if not looks_muxspace(path):
         raise click.BadParameter(f"{path}: not a muxspace/facial_expressions folder (needs "
                                  "data/legend.csv and images/)", param_hint="ROOT")
+    _check_outputs([Input("ROOT", path, "the dataset folder", folder=True)],
+                   [Output("--json", json_path)])
     try:
         _, _, record = muxspace_split(path)
     except DatasetError as e:
@@ -191,6 +193,18 @@ def _user_error(exc: BaseException) -> click.ClickException:
     if "Original Traceback" in text:  # re-raised from a DataLoader worker process
         text = text.splitlines()[-1].split(": ", 1)[-1]
     return click.ClickException(text)
+
+
+def _check_outputs(inputs: Sequence[Any], outputs: Sequence[Any]) -> None:
+    """grefel.fileio.check_outputs, its refusal as the one error line: every command that writes
+    calls this once, before it opens anything for writing, with its inputs (a model's sidecar
+    and a dataset folder included) and its outputs."""
+    from grefel.fileio import OutputClash, check_outputs
+
+    try:
+        check_outputs(inputs, outputs)
+    except OutputClash as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _resume_epilog() -> str:
@@ -426,8 +440,9 @@ def train(**opts) -> None:
     import json
 
     from grefel.data import DatasetError
-    from grefel.fileio import atomic_write_json
+    from grefel.fileio import Input, Output, atomic_write_json, model_inputs
     from grefel.train import TrainingError, configs_from_options, run_training
+    from grefel.train_state import RUN_FILES
     from grefel.weights import WeightsError
 
     json_path = opts.pop("json_path")
@@ -446,6 +461,14 @@ def train(**opts) -> None:
     except (TypeError, ValueError) as exc:
         raise click.BadParameter(str(exc)) from None
     _check_align_options(ctx, d.align_faces, d.root, d.dataset)
+    _check_outputs(
+        [Input("--data", d.root or None, "the dataset folder", folder=True),
+         *model_inputs("--init", t.init or None, "the checkpoint"),
+         *model_inputs("--pretrained-ir50", t.pretrained_ir50 or None, "the IR-50 weights"),
+         *model_inputs("--pretrained-mobilefacenet", t.pretrained_mobilefacenet or None,
+                       "the MobileFaceNet weights")],
+        [Output("--out", t.out, folder=True, writes=RUN_FILES), Output("--json", json_path),
+         Output("--align-cache", d.align_cache or None, folder=True)])
     try:
         summary = run_training(d, t)
     except (DatasetError, TrainingError, WeightsError, OSError) as exc:
@@ -527,9 +550,15 @@ def eval_(checkpoint, data, dataset, split, out, batch_size, workers, device, th
     model = _model_or_default(checkpoint)
     if not model.is_file():
         raise click.ClickException(f"{model}: no such model file")
-    if out is None:
-        from grefel.fileio import new_run_folder
+    from grefel.evaluate import OUTPUT_NAMES
+    from grefel.fileio import Input, Output, model_inputs, new_run_folder
 
+    _check_outputs(
+        [*model_inputs("MODEL", model), Input("--data", data, "the dataset folder", folder=True),
+         *model_inputs("--reference", reference, "the reference checkpoint")],
+        [Output("--out", out, folder=True, writes=OUTPUT_NAMES), Output("--json", json_path),
+         Output("--align-cache", align_cache or None, folder=True)])
+    if out is None:
         out = str(new_run_folder("eval", f"{model.stem}-{split}"))
     compare, criteria_name = None, ""
     if reference is not None:
@@ -592,11 +621,14 @@ Examples:
 def weights_import(src, kind, preset, out, num_classes, linear_head, lenient, json_path):
     """Import pretrained weights from SRC into a new GReFEL checkpoint, strictly and safely."""
     from grefel.checkpoint import save_checkpoint
-    from grefel.fileio import atomic_write_json
+    from grefel.fileio import Output, atomic_write_json, model_inputs
     from grefel.weights import WeightsError, import_weights
 
     if out.suffix != ".safetensors":
         raise click.BadParameter("must end in .safetensors", param_hint="--out")
+    _check_outputs(model_inputs("SRC", src, "the source weights"),
+                   [Output("--out", out), Output("the sidecar of --out", out.with_suffix(".json")),
+                    Output("--json", json_path)])
     click.echo(f"reading {src} ({kind}) ...", err=True)
     overrides = {"head_hidden": ()} if linear_head else None
     try:
@@ -720,7 +752,7 @@ def export_cmd(ctx: click.Context, source: Path, json_path: Optional[Path],
     import importlib.util
 
     from export import ExportError
-    from export.pipeline import ExportOptions, run_export
+    from export.pipeline import ExportOptions, planned_outputs, run_export
     from grefel.contract import set_max_pixels
     from grefel.fileio import atomic_write_json
 
@@ -732,9 +764,21 @@ def export_cmd(ctx: click.Context, source: Path, json_path: Optional[Path],
     if triton_repo is not None and not options["dynamic"]:
         raise click.BadParameter("a Triton repository with dynamic batching needs a dynamic "
                                  "batch: drop --static", param_hint="--triton")
-    if options["out"] is None:
-        from grefel.fileio import new_run_folder
+    from export.deepstream import CONFIG_NAME, LABELS_NAME
+    from export.triton import MODEL_NAME
+    from grefel.fileio import Input, Output, model_inputs, new_run_folder
 
+    given = options["out"] is not None  # else a new folder: nothing in it to replace
+    _check_outputs(
+        [*model_inputs("SOURCE", source),
+         Input("--calib-data", options["calib_data"], "the calibration images", folder=True)],
+        [Output("--out", options["out"], folder=True,
+                writes=planned_outputs(source, ExportOptions(**options)) if given else ()),
+         Output("--json", json_path), Output("--timing-cache", options["timing_cache"]),
+         Output("--triton", triton_repo, folder=True, writes=(MODEL_NAME,)),
+         Output("--deepstream", options["deepstream"], folder=True,
+                writes=(CONFIG_NAME, LABELS_NAME))])
+    if not given:
         options["out"] = new_run_folder("export", options["name"] or source.stem)
     try:
         result = run_export(source, ExportOptions(**options),
@@ -892,7 +936,7 @@ def predict_command(
     prefer_passive_openmp()  # before anything imports torch (docs/predict.md, --threads)
     from grefel._lazy import MissingDependency
     from grefel.contract import ImageError, set_max_pixels
-    from grefel.fileio import atomic_write_json, display_path
+    from grefel.fileio import Input, Output, atomic_write_json, display_path, model_inputs
     from grefel.predict import (
         OutputError,
         PredictOptions,
@@ -903,12 +947,21 @@ def predict_command(
         signals_end_run,
     )
     from grefel.runtime import BackendError
-    from grefel.runtime.sources import SourceError
+    from grefel.runtime.sources import SourceError, source_kind
 
     if max_pixels is not None:
         set_max_pixels(max_pixels)
     weights = _model_or_default(weights)
     try:
+        kind = source_kind(src)
+        is_path = kind in ("image", "video", "folder")
+        _check_outputs(
+            [Input("SRC", src if is_path else None, f"the input {kind}"
+                   if kind != "folder" else "the source folder", folder=kind == "folder"),
+             *model_inputs("--weights", weights)],
+            [Output("--out", out), Output("--annotate", annotate, folder=kind == "folder"),
+             Output("--json", json_path),
+             Output("the expression plot of --out", plot_target(out, src))])
         with signals_end_run():
             summary = run_predict(
                 src, weights, PredictOptions(**opts), fmt=fmt, out=out, annotate=annotate,
@@ -1031,9 +1084,14 @@ def bench(
         raise click.BadParameter(str(exc), param_hint="--compare") from None
     if source is not None and not weights:
         raise click.BadParameter("the pipeline rows need model files", param_hint="--weights")
-    if out is None:
-        from grefel.fileio import new_run_folder
+    from grefel.fileio import Input, Output, model_inputs, new_run_folder
 
+    _check_outputs(
+        [*(i for w in weights for i in model_inputs("--weights", w)),
+         Input("--compare", compare_path, "the earlier record"),
+         Input("--source", source if source and Path(source).exists() else None, "the video")],
+        [Output("--out", out, folder=True)])
+    if out is None:
         out = new_run_folder("bench", weights[0].stem if weights else "random-init")
     pipeline = None if source is None else {
         "source": source, "detectors": detectors, "det_every": det_every,
@@ -1127,6 +1185,10 @@ def serve_command(weights: Path, device: str, out: Optional[Path], verbose: bool
     from grefel.serve import ServeError, ServeOptions, serve
 
     weights = _model_or_default(weights)
+    from grefel.fileio import Output, model_inputs
+
+    _check_outputs(model_inputs("--weights", weights),
+                   [Output("--out", out, folder=True, writes=("tritonserver.log",))])
     log_file = None
     if not verbose:
         from grefel.fileio import RUNS, display_path, new_run_folder
@@ -1160,14 +1222,17 @@ def info(json_path: Optional[Path]) -> None:
     """Versions, CPU, GPU, TensorRT, Jetson model and power mode, and the default model."""
     from benchmarks.env import environment
     from benchmarks.report import env_lines
-    from grefel.fileio import atomic_write_json
+    from grefel.fileio import Output, atomic_write_json, model_inputs
     from grefel.runtime.default_model import DefaultModelError, default_model, describe
 
     env = environment()
     try:
-        env["default_model"] = describe(default_model("onnx"))
+        shipped = default_model("onnx")
+        env["default_model"] = describe(shipped)
     except DefaultModelError as exc:
-        env["default_model"] = f"missing: {exc}"
+        shipped, env["default_model"] = None, f"missing: {exc}"
+    _check_outputs(model_inputs("grefel", shipped, "the model that ships inside grefel"),
+                   [Output("--json", json_path)])
     click.echo("\n".join(env_lines(env)))
     click.echo(env["default_model"])
     if json_path:
@@ -1232,10 +1297,15 @@ def _run_pretrain(task: str, json_path: Optional[str], align_faces: str, **opts:
     import json
 
     from grefel.config import FaceAlignment
-    from grefel.fileio import atomic_write_json
+    from grefel.fileio import Input, Output, atomic_write_json
     from grefel.pretrain import PretrainError, make_config, pretrain
 
     _check_align_options(click.get_current_context(), align_faces, opts["data"], opts["dataset"])
+    _check_outputs([Input("--data", opts["data"], "the dataset folder", folder=True)],
+                   [Output("--out", opts["out"]),
+                    Output("the sidecar of --out", Path(opts["out"]).with_suffix(".json")),
+                    Output("--json", json_path),
+                    Output("--align-cache", opts["align_cache"] or None, folder=True)])
     face = {k[len("face_"):]: opts.pop(k) for k in list(opts) if k.startswith("face_")}
     alignment = FaceAlignment(mode=align_faces, **face)
     try:

@@ -76,7 +76,7 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
-    "ARTIFACT_SUFFIXES", "EvalError", "collect_backend_outputs", "collect_outputs",
+    "ARTIFACT_SUFFIXES", "EvalError", "OUTPUT_NAMES", "collect_backend_outputs", "collect_outputs",
     "evaluate_checkpoint", "evaluate_model", "format_report", "score_predictions",
 ]
 
@@ -509,6 +509,11 @@ def _artifact_outputs(path: Path, classes: Sequence[str], data: PathLike, split:
             return collect_backend_outputs(backend, loader), backend.describe()
     except (BackendError, MissingDependency) as exc:
         raise EvalError(str(exc)) from None
+
+
+# What write_outputs writes into --out: no input may be one of them.
+OUTPUT_NAMES = ("metrics.json", "confusion.json", "confusion_final.png", "confusion_primary.png",
+                "reliability.png", "embedding.png")
 
 
 def write_outputs(

@@ -13,11 +13,13 @@ import hashlib
 import json
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Union
+from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
 
-__all__ = ["RUNS", "atomic_path", "atomic_write_bytes", "atomic_write_json", "display_path",
-           "new_run_folder", "sha256_file"]
+__all__ = ["RUNS", "Input", "Output", "OutputClash", "atomic_path", "atomic_write_bytes",
+           "atomic_write_json", "check_outputs", "display_path", "model_inputs", "new_run_folder",
+           "sha256_file"]
 
 RUNS = Path("runs")  # every command's default output folder: runs/<command>/<name>
 
@@ -108,3 +110,145 @@ def sha256_file(path: PathLike, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: f.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
+
+
+# --- outputs never alias inputs (issue 27.1) ---------------------------------------------------
+
+
+class OutputClash(ValueError):
+    """An output path that would replace one of the command's inputs, or another output; the
+    message is one line naming both options and the path."""
+
+
+@dataclass(frozen=True)
+class Input:
+    """A path a command reads.
+
+    Args:
+        option: how the command line names it ("SRC", "--data", "-w").
+        path: the path as given (None: not given, or not a path, e.g. a camera index).
+        what: what it is, for the message ("the input image", "the sidecar of the model m.onnx").
+        folder: a folder whose files are read (a dataset, a predicted folder): an existing file
+            anywhere under it is an input too.
+    """
+
+    option: str
+    path: Optional[PathLike]
+    what: str
+    folder: bool = False
+
+
+@dataclass(frozen=True)
+class Output:
+    """A path a command writes.
+
+    Args:
+        option: how the command line names it ("--out", "--json").
+        path: the path as given (None: not given).
+        folder: a folder written into rather than a file replaced.
+        writes: for a folder, the names (files or folders, replaced whole) it writes there that
+            an earlier file may already have; names the command makes new (timestamped, or
+            mirroring a source) need not be listed.
+    """
+
+    option: str
+    path: Optional[PathLike]
+    folder: bool = False
+    writes: Tuple[str, ...] = ()
+
+
+def model_inputs(option: str, path: Optional[PathLike], what: str = "the model") -> List[Input]:
+    """A model file and the sidecar `NAME.json` its reader opens beside it (a checkpoint's
+    config and hash, an ONNX model's or engine's class names): both are inputs."""
+    if path is None:
+        return []
+    side = Path(path).with_suffix(".json")
+    return [Input(option, path, what),
+            Input(option, side, f"the sidecar of {what} {display_path(Path(path).name)}")]
+
+
+def check_outputs(inputs: Sequence[Input], outputs: Sequence[Output]) -> None:
+    """Refuse, before anything is opened for writing, an output that would destroy an input or
+    another output: OutputClash with one line naming both options and the path.
+
+    Paths are compared as the files they are (os.path.realpath: `./`, relative and absolute
+    spellings, symbolic links; the device and inode: hard links), existing or not. An output
+    file may not be an input file, an input folder, an existing file inside an input folder,
+    or another output (or be inside a folder another output replaces); an output folder may not
+    be an input, and the names it `writes` are outputs files in their own right. An output
+    folder that merely contains an input (export --out into the model's folder), or lies
+    inside an input folder (predict DIR --annotate DIR/annotated), is fine.
+    """
+    claims: List[Tuple[Output, Path, bool]] = []  # (owner, path, replaced: False = written into)
+    for out in outputs:
+        if out.path is None:
+            continue
+        claims.append((out, Path(out.path), not out.folder))
+        claims += [(out, Path(out.path) / name, True) for name in out.writes]
+    given = [i for i in inputs if i.path is not None]
+    for out, path, replaced in claims:
+        for inp in given:
+            _refuse_input(out, path, replaced, inp)
+    for k, (first, a, a_replaced) in enumerate(claims):
+        for second, b, b_replaced in claims[k + 1:]:
+            if second is first or not (a_replaced or b_replaced):
+                continue
+            if _same(a, b):
+                verb = "is also"
+            elif a_replaced and _within(b, a):
+                verb = "is inside"
+            elif b_replaced and _within(a, b):
+                verb = "would replace"
+            else:
+                continue
+            its = "" if b == Path(second.path) else f"its {display_path(b)} "  # type: ignore
+            what = (f"{first.option} writes it too" if verb == "is also"
+                    and a != Path(first.path) else f"{verb} {_claim(first, a)}")  # type: ignore
+            raise OutputClash(f"{second.option} {display_path(second.path)}: {its}{what}; give "
+                              "each output its own path")
+
+
+def _refuse_input(out: Output, path: Path, replaced: bool, inp: Input) -> None:
+    """OutputClash when the output claim `path` of `out` (a file or folder it replaces, or a
+    folder it writes into) would destroy the input `inp`."""
+    src = Path(inp.path)  # type: ignore[arg-type]
+    head = f"{out.option} {display_path(out.path)}"
+    via = "" if path == Path(out.path) else f"would replace {display_path(path)}, which "
+    fix = "choose another folder" if out.folder else "choose another path"
+    if _same(path, src):
+        raise OutputClash(f"{head}: {via}is {inp.what} ({inp.option}); {fix}")
+    if not replaced:
+        return
+    if _within(src, path):
+        raise OutputClash(f"{head}: {via or 'would replace a folder that '}holds {inp.what} "
+                          f"{display_path(src)} ({inp.option}); {fix}")
+    if inp.folder and os.path.lexists(path) and _within(path, src):
+        raise OutputClash(f"{head}: {via}is a file in {inp.what} {display_path(src)} "
+                          f"({inp.option}); {fix} outside it")
+
+
+def _claim(out: Output, path: Path) -> str:
+    """An output claim as the message names it: the option, or a path the option writes."""
+    if path == Path(out.path):  # type: ignore[arg-type]
+        return out.option
+    return f"{display_path(path)}, written by {out.option}"
+
+
+def _real(path: Path) -> str:
+    return os.path.realpath(os.path.abspath(path))
+
+
+def _same(a: Path, b: Path) -> bool:
+    """The same file or folder: one real path, or (existing) one device and inode."""
+    if _real(a) == _real(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # either does not exist
+        return False
+
+
+def _within(child: Path, parent: Path) -> bool:
+    """`child` lies strictly inside the folder `parent` (real paths)."""
+    real_child, real_parent = _real(child), _real(parent)
+    return real_child.startswith(real_parent.rstrip(os.sep) + os.sep)

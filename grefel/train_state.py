@@ -35,6 +35,7 @@ from typing import Any, Dict, List, Optional, Tuple
 __all__ = [
     "LOCK_NAME",
     "RESUME_MAY_CHANGE",
+    "RUN_FILES",
     "STATE_FORMAT",
     "RunLock",
     "TrainingError",
@@ -45,6 +46,10 @@ __all__ = [
 
 STATE_FORMAT = "grefel-train-state/1"
 LOCK_NAME = ".lock"
+# What a run writes into its folder (grefel.train's docstring): no input may be one of them.
+RUN_FILES = ("config.json", "metrics.csv", "metrics.json", "tensorboard", "last.safetensors",
+             "last.json", "best.safetensors", "best.json", "warmup.json", "alignment.json",
+             "init.json", "last.state.pt")
 
 # The settings a --resume may change, with why that is safe. Everything else is refused.
 RESUME_MAY_CHANGE: Dict[str, str] = {
