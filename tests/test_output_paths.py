@@ -1,0 +1,164 @@
+"""Issue 27.1-2: grefel.fileio.check_outputs (an output never aliases an input or another output),
+export's artifact names, and a model that keeps running when its file is rewritten in place."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from grefel.fileio import Input, Output, OutputClash, check_outputs, model_inputs
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture()
+def photo(tmp_path: Path) -> Path:
+    path = tmp_path / "img.jpg"
+    path.write_bytes(b"photo bytes")
+    return path
+
+
+@pytest.mark.parametrize("spelling", ["same", "dot", "absolute", "symlink", "hardlink"])
+def test_an_output_that_is_the_input_is_refused_however_spelled(photo, monkeypatch, spelling):
+    monkeypatch.chdir(photo.parent)
+    out = {"same": "img.jpg", "dot": "./img.jpg", "absolute": str(photo),
+           "symlink": "link.jpg", "hardlink": "hard.jpg"}[spelling]
+    if spelling == "symlink":
+        os.symlink("img.jpg", "link.jpg")
+    if spelling == "hardlink":
+        os.link("img.jpg", "hard.jpg")
+    with pytest.raises(OutputClash, match=r"^--out .*: is the input image \(SRC\); choose "):
+        check_outputs([Input("SRC", "img.jpg", "the input image")], [Output("--out", out)])
+
+
+def test_a_model_sidecar_is_an_input(tmp_path):
+    model = tmp_path / "X.safetensors"
+    with pytest.raises(OutputClash, match="sidecar of the checkpoint X.safetensors"):
+        check_outputs(model_inputs("MODEL", model, "the checkpoint"),
+                      [Output("--json", tmp_path / "X.json")])
+
+
+def test_two_outputs_on_one_path_are_refused(tmp_path):
+    with pytest.raises(OutputClash, match=r"--json .*r.json: is also --out; give each output"):
+        check_outputs([], [Output("--out", tmp_path / "r.json"),
+                           Output("--json", tmp_path / "r.json")])
+    with pytest.raises(OutputClash, match="--out writes it too"):
+        check_outputs([], [Output("--out", tmp_path, folder=True, writes=("metrics.json",)),
+                           Output("--json", tmp_path / "metrics.json")])
+
+
+def test_folders(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.csv").write_text("path,label\n")
+    dataset = [Input("--data", data, "the dataset folder", folder=True)]
+    with pytest.raises(OutputClash, match="is the dataset folder"):
+        check_outputs(dataset, [Output("--out", data, folder=True)])
+    with pytest.raises(OutputClash, match="is a file in the dataset folder"):
+        check_outputs(dataset, [Output("--json", data / "train.csv")])
+    # legal: a new file or a folder inside an input folder (predict DIR --annotate
+    # DIR/annotated), and an output folder that holds an input it does not write over
+    check_outputs(dataset, [Output("--json", data / "new.json"),
+                            Output("--annotate", data / "annotated", folder=True)])
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"onnx")
+    check_outputs(model_inputs("SOURCE", model),
+                  [Output("--out", tmp_path, folder=True, writes=("m.checks.json",))])
+    with pytest.raises(OutputClash, match=r"would replace .*m.onnx, which is the model"):
+        check_outputs(model_inputs("SOURCE", model),
+                      [Output("--out", tmp_path, folder=True, writes=("m.onnx",))])
+    with pytest.raises(OutputClash, match="holds the model"):
+        check_outputs(model_inputs("SOURCE", model),
+                      [Output("--triton", tmp_path.parent, folder=True,
+                              writes=(tmp_path.name,))])
+
+
+def test_info_json_never_replaces_the_shipped_model_sidecar(tmp_path, monkeypatch):
+    import grefel.runtime.default_model as default_model
+    from grefel.cli import cli
+
+    model, side = tmp_path / "shipped.onnx", tmp_path / "shipped.json"
+    model.write_bytes(b"onnx")
+    side.write_text("{}")
+    monkeypatch.setattr(default_model, "default_model", lambda kind="onnx": model)
+    monkeypatch.setattr(default_model, "describe", lambda path: "the model that ships")
+    result = CliRunner().invoke(cli, ["info", "--json", str(side)])
+    assert result.exit_code == 1 and "is the sidecar of the model that ships inside grefel" \
+        in result.output
+    assert side.read_text() == "{}"
+
+
+def test_export_artifacts_keep_the_whole_stem(tmp_path):
+    from benchmarks.fault_corpus import mini_onnx
+    from export.fp16 import convert_to_fp16
+    from export.pipeline import ExportOptions, artifact_name, planned_outputs
+
+    fp32 = mini_onnx(tmp_path / "m.onnx")
+    convert_to_fp16(fp32, tmp_path / "m.fp16.onnx")
+    opts = ExportOptions(fp16=False, onnx_only=True, out=tmp_path)
+    assert artifact_name(tmp_path / "m.fp16.onnx", opts) == "m.fp16"
+    # the source's own artifact is used in place, so it is not an output
+    assert planned_outputs(tmp_path / "m.fp16.onnx", opts) == ("m.fp16.checks.json",)
+    assert planned_outputs(fp32, ExportOptions(fp16=True, out=tmp_path / "e")) == (
+        "m.onnx", "m.checks.json", "m.fp16.onnx", "m_fp16_b8.engine", "m_fp16_b8.json")
+
+
+_REWRITE = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+
+    from grefel.runtime.ort_backend import OrtBackend
+
+    path = Path(sys.argv[1])
+    x = np.random.default_rng(0).random((2, 3, 112, 112), dtype=np.float32)
+    with OrtBackend(path, device="cpu", threads=1) as backend:
+        assert backend.mapped_bytes > 0
+        assert not [p for p in path.parent.iterdir() if p.name.startswith(".grefel-model-")]
+        before = backend.infer(x)
+        with open(path, "wb") as f:  # what `cp other.onnx model.onnx` does
+            f.write(b"rewritten")
+        after = backend.infer(x)
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+    print("kept")
+""")
+
+
+def test_a_mapped_onnx_model_rewritten_in_place_keeps_running(tmp_path):
+    """In a child process: before the fix the second inference died of SIGBUS."""
+    import shutil
+
+    shipped = ROOT / "grefel" / "runtime" / "models" / "grefel-tiny-muxspace"
+    for suffix in (".onnx", ".json"):
+        shutil.copyfile(shipped.with_suffix(suffix), tmp_path / f"model{suffix}")
+    proc = subprocess.run([sys.executable, "-c", _REWRITE, str(tmp_path / "model.onnx")],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0 and "kept" in proc.stdout, (proc.returncode, proc.stderr[-2000:])
+
+
+def test_a_checkpoint_rewritten_in_place_keeps_running(tmp_path):
+    """safetensors maps the file only while the loaded state dict lives; the model holds copies."""
+    import numpy as np
+
+    from benchmarks.fault_campaign import _tiny_checkpoint
+    from grefel.runtime.torch_backend import TorchBackend
+
+    path = _tiny_checkpoint(tmp_path / "x.safetensors")
+    x = np.random.default_rng(0).random((2, 3, 112, 112), dtype=np.float32)
+    with TorchBackend(path, device="cpu", threads=1) as backend:
+        before = backend.infer(x)
+        maps = Path("/proc/self/maps")
+        if maps.exists():
+            assert str(path) not in maps.read_text()
+        with open(path, "wb") as f:
+            f.write(b"rewritten")
+        after = backend.infer(x)
+    assert all(np.array_equal(before[k], after[k]) for k in before)
