@@ -52,10 +52,11 @@ from typing import IO, Any, Callable, Dict, Iterator, List, Optional, Sequence, 
 import numpy as np
 
 from grefel._lazy import require
-from grefel.config import FaceAlignment
+from grefel.config import THREADS_MAX, FaceAlignment
 from grefel.fileio import display_path
 from grefel.pipeline import STAGES, FaceResult, Pipeline, Tracker, entropy_confidence
 from grefel.progress import Progress
+from grefel.ranges import check_ranges, range_of, ranged
 from grefel.runtime.base import Backend
 from grefel.runtime.sources import STREAM_KINDS, Frame, Skipped, iter_source, source_kind
 from grefel.timeline import Timeline, plot_path
@@ -166,22 +167,34 @@ def signals_end_run(signums: Sequence[int] = (signal.SIGTERM, signal.SIGHUP)) ->
 @dataclass(frozen=True)
 class PredictOptions:
     aligned: bool = False  # inputs are face crops: no detection, the whole image is classified
-    threshold: float = 0.3  # confidence below this marks a record `uncertain`
-    smooth: float = 0.6  # weight of the previous frame in the per-face smoothing (0: off)
-    batch: int = 32  # most faces per backend call when frames are batched (a frame is not split)
-    max_frames: Optional[int] = None
+    # confidence below this marks a record `uncertain`
+    threshold: float = ranged(0.3, min=0, max=1)
+    # weight of the previous frame in the per-face smoothing (0: off)
+    smooth: float = ranged(0.6, min=0, max=1, max_open=True)
+    # most faces per backend call when frames are batched (a frame is not split)
+    batch: int = ranged(32, min=1)
+    max_frames: Optional[int] = ranged(None, kind=int, min=1)
     # crop margin (None: 0.2 square crops, 0 aligned faces); the detector, its input size and
-    # the smallest face: grefel.config.FaceAlignment's defaults, which the dataset path shares
-    margin: Optional[float] = FaceAlignment.margin
+    # the smallest face: grefel.config.FaceAlignment's defaults and ranges, which the dataset
+    # path shares
+    margin: Optional[float] = ranged(FaceAlignment.margin, like=range_of(FaceAlignment, "margin"))
     detector: str = FaceAlignment.detector  # grefel.runtime.detectors.DETECTORS
-    det_size: int = FaceAlignment.det_size  # longest side the detector sees (0: full frame)
-    det_every: int = 1  # detect every N frames of a stream, follow the faces in between
+    # longest side the detector sees (0: full frame)
+    det_size: int = ranged(FaceAlignment.det_size, like=range_of(FaceAlignment, "det_size"))
+    # detect every N frames of a stream, follow the faces in between
+    det_every: int = ranged(1, min=1)
     align: bool = FaceAlignment.align  # warp faces with keypoints onto the 5-point template
-    min_face: int = FaceAlignment.min_face  # smallest face side kept, frame pixels
-    batch_frames: int = 1  # frames per backend call (1: each frame's records before the next)
-    threads: Optional[int] = None  # CPU threads of the backend, detector and OpenCV
+    # smallest face side kept, frame pixels
+    min_face: int = ranged(FaceAlignment.min_face, like=range_of(FaceAlignment, "min_face"))
+    # frames per backend call (1: each frame's records before the next)
+    batch_frames: int = ranged(1, min=1)
+    # CPU threads of the backend, detector and OpenCV (None: all)
+    threads: Optional[int] = ranged(None, kind=int, min=1, max=THREADS_MAX)
     show: bool = False  # show the annotated frames in a window
     low_memory: bool = False  # ONNX Runtime without the NCHWc layout copy of the weights
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 @dataclass
