@@ -53,6 +53,7 @@ import numpy as np
 
 from grefel._lazy import require
 from grefel.config import THREADS_MAX, FaceAlignment
+from grefel.errors import GrefelError
 from grefel.fileio import display_path
 from grefel.pipeline import STAGES, FaceResult, Pipeline, Tracker, entropy_confidence
 from grefel.progress import Progress
@@ -79,7 +80,7 @@ __all__ = [
 ]
 
 
-class OutputError(OSError):
+class OutputError(GrefelError, OSError):
     """An output (--out records, --annotate images / video) that cannot be written; names it."""
 
 
@@ -284,6 +285,15 @@ class RecordWriter:
         """Push the records written so far to the file (after each frame)."""
         self._guarded(self.stream.flush)
 
+    @staticmethod
+    def close_stream(stream: IO[str], name: str) -> None:
+        """Close a records file: its last buffered bytes are written here, so a full disk
+        (ENOSPC) or a lost device is an OutputError naming the output, as a failed write is."""
+        try:
+            stream.close()
+        except OSError as exc:
+            raise OutputError(f"{name}: cannot write records ({exc.strerror or exc})") from None
+
 
 class Annotator:
     """Draws boxes, keypoints and labels: one image per input image (mirroring a folder's layout
@@ -408,7 +418,7 @@ class Annotator:
             self.cv2.destroyAllWindows()
 
 
-class ShowError(RuntimeError):
+class ShowError(GrefelError, RuntimeError):
     """--show where no window can be opened; the message says why and what to do."""
 
 
@@ -597,12 +607,14 @@ def run_predict(
         else:
             try:
                 Path(out).parent.mkdir(parents=True, exist_ok=True)
-                stream = stack.enter_context(open(out, "w", newline="", encoding="utf-8"))
+                stream = open(out, "w", newline="", encoding="utf-8")
             except OSError as exc:
                 why = ("a file stands where its folder should be"
                        if isinstance(exc, (FileExistsError, NotADirectoryError))
                        else exc.strerror or exc)
                 raise OutputError(f"--out {display_path(out)}: cannot write ({why})") from None
+            # closing flushes the last buffered records: a full disk can fail it too
+            stack.callback(RecordWriter.close_stream, stream, f"--out {display_path(out)}")
         annotator = (
             Annotator(annotate, src, show=opts.show)
             if annotate is not None or opts.show else None

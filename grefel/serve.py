@@ -59,6 +59,7 @@ import numpy as np
 
 from grefel import contract
 from grefel._lazy import MissingDependency, require
+from grefel.errors import GrefelError
 from grefel.fileio import display_path
 from grefel.pipeline import FaceResult, Pipeline
 from grefel.predict import PredictOptions, predict_pipeline
@@ -82,7 +83,7 @@ SERVE_HINT = "pip install '.[serve]' in a clone of grefel (docs/install.md)"
 log = logging.getLogger(__name__)
 
 
-class ServeError(RuntimeError):
+class ServeError(GrefelError, RuntimeError):
     """An environment or option `grefel serve` cannot run with; the message says what to do."""
 
 
