@@ -135,7 +135,6 @@ def data_split(root: str, json_path: Optional[str]) -> None:
     """
     from grefel.data import DatasetError
     from grefel.data.muxspace import looks_muxspace, muxspace_split, split_table
-    from grefel.fileio import atomic_write_json
 
     path = Path(root).expanduser()
     if not looks_muxspace(path):
@@ -151,7 +150,7 @@ def data_split(root: str, json_path: Optional[str]) -> None:
         click.echo("flagged (fewer than 10 test images: their test metrics are noise): "
                    + ", ".join(f"{c} {n}" for c, n in flagged.items()))
     if json_path:
-        atomic_write_json(json_path, record)
+        _write_json(json_path, record, "split record JSON")
 
 
 def _model_or_default(path: Optional[Any], kind: str = "onnx") -> Path:
@@ -202,6 +201,20 @@ def _wrote(path: Any, what: str) -> None:
     from grefel.fileio import display_path
 
     click.echo(f"wrote {display_path(str(path))} ({what})", err=True)
+
+
+def _write_json(path: Any, record: Any, what: str) -> None:
+    """Write a command's `--json` record: the one writer every command uses (atomic, through
+    grefel.fileio.write_record); a path that cannot be written ends the command in one line
+    naming --json and the path. Then the usual `wrote PATH (what)` line."""
+    from grefel.errors import OutputPathError
+    from grefel.fileio import write_record
+
+    try:
+        write_record(path, record, "--json")
+    except OutputPathError as exc:
+        raise click.ClickException(str(exc)) from None
+    _wrote(path, what)
 
 
 def _user_error(exc: BaseException) -> click.ClickException:
@@ -462,7 +475,6 @@ def train(**opts) -> None:
     import json
 
     from grefel.data import DatasetError
-    from grefel.fileio import atomic_write_json
     from grefel.train import TrainingError, configs_from_options, run_training
     from grefel.weights import WeightsError
 
@@ -490,11 +502,7 @@ def train(**opts) -> None:
         click.echo(json.dumps(summary, indent=2))
         _wrote(summary["out"], "run folder: best and last .safetensors, config.json, metrics")
         if json_path:
-            try:
-                atomic_write_json(json_path, summary)
-            except OSError as exc:
-                raise _user_error(exc) from None
-            _wrote(json_path, "summary JSON")
+            _write_json(json_path, summary, "summary JSON")
 
 
 @cli.command(
@@ -591,13 +599,7 @@ def eval_(checkpoint, data, dataset, split, out, batch_size, workers, device, th
         click.echo(f"\n{alignment_mismatch(report)}", err=True)
     _wrote(out, "metrics.json, confusion.json, PNG plots")
     if json_path:
-        from grefel.fileio import atomic_write_json
-
-        try:
-            atomic_write_json(json_path, report)
-        except OSError as exc:
-            raise _user_error(exc) from None
-        _wrote(json_path, "report JSON")
+        _write_json(json_path, report, "report JSON")
 
 
 # --- weights import (issue 4) ------------------------------------------------------------------
@@ -629,7 +631,6 @@ Examples:
 def weights_import(src, kind, preset, out, num_classes, linear_head, lenient, json_path):
     """Import pretrained weights from SRC into a new GReFEL checkpoint, strictly and safely."""
     from grefel.checkpoint import save_checkpoint
-    from grefel.fileio import atomic_write_json
     from grefel.weights import WeightsError, import_weights
 
     if out.suffix != ".safetensors":
@@ -644,11 +645,11 @@ def weights_import(src, kind, preset, out, num_classes, linear_head, lenient, js
         raise click.ClickException(str(exc)) from None
     try:
         save_checkpoint(out, model, import_report=report.to_dict())
-        click.echo(report.format())
-        if json_path:
-            atomic_write_json(json_path, report.to_dict())
     except OSError as exc:
         raise _user_error(exc) from None
+    click.echo(report.format())
+    if json_path:
+        _write_json(json_path, report.to_dict(), "import report JSON")
     click.echo(f"wrote {out} and {out.with_suffix('.json').name}")
 
 
@@ -764,7 +765,7 @@ def export_cmd(ctx: click.Context, source: Path, json_path: Optional[Path],
     from export import ExportError
     from export.pipeline import ExportOptions, run_export
     from grefel.contract import set_max_pixels
-    from grefel.fileio import atomic_write_json
+    from grefel.fileio import display_path
 
     if max_pixels is not None:
         set_max_pixels(max_pixels)
@@ -786,15 +787,24 @@ def export_cmd(ctx: click.Context, source: Path, json_path: Optional[Path],
 
             engines = [p for p in result.artifacts if p.suffix == ".engine"]
             onnx_fp32 = result.artifacts[0]
-            folder = write_model_repository(
-                triton_repo, engines[0] if engines else onnx_fp32, onnx_fp32,
-                max_batch=options["max_batch"], max_queue_delay_us=triton_queue_delay_us,
-                instances=triton_instances)  # fmt: skip
+            repo = TritonRepoOptions(instances=triton_instances,
+                                     max_queue_delay_us=triton_queue_delay_us)
+            try:
+                folder = write_model_repository(
+                    triton_repo, engines[0] if engines else onnx_fp32, onnx_fp32,
+                    max_batch=options["max_batch"], max_queue_delay_us=repo.max_queue_delay_us,
+                    instances=repo.instances)  # fmt: skip
+            except OSError as exc:  # e.g. a file where DIR or one of its folders should be
+                why = ("a file stands where a folder should be"
+                       if isinstance(exc, (FileExistsError, NotADirectoryError))
+                       else exc.strerror or exc)
+                raise click.ClickException(f"--triton {display_path(triton_repo)}: cannot "
+                                           f"write the model repository ({why})") from None
             result.artifacts.append(folder / "config.pbtxt")
     except ExportError as exc:
         raise click.ClickException(str(exc)) from None
     if json_path is not None:
-        atomic_write_json(json_path, {"exit_code": result.exit_code, **result.gates})
+        _write_json(json_path, {"exit_code": result.exit_code, **result.gates}, "gate results JSON")
     click.echo(result.message)
     for path in result.artifacts:
         click.echo(str(path))
@@ -935,7 +945,7 @@ def predict_command(
     prefer_passive_openmp()  # before anything imports torch (docs/predict.md, --threads)
     from grefel._lazy import MissingDependency
     from grefel.contract import ImageError, set_max_pixels
-    from grefel.fileio import atomic_write_json, display_path
+    from grefel.fileio import display_path
     from grefel.predict import (
         OutputError,
         PredictOptions,
@@ -975,12 +985,7 @@ def predict_command(
     elif summary.faces == 0 and plot_target(out, src) is not None:
         click.echo("no expression-over-time plot: no face was found in any frame", err=True)
     if json_path:
-        try:
-            atomic_write_json(json_path, summary.to_dict())
-        except OSError as exc:
-            raise click.ClickException(f"--json {display_path(json_path)}: cannot write "
-                                       f"({exc.strerror or exc})") from None
-        _wrote(json_path, "summary JSON")
+        _write_json(json_path, summary.to_dict(), "summary JSON")
     if summary.signal:
         ctx.exit(128 + int(summary.signal))
     if summary.frames == 0:
@@ -1206,7 +1211,6 @@ def info(json_path: Optional[Path]) -> None:
     """Versions, CPU, GPU, TensorRT, Jetson model and power mode, and the default model."""
     from benchmarks.env import environment
     from benchmarks.report import env_lines
-    from grefel.fileio import atomic_write_json
     from grefel.runtime.default_model import DefaultModelError, default_model, describe
 
     env = environment()
@@ -1217,7 +1221,7 @@ def info(json_path: Optional[Path]) -> None:
     click.echo("\n".join(env_lines(env)))
     click.echo(env["default_model"])
     if json_path:
-        atomic_write_json(json_path, env)
+        _write_json(json_path, env, "environment JSON")
 
 
 # --- pretrain (issue 16) -----------------------------------------------------------------------
@@ -1281,7 +1285,6 @@ def _run_pretrain(task: str, json_path: Optional[str], align_faces: str, **opts:
     import json
 
     from grefel.config import FaceAlignment
-    from grefel.fileio import atomic_write_json
     from grefel.pretrain import PretrainError, make_config, pretrain
 
     _check_align_options(click.get_current_context(), align_faces, opts["data"], opts["dataset"])
@@ -1297,11 +1300,7 @@ def _run_pretrain(task: str, json_path: Optional[str], align_faces: str, **opts:
     else:
         _wrote(opts["out"], "pretrained weights and their JSON sidecar")
     if json_path:
-        try:
-            atomic_write_json(json_path, meta)
-        except OSError as exc:
-            raise _user_error(exc) from None
-        _wrote(json_path, "metrics JSON")
+        _write_json(json_path, meta, "metrics JSON")
 
 
 @pretrain.command(
@@ -1371,24 +1370,94 @@ def pretrain_identity(json_path: Optional[str], **opts: Any) -> None:
     _run_pretrain("identity", json_path, **opts)
 
 
-def main() -> None:
-    """The `grefel` console script. A command that needs an optional package that is not
-    installed (torch on a torch-free Jetson, TensorRT, PyTriton) ends in one error line naming
-    what to install, never in a traceback."""
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """The `grefel` console script, and the net under every command: no error escapes as a
+    traceback.
+
+    - a bad option or usage: Click's own message, exit status 2;
+    - an expected error (grefel.errors.GrefelError: every library error class derives from it;
+      an OSError; an optional package that is missing: MissingDependency, or a
+      ModuleNotFoundError of one in grefel._lazy.OPTIONAL): one `Error: ...` line, exit 1;
+    - Ctrl-C: `interrupted`, exit 130 (predict ends its run itself and says so);
+    - stdout closed by its reader (`grefel ... | head`): a quiet exit;
+    - anything else is a bug: one line `Error: internal error (<Type>: <message>); a report was
+      saved to <path>` (grefel.crash: the traceback, command line and versions), exit 1.
+    """
+    import errno
+
     from grefel._lazy import OPTIONAL, MissingDependency, install_hint
+    from grefel.errors import GrefelError
+    from grefel.fileio import display_path
+
+    def fail(line: str, code: int = 1) -> None:
+        click.echo(line, err=True)
+        sys.exit(code)
 
     try:
-        cli()
+        code = cli.main(args=None if argv is None else list(argv), standalone_mode=False)
+    except click.exceptions.Abort as exc:  # Click's form of KeyboardInterrupt and EOFError
+        interrupted = isinstance(exc.__cause__ or exc.__context__, KeyboardInterrupt)
+        fail("interrupted" if interrupted else "Aborted!", 130 if interrupted else 1)
+    except KeyboardInterrupt:
+        fail("interrupted", 130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
     except MissingDependency as exc:
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(1)
+        fail(f"Error: {exc}")
     except ModuleNotFoundError as exc:
         name = (exc.name or "").split(".")[0]
         if name not in OPTIONAL:
-            raise
-        click.echo(f"Error: this command needs {name}, which is not installed. Install "
-                   f"{install_hint(name)}.", err=True)
+            _internal_error(exc, argv)
+        fail(f"Error: this command needs {name}, which is not installed. Install "
+             f"{install_hint(name)}.")
+    except GrefelError as exc:
+        fail(f"Error: {exc}")
+    except OSError as exc:
+        if exc.errno == errno.EPIPE:  # the reader of stdout went away: nothing left to say
+            _silence_stdout()
+            sys.exit(1)
+        where = f"{display_path(exc.filename)}: " if exc.filename else ""
+        fail(f"Error: {where}{exc.strerror or exc}")
+    except Exception as exc:  # noqa: BLE001 - the net: a bug, reported once, with its report
+        _internal_error(exc, argv)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _internal_error(exc: BaseException, argv: Optional[Sequence[str]]) -> None:
+    """One line naming the unexpected error and the saved crash report (grefel.crash); exit 1.
+    When the report cannot be saved, the traceback is shown instead: it is the only record."""
+    import traceback
+
+    from grefel.crash import crash_dir, save_report
+    from grefel.fileio import display_path
+
+    first = (str(exc).strip().splitlines() or [""])[0]
+    what = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    args = None if argv is None else [sys.argv[0], *argv]
+    try:
+        path = save_report(exc, args)
+    except OSError as why:
+        traceback.print_exception(type(exc), exc, exc.__traceback__)
+        click.echo(f"Error: internal error ({what}); the report could not be saved to "
+                   f"{display_path(crash_dir())} ({why.strerror or why}): the traceback is "
+                   "above", err=True)
         sys.exit(1)
+    click.echo(f"Error: internal error ({what}); a report was saved to {display_path(path)}",
+               err=True)
+    sys.exit(1)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush of a closed pipe does not
+    print "Exception ignored ... BrokenPipeError" (Python's documented remedy)."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":
