@@ -16,11 +16,20 @@ from click.core import ParameterSource
 
 # The settings dataclasses own every numeric option's range (grefel.ranges); all torch-free.
 from export.options import ExportOptions, TritonRepoOptions
-from grefel.config import DataConfig, GReFELConfig, PretrainConfig
+from grefel.config import DataConfig, GReFELConfig, PretrainConfig, TrainConfig
 from grefel.predict import PredictOptions
 from grefel.serve import ServeOptions
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "max_content_width": 100}
+
+
+def _ranged(cls: type, name: str) -> Any:
+    """The Click type of the option for field `name` of the dataclass `cls` that owns it: its
+    declared range (grefel.ranges), so the command line refuses a value while parsing with the
+    rule the dataclass applies as a library; never retyped here."""
+    from grefel.ranges import click_type
+
+    return click_type(cls, name)
 
 
 @click.group(
@@ -73,7 +82,8 @@ Examples:
 @click.option("--out", "out", type=click.Path(file_okay=False), required=True,
               help="Folder to write images/, train/val/test.csv, classes.txt, landmarks.csv.")
 @click.option("--n", "n", type=click.IntRange(min=3), default=2000, help="Number of images.")
-@click.option("--seed", type=int, default=0, help="Same seed and options give the same bytes.")
+@click.option("--seed", type=_ranged(TrainConfig, "seed"), default=0,
+              help="Same seed and options give the same bytes.")
 @click.option("--noise", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.0,
               help="Fraction of TRAIN labels flipped to another class (val/test stay clean).")
 @click.option("--imbalance", type=click.Choice(["rafdb", "uniform"]), default="rafdb",
@@ -178,15 +188,6 @@ def _default_train_folder(preset: str) -> str:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return str(RUNS / "train" / preset)
     return str(new_run_folder("train", preset))
-
-
-def _ranged(cls: type, name: str) -> Any:
-    """The Click type of the option for field `name` of the dataclass `cls` that owns it: its
-    declared range (grefel.ranges), so the command line refuses a value while parsing with the
-    rule the dataclass applies as a library; never retyped here."""
-    from grefel.ranges import click_type
-
-    return click_type(cls, name)
 
 
 def _seconds_type() -> Any:
@@ -339,8 +340,6 @@ def _train_options(func):
         AUGMENT_POLICIES,
         AUTO_IMAGE_WARMUP,
         FREEZE_CHOICES,
-        DataConfig,
-        TrainConfig,
     )
     from grefel.train_state import resume_help
 
