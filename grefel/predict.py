@@ -607,7 +607,7 @@ def run_predict(
         else:
             try:
                 Path(out).parent.mkdir(parents=True, exist_ok=True)
-                stream = open(out, "w", newline="", encoding="utf-8")
+                stream = open(out, "w", newline="", encoding="utf-8")  # noqa: SIM115 - closed below
             except OSError as exc:
                 why = ("a file stands where its folder should be"
                        if isinstance(exc, (FileExistsError, NotADirectoryError))
