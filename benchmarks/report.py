@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from benchmarks.env import device_label
 from grefel._lazy import MissingDependency, require
+from grefel.errors import GrefelError
 from grefel.fileio import atomic_write_bytes, atomic_write_json
 
 __all__ = [
@@ -48,7 +49,7 @@ SCHEMA = "grefel-bench/1"
 TABLE2_TITLE = "Params and FLOPs of the Table 2 variants vs the paper"
 
 
-class BenchError(ValueError):
+class BenchError(GrefelError, ValueError):
     """A bench that cannot start (unwritable --out, unreadable weights); the message names it."""
 MAC_NOTE = (
     "MACs = FLOPs / 2 from torch.utils.flop_counter (2 FLOPs per multiply-add). The paper's "

@@ -20,8 +20,10 @@ so `grefel export MODEL.onnx` runs on a Jetson that has no torch.
 
 from __future__ import annotations
 
+from grefel.errors import GrefelError
+
 __all__ = ["ExportError"]
 
 
-class ExportError(RuntimeError):
+class ExportError(GrefelError, RuntimeError):
     """An export step failed; the message names the file and what went wrong."""

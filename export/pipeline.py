@@ -35,6 +35,7 @@ from export.fp16 import convert_to_fp16, fp16_gate, fp32_node_names
 from export.gate_images import gate_images
 from export.int8 import CALIB_METHODS
 from export.lint import TARGETS, lint_onnx, target_table
+from export.options import ExportOptions
 from export.prelu import to_branch_free
 from export.quiet import CapturedWarnings, captured_warnings
 from export.sidecar import device_info, engine_stem, onnx_meta, write_sidecar
@@ -54,33 +55,6 @@ Log = Callable[[str], None]
 # although its range reaches 17: a grefel ONNX of opset 17 can never lint for 8.5.
 OPSET_CEILING = {"trt8.5": 16}
 PARITY_TOL = {"probs": (1e-4, 0.0), "primary": (1e-4, 0.0), "confidence": (1e-4, 0.0)}
-
-
-@dataclass(frozen=True)
-class ExportOptions:
-    fp16: bool = True
-    batch: int = 1
-    max_batch: int = 8
-    dynamic: bool = True
-    opset: Optional[int] = None  # None: chosen for the target
-    simplify: bool = True
-    workspace_gib: Optional[float] = None
-    dla_core: Optional[int] = None
-    timing_cache: Optional[Path] = None
-    tf32: bool = True
-    target: str = "auto"
-    onnx_only: bool = False
-    force: bool = False
-    verify: bool = False
-    out: Path = Path("engines")
-    name: Optional[str] = None
-    embedding: bool = False
-    calib_data: Optional[Path] = None
-    int8: bool = False  # also the QDQ INT8 ONNX (needs calib_data); the engine is INT8
-    calib_method: str = "auto"  # auto: each of export.int8.CALIB_METHODS in turn
-    deepstream: Optional[Path] = None  # also a DeepStream nvinfer config folder
-    deepstream_detector_id: int = 1  # the face detector's gie-unique-id
-    deepstream_face_classes: Tuple[int, ...] = (0,)  # its face class ids
 
 
 @dataclass

@@ -56,6 +56,7 @@ from grefel.config import FaceAlignment
 from grefel.contract import INPUT_SIZE
 from grefel.data.datasets import is_table_row, load_image
 from grefel.data.samples import DatasetError, Sample
+from grefel.errors import GrefelError
 from grefel.fileio import atomic_write_bytes, atomic_write_json, sha256_file
 from grefel.pipeline import Pipeline
 from grefel.predict import PredictOptions, predict_pipeline
@@ -77,7 +78,7 @@ _FACE, _ALIGNED = "grefel-face", "grefel-aligned"  # PNG text chunks of a cached
 PathLike = Union[str, Path]
 
 
-class AlignError(ValueError):
+class AlignError(GrefelError, ValueError):
     """Alignment settings that cannot run (a detector that is not installed, a bad name)."""
 
 

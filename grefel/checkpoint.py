@@ -20,6 +20,7 @@ from grefel import __version__
 from grefel._lazy import require
 from grefel.config import GReFELConfig
 from grefel.contract import input_spec
+from grefel.errors import GrefelError
 from grefel.fileio import atomic_write_bytes, atomic_write_json, sha256_file
 
 if TYPE_CHECKING:
@@ -45,7 +46,7 @@ PREPROCESSING = input_spec()  # the input contract, carried in every checkpoint 
 PathLike = Union[str, Path]
 
 
-class CheckpointError(ValueError):
+class CheckpointError(GrefelError, ValueError):
     """A checkpoint that cannot be used as asked; the message names the file and the problem."""
 
 

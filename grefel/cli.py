@@ -14,7 +14,22 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 import click
 from click.core import ParameterSource
 
+# The settings dataclasses own every numeric option's range (grefel.ranges); all torch-free.
+from export.options import ExportOptions, TritonRepoOptions
+from grefel.config import DataConfig, GReFELConfig, PretrainConfig, TrainConfig
+from grefel.predict import PredictOptions
+from grefel.serve import ServeOptions
+
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "max_content_width": 100}
+
+
+def _ranged(cls: type, name: str) -> Any:
+    """The Click type of the option for field `name` of the dataclass `cls` that owns it: its
+    declared range (grefel.ranges), so the command line refuses a value while parsing with the
+    rule the dataclass applies as a library; never retyped here."""
+    from grefel.ranges import click_type
+
+    return click_type(cls, name)
 
 
 @click.group(
@@ -67,7 +82,8 @@ Examples:
 @click.option("--out", "out", type=click.Path(file_okay=False), required=True,
               help="Folder to write images/, train/val/test.csv, classes.txt, landmarks.csv.")
 @click.option("--n", "n", type=click.IntRange(min=3), default=2000, help="Number of images.")
-@click.option("--seed", type=int, default=0, help="Same seed and options give the same bytes.")
+@click.option("--seed", type=_ranged(TrainConfig, "seed"), default=0,
+              help="Same seed and options give the same bytes.")
 @click.option("--noise", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.0,
               help="Fraction of TRAIN labels flipped to another class (val/test stay clean).")
 @click.option("--imbalance", type=click.Choice(["rafdb", "uniform"]), default="rafdb",
@@ -129,7 +145,7 @@ def data_split(root: str, json_path: Optional[str]) -> None:
     """
     from grefel.data import DatasetError
     from grefel.data.muxspace import looks_muxspace, muxspace_split, split_table
-    from grefel.fileio import Input, Output, atomic_write_json
+    from grefel.fileio import Input, Output
 
     path = Path(root).expanduser()
     if not looks_muxspace(path):
@@ -147,7 +163,7 @@ def data_split(root: str, json_path: Optional[str]) -> None:
         click.echo("flagged (fewer than 10 test images: their test metrics are noise): "
                    + ", ".join(f"{c} {n}" for c, n in flagged.items()))
     if json_path:
-        atomic_write_json(json_path, record)
+        _write_json(json_path, record, "split record JSON")
 
 
 def _model_or_default(path: Optional[Any], kind: str = "onnx") -> Path:
@@ -177,11 +193,32 @@ def _default_train_folder(preset: str) -> str:
     return str(new_run_folder("train", preset))
 
 
+def _seconds_type() -> Any:
+    """`grefel bench --seconds`: a finite time budget >= 0 (run_bench has no settings class)."""
+    from grefel.ranges import Range, range_type
+
+    return range_type(Range(kind=float, min=0))
+
+
 def _wrote(path: Any, what: str) -> None:
     """The one line per output that every command prints on stderr: `wrote PATH (what)`."""
     from grefel.fileio import display_path
 
     click.echo(f"wrote {display_path(str(path))} ({what})", err=True)
+
+
+def _write_json(path: Any, record: Any, what: str) -> None:
+    """Write a command's `--json` record: the one writer every command uses (atomic, through
+    grefel.fileio.write_record); a path that cannot be written ends the command in one line
+    naming --json and the path. Then the usual `wrote PATH (what)` line."""
+    from grefel.errors import OutputPathError
+    from grefel.fileio import write_record
+
+    try:
+        write_record(path, record, "--json")
+    except OutputPathError as exc:
+        raise click.ClickException(str(exc)) from None
+    _wrote(path, what)
 
 
 def _user_error(exc: BaseException) -> click.ClickException:
@@ -234,16 +271,16 @@ def _face_option_list(prefix: str = "", when: str = "") -> List[Any]:
                      help=when + "Face detector: BlazeFace (keypoints; its models ship "
                           "inside grefel), Haar (no keypoints); auto: BlazeFace full range, then "
                           "short range for close-up faces (docs/predict.md)."),
-        click.option("--det-size", f"{prefix}det_size", type=click.IntRange(min=0),
+        click.option("--det-size", f"{prefix}det_size", type=_ranged(PredictOptions, "det_size"),
                      default=o.det_size,
                      help=when + "Longest side of the frame the detector sees (0: full size)."),
         click.option("--align/--no-align", f"{prefix}align", default=o.align,
                      help=when + "Warp faces with keypoints onto the 5-point 112 px template."),
-        click.option("--margin", f"{prefix}margin", type=click.FloatRange(min=0),
+        click.option("--margin", f"{prefix}margin", type=_ranged(PredictOptions, "margin"),
                      default=o.margin,
                      help=when + "Crop margin, fraction of the face side [0.2 square crops, 0 "
                                  "aligned]."),
-        click.option("--min-face", f"{prefix}min_face", type=click.IntRange(min=0),
+        click.option("--min-face", f"{prefix}min_face", type=_ranged(PredictOptions, "min_face"),
                      default=o.min_face, help=when + "Smallest face side kept, frame pixels."),
     ]
 
@@ -318,8 +355,6 @@ def _train_options(func):
         AUGMENT_POLICIES,
         AUTO_IMAGE_WARMUP,
         FREEZE_CHOICES,
-        DataConfig,
-        TrainConfig,
     )
     from grefel.train_state import resume_help
 
@@ -333,33 +368,44 @@ def _train_options(func):
         click.option("--preset", type=click.Choice(["tiny", "paper"]), default=t.preset),
         click.option("--variant", type=click.Choice(["no_rb", "anchors", "mhsa", "both"]),
                      default=t.variant, help="Row of the paper's Table 2."),
-        click.option("--epochs", type=click.IntRange(min=1), default=t.epochs),
-        click.option("--batch-size", type=click.IntRange(min=2), default=d.batch_size,
+        click.option("--epochs", type=_ranged(TrainConfig, "epochs"), default=t.epochs),
+        click.option("--batch-size", type=_ranged(DataConfig, "batch_size"), default=d.batch_size,
                      help="Per process."),
         click.option("--out", type=click.Path(file_okay=False), default=t.out,
                      help="Run folder (checkpoints, metrics, config) [default: a new "
                           "runs/train/PRESET, -2, -3, ...; under torchrun runs/train/PRESET]."),
-        click.option("--lr", type=float, default=t.lr, help="Adam learning rate."),
-        click.option("--gamma", type=float, default=t.gamma, help="LR decay per epoch."),
-        click.option("--lambda-cls", type=float, help="Eq. 23 weight [preset: 1]."),
-        click.option("--lambda-anchor", type=float, help="Eq. 23 weight [preset: 1]."),
-        click.option("--lambda-center", type=float, help="Eq. 23 weight [preset: 1]."),
-        click.option("--anchors-per-class", type=int, help="K [preset: 10]."),
-        click.option("--delta", type=float, help="Eq. 14 softmax steepness [preset: 1]."),
-        click.option("--head-dropout", type=float, help="Eq. 9 MLP dropout [preset: 0.5]."),
+        click.option("--lr", type=_ranged(TrainConfig, "lr"),
+                     default=t.lr, help="Adam learning rate."),
+        click.option("--gamma", type=_ranged(TrainConfig, "gamma"),
+                     default=t.gamma, help="LR decay per epoch."),
+        click.option("--lambda-cls", type=_ranged(TrainConfig, "lambda_cls"),
+                     help="Eq. 23 weight [preset: 1]."),
+        click.option("--lambda-anchor", type=_ranged(TrainConfig, "lambda_anchor"),
+                     help="Eq. 23 weight [preset: 1]."),
+        click.option("--lambda-center", type=_ranged(TrainConfig, "lambda_center"),
+                     help="Eq. 23 weight [preset: 1]."),
+        click.option("--anchors-per-class", type=_ranged(TrainConfig, "anchors_per_class"),
+                     help="K [preset: 10]."),
+        click.option("--delta", type=_ranged(TrainConfig, "delta"),
+                     help="Eq. 14 softmax steepness [preset: 1]."),
+        click.option("--head-dropout", type=_ranged(TrainConfig, "head_dropout"),
+                     help="Eq. 9 MLP dropout [preset: 0.5]."),
         click.option("--augment/--no-augment", default=d.augment,
                      help="Training augmentation (off: eval resize only)."),
         click.option("--augment-policy", type=click.Choice(list(AUGMENT_POLICIES)),
                      default=d.augment_policy,
                      help="paper: shift 8 px, rotation 10 deg, flip, colour jitter 0.3, erasing; "
                           "light: shift 4 px, flip, jitter 0.2."),
-        click.option("--label-smoothing", type=float, default=t.label_smoothing,
+        click.option("--label-smoothing", type=_ranged(TrainConfig, "label_smoothing"),
+                     default=t.label_smoothing,
                      help="Eq. 20 smoothing; the paper supplement's \"smoothing term 11\" "
                           "reads as 0.11 to us."),
         click.option("--class-weights", type=click.Choice(["none", "inverse"]),
                      default=t.class_weights, help="inverse: inverse frequency, mean 1."),
-        click.option("--clip-grad", type=float, default=t.clip_grad, help="Max grad norm; 0 off."),
-        click.option("--precise-bn", type=int, default=t.precise_bn,
+        click.option("--clip-grad", type=_ranged(TrainConfig, "clip_grad"),
+                     default=t.clip_grad, help="Max grad norm; 0 off."),
+        click.option("--precise-bn", type=_ranged(TrainConfig, "precise_bn"),
+                     default=t.precise_bn,
                      help="Training images to recompute BatchNorm statistics on after each "
                           "epoch; 0 = off."),
         click.option("--freeze", type=click.Choice(list(FREEZE_CHOICES)), default=t.freeze,
@@ -370,18 +416,20 @@ def _train_options(func):
         click.option("--select", type=click.Choice(["accuracy", "macro_f1"]), default=t.select,
                      help="What best.safetensors is chosen by on the validation split "
                           "(macro_f1 for imbalanced data)."),
-        click.option("--refine-per-class", type=int, default=d.refine_per_class,
+        click.option("--refine-per-class", type=_ranged(DataConfig, "refine_per_class"),
+                     default=d.refine_per_class,
                      help="Data refinement B per class per epoch (paper 4.1); 0 = plain shuffle."),
-        click.option("--refine-per-group", type=int, default=d.refine_per_group,
+        click.option("--refine-per-group", type=_ranged(DataConfig, "refine_per_group"),
+                     default=d.refine_per_group,
                      help="Data refinement N_pg per face group / video; 0 = no cap."),
         click.option("--refine-repeat/--no-refine-repeat", default=d.refine_repeat,
                      help="A class with fewer than B images: repeat them up to B (the paper's "
                           "B per class), or take each once."),
-        click.option("--workers", type=click.IntRange(min=0), default=d.workers,
+        click.option("--workers", type=_ranged(DataConfig, "workers"), default=d.workers,
                      help="DataLoader workers."),
-        click.option("--seed", type=int, default=t.seed),
+        click.option("--seed", type=_ranged(TrainConfig, "seed"), default=t.seed),
         click.option("--device", default=t.device, help="auto, cpu, cuda or cuda:N."),
-        click.option("--threads", type=int, default=t.threads,
+        click.option("--threads", type=_ranged(TrainConfig, "threads"), default=t.threads,
                      help="torch CPU threads per process; 0 = torch's default."),
         click.option("--resume", is_flag=True, help=resume_help()),
         click.option("--strict", is_flag=True, help="Unreadable images are an error."),
@@ -389,7 +437,8 @@ def _train_options(func):
                      help="Override any DataConfig/TrainConfig field (data.KEY for data)."),
         click.option("--pretrained-ir50", default="", type=click.Path(dir_okay=False),
                      help="face.evoLVe / POSTER V2 IR-50 weights for the image stream."),
-        click.option("--image-warmup", type=click.IntRange(min=0), default=t.image_warmup,
+        click.option("--image-warmup", type=_ranged(TrainConfig, "image_warmup"),
+                     default=t.image_warmup,
                      show_default=False,
                      help="Steps that train the image stream alone (pooled linear classifier, "
                           "then dropped) before epoch 1: a stand-in for a pretrained IR-50 when "
@@ -440,7 +489,7 @@ def train(**opts) -> None:
     import json
 
     from grefel.data import DatasetError
-    from grefel.fileio import Input, Output, atomic_write_json, model_inputs
+    from grefel.fileio import Input, Output, model_inputs
     from grefel.train import TrainingError, configs_from_options, run_training
     from grefel.train_state import RUN_FILES
     from grefel.weights import WeightsError
@@ -477,11 +526,7 @@ def train(**opts) -> None:
         click.echo(json.dumps(summary, indent=2))
         _wrote(summary["out"], "run folder: best and last .safetensors, config.json, metrics")
         if json_path:
-            try:
-                atomic_write_json(json_path, summary)
-            except OSError as exc:
-                raise _user_error(exc) from None
-            _wrote(json_path, "summary JSON")
+            _write_json(json_path, summary, "summary JSON")
 
 
 @cli.command(
@@ -505,9 +550,10 @@ Examples:
 @click.option("--out", type=click.Path(file_okay=False),
               help="Report folder [default: a new runs/eval/MODEL-SPLIT, -2, -3, ...].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64)
-@click.option("--workers", type=click.IntRange(min=0), default=0, help="DataLoader workers.")
+@click.option("--workers", type=_ranged(DataConfig, "workers"), default=0,
+              help="DataLoader workers.")
 @click.option("--device", default="auto", help="auto, cpu, cuda or cuda:N.")
-@click.option("--threads", type=click.IntRange(min=1),
+@click.option("--threads", type=_ranged(PredictOptions, "threads"),
               help="CPU threads of ONNX Runtime / PyTorch [default: the library's].")
 @click.option("--reference", type=click.Path(dir_okay=False),
               help="FP32 checkpoint to compare with over the same images: both accuracies and "
@@ -583,13 +629,7 @@ def eval_(checkpoint, data, dataset, split, out, batch_size, workers, device, th
         click.echo(f"\n{alignment_mismatch(report)}", err=True)
     _wrote(out, "metrics.json, confusion.json, PNG plots")
     if json_path:
-        from grefel.fileio import atomic_write_json
-
-        try:
-            atomic_write_json(json_path, report)
-        except OSError as exc:
-            raise _user_error(exc) from None
-        _wrote(json_path, "report JSON")
+        _write_json(json_path, report, "report JSON")
 
 
 # --- weights import (issue 4) ------------------------------------------------------------------
@@ -611,7 +651,7 @@ Examples:
 @click.option("--preset", type=click.Choice(["paper", "tiny"]), default="paper")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Checkpoint to write (.safetensors + .json sidecar with the report).")
-@click.option("--num-classes", type=int, default=None,
+@click.option("--num-classes", type=_ranged(GReFELConfig, "num_classes"), default=None,
               help="Classes of the new model [default: the POSTER V2 head's, else 7].")
 @click.option("--linear-head", is_flag=True,
               help="Primary head = one Linear (head_hidden=()), so POSTER V2's classifier fits.")
@@ -621,7 +661,7 @@ Examples:
 def weights_import(src, kind, preset, out, num_classes, linear_head, lenient, json_path):
     """Import pretrained weights from SRC into a new GReFEL checkpoint, strictly and safely."""
     from grefel.checkpoint import save_checkpoint
-    from grefel.fileio import Output, atomic_write_json, model_inputs
+    from grefel.fileio import Output, model_inputs
     from grefel.weights import WeightsError, import_weights
 
     if out.suffix != ".safetensors":
@@ -639,11 +679,11 @@ def weights_import(src, kind, preset, out, num_classes, linear_head, lenient, js
         raise click.ClickException(str(exc)) from None
     try:
         save_checkpoint(out, model, import_report=report.to_dict())
-        click.echo(report.format())
-        if json_path:
-            atomic_write_json(json_path, report.to_dict())
     except OSError as exc:
         raise _user_error(exc) from None
+    click.echo(report.format())
+    if json_path:
+        _write_json(json_path, report.to_dict(), "import report JSON")
     click.echo(f"wrote {out} and {out.with_suffix('.json').name}")
 
 
@@ -684,13 +724,16 @@ Examples:
 @click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path),
                 required=False)
 @click.option("--fp16/--fp32", default=True, help="FP16 engine (with the FP16 gate) or FP32.")
-@click.option("--batch", default=1, type=click.IntRange(1), help="Profile opt batch.")
-@click.option("--max-batch", default=8, type=click.IntRange(1), help="Profile max batch.")
+@click.option("--batch", default=1, type=_ranged(ExportOptions, "batch"), help="Profile opt batch.")
+@click.option("--max-batch", default=8, type=_ranged(ExportOptions, "max_batch"),
+              help="Profile max batch.")
 @click.option("--dynamic/--static", default=True, help="Symbolic batch in the ONNX.")
 @click.option("--opset", default="auto", callback=_opset, help="auto (trt8.5: 16, else 17) or N.")
 @click.option("--simplify/--no-simplify", default=True, help="onnxsim (a failure is an error).")
-@click.option("--workspace", "workspace_gib", type=float, help="Builder workspace limit, GiB.")
-@click.option("--dla-core", type=click.IntRange(0), help="Build for this DLA core (GPU fallback).")
+@click.option("--workspace", "workspace_gib", type=_ranged(ExportOptions, "workspace_gib"),
+              help="Builder workspace limit, GiB.")
+@click.option("--dla-core", type=_ranged(ExportOptions, "dla_core"),
+              help="Build for this DLA core (GPU fallback).")
 @click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path),
               help="TensorRT timing cache, loaded and saved.")
 @click.option("--tf32/--no-tf32", default=True,
@@ -725,14 +768,16 @@ Examples:
 @click.option("--triton", "triton_repo", type=click.Path(file_okay=False, path_type=Path),
               help="Also write a Triton model repository here: DIR/grefel/config.pbtxt and "
                    "1/model.plan (the engine) or 1/model.onnx (no engine: ONNX Runtime).")
-@click.option("--triton-instances", default=1, type=click.IntRange(1),
+@click.option("--triton-instances", default=1, type=_ranged(TritonRepoOptions, "instances"),
               help="instance_group count of the Triton model.")
-@click.option("--triton-queue-delay-us", default=2000, type=click.IntRange(0),
+@click.option("--triton-queue-delay-us", default=2000,
+              type=_ranged(TritonRepoOptions, "max_queue_delay_us"),
               help="Dynamic batching: max_queue_delay_microseconds.")
 @click.option("--deepstream", type=click.Path(file_okay=False, path_type=Path),
               help="Also write a DeepStream nvinfer config here (secondary classifier on a face "
                    "detector's faces): config_infer_secondary_grefel.txt and labels.txt.")
-@click.option("--deepstream-detector-id", default=1, type=click.IntRange(1),
+@click.option("--deepstream-detector-id", default=1,
+              type=_ranged(ExportOptions, "deepstream_detector_id"),
               help="gie-unique-id of the face detector grefel runs after (operate-on-gie-id).")
 @click.option("--deepstream-face-classes", default="0", callback=_class_ids,
               help="The detector's face class id(s), comma-separated (operate-on-class-ids).")
@@ -754,7 +799,7 @@ def export_cmd(ctx: click.Context, source: Path, json_path: Optional[Path],
     from export import ExportError
     from export.pipeline import ExportOptions, planned_outputs, run_export
     from grefel.contract import set_max_pixels
-    from grefel.fileio import atomic_write_json
+    from grefel.fileio import display_path
 
     if max_pixels is not None:
         set_max_pixels(max_pixels)
@@ -788,15 +833,24 @@ def export_cmd(ctx: click.Context, source: Path, json_path: Optional[Path],
 
             engines = [p for p in result.artifacts if p.suffix == ".engine"]
             onnx_fp32 = result.artifacts[0]
-            folder = write_model_repository(
-                triton_repo, engines[0] if engines else onnx_fp32, onnx_fp32,
-                max_batch=options["max_batch"], max_queue_delay_us=triton_queue_delay_us,
-                instances=triton_instances)  # fmt: skip
+            repo = TritonRepoOptions(instances=triton_instances,
+                                     max_queue_delay_us=triton_queue_delay_us)
+            try:
+                folder = write_model_repository(
+                    triton_repo, engines[0] if engines else onnx_fp32, onnx_fp32,
+                    max_batch=options["max_batch"], max_queue_delay_us=repo.max_queue_delay_us,
+                    instances=repo.instances)  # fmt: skip
+            except OSError as exc:  # e.g. a file where DIR or one of its folders should be
+                why = ("a file stands where a folder should be"
+                       if isinstance(exc, (FileExistsError, NotADirectoryError))
+                       else exc.strerror or exc)
+                raise click.ClickException(f"--triton {display_path(triton_repo)}: cannot "
+                                           f"write the model repository ({why})") from None
             result.artifacts.append(folder / "config.pbtxt")
     except ExportError as exc:
         raise click.ClickException(str(exc)) from None
     if json_path is not None:
-        atomic_write_json(json_path, {"exit_code": result.exit_code, **result.gates})
+        _write_json(json_path, {"exit_code": result.exit_code, **result.gates}, "gate results JSON")
     click.echo(result.message)
     for path in result.artifacts:
         click.echo(str(path))
@@ -870,26 +924,27 @@ Examples:
 )
 @click.option(
     "--threshold",
-    type=click.FloatRange(0, 1),
+    type=_ranged(PredictOptions, "threshold"),
     default=0.3,
     help="Records with confidence below this are marked uncertain.",
 )
 @click.option(
     "--smooth",
-    type=click.FloatRange(0, 1, max_open=True),
+    type=_ranged(PredictOptions, "smooth"),
     default=0.6,
     help="Per-face smoothing across video frames (weight of the past; 0 = off).",
 )
-@click.option("--batch", type=click.IntRange(min=1), default=32,
+@click.option("--batch", type=_ranged(PredictOptions, "batch"), default=32,
               help="Most faces per backend call when --batch-frames > 1 (a frame is not split).")
-@click.option("--batch-frames", type=click.IntRange(min=1), default=1,
+@click.option("--batch-frames", type=_ranged(PredictOptions, "batch_frames"), default=1,
               help="Frames per backend call; 1: each frame's records are written before the "
                    "next frame is read.")
-@click.option("--max-frames", type=click.IntRange(min=1), help="Stop after this many frames.")
+@click.option("--max-frames", type=_ranged(PredictOptions, "max_frames"),
+              help="Stop after this many frames.")
 @_face_options
-@click.option("--det-every", type=click.IntRange(min=1), default=1,
+@click.option("--det-every", type=_ranged(PredictOptions, "det_every"), default=1,
               help="Video: detect every N frames, follow the faces in between.")
-@click.option("--threads", type=click.IntRange(min=1),
+@click.option("--threads", type=_ranged(PredictOptions, "threads"),
               help="CPU threads of the backend, the detector and OpenCV (default: all).")
 @click.option("--show", is_flag=True, help="Show the annotated frames in a window (q quits).")
 @click.option("--low-memory", is_flag=True,
@@ -936,7 +991,7 @@ def predict_command(
     prefer_passive_openmp()  # before anything imports torch (docs/predict.md, --threads)
     from grefel._lazy import MissingDependency
     from grefel.contract import ImageError, set_max_pixels
-    from grefel.fileio import Input, Output, atomic_write_json, display_path, model_inputs
+    from grefel.fileio import Input, Output, display_path, model_inputs
     from grefel.predict import (
         OutputError,
         PredictOptions,
@@ -985,12 +1040,7 @@ def predict_command(
     elif summary.faces == 0 and plot_target(out, src) is not None:
         click.echo("no expression-over-time plot: no face was found in any frame", err=True)
     if json_path:
-        try:
-            atomic_write_json(json_path, summary.to_dict())
-        except OSError as exc:
-            raise click.ClickException(f"--json {display_path(json_path)}: cannot write "
-                                       f"({exc.strerror or exc})") from None
-        _wrote(json_path, "summary JSON")
+        _write_json(json_path, summary.to_dict(), "summary JSON")
     if summary.signal:
         ctx.exit(128 + int(summary.signal))
     if summary.frames == 0:
@@ -1022,14 +1072,15 @@ Examples:
 )
 @click.option("--batch-sizes", default="1,8,32", callback=_csv_list(int))
 @click.option("--iters", type=click.IntRange(min=1), default=20, help="Timed calls, at least.")
-@click.option("--seconds", type=click.FloatRange(min=0), default=3.0, help="Timed time, at least.")
+@click.option("--seconds", type=_seconds_type(), default=3.0, help="Timed time, at least.")
 @click.option(
     "--presets",
     default="paper",
     callback=_csv_list(str, ["paper", "tiny"]),
     help="Presets for the params/FLOPs table and the random-init model.",
 )
-@click.option("--threads", type=click.IntRange(min=1), help="CPU threads (default: all).")
+@click.option("--threads", type=_ranged(PredictOptions, "threads"),
+              help="CPU threads (default: all).")
 @click.option(
     "--compare",
     "compare_path",
@@ -1047,9 +1098,10 @@ Examples:
     str, ["auto", "blazeface", "blazeface-full", "haar"]), help="Pipeline rows: detectors.")
 @click.option("--det-every", "det_every", default="1,3", callback=_csv_list(int),
               help="Pipeline rows: detect every N frames.")
-@click.option("--det-size", type=click.IntRange(min=0), default=640,
+@click.option("--det-size", type=_ranged(PredictOptions, "det_size"), default=640,
               help="Pipeline rows: longest side the detector sees.")
-@click.option("--max-frames", type=click.IntRange(min=1), help="Pipeline rows: frames per row.")
+@click.option("--max-frames", type=_ranged(PredictOptions, "max_frames"),
+              help="Pipeline rows: frames per row.")
 def bench(
     weights: Tuple[Path, ...],
     backends: List[str],
@@ -1143,26 +1195,27 @@ Examples:
 @click.option("--weights", "-w", type=click.Path(dir_okay=False, path_type=Path),
               help="A .engine (TensorRT), .onnx (ONNX Runtime) or .safetensors checkpoint "
                    "[default: the model that ships inside grefel, docs/models.md].")
-@click.option("--max-batch", default=8, type=click.IntRange(1),
+@click.option("--max-batch", default=8, type=_ranged(ServeOptions, "max_batch"),
               help="Most samples per backend call (Triton max_batch_size).")
-@click.option("--queue-delay-us", default=2000, type=click.IntRange(0),
+@click.option("--queue-delay-us", default=2000, type=_ranged(ServeOptions, "queue_delay_us"),
               help="Dynamic batching: longest wait for more requests, microseconds.")
-@click.option("--instances", default=1, type=click.IntRange(1),
+@click.option("--instances", default=1, type=_ranged(ServeOptions, "instances"),
               help="Model instances (one backend each) per model.")
 @click.option("--host", default="127.0.0.1", help="Bind address (0.0.0.0: every interface).")
-@click.option("--http-port", default=8000, type=click.IntRange(1, 65535))
-@click.option("--grpc-port", default=8001, type=click.IntRange(1, 65535))
-@click.option("--metrics-port", default=8002, type=click.IntRange(1, 65535))
+@click.option("--http-port", default=8000, type=_ranged(ServeOptions, "http_port"))
+@click.option("--grpc-port", default=8001, type=_ranged(ServeOptions, "grpc_port"))
+@click.option("--metrics-port", default=8002, type=_ranged(ServeOptions, "metrics_port"))
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               help="ONNX Runtime / PyTorch device (an engine always runs on the GPU).")
-@click.option("--threads", type=click.IntRange(1),
+@click.option("--threads", type=_ranged(ServeOptions, "threads"),
               help="CPU threads per backend and per face detector.")
 @_face_options
 @click.option("--aligned", is_flag=True,
               help="grefel_image: the images are face crops: no face detection, the whole "
                    "image is classified (without it, an image without a face gets face false, "
                    "NaN probs and an empty label).")
-@click.option("--exit-timeout", "exit_timeout_s", default=30, type=click.IntRange(0),
+@click.option("--exit-timeout", "exit_timeout_s", default=30,
+              type=_ranged(ServeOptions, "exit_timeout_s"),
               help="On SIGTERM, seconds to wait for in-flight requests.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Folder for tritonserver's log, tritonserver.log [default: a new "
@@ -1222,7 +1275,7 @@ def info(json_path: Optional[Path]) -> None:
     """Versions, CPU, GPU, TensorRT, Jetson model and power mode, and the default model."""
     from benchmarks.env import environment
     from benchmarks.report import env_lines
-    from grefel.fileio import Output, atomic_write_json, model_inputs
+    from grefel.fileio import Output, model_inputs
     from grefel.runtime.default_model import DefaultModelError, default_model, describe
 
     env = environment()
@@ -1236,7 +1289,7 @@ def info(json_path: Optional[Path]) -> None:
     click.echo("\n".join(env_lines(env)))
     click.echo(env["default_model"])
     if json_path:
-        atomic_write_json(json_path, env)
+        _write_json(json_path, env, "environment JSON")
 
 
 # --- pretrain (issue 16) -----------------------------------------------------------------------
@@ -1271,16 +1324,19 @@ def _pretrain_options(func):
                      help="Checkpoint to write (.safetensors + .json sidecar)."),
         click.option("--preset", type=click.Choice(["tiny", "paper"]), default=c["preset"],
                      help="GReFEL preset whose stream is trained (widths, depths)."),
-        click.option("--steps", type=click.IntRange(min=1), default=c["steps"]),
-        click.option("--batch-size", type=click.IntRange(min=2), default=c["batch_size"]),
-        click.option("--lr", type=float, default=c["lr"], help="Adam learning rate."),
-        click.option("--seed", type=int, default=c["seed"]),
+        click.option("--steps", type=_ranged(PretrainConfig, "steps"), default=c["steps"]),
+        click.option("--batch-size", type=_ranged(PretrainConfig, "batch_size"),
+                     default=c["batch_size"]),
+        click.option("--lr", type=_ranged(PretrainConfig, "lr"), default=c["lr"],
+                     help="Adam learning rate."),
+        click.option("--seed", type=_ranged(PretrainConfig, "seed"), default=c["seed"]),
         click.option("--device", default=c["device"], help="cpu, cuda or cuda:N."),
-        click.option("--threads", type=int, default=c["threads"],
+        click.option("--threads", type=_ranged(PretrainConfig, "threads"), default=c["threads"],
                      help="torch CPU threads; 0 = torch's default."),
         click.option("--augment/--no-augment", default=c["augment"],
                      help="landmarks: brightness/contrast jitter; identity: flips and shifts."),
-        click.option("--precise-bn", type=int, default=c["precise_bn"],
+        click.option("--precise-bn", type=_ranged(PretrainConfig, "precise_bn"),
+                     default=c["precise_bn"],
                      help="Training images for the BatchNorm statistics before evaluation."),
         click.option("--reuse", is_flag=True,
                      help="Keep an existing --out made with the same settings from the same data."),
@@ -1297,7 +1353,7 @@ def _run_pretrain(task: str, json_path: Optional[str], align_faces: str, **opts:
     import json
 
     from grefel.config import FaceAlignment
-    from grefel.fileio import Input, Output, atomic_write_json
+    from grefel.fileio import Input, Output
     from grefel.pretrain import PretrainError, make_config, pretrain
 
     _check_align_options(click.get_current_context(), align_faces, opts["data"], opts["dataset"])
@@ -1318,11 +1374,7 @@ def _run_pretrain(task: str, json_path: Optional[str], align_faces: str, **opts:
     else:
         _wrote(opts["out"], "pretrained weights and their JSON sidecar")
     if json_path:
-        try:
-            atomic_write_json(json_path, meta)
-        except OSError as exc:
-            raise _user_error(exc) from None
-        _wrote(json_path, "metrics JSON")
+        _write_json(json_path, meta, "metrics JSON")
 
 
 @pretrain.command(
@@ -1373,13 +1425,15 @@ Examples:
 @_pretrain_options
 @click.option("--margin-head", type=click.Choice(["arcface", "cosface"]),
               default=_PRETRAIN_DEFAULTS["margin_head"], help="face.evoLVe's margin heads.")
-@click.option("--scale", type=float, default=_PRETRAIN_DEFAULTS["scale"],
+@click.option("--scale", type=_ranged(PretrainConfig, "scale"),
+              default=_PRETRAIN_DEFAULTS["scale"],
               help="s of the margin head.")
-@click.option("--head-margin", "margin", type=float, default=None,
+@click.option("--head-margin", "margin", type=_ranged(PretrainConfig, "margin"), default=None,
               help="m of the margin head [default: 0.5 ArcFace, 0.35 CosFace].")
-@click.option("--embedding", type=click.IntRange(min=2), default=_PRETRAIN_DEFAULTS["embedding"],
+@click.option("--embedding", type=_ranged(PretrainConfig, "embedding"),
+              default=_PRETRAIN_DEFAULTS["embedding"],
               help="Embedding size of the output layer.")
-@click.option("--holdout-every", type=click.IntRange(min=2),
+@click.option("--holdout-every", type=_ranged(PretrainConfig, "holdout_every"),
               default=_PRETRAIN_DEFAULTS["holdout_every"],
               help="Every k-th image of each training identity is held out for the accuracy.")
 def pretrain_identity(json_path: Optional[str], **opts: Any) -> None:
@@ -1390,24 +1444,94 @@ def pretrain_identity(json_path: Optional[str], **opts: Any) -> None:
     _run_pretrain("identity", json_path, **opts)
 
 
-def main() -> None:
-    """The `grefel` console script. A command that needs an optional package that is not
-    installed (torch on a torch-free Jetson, TensorRT, PyTriton) ends in one error line naming
-    what to install, never in a traceback."""
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """The `grefel` console script, and the net under every command: no error escapes as a
+    traceback.
+
+    - a bad option or usage: Click's own message, exit status 2;
+    - an expected error (grefel.errors.GrefelError: every library error class derives from it;
+      an OSError; an optional package that is missing: MissingDependency, or a
+      ModuleNotFoundError of one in grefel._lazy.OPTIONAL): one `Error: ...` line, exit 1;
+    - Ctrl-C: `interrupted`, exit 130 (predict ends its run itself and says so);
+    - stdout closed by its reader (`grefel ... | head`): a quiet exit;
+    - anything else is a bug: one line `Error: internal error (<Type>: <message>); a report was
+      saved to <path>` (grefel.crash: the traceback, command line and versions), exit 1.
+    """
+    import errno
+
     from grefel._lazy import OPTIONAL, MissingDependency, install_hint
+    from grefel.errors import GrefelError
+    from grefel.fileio import display_path
+
+    def fail(line: str, code: int = 1) -> None:
+        click.echo(line, err=True)
+        sys.exit(code)
 
     try:
-        cli()
+        code = cli.main(args=None if argv is None else list(argv), standalone_mode=False)
+    except click.exceptions.Abort as exc:  # Click's form of KeyboardInterrupt and EOFError
+        interrupted = isinstance(exc.__cause__ or exc.__context__, KeyboardInterrupt)
+        fail("interrupted" if interrupted else "Aborted!", 130 if interrupted else 1)
+    except KeyboardInterrupt:
+        fail("interrupted", 130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
     except MissingDependency as exc:
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(1)
+        fail(f"Error: {exc}")
     except ModuleNotFoundError as exc:
         name = (exc.name or "").split(".")[0]
         if name not in OPTIONAL:
-            raise
-        click.echo(f"Error: this command needs {name}, which is not installed. Install "
-                   f"{install_hint(name)}.", err=True)
+            _internal_error(exc, argv)
+        fail(f"Error: this command needs {name}, which is not installed. Install "
+             f"{install_hint(name)}.")
+    except GrefelError as exc:
+        fail(f"Error: {exc}")
+    except OSError as exc:
+        if exc.errno == errno.EPIPE:  # the reader of stdout went away: nothing left to say
+            _silence_stdout()
+            sys.exit(1)
+        where = f"{display_path(exc.filename)}: " if exc.filename else ""
+        fail(f"Error: {where}{exc.strerror or exc}")
+    except Exception as exc:  # noqa: BLE001 - the net: a bug, reported once, with its report
+        _internal_error(exc, argv)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _internal_error(exc: BaseException, argv: Optional[Sequence[str]]) -> None:
+    """One line naming the unexpected error and the saved crash report (grefel.crash); exit 1.
+    When the report cannot be saved, the traceback is shown instead: it is the only record."""
+    import traceback
+
+    from grefel.crash import crash_dir, save_report
+    from grefel.fileio import display_path
+
+    first = (str(exc).strip().splitlines() or [""])[0]
+    what = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    args = None if argv is None else [sys.argv[0], *argv]
+    try:
+        path = save_report(exc, args)
+    except OSError as why:
+        traceback.print_exception(type(exc), exc, exc.__traceback__)
+        click.echo(f"Error: internal error ({what}); the report could not be saved to "
+                   f"{display_path(crash_dir())} ({why.strerror or why}): the traceback is "
+                   "above", err=True)
         sys.exit(1)
+    click.echo(f"Error: internal error ({what}); a report was saved to {display_path(path)}",
+               err=True)
+    sys.exit(1)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush of a closed pipe does not
+    print "Exception ignored ... BrokenPipeError" (Python's documented remedy)."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 from grefel.contract import INPUT_SIZE
+from grefel.ranges import check_ranges, range_of, ranged
 
 __all__ = [
     "ALIGN_MODES",
@@ -30,6 +31,8 @@ __all__ = [
     "PRESETS",
     "LANDMARK_SOURCES",
     "PRETRAIN_TASKS",
+    "SEED_MAX",
+    "THREADS_MAX",
     "VARIANTS",
     "FaceAlignment",
     "GReFELConfig",
@@ -71,6 +74,12 @@ FACE_EVOLVE_STD = (0.5, 0.5, 0.5)
 
 Triple = Tuple[int, int, int]
 
+# Bounds shared by several settings: a seed is what numpy's generators take (0 .. 2**32 - 1); a
+# thread count past this is a typo, and the C int of torch / ONNX Runtime / OpenCV would
+# overflow on a larger one.
+SEED_MAX = 2**32 - 1
+THREADS_MAX = 1024
+
 
 @dataclass(frozen=True)
 class GReFELConfig:
@@ -80,7 +89,7 @@ class GReFELConfig:
     """
 
     name: str = "paper"  # the preset this config was made from
-    num_classes: int = 7
+    num_classes: int = ranged(7, min=2)
     class_names: Tuple[str, ...] = DATASET_CLASSES["rafdb"]
     # The input side, fixed by the contract (grefel.contract.INPUT_SIZE = 112: both streams see
     # 112x112, POSTER V2 decimates 224 -> 112 in forward). Recorded in every checkpoint; another
@@ -111,24 +120,23 @@ class GReFELConfig:
     mlp_ratio: float = 4.0
     # MLP head (eq. 9).
     head_hidden: Tuple[int, ...] = (64, 64)
-    head_dropout: float = 0.5
+    head_dropout: float = ranged(0.5, min=0, max=1, max_open=True)
     # Reliability balancing (eqs. 10-19).
     use_anchors: bool = True
     use_attention: bool = True
-    anchors_per_class: int = 10  # K
-    delta: float = 1.0  # softmax steepness of eq. 14
+    anchors_per_class: int = ranged(10, min=1)  # K
+    delta: float = ranged(1.0, min=0, min_open=True)  # softmax steepness of eq. 14
     attn_head_dim: int = 64  # d_Q = d_K = d_V of eq. 16
-    # Loss weights (eq. 23).
-    lambda_cls: float = 1.0
-    lambda_anchor: float = 1.0
-    lambda_center: float = 1.0
+    # Loss weights (eq. 23); 0 drops a term (an ablation), a negative weight would maximise it.
+    lambda_cls: float = ranged(1.0, min=0)
+    lambda_anchor: float = ranged(1.0, min=0)
+    lambda_center: float = ranged(1.0, min=0)
     # Parts frozen at construction: requires_grad off and BatchNorm kept in eval mode.
     frozen: Tuple[str, ...] = ("landmark",)
 
     def __post_init__(self) -> None:
+        check_ranges(self)
         problems = []
-        if self.num_classes < 2:
-            problems.append(f"num_classes must be >= 2, got {self.num_classes}")
         if len(self.class_names) != self.num_classes:
             problems.append(
                 f"class_names has {len(self.class_names)} names but num_classes is "
@@ -150,10 +158,6 @@ class GReFELConfig:
                 f"image_size is fixed at {INPUT_SIZE} (the input contract that export, the "
                 f"engines and every preprocessing path share), got {self.image_size}"
             )
-        if self.anchors_per_class < 1:
-            problems.append("anchors_per_class must be >= 1")
-        if not self.delta > 0:
-            problems.append(f"delta must be > 0, got {self.delta}")
         unknown = set(self.frozen) - {"landmark", "image"}
         if unknown:
             problems.append(f"unknown frozen parts {sorted(unknown)} (use landmark, image)")
@@ -276,18 +280,15 @@ class FaceAlignment:
 
     mode: str = "auto"
     detector: str = "auto"
-    det_size: int = 640
+    det_size: int = ranged(640, min=0)
     align: bool = True
-    margin: Optional[float] = None
-    min_face: int = 16
+    margin: Optional[float] = ranged(None, kind=float, min=0)
+    min_face: int = ranged(16, min=0)
 
     def __post_init__(self) -> None:
+        check_ranges(self)
         _require(self.mode in ALIGN_MODES, f"align_faces must be one of "
                  f"{', '.join(ALIGN_MODES)}, got {self.mode!r}")
-        _require(self.det_size >= 0 and self.min_face >= 0,
-                 f"det_size and min_face must be >= 0, got {self.det_size}, {self.min_face}")
-        _require(self.margin is None or self.margin >= 0,
-                 f"the alignment margin must be >= 0, got {self.margin}")
 
     def for_dataset(self, kind: str) -> FaceAlignment:
         """This alignment with mode "auto" resolved for the reader `kind` (a resolved kind,
@@ -305,10 +306,10 @@ class DataConfig:
     dataset: str = "auto"  # a grefel.data.load_samples kind
     train_split: str = "train"
     val_split: str = "val"  # "" = no validation (best = best training accuracy)
-    batch_size: int = 32  # per process
-    workers: int = 0
-    refine_per_class: int = 0  # B of paper §4.1; 0 = plain shuffle of the whole split
-    refine_per_group: int = 0  # N_pg of paper §4.1; 0 = no per-group cap
+    batch_size: int = ranged(32, min=2)  # per process
+    workers: int = ranged(0, min=0, max=256)
+    refine_per_class: int = ranged(0, min=0)  # B of paper §4.1; 0 = plain shuffle of the split
+    refine_per_group: int = ranged(0, min=0)  # N_pg of paper §4.1; 0 = no per-group cap
     # a class with fewer than B images: repeat them up to B (paper), or take each once
     refine_repeat: bool = True
     strict: bool = False  # unreadable images are an error instead of skipped
@@ -319,19 +320,18 @@ class DataConfig:
     # Face alignment of the images (grefel.align_data): the mode, then FaceAlignment's fields
     align_faces: str = FaceAlignment.mode
     face_detector: str = FaceAlignment.detector
-    face_det_size: int = FaceAlignment.det_size
+    face_det_size: int = ranged(FaceAlignment.det_size, like=range_of(FaceAlignment, "det_size"))
     face_align: bool = FaceAlignment.align
-    face_margin: Optional[float] = FaceAlignment.margin
-    face_min_face: int = FaceAlignment.min_face
+    face_margin: Optional[float] = ranged(FaceAlignment.margin,
+                                          like=range_of(FaceAlignment, "margin"))
+    face_min_face: int = ranged(FaceAlignment.min_face, like=range_of(FaceAlignment, "min_face"))
     align_cache: str = ""  # folder of the aligned crops; "" = grefel.align_data.default_cache()
 
     def __post_init__(self) -> None:
+        check_ranges(self)
         self.face_alignment()  # validates the alignment fields
         _require(self.augment_policy in AUGMENT_POLICIES, f"augment_policy must be one of "
                  f"{', '.join(AUGMENT_POLICIES)}, got {self.augment_policy!r}")
-        _require(self.batch_size >= 2, f"batch_size must be >= 2, got {self.batch_size}")
-        _require(self.workers >= 0, "workers must be >= 0")
-        _require(self.refine_per_class >= 0 and self.refine_per_group >= 0, "refine sizes >= 0")
         _require(self.refine_per_group == 0 or self.refine_per_class > 0,
                  "refine_per_group needs refine_per_class (refinement draws B per class)")
 
@@ -367,27 +367,32 @@ class TrainConfig:
     out: str = ""  # "": `grefel train` makes a new runs/train/PRESET (-2, -3, ...)
     preset: str = "tiny"
     variant: str = "both"  # row of the paper's Table 2
-    epochs: int = 10
-    lr: float = 3e-4  # Adam
-    gamma: float = 0.995  # exponential LR decay per epoch
-    label_smoothing: float = 0.0
+    epochs: int = ranged(10, min=1)
+    lr: float = ranged(3e-4, min=0, min_open=True)  # Adam
+    gamma: float = ranged(0.995, min=0, max=1, min_open=True)  # exponential LR decay per epoch
+    label_smoothing: float = ranged(0.0, min=0, max=1, max_open=True)
     class_weights: str = "none"  # none | inverse (inverse frequency, mean 1)
-    clip_grad: float = 5.0  # max gradient norm; 0 = off
-    precise_bn: int = 512  # training images to recompute BatchNorm statistics on; 0 = off
+    clip_grad: float = ranged(5.0, min=0)  # max gradient norm; 0 = off
+    # training images to recompute BatchNorm statistics on; 0 = off
+    precise_bn: int = ranged(512, min=0)
     # landmark | image | none | auto: landmark when it starts from weights (pretrained_mobilefacenet
     # or init), else none (see frozen_stream); a fresh run may freeze only a stream with weights
     freeze: str = "auto"
     amp: bool = True  # autocast + GradScaler, on CUDA only
-    seed: int = 0
+    seed: int = ranged(0, min=0, max=SEED_MAX)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    threads: int = 0  # torch CPU threads per process; 0 = torch's default
+    # torch CPU threads per process; 0 = torch's default
+    threads: int = ranged(0, min=0, max=THREADS_MAX)
     resume: bool = False
-    lambda_cls: Optional[float] = None
-    lambda_anchor: Optional[float] = None
-    lambda_center: Optional[float] = None
-    anchors_per_class: Optional[int] = None  # K
-    delta: Optional[float] = None
-    head_dropout: Optional[float] = None  # dropout of eq. 9's MLP head [preset: 0.5]
+    # GReFELConfig overrides (MODEL_OVERRIDES; None keeps the preset's), with its ranges
+    lambda_cls: Optional[float] = ranged(None, like=range_of(GReFELConfig, "lambda_cls"))
+    lambda_anchor: Optional[float] = ranged(None, like=range_of(GReFELConfig, "lambda_anchor"))
+    lambda_center: Optional[float] = ranged(None, like=range_of(GReFELConfig, "lambda_center"))
+    anchors_per_class: Optional[int] = ranged(  # K
+        None, like=range_of(GReFELConfig, "anchors_per_class"))
+    delta: Optional[float] = ranged(None, like=range_of(GReFELConfig, "delta"))
+    # dropout of eq. 9's MLP head [preset: 0.5]
+    head_dropout: Optional[float] = ranged(None, like=range_of(GReFELConfig, "head_dropout"))
     pretrained_ir50: str = ""
     pretrained_mobilefacenet: str = ""
     # A grefel checkpoint to fine-tune from (grefel.train.init_from_checkpoint): its architecture
@@ -396,22 +401,17 @@ class TrainConfig:
     # Steps that train the image stream alone before epoch 1 (grefel.train.warm_up_image_stream):
     # a stand-in for the paper's pretrained IR-50 where no pretrained weights exist (tiny).
     # None = auto: AUTO_IMAGE_WARMUP unless the image stream is frozen or comes from init.
-    image_warmup: Optional[int] = None
+    image_warmup: Optional[int] = ranged(None, kind=int, min=0)
     # what best.safetensors is chosen by: validation accuracy, or macro-F1 (imbalanced data,
     # where the majority class alone scores a high accuracy); train accuracy without val
     select: str = "accuracy"
 
     def __post_init__(self) -> None:
+        check_ranges(self)
         _require(self.preset in PRESETS, f"unknown preset {self.preset!r}")
         _require(self.variant in VARIANTS, f"unknown variant {self.variant!r}")
-        _require(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
-        _require(self.lr > 0 and 0 < self.gamma <= 1, "need lr > 0 and 0 < gamma <= 1")
-        _require(0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)")
         _require(self.class_weights in ("none", "inverse"), "class_weights: none or inverse")
-        _require(min(self.clip_grad, self.threads, self.precise_bn) >= 0,
-                 "clip_grad, threads and precise_bn must be >= 0")
         _require(self.freeze in FREEZE_CHOICES, f"freeze: {', '.join(FREEZE_CHOICES)}")
-        _require(self.image_warmup is None or self.image_warmup >= 0, "image_warmup must be >= 0")
         _require(self.select in ("accuracy", "macro_f1"), "select: accuracy or macro_f1")
         _require(not (self.image_warmup and self.frozen_stream() == "image"),
                  "image_warmup trains the image stream, which freeze=image keeps frozen")
@@ -466,12 +466,12 @@ class PretrainConfig:
     data: str  # a SynthFER folder (grefel data synth)
     out: str  # OUT.safetensors
     preset: str = "tiny"
-    steps: int = 300
-    batch_size: int = 32
-    lr: float = 1e-3  # Adam
-    seed: int = 0
+    steps: int = ranged(300, min=1)
+    batch_size: int = ranged(32, min=2)
+    lr: float = ranged(1e-3, like=range_of(TrainConfig, "lr"))  # Adam
+    seed: int = ranged(0, like=range_of(TrainConfig, "seed"))
     device: str = "cpu"
-    threads: int = 0  # torch CPU threads; 0 = torch's default
+    threads: int = ranged(0, like=range_of(TrainConfig, "threads"))  # 0 = torch's default
     augment: bool = True  # identity: flips and shifts; landmarks: brightness/contrast only
     dataset: str = "auto"  # a grefel.data.load_samples kind
     # landmarks only: the targets. "file": the dataset's landmarks.csv (SynthFER's ground
@@ -486,29 +486,25 @@ class PretrainConfig:
     align_cache: str = ""  # folder of the aligned crops; "" = grefel.align_data.default_cache()
     # identity only
     margin_head: str = "arcface"  # arcface | cosface
-    scale: float = 64.0  # s of the margin head (face.evoLVe: 64)
-    margin: Optional[float] = None  # m; None = 0.5 for ArcFace, 0.35 for CosFace
-    embedding: int = 512  # face.evoLVe's embedding size
-    holdout_every: int = 5  # every k-th image of an identity is held out for the accuracy
-    precise_bn: int = 512  # training images for the BatchNorm statistics before evaluation
+    scale: float = ranged(64.0, min=0, min_open=True)  # s of the margin head (face.evoLVe: 64)
+    # m; None = 0.5 for ArcFace, 0.35 for CosFace
+    margin: Optional[float] = ranged(None, kind=float, min=0, max=1, max_open=True)
+    embedding: int = ranged(512, min=2)  # face.evoLVe's embedding size
+    # every k-th image of an identity is held out for the accuracy
+    holdout_every: int = ranged(5, min=2)
+    # training images for the BatchNorm statistics before evaluation
+    precise_bn: int = ranged(512, like=range_of(TrainConfig, "precise_bn"))
     reuse: bool = False  # an existing OUT with the same settings and data is kept
 
     def __post_init__(self) -> None:
+        check_ranges(self)
         problems = []
         if self.task not in PRETRAIN_TASKS:
             problems.append(f"task must be one of {PRETRAIN_TASKS}, got {self.task!r}")
         if self.preset not in PRESETS:
             problems.append(f"unknown preset {self.preset!r}; choose from {sorted(PRESETS)}")
-        if self.steps < 1 or self.batch_size < 2:
-            problems.append("steps must be >= 1 and batch_size >= 2")
-        if not self.lr > 0:
-            problems.append("lr must be > 0")
         if self.margin_head not in ("arcface", "cosface"):
             problems.append(f"margin_head must be arcface or cosface, got {self.margin_head!r}")
-        if not self.scale > 0 or (self.margin is not None and not 0 <= self.margin < 1):
-            problems.append("scale must be > 0 and margin in [0, 1)")
-        if self.embedding < 2 or self.holdout_every < 2 or self.precise_bn < 0:
-            problems.append("embedding >= 2, holdout_every >= 2 and precise_bn >= 0")
         if self.stream not in ("auto", "landmark", "image"):
             problems.append(f"stream must be auto, landmark or image, got {self.stream!r}")
         elif self.task == "identity" and self.stream == "landmark":

@@ -48,6 +48,7 @@ from typing import IO, Any, Dict, Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image
 
+from grefel.errors import GrefelError
 from grefel.fileio import display_path
 
 __all__ = [
@@ -144,7 +145,7 @@ _TRANSPOSE = {
 }
 
 
-class ImageError(ValueError):
+class ImageError(GrefelError, ValueError):
     """A file that is not a decodable image (or is over the pixel limit); names the file."""
 
 
@@ -405,7 +406,7 @@ ENGINE_SIDECAR_FORMAT = "grefel-engine/1"
 _CLASS_FORMATS = (ENGINE_SIDECAR_FORMAT, "grefel-checkpoint/1")  # sidecars that name classes
 
 
-class SidecarError(ValueError):
+class SidecarError(GrefelError, ValueError):
     """A sidecar that is not the layout this version reads; the message names the file."""
 
 

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import torch
 
+from grefel.errors import GrefelError
+
 __all__ = ["DeviceError", "resolve_device"]
 
 
-class DeviceError(ValueError):
+class DeviceError(GrefelError, ValueError):
     """A device that this torch cannot use; the message names the option value."""
 
 

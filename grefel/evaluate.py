@@ -56,6 +56,7 @@ import numpy as np
 
 from grefel._lazy import MissingDependency, require
 from grefel.config import FaceAlignment
+from grefel.errors import GrefelError
 from grefel.metrics import (
     accuracy,
     calinski_harabasz,
@@ -89,7 +90,7 @@ PathLike = Union[str, Path]
 NOT_GROUPS = frozenset({"clean_label", "box", "intensity"})
 
 
-class EvalError(ValueError):
+class EvalError(GrefelError, ValueError):
     """Data and checkpoint that do not fit together; the message says how."""
 
 

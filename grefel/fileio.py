@@ -12,6 +12,8 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +21,7 @@ from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
 
 __all__ = ["RUNS", "Input", "Output", "OutputClash", "atomic_path", "atomic_write_bytes",
            "atomic_write_json", "check_outputs", "display_path", "model_inputs", "new_run_folder",
-           "sha256_file"]
+           "sha256_file", "write_record"]
 
 RUNS = Path("runs")  # every command's default output folder: runs/<command>/<name>
 
@@ -55,6 +57,10 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     write or fsync) is given `path`'s.
     """
     dest = Path(path)
+    if _special(dest):
+        with _written_through(dest) as tmp:
+            yield tmp
+        return
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # e.g. a file where a folder of the path should be
@@ -81,6 +87,40 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def _special(dest: Path) -> bool:
+    """Whether `dest` must be written into rather than replaced: an existing device, FIFO or
+    socket (/dev/null, a shell's `>(...)`), followed through symlinks, or any path under /dev or
+    /proc (/dev/stdout is a link to /proc/self/fd/1, which can be a regular file: replacing the
+    name would replace the link, and the process's stdout would never see the bytes)."""
+    if os.path.abspath(dest).startswith(("/dev/", "/proc/")):
+        return True
+    try:
+        mode = os.stat(dest).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+@contextlib.contextmanager
+def _written_through(dest: Path) -> Iterator[Path]:
+    """atomic_path for a device, FIFO or socket: it cannot be replaced (a rename over /dev/null
+    by root would remove the device and leave a plain file), so the bytes written to the
+    temporary path are copied into it, as a shell redirection would write them; a full device
+    (/dev/full: ENOSPC) is an OSError naming `dest`."""
+    folder = tempfile.mkdtemp(prefix=".grefel-")
+    tmp_path = Path(folder) / "data"
+    try:
+        yield tmp_path
+        try:
+            with open(tmp_path, "rb") as src, open(dest, "wb") as out:
+                shutil.copyfileobj(src, out)
+        except OSError as exc:
+            exc.filename = exc.filename or str(dest)
+            raise
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
@@ -102,6 +142,21 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> None:
 
 def atomic_write_json(path: PathLike, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def write_record(path: PathLike, record: Any, option: str = "--json") -> None:
+    """Write a command's JSON record (`--json PATH`) atomically: the one writer every command's
+    `--json` goes through. Any OSError (a folder that is a file, no permission, a full disk) is
+    an OutputPathError naming the option and the path, for one `Error:` line."""
+    from grefel.errors import OutputPathError
+
+    try:
+        atomic_write_json(path, record)
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        if isinstance(exc, (FileExistsError, NotADirectoryError)):
+            why = "a file stands where its folder should be"
+        raise OutputPathError(f"{option} {display_path(path)}: cannot write ({why})") from None
 
 
 def sha256_file(path: PathLike, chunk: int = 1 << 20) -> str:

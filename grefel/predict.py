@@ -52,10 +52,12 @@ from typing import IO, Any, Callable, Dict, Iterator, List, Optional, Sequence, 
 import numpy as np
 
 from grefel._lazy import require
-from grefel.config import FaceAlignment
+from grefel.config import THREADS_MAX, FaceAlignment
+from grefel.errors import GrefelError
 from grefel.fileio import display_path
 from grefel.pipeline import STAGES, FaceResult, Pipeline, Tracker, entropy_confidence
 from grefel.progress import Progress
+from grefel.ranges import check_ranges, range_of, ranged
 from grefel.runtime.base import Backend
 from grefel.runtime.sources import STREAM_KINDS, Frame, Skipped, iter_source, source_kind
 from grefel.timeline import Timeline, plot_path
@@ -78,7 +80,7 @@ __all__ = [
 ]
 
 
-class OutputError(OSError):
+class OutputError(GrefelError, OSError):
     """An output (--out records, --annotate images / video) that cannot be written; names it."""
 
 
@@ -166,22 +168,34 @@ def signals_end_run(signums: Sequence[int] = (signal.SIGTERM, signal.SIGHUP)) ->
 @dataclass(frozen=True)
 class PredictOptions:
     aligned: bool = False  # inputs are face crops: no detection, the whole image is classified
-    threshold: float = 0.3  # confidence below this marks a record `uncertain`
-    smooth: float = 0.6  # weight of the previous frame in the per-face smoothing (0: off)
-    batch: int = 32  # most faces per backend call when frames are batched (a frame is not split)
-    max_frames: Optional[int] = None
+    # confidence below this marks a record `uncertain`
+    threshold: float = ranged(0.3, min=0, max=1)
+    # weight of the previous frame in the per-face smoothing (0: off)
+    smooth: float = ranged(0.6, min=0, max=1, max_open=True)
+    # most faces per backend call when frames are batched (a frame is not split)
+    batch: int = ranged(32, min=1)
+    max_frames: Optional[int] = ranged(None, kind=int, min=1)
     # crop margin (None: 0.2 square crops, 0 aligned faces); the detector, its input size and
-    # the smallest face: grefel.config.FaceAlignment's defaults, which the dataset path shares
-    margin: Optional[float] = FaceAlignment.margin
+    # the smallest face: grefel.config.FaceAlignment's defaults and ranges, which the dataset
+    # path shares
+    margin: Optional[float] = ranged(FaceAlignment.margin, like=range_of(FaceAlignment, "margin"))
     detector: str = FaceAlignment.detector  # grefel.runtime.detectors.DETECTORS
-    det_size: int = FaceAlignment.det_size  # longest side the detector sees (0: full frame)
-    det_every: int = 1  # detect every N frames of a stream, follow the faces in between
+    # longest side the detector sees (0: full frame)
+    det_size: int = ranged(FaceAlignment.det_size, like=range_of(FaceAlignment, "det_size"))
+    # detect every N frames of a stream, follow the faces in between
+    det_every: int = ranged(1, min=1)
     align: bool = FaceAlignment.align  # warp faces with keypoints onto the 5-point template
-    min_face: int = FaceAlignment.min_face  # smallest face side kept, frame pixels
-    batch_frames: int = 1  # frames per backend call (1: each frame's records before the next)
-    threads: Optional[int] = None  # CPU threads of the backend, detector and OpenCV
+    # smallest face side kept, frame pixels
+    min_face: int = ranged(FaceAlignment.min_face, like=range_of(FaceAlignment, "min_face"))
+    # frames per backend call (1: each frame's records before the next)
+    batch_frames: int = ranged(1, min=1)
+    # CPU threads of the backend, detector and OpenCV (None: all)
+    threads: Optional[int] = ranged(None, kind=int, min=1, max=THREADS_MAX)
     show: bool = False  # show the annotated frames in a window
     low_memory: bool = False  # ONNX Runtime without the NCHWc layout copy of the weights
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 @dataclass
@@ -270,6 +284,15 @@ class RecordWriter:
     def flush(self) -> None:
         """Push the records written so far to the file (after each frame)."""
         self._guarded(self.stream.flush)
+
+    @staticmethod
+    def close_stream(stream: IO[str], name: str) -> None:
+        """Close a records file: its last buffered bytes are written here, so a full disk
+        (ENOSPC) or a lost device is an OutputError naming the output, as a failed write is."""
+        try:
+            stream.close()
+        except OSError as exc:
+            raise OutputError(f"{name}: cannot write records ({exc.strerror or exc})") from None
 
 
 class Annotator:
@@ -395,7 +418,7 @@ class Annotator:
             self.cv2.destroyAllWindows()
 
 
-class ShowError(RuntimeError):
+class ShowError(GrefelError, RuntimeError):
     """--show where no window can be opened; the message says why and what to do."""
 
 
@@ -584,12 +607,14 @@ def run_predict(
         else:
             try:
                 Path(out).parent.mkdir(parents=True, exist_ok=True)
-                stream = stack.enter_context(open(out, "w", newline="", encoding="utf-8"))
+                stream = open(out, "w", newline="", encoding="utf-8")  # noqa: SIM115 - closed below
             except OSError as exc:
                 why = ("a file stands where its folder should be"
                        if isinstance(exc, (FileExistsError, NotADirectoryError))
                        else exc.strerror or exc)
                 raise OutputError(f"--out {display_path(out)}: cannot write ({why})") from None
+            # closing flushes the last buffered records: a full disk can fail it too
+            stack.callback(RecordWriter.close_stream, stream, f"--out {display_path(out)}")
         annotator = (
             Annotator(annotate, src, show=opts.show)
             if annotate is not None or opts.show else None

@@ -71,6 +71,7 @@ from grefel import __version__, contract
 from grefel._lazy import MissingDependency
 from grefel.config import PRETRAIN_TASKS as TASKS
 from grefel.config import GReFELConfig, PretrainConfig
+from grefel.errors import GrefelError
 from grefel.fileio import atomic_path, atomic_write_json, sha256_file
 from grefel.model.ir50 import IR50Stream
 from grefel.model.mobilefacenet import MobileFaceNetTrunk
@@ -100,7 +101,7 @@ _EPS = 1e-6
 PathLike = Union[str, Path]
 
 
-class PretrainError(ValueError):
+class PretrainError(GrefelError, ValueError):
     """A pretraining run that cannot start or finish; the message names the file or option."""
 
 

@@ -59,9 +59,11 @@ import numpy as np
 
 from grefel import contract
 from grefel._lazy import MissingDependency, require
+from grefel.errors import GrefelError
 from grefel.fileio import display_path
 from grefel.pipeline import FaceResult, Pipeline
 from grefel.predict import PredictOptions, predict_pipeline
+from grefel.ranges import Range, check_ranges, range_of, ranged
 from grefel.runtime import Backend, open_backend
 
 __all__ = [
@@ -81,30 +83,41 @@ SERVE_HINT = "pip install '.[serve]' in a clone of grefel (docs/install.md)"
 log = logging.getLogger(__name__)
 
 
-class ServeError(RuntimeError):
+class ServeError(GrefelError, RuntimeError):
     """An environment or option `grefel serve` cannot run with; the message says what to do."""
+
+
+PORT = Range(kind=int, min=1, max=65535)  # a TCP port to listen on
 
 
 @dataclass(frozen=True)
 class ServeOptions:
-    max_batch: int = 8  # samples per backend call (Triton's max_batch_size)
-    queue_delay_us: int = 2000  # dynamic batcher: longest wait for more requests (0: none)
-    instances: int = 1  # model instances (one backend each) per model
+    max_batch: int = ranged(8, min=1)  # samples per backend call (Triton's max_batch_size)
+    # dynamic batcher: longest wait for more requests, microseconds (0: none)
+    queue_delay_us: int = ranged(2000, min=0)
+    instances: int = ranged(1, min=1)  # model instances (one backend each) per model
     host: str = "127.0.0.1"  # HTTP, gRPC and metrics bind address
-    http_port: int = 8000
-    grpc_port: int = 8001
-    metrics_port: int = 8002
+    http_port: int = ranged(8000, like=PORT)
+    grpc_port: int = ranged(8001, like=PORT)
+    metrics_port: int = ranged(8002, like=PORT)
     device: Optional[str] = None  # ONNX Runtime / PyTorch device (None: CUDA when present)
-    threads: Optional[int] = None  # CPU threads per backend (and grefel_image's face detector)
-    exit_timeout_s: int = 30  # how long a stop waits for in-flight requests
-    # grefel_image's faces: grefel predict's options for a still image, with its defaults
+    # CPU threads per backend (and grefel_image's face detector)
+    threads: Optional[int] = ranged(None, like=range_of(PredictOptions, "threads"))
+    exit_timeout_s: int = ranged(30, min=0)  # how long a stop waits for in-flight requests
+    # grefel_image's faces: grefel predict's options for a still image, defaults and ranges
     detector: str = PredictOptions.detector  # grefel.runtime.detectors.DETECTORS
-    det_size: int = PredictOptions.det_size  # longest side the detector sees (0: full image)
-    min_face: int = PredictOptions.min_face  # smallest face side kept, image pixels
+    # longest side the detector sees (0: full image)
+    det_size: int = ranged(PredictOptions.det_size, like=range_of(PredictOptions, "det_size"))
+    # smallest face side kept, image pixels
+    min_face: int = ranged(PredictOptions.min_face, like=range_of(PredictOptions, "min_face"))
     align: bool = PredictOptions.align  # warp faces with keypoints onto the 5-point template
-    margin: Optional[float] = PredictOptions.margin  # None: 0.2 square crops, 0 aligned faces
+    # None: 0.2 square crops, 0 aligned faces
+    margin: Optional[float] = ranged(PredictOptions.margin, like=range_of(PredictOptions, "margin"))
     aligned: bool = PredictOptions.aligned  # images are face crops: no detection, whole image
     log_file: Optional[Path] = None  # tritonserver's log (None: on stdout, as `grefel serve -v`)
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 def image_pipeline(backend: Backend, opts: ServeOptions) -> Pipeline:

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+from grefel.errors import GrefelError
+
 __all__ = [
     "LOCK_NAME",
     "RESUME_MAY_CHANGE",
@@ -66,7 +68,7 @@ _NOT_COMPARED = ("train.out", "train.resume")
 _PATHS = ("data.root", "train.pretrained_ir50", "train.pretrained_mobilefacenet")
 
 
-class TrainingError(RuntimeError):
+class TrainingError(GrefelError, RuntimeError):
     """A run that cannot go on; the message says why and what was kept."""
 
 

@@ -47,12 +47,14 @@ from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple, Type, Union
 
 import torch
 
+from grefel.errors import GrefelError
+
 __all__ = ["Inert", "SafeLoadResult", "Unpickler", "UnsafeFileError", "load", "safe_load"]
 
 PathLike = Union[str, Path]
 
 
-class UnsafeFileError(ValueError):
+class UnsafeFileError(GrefelError, ValueError):
     """A file that cannot be read safely (TorchScript, corrupt, not a pickle)."""
 
 

@@ -49,6 +49,7 @@ from grefel.config import (
     IMAGENET_STD,
     GReFELConfig,
 )
+from grefel.errors import GrefelError
 from grefel.model.grefel import GReFEL
 from grefel.unpickle import Inert, UnsafeFileError, safe_load
 
@@ -71,7 +72,7 @@ Target = Tuple[Optional[str], Optional[str]]  # (our key, None) | (None, why unu
 _MAX_LISTED = 20  # keys listed per category in an error message (the report has all of them)
 
 
-class WeightsError(ValueError):
+class WeightsError(GrefelError, ValueError):
     """Weights that do not fit; the message names the file and the keys, `.report` has all."""
 
     def __init__(self, message: str, report: Optional[ImportReport] = None) -> None:

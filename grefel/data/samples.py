@@ -11,10 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List, Sequence
 
+from grefel.errors import GrefelError
+
 __all__ = ["DatasetError", "Sample", "class_counts"]
 
 
-class DatasetError(ValueError):
+class DatasetError(GrefelError, ValueError):
     """A dataset folder or file does not match what its reader expects; the message names it."""
 
 

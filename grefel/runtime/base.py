@@ -20,6 +20,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import numpy as np
 
 from grefel import contract
+from grefel.errors import GrefelError
 
 __all__ = [
     "INPUT_SHAPE",
@@ -40,7 +41,7 @@ OUTPUTS = contract.OUTPUTS
 Outputs = Dict[str, np.ndarray]
 
 
-class BackendError(RuntimeError):
+class BackendError(GrefelError, RuntimeError):
     """A model file or batch that a backend cannot use; the message names the file and why."""
 
 

@@ -19,13 +19,15 @@ import json
 from pathlib import Path
 from typing import Any, Dict, Optional
 
+from grefel.errors import GrefelError
+
 __all__ = ["DEFAULT_MODEL", "DefaultModelError", "default_model", "describe", "model_card"]
 
 DEFAULT_MODEL = "grefel-tiny-muxspace"
 _SUFFIX = {"onnx": ".onnx", "checkpoint": ".safetensors", "sidecar": ".json"}
 
 
-class DefaultModelError(FileNotFoundError):
+class DefaultModelError(GrefelError, FileNotFoundError):
     """The packaged model is missing (a broken install); the message names the file."""
 
 

@@ -33,6 +33,7 @@ import numpy as np
 
 from grefel._lazy import require
 from grefel.contract import check_pixels
+from grefel.errors import GrefelError
 from grefel.fileio import display_path
 from grefel.runtime.preprocess import ImageError, decode_image
 
@@ -52,7 +53,7 @@ STREAM_KINDS = ("camera", "stream", "gstreamer")  # live sources: read until the
 VIDEO_SUFFIXES = {".avi", ".mp4", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"}
 
 
-class SourceError(ValueError):
+class SourceError(GrefelError, ValueError):
     """The source as a whole cannot be read; the message names it and the problem."""
 
 
