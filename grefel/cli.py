@@ -940,6 +940,8 @@ def predict_command(
         _wrote(json_path, "summary JSON")
     if summary.signal:
         ctx.exit(128 + int(summary.signal))
+    if summary.ended:  # a video that stopped before its declared end: records kept, exit 1
+        raise click.ClickException(summary.ended)
     if summary.frames == 0:
         raise click.ClickException(f"{display_path(src)}: no readable image or frame")
 
