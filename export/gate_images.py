@@ -8,15 +8,13 @@ no torch, no files), balanced over the seven classes.
 
 from __future__ import annotations
 
-import logging
+import sys
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from export import ExportError
-
-_log = logging.getLogger("export")
 
 __all__ = ["calibration_split", "gate_images"]
 
@@ -36,14 +34,15 @@ def gate_images(
 def _files(folder: Path) -> List[Path]:
     """The image files of the folder through grefel's one folder walk
     (`grefel.runtime.sources.walk_folder`: only regular files are opened, a link loop is not
-    followed twice); each entry it will not open is logged as `skipped PATH: why`."""
+    followed twice); each entry it will not open is a `skipped PATH: why` line on stderr, as
+    in predict."""
     from grefel.data.readers import IMAGE_EXTS
     from grefel.runtime.sources import Skipped, walk_folder
 
     files = []
     for entry in walk_folder(folder):
         if isinstance(entry, Skipped):
-            _log.warning("skipped %s: %s", entry.source, entry.reason)
+            print(f"skipped {entry.source}: {entry.reason}", file=sys.stderr)
         elif entry.suffix.lower() in IMAGE_EXTS:
             files.append(entry)
     if not files:

@@ -16,8 +16,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Union
 
-__all__ = ["RUNS", "atomic_path", "atomic_write_bytes", "atomic_write_json", "display_path",
-           "new_run_folder", "sha256_file"]
+__all__ = ["RUNS", "UserTextError", "atomic_path", "atomic_write_bytes", "atomic_write_json",
+           "display_path", "new_run_folder", "read_user_text", "sha256_file"]
 
 RUNS = Path("runs")  # every command's default output folder: runs/<command>/<name>
 
@@ -108,3 +108,36 @@ def sha256_file(path: PathLike, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: f.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
+
+
+class UserTextError(ValueError):
+    """A text file a user gave that cannot be read as text; the message names it and says what
+    to do."""
+
+
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+
+
+def read_user_text(path: PathLike) -> str:
+    """The text of a file a user gave (classes.txt, a dataset's CSV splits and label lists,
+    legend files, landmarks CSV): the one reader every such file goes through, so each gets the
+    same decoding. UTF-8, with or without a byte-order mark (Excel's and Notepad's "UTF-8 with
+    BOM": the mark is dropped, never part of the first name), or UTF-16 with its byte-order mark
+    (Windows' "Unicode"); CRLF line ends are read as line ends by `str.splitlines` and `csv`.
+    Anything else is a UserTextError naming the file: bytes that are not UTF-8, or NUL
+    characters (UTF-16 without a mark). Callers strip the fields they take."""
+    name = display_path(path)
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise UserTextError(f"{name}: cannot read ({exc.strerror or exc})") from None
+    encoding = "utf-16" if raw.startswith(_UTF16_BOMS) else "utf-8-sig"
+    try:
+        text = raw.decode(encoding)
+    except UnicodeDecodeError as exc:
+        raise UserTextError(f"{name}: not UTF-8 text (byte {exc.start}: {exc.reason}); save it "
+                            "as UTF-8") from None
+    if "\x00" in text:
+        raise UserTextError(f"{name}: holds NUL characters (UTF-16 without a byte-order mark, "
+                            "or not a text file); save it as UTF-8")
+    return text
