@@ -202,7 +202,8 @@ def infer_cases(corpus_dir: Path) -> List[Case]:
         rows = list(csv.DictReader((work / "p.csv").open(encoding="utf-8")))
         if len(rows) != len(names["good"]):
             return f"lost: {len(rows)} CSV rows for {len(names['good'])} images"
-        made = len(os.listdir(os.fsencode(work / "annotated")))
+        made = len([n for n in os.listdir(os.fsencode(work / "annotated"))
+                    if not n.startswith(b".")])  # .grefel-annotated marks the folder
         return "" if made == len(names["good"]) else f"lost: {made} annotated images"
 
     cases.append(Case("non-UTF-8 name, --format csv --annotate", "infer", "6", "ok",
