@@ -125,7 +125,7 @@ def _expect_records(work: Path, want: Sequence[str], out: str = "p.jsonl") -> st
     if sorted(want) != sorted(got):
         missing = sorted(set(want) - set(got))
         return (f"lost: no record of {missing}" if missing else
-                f"records of {sorted(set(got) - set(want))}, expected only {sorted(want)}")
+                f"{len(got)} records ({got}) for the {len(want)} photos {sorted(want)}")
     return ""
 
 
