@@ -202,7 +202,8 @@ def infer_cases(corpus_dir: Path) -> List[Case]:
         rows = list(csv.DictReader((work / "p.csv").open(encoding="utf-8")))
         if len(rows) != len(names["good"]):
             return f"lost: {len(rows)} CSV rows for {len(names['good'])} images"
-        made = len(os.listdir(os.fsencode(work / "annotated")))
+        made = len([n for n in os.listdir(os.fsencode(work / "annotated"))
+                    if not n.startswith(b".")])  # .grefel-annotated marks the folder
         return "" if made == len(names["good"]) else f"lost: {made} annotated images"
 
     cases.append(Case("non-UTF-8 name, --format csv --annotate", "infer", "6", "ok",
@@ -242,9 +243,12 @@ def infer_cases(corpus_dir: Path) -> List[Case]:
 
     def truncated_video(procs: List[Proc], work: Path) -> str:
         n = len(_records(work / "p.jsonl")) if (work / "p.jsonl").exists() else 0
-        return "" if 1 <= n < 6 else f"lost: {n} frames of a video cut at 40 %"
+        if not 1 <= n < 6:
+            return f"lost: {n} frames of a video cut at 40 %"
+        return "" if f"ended at frame {n} of the 6" in procs[-1].output else "no word of the end"
 
-    cases.append(Case("video: truncated (frames before the cut)", "infer", "15", "ok",
+    cases.append(Case("video: truncated (frames before the cut, then where it ended)", "infer",
+                      "15 27.5", "error",
                       lambda w: [grefel("predict", videos["truncated"], "-w", mini, "--aligned",
                                         "--out", w / "p.jsonl")], truncated_video))
     cases.append(Case("missing camera", "infer", "15", "error",
@@ -318,7 +322,7 @@ def infer_cases(corpus_dir: Path) -> List[Case]:
                       if list((w / "e").glob(".export-*")) else ""))
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
         cases.append(Case(f"predict --out, {sig.name} after 3 records", "infer", "3", "ok",
-                          lambda w, s=sig: [_signalled_predict(w, mini, plain, s)],
+                          lambda w, s=sig: [_signalled_predict(w, mini, videos["long"], s)],
                           lambda p, w, s=sig: _signal_check(p[-1], w, s),
                           ok_codes=(128 + sig,)))
     return cases
@@ -330,27 +334,28 @@ def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def _signalled_predict(work: Path, model: Path, image: Path, sig: int) -> Proc:
-    """predict over a folder whose 4th entry is a FIFO (the run waits there, after 3 records
-    with --batch 1), `sig` once 3 records are on disk."""
-    folder = work / "folder"
-    folder.mkdir()
-    for name in ("a.png", "b.png", "c.png", "e.png"):
-        shutil.copyfile(image, folder / name)
-    os.mkfifo(folder / "d.png")
+def _signalled_predict(work: Path, model: Path, video: Path, sig: int) -> Proc:
+    """predict over a 90-frame video read from a named pipe its writer holds open (the run
+    waits there, deterministically, after its last frame), `sig` once 3 records are on disk,
+    then the pipe closed."""
+    from benchmarks.fault_corpus import fifo_video
+
+    fifo = work / "stream.avi"
+    os.mkfifo(fifo)
     out = work / "p.jsonl"
-    argv = [sys.executable, "-m", "grefel", "predict", str(folder), "-w", str(model), "--aligned",
+    argv = [sys.executable, "-m", "grefel", "predict", str(fifo), "-w", str(model), "--aligned",
             "--batch", "1", "--out", str(out), "--json", str(work / "s.json")]
     start = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
                                  preexec_fn=_default_sigint)
     end = time.monotonic() + 120
-    while time.monotonic() < end and proc.poll() is None:
-        if out.exists() and out.read_text().count("\n") >= 3:
-            break
-        time.sleep(0.05)
-    if proc.poll() is None:
-        proc.send_signal(sig)
+    with fifo_video(fifo, video, proc):
+        while time.monotonic() < end and proc.poll() is None:
+            if out.exists() and out.read_text().count("\n") >= 3:
+                break
+            time.sleep(0.05)
+        if proc.poll() is None:
+            proc.send_signal(sig)
     try:
         stdout, stderr = proc.communicate(timeout=60)
         rc: Optional[int] = proc.returncode

@@ -14,13 +14,17 @@ probabilities, an upright EXIF-rotated image gives the box of the rotated size.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
 import json
 import os
 import struct
+import subprocess
+import time
 import zlib
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, Iterator, List, Sequence
 
 import numpy as np
 from PIL import Image
@@ -28,6 +32,7 @@ from PIL import Image
 __all__ = [
     "MINI_CLASSES",
     "bomb_png",
+    "fifo_video",
     "wrong_record",
     "foreign_onnx",
     "image_folder",
@@ -221,4 +226,37 @@ def video_files(root: Path) -> Dict[str, Path]:
     empty = root / "zero_frames.avi"
     writer = cv2.VideoWriter(str(empty), cv2.VideoWriter_fourcc(*"MJPG"), 10, (128, 96))
     writer.release()
-    return {"good": good, "truncated": truncated, "corrupt": corrupt, "zero_frames": empty}
+    long = root / "long.avi"  # 9 s: longer than FFmpeg's 5 s of probing on a pipe
+    writer = cv2.VideoWriter(str(long), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
+    for i in range(90):
+        writer.write(_rgb(48, 64, 200 + i))
+    writer.release()
+    return {"good": good, "truncated": truncated, "corrupt": corrupt, "zero_frames": empty,
+            "long": long}
+
+
+@contextlib.contextmanager
+def fifo_video(fifo: Path, video: Path, reader: subprocess.Popen[bytes]) -> Iterator[None]:
+    """Write `video`'s bytes into the named pipe `fifo` once the process `reader` has opened it,
+    and hold the pipe open for the block: the reader, having read every frame, waits for more,
+    so a run is deterministically still going (for a signal) until the block ends and closes
+    the pipe (the reader then sees the end). Nothing happens if `reader` exits first."""
+    fd = None
+    while fd is None and reader.poll() is None:
+        try:
+            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as exc:  # ENXIO: no reader yet
+            if exc.errno != errno.ENXIO:
+                raise
+            time.sleep(0.02)
+    try:
+        if fd is not None:
+            os.set_blocking(fd, True)
+            with contextlib.suppress(BrokenPipeError):
+                data = memoryview(video.read_bytes())
+                while data:
+                    data = data[os.write(fd, data):]
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)

@@ -8,6 +8,7 @@ no torch, no files), balanced over the seven classes.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple, Union
 
@@ -31,9 +32,19 @@ def gate_images(
 
 
 def _files(folder: Path) -> List[Path]:
+    """The image files of the folder through grefel's one folder walk
+    (`grefel.runtime.sources.walk_folder`: only regular files are opened, a link loop is not
+    followed twice); each entry it will not open is a `skipped PATH: why` line on stderr, as
+    in predict."""
     from grefel.data.readers import IMAGE_EXTS
+    from grefel.runtime.sources import Skipped, walk_folder
 
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTS)
+    files = []
+    for entry in walk_folder(folder):
+        if isinstance(entry, Skipped):
+            print(f"skipped {entry.source}: {entry.reason}", file=sys.stderr)
+        elif entry.suffix.lower() in IMAGE_EXTS:
+            files.append(entry)
     if not files:
         raise ExportError(f"{folder}: no images ({', '.join(IMAGE_EXTS)}) for the gates; "
                           "give a folder of face crops with --calib-data")

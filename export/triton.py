@@ -75,8 +75,11 @@ def _io(onnx_path: Path) -> tuple:
                               "in its grefel.class_names metadata")
         n = len(classes)
     classes = classes or [f"class{i}" for i in range(n)]
-    if len(classes) != n:
-        raise ExportError(f"{onnx_path}: {len(classes)} class names for {n} probabilities")
+    try:  # the one check of class names (grefel.contract), as every backend's
+        classes = list(contract.check_class_names(
+            classes, onnx_path, n, fix="re-export the model with `grefel export`"))
+    except contract.ClassNamesError as exc:
+        raise ExportError(str(exc)) from None
     outputs = [(name, dtype, [n] if name in ("probs", "primary") else
                 [d if isinstance(d, int) and d > 0 else -1 for d in dims])
                for name, dtype, dims in outputs]

@@ -1002,7 +1002,7 @@ def predict_command(
         signals_end_run,
     )
     from grefel.runtime import BackendError
-    from grefel.runtime.sources import SourceError, source_kind
+    from grefel.runtime.sources import SourceError, media_suffixes, source_kind
 
     if max_pixels is not None:
         set_max_pixels(max_pixels)
@@ -1012,7 +1012,8 @@ def predict_command(
         is_path = kind in ("image", "video", "folder")
         _check_outputs(
             [Input("SRC", src if is_path else None, f"the input {kind}"
-                   if kind != "folder" else "the source folder", folder=kind == "folder"),
+                   if kind != "folder" else "the source folder", folder=kind == "folder",
+                   suffixes=media_suffixes()),
              *model_inputs("--weights", weights)],
             [Output("--out", out), Output("--annotate", annotate, folder=kind == "folder"),
              Output("--json", json_path),
@@ -1043,6 +1044,8 @@ def predict_command(
         _write_json(json_path, summary.to_dict(), "summary JSON")
     if summary.signal:
         ctx.exit(128 + int(summary.signal))
+    if summary.ended:  # a video that stopped before its declared end: records kept, exit 1
+        raise click.ClickException(summary.ended)
     if summary.frames == 0:
         raise click.ClickException(f"{display_path(src)}: no readable image or frame")
 

@@ -18,7 +18,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence, Tuple
 
-from grefel.contract import INPUT_SIZE
+from grefel.contract import INPUT_SIZE, ClassNamesError, check_class_names
 from grefel.ranges import check_ranges, range_of, ranged
 
 __all__ = [
@@ -142,6 +142,10 @@ class GReFELConfig:
                 f"class_names has {len(self.class_names)} names but num_classes is "
                 f"{self.num_classes}"
             )
+        try:  # the one check of class names (grefel.contract), for every saved model
+            check_class_names(self.class_names, "class_names")
+        except ClassNamesError as exc:
+            problems.append(str(exc))
         if self.embed_dim % self.vit_heads:
             problems.append(f"embed_dim {self.embed_dim} is not divisible by vit_heads")
         if self.embed_dim % self.attn_head_dim:

@@ -64,11 +64,13 @@ __all__ = [
     "OUTPUTS",
     "ALIGN_TEMPLATE",
     "Box",
+    "ClassNamesError",
     "EngineSidecar",
     "ImageError",
     "SidecarError",
     "align_face",
     "align_template",
+    "check_class_names",
     "crop_box",
     "decode_image",
     "decode_image_bytes",
@@ -118,6 +120,49 @@ def input_spec() -> Dict[str, Any]:
         "exif_orientation": True,
         "alpha": "composited over white",
     }
+
+
+class ClassNamesError(GrefelError, ValueError):
+    """Class names that cannot label a model's outputs; the message names their file."""
+
+
+def check_class_names(names: Any, source: Union[str, Path], width: Optional[int] = None,
+                      fix: str = "") -> Tuple[str, ...]:
+    """`names` as a tuple, checked once for every place class names come from (ONNX metadata,
+    engine / checkpoint sidecars, a checkpoint's config, classes.txt): a list of strings, none
+    empty, none holding a control or format character (a byte-order mark, a tab, a newline),
+    no two equal after stripping spaces, and exactly `width` of them when the model's output
+    width is known. Else a ClassNamesError naming `source`, ending with `fix` (what to do).
+
+    A wrong list is never used: records keyed by these names would silently lose or merge
+    classes (5 names for 7 outputs; "happy" twice) or carry a name no one can type
+    ("\ufeffneutral" from a classes.txt saved with a BOM)."""
+    import unicodedata
+
+    where, tail = display_path(source), f"; {fix}" if fix else ""
+    if isinstance(names, (str, bytes)) or not isinstance(names, (list, tuple)) or not all(
+            isinstance(n, str) for n in names):
+        raise ClassNamesError(f"{where}: class names must be a list of names, got "
+                              f"{names!r:.120}{tail}")
+    names = tuple(names)
+    problems = []
+    if width is not None and len(names) != width:
+        problems.append(f"{len(names)} class names for {width} model outputs")
+    empty = [i for i, n in enumerate(names) if not n.strip()]
+    if empty:
+        problems.append(f"empty name(s) at position(s) {', '.join(map(str, empty))}")
+    odd = [n for n in names if any(unicodedata.category(c) in ("Cc", "Cf") for c in n)]
+    if odd:
+        problems.append("control or invisible character(s) in " + ", ".join(map(ascii, odd))
+                        + " (a byte-order mark or a tab?)")
+    stripped = [n.strip() for n in names if n.strip()]
+    twice = sorted({n for n in stripped if stripped.count(n) > 1})
+    if twice:
+        problems.append(f"name(s) given twice: {', '.join(twice)}")
+    if problems:
+        raise ClassNamesError(f"{where}: {'; '.join(problems)} (class names: "
+                              f"{', '.join(map(repr, names))}){tail}")
+    return names
 
 
 def opset_for_target(target: str) -> int:

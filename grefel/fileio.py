@@ -19,9 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
 
-__all__ = ["RUNS", "Input", "Output", "OutputClash", "atomic_path", "atomic_write_bytes",
-           "atomic_write_json", "check_outputs", "display_path", "model_inputs", "new_run_folder",
-           "sha256_file", "write_record"]
+from grefel.errors import GrefelError, OutputPathError
+
+__all__ = ["RUNS", "Input", "Output", "OutputClash", "UserTextError", "atomic_path",
+           "atomic_write_bytes", "atomic_write_json", "check_outputs", "display_path",
+           "model_inputs", "new_run_folder", "read_user_text", "sha256_file", "write_record"]
 
 RUNS = Path("runs")  # every command's default output folder: runs/<command>/<name>
 
@@ -148,7 +150,6 @@ def write_record(path: PathLike, record: Any, option: str = "--json") -> None:
     """Write a command's JSON record (`--json PATH`) atomically: the one writer every command's
     `--json` goes through. Any OSError (a folder that is a file, no permission, a full disk) is
     an OutputPathError naming the option and the path, for one `Error:` line."""
-    from grefel.errors import OutputPathError
 
     try:
         atomic_write_json(path, record)
@@ -170,7 +171,7 @@ def sha256_file(path: PathLike, chunk: int = 1 << 20) -> str:
 # --- outputs never alias inputs (issue 27.1) ---------------------------------------------------
 
 
-class OutputClash(ValueError):
+class OutputClash(GrefelError, ValueError):
     """An output path that would replace one of the command's inputs, or another output; the
     message is one line naming both options and the path."""
 
@@ -185,12 +186,16 @@ class Input:
         what: what it is, for the message ("the input image", "the sidecar of the model m.onnx").
         folder: a folder whose files are read (a dataset, a predicted folder): an existing file
             anywhere under it is an input too.
+        suffixes: for a folder whose files are read by kind (predict reads images and videos,
+            not its own earlier records), the suffixes (lower case, with the dot) of the files
+            that count as inputs; empty: every file.
     """
 
     option: str
     path: Optional[PathLike]
     what: str
     folder: bool = False
+    suffixes: Tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -277,7 +282,8 @@ def _refuse_input(out: Output, path: Path, replaced: bool, inp: Input) -> None:
     if _within(src, path):
         raise OutputClash(f"{head}: {via or 'would replace a folder that '}holds {inp.what} "
                           f"{display_path(src)} ({inp.option}); {fix}")
-    if inp.folder and os.path.lexists(path) and _within(path, src):
+    if (inp.folder and os.path.lexists(path) and _within(path, src)
+            and (not inp.suffixes or path.suffix.lower() in inp.suffixes)):
         raise OutputClash(f"{head}: {via}is a file in {inp.what} {display_path(src)} "
                           f"({inp.option}); {fix} outside it")
 
@@ -307,3 +313,39 @@ def _within(child: Path, parent: Path) -> bool:
     """`child` lies strictly inside the folder `parent` (real paths)."""
     real_child, real_parent = _real(child), _real(parent)
     return real_child.startswith(real_parent.rstrip(os.sep) + os.sep)
+
+
+# --- the one reader of text files a user gives (issue 27.4) -------------------------------------
+
+
+class UserTextError(GrefelError, ValueError):
+    """A text file a user gave that cannot be read as text; the message names it and says what
+    to do."""
+
+
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+
+
+def read_user_text(path: PathLike) -> str:
+    """The text of a file a user gave (classes.txt, a dataset's CSV splits and label lists,
+    legend files, landmarks CSV): the one reader every such file goes through, so each gets the
+    same decoding. UTF-8, with or without a byte-order mark (Excel's and Notepad's "UTF-8 with
+    BOM": the mark is dropped, never part of the first name), or UTF-16 with its byte-order mark
+    (Windows' "Unicode"); CRLF line ends are read as line ends by `str.splitlines` and `csv`.
+    Anything else is a UserTextError naming the file: bytes that are not UTF-8, or NUL
+    characters (UTF-16 without a mark). Callers strip the fields they take."""
+    name = display_path(path)
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise UserTextError(f"{name}: cannot read ({exc.strerror or exc})") from None
+    encoding = "utf-16" if raw.startswith(_UTF16_BOMS) else "utf-8-sig"
+    try:
+        text = raw.decode(encoding)
+    except UnicodeDecodeError as exc:
+        raise UserTextError(f"{name}: not UTF-8 text (byte {exc.start}: {exc.reason}); save it "
+                            "as UTF-8") from None
+    if "\x00" in text:
+        raise UserTextError(f"{name}: holds NUL characters (UTF-16 without a byte-order mark, "
+                            "or not a text file); save it as UTF-8")
+    return text

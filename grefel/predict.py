@@ -59,7 +59,15 @@ from grefel.pipeline import STAGES, FaceResult, Pipeline, Tracker, entropy_confi
 from grefel.progress import Progress
 from grefel.ranges import check_ranges, range_of, ranged
 from grefel.runtime.base import Backend
-from grefel.runtime.sources import STREAM_KINDS, Frame, Skipped, iter_source, source_kind
+from grefel.runtime.sources import (
+    ANNOTATED_MARKER,
+    STREAM_KINDS,
+    Frame,
+    Skipped,
+    StreamEnd,
+    iter_source,
+    source_kind,
+)
 from grefel.timeline import Timeline, plot_path
 
 __all__ = [
@@ -210,6 +218,7 @@ class PredictSummary:
     detector: str = ""
     stages_ms: Dict[str, float] = field(default_factory=dict)  # mean ms per frame
     plot: Optional[str] = None  # the expression-over-time PNG of a video run (grefel.timeline)
+    ended: Optional[str] = None  # why a video ended before its declared end (an error line)
 
     @property
     def fps(self) -> float:
@@ -238,6 +247,7 @@ class PredictSummary:
             "detector": self.detector,
             "stages_ms_per_frame": dict(self.stages_ms),
             "plot": self.plot,
+            "ended": self.ended,
         }
 
 
@@ -314,6 +324,7 @@ class Annotator:
         self.kind = source_kind(src)
         self.root = Path(src) if self.kind == "folder" else None
         self._video: Any = None
+        self._marked = False
         self.show, self.stopped = show, False
         if show:
             import os
@@ -377,6 +388,8 @@ class Annotator:
         )
         if self.root is not None and dest.suffix.lower() not in ANNOTATED_IMAGE_SUFFIXES:
             dest = dest.with_suffix(".png")  # a folder's .tif, .webp, ... copies: PNG
+        if self.root is not None:
+            self._mark()
         # Encoded here and written by Python, so a name that is not UTF-8 keeps its bytes (OpenCV
         # takes only UTF-8 names) and a failed write is an error, not imwrite's silent False.
         ok, data = cv2.imencode(dest.suffix.lower(), image)
@@ -389,6 +402,24 @@ class Annotator:
         except OSError as exc:
             raise OutputError(f"--annotate {display_path(dest)}: cannot write "
                               f"({exc.strerror or exc})") from None
+
+    def _mark(self) -> None:
+        """Write `ANNOTATED_MARKER` into the folder of annotated copies (once), so a later
+        folder walk over it, or over a folder holding it, skips the copies with a line instead
+        of reading them as photos."""
+        if self._marked:
+            return
+        assert self.out is not None
+        marker = self.out / ANNOTATED_MARKER
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            marker.write_text(f"annotated copies of {display_path(self.root)} written by "
+                              "`grefel predict --annotate`; grefel's folder walk skips this "
+                              "folder\n", encoding="utf-8")
+        except OSError as exc:
+            raise OutputError(f"--annotate {display_path(marker)}: cannot write "
+                              f"({exc.strerror or exc})") from None
+        self._marked = True
 
     def _write_video(self, image: np.ndarray, fps: float) -> None:
         if self._video is None:
@@ -524,10 +555,12 @@ def stream_predictions(
     detector: Any = None,
     progress: Optional[Progress] = None,
     timeline: Optional[Timeline] = None,
+    exclude: Sequence[Path] = (),
 ) -> PredictSummary:
     """Stream `src` through `backend` (opened), writing one record per face to `writer`.
 
     detector: a detector object replacing `opts.detector` (tests, other detectors).
+    exclude: the run's own output paths, which a folder walk skips with a line.
     progress: told the frames done after each frame read.
     timeline: given each frame's records (the expression-over-time plot)."""
     start = time.perf_counter()
@@ -536,14 +569,16 @@ def stream_predictions(
     runner.timeline = timeline
     decode = 0.0
     try:
-        items = iter_source(src, opts.max_frames)
+        items = iter_source(src, opts.max_frames, exclude=exclude)
         while not runner.stopped:
             t0 = time.perf_counter()
             item = next(items, None)
             decode += time.perf_counter() - t0
             if item is None:
                 break
-            if isinstance(item, Skipped):
+            if isinstance(item, StreamEnd):
+                runner.summary.ended = item.reason
+            elif isinstance(item, Skipped):
                 runner.summary.skipped.append((item.source, item.reason))
                 on_skip(item.source, item.reason)
             else:
@@ -629,6 +664,7 @@ def run_predict(
         summary = stream_predictions(
             src, backend, writer, opts=opts, annotator=annotator, on_skip=on_skip,
             progress=Progress("predict", "frames", tty=tty), timeline=timeline,
+            exclude=[p for p in (out, annotate, plot) if p is not None],
         )
     if timeline is not None and plot is not None:
         try:

@@ -54,6 +54,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import io
 import math
 import sys
 import time
@@ -72,7 +73,13 @@ from grefel._lazy import MissingDependency
 from grefel.config import PRETRAIN_TASKS as TASKS
 from grefel.config import GReFELConfig, PretrainConfig
 from grefel.errors import GrefelError
-from grefel.fileio import atomic_path, atomic_write_json, sha256_file
+from grefel.fileio import (
+    UserTextError,
+    atomic_path,
+    atomic_write_json,
+    read_user_text,
+    sha256_file,
+)
 from grefel.model.ir50 import IR50Stream
 from grefel.model.mobilefacenet import MobileFaceNetTrunk
 from grefel.train_utils import recalibrate_batchnorm, seed_everything
@@ -371,19 +378,22 @@ def read_landmarks(root: Path) -> Dict[str, np.ndarray]:
                             "with ground-truth landmarks (grefel data synth --out ...), "
                             "--landmarks mesh labels the faces with MediaPipe's face mesh")
     out: Dict[str, np.ndarray] = {}
-    with open(path, newline="") as f:
-        for row_no, row in enumerate(csv.reader(f)):
-            if row_no == 0:
-                continue
-            if len(row) != 1 + 2 * NUM_POINTS:
-                raise PretrainError(f"{path}: row {row_no + 1} has {len(row)} columns, expected "
-                                    f"path + {2 * NUM_POINTS} coordinates")
-            try:
-                xy = np.asarray(row[1:], dtype=np.float32).reshape(NUM_POINTS, 2)
-            except ValueError:
-                raise PretrainError(f"{path}: row {row_no + 1} has a non-numeric coordinate"
-                                    ) from None
-            out[str((root / row[0]).resolve())] = xy
+    try:
+        text = read_user_text(path)
+    except UserTextError as exc:
+        raise PretrainError(str(exc)) from None
+    for row_no, row in enumerate(csv.reader(io.StringIO(text, newline=""))):
+        if row_no == 0:
+            continue
+        if len(row) != 1 + 2 * NUM_POINTS:
+            raise PretrainError(f"{path}: row {row_no + 1} has {len(row)} columns, expected "
+                                f"path + {2 * NUM_POINTS} coordinates")
+        try:
+            xy = np.asarray(row[1:], dtype=np.float32).reshape(NUM_POINTS, 2)
+        except ValueError:
+            raise PretrainError(f"{path}: row {row_no + 1} has a non-numeric coordinate"
+                                ) from None
+        out[str((root / row[0]).resolve())] = xy
     return out
 
 

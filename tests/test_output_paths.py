@@ -79,6 +79,32 @@ def test_folders(tmp_path):
                               writes=(tmp_path.name,))])
 
 
+def test_predict_may_rewrite_its_own_records_in_the_source_folder_but_never_a_photo(tmp_path):
+    """`predict DIR --out DIR/p.jsonl` run twice replaces its own earlier records (the walk skips
+    them, they are no photo); an --out onto a photo or video in DIR is still refused."""
+    from PIL import Image
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(folder / "a.png")
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"onnx")
+    args = ["predict", str(folder), "-w", str(model)]
+    records = folder / "p.jsonl"
+    records.write_text('{"source": "a.png"}\n')  # the first run's records
+    from grefel.runtime.sources import media_suffixes
+
+    source = [Input("SRC", folder, "the source folder", folder=True, suffixes=media_suffixes())]
+    check_outputs(source, [Output("--out", records)])
+    with pytest.raises(OutputClash, match="is a file in the source folder"):
+        check_outputs(source, [Output("--out", folder / "a.png")])
+    from grefel.cli import cli
+
+    result = CliRunner().invoke(cli, [*args, "--out", str(folder / "a.png")])
+    assert result.exit_code != 0 and "is a file in the source folder" in result.output
+    assert (folder / "a.png").stat().st_size > 0
+
+
 def test_info_json_never_replaces_the_shipped_model_sidecar(tmp_path, monkeypatch):
     import grefel.runtime.default_model as default_model
     from grefel.cli import cli

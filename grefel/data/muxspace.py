@@ -43,7 +43,13 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from grefel.config import DATASET_CLASSES
 from grefel.data.samples import DatasetError, Sample
 from grefel.data.splits import FRACTIONS, MAX_SHARE, SPLITS, stratified_group_split
-from grefel.fileio import atomic_write_bytes, atomic_write_json, sha256_file
+from grefel.fileio import (
+    UserTextError,
+    atomic_write_bytes,
+    atomic_write_json,
+    read_user_text,
+    sha256_file,
+)
 
 __all__ = [
     "LABELS",
@@ -106,10 +112,10 @@ def read_legend(root: Path) -> Legend:
         raise DatasetError(f"{path}: missing (the muxspace/facial_expressions layout has "
                            "data/legend.csv with columns user.id,image,emotion)")
     try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"{path}: cannot be read as a text CSV ({exc})") from None
-    reader = csv.DictReader(io.StringIO(text))
+        text = read_user_text(path)
+    except UserTextError as exc:
+        raise DatasetError(str(exc)) from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
     cols = [c.strip() for c in reader.fieldnames or []]
     if "image" not in cols or "emotion" not in cols:
         raise DatasetError(f"{path}: needs the columns image and emotion (found: "

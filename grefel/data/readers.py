@@ -61,6 +61,7 @@ from __future__ import annotations
 import csv
 import functools
 import hashlib
+import io
 import logging
 import os
 import re
@@ -70,8 +71,10 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from grefel.config import DATASET_CLASSES
+from grefel.contract import ClassNamesError, check_class_names
 from grefel.data.muxspace import looks_muxspace, read_muxspace, read_muxspace8
 from grefel.data.samples import DatasetError, Sample
+from grefel.fileio import UserTextError, read_user_text
 
 __all__ = ["READERS", "detect_kind", "table_image"]
 
@@ -111,20 +114,24 @@ def _absolute(root: Path, path: str) -> str:
         return os.path.abspath(joined)
 
 
+def _text(path: Path) -> str:
+    """A dataset's text file through `grefel.fileio.read_user_text` (a byte-order mark, UTF-16,
+    CRLF), its errors as DatasetError."""
+    try:
+        return read_user_text(path)
+    except UserTextError as exc:
+        raise DatasetError(str(exc)) from None
+
+
 def _read_csv(path: Path, required: Sequence[str]) -> List[Dict[str, str]]:
     """Rows of a CSV with a header; DatasetError if a required column is absent."""
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            cols = [c.strip() for c in (reader.fieldnames or [])]
-            absent = [c for c in required if c not in cols]
-            if absent:
-                raise DatasetError(f"{path}: missing column(s) {', '.join(absent)} "
-                                   f"(found: {', '.join(cols) or 'no header'})")
-            return [{(k or "").strip(): (v or "").strip() for k, v in row.items()}
-                    for row in reader]
-    except UnicodeDecodeError as e:
-        raise DatasetError(f"{path}: not a text CSV ({e})") from None
+    reader = csv.DictReader(io.StringIO(_text(path), newline=""))
+    cols = [c.strip() for c in (reader.fieldnames or [])]
+    absent = [c for c in required if c not in cols]
+    if absent:
+        raise DatasetError(f"{path}: missing column(s) {', '.join(absent)} "
+                           f"(found: {', '.join(cols) or 'no header'})")
+    return [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
 
 
 def _stable_split(key: str, fractions: Tuple[float, float] = (0.8, 0.9)) -> str:
@@ -145,8 +152,12 @@ def _classes_file(root: Path) -> Optional[Tuple[str, ...]]:
     path = root / "classes.txt"
     if not path.exists():
         return None
-    names = tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
-    if len(names) < 2 or len(set(names)) != len(names):
+    names = tuple(line.strip() for line in _text(path).splitlines() if line.strip())
+    try:
+        check_class_names(names, path, fix="one class name per line")
+    except ClassNamesError as exc:
+        raise DatasetError(str(exc)) from None
+    if len(names) < 2:
         raise DatasetError(f"{path}: needs at least two distinct class names, one per line")
     return names
 
@@ -265,7 +276,7 @@ _RAF_ATTRS = {
 
 def _raf_attrs(path: Path) -> Dict[str, str]:
     """gender / race / age from a RAF-DB manual attribute file (lines 6-8, after 5 landmarks)."""
-    lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+    lines = [ln.strip() for ln in _text(path).splitlines() if ln.strip()]
     if len(lines) < 8:
         raise DatasetError(f"{path}: expected 5 landmark lines then gender, race, age "
                            f"({len(lines)} lines)")
@@ -286,7 +297,7 @@ def read_rafdb(root: Path, split: str, **_: object) -> Result:
     classes = DATASET_CLASSES["rafdb"]
     manual = root / "Annotation" / "manual"
     samples, bad = [], []
-    for n, line in enumerate(labels_file.read_text().splitlines(), start=1):
+    for n, line in enumerate(_text(labels_file).splitlines(), start=1):
         parts = line.split()
         if not parts:
             continue
@@ -498,7 +509,7 @@ def read_affwild2(root: Path, split: str, **_: object) -> Result:
     classes = DATASET_CLASSES["affwild2"]
     samples, no_image, bad = [], 0, []
     for txt in files:
-        lines = txt.read_text().splitlines()
+        lines = _text(txt).splitlines()
         if not lines or lines[0].replace(" ", "").lower() != _AFFWILD_HEADER:
             bad.append(f"{txt.name}: header {lines[0][:60] if lines else ''!r}")
             continue

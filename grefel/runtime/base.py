@@ -77,6 +77,7 @@ class Backend:
     def __init__(self, path: Optional[Path] = None) -> None:
         self.path = Path(path) if path is not None else None
         self.classes: Tuple[str, ...] = ()
+        self.output_width: Optional[int] = None  # classes the model outputs, when `_open` knows
         self.device = "cpu"
         self.active = False
 
@@ -84,6 +85,14 @@ class Backend:
         if not self.active:
             self._open()
             self.active = True
+            try:  # every backend's class names, checked in this one place
+                self.classes = contract.check_class_names(
+                    self.classes, self.path or self.describe(), self.output_width,
+                    fix="re-export the model with `grefel export`, or correct its class names "
+                        "(ONNX metadata grefel.class_names, or its NAME.json sidecar)")
+            except contract.ClassNamesError as exc:
+                self.close()
+                raise BackendError(str(exc)) from None
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -99,6 +108,12 @@ class Backend:
         "confidence": (N,), ...}; outputs with NaN / inf are a BackendError unless
         `finite_outputs=False` (the export gates count them instead)."""
         out = self._infer(self._check(batch))
+        width = np.shape(out["probs"])[-1] if "probs" in out else len(self.classes)
+        if width != len(self.classes):  # a symbolic class dimension, seen now
+            raise BackendError(f"{self.path or self.describe()}: {len(self.classes)} class "
+                               f"names for {width} model outputs ({', '.join(self.classes)}); "
+                               "re-export the model with `grefel export`, or correct its class "
+                               "names")
         return self._check_finite(out) if finite_outputs else out
 
     def infer_timed(self, batch: np.ndarray) -> Tuple[Outputs, Optional[float]]:

@@ -145,18 +145,28 @@ class OrtBackend(Backend):
             log.debug("%s: mapped load refused (%s); loading the file", self.path, exc)
 
     def _read_classes(self) -> Tuple[str, ...]:
+        """Class names as given (checked by `Backend.__enter__` against the output width)."""
+        width = self._session.get_outputs()[self._outputs.index("probs")].shape[-1]
+        self.output_width = width if isinstance(width, int) and width > 0 else None
         meta = self._session.get_modelmeta().custom_metadata_map
         if "grefel.class_names" in meta:
-            return tuple(json.loads(meta["grefel.class_names"]))
+            try:
+                return json.loads(meta["grefel.class_names"])
+            except ValueError as exc:
+                raise BackendError(f"{self.path}: its grefel.class_names metadata is not JSON "
+                                   f"({exc}); re-export the model with `grefel export`") from None
         try:
             classes = contract.sidecar_classes(Path(self.path).with_suffix(".json"))
         except contract.SidecarError as exc:
             raise BackendError(str(exc)) from None
         if classes:
             return classes
-        n = int(self._session.get_outputs()[self._outputs.index("probs")].shape[-1])
+        if self.output_width is None:
+            raise BackendError(f"{self.path}: no class names in its metadata or a sidecar, and "
+                               "its class dimension is symbolic; re-export it with `grefel "
+                               "export`")
         log.warning("%s: no class names in metadata or sidecar; using class0..", self.path)
-        return generic_classes(n)
+        return generic_classes(self.output_width)
 
     def _close(self) -> None:
         self._session = None

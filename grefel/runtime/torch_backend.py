@@ -85,6 +85,7 @@ class TorchBackend(Backend):
         # Inputs take the model's dtype: a .half() model (the FP16 gate's fallback) runs in FP16.
         self._dtype = next(self._model.parameters()).dtype
         self.classes = tuple(self._model.cfg.class_names)
+        self.output_width = int(self._model.cfg.num_classes)
 
     def _close(self) -> None:
         if self.device == "cuda":

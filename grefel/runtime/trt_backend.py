@@ -309,11 +309,13 @@ class TensorRTBackend(Backend):
         return _IO(name, dtype, host, device)
 
     def _classes(self, sidecar: Optional[EngineSidecar]) -> Tuple[str, ...]:
+        """The sidecar's class names (checked by `Backend.__enter__` against the width)."""
+        probs = next(io for io in self._outputs if io.name == "probs")
+        self.output_width = probs.host.size // max(self.max_batch, 1)
         classes = sidecar_facts(sidecar)["classes"]
         if classes:
             return tuple(classes)
-        probs = next(io for io in self._outputs if io.name == "probs")
-        return generic_classes(probs.host.size // max(self.max_batch, 1))
+        return generic_classes(self.output_width)
 
     def _close(self) -> None:
         """Context -> engine -> runtime -> device buffers -> pop the CUDA context."""
