@@ -242,12 +242,20 @@ def write_state(run: Any, rngs: List[Dict[str, Any]]) -> None:
     import torch
 
     from grefel.fileio import atomic_write_bytes
+    from grefel.finite import require_finite
 
+    model = {k: v.detach().cpu() for k, v in run.raw.state_dict().items()}
+    optimizer = run.optimizer.state_dict()
+    # the check of every model writer (NonFiniteError): a state that would resume into NaN is
+    # never written over the last good one
+    require_finite({"model": model, "optimizer": optimizer["state"]},
+                   f"{run.out / 'last.state.pt'}: the training state",
+                   "not written (nothing non-finite is saved)")
     state = {
         "format": STATE_FORMAT,
         "epoch": run.epoch,
-        "model": {k: v.detach().cpu() for k, v in run.raw.state_dict().items()},
-        "optimizer": run.optimizer.state_dict(),
+        "model": model,
+        "optimizer": optimizer,
         "scheduler": run.scheduler.state_dict(),
         "scaler": run.scaler.state_dict(),
         "sampler": getattr(run.sampler, "state_dict", lambda: {"epoch": run.epoch})(),
@@ -284,6 +292,16 @@ def load_state(run: Any) -> None:
     problems = misfit(run.raw.state_dict(), state.get("model") or {})
     if problems:
         raise TrainingError(f"{path}: the saved model does not fit this config ({problems})")
+    from grefel.finite import NonFiniteError, require_finite
+
+    try:  # the same check as the writer's: a state with NaN/inf would only train on in NaN
+        optimizer = state.get("optimizer")
+        require_finite({"model": state["model"], "optimizer": optimizer.get("state", {})
+                        if isinstance(optimizer, dict) else {}},
+                       str(path), "a broken training state that cannot be resumed; start a "
+                       "new run (with a lower --lr) in another --out")
+    except NonFiniteError as exc:
+        raise TrainingError(str(exc)) from None
     try:
         run.raw.load_state_dict(state["model"], strict=True)
         run.optimizer.load_state_dict(state["optimizer"])
