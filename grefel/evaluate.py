@@ -350,7 +350,7 @@ def evaluate_model(
         told the images done after every batch.
     """
     from grefel import contract
-    from grefel.data import DatasetError, FERDataset, load_samples
+    from grefel.data import DatasetError, FERDataset, absent_classes, load_samples
     from grefel.data.datasets import batches, collate_arrays, resolve_kind
 
     model_path = Path(model_path)
@@ -358,6 +358,11 @@ def evaluate_model(
         raise EvalError("a reference checkpoint needs a comparator")
 
     samples, classes = load_samples(data, dataset, split)
+    absent = absent_classes(samples, classes)
+    if absent:  # the same rule as grefel train's validation split (docs/reliability)
+        sys.stderr.write(f"warning: {data}: split {split!r} has no sample of class(es) "
+                         f"{', '.join(absent)}: its macro-F1 and per-class scores leave them "
+                         "out, and every prediction of them counts as an error\n")
     if alignment is not None:
         alignment = alignment.for_dataset(resolve_kind(data, dataset, split))
     aligned = _aligned(samples, alignment, align_cache)

@@ -53,6 +53,8 @@ from grefel.train_state import (
     RESUME_MAY_CHANGE,
     STATE_FORMAT,
     TrainingError,
+    data_differences,
+    data_fingerprint,
     load_state,
     lock_run_folder,
     read_run_config,
@@ -525,6 +527,7 @@ def build_loaders(d: DataConfig, seed: int, rank: int, world: int) -> Dict[str, 
 
     from grefel.data import (
         FERDataset,
+        absent_classes,
         check_readable,
         collate_skip,
         load_samples,
@@ -532,6 +535,12 @@ def build_loaders(d: DataConfig, seed: int, rank: int, world: int) -> Dict[str, 
     )
 
     samples, classes = load_samples(d.root, d.dataset, d.train_split)
+    absent = absent_classes(samples, classes)
+    if absent:  # the model would be asked to output a class it never sees
+        raise TrainingError(
+            f"{d.root}: split {d.train_split!r} has no sample of class(es) {', '.join(absent)} "
+            f"(of the classes {', '.join(classes)}); remove them from the class list "
+            "(classes.txt) or add their images")
     check_readable(samples, f"{d.root} split {d.train_split!r}")  # before epoch 1, not after
     aligned = {"train": align_split(d, samples, rank, world, d.train_split)}
     train_set = FERDataset(samples, classes, make_transforms(d.augment, policy=d.augment_policy),
@@ -547,6 +556,12 @@ def build_loaders(d: DataConfig, seed: int, rank: int, world: int) -> Dict[str, 
         if tuple(val_classes) != tuple(classes):
             raise TrainingError(f"{d.root}: split {d.val_split!r} has classes {val_classes}, "
                                 f"split {d.train_split!r} has {classes}")
+        absent = absent_classes(val_samples, classes)
+        if absent:  # a warning, not an error: see docs/reliability (small validation splits)
+            log(rank, f"warning: {d.root}: split {d.val_split!r} has no sample of class(es) "
+                      f"{', '.join(absent)}: its accuracy and macro-F1 (--select macro_f1 picks "
+                      "best.safetensors by it) leave them out, and every prediction of them "
+                      "counts as an error; add their images to the split for a full measure")
         check_readable(val_samples, f"{d.root} split {d.val_split!r}")
         aligned["val"] = align_split(d, val_samples, rank, world, d.val_split)
         val_set = FERDataset(val_samples, classes, make_transforms(False), strict=d.strict,
@@ -555,8 +570,10 @@ def build_loaders(d: DataConfig, seed: int, rank: int, world: int) -> Dict[str, 
                                 **common)
     alignment = {"mode": "off"} if aligned["train"] is None else {
         split: a.report() for split, a in aligned.items() if a is not None}
+    splits = {d.train_split: samples, **({d.val_split: val_samples} if d.val_split else {})}
     return {"train_set": train_set, "train_loader": train_loader, "sampler": sampler,
-            "val_loader": val_loader, "classes": classes, "alignment": alignment}
+            "val_loader": val_loader, "classes": classes, "alignment": alignment,
+            "fingerprint": data_fingerprint(Path(d.root).expanduser(), classes, splits)}
 
 
 def train_sampler(d: DataConfig, train_set: Any, seed: int, rank: int, world: int) -> Any:
@@ -738,6 +755,13 @@ def _check_out(out: Path, cfg: TrainConfig, config: Dict[str, Any]) -> Dict[str,
             f"--resume: {out / 'config.json'} was trained with other settings; a resume may "
             f"change only {', '.join(k.split('.')[1] for k in RESUME_MAY_CHANGE)}. Differences: "
             + "; ".join(refused) + ". Resume without them, or start a new run in another --out")
+    if "data_fingerprint" in saved:  # runs from before the fingerprint resume unchecked
+        changed = data_differences(saved["data_fingerprint"], config["data_fingerprint"])
+        if changed:
+            raise TrainingError(
+                f"--resume: the data in {config['data']['root']} is not the data {out} started "
+                f"on ({'; '.join(changed)}); resume on the data the run started with, or start "
+                "a new run in another --out")
     return allowed
 
 
@@ -774,7 +798,8 @@ def build_run(d: DataConfig, cfg: TrainConfig) -> Run:
     raw = raw.to(device)
     model_cfg, out = raw.cfg, Path(cfg.out)
     config = {"model": model_cfg.to_dict(), "data": dataclasses.asdict(d),
-              "train": dataclasses.asdict(cfg), "world_size": world}
+              "train": dataclasses.asdict(cfg), "world_size": world,
+              "data_fingerprint": data["fingerprint"]}
     allowed = _check_out(out, cfg, config)
     model: torch.nn.Module = raw
     if world > 1:

@@ -25,12 +25,13 @@ from __future__ import annotations
 import contextlib
 import datetime
 import errno
+import hashlib
 import json
 import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 __all__ = [
     "LOCK_NAME",
@@ -38,6 +39,8 @@ __all__ = [
     "STATE_FORMAT",
     "RunLock",
     "TrainingError",
+    "data_differences",
+    "data_fingerprint",
     "lock_run_folder",
     "read_run_config",
     "resume_differences",
@@ -229,6 +232,67 @@ def resume_help() -> str:
     names = ", ".join(k.split(".", 1)[1] for k in RESUME_MAY_CHANGE)
     return (f"Continue the run in --out. Options not given keep the run's values; only {names} "
             "may change, any other change is refused.")
+
+
+# --- the data a run started on -------------------------------------------------------------------
+
+FINGERPRINT_COVERS = ("the class list; per split the image count, the count per class and a "
+                      "SHA-256 over every sample's path (relative to the data folder), label, "
+                      "group and file size (not the image bytes)")
+
+
+def data_fingerprint(root: Any, classes: Sequence[str],
+                     splits: Dict[str, Sequence[Any]]) -> Dict[str, Any]:
+    """What `--resume` checks the data against (`FINGERPRINT_COVERS`), kept in config.json.
+
+    Regenerating a dataset in place (another `grefel data synth`, a relabelled CSV, images added
+    or removed) leaves the path that config.json compares the same; this catches it. Image bytes
+    are not hashed (reading every image would cost about an epoch): an image replaced by another
+    of the same size under the same name is not seen. Row order is not part of it (the same
+    samples listed in another order are the same data).
+    """
+    fingerprint: Dict[str, Any] = {"covers": FINGERPRINT_COVERS, "classes": list(classes),
+                                   "splits": {}}
+    for split, samples in splits.items():
+        per_class = [0] * len(classes)
+        lines = []
+        for s in samples:
+            per_class[s.label] += 1
+            try:
+                size = os.stat(s.path).st_size
+            except OSError:  # an image stored in a table row (FILE.csv#ROW)
+                size = -1
+            rel = os.path.relpath(s.path, root) if os.path.isabs(s.path) else s.path
+            lines.append(f"{rel}\0{s.label}\0{s.group}\0{size}\n")
+        digest = hashlib.sha256("".join(sorted(lines)).encode()).hexdigest()
+        fingerprint["splits"][split] = {"images": len(samples), "per_class": per_class,
+                                        "sha256": digest}
+    return fingerprint
+
+
+def data_differences(before: Dict[str, Any], now: Dict[str, Any]) -> List[str]:
+    """What changed between two `data_fingerprint`s, in words ([] when nothing did)."""
+    if before.get("classes") != now.get("classes"):
+        return [f"classes {before.get('classes')} -> {now.get('classes')}"]
+    names = now.get("classes") or []
+    changes = []
+    old_splits, new_splits = before.get("splits", {}), now.get("splits", {})
+    for split in sorted(set(old_splits) | set(new_splits)):
+        b, a = old_splits.get(split), new_splits.get(split)
+        if b is None or a is None:
+            changes.append(f"split {split!r} {'added' if b is None else 'gone'}")
+        elif b.get("sha256") == a.get("sha256"):
+            continue
+        elif b.get("images") != a.get("images"):
+            changes.append(f"split {split!r}: {b.get('images')} -> {a.get('images')} images")
+        elif b.get("per_class") != a.get("per_class"):
+            moved = [f"{name} {x} -> {y}" for name, x, y in
+                     zip(names, b.get("per_class", []), a.get("per_class", [])) if x != y]
+            changes.append(f"split {split!r}: images per class {', '.join(moved)}")
+        else:
+            changes.append(f"split {split!r}: the same {a.get('images')} images per class, but "
+                           "other paths, labels, groups or file sizes")
+    return changes
 
 
 # --- the resumable state file ---------------------------------------------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -36,8 +37,9 @@ def _good(n: int) -> list:
 
 def _tiny_train(data: Path, out: Path, **train) -> dict:
     d = DataConfig(root=str(data), batch_size=8, workers=0, augment=False)
-    t = TrainConfig(out=str(out), preset="tiny", epochs=1, device="cpu", threads=1,
-                    image_warmup=0, precise_bn=0, freeze="none", **train)
+    t = TrainConfig(**{"out": str(out), "preset": "tiny", "epochs": 1, "device": "cpu",
+                       "threads": 1, "image_warmup": 0, "precise_bn": 0, "freeze": "none",
+                       **train})
     return run_training(d, t)
 
 
@@ -132,3 +134,109 @@ def test_train_with_infinite_lr_stops_at_the_step_and_saves_nothing(tmp_path):
     assert "epoch 1, step 1: the weights became non-finite" in message
     assert "lower --lr (now inf)" in message and "last good checkpoint: none yet" in message
     assert not list(out.glob("*.safetensors")) and not (out / "last.state.pt").exists()
+
+
+# --- 27.6: training never silently changes meaning ---------------------------------------------
+
+
+def test_a_class_without_training_samples_is_refused_by_name(tmp_path):
+    data = _dataset(tmp_path / "data", {"train": [i % 6 for i in range(14)], "val": _good(7)})
+    with pytest.raises(TrainingError, match=r"split 'train' has no sample of class\(es\) anger"):
+        _tiny_train(data, tmp_path / "run")
+    assert not list((tmp_path / "run").glob("*.safetensors"))
+
+
+def test_a_class_without_validation_samples_is_a_warning(tmp_path, capsys):
+    data = _dataset(tmp_path / "data", {"train": _good(14), "val": [i % 6 for i in range(6)]})
+    _tiny_train(data, tmp_path / "run")
+    warnings = [x for x in capsys.readouterr().err.splitlines() if x.startswith("warning:")]
+    assert len(warnings) == 1 and "split 'val' has no sample of class(es) anger" in warnings[0]
+    assert (tmp_path / "run" / "last.safetensors").exists()
+
+
+def _fingerprint(root: Path, rows: list, classes=("a", "b"), write: bool = True) -> dict:
+    from grefel.data import Sample
+    from grefel.train_state import data_fingerprint
+
+    samples = []
+    for name, label in rows:
+        if write:
+            (root / name).write_bytes(b"x" * 10)
+        samples.append(Sample(str(root / name), label))
+    return data_fingerprint(root, classes, {"train": samples})
+
+
+def test_data_fingerprint_names_what_changed(tmp_path):
+    from grefel.train_state import data_differences
+
+    rows = [("i0.png", 0), ("i1.png", 1), ("i2.png", 1)]
+    base = _fingerprint(tmp_path, rows)
+    assert data_differences(base, _fingerprint(tmp_path, rows[::-1])) == []  # order: same data
+    flipped = _fingerprint(tmp_path, [("i0.png", 1), *rows[1:]])
+    assert data_differences(base, flipped) == ["split 'train': images per class a 1 -> 0, "
+                                               "b 2 -> 3"]
+    swapped = _fingerprint(tmp_path, [("i0.png", 1), ("i1.png", 0), ("i2.png", 1)])
+    assert "the same 3 images per class, but other paths, labels" in \
+        data_differences(base, swapped)[0]
+    added = _fingerprint(tmp_path, [*rows, ("i3.png", 0)])
+    assert data_differences(base, added) == ["split 'train': 3 -> 4 images"]
+    assert data_differences(base, _fingerprint(tmp_path, rows, ("a", "c"))) == [
+        "classes ['a', 'b'] -> ['a', 'c']"]
+    (tmp_path / "i2.png").write_bytes(b"another image, of another size")
+    assert data_differences(base, _fingerprint(tmp_path, rows, write=False)) == [
+        "split 'train': the same 3 images per class, but other paths, labels, groups or file "
+        "sizes"]
+
+
+def test_resume_on_relabelled_data_is_refused_and_same_data_resumes(tmp_path):
+    data = _dataset(tmp_path / "data", {"train": _good(14), "val": _good(7)})
+    out = tmp_path / "run"
+    _tiny_train(data, out)
+    assert json.loads((out / "config.json").read_text())["data_fingerprint"]["splits"][
+        "train"]["images"] == 14
+    rows = (data / "train.csv").read_text().splitlines()
+    path, label = rows[1].rsplit(",", 1)
+    (data / "train.csv").write_text("\n".join([rows[0], f"{path},{(int(label) + 1) % 7}",
+                                               *rows[2:]]) + "\n")
+    with pytest.raises(TrainingError, match=r"not the data .* started on \(split 'train': "
+                                            r"images per class neutral 2 -> 1, happiness 2 -> 3"):
+        _tiny_train(data, out, resume=True, epochs=2)
+    (data / "train.csv").write_text("\n".join(rows) + "\n")
+    assert _tiny_train(data, out, resume=True, epochs=2)["epochs"] == 2
+
+
+@pytest.mark.parametrize("row, line, why", [
+    ("img/a,b.png,0", "line 3: 3 field(s)", "must be quoted"),
+    ("img/a.png", "line 3: 1 field(s)", "every row needs a field"),
+])
+def test_a_malformed_csv_row_is_named_by_file_and_line(tmp_path, row, line, why):
+    from grefel.data import DatasetError, load_samples
+
+    data = _dataset(tmp_path / "data", {"train": _good(1)})
+    with open(data / "train.csv", "a") as f:
+        f.write(row + "\n")
+    with pytest.raises(DatasetError) as err:
+        load_samples(data, "csv", "train")
+    assert f"train.csv: {line}" in str(err.value) and why in str(err.value)
+
+
+@pytest.mark.parametrize("text, says", [
+    ("a\nb\na\n", "class 'a' is listed twice (lines 1 and 3)"),
+    ("a\n\nb\n", "line 2 is empty"),
+    ("\na\nb\n", "line 1 is empty"),
+])
+def test_a_class_list_that_would_shift_labels_is_refused(tmp_path, text, says):
+    from grefel.data import DatasetError, load_samples
+
+    data = _dataset(tmp_path / "data", {"train": [0, 1]}, classes=None)
+    (data / "classes.txt").write_text(text)
+    with pytest.raises(DatasetError, match=re.escape(says)):
+        load_samples(data, "csv", "train")
+
+
+def test_blank_lines_at_the_end_of_the_class_list_are_fine(tmp_path):
+    from grefel.data import load_samples
+
+    data = _dataset(tmp_path / "data", {"train": [0, 1]}, classes=None)
+    (data / "classes.txt").write_text("a\nb\n\n\n")
+    assert load_samples(data, "csv", "train")[1] == ("a", "b")

@@ -112,7 +112,10 @@ def _absolute(root: Path, path: str) -> str:
 
 
 def _read_csv(path: Path, required: Sequence[str]) -> List[Dict[str, str]]:
-    """Rows of a CSV with a header; DatasetError if a required column is absent."""
+    """Rows of a CSV with a header; DatasetError if a required column is absent, or naming the
+    line of a row whose field count is not the header's (an unquoted comma in a file name
+    would otherwise shift the label into another column, or the row into a traceback)."""
+    line = 1
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
@@ -121,10 +124,24 @@ def _read_csv(path: Path, required: Sequence[str]) -> List[Dict[str, str]]:
             if absent:
                 raise DatasetError(f"{path}: missing column(s) {', '.join(absent)} "
                                    f"(found: {', '.join(cols) or 'no header'})")
-            return [{(k or "").strip(): (v or "").strip() for k, v in row.items()}
-                    for row in reader]
+            rows = []
+            for row in reader:
+                line = reader.line_num
+                extra = row.pop(None, None)  # DictReader's restkey: fields beyond the header
+                short = sum(v is None for v in row.values())  # its restval: fields missing
+                if extra is not None or short:
+                    fields = len(cols) + len(extra or ()) - short
+                    hint = ("a field holding a comma must be quoted (\"a,b.jpg\")" if extra
+                            else "every row needs a field (maybe empty) for every column")
+                    raise DatasetError(f"{path}: line {line}: {fields} field(s) for the "
+                                       f"{len(cols)} columns of its header ({', '.join(cols)}); "
+                                       f"{hint}")
+                rows.append({k.strip(): v.strip() for k, v in row.items()})
+            return rows
     except UnicodeDecodeError as e:
         raise DatasetError(f"{path}: not a text CSV ({e})") from None
+    except csv.Error as e:
+        raise DatasetError(f"{path}: line {line + 1}: not valid CSV ({e})") from None
 
 
 def _stable_split(key: str, fractions: Tuple[float, float] = (0.8, 0.9)) -> str:
@@ -145,10 +162,21 @@ def _classes_file(root: Path) -> Optional[Tuple[str, ...]]:
     path = root / "classes.txt"
     if not path.exists():
         return None
-    names = tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
-    if len(names) < 2 or len(set(names)) != len(names):
+    lines = [line.strip() for line in path.read_text().splitlines()]
+    while lines and not lines[-1]:  # blank lines at the end mean nothing
+        lines.pop()
+    if "" in lines:  # line k names class k: a blank line would shift every class after it
+        raise DatasetError(f"{path}: line {lines.index('') + 1} is empty; integer labels "
+                           "index the lines (line k = label k), so remove the empty line(s)")
+    seen: Dict[str, int] = {}
+    for number, name in enumerate(lines, start=1):
+        if name in seen:
+            raise DatasetError(f"{path}: class {name!r} is listed twice (lines {seen[name]} and "
+                               f"{number}); list each class once")
+        seen[name] = number
+    if len(lines) < 2:
         raise DatasetError(f"{path}: needs at least two distinct class names, one per line")
-    return names
+    return tuple(lines)
 
 
 def _csv_classes(root: Path, rows: Sequence[Dict[str, str]]) -> Tuple[str, ...]:
