@@ -22,6 +22,7 @@ from grefel.config import GReFELConfig
 from grefel.contract import input_spec
 from grefel.errors import GrefelError
 from grefel.fileio import atomic_write_bytes, atomic_write_json, sha256_file
+from grefel.finite import NonFiniteError, require_finite
 
 if TYPE_CHECKING:
     import torch
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 __all__ = [
     "FORMAT",
     "CheckpointError",
+    "NonFiniteError",
     "load_checkpoint",
     "load_weights_into",
     "misfit",
@@ -65,12 +67,17 @@ def save_checkpoint(
 
     face_alignment: how the training images became faces (`grefel train --align-faces`), kept
     in the sidecar's `preprocessing` beside the input contract.
+
+    A model holding NaN or inf is refused (grefel.finite.NonFiniteError) before a byte is
+    written: an existing file at `path` (the last good epoch's) stays as it was.
     """
     path = Path(path)
     if path.suffix != ".safetensors":
         raise CheckpointError(f"{path}: checkpoints are .safetensors files")
     save = _safetensors_torch(f"saving {path.name} (a PyTorch checkpoint)").save
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    require_finite(state, f"{path}: the model's weights",
+                   "not written (nothing non-finite is saved as a checkpoint)")
     # Serialised in memory, written by fileio: a full disk is then an OSError naming the file
     # (safetensors' own writer reports it as a SafetensorError without one).
     atomic_write_bytes(path, save(state, metadata={"format": FORMAT}))
@@ -141,6 +148,11 @@ def load_weights_into(model: torch.nn.Module, path: PathLike) -> None:
     problems = misfit(model.state_dict(), state)
     if problems:
         raise CheckpointError(f"{path}: weights do not fit the model: {problems}")
+    try:  # the same check as every writer's: a model with NaN/inf weights computes only NaN
+        require_finite(state, str(path), "a broken checkpoint that no command can use; train it "
+                       "again (with a lower --lr) or use another file")
+    except NonFiniteError as exc:
+        raise CheckpointError(str(exc)) from None
     model.load_state_dict(state, strict=True)
 
 

@@ -57,6 +57,7 @@ import numpy as np
 from grefel._lazy import MissingDependency, require
 from grefel.config import FaceAlignment
 from grefel.errors import GrefelError
+from grefel.finite import NonFiniteError, require_finite
 from grefel.metrics import (
     accuracy,
     calinski_harabasz,
@@ -123,6 +124,12 @@ def collect_outputs(
     model.train(was_training)
     result = {k: (np.concatenate(v) if v else np.zeros((0,))) for k, v in parts.items()}
     result["skipped"] = np.asarray(skipped, dtype=np.int64)
+    # The check the runtime backends make of every output (grefel.runtime.base): scores over
+    # NaN (argmax 0, a confidence bin of -1) would be numbers that mean nothing.
+    require_finite({k: result[k] for k in ("probs", "primary", "confidence")},
+                   f"the model's outputs on {len(result['labels'])} images",
+                   "its weights are finite but it computes NaN or inf (an overflow: weights too "
+                   "large?); the model is broken")
     return result
 
 
@@ -344,7 +351,7 @@ def evaluate_model(
         told the images done after every batch.
     """
     from grefel import contract
-    from grefel.data import DatasetError, FERDataset, load_samples
+    from grefel.data import DatasetError, FERDataset, absent_classes, load_samples
     from grefel.data.datasets import batches, collate_arrays, resolve_kind
 
     model_path = Path(model_path)
@@ -352,6 +359,11 @@ def evaluate_model(
         raise EvalError("a reference checkpoint needs a comparator")
 
     samples, classes = load_samples(data, dataset, split)
+    absent = absent_classes(samples, classes)
+    if absent:  # the same rule as grefel train's validation split (docs/reliability)
+        sys.stderr.write(f"warning: {data}: split {split!r} has no sample of class(es) "
+                         f"{', '.join(absent)}: its macro-F1 and per-class scores leave them "
+                         "out, and every prediction of them counts as an error\n")
     if alignment is not None:
         alignment = alignment.for_dataset(resolve_kind(data, dataset, split))
     aligned = _aligned(samples, alignment, align_cache)
@@ -380,7 +392,10 @@ def evaluate_model(
                                                device, threads)
     else:
         model = _load_model(model_path, classes, data, split, device, threads)
-        pred, backend_name = collect_outputs(model, loader(), model_device(model)), "torch"
+        try:
+            pred, backend_name = collect_outputs(model, loader(), model_device(model)), "torch"
+        except NonFiniteError as exc:
+            raise EvalError(f"{model_path}: {exc}") from None
     if len(pred["labels"]) == 0:
         raise EvalError(f"{data} ({split}): none of its {len(samples)} images could be read")
     train_labels = None  # without a train split the majority class is the evaluated split's
@@ -395,7 +410,11 @@ def evaluate_model(
     report["trained_face_alignment"] = trained_face_alignment(model_path)
     if reference is not None:
         ref_model = _load_model(Path(reference), classes, data, split, device, threads)
-        ref_pred = collect_outputs(ref_model, loader("eval reference"), model_device(ref_model))
+        try:
+            ref_pred = collect_outputs(ref_model, loader("eval reference"),
+                                       model_device(ref_model))
+        except NonFiniteError as exc:
+            raise EvalError(f"{reference}: {exc}") from None
         if not np.array_equal(ref_pred["indices"], pred["indices"]):
             raise EvalError(f"{data} ({split}): the reference run read other images than "
                             f"{model_path.name} (a file changed during eval?)")

@@ -80,6 +80,7 @@ from grefel.fileio import (
     read_user_text,
     sha256_file,
 )
+from grefel.finite import NonFiniteError, require_finite
 from grefel.model.ir50 import IR50Stream
 from grefel.model.mobilefacenet import MobileFaceNetTrunk
 from grefel.train_utils import recalibrate_batchnorm, seed_everything
@@ -536,6 +537,16 @@ def _flip_shift(x: torch.Tensor, g: torch.Generator, pixels: int = 6) -> torch.T
     return padded[:, :, dy:dy + H, dx:dx + W]  # one shift per batch
 
 
+def _require_finite(values: Any, what: str, cfg: PretrainConfig) -> None:
+    """PretrainError "WHAT: N of M values ... are NaN or inf; the run stops ..." unless every
+    floating tensor of `values` is finite (grefel.finite: the check of every model writer)."""
+    try:
+        require_finite(values, what)
+    except NonFiniteError as exc:
+        raise PretrainError(f"{exc}; the run stops and writes nothing (nothing non-finite is "
+                            f"saved); lower --lr (now {cfg.lr:g})") from None
+
+
 def _log(message: str) -> None:
     sys.stderr.write(message + "\n")
     sys.stderr.flush()
@@ -569,7 +580,12 @@ def _train_landmarks(cfg: PretrainConfig, model_cfg: GReFELConfig,
         opt.step()
         losses.append(loss.item())
         if not math.isfinite(losses[-1]):
-            raise PretrainError(f"landmark pretraining: non-finite loss at step {step}")
+            raise PretrainError(f"landmark pretraining, step {step}: non-finite loss "
+                                f"({losses[-1]}); the run stops and writes nothing; lower --lr "
+                                f"(now {cfg.lr:g})")
+        _require_finite(dict(net.named_parameters()),
+                        f"landmark pretraining, step {step}: the weights became non-finite in "
+                        f"the optimizer step (the loss, {losses[-1]:.4g}, was finite)", cfg)
         if step % 50 == 0 or step == cfg.steps:
             _log(f"landmarks step {step}/{cfg.steps}  loss {np.mean(losses[-50:]):.5f}")
     _recalibrate(net, train_x, cfg, device)
@@ -618,7 +634,13 @@ def _train_identity(cfg: PretrainConfig, model_cfg: GReFELConfig,
         opt.step()
         losses.append(loss.item())
         if not math.isfinite(losses[-1]):
-            raise PretrainError(f"identity pretraining: non-finite loss at step {step}")
+            raise PretrainError(f"identity pretraining, step {step}: non-finite loss "
+                                f"({losses[-1]}); the run stops and writes nothing; lower --lr "
+                                f"(now {cfg.lr:g})")
+        _require_finite({"net": dict(net.named_parameters()),
+                         "head": dict(head.named_parameters())},
+                        f"identity pretraining, step {step}: the weights became non-finite in "
+                        f"the optimizer step (the loss, {losses[-1]:.4g}, was finite)", cfg)
         if step > cfg.steps - max(cfg.steps // 4, 1):  # the last quarter's train accuracy
             hits += int((head.cosine(emb).argmax(dim=1) == y).sum())
             seen += len(y)
@@ -718,6 +740,11 @@ def pretrain(cfg: PretrainConfig) -> Dict[str, Any]:
     net, metrics = train(cfg, model_cfg, device)
     metrics["seconds"] = round(time.perf_counter() - start, 1)
     state = {k: v.detach().cpu().contiguous() for k, v in net.stream_state_dict().items()}
+    _require_finite(state, f"{out}: the trained weights and BatchNorm statistics", cfg)
+    _require_finite({k: np.asarray(v, dtype=np.float64) for k, v in metrics.items()
+                     if isinstance(v, float)},
+                    f"{out}: the metrics on held-out images (the model computes NaN or inf "
+                    "there)", cfg)
     with atomic_path(out) as tmp:
         save_file(state, str(tmp), metadata={"format": FORMAT})
     stream = stream_of(cfg)

@@ -45,6 +45,7 @@ from grefel.config import MODEL_OVERRIDES, VARIANTS, DataConfig, GReFELConfig, T
 from grefel.devices import DeviceError, resolve_device
 from grefel.evaluate import collect_outputs as predict
 from grefel.fileio import atomic_write_bytes, atomic_write_json
+from grefel.finite import NonFiniteError, require_finite
 from grefel.metrics import confusion_matrix, inverse_frequency_weights, macro_f1
 from grefel.model.grefel import GReFEL, GReFELOutput
 from grefel.model.losses import GReFELLoss
@@ -52,6 +53,8 @@ from grefel.train_state import (
     RESUME_MAY_CHANGE,
     STATE_FORMAT,
     TrainingError,
+    data_differences,
+    data_fingerprint,
     load_state,
     lock_run_folder,
     read_run_config,
@@ -227,8 +230,12 @@ def train_one_epoch(run: Run, epoch: int) -> Dict[str, Any]:
             out = run.model(images)
         out = GReFELOutput(*(t.float() if t is not None else None for t in out))
         terms = run.loss_fn(out, labels, run.raw)  # eq. 23, in float32
-        _check_finite(run, terms.total, indices, epoch, step)
+        _check_finite(run, terms, indices, epoch, step)
         optimizer_step(terms.total, run.optimizer, run.scaler, run.params, run.cfg.clip_grad)
+        check_weights(run, f"epoch {epoch + 1}, step {step + 1}: the weights became "
+                           f"non-finite in the optimizer step (the loss, "
+                           f"{terms.total.item():.4g}, was finite)",
+                      {n: p for n, p in run.raw.named_parameters() if p.requires_grad})
         n = len(labels)
         hits = (out.probs.argmax(dim=1) == labels).sum().item()
         sums += torch.tensor([*(t.item() * n for t in terms), hits, n], dtype=torch.float64)
@@ -283,9 +290,13 @@ def warm_up_image_stream(run: Run) -> Dict[str, Any]:
             loss = torch.nn.functional.cross_entropy(
                 logits.float(), labels, weight=weights, label_smoothing=cfg.label_smoothing)
             if not torch.isfinite(loss):
-                raise TrainingError(f"non-finite loss in the image-stream warm-up, step {step + 1}")
+                raise TrainingError(f"image-stream warm-up, step {step + 1}: non-finite loss "
+                                    f"({loss.item()}); {stop_hint(run)}")
             optimizer_step(loss, optimizer, scaler, params, cfg.clip_grad,
                            average_over=run.world)  # the stream runs outside the DDP wrapper
+            check_weights(run, f"image-stream warm-up, step {step + 1}: the weights became "
+                               f"non-finite in the optimizer step (the loss, {loss.item():.4g}, "
+                               "was finite)", dict(raw.image.named_parameters()))
             step += 1
             first = loss.item() if first is None else first
             if step > steps - max(steps // 4, 1):  # the last quarter's mean
@@ -298,20 +309,39 @@ def warm_up_image_stream(run: Run) -> Dict[str, Any]:
             "acc": sums[1].item() / n, "seconds": time.perf_counter() - start}
 
 
-def _check_finite(run: Run, loss: torch.Tensor, indices: torch.Tensor, epoch: int, step: int):
-    """Stop on a NaN/inf loss (on any rank), naming this rank's batch files."""
+def stop_hint(run: Run) -> str:
+    """What a run stopped by NaN/inf says it kept and what to do (the end of its one line)."""
+    kept = (f"{run.out / 'last.safetensors'} (epoch {run.saved_epoch})" if run.saved_epoch
+            else "none yet")
+    return (f"the run stops and saves nothing non-finite (last good checkpoint: {kept}); "
+            f"lower --lr (now {run.cfg.lr:g})")
+
+
+def check_weights(run: Run, when: str, values: Any) -> None:
+    """TrainingError "WHEN: N of M values in K tensors (...) are NaN or inf; the run stops ..."
+    unless every floating tensor of `values` is finite (grefel.finite, the check of every model
+    writer): a run stops at the step that broke its weights, before evaluating or saving them."""
+    try:
+        require_finite(values, when)
+    except NonFiniteError as exc:
+        raise TrainingError(f"{exc}; {stop_hint(run)}") from None
+
+
+def _check_finite(run: Run, terms: Any, indices: torch.Tensor, epoch: int, step: int):
+    """Stop on a NaN/inf loss (on any rank), naming the loss terms and this rank's batch files."""
+    loss = terms.total
     bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=run.device)
     if run.world > 1:
         dist.all_reduce(bad)
     if bad.item() == 0:
         return
     files = [run.train_set.samples[int(i)].path for i in indices]
-    kept = f"{run.out / 'last.safetensors'} (epoch {run.epoch})" if run.epoch else "none yet"
     where = "this batch" if not torch.isfinite(loss) else "another rank's batch"
+    parts = ", ".join(f"{name} {value.item():.4g}" for name, value in terms._asdict().items()
+                      if name != "total" and torch.is_tensor(value))
     raise TrainingError(
-        f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {step + 1} on {where}; "
-        f"the run stops. Files of rank {run.rank}'s batch: {', '.join(files)}. "
-        f"Last good checkpoint: {kept}."
+        f"epoch {epoch + 1}, step {step + 1}: non-finite loss ({loss.item()}; {parts}) on "
+        f"{where}; {stop_hint(run)}. Files of rank {run.rank}'s batch: {', '.join(files)}"
     )
 
 
@@ -378,7 +408,10 @@ def validate(run: Run) -> Dict[str, float]:
     """Accuracy and macro-F1 of L_final on the validation split (confusion all-reduced)."""
     if run.val_loader is None:
         return {}
-    pred = predict(run.raw, run.val_loader, run.device, amp=run.amp)
+    try:
+        pred = predict(run.raw, run.val_loader, run.device, amp=run.amp)
+    except NonFiniteError as exc:
+        raise TrainingError(f"epoch {run.epoch + 1}, validation: {exc}; {stop_hint(run)}") from None
     c = run.raw.cfg.num_classes
     cm = np.zeros((c, c), dtype=np.int64)
     if len(pred["labels"]):  # a rank's share can be empty (fewer images than ranks)
@@ -397,10 +430,13 @@ def save_epoch(run: Run, row: Dict[str, Any], rngs: List[Dict[str, Any]]) -> Non
     meta = {"epoch": run.epoch, "data_config": dataclasses.asdict(run.data_cfg),
             "train_config": dataclasses.asdict(run.cfg),
             "face_alignment": face_alignment_record(run.alignment)}
-    if run.best.get("epoch") == run.epoch:
-        save_checkpoint(run.out / "best.safetensors", run.raw, metrics=row, **meta)
-    save_checkpoint(run.out / "last.safetensors", run.raw, metrics=row, **meta)
-    write_state(run, rngs)
+    try:  # the writers refuse NaN/inf themselves (grefel.finite); checked before, as a last net
+        if run.best.get("epoch") == run.epoch:
+            save_checkpoint(run.out / "best.safetensors", run.raw, metrics=row, **meta)
+        save_checkpoint(run.out / "last.safetensors", run.raw, metrics=row, **meta)
+        write_state(run, rngs)
+    except NonFiniteError as exc:
+        raise TrainingError(f"epoch {run.epoch}: {exc}; {stop_hint(run)}") from None
     run.saved_epoch = run.epoch
     write_metrics(run.out, run.history)
 
@@ -491,6 +527,7 @@ def build_loaders(d: DataConfig, seed: int, rank: int, world: int) -> Dict[str, 
 
     from grefel.data import (
         FERDataset,
+        absent_classes,
         check_readable,
         collate_skip,
         load_samples,
@@ -498,6 +535,12 @@ def build_loaders(d: DataConfig, seed: int, rank: int, world: int) -> Dict[str, 
     )
 
     samples, classes = load_samples(d.root, d.dataset, d.train_split)
+    absent = absent_classes(samples, classes)
+    if absent:  # the model would be asked to output a class it never sees
+        raise TrainingError(
+            f"{d.root}: split {d.train_split!r} has no sample of class(es) {', '.join(absent)} "
+            f"(of the classes {', '.join(classes)}); remove them from the class list "
+            "(classes.txt) or add their images")
     check_readable(samples, f"{d.root} split {d.train_split!r}")  # before epoch 1, not after
     aligned = {"train": align_split(d, samples, rank, world, d.train_split)}
     train_set = FERDataset(samples, classes, make_transforms(d.augment, policy=d.augment_policy),
@@ -513,6 +556,12 @@ def build_loaders(d: DataConfig, seed: int, rank: int, world: int) -> Dict[str, 
         if tuple(val_classes) != tuple(classes):
             raise TrainingError(f"{d.root}: split {d.val_split!r} has classes {val_classes}, "
                                 f"split {d.train_split!r} has {classes}")
+        absent = absent_classes(val_samples, classes)
+        if absent:  # a warning, not an error: see docs/reliability (small validation splits)
+            log(rank, f"warning: {d.root}: split {d.val_split!r} has no sample of class(es) "
+                      f"{', '.join(absent)}: its accuracy and macro-F1 (--select macro_f1 picks "
+                      "best.safetensors by it) leave them out, and every prediction of them "
+                      "counts as an error; add their images to the split for a full measure")
         check_readable(val_samples, f"{d.root} split {d.val_split!r}")
         aligned["val"] = align_split(d, val_samples, rank, world, d.val_split)
         val_set = FERDataset(val_samples, classes, make_transforms(False), strict=d.strict,
@@ -521,8 +570,10 @@ def build_loaders(d: DataConfig, seed: int, rank: int, world: int) -> Dict[str, 
                                 **common)
     alignment = {"mode": "off"} if aligned["train"] is None else {
         split: a.report() for split, a in aligned.items() if a is not None}
+    splits = {d.train_split: samples, **({d.val_split: val_samples} if d.val_split else {})}
     return {"train_set": train_set, "train_loader": train_loader, "sampler": sampler,
-            "val_loader": val_loader, "classes": classes, "alignment": alignment}
+            "val_loader": val_loader, "classes": classes, "alignment": alignment,
+            "fingerprint": data_fingerprint(Path(d.root).expanduser(), classes, splits)}
 
 
 def train_sampler(d: DataConfig, train_set: Any, seed: int, rank: int, world: int) -> Any:
@@ -644,6 +695,11 @@ def init_from_checkpoint(
         state = load_file(str(path))
     except Exception as exc:  # safetensors raises several types for corrupt files
         raise TrainingError(f"--init {path}: not a readable safetensors file ({exc})") from None
+    try:  # the check of every model reader (grefel.finite)
+        require_finite(state, f"--init {path}", "a broken checkpoint that cannot be trained "
+                       "on; use another file")
+    except NonFiniteError as exc:
+        raise TrainingError(str(exc)) from None
     unexpected = sorted(set(state) - set(own))
     missing = sorted(k for k in set(own) - set(state) if k not in per_class)
     misfit = sorted(f"{k}: file {tuple(state[k].shape)} vs model {own[k]}"
@@ -699,6 +755,13 @@ def _check_out(out: Path, cfg: TrainConfig, config: Dict[str, Any]) -> Dict[str,
             f"--resume: {out / 'config.json'} was trained with other settings; a resume may "
             f"change only {', '.join(k.split('.')[1] for k in RESUME_MAY_CHANGE)}. Differences: "
             + "; ".join(refused) + ". Resume without them, or start a new run in another --out")
+    if "data_fingerprint" in saved:  # runs from before the fingerprint resume unchecked
+        changed = data_differences(saved["data_fingerprint"], config["data_fingerprint"])
+        if changed:
+            raise TrainingError(
+                f"--resume: the data in {config['data']['root']} is not the data {out} started "
+                f"on ({'; '.join(changed)}); resume on the data the run started with, or start "
+                "a new run in another --out")
     return allowed
 
 
@@ -735,7 +798,8 @@ def build_run(d: DataConfig, cfg: TrainConfig) -> Run:
     raw = raw.to(device)
     model_cfg, out = raw.cfg, Path(cfg.out)
     config = {"model": model_cfg.to_dict(), "data": dataclasses.asdict(d),
-              "train": dataclasses.asdict(cfg), "world_size": world}
+              "train": dataclasses.asdict(cfg), "world_size": world,
+              "data_fingerprint": data["fingerprint"]}
     allowed = _check_out(out, cfg, config)
     model: torch.nn.Module = raw
     if world > 1:
@@ -859,6 +923,8 @@ def _train(run: Run) -> Dict[str, Any]:
             lr = run.optimizer.param_groups[0]["lr"]
             row = {"epoch": epoch + 1, "lr": lr, **train_one_epoch(run, epoch)}
             precise_bn(run)  # eval-mode statistics that match the weights (train_utils)
+            check_weights(run, f"epoch {epoch + 1}, before validation: the model's weights and "
+                               "BatchNorm statistics", run.raw.state_dict())
             row.update(validate(run))
             run.epoch = epoch + 1
             run.history.append(row)

@@ -25,12 +25,13 @@ from __future__ import annotations
 import contextlib
 import datetime
 import errno
+import hashlib
 import json
 import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from grefel.errors import GrefelError
 
@@ -41,6 +42,8 @@ __all__ = [
     "STATE_FORMAT",
     "RunLock",
     "TrainingError",
+    "data_differences",
+    "data_fingerprint",
     "lock_run_folder",
     "read_run_config",
     "resume_differences",
@@ -238,6 +241,67 @@ def resume_help() -> str:
             "may change, any other change is refused.")
 
 
+# --- the data a run started on -------------------------------------------------------------------
+
+FINGERPRINT_COVERS = ("the class list; per split the image count, the count per class and a "
+                      "SHA-256 over every sample's path (relative to the data folder), label, "
+                      "group and file size (not the image bytes)")
+
+
+def data_fingerprint(root: Any, classes: Sequence[str],
+                     splits: Dict[str, Sequence[Any]]) -> Dict[str, Any]:
+    """What `--resume` checks the data against (`FINGERPRINT_COVERS`), kept in config.json.
+
+    Regenerating a dataset in place (another `grefel data synth`, a relabelled CSV, images added
+    or removed) leaves the path that config.json compares the same; this catches it. Image bytes
+    are not hashed (reading every image would cost about an epoch): an image replaced by another
+    of the same size under the same name is not seen. Row order is not part of it (the same
+    samples listed in another order are the same data).
+    """
+    fingerprint: Dict[str, Any] = {"covers": FINGERPRINT_COVERS, "classes": list(classes),
+                                   "splits": {}}
+    for split, samples in splits.items():
+        per_class = [0] * len(classes)
+        lines = []
+        for s in samples:
+            per_class[s.label] += 1
+            try:
+                size = os.stat(s.path).st_size
+            except OSError:  # an image stored in a table row (FILE.csv#ROW)
+                size = -1
+            rel = os.path.relpath(s.path, root) if os.path.isabs(s.path) else s.path
+            lines.append(f"{rel}\0{s.label}\0{s.group}\0{size}\n")
+        digest = hashlib.sha256("".join(sorted(lines)).encode()).hexdigest()
+        fingerprint["splits"][split] = {"images": len(samples), "per_class": per_class,
+                                        "sha256": digest}
+    return fingerprint
+
+
+def data_differences(before: Dict[str, Any], now: Dict[str, Any]) -> List[str]:
+    """What changed between two `data_fingerprint`s, in words ([] when nothing did)."""
+    if before.get("classes") != now.get("classes"):
+        return [f"classes {before.get('classes')} -> {now.get('classes')}"]
+    names = now.get("classes") or []
+    changes = []
+    old_splits, new_splits = before.get("splits", {}), now.get("splits", {})
+    for split in sorted(set(old_splits) | set(new_splits)):
+        b, a = old_splits.get(split), new_splits.get(split)
+        if b is None or a is None:
+            changes.append(f"split {split!r} {'added' if b is None else 'gone'}")
+        elif b.get("sha256") == a.get("sha256"):
+            continue
+        elif b.get("images") != a.get("images"):
+            changes.append(f"split {split!r}: {b.get('images')} -> {a.get('images')} images")
+        elif b.get("per_class") != a.get("per_class"):
+            moved = [f"{name} {x} -> {y}" for name, x, y in
+                     zip(names, b.get("per_class", []), a.get("per_class", [])) if x != y]
+            changes.append(f"split {split!r}: images per class {', '.join(moved)}")
+        else:
+            changes.append(f"split {split!r}: the same {a.get('images')} images per class, but "
+                           "other paths, labels, groups or file sizes")
+    return changes
+
+
 # --- the resumable state file ---------------------------------------------------------------------
 
 
@@ -249,12 +313,20 @@ def write_state(run: Any, rngs: List[Dict[str, Any]]) -> None:
     import torch
 
     from grefel.fileio import atomic_write_bytes
+    from grefel.finite import require_finite
 
+    model = {k: v.detach().cpu() for k, v in run.raw.state_dict().items()}
+    optimizer = run.optimizer.state_dict()
+    # the check of every model writer (NonFiniteError): a state that would resume into NaN is
+    # never written over the last good one
+    require_finite({"model": model, "optimizer": optimizer["state"]},
+                   f"{run.out / 'last.state.pt'}: the training state",
+                   "not written (nothing non-finite is saved)")
     state = {
         "format": STATE_FORMAT,
         "epoch": run.epoch,
-        "model": {k: v.detach().cpu() for k, v in run.raw.state_dict().items()},
-        "optimizer": run.optimizer.state_dict(),
+        "model": model,
+        "optimizer": optimizer,
         "scheduler": run.scheduler.state_dict(),
         "scaler": run.scaler.state_dict(),
         "sampler": getattr(run.sampler, "state_dict", lambda: {"epoch": run.epoch})(),
@@ -291,6 +363,16 @@ def load_state(run: Any) -> None:
     problems = misfit(run.raw.state_dict(), state.get("model") or {})
     if problems:
         raise TrainingError(f"{path}: the saved model does not fit this config ({problems})")
+    from grefel.finite import NonFiniteError, require_finite
+
+    try:  # the same check as the writer's: a state with NaN/inf would only train on in NaN
+        optimizer = state.get("optimizer")
+        require_finite({"model": state["model"], "optimizer": optimizer.get("state", {})
+                        if isinstance(optimizer, dict) else {}},
+                       str(path), "a broken training state that cannot be resumed; start a "
+                       "new run (with a lower --lr) in another --out")
+    except NonFiniteError as exc:
+        raise TrainingError(str(exc)) from None
     try:
         run.raw.load_state_dict(state["model"], strict=True)
         run.optimizer.load_state_dict(state["optimizer"])

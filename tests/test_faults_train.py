@@ -63,9 +63,10 @@ def invoke(args: Sequence[str]) -> Result:
 
 @pytest.fixture(scope="module")
 def run1(tmp_path_factory) -> Path:
-    """A finished 1-epoch run (lr 1e-3) of 4 training and 2 validation images, read-only."""
+    """A finished 1-epoch run (lr 1e-3) of 7 training images (one per class) and 2 validation
+    images, read-only."""
     base = tmp_path_factory.mktemp("run1")
-    data = make_dataset(base / "ds", n_train=4, n_val=2, n_test=2)
+    data = make_dataset(base / "ds", n_train=7, n_val=2, n_test=2)
     res = invoke(_args(data, base / "run", "--lr", "1e-3"))
     assert res.exit_code == 0, res.output
     assert f"wrote {base / 'run'} (run folder: " in res.output  # where it wrote, one line
@@ -321,7 +322,7 @@ def test_data_synth_refuses_an_existing_folder_unless_overwrite(tmp_path):
 
 
 def test_an_unwritable_out_is_one_line(tmp_path):
-    data = make_dataset(tmp_path / "ds", n_train=2, n_val=0, n_test=2)
+    data = make_dataset(tmp_path / "ds", n_train=7, n_val=0, n_test=2)  # the 7 classes
     blocker = tmp_path / "a_file"
     blocker.write_text("x")  # a folder cannot be made inside a file, even by root
     one_error(invoke(_args(data, blocker / "run")), 1, f"--out {blocker / 'run'}",

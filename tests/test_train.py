@@ -31,13 +31,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def make_dataset(root: Path, n_train: int = 14, n_val: int = 7, n_test: int = 7,
                  corrupt: Sequence[int] = ()) -> Path:
-    """A SynthFER-layout CSV dataset of small noisy PNGs (class = brightness), 7 classes.
+    """A SynthFER-layout CSV dataset of small noisy PNGs (class = brightness), 7 classes; with
+    fewer than 7 training images, the first `n_train` classes (at least 2): grefel train refuses
+    a listed class without a training sample (issue 27.6).
 
     `corrupt`: train-split indices written as garbage bytes instead of a PNG.
     """
     rng = np.random.default_rng(0)
     (root / "images").mkdir(parents=True, exist_ok=True)
-    (root / "classes.txt").write_text("\n".join(CLASSES) + "\n")
+    k = len(CLASSES) if n_train == 0 or n_train >= len(CLASSES) else max(n_train, 2)
+    (root / "classes.txt").write_text("\n".join(CLASSES[:k]) + "\n")
     for split, n in (("train", n_train), ("val", n_val), ("test", n_test)):
         if n == 0:
             continue
@@ -45,7 +48,7 @@ def make_dataset(root: Path, n_train: int = 14, n_val: int = 7, n_test: int = 7,
             w = csv.writer(f)
             w.writerow(["path", "label", "group", "skin"])
             for i in range(n):
-                c = i % len(CLASSES)
+                c = i % k
                 rel = f"images/{split}_{i:03d}.png"
                 if split == "train" and i in corrupt:
                     (root / rel).write_bytes(b"this is not a png")

@@ -124,14 +124,33 @@ def _text(path: Path) -> str:
 
 
 def _read_csv(path: Path, required: Sequence[str]) -> List[Dict[str, str]]:
-    """Rows of a CSV with a header; DatasetError if a required column is absent."""
+    """Rows of a CSV with a header; DatasetError if a required column is absent, or naming the
+    line of a row whose field count is not the header's (an unquoted comma in a file name
+    would otherwise shift the label into another column, or the row into a traceback)."""
     reader = csv.DictReader(io.StringIO(_text(path), newline=""))
-    cols = [c.strip() for c in (reader.fieldnames or [])]
-    absent = [c for c in required if c not in cols]
-    if absent:
-        raise DatasetError(f"{path}: missing column(s) {', '.join(absent)} "
-                           f"(found: {', '.join(cols) or 'no header'})")
-    return [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+    line = 1
+    try:
+        cols = [c.strip() for c in (reader.fieldnames or [])]
+        absent = [c for c in required if c not in cols]
+        if absent:
+            raise DatasetError(f"{path}: missing column(s) {', '.join(absent)} "
+                               f"(found: {', '.join(cols) or 'no header'})")
+        rows = []
+        for row in reader:
+            line = reader.line_num
+            extra = row.pop(None, None)  # DictReader's restkey: fields beyond the header
+            short = sum(v is None for v in row.values())  # its restval: fields missing
+            if extra is not None or short:
+                fields = len(cols) + len(extra or ()) - short
+                hint = ("a field holding a comma must be quoted (\"a,b.jpg\")" if extra
+                        else "every row needs a field (maybe empty) for every column")
+                raise DatasetError(f"{path}: line {line}: {fields} field(s) for the "
+                                   f"{len(cols)} columns of its header ({', '.join(cols)}); "
+                                   f"{hint}")
+            rows.append({k.strip(): v.strip() for k, v in row.items()})
+        return rows
+    except csv.Error as e:
+        raise DatasetError(f"{path}: line {line + 1}: not valid CSV ({e})") from None
 
 
 def _stable_split(key: str, fractions: Tuple[float, float] = (0.8, 0.9)) -> str:
@@ -152,14 +171,19 @@ def _classes_file(root: Path) -> Optional[Tuple[str, ...]]:
     path = root / "classes.txt"
     if not path.exists():
         return None
-    names = tuple(line.strip() for line in _text(path).splitlines() if line.strip())
+    lines = [line.strip() for line in _text(path).splitlines()]
+    while lines and not lines[-1]:  # blank lines at the end mean nothing
+        lines.pop()
+    if "" in lines:  # line k names class k: a blank line would shift every class after it
+        raise DatasetError(f"{path}: line {lines.index('') + 1} is empty; integer labels "
+                           "index the lines (line k = label k), so remove the empty line(s)")
     try:
-        check_class_names(names, path, fix="one class name per line")
+        check_class_names(tuple(lines), path, fix="one class name per line")
     except ClassNamesError as exc:
         raise DatasetError(str(exc)) from None
-    if len(names) < 2:
+    if len(lines) < 2:
         raise DatasetError(f"{path}: needs at least two distinct class names, one per line")
-    return names
+    return tuple(lines)
 
 
 def _csv_classes(root: Path, rows: Sequence[Dict[str, str]]) -> Tuple[str, ...]:

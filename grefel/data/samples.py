@@ -13,7 +13,7 @@ from typing import Dict, List, Sequence
 
 from grefel.errors import GrefelError
 
-__all__ = ["DatasetError", "Sample", "class_counts"]
+__all__ = ["DatasetError", "Sample", "absent_classes", "class_counts"]
 
 
 class DatasetError(GrefelError, ValueError):
@@ -44,3 +44,14 @@ def class_counts(samples: Sequence[Sample], num_classes: int) -> List[int]:
             raise DatasetError(f"{s.path}: label {s.label} outside 0..{num_classes - 1}")
         counts[s.label] += 1
     return counts
+
+
+def absent_classes(samples: Sequence[Sample], class_names: Sequence[str]) -> List[str]:
+    """The class names that no sample of `samples` has (in class order).
+
+    A class without a training sample is one the model is asked to output but never sees: its
+    head row, anchors and class weight train on nothing, and every metric over the classes
+    changes meaning (grefel train refuses it; a validation or test split without it is warned
+    about)."""
+    counts = class_counts(samples, len(class_names))
+    return [name for name, n in zip(class_names, counts) if n == 0]

@@ -122,10 +122,11 @@ class Backend:
 
     def _check_finite(self, outputs: Outputs) -> Outputs:
         """The outputs, or a BackendError naming the model and the outputs that hold NaN/inf."""
-        bad = {n: int(v.size - np.isfinite(v).sum()) for n, v in outputs.items()
-               if np.issubdtype(np.asarray(v).dtype, np.floating) and not np.isfinite(v).all()}
+        from grefel.finite import nonfinite_counts  # the check every model reader uses
+
+        bad = nonfinite_counts({n: np.asarray(v) for n, v in outputs.items()})
         if bad:
-            counts = ", ".join(f"{n}: {k} of {outputs[n].size}" for n, k in sorted(bad.items()))
+            counts = ", ".join(f"{n}: {k} of {size}" for n, (k, size) in sorted(bad.items()))
             raise BackendError(
                 f"{self.path or self.describe()}: the model returned NaN or inf ({counts} "
                 "values) for inputs in the contract's range; the model file is broken (an FP16 "

@@ -1,0 +1,245 @@
+"""Issue 27, families 3 and 6: no non-finite model is ever written or read as weights, and a
+training run never silently changes meaning (classes without samples, resumes on other data,
+malformed CSV rows). In-process checks of the mechanisms; the CLI cases are
+benchmarks/fault_families/training.py."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from grefel.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from grefel.config import DataConfig, TrainConfig
+from grefel.finite import NonFiniteError, nonfinite_counts, require_finite
+from grefel.model import create_model
+from grefel.train import run_training
+from grefel.train_state import TrainingError
+
+SEVEN = ["neutral", "happiness", "sadness", "surprise", "fear", "disgust", "anger"]
+
+
+def _dataset(root: Path, labels: dict, classes=SEVEN) -> Path:
+    """ROOT/<split>.csv over tiny PNGs (the fault campaign's own builder)."""
+    from benchmarks.fault_campaign import _csv_dataset
+
+    return _csv_dataset(root, labels, classes)
+
+
+def _good(n: int) -> list:
+    return [i % 7 for i in range(n)]
+
+
+def _tiny_train(data: Path, out: Path, **train) -> dict:
+    d = DataConfig(root=str(data), batch_size=8, workers=0, augment=False)
+    t = TrainConfig(**{"out": str(out), "preset": "tiny", "epochs": 1, "device": "cpu",
+                       "threads": 1, "image_warmup": 0, "precise_bn": 0, "freeze": "none",
+                       **train})
+    return run_training(d, t)
+
+
+# --- 27.3: the finiteness guard ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_guard_finds_nan_and_inf_in_every_float_dtype(dtype, bad):
+    t = torch.zeros(4, 3, dtype=dtype)
+    t[1, 2] = bad
+    counts = nonfinite_counts({"a": torch.ones(2, dtype=dtype), "b": t})
+    assert counts == {"b": (1, 12)}
+    with pytest.raises(NonFiniteError, match=r"X: 1 of 14 values in 1 tensor \(b\) are NaN"):
+        require_finite({"a": torch.ones(2, dtype=dtype), "b": t}, "X")
+
+
+def test_guard_passes_zero_large_finite_and_integer_state():
+    big = torch.full((3,), torch.finfo(torch.float32).max)
+    state = {"zero": torch.zeros(5), "big": big, "half_max": torch.full((2,), 65504.0).half(),
+             "steps": torch.tensor(7, dtype=torch.int64), "np": np.array([1e300, 0.0])}
+    require_finite(state, "fine")  # no error
+    assert nonfinite_counts(state) == {}
+
+
+def test_guard_walks_an_optimizer_state_and_numpy_arrays():
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.Adam([p], lr=1e-3)
+    p.grad = torch.ones(3)
+    opt.step()
+    opt.state[p]["exp_avg_sq"][0] = math.inf
+    assert nonfinite_counts(opt.state_dict()) == {"state.0.exp_avg_sq": (1, 3)}
+    assert nonfinite_counts({"probs": np.array([[0.5, np.nan]], np.float32)}) == {
+        "probs": (1, 2)}
+
+
+def test_save_checkpoint_refuses_nan_and_keeps_the_existing_file(tmp_path):
+    model = create_model("tiny", class_names=SEVEN).eval()
+    path = save_checkpoint(tmp_path / "m.safetensors", model)
+    before = path.read_bytes(), path.with_suffix(".json").read_bytes()
+    with torch.no_grad():
+        next(model.parameters()).view(-1)[0] = math.nan
+    with pytest.raises(NonFiniteError, match="not written"):
+        save_checkpoint(path, model)
+    assert (path.read_bytes(), path.with_suffix(".json").read_bytes()) == before
+    assert not list(tmp_path.glob(".m.safetensors.*"))  # no temporary file left
+
+
+def test_save_checkpoint_checks_half_precision_state(tmp_path):
+    model = create_model("tiny", class_names=SEVEN).eval().half()
+    save_checkpoint(tmp_path / "ok.safetensors", model)  # a finite FP16 model is saved
+    with torch.no_grad():
+        next(model.parameters()).view(-1)[0] = math.inf
+    with pytest.raises(NonFiniteError):
+        save_checkpoint(tmp_path / "bad.safetensors", model)
+    assert not (tmp_path / "bad.safetensors").exists()
+
+
+def _poisoned_copy(src: Path, dst: Path, value: float) -> Path:
+    """`src` with one weight set to `value`, written as a checkpoint a foreign tool could write
+    (safetensors + a sidecar with the matching SHA-256), since grefel's writer refuses it."""
+    from safetensors.torch import load_file, save_file
+
+    from grefel.fileio import sha256_file
+
+    state = load_file(str(src))
+    key = sorted(k for k, v in state.items() if v.is_floating_point())[0]
+    state[key] = state[key].clone()
+    state[key].view(-1)[0] = value
+    save_file(state, str(dst), metadata={"format": "grefel-checkpoint/1"})
+    meta = json.loads(src.with_suffix(".json").read_text())
+    meta["weights_sha256"] = sha256_file(dst)
+    dst.with_suffix(".json").write_text(json.dumps(meta))
+    return dst
+
+
+def test_every_checkpoint_reader_refuses_one_nan_weight(tmp_path):
+    good = save_checkpoint(tmp_path / "good.safetensors",
+                           create_model("tiny", class_names=SEVEN).eval())
+    bad = _poisoned_copy(good, tmp_path / "bad.safetensors", math.nan)
+    with pytest.raises(CheckpointError, match=r"bad.safetensors: 1 of [\d,]+ values in 1 tensor"):
+        load_checkpoint(bad)
+    load_checkpoint(good)  # the same file without the NaN loads
+
+
+def test_train_with_a_huge_lr_stops_at_the_step_and_saves_nothing(tmp_path):
+    """(An infinite --lr is refused by the option's range before anything runs; a finite but
+    huge one makes the weights non-finite within the first epoch.)"""
+    data = _dataset(tmp_path / "data", {"train": _good(14), "val": _good(7)})
+    out = tmp_path / "run"
+    with pytest.raises(TrainingError) as err:
+        _tiny_train(data, out, lr=1e30)
+    message = str(err.value)
+    assert re.search(r"epoch 1, (step \d+: the (weights|loss) became non-finite|validation: "
+                     r"the model's outputs .* are NaN or inf)", message), message
+    assert "lower --lr (now 1e+30)" in message and "last good checkpoint: none yet" in message
+    assert not list(out.glob("*.safetensors")) and not (out / "last.state.pt").exists()
+
+
+# --- 27.6: training never silently changes meaning ---------------------------------------------
+
+
+def test_a_class_without_training_samples_is_refused_by_name(tmp_path):
+    data = _dataset(tmp_path / "data", {"train": [i % 6 for i in range(14)], "val": _good(7)})
+    with pytest.raises(TrainingError, match=r"split 'train' has no sample of class\(es\) anger"):
+        _tiny_train(data, tmp_path / "run")
+    assert not list((tmp_path / "run").glob("*.safetensors"))
+
+
+def test_a_class_without_validation_samples_is_a_warning(tmp_path, capsys):
+    data = _dataset(tmp_path / "data", {"train": _good(14), "val": [i % 6 for i in range(6)]})
+    _tiny_train(data, tmp_path / "run")
+    warnings = [x for x in capsys.readouterr().err.splitlines() if x.startswith("warning:")]
+    assert len(warnings) == 1 and "split 'val' has no sample of class(es) anger" in warnings[0]
+    assert (tmp_path / "run" / "last.safetensors").exists()
+
+
+def _fingerprint(root: Path, rows: list, classes=("a", "b"), write: bool = True) -> dict:
+    from grefel.data import Sample
+    from grefel.train_state import data_fingerprint
+
+    samples = []
+    for name, label in rows:
+        if write:
+            (root / name).write_bytes(b"x" * 10)
+        samples.append(Sample(str(root / name), label))
+    return data_fingerprint(root, classes, {"train": samples})
+
+
+def test_data_fingerprint_names_what_changed(tmp_path):
+    from grefel.train_state import data_differences
+
+    rows = [("i0.png", 0), ("i1.png", 1), ("i2.png", 1)]
+    base = _fingerprint(tmp_path, rows)
+    assert data_differences(base, _fingerprint(tmp_path, rows[::-1])) == []  # order: same data
+    flipped = _fingerprint(tmp_path, [("i0.png", 1), *rows[1:]])
+    assert data_differences(base, flipped) == ["split 'train': images per class a 1 -> 0, "
+                                               "b 2 -> 3"]
+    swapped = _fingerprint(tmp_path, [("i0.png", 1), ("i1.png", 0), ("i2.png", 1)])
+    assert "the same 3 images per class, but other paths, labels" in \
+        data_differences(base, swapped)[0]
+    added = _fingerprint(tmp_path, [*rows, ("i3.png", 0)])
+    assert data_differences(base, added) == ["split 'train': 3 -> 4 images"]
+    assert data_differences(base, _fingerprint(tmp_path, rows, ("a", "c"))) == [
+        "classes ['a', 'b'] -> ['a', 'c']"]
+    (tmp_path / "i2.png").write_bytes(b"another image, of another size")
+    assert data_differences(base, _fingerprint(tmp_path, rows, write=False)) == [
+        "split 'train': the same 3 images per class, but other paths, labels, groups or file "
+        "sizes"]
+
+
+def test_resume_on_relabelled_data_is_refused_and_same_data_resumes(tmp_path):
+    data = _dataset(tmp_path / "data", {"train": _good(14), "val": _good(7)})
+    out = tmp_path / "run"
+    _tiny_train(data, out)
+    assert json.loads((out / "config.json").read_text())["data_fingerprint"]["splits"][
+        "train"]["images"] == 14
+    rows = (data / "train.csv").read_text().splitlines()
+    path, label = rows[1].rsplit(",", 1)
+    (data / "train.csv").write_text("\n".join([rows[0], f"{path},{(int(label) + 1) % 7}",
+                                               *rows[2:]]) + "\n")
+    with pytest.raises(TrainingError, match=r"not the data .* started on \(split 'train': "
+                                            r"images per class neutral 2 -> 1, happiness 2 -> 3"):
+        _tiny_train(data, out, resume=True, epochs=2)
+    (data / "train.csv").write_text("\n".join(rows) + "\n")
+    assert _tiny_train(data, out, resume=True, epochs=2)["epochs"] == 2
+
+
+@pytest.mark.parametrize("row, line, why", [
+    ("img/a,b.png,0", "line 3: 3 field(s)", "must be quoted"),
+    ("img/a.png", "line 3: 1 field(s)", "every row needs a field"),
+])
+def test_a_malformed_csv_row_is_named_by_file_and_line(tmp_path, row, line, why):
+    from grefel.data import DatasetError, load_samples
+
+    data = _dataset(tmp_path / "data", {"train": _good(1)})
+    with open(data / "train.csv", "a") as f:
+        f.write(row + "\n")
+    with pytest.raises(DatasetError) as err:
+        load_samples(data, "csv", "train")
+    assert f"train.csv: {line}" in str(err.value) and why in str(err.value)
+
+
+@pytest.mark.parametrize("text, says", [
+    ("a\nb\na\n", "name(s) given twice: a"),
+    ("a\n\nb\n", "line 2 is empty"),
+    ("\na\nb\n", "line 1 is empty"),
+])
+def test_a_class_list_that_would_shift_labels_is_refused(tmp_path, text, says):
+    from grefel.data import DatasetError, load_samples
+
+    data = _dataset(tmp_path / "data", {"train": [0, 1]}, classes=None)
+    (data / "classes.txt").write_text(text)
+    with pytest.raises(DatasetError, match=re.escape(says)):
+        load_samples(data, "csv", "train")
+
+
+def test_blank_lines_at_the_end_of_the_class_list_are_fine(tmp_path):
+    from grefel.data import load_samples
+
+    data = _dataset(tmp_path / "data", {"train": [0, 1]}, classes=None)
+    (data / "classes.txt").write_text("a\nb\n\n\n")
+    assert load_samples(data, "csv", "train")[1] == ("a", "b")
