@@ -218,7 +218,8 @@ def _outputs(body: str) -> Dict[str, List[Any]]:
 
 def _wrong_valid(rec: Dict[str, Any], x: np.ndarray, alone: Optional[str] = None) -> str:
     """Why a valid request's answer is wrong ("" if right): 200, probs the closed form within
-    1e-5 (ONNX Runtime's float32 means), the label its argmax, and bit-equal to `alone` (the same request sent alone)."""
+    1e-5 (ONNX Runtime's float32 means), the label its argmax, and bit-equal to `alone` (the
+    same request sent alone)."""
     if rec["status"] != 200:
         return f"{rec['request']}: a valid request got HTTP {rec['status']}: {rec['body'][:200]}"
     out = _outputs(rec["body"])
