@@ -26,11 +26,19 @@ expression: where `face` is false, nothing was classified and the record's nulls
 a tensor can hold them: `probs`, `primary` and `confidence` NaN, `label` empty, `box` 0, 0, 0, 0.
 
 Triton's dynamic batcher joins the requests (up to `max_batch` samples, waiting at most
-`queue_delay_us` for more); every sample's outputs are computed from its own input only. Triton
-itself rejects a request of the wrong shape or dtype; values outside [0, 1], NaN/inf and
-undecodable bytes are refused here with an error message naming the request. A batch is answered
-as one: a bad request that the batcher put in the same batch as good ones fails them too (the
-PyTriton 0.7 proxy has no per-request error), the server itself lives on.
+`queue_delay_us` for more); every sample's outputs are computed from its own input only.
+
+Request isolation (`answer_each`): Triton itself rejects a request of the wrong shape, dtype or
+input name. Every request of a batch is then checked on its own (values outside [0, 1], NaN/inf;
+empty, undecodable or too large image bytes) before the valid ones are joined into one backend
+call; an invalid request gets its own error (HTTP 400, gRPC INVALID_ARGUMENT, one line saying what
+is wrong), its batch-mates their answers. Should the joined call still fail, each valid request is
+run again on its own, so a request fails only for its own sake; an unexpected error is answered in
+one line (HTTP 500) and logged with its traceback to `serve.log` beside tritonserver's log. The
+PyTriton 0.7 proxy answers a batch as one (one exception fails every request, its message a
+traceback), so the proxy file that PyTriton writes into the model repository is patched at start
+(`patch_proxy`): a response carrying ERROR_KEY becomes that request's own Triton error, and any
+other error message is cut to its last line.
 
 Readiness: tritonserver loads both models before it opens its ports, so the first 200 of
 `GET /v2/health/ready` (strict readiness: every model ready; the probe to use) means both models
@@ -48,9 +56,12 @@ SIGTERM or SIGINT: tritonserver stops taking requests, answers those in flight (
 
 from __future__ import annotations
 
+import errno
 import logging
 import signal
+import socket
 import threading
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -67,12 +78,17 @@ from grefel.ranges import Range, check_ranges, range_of, ranged
 from grefel.runtime import Backend, open_backend
 
 __all__ = [
+    "ERROR_KEY",
     "IMAGE_MODEL",
     "MODEL",
+    "RequestError",
     "ServeError",
     "ServeOptions",
+    "answer_each",
     "check_environment",
+    "check_ports",
     "image_pipeline",
+    "patch_proxy",
     "serve",
 ]
 
@@ -88,6 +104,11 @@ class ServeError(GrefelError, RuntimeError):
 
 
 PORT = Range(kind=int, min=1, max=65535)  # a TCP port to listen on
+
+
+class RequestError(GrefelError, ValueError):
+    """One request is invalid (its values, its image bytes); the message says what is wrong and
+    is the client's answer (HTTP 400), the request's batch-mates are answered."""
 
 
 @dataclass(frozen=True)
@@ -169,15 +190,76 @@ def _libpython_first() -> Optional[str]:
     return str(libdir)
 
 
-def _check_range(images: np.ndarray, request: int) -> None:
+def _check_range(images: np.ndarray) -> None:
+    """RequestError unless `images` are finite and in grefel's input range."""
     lo, hi = contract.INPUT_RANGE
     if not np.isfinite(images).all():
-        raise ValueError(f"request {request}: `images` contains NaN or inf")
+        raise RequestError(f"`{contract.INPUT_NAME}` contains NaN or inf; grefel takes RGB in "
+                           f"[{lo:g}, {hi:g}] (uint8 / 255)")
     if images.size and (float(images.min()) < lo or float(images.max()) > hi):
-        raise ValueError(
-            f"request {request}: `images` values span [{float(images.min()):.4g}, "
+        raise RequestError(
+            f"`{contract.INPUT_NAME}` values span [{float(images.min()):.4g}, "
             f"{float(images.max()):.4g}]; grefel takes RGB in [{lo:g}, {hi:g}] (uint8 / 255)"
         )
+
+
+MAX_IMAGE_BYTES = 64 * 2**20  # one encoded image file of a grefel_image request
+ERROR_KEY = "__grefel_error__"  # a response of [code, message]: that request's own error
+
+
+def _error_response(code: str, message: str) -> Dict[str, np.ndarray]:
+    """The response of a request answered with an error: the patched proxy (patch_proxy) turns
+    it into a Triton error, `code` INVALID_ARG (HTTP 400) or INTERNAL (HTTP 500)."""
+    return {ERROR_KEY: np.array([code.encode(), message.encode("utf-8", "replace")],
+                                dtype=np.object_)}
+
+
+def _internal_error(exc: BaseException, where: str) -> Dict[str, np.ndarray]:
+    """An unexpected error of one request: logged with its traceback, answered in one line."""
+    log.error("a request failed: %s", "".join(traceback.format_exception(exc)).rstrip())
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return _error_response("INTERNAL", f"internal error of grefel serve ({type(exc).__name__}"
+                                       f"{': ' + first if first else ''}); its traceback is "
+                                       f"in {where}")
+
+
+def answer_each(requests: Sequence[Any], prepare: Callable[[Any], Any],
+                run: Callable[[List[Any]], List[Dict[str, np.ndarray]]],
+                log_where: str = "grefel serve's log") -> List[Dict[str, np.ndarray]]:
+    """One answer per request of a batch, each depending on its own request only.
+
+    `prepare(request)` checks one request and returns what `run` takes (RequestError: the
+    request is invalid, answered with that message as HTTP 400); `run(prepared)` computes the
+    valid ones in one call, one output dict each. If that call fails, each valid request is
+    run again on its own, so a request fails only for its own sake (an unexpected error: one
+    line, HTTP 500, its traceback logged). A PyTriton batch is answered as one, so nothing here
+    may raise: one exception would fail every request of the batch.
+    """
+    answers: List[Optional[Dict[str, np.ndarray]]] = [None] * len(requests)
+    valid: List[Tuple[int, Any]] = []
+    for i, request in enumerate(requests):
+        try:
+            valid.append((i, prepare(request)))
+        except RequestError as exc:
+            answers[i] = _error_response("INVALID_ARG", str(exc))
+        except Exception as exc:  # a bug or an environment fault: this request only
+            answers[i] = _internal_error(exc, log_where)
+    try:
+        outputs = run([p for _, p in valid]) if valid else []
+        if len(outputs) != len(valid):
+            raise RuntimeError(f"{len(outputs)} answers to {len(valid)} requests")
+    except Exception:  # the joined call failed: each request on its own
+        outputs = []
+        for _, prepared in valid:
+            try:
+                outputs.append(run([prepared])[0])
+            except RequestError as exc:
+                outputs.append(_error_response("INVALID_ARG", str(exc)))
+            except Exception as exc:
+                outputs.append(_internal_error(exc, log_where))
+    for (i, _), out in zip(valid, outputs):
+        answers[i] = out
+    return [a if a is not None else _error_response("INTERNAL", "no answer") for a in answers]
 
 
 def _label_arrays(probs: np.ndarray, classes: Sequence[str]) -> Dict[str, np.ndarray]:
@@ -192,9 +274,11 @@ def _label_arrays(probs: np.ndarray, classes: Sequence[str]) -> Dict[str, np.nda
 class _Instance:
     """One model instance: its own opened backend (and, for grefel_image, its own Pipeline)."""
 
-    def __init__(self, backend: Backend, pipeline: Optional[Pipeline] = None) -> None:
+    def __init__(self, backend: Backend, pipeline: Optional[Pipeline] = None,
+                 log_where: str = "grefel serve's log") -> None:
         self.backend, self.pipeline = backend, pipeline
         self.lock = threading.Lock()
+        self.log_where = log_where  # where an unexpected error's traceback is (its answer says)
 
     def _outputs(self, batch: np.ndarray) -> Dict[str, np.ndarray]:
         with self.lock:
@@ -215,38 +299,56 @@ class _Instance:
             start += n
         return parts
 
-    def infer_images(self, requests: List[Any]) -> List[Dict[str, np.ndarray]]:
-        """Requests of `grefel` (each `images` [n, 3, 112, 112]) -> one output dict each."""
-        arrays = [np.asarray(r["images"], dtype=np.float32) for r in requests]
-        for i, a in enumerate(arrays):
-            _check_range(a, i)
-        sizes = [len(a) for a in arrays]
-        return self._split(self._outputs(np.concatenate(arrays)), sizes)
+    @staticmethod
+    def _prepare_images(request: Any) -> np.ndarray:
+        images = np.asarray(request[contract.INPUT_NAME], dtype=np.float32)
+        _check_range(images)
+        return images
 
-    def infer_encoded(self, requests: List[Any]) -> List[Dict[str, np.ndarray]]:
-        """Requests of `grefel_image` (each `image` [n, 1] BYTES) -> one output dict each:
-        each image's first face prepared (Pipeline.prepare: detect, align or crop, resize),
-        all of them classified in one Pipeline.finish, as `grefel predict` does."""
+    def _run_images(self, arrays: List[np.ndarray]) -> List[Dict[str, np.ndarray]]:
+        return self._split(self._outputs(np.concatenate(arrays)), [len(a) for a in arrays])
+
+    def infer_images(self, requests: List[Any]) -> List[Dict[str, np.ndarray]]:
+        """Requests of `grefel` (each `images` [n, 3, 112, 112]) -> one output dict each (or
+        that request's error: answer_each)."""
+        return answer_each(requests, self._prepare_images, self._run_images, self.log_where)
+
+    def _prepare_encoded(self, request: Any) -> List[Any]:
+        """One grefel_image request -> its images' first faces, prepared (Pipeline.prepare:
+        decode, detect, align or crop, resize); RequestError for bytes that are no image."""
         assert self.pipeline is not None, "a grefel_image instance has a pipeline"
-        preps, sizes = [], []
-        for i, r in enumerate(requests):
-            items = np.asarray(r["image"], dtype=np.object_).reshape(-1)
-            sizes.append(len(items))
-            for j, item in enumerate(items):
-                if not isinstance(item, (bytes, bytearray, np.bytes_)):
-                    raise ValueError(f"request {i}: `image` item {j} is {type(item).__name__}, "
-                                     "expected the bytes of an image file")
-                name = f"request {i} image {j}"
-                try:
-                    image = contract.decode_image_bytes(bytes(item), name=name)
-                except contract.ImageError as exc:
-                    raise ValueError(str(exc)) from None
-                prep = self.pipeline.prepare(image, source=name, boxes=None, keypoints=None)
-                preps.append(prep.first())
+        items = np.asarray(request["image"], dtype=np.object_).reshape(-1)
+        decoded = []
+        for j, item in enumerate(items):
+            name = f"`image` item {j}"
+            if not isinstance(item, (bytes, bytearray, np.bytes_)):
+                raise RequestError(f"{name} is {type(item).__name__}, expected the bytes of an "
+                                   "image file")
+            if len(item) > MAX_IMAGE_BYTES:
+                raise RequestError(f"{name}: {len(item) / 2**20:.1f} MiB; grefel serve takes "
+                                   f"image files up to {MAX_IMAGE_BYTES // 2**20} MiB "
+                                   "(downscale or recompress it)")
+            try:
+                decoded.append((name, contract.decode_image_bytes(bytes(item), name=name)))
+            except contract.ImageError as exc:
+                raise RequestError(str(exc)) from None
+        return [self.pipeline.prepare(image, source=name, boxes=None, keypoints=None).first()
+                for name, image in decoded]
+
+    def _run_encoded(self, prepared: List[List[Any]]) -> List[Dict[str, np.ndarray]]:
+        assert self.pipeline is not None, "a grefel_image instance has a pipeline"
+        preps = [p for request in prepared for p in request]
         with self.lock:
             results = self.pipeline.finish(preps)
         answers = [faces[0] for faces in results]
-        return self._split(_image_outputs(answers, self.backend.classes), sizes)
+        return self._split(_image_outputs(answers, self.backend.classes),
+                           [len(request) for request in prepared])
+
+    def infer_encoded(self, requests: List[Any]) -> List[Dict[str, np.ndarray]]:
+        """Requests of `grefel_image` (each `image` [n, 1] BYTES) -> one output dict each (or
+        that request's error: answer_each): each image's first face prepared on its own, the
+        valid requests' faces classified in one Pipeline.finish, as `grefel predict` does."""
+        return answer_each(requests, self._prepare_encoded, self._run_encoded, self.log_where)
 
 
 def _image_outputs(results: Sequence[FaceResult], classes: Sequence[str]) -> Dict[str, np.ndarray]:
@@ -274,6 +376,110 @@ def _image_outputs(results: Sequence[FaceResult], classes: Sequence[str]) -> Dic
         "face": np.array([r.face for r in results], dtype=np.bool_).reshape(-1, 1),
         "box": box,
     }
+
+
+PORT_OPTIONS = (("http_port", "--http-port"), ("grpc_port", "--grpc-port"),
+                ("metrics_port", "--metrics-port"))
+
+
+def check_ports(opts: ServeOptions) -> None:
+    """ServeError, naming the option, unless every port can be listened on at `opts.host`.
+
+    Checked by binding each port for a moment, before any model is loaded: tritonserver finds
+    a taken port only after its start, and PyTriton reported it with a traceback after a
+    minute's wait. (A port taken between this check and tritonserver's start is still
+    reported in one line, by serve.)
+    """
+    seen: Dict[int, str] = {}
+    for field, option in PORT_OPTIONS:
+        port = getattr(opts, field)
+        if port in seen:
+            raise ServeError(f"{option} {port}: the same port as {seen[port]}; give each of "
+                             "--http-port, --grpc-port and --metrics-port its own")
+        seen[port] = option
+        try:
+            infos = socket.getaddrinfo(opts.host, port, type=socket.SOCK_STREAM,
+                                       flags=socket.AI_PASSIVE)
+        except socket.gaierror as exc:
+            raise ServeError(f"--host {opts.host}: not an address of this machine "
+                             f"({exc.strerror}); 127.0.0.1 (this machine only) or 0.0.0.0 "
+                             "(every interface)") from None
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as sock:
+            # as a server would (tritonserver too): a port in TIME_WAIT is free
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise ServeError(
+                        f"{option} {port}: port {port} on {opts.host} is already in use (another "
+                        f"grefel serve or server?); stop it or choose a free port, e.g. "
+                        f"{option} {_free_port_hint(opts.host, port)}") from None
+                if exc.errno == errno.EACCES:
+                    raise ServeError(f"{option} {port}: not allowed to listen on port {port} "
+                                     "(ports below 1024 need root); choose one above 1024"
+                                     ) from None
+                raise ServeError(f"--host {opts.host}: cannot listen on {opts.host}:{port} "
+                                 f"({exc.strerror or exc}); 127.0.0.1 or 0.0.0.0") from None
+
+
+def _free_port_hint(host: str, taken: int) -> int:
+    """A port near `taken` that is free now (a suggestion only)."""
+    for port in range(taken + 10, min(taken + 200, 65535), 10):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("" if ":" in host else host, port))
+            except OSError:
+                continue
+            return port
+    return taken + 10
+
+
+# The proxy model that PyTriton 0.7 copies into the model repository (pytriton/proxy/model.py)
+# answers every request of a batch with one error (a traceback) when any fails. These two
+# changes of that copy give each request its own answer (answer_each) and cut any other error
+# message to one line. Each `old` must be found once, or grefel serve refuses to start.
+_PROXY_PATCHES = (
+    (
+        "def _wrap_response(response: Response, requested_outputs_names, model_outputs_dict):\n",
+        "def _wrap_response(response: Response, requested_outputs_names, model_outputs_dict):\n"
+        f"    if response.data is not None and {ERROR_KEY!r} in response.data:  # grefel serve\n"
+        f"        code, message = (bytes(v).decode('utf-8', 'replace')\n"
+        f"                         for v in response.data[{ERROR_KEY!r}].reshape(-1)[:2])\n"
+        "        kind = getattr(pb_utils.TritonError, code, pb_utils.TritonError.INTERNAL)\n"
+        "        return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, kind))\n",
+    ),
+    (
+        'raise pb_utils.TritonModelException(f"Model execute error: {msg}") from None',
+        "raise pb_utils.TritonModelException(_grefel_one_line(msg)) from None",
+    ),
+)
+_PROXY_ONE_LINE = '''
+
+def _grefel_one_line(text):
+    """grefel serve: an error message in one line, its traceback's last (the error itself)."""
+    lines = [line.strip() for line in text.splitlines()]
+    lines = [line for line in lines if line and not line.startswith(("Traceback", "At:", "File "))
+             and not line.endswith("execute")]
+    last = lines[-1] if lines else "unknown error"
+    for prefix in ("c_python_backend_utils.TritonModelException: ", "TritonModelException: "):
+        last = last[len(prefix):] if last.startswith(prefix) else last
+    return "grefel serve failed to answer: " + last
+'''
+
+
+def patch_proxy(model_py: Path) -> None:
+    """Apply _PROXY_PATCHES to one model's copy of PyTriton's proxy (`MODEL/1/model.py` in the
+    model repository, written by `Triton.bind`); ServeError if this PyTriton's proxy differs."""
+    text = model_py.read_text()
+    for old, new in _PROXY_PATCHES:
+        if text.count(old) != 1:
+            raise ServeError(f"this PyTriton ({model_py}) is not the 0.7 that grefel serve knows: "
+                             f"{SERVE_HINT}")
+        text = text.replace(old, new)
+    model_py.write_text(text + _PROXY_ONE_LINE)
 
 
 def _tensors(pytriton_config: Any, num_classes: int, encoded: bool) -> Tuple[list, list]:
@@ -310,26 +516,31 @@ def serve(
 
     Raises ServeError (environment, options) or BackendError (the model file) before serving.
     """
+    if opts.instances < 1 or opts.max_batch < 1 or opts.queue_delay_us < 0:
+        raise ServeError("--instances and --max-batch must be >= 1, --queue-delay-us >= 0")
+    check_ports(opts)  # before anything slow: a taken port is one line at once
     check_environment()
     from pytriton import model_config as pmc
     from pytriton.triton import Triton, TritonConfig, TritonLifecyclePolicy
+    from pytriton.utils.workspace import Workspace
 
-    if opts.instances < 1 or opts.max_batch < 1 or opts.queue_delay_us < 0:
-        raise ServeError("--instances and --max-batch must be >= 1, --queue-delay-us >= 0")
     for name in ("pytriton", "tritonclient"):
         logging.getLogger(name).setLevel(logging.WARNING)
     _libpython_first()
     stop = stop or threading.Event()
     backends: List[Backend] = []
+    error_log = _error_log(opts.log_file)
+    log_where = display_path(error_log.baseFilename) if error_log else "grefel serve's output"
     try:
         for _ in range(opts.instances * 2):  # one backend per instance of each model
             backends.append(
                 open_backend(weights, device=opts.device, threads=opts.threads).__enter__()
             )
         classes = backends[0].classes
-        tensor_instances = [_Instance(b) for b in backends[: opts.instances]]
+        tensor_instances = [_Instance(b, log_where=log_where) for b in backends[: opts.instances]]
         pipelines = [image_pipeline(b, opts) for b in backends[opts.instances :]]
-        image_instances = [_Instance(b, p) for b, p in zip(backends[opts.instances :], pipelines)]
+        image_instances = [_Instance(b, p, log_where)
+                           for b, p in zip(backends[opts.instances :], pipelines)]
         config = TritonConfig(
             http_address=opts.host,
             http_port=opts.http_port,
@@ -348,16 +559,20 @@ def serve(
         )
         # The models go into a local repository that tritonserver loads before it listens, so
         # its first ready is honest (module docstring); PyTriton's default loads them after.
-        triton = Triton(config=config, triton_lifecycle_policy=TritonLifecyclePolicy(
-            launch_triton_on_startup=True, local_model_store=True))
+        workspace = Workspace()  # its model-store: the repository that tritonserver loads
+        triton = Triton(config=config, workspace=workspace,
+                        triton_lifecycle_policy=TritonLifecyclePolicy(
+                            launch_triton_on_startup=True, local_model_store=True))
         for model, instances, encoded in (
             (MODEL, tensor_instances, False),
             (IMAGE_MODEL, image_instances, True),
         ):
             inputs, outputs = _tensors(pmc, len(classes), encoded)
             funcs = [i.infer_encoded if encoded else i.infer_images for i in instances]
+            # not strict: an invalid request's answer is ERROR_KEY, not the model's outputs
             triton.bind(model_name=model, infer_func=funcs, inputs=inputs, outputs=outputs,
-                        config=model_config, strict=True)
+                        config=model_config, strict=False)
+            patch_proxy(workspace.model_store_path / model / "1" / "model.py")
         if opts.log_file is not None:
             on_ready(f"tritonserver's log: {display_path(opts.log_file)} (-v: on stdout "
                      "instead)")
@@ -393,3 +608,17 @@ def serve(
     finally:
         for backend in backends:
             backend.close()
+        if error_log is not None:
+            log.removeHandler(error_log)
+            error_log.close()
+
+
+def _error_log(tritonserver_log: Optional[Path]) -> Optional[logging.FileHandler]:
+    """`serve.log` beside tritonserver's log, where grefel serve writes the traceback of each
+    unexpected error that it answered in one line (None with -v: on stderr, Python's default)."""
+    if tritonserver_log is None:
+        return None
+    handler = logging.FileHandler(tritonserver_log.with_name("serve.log"), delay=True)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    return handler
