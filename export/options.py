@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Tuple
 
+from grefel.errors import ConfigError
 from grefel.ranges import check_ranges, ranged
 
-__all__ = ["ExportOptions", "TritonRepoOptions"]
+__all__ = ["ExportOptions", "TritonRepoOptions", "name_problem"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,23 @@ class ExportOptions:
 
     def __post_init__(self) -> None:
         check_ranges(self)
+        why = None if self.name is None else name_problem(self.name)
+        if why:
+            raise ConfigError(f"invalid ExportOptions: name: {why}")
+
+
+def name_problem(name: str) -> Optional[str]:
+    """Why `name` cannot be an artifact name (`--name`), or None: the artifacts are
+    `OUT/NAME.onnx`, `OUT/NAME_fp16_b8.engine`, ..., so a name is one plain file name stem: not
+    empty (which would silently fall back to the source's stem), no folder separator, and not
+    starting with a dot (hidden files; `..`)."""
+    if not name.strip():
+        return "empty; give a file name stem such as best, or leave --name out"
+    if "/" in name or "\\" in name or "\x00" in name:
+        return f"{name!r} holds a folder separator; give a plain name and the folder with --out"
+    if name.startswith("."):
+        return f"{name!r} starts with a dot (a hidden file); give a plain name"
+    return None
 
 
 @dataclass(frozen=True)

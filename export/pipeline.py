@@ -315,6 +315,23 @@ def _check_onnx_source(path: Path) -> None:
     if missing:
         raise ExportError(f"{path}: not a grefel model: it has no output(s) {missing} (got "
                           f"{outputs}); export a grefel checkpoint with `grefel export`")
+    _check_finite_initializers(path, model)
+
+
+def _check_finite_initializers(path: Path, model: Any) -> None:
+    """ExportError when a weight of the ONNX holds NaN or inf (grefel.finite, the check behind
+    every model reader): an export would carry the broken weights into every artifact."""
+    from onnx import numpy_helper
+
+    from grefel.finite import NonFiniteError, require_finite
+
+    weights = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer
+               if i.data_location != onnx.TensorProto.EXTERNAL}
+    try:
+        require_finite(weights, str(path), "the model is broken: export it again from a "
+                                           "finite checkpoint")
+    except NonFiniteError as exc:
+        raise ExportError(str(exc)) from None
 
 
 class _Run:

@@ -698,6 +698,17 @@ def _opset(ctx: click.Context, param: click.Parameter, value: str) -> Optional[i
     return int(value)
 
 
+def _artifact_name(ctx: click.Context, param: click.Parameter,
+                   value: Optional[str]) -> Optional[str]:
+    """--name, refused while parsing by the rule ExportOptions applies (export.options)."""
+    from export.options import name_problem
+
+    why = None if value is None else name_problem(value)
+    if why:
+        raise click.BadParameter(why)
+    return value
+
+
 def _class_ids(ctx: click.Context, param: click.Parameter, value: str) -> Tuple[int, ...]:
     parts = [v.strip() for v in value.split(",") if v.strip()]
     if not parts or not all(p.isdigit() for p in parts):
@@ -746,7 +757,8 @@ Examples:
 @click.option("--verify", is_flag=True, help="Run the engine vs ONNX Runtime after the build.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Artifacts folder [default: a new runs/export/NAME, -2, -3, ...].")
-@click.option("--name", help="Artifact name (default: the source file's stem).")
+@click.option("--name", callback=_artifact_name,
+              help="Artifact name (default: the source file's stem).")
 @click.option("--embedding", is_flag=True, help="Also output the pooled embedding.")
 @click.option("--calib-data", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Image folder (e.g. SynthFER) for the FP16 gate and --verify; with --int8 "

@@ -321,6 +321,27 @@ def with_progress(loader: Any, progress: Optional[Progress]) -> Iterator[Any]:
     progress.close()
 
 
+def _warn_shared_with_train(data: Any, dataset: str, split: str, samples: Sequence[Any]) -> None:
+    """A warning line when the evaluated split shares images with the dataset's training split
+    (a test.csv that lists training images scores memory, not recognition). A dataset without a
+    readable training split has nothing to compare."""
+    from grefel.data import DatasetError, load_samples, shared_images
+    from grefel.fileio import display_path
+
+    if split == "train":
+        return
+    try:
+        train, _ = load_samples(data, dataset, "train")
+    except DatasetError:
+        return
+    shared = shared_images(train, samples)
+    if shared:
+        sys.stderr.write(f"warning: {data}: split {split!r} shares {len(shared)} image(s) with "
+                         f"split 'train' (e.g. {display_path(shared[0])}): its scores measure "
+                         "memory of training images, not recognition; make the splits "
+                         "disjoint\n")
+
+
 def evaluate_model(
     model_path: PathLike,
     data: PathLike,
@@ -364,6 +385,7 @@ def evaluate_model(
         sys.stderr.write(f"warning: {data}: split {split!r} has no sample of class(es) "
                          f"{', '.join(absent)}: its macro-F1 and per-class scores leave them "
                          "out, and every prediction of them counts as an error\n")
+    _warn_shared_with_train(data, dataset, split, samples)
     if alignment is not None:
         alignment = alignment.for_dataset(resolve_kind(data, dataset, split))
     aligned = _aligned(samples, alignment, align_cache)

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import stat
 import tempfile
 from dataclasses import dataclass
@@ -22,7 +23,8 @@ from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
 from grefel.errors import GrefelError, OutputPathError
 
 __all__ = ["RUNS", "Input", "Output", "OutputClash", "UserTextError", "atomic_path",
-           "atomic_write_bytes", "atomic_write_json", "check_outputs", "display_path",
+           "atomic_write_bytes", "atomic_write_json", "check_outputs", "deferred_signals",
+           "display_path",
            "model_inputs", "new_run_folder", "read_user_text", "sha256_file", "write_record"]
 
 RUNS = Path("runs")  # every command's default output folder: runs/<command>/<name>
@@ -121,6 +123,32 @@ def _written_through(dest: Path) -> Iterator[Path]:
             raise
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def deferred_signals(signums: Sequence[int] = (signal.SIGINT, signal.SIGTERM)
+                     ) -> Iterator[None]:
+    """Writes that belong together (a checkpoint and the resumable state beside it) finish
+    before Ctrl-C or SIGTERM takes effect: a signal that arrives inside is held and delivered
+    again, to the handler that was in place, once the block is done. Each file is atomic on its
+    own (atomic_path); this keeps the set consistent, so an interrupted run can always resume
+    from its last state. Outside the main thread it does nothing (signals go there only)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: List[int] = []
+    previous = {n: signal.getsignal(n) for n in signums}
+    for n in signums:
+        signal.signal(n, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        for n, handler in previous.items():
+            signal.signal(n, handler)
+        if held:
+            signal.raise_signal(held[0])
 
 
 def _umask() -> int:

@@ -44,7 +44,7 @@ from grefel.checkpoint import save_checkpoint
 from grefel.config import MODEL_OVERRIDES, VARIANTS, DataConfig, GReFELConfig, TrainConfig
 from grefel.devices import DeviceError, resolve_device
 from grefel.evaluate import collect_outputs as predict
-from grefel.fileio import atomic_write_bytes, atomic_write_json
+from grefel.fileio import atomic_write_bytes, atomic_write_json, deferred_signals
 from grefel.finite import NonFiniteError, require_finite
 from grefel.metrics import confusion_matrix, inverse_frequency_weights, macro_f1
 from grefel.model.grefel import GReFEL, GReFELOutput
@@ -431,10 +431,11 @@ def save_epoch(run: Run, row: Dict[str, Any], rngs: List[Dict[str, Any]]) -> Non
             "train_config": dataclasses.asdict(run.cfg),
             "face_alignment": face_alignment_record(run.alignment)}
     try:  # the writers refuse NaN/inf themselves (grefel.finite); checked before, as a last net
-        if run.best.get("epoch") == run.epoch:
-            save_checkpoint(run.out / "best.safetensors", run.raw, metrics=row, **meta)
-        save_checkpoint(run.out / "last.safetensors", run.raw, metrics=row, **meta)
-        write_state(run, rngs)
+        with deferred_signals():  # Ctrl-C between last.safetensors and its state: after both
+            if run.best.get("epoch") == run.epoch:
+                save_checkpoint(run.out / "best.safetensors", run.raw, metrics=row, **meta)
+            save_checkpoint(run.out / "last.safetensors", run.raw, metrics=row, **meta)
+            write_state(run, rngs)
     except NonFiniteError as exc:
         raise TrainingError(f"epoch {run.epoch}: {exc}; {stop_hint(run)}") from None
     run.saved_epoch = run.epoch
@@ -532,7 +533,9 @@ def build_loaders(d: DataConfig, seed: int, rank: int, world: int) -> Dict[str, 
         collate_skip,
         load_samples,
         make_transforms,
+        shared_images,
     )
+    from grefel.fileio import display_path
 
     samples, classes = load_samples(d.root, d.dataset, d.train_split)
     absent = absent_classes(samples, classes)
@@ -562,6 +565,12 @@ def build_loaders(d: DataConfig, seed: int, rank: int, world: int) -> Dict[str, 
                       f"{', '.join(absent)}: its accuracy and macro-F1 (--select macro_f1 picks "
                       "best.safetensors by it) leave them out, and every prediction of them "
                       "counts as an error; add their images to the split for a full measure")
+        shared = shared_images(samples, val_samples)
+        if shared:  # a warning: the user may mean it (a smoke run), but must know
+            log(rank, f"warning: {d.root}: split {d.val_split!r} shares {len(shared)} image(s) "
+                      f"with split {d.train_split!r} (e.g. {display_path(shared[0])}): its "
+                      "scores, and the choice of best.safetensors, measure memory of training "
+                      "images, not recognition; make the splits disjoint")
         check_readable(val_samples, f"{d.root} split {d.val_split!r}")
         aligned["val"] = align_split(d, val_samples, rank, world, d.val_split)
         val_set = FERDataset(val_samples, classes, make_transforms(False), strict=d.strict,

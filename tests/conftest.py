@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -9,6 +11,13 @@ import torch
 @pytest.fixture(autouse=True, scope="session")
 def _torch_threads() -> None:
     torch.set_num_threads(2)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _crash_reports(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A bug's crash report (grefel.crash) from any test, or any command a test runs in a child
+    process, lands in the test's temporary folder, not in the user's ~/.cache."""
+    os.environ["GREFEL_CRASH_DIR"] = str(tmp_path_factory.mktemp("crash"))
 
 
 @pytest.fixture(scope="session")

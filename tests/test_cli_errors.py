@@ -115,6 +115,19 @@ def test_cli_refuses_out_of_range_while_parsing(argv: List[str], option: str, ru
     assert f"Invalid value for '{option}'" in result.output and rule in result.output
 
 
+@pytest.mark.parametrize("name,says", [("", "empty"), ("a/b", "folder separator"),
+                                       ("..", "starts with a dot")])
+def test_export_name_is_one_plain_stem(name: str, says: str) -> None:
+    """`--name ''` fell back to the source's stem, exit 0; `--name ..` wrote `...checks.json`."""
+    from export.options import ExportOptions
+
+    result = CliRunner().invoke(cli, ["export", "m.onnx", f"--name={name}"])
+    assert result.exit_code == 2 and "Invalid value for '--name'" in result.output
+    assert says in result.output
+    with pytest.raises(ValueError, match=f"name: .*{says}"):
+        ExportOptions(name=name)
+
+
 def test_cli_types_come_from_the_dataclass() -> None:
     """The option's bounds are the field's: change the field's Range, the option follows."""
     option = next(p for p in _command("train").params if p.name == "head_dropout")

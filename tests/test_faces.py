@@ -582,8 +582,8 @@ def test_records_of_a_frame_are_written_before_the_next_is_read(
     out = Stream()
     real = sources.iter_source
 
-    def checking(src: str, max_frames: Optional[int] = None):
-        for k, item in enumerate(real(src, max_frames)):
+    def checking(src: str, max_frames: Optional[int] = None, **kw: Any):
+        for k, item in enumerate(real(src, max_frames, **kw)):
             seen.append(out.flushed)
             assert out.flushed == k
             yield item

@@ -243,3 +243,96 @@ def test_blank_lines_at_the_end_of_the_class_list_are_fine(tmp_path):
     data = _dataset(tmp_path / "data", {"train": [0, 1]}, classes=None)
     (data / "classes.txt").write_text("a\nb\n\n\n")
     assert load_samples(data, "csv", "train")[1] == ("a", "b")
+
+
+# --- found by the fresh campaign (benchmarks/fault_fresh.py) -----------------------------------
+
+
+def test_an_image_listed_twice_with_two_labels_is_refused(tmp_path):
+    from grefel.data import DatasetError, load_samples
+
+    data = _dataset(tmp_path / "data", {"train": _good(14)})
+    with open(data / "train.csv", "a") as f:
+        f.write("img/train_0.png,5\n")  # train_0 is listed with label 0 already
+    with pytest.raises(DatasetError, match=r"train_0.png: neutral and disgust; keep one label"):
+        load_samples(data, "csv", "train")
+    with open(data / "train.csv", "a") as f:  # the same label twice is no conflict
+        f.write("img/train_1.png,1\n")
+    lines = (data / "train.csv").read_text().splitlines()
+    (data / "train.csv").write_text("\n".join(lines[:-2] + lines[-1:]) + "\n")
+    assert len(load_samples(data, "csv", "train")[0]) == 15
+
+
+def test_splits_that_share_images_are_warned_about_in_train_and_eval(tmp_path, capsys):
+    import shutil
+
+    from grefel.evaluate import _warn_shared_with_train
+
+    data = _dataset(tmp_path / "data", {"train": _good(14), "val": _good(7)})
+    shutil.copy(data / "train.csv", data / "test.csv")  # a test split of training images
+    lines = (data / "train.csv").read_text().splitlines()
+    (data / "val.csv").write_text("\n".join(lines[:8]) + "\n")  # header + 7 training images
+    _tiny_train(data, tmp_path / "run")
+    warnings = [x for x in capsys.readouterr().err.splitlines() if "shares" in x]
+    assert len(warnings) == 1 and "split 'val' shares 7 image(s) with split 'train'" in warnings[0]
+    from grefel.data import load_samples
+
+    _warn_shared_with_train(data, "csv", "test", load_samples(data, "csv", "test")[0])
+    err = capsys.readouterr().err
+    assert "warning:" in err and "split 'test' shares 14 image(s) with split 'train'" in err
+
+
+def test_export_refuses_an_onnx_with_a_nan_weight(tmp_path):
+    """`grefel export m.onnx --onnx-only` wrote the artifacts of a model whose weight was NaN,
+    exit 0, while predict and eval refused it: the ONNX source goes through grefel.finite too."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from benchmarks import fault_corpus as corpus
+    from export.pipeline import ExportError, _check_onnx_source
+
+    path = corpus.mini_onnx(tmp_path / "m.onnx")
+    model = onnx.load(str(path))
+    softmax = next(n for n in model.graph.node if n.op_type == "Softmax")
+    model.graph.initializer.append(
+        numpy_helper.from_array(np.array([math.nan, 0, 0], np.float32), "bias"))
+    model.graph.node.insert(list(model.graph.node).index(softmax),
+                            helper.make_node("Add", ["means", "bias"], ["shifted"]))
+    softmax.input[0] = "shifted"
+    onnx.save(model, str(path))
+    with pytest.raises(ExportError, match=r"m.onnx: 1 of 3 values .* are NaN or inf"):
+        _check_onnx_source(path)
+    from click.testing import CliRunner
+
+    from grefel.cli import cli
+
+    result = CliRunner().invoke(cli, ["export", str(path), "--onnx-only", "--fp32", "--out",
+                                      str(tmp_path / "e")])
+    assert result.exit_code == 1 and "NaN or inf" in result.output
+    assert not list(tmp_path.glob("e/*.onnx"))  # no artifact of the broken model
+
+
+def test_ctrl_c_while_an_epoch_is_saved_still_leaves_a_resumable_run(tmp_path, monkeypatch):
+    """Ctrl-C just after last.safetensors was written (before last.state.pt) left a run that
+    could not resume ("last.state.pt does not exist"): the epoch's files are written as a set
+    (grefel.fileio.deferred_signals), the interrupt taking effect after them."""
+    import signal
+
+    import grefel.train as train_module
+
+    data = _dataset(tmp_path / "data", {"train": _good(14), "val": _good(7)})
+    real = train_module.save_checkpoint
+
+    def save_then_interrupt(path, *args, **kwargs):
+        written = real(path, *args, **kwargs)
+        if Path(path).name == "last.safetensors":
+            signal.raise_signal(signal.SIGINT)  # the user's Ctrl-C, right here
+        return written
+
+    monkeypatch.setattr(train_module, "save_checkpoint", save_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        _tiny_train(data, tmp_path / "run")
+    assert (tmp_path / "run" / "last.state.pt").is_file()
+    monkeypatch.setattr(train_module, "save_checkpoint", real)
+    _tiny_train(data, tmp_path / "run", resume=True, epochs=2)
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())

@@ -227,3 +227,24 @@ def test_predict_exit_and_records_for_a_cut_video(clip: Path, tmp_path: Path) ->
     assert len(errors) == 1 and f"ended at frame {len(recs)} of the 30" in errors[0]
     assert [r["frame"] for r in recs] == list(range(len(recs))) and np.all(
         [r["label"] == "red" for r in recs])
+
+
+def test_a_model_whose_probs_are_no_distribution_is_refused(tmp_path: Path) -> None:
+    """A graph that returns scores, not a softmax (the fresh campaign's records summed to 1.33):
+    every backend refuses its outputs in one line instead of writing meaningless probabilities."""
+    import onnx
+
+    path = corpus.mini_onnx(tmp_path / "scores.onnx")
+    model = onnx.load(str(path))
+    for node in model.graph.node:
+        if node.op_type == "Softmax":  # the channel means themselves: rows sum to ~1.5
+            node.op_type, node.name = "Identity", "no_softmax"
+            del node.attribute[:]
+    onnx.save(model, str(path))
+    batch = np.full((2, 3, 112, 112), 0.5, dtype=np.float32)
+    with open_backend(path, device="cpu") as backend:
+        with pytest.raises(BackendError, match="`probs` are not probabilities"):
+            backend.infer(batch)
+        assert backend.infer(batch, finite_outputs=False)["probs"].shape == (2, 3)
+    with open_backend(corpus.mini_onnx(tmp_path / "mini.onnx"), device="cpu") as backend:
+        np.testing.assert_allclose(backend.infer(batch)["probs"], 1 / 3, rtol=1e-6)

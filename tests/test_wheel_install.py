@@ -259,9 +259,11 @@ def test_the_jetson_recipe_installs_the_dependencies_of_the_wheel_but_opencv() -
 def test_main_turns_a_missing_optional_package_into_one_line(
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
     """In this venv: `grefel train` where torch cannot be imported ends in one error line naming
-    the train extra; a missing module that is no optional package stays a traceback (a bug)."""
+    the train extra; a missing module that is no optional package is a bug: one line naming
+    the saved crash report (grefel.crash), exit 1."""
     from grefel import cli
 
+    monkeypatch.setenv("GREFEL_CRASH_DIR", str(tmp_path / "crash"))
     monkeypatch.delitem(sys.modules, "grefel.train", raising=False)
     monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ModuleNotFoundError
     monkeypatch.setattr(sys, "argv", ["grefel", "train", "--data", str(tmp_path)])
@@ -271,8 +273,12 @@ def test_main_turns_a_missing_optional_package_into_one_line(
     assert exit_.value.code == 1 and len(err) == 1 and err[0].startswith("Error: "), err
     assert "needs torch" in err[0] and "pip install '.[train]'" in err[0]
     monkeypatch.setitem(sys.modules, "grefel.train", None)  # not an optional package
-    with pytest.raises(ModuleNotFoundError):
+    with pytest.raises(SystemExit) as exit_:
         cli.main()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 1 and len(err) == 1, err
+    assert err[0].startswith("Error: internal error (ModuleNotFoundError") and "report" in err[0]
+    assert len(list((tmp_path / "crash").iterdir())) == 1
 
 
 def test_predict_with_the_default_model(installed: Installed) -> None:

@@ -22,6 +22,7 @@ __all__ = [
     "generate_synthfer",
     "load_samples",
     "make_transforms",
+    "shared_images",
 ]
 
 _LAZY = {
@@ -30,6 +31,7 @@ _LAZY = {
     "Sample": "grefel.data.samples",
     "absent_classes": "grefel.data.samples",
     "class_counts": "grefel.data.samples",
+    "shared_images": "grefel.data.samples",
     "check_readable": "grefel.data.datasets",
     "collate_skip": "grefel.data.datasets",
     "load_samples": "grefel.data.datasets",

@@ -23,7 +23,8 @@ import numpy as np
 
 from grefel import contract
 from grefel.data import readers
-from grefel.data.samples import DatasetError, Sample, class_counts
+from grefel.data.samples import DatasetError, Sample, class_counts, conflicting_labels
+from grefel.fileio import display_path
 
 __all__ = [
     "KINDS",
@@ -88,6 +89,15 @@ def load_samples(
                            "recognition needs at least two (list them in classes.txt, one per "
                            "line, or add the other classes' images)")
     class_counts(samples, len(classes))  # validates every label index
+    conflicts = conflicting_labels(samples, classes)
+    if conflicts:
+        first = sorted(conflicts)[:3]
+        listing = "; ".join(f"{display_path(path)}: {' and '.join(conflicts[path])}"
+                            for path in first)
+        more = f" (and {len(conflicts) - len(first)} more)" if len(conflicts) > len(first) else ""
+        raise DatasetError(f"{root}: split {split!r} lists {len(conflicts)} image(s) more than "
+                           f"once with different labels: {listing}{more}; keep one label per "
+                           "image")
     _log.info("%s: %d %s samples (%s)", root, len(samples), split, kind)
     return samples, tuple(classes)
 

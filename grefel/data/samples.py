@@ -9,11 +9,12 @@ dataset folder needs no torch. The class lists of the public datasets are in
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Set
 
 from grefel.errors import GrefelError
 
-__all__ = ["DatasetError", "Sample", "absent_classes", "class_counts"]
+__all__ = ["DatasetError", "Sample", "absent_classes", "class_counts", "conflicting_labels",
+           "shared_images"]
 
 
 class DatasetError(GrefelError, ValueError):
@@ -55,3 +56,21 @@ def absent_classes(samples: Sequence[Sample], class_names: Sequence[str]) -> Lis
     about)."""
     counts = class_counts(samples, len(class_names))
     return [name for name, n in zip(class_names, counts) if n == 0]
+
+
+def conflicting_labels(samples: Sequence[Sample],
+                       class_names: Sequence[str]) -> Dict[str, List[str]]:
+    """{path: its labels} for every image listed more than once with different labels (a CSV
+    row copied and relabelled): which label it trains or scores under would depend on row order,
+    so `load_samples` refuses it. The same image listed twice with one label is not a conflict."""
+    labels: Dict[str, Set[int]] = {}
+    for s in samples:
+        labels.setdefault(s.path, set()).add(s.label)
+    return {path: [class_names[i] for i in sorted(found)]
+            for path, found in labels.items() if len(found) > 1}
+
+
+def shared_images(first: Sequence[Sample], second: Sequence[Sample]) -> List[str]:
+    """The image paths that both lists hold (sorted): a validation or test split that shares
+    images with the training split measures memory, not recognition."""
+    return sorted({s.path for s in first} & {s.path for s in second})

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 INPUT_SHAPE = contract.INPUT_SHAPE
 OUTPUTS = contract.OUTPUTS
+PROBS_SUM_TOL = 1e-2  # FP16 softmax rows of 7-8 classes sum to 1 within ~1e-3
 
 Outputs = Dict[str, np.ndarray]
 
@@ -114,7 +115,7 @@ class Backend:
                                f"names for {width} model outputs ({', '.join(self.classes)}); "
                                "re-export the model with `grefel export`, or correct its class "
                                "names")
-        return self._check_finite(out) if finite_outputs else out
+        return self._check_distribution(self._check_finite(out)) if finite_outputs else out
 
     def infer_timed(self, batch: np.ndarray) -> Tuple[Outputs, Optional[float]]:
         """`infer` plus the GPU compute time in ms (CUDA events), or None on the CPU."""
@@ -131,6 +132,24 @@ class Backend:
                 f"{self.path or self.describe()}: the model returned NaN or inf ({counts} "
                 "values) for inputs in the contract's range; the model file is broken (an FP16 "
                 "overflow?): re-export it, or use the FP32 ONNX / checkpoint"
+            )
+        return outputs
+
+    def _check_distribution(self, outputs: Outputs) -> Outputs:
+        """The outputs, or a BackendError when `probs` is not a probability distribution per
+        face (values in [0, 1], each row summing to 1 within PROBS_SUM_TOL): a model that
+        returns logits or scores would otherwise give records whose probabilities mean nothing."""
+        probs = np.asarray(outputs["probs"], dtype=np.float64) if "probs" in outputs else None
+        if probs is None or probs.size == 0:
+            return outputs
+        sums = probs.reshape(probs.shape[0], -1).sum(axis=1)
+        worst = float(np.max(np.abs(sums - 1.0)))
+        if worst > PROBS_SUM_TOL or float(probs.min()) < -PROBS_SUM_TOL:
+            raise BackendError(
+                f"{self.path or self.describe()}: the model's `probs` are not probabilities "
+                f"(rows sum to {float(sums.min()):.4g}..{float(sums.max()):.4g}, values from "
+                f"{float(probs.min()):.4g}); a grefel model ends in a softmax: export it with "
+                "`grefel export`, or add the softmax to the graph"
             )
         return outputs
 
