@@ -79,6 +79,7 @@ class Case:
     check: Callable[[List[Proc], Path], str] = lambda procs, work: ""  # "" or what is wrong;
     # "lost: ..." for missing records / files
     ok_codes: Sequence[int] = (0,)  # exit statuses of a handled run (128 + signal for a signal)
+    ci: bool = True  # False: a slower variant of a case CI already runs; the campaign runs all
 
 
 @dataclass

@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from benchmarks.env import device_label
 from grefel._lazy import MissingDependency, require
 from grefel.errors import GrefelError
-from grefel.fileio import atomic_write_bytes, atomic_write_json
+from grefel.fileio import atomic_write_bytes, atomic_write_json, claim_run_folder
 
 __all__ = [
     "MAC_NOTE",
@@ -314,7 +314,7 @@ def check_writable(out_dir: Path) -> None:
     import tempfile
 
     try:
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        claim_run_folder(Path(out_dir), "bench")
         with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".bench-probe-"):
             pass
     except OSError as exc:

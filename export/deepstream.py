@@ -3,7 +3,7 @@
 `write_deepstream_config(folder, ...)` writes into `folder`:
 
     config_infer_secondary_grefel.txt   the [property] group nvinfer reads (GLib key file)
-    labels.txt                          one line per output layer, its labels separated by ';'
+    labels_grefel.txt                   one line per output layer, its labels separated by ';'
     NAME.int8.trt.onnx                  (INT8 only) the QDQ ONNX in the form TensorRT parses
 
 Every value comes from the checked ONNX itself: the input's shape, colour order and range (its
@@ -15,7 +15,7 @@ classifier needs are all there (`check_properties`).
 
 DeepStream's default classifier parser reports one attribute per output layer of the engine, in
 the engine's order: probs (the expression, eq. 19), primary (the eq. 9 head) and confidence
-(C_f, eq. 10); labels.txt has a line for each. Not run on DeepStream here (no GPU).
+(C_f, eq. 10); labels_grefel.txt has a line for each. Not run on DeepStream here (no GPU).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ __all__ = [
 ]
 
 CONFIG_NAME = "config_infer_secondary_grefel.txt"
-LABELS_NAME = "labels.txt"
+LABELS_NAME = "labels_grefel.txt"  # a name of its own: never a user's labels.txt
 KEYS_PATH = Path(__file__).with_name("data") / "deepstream_nvinfer_keys.json"
 NETWORK_MODE = {"fp32": 0, "int8": 1, "fp16": 2}  # nvinfer's network-mode values
 Property = Tuple[str, str, str]  # key, value, comment ("" for none)

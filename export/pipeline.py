@@ -43,7 +43,7 @@ from export.simplify import simplify_onnx
 from export.trt_form import for_tensorrt
 from grefel._lazy import MissingDependency, require
 from grefel.contract import opset_for_target
-from grefel.fileio import atomic_path, atomic_write_json
+from grefel.fileio import atomic_path, atomic_write_json, claim_run_folder
 
 __all__ = ["ExportOptions", "ExportResult", "artifact_name", "planned_outputs",
            "remove_stale_work_dirs", "resolve_target", "run_export"]
@@ -167,7 +167,7 @@ def run_export(source: Path, opts: ExportOptions, log: Log = print,
     trt, missing = _require_trt()
     target, lint_targets = resolve_target(opts.target, trt)
     try:
-        opts.out.mkdir(parents=True, exist_ok=True)
+        claim_run_folder(opts.out, "export")
         remove_stale_work_dirs(opts.out, log)
         work = tempfile.TemporaryDirectory(prefix=f"{WORK_PREFIX}{os.getpid()}-", dir=opts.out)
     except OSError as exc:

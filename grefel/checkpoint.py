@@ -195,6 +195,12 @@ def load_checkpoint(
         raise CheckpointError(
             f"{path}: checkpoint of preset {cfg.name!r}, but preset {preset!r} was asked for"
         )
+    shown = meta.get("class_names", list(cfg.class_names))
+    if list(shown) != list(cfg.class_names):  # the sidecar's two copies must agree
+        raise CheckpointError(
+            f"{sidecar_path(path)}: class_names {list(shown)} disagrees with config.class_names "
+            f"{list(cfg.class_names)} (the names the model was trained with); restore the "
+            "sidecar written with the checkpoint")
     from grefel.model.grefel import GReFEL
 
     model = GReFEL(cfg)

@@ -121,7 +121,24 @@ def data_synth(out: str, n: int, seed: int, noise: float, imbalance: str, contem
         click.echo(f"warning: one identity in a split ({', '.join(few)}): its metrics measure one "
                    "face, not faces the model never saw; a larger --n gives each split more",
                    err=True)
+    _warn_absent_classes(path)
     _wrote(path, f"{n} images, train/val/test CSVs, classes.txt, README.txt")
+
+
+def _warn_absent_classes(root: Path) -> None:
+    """A warning line per split of a new dataset that lacks a class (grefel.data
+    .absent_classes): `grefel train` refuses a training split without one, so the user hears it
+    now, with the fix, rather than at the first training."""
+    from grefel.data import absent_classes, load_samples
+
+    for split in ("train", "val", "test"):
+        samples, classes = load_samples(root, "csv", split)
+        absent = absent_classes(samples, classes)
+        if absent:
+            then = ("grefel train will refuse it" if split == "train" else
+                    "its per-class scores leave them out")
+            click.echo(f"warning: split {split!r} has no image of {', '.join(absent)} ({then}); "
+                       "a larger --n (or --imbalance uniform) gives every class images", err=True)
 
 
 @data.command(
@@ -516,7 +533,8 @@ def train(**opts) -> None:
          *model_inputs("--pretrained-ir50", t.pretrained_ir50 or None, "the IR-50 weights"),
          *model_inputs("--pretrained-mobilefacenet", t.pretrained_mobilefacenet or None,
                        "the MobileFaceNet weights")],
-        [Output("--out", t.out, folder=True, writes=RUN_FILES), Output("--json", json_path),
+        [Output("--out", t.out, folder=True, writes=RUN_FILES, owner="train"),
+         Output("--json", json_path),
          Output("--align-cache", d.align_cache or None, folder=True)])
     try:
         summary = run_training(d, t)
@@ -602,7 +620,8 @@ def eval_(checkpoint, data, dataset, split, out, batch_size, workers, device, th
     _check_outputs(
         [*model_inputs("MODEL", model), Input("--data", data, "the dataset folder", folder=True),
          *model_inputs("--reference", reference, "the reference checkpoint")],
-        [Output("--out", out, folder=True, writes=OUTPUT_NAMES), Output("--json", json_path),
+        [Output("--out", out, folder=True, writes=OUTPUT_NAMES, owner="eval"),
+         Output("--json", json_path),
          Output("--align-cache", align_cache or None, folder=True)])
     if out is None:
         out = str(new_run_folder("eval", f"{model.stem}-{split}"))
@@ -787,7 +806,7 @@ Examples:
               help="Dynamic batching: max_queue_delay_microseconds.")
 @click.option("--deepstream", type=click.Path(file_okay=False, path_type=Path),
               help="Also write a DeepStream nvinfer config here (secondary classifier on a face "
-                   "detector's faces): config_infer_secondary_grefel.txt and labels.txt.")
+                   "detector's faces): config_infer_secondary_grefel.txt and labels_grefel.txt.")
 @click.option("--deepstream-detector-id", default=1,
               type=_ranged(ExportOptions, "deepstream_detector_id"),
               help="gie-unique-id of the face detector grefel runs after (operate-on-gie-id).")
@@ -829,7 +848,7 @@ def export_cmd(ctx: click.Context, source: Path, json_path: Optional[Path],
     _check_outputs(
         [*model_inputs("SOURCE", source),
          Input("--calib-data", options["calib_data"], "the calibration images", folder=True)],
-        [Output("--out", options["out"], folder=True,
+        [Output("--out", options["out"], folder=True, owner="export",
                 writes=planned_outputs(source, ExportOptions(**options)) if given else ()),
          Output("--json", json_path), Output("--timing-cache", options["timing_cache"]),
          Output("--triton", triton_repo, folder=True, writes=(MODEL_NAME,)),
@@ -1157,7 +1176,7 @@ def bench(
         [*(i for w in weights for i in model_inputs("--weights", w)),
          Input("--compare", compare_path, "the earlier record"),
          Input("--source", source if source and Path(source).exists() else None, "the video")],
-        [Output("--out", out, folder=True)])
+        [Output("--out", out, folder=True, owner="bench")])
     if out is None:
         out = new_run_folder("bench", weights[0].stem if weights else "random-init")
     pipeline = None if source is None else {
@@ -1256,14 +1275,15 @@ def serve_command(weights: Path, device: str, out: Optional[Path], verbose: bool
     from grefel.fileio import Output, model_inputs
 
     _check_outputs(model_inputs("--weights", weights),
-                   [Output("--out", out, folder=True, writes=("tritonserver.log",))])
+                   [Output("--out", out, folder=True, writes=("tritonserver.log",),
+                           owner="serve")])
     log_file = None
     if not verbose:
-        from grefel.fileio import RUNS, display_path, new_run_folder
+        from grefel.fileio import RUNS, claim_run_folder, display_path, new_run_folder
 
         try:
             folder = out if out is not None else new_run_folder("serve", weights.stem)
-            folder.mkdir(parents=True, exist_ok=True)
+            claim_run_folder(folder, "serve")
         except OSError as exc:
             where = f"--out {display_path(out)}" if out is not None else str(RUNS / "serve")
             raise click.ClickException(f"{where}: cannot create the folder for tritonserver's "

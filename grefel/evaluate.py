@@ -562,9 +562,9 @@ def write_outputs(
     out: Path, report: Dict[str, Any], pred: Dict[str, np.ndarray], names: Sequence[str]
 ) -> None:
     """metrics.json, confusion.json and the four PNG plots, each written atomically."""
-    from grefel.fileio import atomic_write_json
+    from grefel.fileio import atomic_write_json, claim_run_folder
 
-    out.mkdir(parents=True, exist_ok=True)
+    claim_run_folder(out, "eval")
     atomic_write_json(out / "metrics.json", report)
     atomic_write_json(out / "confusion.json", {
         "class_names": list(names), "rows": "true class", "columns": "predicted class",

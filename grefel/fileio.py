@@ -22,12 +22,13 @@ from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
 
 from grefel.errors import GrefelError, OutputPathError
 
-__all__ = ["RUNS", "Input", "Output", "OutputClash", "UserTextError", "atomic_path",
-           "atomic_write_bytes", "atomic_write_json", "check_outputs", "deferred_signals",
-           "display_path",
-           "model_inputs", "new_run_folder", "read_user_text", "sha256_file", "write_record"]
+__all__ = ["RUNS", "RUN_MARKER", "Input", "Output", "OutputClash", "UserTextError", "atomic_path",
+           "atomic_write_bytes", "atomic_write_json", "check_outputs", "claim_run_folder",
+           "deferred_signals", "display_path", "model_inputs", "new_run_folder",
+           "read_user_text", "run_owner", "sha256_file", "write_record"]
 
 RUNS = Path("runs")  # every command's default output folder: runs/<command>/<name>
+RUN_MARKER = ".grefel-run"  # {"command": ...} in a run folder: the command that owns it
 
 
 def new_run_folder(command: str, name: str, root: Path = RUNS) -> Path:
@@ -45,6 +46,7 @@ def new_run_folder(command: str, name: str, root: Path = RUNS) -> Path:
         except FileExistsError:
             n += 1
             continue
+        claim_run_folder(path, command)
         return path
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -237,12 +239,16 @@ class Output:
         writes: for a folder, the names (files or folders, replaced whole) it writes there that
             an earlier file may already have; names the command makes new (timestamped, or
             mirroring a source) need not be listed.
+        owner: for a run folder, the command it belongs to ("train", "eval", ...): a folder
+            that another command's run owns (its RUN_MARKER, written by `claim_run_folder`
+            where the command makes its folder) is refused.
     """
 
     option: str
     path: Optional[PathLike]
     folder: bool = False
     writes: Tuple[str, ...] = ()
+    owner: Optional[str] = None
 
 
 def model_inputs(option: str, path: Optional[PathLike], what: str = "the model") -> List[Input]:
@@ -294,6 +300,34 @@ def check_outputs(inputs: Sequence[Input], outputs: Sequence[Output]) -> None:
                     and a != Path(first.path) else f"{verb} {_claim(first, a)}")  # type: ignore
             raise OutputClash(f"{second.option} {display_path(second.path)}: {its}{what}; give "
                               "each output its own path")
+    owned = [out for out in outputs if out.owner and out.path is not None]
+    for out in owned:
+        other = run_owner(Path(out.path))  # type: ignore[arg-type]
+        if other is not None and other != out.owner:
+            raise OutputClash(f"{out.option} {display_path(out.path)}: is the folder of a "
+                              f"`grefel {other}` run; `grefel {out.owner}` would write its own "
+                              "files there (" + ", ".join(out.writes[:3] or ("its files",))
+                              + "); choose another folder")
+
+
+def run_owner(folder: Path) -> Optional[str]:
+    """The command whose run `folder` is (its RUN_MARKER), or None: no marker (a new folder, or
+    one written before markers existed) or an unreadable one."""
+    try:
+        command = json.loads((folder / RUN_MARKER).read_text(encoding="utf-8")).get("command")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return command if isinstance(command, str) else None
+
+
+def claim_run_folder(folder: Path, command: str) -> Path:
+    """Make `folder` (and its parents) and mark it as a run of `command`, unless it is marked
+    already: where train, eval, export, bench and serve make their output folder, so a run
+    folder has one owner (another command's check_outputs refuses it). Returns `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if run_owner(folder) is None:
+        atomic_write_json(folder / RUN_MARKER, {"command": command})
+    return folder
 
 
 def _refuse_input(out: Output, path: Path, replaced: bool, inp: Input) -> None:

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from grefel.errors import GrefelError
+from grefel.fileio import RUN_MARKER, claim_run_folder, run_owner
 
 __all__ = [
     "LOCK_NAME",
@@ -86,6 +87,7 @@ class RunLock:
     fd: int
     previous: Optional[Dict[str, Any]] = None  # the stale owner it took over, if any
     created: Tuple[Path, ...] = ()  # the folders taking the lock created, deepest first
+    marked: bool = False  # taking the lock wrote the folder's RUN_MARKER
 
     def release(self) -> None:
         """Remove the lock file, then the folders the lock created if they are still empty: a
@@ -96,6 +98,10 @@ class RunLock:
             os.unlink(self.path)  # this file then sees it is gone and retries (samestat)
         os.close(self.fd)
         self.fd = -1
+        marker = self.path.parent / RUN_MARKER
+        with contextlib.suppress(OSError):  # the mark of a run that wrote nothing goes too
+            if self.marked and os.listdir(marker.parent) == [RUN_MARKER]:
+                marker.unlink()
         for folder in self.created:
             try:
                 folder.rmdir()  # only an empty folder goes; a run's files keep theirs
@@ -146,7 +152,8 @@ def _flock(fd: int) -> bool:
 def lock_run_folder(out: Path, attempts: int = 5) -> RunLock:
     """Take OUT/.lock for this process (creating OUT); TrainingError if another run holds it."""
     created = tuple(p for p in (out, *out.parents) if not p.exists())  # deepest first
-    out.mkdir(parents=True, exist_ok=True)
+    marked = not out.exists() or run_owner(out) is None  # this run writes the owner's mark
+    claim_run_folder(out, "train")  # a run folder has one owner (grefel.fileio.RUN_MARKER)
     path = out / LOCK_NAME
     for _ in range(attempts):
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
@@ -177,7 +184,7 @@ def lock_run_folder(out: Path, attempts: int = 5) -> RunLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
         os.fsync(fd)
-        return RunLock(path, fd, previous, created)
+        return RunLock(path, fd, previous, created, marked)
     raise TrainingError(f"{path}: could not take the run folder's lock ({attempts} attempts; "
                         "other runs keep starting and ending in it)")
 

@@ -336,3 +336,33 @@ def test_ctrl_c_while_an_epoch_is_saved_still_leaves_a_resumable_run(tmp_path, m
     monkeypatch.setattr(train_module, "save_checkpoint", real)
     _tiny_train(data, tmp_path / "run", resume=True, epochs=2)
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())
+
+
+@pytest.mark.parametrize("names", [SEVEN[:5], [*SEVEN[:6], "neutral"]])
+def test_a_sidecar_whose_class_names_disagree_with_its_config_is_refused(tmp_path, names):
+    """The sidecar's top-level class_names (5 for 7 outputs, or one name twice) were ignored
+    silently while the records used config.class_names: the two copies must agree."""
+    path = save_checkpoint(tmp_path / "m.safetensors", create_model("tiny", class_names=SEVEN))
+    side = path.with_suffix(".json")
+    meta = json.loads(side.read_text())
+    meta["class_names"] = names
+    side.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="disagrees with config.class_names"):
+        load_checkpoint(path)
+
+
+def test_data_synth_warns_of_a_split_without_a_class(tmp_path):
+    """`grefel data synth --n 30` wrote a training split without fear, which `grefel train`
+    then refused: the synth says so at once, with the fix."""
+    from click.testing import CliRunner
+
+    from grefel.cli import cli
+
+    result = CliRunner().invoke(cli, ["data", "synth", "--out", str(tmp_path / "s"), "--n", "30",
+                                      "--size", "32"])
+    assert result.exit_code == 0, result.output
+    lines = [x for x in result.output.splitlines() if x.startswith("warning: split 'train'")]
+    assert len(lines) == 1 and "grefel train will refuse it" in lines[0]
+    result = CliRunner().invoke(cli, ["data", "synth", "--out", str(tmp_path / "u"), "--n", "70",
+                                      "--size", "32", "--imbalance", "uniform"])
+    assert "warning: split 'train'" not in result.output

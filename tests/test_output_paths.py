@@ -188,3 +188,47 @@ def test_a_checkpoint_rewritten_in_place_keeps_running(tmp_path):
             f.write(b"rewritten")
         after = backend.infer(x)
     assert all(np.array_equal(before[k], after[k]) for k in before)
+
+
+def test_a_run_folder_has_one_owner(tmp_path):
+    """`grefel eval run/best.safetensors --out run` replaced the training run's metrics.json:
+    a run folder is marked with the command that owns it where the command makes it
+    (fileio.claim_run_folder), and another command's output folder may not be it; its own
+    command may write there again."""
+    from grefel.fileio import RUN_MARKER, claim_run_folder, new_run_folder, run_owner
+
+    run = claim_run_folder(tmp_path / "run", "train")
+    assert run_owner(run) == "train" and (run / RUN_MARKER).is_file()
+    (run / "metrics.json").write_text("{}")
+    with pytest.raises(OutputClash, match=r"is the folder of a `grefel train` run; `grefel eval`"):
+        check_outputs([], [Output("--out", run, folder=True, owner="eval",
+                                  writes=("metrics.json",))])
+    check_outputs([], [Output("--out", run, folder=True, owner="train")])  # --resume: its own
+    assert (run / "metrics.json").read_text() == "{}"
+    legacy = tmp_path / "old"  # a folder from before the marker: as before, not refused
+    legacy.mkdir()
+    check_outputs([], [Output("--out", legacy, folder=True, owner="eval")])
+    made = new_run_folder("bench", "x", root=tmp_path / "runs")
+    assert run_owner(made) == "bench"
+    with pytest.raises(OutputClash, match="`grefel bench` run"):
+        check_outputs([], [Output("--out", made, folder=True, owner="train")])
+
+
+def test_train_then_eval_into_its_run_folder_is_refused(tmp_path):
+    from click.testing import CliRunner
+
+    from benchmarks.fault_campaign import SEVEN, TINY_TRAIN, _csv_dataset
+    from grefel.cli import cli
+
+    data = _csv_dataset(tmp_path / "d", {"train": [i % 7 for i in range(14)],
+                                         "val": [i % 7 for i in range(7)],
+                                         "test": [i % 7 for i in range(7)]}, SEVEN)
+    run = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["train", "--data", str(data), "--out", str(run),
+                                      *TINY_TRAIN])
+    assert result.exit_code == 0, result.output
+    before = (run / "metrics.json").read_bytes()
+    result = CliRunner().invoke(cli, ["eval", str(run / "best.safetensors"), "--data",
+                                      str(data), "--out", str(run)])
+    assert result.exit_code == 1 and "is the folder of a `grefel train` run" in result.output
+    assert (run / "metrics.json").read_bytes() == before
