@@ -24,7 +24,7 @@ from click.testing import CliRunner
 from benchmarks import fault_corpus as corpus
 from grefel import contract
 from grefel.cli import cli
-from grefel.fileio import display_path
+from grefel.fileio import RUN_MARKER, display_path
 
 ROOT = Path(__file__).resolve().parents[1]
 BAD_BYTES_NAME = os.fsdecode(b"latin1-\xe9\xff.png")
@@ -292,7 +292,7 @@ def test_export_removes_work_folders_of_killed_exports(files: Dict[str, Any],
     assert not stale.exists() and not legacy.exists() and live.exists()
     assert f"removed {stale}" in res.output
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [live.name, "mini.onnx", "mini.checks.json"])
+        [live.name, "mini.onnx", "mini.checks.json", RUN_MARKER])
 
 
 def test_export_failure_keeps_the_earlier_good_file(files: Dict[str, Any],
