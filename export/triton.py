@@ -257,7 +257,7 @@ def remove_stale_work_dirs(repo: Path, log: Log = print) -> List[Path]:
     for where in {real.parent, real}:
         for tag in (WORK_TAG, OLD_TAG):
             prefix = f".{real.name}{tag}"
-            found += [(e, prefix) for e in sorted(where.glob(f"{glob_escape(prefix)}*"))]
+            found += [(e, prefix) for e in sorted(where.glob(f"{_glob_escape(prefix)}*"))]
     found += [(e, ".grefel-") for e in sorted(real.glob(".grefel-*"))]  # grefel <= 0.x layout
     removed = []
     for entry, prefix in found:
@@ -275,7 +275,7 @@ def remove_stale_work_dirs(repo: Path, log: Log = print) -> List[Path]:
     return removed
 
 
-def glob_escape(name: str) -> str:
+def _glob_escape(name: str) -> str:
     """`name` with glob's special characters escaped (a folder may be called `repo[1]`)."""
     import glob
 
