@@ -5,7 +5,10 @@ Protocol (mirrors trtexec, docs/tensorrt.md, "Timing"): warm up for at least
 `min_seconds` of wall time with `time.perf_counter`; report the median / p90 / p99 (nearest
 rank) of the end-to-end latency per call, and images/s = batch * calls / total time. Backends
 that time the GPU (TensorRT, PyTorch on CUDA) also give the GPU compute time from CUDA events,
-apart from the end-to-end time that includes host-device copies.
+apart from the end-to-end time that includes host-device copies. The CPU check of the input
+batch (`Backend.check_input`: finite, min / max over the whole batch) is timed apart, before
+each timed call, and reported as its own number (`input_check_median_ms`); the timed call is
+`infer_timed(checked_batch, checked=True)`, which does not scan the values again.
 
 Nothing measured is thrown away: `run` hands each row to `on_row` as soon as it is measured, and
 a backend that cannot open, or a batch size that cannot run (out of memory, a kernel error), gives
@@ -53,6 +56,7 @@ class LatencyResult:
     gpu_median_ms: Optional[float] = None
     gpu_p90_ms: Optional[float] = None
     gpu_p99_ms: Optional[float] = None
+    input_check_median_ms: Optional[float] = None  # timed apart from median_ms
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -84,11 +88,15 @@ def measure_latency(
         done += 1
     wall: List[float] = []
     gpu: List[float] = []
+    check: List[float] = []
     begin = time.perf_counter()
     while len(wall) < min_iters or time.perf_counter() - begin < min_seconds:
         t0 = time.perf_counter()
-        _, gpu_ms = backend.infer_timed(images)
-        wall.append((time.perf_counter() - t0) * 1e3)
+        checked = backend.check_input(images)
+        t1 = time.perf_counter()
+        _, gpu_ms = backend.infer_timed(checked, checked=True)
+        wall.append((time.perf_counter() - t1) * 1e3)
+        check.append((t1 - t0) * 1e3)
         if gpu_ms is not None:
             gpu.append(gpu_ms)
     total = time.perf_counter() - begin
@@ -97,6 +105,7 @@ def measure_latency(
     )
     res.median_ms, res.p90_ms, res.p99_ms = (round(percentile(wall, q), 3) for q in (50, 90, 99))
     res.images_per_s = round(batch * len(wall) / total, 2) if total > 0 else None
+    res.input_check_median_ms = round(percentile(check, 50), 3)
     if gpu:
         res.gpu_median_ms, res.gpu_p90_ms, res.gpu_p99_ms = (
             round(percentile(gpu, q), 3) for q in (50, 90, 99)

@@ -133,7 +133,7 @@ def _timed_notes(record: Dict[str, Any]) -> List[str]:
 
 def _rows_latency(latency: Sequence[Dict[str, Any]]) -> Tuple[List[str], List[List[str]]]:
     head = ["backend", "model", "device", "batch", "iters", "median ms", "p90 ms", "p99 ms",
-            "img/s", "GPU median ms", "GPU p99 ms", "status"]  # fmt: skip
+            "img/s", "GPU median ms", "GPU p99 ms", "input check ms", "status"]  # fmt: skip
     rows = []
     for r in latency:
         ok = r["status"] == "ok"
@@ -150,6 +150,7 @@ def _rows_latency(latency: Sequence[Dict[str, Any]]) -> Tuple[List[str], List[Li
                 _fmt(r["images_per_s"], 1),
                 _fmt(r["gpu_median_ms"], 3),
                 _fmt(r["gpu_p99_ms"], 3),
+                _fmt(r.get("input_check_median_ms"), 3),  # absent from older records
                 r["status"].split(" (")[0].split(". ")[0],
             ]
         )  # fmt: skip  (the status's first clause; the JSON keeps all of it)

@@ -131,7 +131,11 @@ class _Stages:
         self.times: Dict[str, float] = {}
 
     @contextmanager
-    def __call__(self, title: str) -> Iterator[List[str]]:
+    def __call__(self, title: str, without: str = "") -> Iterator[List[str]]:
+        """One stage. A package the stage needs that is missing (MissingDependency, an
+        ImportError, which no ExportError handler would catch) ends the export with an
+        ExportError naming the stage, the package to install and `without`, the option that
+        exports without this stage (`--no-simplify`), when there is one."""
         nested = self.depth > 0
         if not nested:
             self.n += 1
@@ -143,6 +147,10 @@ class _Stages:
         self.depth += 1
         try:
             yield notes
+        except MissingDependency as exc:
+            instead = f"; or {without}" if without else ""
+            raise ExportError(f"export stage '{title}': {str(exc).rstrip('.')}{instead}"
+                              ) from None
         finally:
             self.depth -= 1
         seconds = time.perf_counter() - start
@@ -181,6 +189,8 @@ def run_export(source: Path, opts: ExportOptions, log: Log = print,
                 return run.run()
         except ExportError as exc:
             raise ExportError(_user_message(str(exc), Path(source), Path(tmp))) from None
+        except MissingDependency as exc:  # one outside a stage: an ExportError all the same
+            raise ExportError(str(exc)) from None
         except OSError as exc:  # a full disk, --out made read-only meanwhile
             raise ExportError(f"--out {opts.out}: cannot write the artifacts "
                               f"({exc.strerror or exc}); nothing earlier there was replaced"
@@ -462,7 +472,7 @@ class _Run:
                         embedding=self.opts.embedding)
             notes.append(f"{len(onnx.load(str(raw)).graph.node)} nodes")
         if self.opts.simplify:
-            with self.stage("onnxsim") as notes:
+            with self.stage("onnxsim", without="--no-simplify exports without it") as notes:
                 report = simplify_onnx(raw, path)
                 raw.unlink()
                 notes.append(f"{report.nodes_before} -> {report.nodes_after} nodes")

@@ -854,6 +854,11 @@ def export_cmd(ctx: click.Context, source: Path, json_path: Optional[Path],
          Output("--triton", triton_repo, folder=True, writes=(MODEL_NAME,)),
          Output("--deepstream", options["deepstream"], folder=True,
                 writes=(CONFIG_NAME, LABELS_NAME))])
+    if triton_repo is not None and given and _inside(options["out"], triton_repo):
+        raise click.BadParameter(f"{display_path(options['out'])} is in the Triton repository "
+                                 f"{display_path(triton_repo)}, where Triton takes every folder "
+                                 "(the export's work folder too) for a model: give --out "
+                                 "another folder", param_hint="--out")
     if not given:
         options["out"] = new_run_folder("export", options["name"] or source.stem)
     try:
@@ -870,7 +875,7 @@ def export_cmd(ctx: click.Context, source: Path, json_path: Optional[Path],
                 folder = write_model_repository(
                     triton_repo, engines[0] if engines else onnx_fp32, onnx_fp32,
                     max_batch=options["max_batch"], max_queue_delay_us=repo.max_queue_delay_us,
-                    instances=repo.instances)  # fmt: skip
+                    instances=repo.instances, log=lambda s: click.echo(s, err=True))  # fmt: skip
             except OSError as exc:  # e.g. a file where DIR or one of its folders should be
                 why = ("a file stands where a folder should be"
                        if isinstance(exc, (FileExistsError, NotADirectoryError))
@@ -887,6 +892,12 @@ def export_cmd(ctx: click.Context, source: Path, json_path: Optional[Path],
         click.echo(str(path))
     ctx.exit(result.exit_code)
 
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """`path` is `folder` or lies inside it (both resolved; neither need exist)."""
+    path, folder = Path(path).resolve(), Path(folder).resolve()
+    return path == folder or folder in path.parents
 
 
 # --- predict, bench, info (issue 6) ------------------------------------------------------------

@@ -40,8 +40,49 @@ class SleepyBackend(Backend):
         n = len(batch)
         return {"probs": np.full((n, 2), 0.5, np.float32)}
 
-    def infer_timed(self, batch: np.ndarray) -> Tuple[Any, Optional[float]]:
-        return self.infer(batch), self.gpu_ms
+    def infer_timed(self, batch: np.ndarray, *,
+                    checked: bool = False) -> Tuple[Any, Optional[float]]:
+        return self.infer(batch, checked=checked), self.gpu_ms
+
+
+class FakeClock:
+    """A perf_counter that moves only when told to: timings without real time."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def advance(self, ms: float) -> None:
+        self.now += ms / 1e3
+
+
+class ClockedBackend(Backend):
+    """Its inference takes `infer_ms` and its input check's pass over the values `check_ms`,
+    on the fake clock; counts the value checks."""
+
+    name = "clocked"
+
+    def __init__(self, clock: FakeClock, infer_ms: float, check_ms: float) -> None:
+        super().__init__()
+        self.clock, self.infer_ms, self.check_ms, self.value_checks = clock, infer_ms, check_ms, 0
+
+    def _open(self) -> None:
+        self.classes = ("a", "b")
+
+    def _close(self) -> None:
+        pass
+
+    def _check(self, batch: Any, values: bool = True) -> np.ndarray:
+        if values:
+            self.value_checks += 1
+            self.clock.advance(self.check_ms)
+        return super()._check(batch, values)
+
+    def _infer(self, batch: np.ndarray) -> Any:
+        self.clock.advance(self.infer_ms)
+        return {"probs": np.full((len(batch), 2), 0.5, np.float32)}
 
 
 def test_percentile_is_nearest_rank() -> None:
@@ -65,6 +106,26 @@ def test_measure_latency_runs_at_least_n_iters_and_t_seconds() -> None:
         res = measure_latency(b, batch=1, min_iters=3, min_seconds=0.0, warmup_seconds=0.0)
     assert res.gpu_median_ms == res.gpu_p99_ms == 1.25
 
+
+
+def test_input_check_is_timed_apart_from_the_inference(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The end-to-end latency is the inference alone; the CPU check of the batch (finite,
+    min / max over all values) is its own number, and it runs once per timed call."""
+    import benchmarks.latency as latency
+
+    clock = FakeClock()
+    monkeypatch.setattr(latency, "time", clock)  # measure_latency's clock only
+    with ClockedBackend(clock, infer_ms=2.0, check_ms=5.0) as b:
+        res = measure_latency(b, batch=3, min_iters=4, min_seconds=0.0, warmup_iters=1,
+                              warmup_seconds=0.0)
+    assert res.median_ms == res.p99_ms == 2.0  # not 7.0: the check is outside the timed call
+    assert res.input_check_median_ms == 5.0
+    assert b.value_checks == 1 + res.iters  # warm-up's own check + one per timed call
+    from benchmarks.report import _rows_latency
+
+    head, rows = _rows_latency([res.to_dict()])
+    assert rows[0][head.index("input check ms")] == "5.000"
+    assert rows[0][head.index("median ms")] == "2.00"
 
 def _row(backend: str, batch: int, median: float, model: str = "m") -> dict:
     r = LatencyResult(

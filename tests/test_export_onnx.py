@@ -175,6 +175,41 @@ def test_onnxsim_failure_is_an_error(cli_export, tmp_path, monkeypatch):
     assert not (tmp_path / "s.onnx").exists()
 
 
+
+def test_onnxsim_missing_is_an_export_error_naming_the_stage(cli_export, tmp_path, monkeypatch):
+    """Without onnxsim the export ends in an ExportError (not the MissingDependency, an
+    ImportError that no export handler caught) naming the stage, the package and --no-simplify."""
+    from export.pipeline import ExportOptions, run_export
+
+    ckpt = cli_export[0]
+    block_tensorrt(monkeypatch)
+    monkeypatch.setitem(sys.modules, "onnxsim", None)  # whatever is installed
+    with pytest.raises(ExportError) as caught:
+        run_export(ckpt, ExportOptions(out=tmp_path / "out", onnx_only=True), log=lambda s: None)
+    message = str(caught.value)
+    assert "export stage 'onnxsim'" in message and "Install onnxsim" in message
+    assert message.endswith("or --no-simplify exports without it")
+    assert not list((tmp_path / "out").glob(".export-*"))  # the work folder went with it
+
+
+def test_cli_without_onnxsim_is_one_error_line(cli_export, tmp_path):
+    """The real command line in a child process, onnxsim made unimportable: one `Error:` line
+    naming --no-simplify, exit status 1, no traceback."""
+    ckpt = cli_export[0]
+    script = textwrap.dedent(f"""
+        import sys
+        for name in ("onnxsim", "tensorrt", "pycuda", "pycuda.driver", "pycuda.autoinit"):
+            sys.modules[name] = None
+        from grefel.cli import main
+        main(["export", {str(ckpt)!r}, "--onnx-only", "--out", {str(tmp_path / "out")!r}])
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "onnxsim" in errors[0] and "--no-simplify" in errors[0], errors
+
 def test_lint_flags_layernorm_on_trt85_and_bad_graphs(cli_export, tmp_path):
     _, out, _, _ = cli_export
     report = lint_onnx(out / "tiny.onnx", "trt8.5")  # opset 17 has LayerNormalization

@@ -407,3 +407,30 @@ def test_auto_target_follows_the_installed_tensorrt():
         "11.4.1": "trt11"}
     assert resolve_target("auto", None) == ("trt10", list(TARGETS))
     assert resolve_target("trt8.6", None) == ("trt8.6", ["trt8.6"])
+
+
+def test_triton_repository_of_a_built_engine_records_its_builder_and_refuses_another(
+        tiny_onnx, tmp_path, monkeypatch):
+    """The whole command with the TensorRT fakes: `--triton DIR` holds the built plan and
+    grefel.json names TensorRT 8.6.1 on Fake Orin; an export of the same model built by
+    TensorRT 10.3 into the same DIR ends in one error line and leaves the 8.6 plan there."""
+    from click.testing import CliRunner
+
+    from grefel.cli import cli
+
+    repo, spec = tmp_path / "repo", EngineSpec(_ort_engine(tiny_onnx), OUTPUTS, profile=(1, 1, 4))
+    args = ["export", str(tiny_onnx), "--fp32", "--max-batch", "4", "--triton", str(repo)]
+    install(monkeypatch, Gpu(gen="8.6", engines={b"\x00PLAN": spec}))
+    result = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "a")])
+    assert result.exit_code == 0, result.output
+    record = json.loads((repo / "grefel" / "grefel.json").read_text())
+    assert record["built_by"] == {"tensorrt": "8.6.1", "gpu": "Fake Orin",
+                                  "compute_capability": "8.7"}
+    assert (repo / "grefel" / "1" / "model.plan").read_bytes() == b"\x00PLAN"
+    install(monkeypatch, Gpu(gen="10.3", plan=b"\x00P10", engines={b"\x00P10": spec}))
+    result = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "b")])
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert result.exit_code == 1 and len(errors) == 1, result.output
+    assert "TensorRT 8.6.1" in errors[0] and "does not mix" in errors[0]
+    assert (repo / "grefel" / "1" / "model.plan").read_bytes() == b"\x00PLAN"
+    assert (tmp_path / "b" / "tiny_fp32_b4.engine").read_bytes() == b"\x00P10"  # kept in --out

@@ -211,6 +211,32 @@ def test_tensorrt_fp16_input_and_gpu_time(
     assert gpu_ms == pytest.approx(3.0) and out["probs"].shape == (3, 7)
 
 
+def test_tensorrt_timed_call_of_a_checked_batch_does_not_scan_it_again(
+    models: Dict[str, Path], monkeypatch: Any, tmp_path: Path
+) -> None:
+    """bench checks the batch (check_input) outside its timed region; the timed
+    `infer_timed(checked, checked=True)` must not run the pass over the values again (a
+    counted np.isfinite), but still refuses a batch of the wrong shape."""
+    import grefel.runtime.base as base
+
+    gpu, engine = _engine(tmp_path, monkeypatch, models["onnx"], profile=(1, 1, 4))
+    scans: List[int] = []
+    real = np.isfinite
+    monkeypatch.setattr(base.np, "isfinite", lambda a: (scans.append(np.size(a)), real(a))[1])
+    with open_backend(engine) as trt:
+        x = images(3)
+        checked = trt.check_input(x)
+        input_scans = [n for n in scans if n == x.size]
+        assert len(input_scans) == 1
+        out, _ = trt.infer_timed(checked, checked=True)
+        assert [n for n in scans if n == x.size] == input_scans  # no second scan of the input
+        assert out["probs"].shape == (3, 7)
+        trt.infer_timed(x)  # unchecked: scanned inside
+        assert len([n for n in scans if n == x.size]) == 2
+        with pytest.raises(BackendError, match="shape"):
+            trt.infer_timed(x[:, :2], checked=True)
+
+
 def test_tensorrt_fixed_batch_engine_pads_the_last_chunk(
     models: Dict[str, Path], monkeypatch: Any, tmp_path: Path
 ) -> None:

@@ -3,13 +3,19 @@ model-config protobuf (shipped in tritonclient: tritonclient.grpc.model_config_p
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import signal
 import sys
 from pathlib import Path
 
 import pytest
 import test_runtime as rt  # the seeded tiny model files
+import triton_rules  # Triton's loading rules, for what a (killed) export leaves
 from click.testing import CliRunner
 
+import export.triton as triton
 from export import ExportError
 from export.triton import write_model_repository
 from grefel.cli import cli
@@ -101,3 +107,147 @@ def test_static_batch_and_bad_files_are_clean_errors(models, tmp_path):
     with pytest.raises(ExportError, match="bad.onnx: not a readable ONNX"):
         write_model_repository(tmp_path / "r", bad, bad, max_batch=8)
     assert not (tmp_path / "r" / "grefel").exists()
+
+
+# --- work folders beside DIR, kills, the builder record (issue 29) -----------------------------
+def _plan(tmp_path: Path, name: str, **versions) -> Path:
+    """An engine file with the sidecar `grefel export` writes beside it (its builder facts)."""
+    engine = tmp_path / f"{name}.engine"
+    engine.write_bytes(f"plan {name}".encode())
+    rt.write_sidecar(engine, **versions)
+    return engine
+
+
+def _leftovers(repo: Path) -> list:
+    """Work folders of repository writes, beside DIR or (the old layout) inside it."""
+    return (sorted(p.name for p in repo.parent.glob(f".{repo.name}.grefel-*"))
+            + sorted(p.name for p in repo.glob(".*")))
+
+
+def _write_killed_at(n: int, repo: Path, engine: Path, onnx_path: Path) -> bool:
+    """Write `repo` in a forked child that SIGKILLs itself just before its n-th file-system
+    step (mkdir, copy, write, rename, remove); True when the kill came before the end."""
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        code = 0
+        try:
+            signal.alarm(60)  # a child stuck on a lock inherited from a thread dies, not hangs
+            steps = [0]
+
+            def killing(real):
+                def step(*args, **kwargs):
+                    steps[0] += 1
+                    if steps[0] == n:
+                        os.kill(os.getpid(), signal.SIGKILL)
+                    return real(*args, **kwargs)
+                return step
+
+            os.replace = killing(os.replace)
+            shutil.copyfile = killing(shutil.copyfile)
+            shutil.rmtree = killing(shutil.rmtree)
+            Path.mkdir = killing(Path.mkdir)
+            Path.write_text = killing(Path.write_text)
+            triton.write_model_repository(repo, engine, onnx_path, max_batch=8, log=str)
+        except BaseException:  # noqa: BLE001 - the child reports by its exit status only
+            code = 3
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert not os.WIFEXITED(status) or os.WEXITSTATUS(status) == 0, status
+    assert not os.WIFSIGNALED(status) or os.WTERMSIG(status) == signal.SIGKILL, status
+    return os.WIFSIGNALED(status)
+
+
+def test_a_killed_repository_write_leaves_a_repository_triton_loads(models, tmp_path):
+    """Kill the write before each of its file-system steps, over a good repository: what is
+    left always passes Triton's rules (tests/triton_rules.py: no folder of DIR that is not a
+    loadable model, hidden ones included), and the next write cleans up and ends with the new
+    model; a kill between the two renames of the swap is repaired (the old model put back)."""
+    engine = _plan(tmp_path, "tiny_fp16_b8")
+    template = tmp_path / "template" / "repo"
+    triton.write_model_repository(template, models["onnx"], models["onnx"], max_batch=8,
+                                  log=str)
+    assert triton_rules.problems(template) == []
+    killed_at = []
+    for n in range(1, 40):
+        repo = tmp_path / f"k{n}" / "repo"
+        shutil.copytree(template, repo)
+        if not _write_killed_at(n, repo, engine, models["onnx"]):
+            break
+        killed_at.append(n)
+        assert triton_rules.problems(repo) == [], (n, sorted(os.listdir(repo)))
+        triton.remove_stale_work_dirs(repo, log=str)  # what the next export does first
+        assert _leftovers(repo) == [], n
+        record = json.loads((repo / "grefel" / triton.RECORD).read_text())
+        assert record["platform"] in ("onnxruntime_onnx", "tensorrt_plan"), n  # old or new
+        triton.write_model_repository(repo, engine, models["onnx"], max_batch=8, log=str)
+        assert triton_rules.problems(repo) == [] and _leftovers(repo) == [], n
+        assert (repo / "grefel" / "1" / "model.plan").read_bytes() == b"plan tiny_fp16_b8"
+    assert len(killed_at) >= 8, killed_at  # every step of the write was a kill point
+    assert triton_rules.problems(repo) == [] and _leftovers(repo) == []
+
+
+def test_checker_refuses_what_a_killed_export_used_to_leave_and_export_removes_it(models,
+                                                                                   tmp_path):
+    """The old layout's work folder inside DIR (`.grefel-<random>`, its config naming model
+    `grefel`) stops Triton; the next export removes it (and the checker sees it)."""
+    repo = tmp_path / "repo"
+    folder = triton.write_model_repository(repo, models["onnx"], models["onnx"], max_batch=8,
+                                           log=str)
+    shutil.copytree(folder, repo / ".grefel-k3j2x")
+    (repo / ".grefel-empty").mkdir()
+    found = triton_rules.problems(repo)
+    assert any("directory name must equal the model name" in p for p in found), found
+    assert any(p.startswith(".grefel-empty: no config.pbtxt") for p in found), found
+    logs: list = []
+    triton.write_model_repository(repo, models["onnx"], models["onnx"], max_batch=8,
+                                  log=logs.append)
+    assert triton_rules.problems(repo) == [] and _leftovers(repo) == []
+    assert sum("removed" in line for line in logs) == 2
+    assert (folder.stat().st_mode & 0o777) == (0o777 & ~_umask())  # not mkdtemp's 0700
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_repository_records_the_builder_and_refuses_to_mix(models, tmp_path):
+    """grefel.json (and config.pbtxt's comments) record the TensorRT and GPU that built the
+    plan; a plan of another TensorRT or GPU into the same DIR is refused with one line and the
+    repository kept; the same builder, or an ONNX model, replaces it."""
+    repo = tmp_path / "repo"
+    first = _plan(tmp_path, "a")  # TensorRT 10.3.0.26 on Fake Orin (8.7)
+    folder = triton.write_model_repository(repo, first, models["onnx"], max_batch=8, log=str)
+    record = json.loads((folder / triton.RECORD).read_text())
+    assert record["built_by"] == {"tensorrt": "10.3.0.26", "gpu": "Fake Orin",
+                                  "compute_capability": "8.7"}
+    assert record["model_file"] == "1/model.plan" and record["source"] == "a.engine"
+    text = (folder / "config.pbtxt").read_text()
+    assert "# 1/model.plan was built by TensorRT 10.3.0.26 on Fake Orin (compute 8.7)" in text
+    assert triton_rules.problems(repo) == []  # the comments parse
+    for other in ({"tensorrt": "8.6.2.3"}, {"gpu": "NVIDIA H100", "compute_capability": "9.0"}):
+        engine = _plan(tmp_path, "b", **other)
+        with pytest.raises(ExportError) as err:
+            triton.write_model_repository(repo, engine, models["onnx"], max_batch=8, log=str)
+        message = str(err.value)
+        assert "\n" not in message and "does not mix" in message and "10.3.0.26" in message
+        assert (folder / "1" / "model.plan").read_bytes() == b"plan a"
+    triton.write_model_repository(repo, _plan(tmp_path, "c"), models["onnx"], max_batch=8,
+                                  log=str)
+    assert (folder / "1" / "model.plan").read_bytes() == b"plan c"
+    triton.write_model_repository(repo, models["onnx"], models["onnx"], max_batch=8, log=str)
+    assert json.loads((folder / triton.RECORD).read_text())["built_by"] is None
+    assert triton_rules.problems(repo) == [] and _leftovers(repo) == []
+
+
+def test_out_inside_the_triton_repository_is_refused(models, tmp_path):
+    """--out DIR (or a folder in it) would put the export's work folder, and the artifacts'
+    folder, among Triton's models."""
+    repo = tmp_path / "repo"
+    for out in (repo, repo / "engines"):
+        result = CliRunner().invoke(cli, ["export", str(models["onnx"]), "--onnx-only", "--out",
+                                          str(out), "--triton", str(repo)])
+        assert result.exit_code == 2 and "in the Triton repository" in result.output
+    assert not repo.exists()

@@ -104,11 +104,16 @@ class Backend:
             self.active = False
             self._close()
 
-    def infer(self, batch: np.ndarray, *, finite_outputs: bool = True) -> Outputs:
+    def infer(self, batch: np.ndarray, *, finite_outputs: bool = True,
+              checked: bool = False) -> Outputs:
         """float32 (N, 3, 112, 112) RGB in [0, 1] -> {"probs": (N, C), "primary": (N, C),
         "confidence": (N,), ...}; outputs with NaN / inf are a BackendError unless
-        `finite_outputs=False` (the export gates count them instead)."""
-        out = self._infer(self._check(batch))
+        `finite_outputs=False` (the export gates count them instead).
+
+        checked: `batch` is what `check_input` returned, so its values are not scanned again
+        (bench times the inference without the CPU pass over the batch, and times that pass
+        apart); the type, dtype and shape are checked all the same."""
+        out = self._infer(self._check(batch, values=not checked))
         width = np.shape(out["probs"])[-1] if "probs" in out else len(self.classes)
         if width != len(self.classes):  # a symbolic class dimension, seen now
             raise BackendError(f"{self.path or self.describe()}: {len(self.classes)} class "
@@ -117,9 +122,17 @@ class Backend:
                                "names")
         return self._check_distribution(self._check_finite(out)) if finite_outputs else out
 
-    def infer_timed(self, batch: np.ndarray) -> Tuple[Outputs, Optional[float]]:
+    def infer_timed(self, batch: np.ndarray, *,
+                    checked: bool = False) -> Tuple[Outputs, Optional[float]]:
         """`infer` plus the GPU compute time in ms (CUDA events), or None on the CPU."""
-        return self.infer(batch), None
+        return self.infer(batch, checked=checked), None
+
+    def check_input(self, batch: Any) -> np.ndarray:
+        """The batch checked against the contract (type, dtype, shape, finite values in
+        INPUT_RANGE) as a C-contiguous array, or a BackendError saying what is wrong. `infer`
+        does this itself; a caller that times the inference alone calls it first, outside its
+        timed region, and passes the result with `checked=True`."""
+        return self._check(batch)
 
     def _check_finite(self, outputs: Outputs) -> Outputs:
         """The outputs, or a BackendError naming the model and the outputs that hold NaN/inf."""
@@ -156,7 +169,9 @@ class Backend:
     def describe(self) -> str:
         return f"{self.name} on {self.device}" + (f" ({self.path.name})" if self.path else "")
 
-    def _check(self, batch: Any) -> np.ndarray:
+    def _check(self, batch: Any, values: bool = True) -> np.ndarray:
+        """The contract's checks; `values=False` skips the pass over the values (finite, in
+        range), which `check_input` has made already."""
         if not self.active:
             raise BackendError(f"{self.describe()}: use the backend inside `with` (not opened)")
         if not isinstance(batch, np.ndarray):
@@ -166,6 +181,8 @@ class Backend:
         if batch.ndim != 4 or tuple(batch.shape[1:]) != INPUT_SHAPE or batch.shape[0] < 1:
             want = ", ".join(map(str, INPUT_SHAPE))
             raise BackendError(f"expected shape (N, {want}) with N >= 1, got {batch.shape}")
+        if not values:
+            return np.ascontiguousarray(batch)
         if not np.isfinite(batch).all():
             raise BackendError("the batch contains NaN or inf")
         lo, hi = contract.INPUT_RANGE
