@@ -1,10 +1,11 @@
 """The environment block of a benchmark record: machine, accelerator, versions, power mode.
 
 Versions come from package metadata (no heavy import just to read a version), except CUDA and
-GPU facts, which are read from torch or nvidia-smi when those exist. `grefel info`, `grefel bench`
-and `grefel check` (which adds what TensorRT and the CUDA layer say, grefel.check) share it. Jetson
-facts: /proc/device-tree/model, /etc/nv_tegra_release, `nvpmodel -q` and `jetson_clocks --show`
-when those tools exist (their output is recorded as is; "unreadable" when they need root).
+GPU facts, which are read from torch or nvidia-smi when those exist. `grefel info`, `grefel
+bench` and `grefel check` (which adds what TensorRT and the CUDA layer say: benchmarks.check)
+share it. Jetson facts: /proc/device-tree/model, /etc/nv_tegra_release, `nvpmodel -q` and
+`jetson_clocks --show` when those tools exist (their output is recorded as is; "unreadable" when
+they need root).
 """
 
 from __future__ import annotations

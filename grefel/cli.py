@@ -1365,8 +1365,8 @@ def check_command(run_sections: bool, out: Optional[Path], json_path: Optional[P
     """What this machine has for grefel (GPU, CUDA, TensorRT, Jetson, detector, default model)
     and what grefel can therefore do; with --run, the engine path proved here, most valuable
     first, in one JSON + Markdown report to attach to an issue."""
+    from benchmarks import check
     from benchmarks.env import device_label
-    from grefel.check import SECTION_NAMES, CheckOptions, preflight, preflight_text, run_check
     from grefel.fileio import Input, Output, claim_run_folder, model_inputs, new_run_folder
 
     given = {"--out": out, "--model": model, "--calib-data": calib_data,
@@ -1375,27 +1375,27 @@ def check_command(run_sections: bool, out: Optional[Path], json_path: Optional[P
         used = ", ".join(k for k, v in given.items() if v is not None)
         raise click.UsageError(f"{used}: only with --run")
     chosen = None if sections is None else [s.strip() for s in sections.split(",") if s.strip()]
-    unknown = [s for s in chosen or [] if s not in SECTION_NAMES]
+    unknown = [s for s in chosen or [] if s not in check.SECTION_NAMES]
     if unknown or chosen == []:
         raise click.BadParameter(f"{', '.join(unknown) or 'none given'}: choose from "
-                                 f"{', '.join(SECTION_NAMES)}", param_hint="--sections")
+                                 f"{', '.join(check.SECTION_NAMES)}", param_hint="--sections")
     _check_outputs([*model_inputs("--model", model),
                     Input("--calib-data", calib_data, "the calibration images", folder=True)],
                    [Output("--out", out, folder=True, owner="check",
                            writes=("check.json", "check.md", "logs")),
                     Output("--json", json_path)])
-    facts = preflight()
-    click.echo(preflight_text(facts))
+    facts = check.preflight()
+    click.echo(check.preflight_text(facts))
     if json_path:
         _write_json(json_path, facts, "preflight facts JSON")
     if not run_sections:
         return
     folder = claim_run_folder(out, "check") if out else new_run_folder("check",
                                                                         device_label(facts))
-    click.echo(f"\nrunning {', '.join(chosen or SECTION_NAMES)} into {folder}", err=True)
-    report = run_check(facts, CheckOptions(out=folder, model=model, calib_data=calib_data,
-                                           sections=chosen, time_limit_s=time_limit),
-                       on_result=lambda r: click.echo(r.line(), err=True))
+    click.echo(f"\nrunning {', '.join(chosen or check.SECTION_NAMES)} into {folder}", err=True)
+    opts = check.CheckOptions(out=folder, model=model, calib_data=calib_data, sections=chosen,
+                              time_limit_s=time_limit)
+    report = check.run_check(facts, opts, on_result=lambda r: click.echo(r.line(), err=True))
     _wrote(folder / "check.json", "check report, JSON")
     _wrote(folder / "check.md", "check report, Markdown: attach it to an issue")
     sys.exit(report["exit_code"])

@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 from fakes.trt import Gpu, block, install, surface
 
-from grefel import check
+from benchmarks import check
 from grefel.cli import cli
 
 PY = sys.executable

@@ -4,8 +4,9 @@ on the code path where it runs: against the committed API snapshots (8.5.2, 8.6.
 11.4.0.106, without a GPU.
 
 1. The calls: `export.trt_builder.build_engine`, `grefel.runtime.trt_backend.TensorRTBackend`
-   (which `--verify`, `predict` and `bench` use) and `grefel check`'s preflight (grefel.check) run against the shared fake of each generation
-   (tests/fakes/trt.py), which records every TensorRT member they touch with its arguments:
+   (which `--verify`, `predict` and `bench` use) and `grefel check`'s preflight (benchmarks.check)
+   run against the shared fake of each generation (tests/fakes/trt.py), which records every
+   TensorRT member they touch with its arguments:
    FP16 (weak on 8.x, strongly typed on 10.x/11.x), INT8 from the QDQ ONNX (BuilderFlag.INT8
    on 8.x/10.x, strongly typed on 11.x, also on DLA), FP32 with and without TF32, DLA, timing
    cache load/fresh/merge; engines with a dynamic profile (min > 1), a static batch and FP16 I/O.
@@ -102,7 +103,7 @@ def exercise(gen: str, tmp: Path, monkeypatch: Any) -> List[Call]:
     gpu.on_build = None
     cache.write_bytes(b"unreadable")
     build_engine(tmp / "m.onnx", tmp / "m.engine", BuildOptions(timing_cache=cache), **onnx)
-    from grefel.check import device_facts
+    from benchmarks.check import device_facts
 
     device_facts()  # `grefel check`'s preflight: typing modes, the builder's DLA cores
     x = np.zeros((10, 3, 112, 112), np.float32)

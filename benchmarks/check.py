@@ -73,7 +73,8 @@ def preflight(probe: bool = True) -> Dict[str, Any]:
 def probe_device(limit_s: float = PROBE_LIMIT_S) -> Dict[str, Any]:
     """`device_facts()` in a child process under a hard time limit; a child that fails or
     hangs gives {"probe": "failed"/"timed out", "why", "log_tail"} instead."""
-    code = "import json; from grefel.check import device_facts; print(json.dumps(device_facts()))"
+    code = ("import json; from benchmarks.check import device_facts; "
+            "print(json.dumps(device_facts()))")
     with tempfile.TemporaryDirectory(prefix="grefel-check-") as tmp:
         log = Path(tmp) / "probe.log"
         steps = run_steps([[sys.executable, "-c", code]], log, limit_s)
@@ -719,7 +720,7 @@ def _plan_paper(facts, opts, done) -> Plan:
     folder = opts.out / "paper-fp16"
     onnx = opts.out / "paper.onnx"
     engine = _engine(folder, onnx, "fp16", 8)
-    code = ("import sys; from grefel.check import write_paper_onnx; "
+    code = ("import sys; from benchmarks.check import write_paper_onnx; "
             "write_paper_onnx(sys.argv[1], sys.argv[2])")
     steps = [[sys.executable, "-c", code, str(onnx), _trt_target(facts)],
              _export(onnx, folder, opts.out / "paper-fp16.json", "--fp16", "--batch", 1,
