@@ -1,9 +1,11 @@
 """The environment block of a benchmark record: machine, accelerator, versions, power mode.
 
 Versions come from package metadata (no heavy import just to read a version), except CUDA and
-GPU facts, which are read from torch or pycuda only when those are already importable. Jetson
-facts: /proc/device-tree/model, /etc/nv_tegra_release, `nvpmodel -q` and `jetson_clocks --show`
-when those tools exist (their output is recorded as is; "unreadable" when they need root).
+GPU facts, which are read from torch or nvidia-smi when those exist. `grefel info`, `grefel
+bench` and `grefel check` (which adds what TensorRT and the CUDA layer say: benchmarks.check)
+share it. Jetson facts: /proc/device-tree/model, /etc/nv_tegra_release, `nvpmodel -q` and
+`jetson_clocks --show` when those tools exist (their output is recorded as is; "unreadable" when
+they need root).
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ import subprocess
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-__all__ = ["device_label", "environment"]
+__all__ = ["TRTEXEC_DIRS", "device_label", "environment", "trtexec_path"]
+
+# Where TensorRT installs trtexec outside PATH: JetPack's apt package and NVIDIA's containers.
+TRTEXEC_DIRS = ("/usr/src/tensorrt/bin",)
 
 
 def _version(dist: str) -> Optional[str]:
@@ -122,6 +127,7 @@ def environment() -> Dict[str, Any]:
         "cpu_cores": cores,
         "gpu": _gpu(),
         "jetson": _jetson(),
+        "trtexec": trtexec_path(),
         "versions": {
             "grefel": _version("grefel") or __import__("grefel").__version__,
             "torch": _version("torch"),
@@ -130,10 +136,26 @@ def environment() -> Dict[str, Any]:
             "tensorrt": _first_version("tensorrt", "tensorrt-cu12", "tensorrt-cu13")
             or _trt_module_version(),
             "pycuda": _version("pycuda"),
+            # NVIDIA's CUDA Python bindings (`from cuda.bindings import driver`), the wheel-only
+            # alternative to pycuda; cuda-python before 12.6 shipped them as `cuda-python`
+            "cuda_bindings": _first_version("cuda-bindings", "cuda-python"),
+            "onnxsim": _version("onnxsim"),
             "numpy": _version("numpy"),
             "opencv": _first_version("opencv-python-headless", "opencv-python"),
         },
     }
+
+
+def trtexec_path() -> Optional[str]:
+    """TensorRT's trtexec: on PATH, else where JetPack installs it (not on PATH there)."""
+    found = shutil.which("trtexec")
+    if found:
+        return found
+    for folder in TRTEXEC_DIRS:
+        path = Path(folder) / "trtexec"
+        if path.is_file() and os.access(path, os.X_OK):
+            return str(path)
+    return None
 
 
 def _trt_module_version() -> Optional[str]:

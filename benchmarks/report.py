@@ -191,9 +191,11 @@ def env_lines(env: Dict[str, Any]) -> List[str]:
         )
         + (f", driver {gpu['driver']}" if gpu.get("driver") else ""),
         "versions: "
-        + ", ".join(f"{k} {val}" for k, val in v.items() if val and k != "onnxruntime_providers"),
+        + ", ".join(f"{k} {val}" for k, val in v.items()
+                    if val and k not in ("onnxruntime_providers", "pycuda", "cuda_bindings")),
         f"TensorRT {v.get('tensorrt') or 'not installed'}; "
         f"pycuda {v.get('pycuda') or 'not installed'}"
+        f"; cuda-bindings {v.get('cuda_bindings') or 'not installed'}"
         f"; CUDA {gpu.get('cuda') or gpu.get('torch_cuda') or 'none'}; ONNX Runtime providers "
         f"{v.get('onnxruntime_providers')}",
     ]

@@ -42,7 +42,7 @@ TORCH_FREE = ("grefel.contract", "grefel.predict", "grefel.pipeline", "grefel.ru
               "grefel.data.samples", "grefel.config", "grefel.serve", "grefel.cli",
               "grefel.evaluate", "grefel.checkpoint", "grefel.data.datasets",
               "grefel.align_data", "grefel.train_state", "export.compare", "benchmarks.report",
-              "benchmarks.flops", "benchmarks.latency", "benchmarks.env")
+              "benchmarks.flops", "benchmarks.latency", "benchmarks.env", "benchmarks.check")
 FORBIDDEN: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
     ("grefel.model", ("export", "benchmarks", "grefel.runtime", "grefel.cli", "grefel.predict",
                       "grefel.data", "grefel.train", "grefel.evaluate", "grefel.checkpoint",

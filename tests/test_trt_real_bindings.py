@@ -3,9 +3,10 @@ on the code path where it runs: against the committed API snapshots (8.5.2, 8.6.
 10.13.0.35, 11.4.0.106) and against the real pybind bindings of 8.6.1, 10.3.0, 10.13.0.35 and
 11.4.0.106, without a GPU.
 
-1. The calls: `export.trt_builder.build_engine` and `grefel.runtime.trt_backend.TensorRTBackend`
-   (which `--verify`, `predict` and `bench` use) run against the shared fake of each generation
-   (tests/fakes/trt.py), which records every TensorRT member they touch with its arguments:
+1. The calls: `export.trt_builder.build_engine`, `grefel.runtime.trt_backend.TensorRTBackend`
+   (which `--verify`, `predict` and `bench` use) and `grefel check`'s preflight (benchmarks.check)
+   run against the shared fake of each generation (tests/fakes/trt.py), which records every
+   TensorRT member they touch with its arguments:
    FP16 (weak on 8.x, strongly typed on 10.x/11.x), INT8 from the QDQ ONNX (BuilderFlag.INT8
    on 8.x/10.x, strongly typed on 11.x, also on DLA), FP32 with and without TF32, DLA, timing
    cache load/fresh/merge; engines with a dynamic profile (min > 1), a static batch and FP16 I/O.
@@ -102,6 +103,9 @@ def exercise(gen: str, tmp: Path, monkeypatch: Any) -> List[Call]:
     gpu.on_build = None
     cache.write_bytes(b"unreadable")
     build_engine(tmp / "m.onnx", tmp / "m.engine", BuildOptions(timing_cache=cache), **onnx)
+    from benchmarks.check import device_facts
+
+    device_facts()  # `grefel check`'s preflight: typing modes, the builder's DLA cores
     x = np.zeros((10, 3, 112, 112), np.float32)
     for plan in engines:
         (tmp / "e.engine").write_bytes(plan)
