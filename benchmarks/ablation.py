@@ -3,7 +3,7 @@
     python -m benchmarks.ablation                      # 2 noise levels x 4 variants x 3 seeds
     python -m benchmarks.ablation --seeds 0 --noise 0  # a quick look
     python -m benchmarks.ablation --trunk frozen ...   # streams trained once: many seeds on a CPU
-    python -m benchmarks.ablation --preset paper --device cuda ...   # a GPU's (device_check)
+    python -m benchmarks.ablation --preset paper --device cuda ...   # a GPU's (docs/research.md)
 
 For each label-noise rate a SynthFER dataset is drawn once (same pictures for every rate: the
 noise only flips training labels; val and test stay clean). With `--trunk trained` every
