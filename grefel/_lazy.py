@@ -1,7 +1,7 @@
 """Lazy imports of optional, heavy or hardware-bound packages, with errors that say what to install.
 
-No module of grefel imports tensorrt, pycuda or onnxruntime at import time; `grefel.runtime`
-does not import torch either. Nothing is ever installed automatically.
+No module of grefel imports tensorrt, pycuda, cuda-bindings or onnxruntime at import time;
+`grefel.runtime` does not import torch either. Nothing is ever installed automatically.
 """
 
 from __future__ import annotations
@@ -25,6 +25,10 @@ _HINTS = {
     "pycuda": "pycuda: `pip install '.[trt]'` in a clone of grefel; on Jetson `pip install "
     "pycuda`, which builds against JetPack's CUDA (export PATH=/usr/local/cuda/bin:$PATH "
     "first; docs/install.md)",
+    "cuda.bindings": "cuda-bindings (NVIDIA's cuda-python; wheels, nothing to compile): `pip "
+    "install 'cuda-bindings==12.*'` on a CUDA 12 driver (JetPack 6, desktop CUDA 12) or "
+    "'cuda-bindings==13.*' on CUDA 13 (JetPack 7); it comes with `pip install '.[trt]'` "
+    "(docs/install.md)",
     "onnxruntime": "ONNX Runtime: `pip install onnxruntime` (or onnxruntime-gpu)",
     "onnx": "onnx: `pip install onnx`",
     "cv2": "OpenCV: `pip install opencv-python-headless`",
