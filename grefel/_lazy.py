@@ -52,7 +52,12 @@ class MissingDependency(ImportError):
 
 def install_hint(name: str) -> str:
     """How to install the package that provides module `name` (or its top-level package)."""
-    return _HINTS.get(name) or _HINTS.get(name.split(".")[0]) or f"`pip install {name}`"
+    parts = name.split(".")
+    for end in range(len(parts), 0, -1):  # cuda.bindings.driver -> cuda.bindings
+        hint = _HINTS.get(".".join(parts[:end]))
+        if hint:
+            return hint
+    return f"`pip install {name}`"
 
 
 def require(name: str, needed_for: str = "") -> ModuleType:
