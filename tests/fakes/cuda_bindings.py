@@ -3,7 +3,8 @@
 It follows the real module (checked against the real wheels 12.8.0, 12.9.10 and 13.5.0 by
 tests/test_cuda_real_bindings.py): the functions the backend uses, with the real parameter
 names; every call returns a tuple whose first item is a `CUresult` with the real values, then
-the out-values (`(err,)` when there are none); handles are their own classes (`CUstream`,
+the out-values (`(err,)` when there are none; None each on an error, as 12.9+ and 13.x
+return); handles are their own classes (`CUstream`,
 `CUdeviceptr`...) with `int()`; a wrong argument type raises TypeError before any "driver"
 work, as Cython's conversion does. It fails the way the driver does: no device is
 CUDA_ERROR_NO_DEVICE from cuInit, a bad ordinal CUDA_ERROR_INVALID_DEVICE, a call without a
@@ -103,8 +104,9 @@ def make_driver(gpu: Any) -> types.ModuleType:  # noqa: C901 - one module of the
             gpu.cuda_calls.append(fn.__name__)
             fail = gpu.cuda_fail.get(fn.__name__)
             result = fn(*args, **kwargs)
-            if fail is not None:
-                return (CUresult[fail],) + tuple(result[1:])
+            code = CUresult[fail] if fail is not None else result[0]
+            if code != CUresult.CUDA_SUCCESS:  # 12.9+ and 13.x give None for every out-value
+                return (code,) + (None,) * (len(result) - 1)
             return result
 
         call.__name__, call.__signature__ = fn.__name__, sig
