@@ -981,6 +981,9 @@ Examples:
 @click.option("--low-memory", is_flag=True,
               help="ONNX Runtime: skip the NCHWc layout optimisation (its re-laid copy of the "
                    "convolution weights): less memory, 2-3x slower CPU convolutions.")
+@click.option("--cuda-graph", is_flag=True,
+              help="TensorRT engine: replay each batch shape as a CUDA graph (cuda-bindings; "
+                   "one warning and plain runs where capture is not possible).")
 @click.option(
     "--device",
     type=click.Choice(["auto", "cpu", "cuda"]),
@@ -1136,6 +1139,8 @@ Examples:
               help="Pipeline rows: longest side the detector sees.")
 @click.option("--max-frames", type=_ranged(PredictOptions, "max_frames"),
               help="Pipeline rows: frames per row.")
+@click.option("--cuda-graph", is_flag=True,
+              help="TensorRT rows: replay each batch shape as a CUDA graph (cuda-bindings).")
 def bench(
     weights: Tuple[Path, ...],
     backends: List[str],
@@ -1151,6 +1156,7 @@ def bench(
     det_every: List[int],
     det_size: int,
     max_frames: Optional[int],
+    cuda_graph: bool,
 ) -> None:
     """Params/FLOPs vs the paper's Table 2, latency per backend and batch size, environment;
     with --source, end-to-end FPS and ms per stage of the predict pipeline on a video.
@@ -1194,6 +1200,7 @@ def bench(
             threads=threads,
             progress=lambda m: click.echo(m, err=True),
             pipeline=pipeline,
+            cuda_graph=cuda_graph,
         )
     except BenchError as exc:
         raise click.ClickException(display_path(str(exc))) from None

@@ -447,13 +447,12 @@ def test_cuda_graph_captures_once_per_shape_and_replays(
         assert "--cuda-graph needs cuda-bindings (pycuda is in use)" in caplog.text
 
 
-@pytest.mark.parametrize("cuda_layer", ["cuda-bindings"])  # capture is cuda-bindings only
+@pytest.mark.parametrize("cuda_layer", ["cuda-bindings"], indirect=True)  # capture: bindings only
 def test_cuda_graph_capture_failure_falls_back_with_one_warning(
     models: Dict[str, Path], monkeypatch: Any, tmp_path: Path, cuda_layer: str, caplog: Any
 ) -> None:
     import logging
 
-    CUDA_DEFAULT[0] = cuda_layer  # the parametrize replaces the autouse fixture here
     gpu, engine = _engine(tmp_path, monkeypatch, models["onnx"], profile=(1, 1, 4))
     gpu.cuda_fail["cuGraphInstantiate"] = "CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED"
     x = images(3, seed=5)
@@ -469,3 +468,45 @@ def test_cuda_graph_capture_failure_falls_back_with_one_warning(
     assert len(warnings) == 1 and "cuGraphInstantiate failed: " \
         "CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED" in warnings[0]
     assert gpu.capturing == {} and gpu.graph_launches == 0 and gpu.enqueues == 3
+
+
+@pytest.mark.parametrize("cuda_layer", ["cuda-bindings"], indirect=True)
+def test_cuda_graph_flag_reaches_the_backend_from_predict_and_bench(
+    fake_trt: Any, monkeypatch: Any, tmp_path: Path, cuda_layer: str
+) -> None:
+    """`--cuda-graph` on predict and bench opens the engine with cuda_graph=True."""
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from benchmarks.latency import Target, run
+    from grefel.cli import cli
+
+    seen: List[bool] = []
+    real_init = TensorRTBackend.__init__
+
+    def spy(self: Any, *args: Any, **kwargs: Any) -> None:
+        real_init(self, *args, **kwargs)
+        seen.append(self.cuda_graph)
+
+    monkeypatch.setattr(TensorRTBackend, "__init__", spy)
+    _, engine, _, _ = fake_trt
+    image = tmp_path / "face.png"
+    Image.fromarray(np.zeros((112, 112, 3), np.uint8)).save(image)
+    res = CliRunner().invoke(cli, ["predict", str(image), "-w", str(engine), "--aligned",
+                                   "--cuda-graph", "--out", str(tmp_path / "p.jsonl")])
+    assert res.exit_code == 0, res.output
+    rows = run([Target("e", "tensorrt", engine)], [1], min_iters=1, min_seconds=0.0,
+               cuda_graph=True)
+    assert rows[0].status == "ok" and seen == [True, True]
+    import benchmarks.report as report
+
+    kwargs: Dict[str, Any] = {}
+
+    def record_call(**kw: Any) -> Any:
+        kwargs.update(kw)
+        raise report.BenchError("stop here")
+
+    monkeypatch.setattr(report, "run_bench", record_call)
+    res = CliRunner().invoke(cli, ["bench", "-w", str(engine), "--cuda-graph", "--out",
+                                   str(tmp_path / "bench")])
+    assert "stop here" in res.output and kwargs["cuda_graph"] is True
