@@ -94,6 +94,7 @@ def config_text(
     max_queue_delay_us: int,
     instances: int,
     name: str = MODEL_NAME,
+    cuda_graphs: bool = False,
 ) -> str:
     """config.pbtxt for the model (Triton's ModelConfig message in protobuf text format)."""
     dims = ", ".join(str(d) for d in contract.INPUT_SHAPE)
@@ -133,6 +134,8 @@ def config_text(
         "  }",
         "]",
     ]
+    if cuda_graphs:  # the TensorRT backend captures and replays each batch size's enqueue
+        lines += ["optimization {", "  cuda {", "    graphs: true", "  }", "}"]
     return "\n".join(lines) + "\n"
 
 
@@ -144,18 +147,26 @@ def write_model_repository(
     max_batch: int,
     max_queue_delay_us: int = 2000,
     instances: int = 1,
+    cuda_graphs: bool = False,
 ) -> Path:
     """Write `repo/grefel` for `model_file` (an .engine/.plan or .onnx) whose graph is
-    `onnx_path` (the ONNX itself, or the one the engine was built from); returns the folder."""
+    `onnx_path` (the ONNX itself, or the one the engine was built from); returns the folder.
+    `cuda_graphs` adds `optimization { cuda { graphs: true } }` (TensorRT plans only: it is a
+    TensorRT-backend setting)."""
     model_file, repo = Path(model_file), Path(repo)
     platform = PLATFORMS.get(model_file.suffix.lower())
     if platform is None:
         raise ExportError(f"{model_file}: a Triton repository takes an .engine / .plan or .onnx")
     if max_batch < 1 or instances < 1 or max_queue_delay_us < 0:
         raise ExportError("--max-batch and --triton-instances must be >= 1, the queue delay >= 0")
+    if cuda_graphs and platform != "tensorrt_plan":
+        raise ExportError(f"{model_file}: CUDA graphs in Triton are a TensorRT-backend setting; "
+                          "this repository would serve an ONNX model (build an engine, or drop "
+                          "--triton-cuda-graphs)")
     _, outputs, classes = _io(Path(onnx_path))
     text = config_text(platform=platform, max_batch=max_batch, outputs=outputs,
-                       max_queue_delay_us=max_queue_delay_us, instances=instances)
+                       max_queue_delay_us=max_queue_delay_us, instances=instances,
+                       cuda_graphs=cuda_graphs)
     repo.mkdir(parents=True, exist_ok=True)
     final = repo / MODEL_NAME
     work = Path(tempfile.mkdtemp(prefix=f".{MODEL_NAME}-", dir=repo))
