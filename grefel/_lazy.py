@@ -22,9 +22,9 @@ _HINTS = {
     "tensorrt": "the TensorRT Python bindings: `pip install '.[trt]'` in a clone of grefel on a "
     "desktop GPU; on Jetson, JetPack's python3-libnvinfer in a venv made with "
     "--system-site-packages (docs/install.md)",
-    "pycuda": "pycuda: `pip install '.[trt]'` in a clone of grefel; on Jetson `pip install "
-    "pycuda`, which builds against JetPack's CUDA (export PATH=/usr/local/cuda/bin:$PATH "
-    "first; docs/install.md)",
+    "pycuda": "pycuda: `pip install 'pycuda>=2025.1.2'`, which builds against the CUDA toolkit "
+    "(export PATH=/usr/local/cuda/bin:$PATH first; docs/install.md), or cuda-bindings instead "
+    "(wheels, nothing to compile)",
     "cuda.bindings": "cuda-bindings (NVIDIA's cuda-python; wheels, nothing to compile): `pip "
     "install 'cuda-bindings==12.*'` on a CUDA 12 driver (JetPack 6, desktop CUDA 12) or "
     "'cuda-bindings==13.*' on CUDA 13 (JetPack 7); it comes with `pip install '.[trt]'` "
