@@ -101,6 +101,7 @@ def test_the_cuda_layer_on_the_real_bindings(
     assert real["signature_problems"] == [] and real["enum_problems"] == []
     assert real["rejected"] == ["cuMemAlloc", "cuCtxPushCurrent"]
     assert real["open"] == ["Stub GPU", "8.7"]
+    assert real["versions"] == {"cuda_driver_version": 12080, "cuda_bindings": version}
     assert real["roundtrip"] and real["elapsed"] == 1.5 and real["handle"]
     assert real["errors"] == {
         "ordinal": "cuDeviceGet failed: CUDA_ERROR_INVALID_DEVICE (stub error)",

@@ -510,3 +510,25 @@ def test_cuda_graph_flag_reaches_the_backend_from_predict_and_bench(
     res = CliRunner().invoke(cli, ["bench", "-w", str(engine), "--cuda-graph", "--out",
                                    str(tmp_path / "bench")])
     assert "stop here" in res.output and kwargs["cuda_graph"] is True
+
+
+def test_the_sidecar_names_the_gpu_as_the_runtime_reads_it(fake_trt: Any, cuda_layer: str,
+                                                            monkeypatch: Any) -> None:
+    """export's sidecar takes the GPU name and compute capability from the same CUDA layer
+    the backend compares them with (nvidia-smi's name differs on Jetson), never nvidia-smi
+    when a layer works."""
+    import subprocess
+
+    from export.sidecar import device_info
+
+    def no_smi(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("nvidia-smi asked although a CUDA layer works")
+
+    monkeypatch.setattr(subprocess, "run", no_smi)
+    gpu, engine, _, _ = fake_trt
+    info = device_info()
+    assert (info["gpu"], info["compute_capability"], info["cuda_layer"]) == (
+        "Fake Orin", "8.7", cuda_layer)
+    assert info["cuda_driver_version"] in (12060,) and gpu.leftover() == {}
+    with open_backend(engine) as trt:
+        assert trt.device == f"cuda:0 ({info['gpu']})"

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import ctypes
 import os
-from typing import Any, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -74,6 +74,10 @@ class CudaLayer:
 
     def release(self) -> None:
         """Give the primary context back (after everything allocated in it is freed)."""
+
+    def versions(self) -> Dict[str, Any]:
+        """The CUDA driver version (12060 = 12.6) and the layer's own, for records."""
+        raise NotImplementedError
 
     def pinned(self, count: int, dtype: np.dtype) -> np.ndarray:
         """A page-locked host array of `count` elements (async copies need pinned memory)."""
@@ -166,6 +170,10 @@ class PycudaLayer(CudaLayer):
 
     def release(self) -> None:
         self.ctx = None  # pycuda releases the primary context with its Context object
+
+    def versions(self) -> Dict[str, Any]:
+        return {"cuda_driver_version": self._do(self.cuda.get_driver_version),
+                "cuda_version_pycuda_built_for": ".".join(map(str, self.cuda.get_version()))}
 
     def pinned(self, count: int, dtype: np.dtype) -> np.ndarray:
         return self._do(self.cuda.pagelocked_empty, int(count), dtype)
@@ -262,6 +270,12 @@ class BindingsLayer(CudaLayer):
         if self.ctx is not None:
             self.ctx = None
             self._call("cuDevicePrimaryCtxRelease", self.device)
+
+    def versions(self) -> Dict[str, Any]:
+        import cuda.bindings
+
+        return {"cuda_driver_version": int(self._call("cuDriverGetVersion")),
+                "cuda_bindings": getattr(cuda.bindings, "__version__", None)}
 
     def pinned(self, count: int, dtype: np.dtype) -> np.ndarray:
         dtype = np.dtype(dtype)

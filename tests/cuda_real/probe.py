@@ -62,7 +62,7 @@ def _error(fn: Any, *args: Any) -> str:
 def _exercise(layer: Any) -> Dict[str, Any]:
     import numpy as np
 
-    out: Dict[str, Any] = {"open": list(layer.open(0))}
+    out: Dict[str, Any] = {"open": list(layer.open(0)), "versions": layer.versions()}
     layer.push()
     host = layer.pinned(12, np.float32)
     back = layer.pinned(12, np.float32)

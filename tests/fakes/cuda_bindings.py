@@ -125,6 +125,10 @@ def make_driver(gpu: Any) -> types.ModuleType:  # noqa: C901 - one module of the
         return (err("CUDA_SUCCESS"),)
 
     @api
+    def cuDriverGetVersion() -> tuple:  # noqa: N802
+        return err("CUDA_SUCCESS"), 12060
+
+    @api
     def cuDeviceGet(ordinal: int) -> tuple:  # noqa: N802
         size(ordinal)
         if not state["init"]:
