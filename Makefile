@@ -16,7 +16,7 @@ LOCK_PYTHON := 3.11
 TORCH_PIN ?= torch==2.13.0
 LOCK_EXTRAS ?= dev,serve
 
-.PHONY: venv demo test lint lock clean trt-bindings real-model
+.PHONY: venv demo test lint lock clean trt-bindings cuda-bindings real-model
 
 define check_python
 	@$(1) -c 'import sys; v = "%d.%d" % sys.version_info[:2]; sys.exit(0 if v == "$(LOCK_PYTHON)" else \
@@ -40,7 +40,8 @@ DEMO ?= runs/demo
 DEMO_N ?= 3000
 DEMO_EPOCHS ?= 8
 GREFEL := $(VENV)/bin/grefel
-HAVE_TRT = $(PY) -c "from grefel._lazy import require; require('tensorrt'); require('pycuda.driver')" 2>/dev/null
+HAVE_TRT = $(PY) -c "from grefel._lazy import require; require('tensorrt'); \
+	from grefel.runtime.cuda_layer import open_layer; open_layer()" 2>/dev/null
 
 demo: venv
 	rm -rf $(DEMO)
@@ -111,7 +112,18 @@ TRT_BINDINGS := tensorrt-bindings==8.6.1 tensorrt-cu12-bindings==10.3.0 \
 
 trt-bindings: .whl/trt/.fetched
 
-test: venv lint .whl/trt/.fetched
+# The real cuda-bindings wheels (CUDA 12 and 13; 8-11 MB each) and cuda-pathfinder that
+# tests/test_cuda_real_bindings.py imports with a stand-in libcuda.so.1; CI must have them.
+CUDA_BINDINGS := cuda-bindings==12.8.0 cuda-bindings==12.9.10 cuda-bindings==13.5.0 \
+	cuda-pathfinder==1.9.1
+.whl/cuda/.fetched: | venv
+	for spec in $(CUDA_BINDINGS); do \
+		$(PY) -m pip download -q --no-deps --only-binary=:all: -d .whl/cuda $$spec || exit 1; done
+	touch $@
+
+cuda-bindings: .whl/cuda/.fetched
+
+test: venv lint .whl/trt/.fetched .whl/cuda/.fetched
 	GREFEL_REQUIRE_TRT_BINDINGS=1 $(PY) -m pytest -q
 
 # Regenerate the lock: a scratch venv resolves pyproject's ranges afresh (newest versions that

@@ -41,8 +41,9 @@ __all__ = ["CheckOptions", "RUNTIME_LAYERS", "SECTIONS", "Section", "SectionResu
            "capabilities", "device_facts", "exit_code", "preflight", "preflight_text",
            "run_check", "run_steps"]
 
-# The CUDA Python layers grefel's TensorRT backend runs on (grefel.runtime.trt_backend).
-RUNTIME_LAYERS = ("pycuda",)
+# The CUDA Python layers grefel's TensorRT backend runs on, in its order of preference
+# (grefel.runtime.cuda_layer.open_layer: cuda-bindings where importable, else pycuda).
+RUNTIME_LAYERS = ("cuda-bindings", "pycuda")
 PROBE_LIMIT_S = 60.0  # creating TensorRT's builder initialises CUDA: seconds on a Jetson
 KILL_GRACE_S = 5.0
 # grefel._lazy's hint, short enough for one line per section (docs/install.md has the rest)
@@ -262,8 +263,8 @@ def _why_no_run(facts: Dict[str, Any]) -> Optional[str]:
              if k in RUNTIME_LAYERS and v.get("installed")]
     if found:
         return "no GPU seen through " + "; ".join(found)
-    return (f"{' or '.join(RUNTIME_LAYERS)} is not installed (`pip install pycuda`, built "
-            "against the CUDA toolkit: docs/install.md)")
+    return (f"{' or '.join(RUNTIME_LAYERS)} is not installed (`pip install cuda-bindings`, "
+            "the wheel for the driver's CUDA major, or pycuda: docs/install.md)")
 
 
 def capabilities(facts: Dict[str, Any]) -> List[Dict[str, Any]]:

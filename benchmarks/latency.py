@@ -132,7 +132,7 @@ class Target:
     error: Optional[str] = None  # why the target cannot be timed (its row says so)
 
 
-def _open(target: Target, threads: Optional[int]) -> Backend:
+def _open(target: Target, threads: Optional[int], cuda_graph: bool = False) -> Backend:
     if target.error is not None:
         raise BackendError(target.error)
     if target.model is not None:
@@ -142,7 +142,7 @@ def _open(target: Target, threads: Optional[int]) -> Backend:
     if target.path is None:  # TensorRT asked for without an engine file
         require("tensorrt")
         raise BackendError("no .engine file given: build one on this GPU with `grefel export`")
-    return open_backend(target.path, threads=threads)
+    return open_backend(target.path, threads=threads, cuda_graph=cuda_graph)
 
 
 def _iter_targets(targets: Sequence[Target], tmp: Path) -> Iterator[Target]:
@@ -172,6 +172,7 @@ def run(
     threads: Optional[int] = None,
     progress: Any = None,
     on_row: Optional[Callable[[LatencyResult], None]] = None,
+    cuda_graph: bool = False,
 ) -> List[LatencyResult]:
     """Time every target at every batch size. A backend that cannot open gives one
     `unavailable: why` row per batch size, a batch that fails a `failed: why` row; `on_row` gets
@@ -187,7 +188,7 @@ def run(
         for target in _iter_targets(targets, Path(tmp)):
             done = set()
             try:
-                with _open(target, threads) as backend:
+                with _open(target, threads, cuda_graph) as backend:
                     for b in batch_sizes:
                         if progress:
                             progress(f"{target.backend} {target.label} batch {b} ...")

@@ -478,6 +478,7 @@ def run_bench(
     threads: Optional[int] = None,
     progress: Any = None,
     pipeline: Optional[Dict[str, Any]] = None,
+    cuda_graph: bool = False,
 ) -> Tuple[Dict[str, Any], Optional[Tuple[Path, Path]]]:
     """`grefel bench`: sizes vs Table 2, latency per backend and batch, the environment; the
     record is written to `out_dir` (when given) and returned. With `pipeline` (source,
@@ -520,6 +521,7 @@ def run_bench(
         "min_seconds": min_seconds,
         "presets": list(presets),
         "threads": threads,
+        "cuda_graph": cuda_graph,  # TensorRT rows replayed as CUDA graphs
     }
     record = make_record(settings, env, sizes, [], timed_sizes=timed)
     if sizes_note:
@@ -531,7 +533,8 @@ def run_bench(
         if paths is not None:
             write_record(record, out_dir, paths)  # each row is on disk as it is measured
 
-    run(targets, batch_sizes, min_iters, min_seconds, threads, progress, on_row=on_row)
+    run(targets, batch_sizes, min_iters, min_seconds, threads, progress, on_row=on_row,
+        cuda_graph=cuda_graph)
     if paths is not None:
         write_record(record, out_dir, paths)
     return record, paths

@@ -72,6 +72,7 @@ class TritonRepoOptions:
 
     instances: int = ranged(1, min=1)  # instance_group count
     max_queue_delay_us: int = ranged(2000, min=0)  # dynamic batching: longest wait, microseconds
+    cuda_graphs: bool = False  # optimization { cuda { graphs: true } } (TensorRT plans)
 
     def __post_init__(self) -> None:
         check_ranges(self)

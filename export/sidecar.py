@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
 from grefel import __version__
-from grefel._lazy import MissingDependency, require
+from grefel._lazy import MissingDependency
 from grefel.contract import ENGINE_SIDECAR_FORMAT, engine_sidecar_doc
 from grefel.fileio import atomic_write_json, sha256_file
 
@@ -44,19 +44,21 @@ def onnx_meta(path: Union[str, Path]) -> Dict[str, Any]:
 
 
 def _cuda_facts() -> Dict[str, Any]:
-    """GPU name, compute capability, CUDA driver/runtime versions via pycuda, else nvidia-smi."""
+    """GPU name, compute capability and CUDA driver version through the CUDA layer the engine
+    runtime uses (cuda-bindings or pycuda: grefel.runtime.cuda_layer), so that the sidecar's GPU
+    name is the string the runtime compares it with (nvidia-smi's differs on Jetson: "Orin
+    (nvgpu)" against the driver's "Orin"); else nvidia-smi."""
+    from grefel.runtime.cuda_layer import open_layer
+
     try:
-        cuda = require("pycuda.driver")
-        cuda.init()
-        dev = cuda.Device(0)
-        return {
-            "gpu": dev.name(),
-            "compute_capability": ".".join(map(str, dev.compute_capability())),
-            "cuda_driver_version": cuda.get_driver_version(),
-            "cuda_version_pycuda_built_for": ".".join(map(str, cuda.get_version())),
-        }
-    except (MissingDependency, Exception) as exc:  # pycuda raises its own LogicError types
-        facts: Dict[str, Any] = {"pycuda": f"unavailable ({str(exc).splitlines()[0][:120]})"}
+        layer = open_layer()
+        name, cc = layer.open(0)
+        facts: Dict[str, Any] = {"gpu": name, "compute_capability": cc, "cuda_layer": layer.name}
+        facts.update(layer.versions())
+        layer.release()
+        return facts
+    except (MissingDependency, Exception) as exc:  # CudaError, or a binding's own error
+        facts = {"cuda_layer": f"unavailable ({str(exc).splitlines()[0][:120]})"}
     try:
         line = subprocess.run(
             ["nvidia-smi", "--query-gpu=name,compute_cap,driver_version", "--format=csv,noheader"],

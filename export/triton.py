@@ -120,6 +120,7 @@ def config_text(
     instances: int,
     name: str = MODEL_NAME,
     comments: Sequence[str] = (),
+    cuda_graphs: bool = False,
 ) -> str:
     """config.pbtxt for the model (Triton's ModelConfig message in protobuf text format);
     `comments` open it as `# ...` lines (the text format's comments: Triton ignores them)."""
@@ -161,6 +162,8 @@ def config_text(
         "  }",
         "]",
     ]
+    if cuda_graphs:  # the TensorRT backend captures and replays each batch size's enqueue
+        lines += ["optimization {", "  cuda {", "    graphs: true", "  }", "}"]
     return "\n".join(lines) + "\n"
 
 
@@ -305,18 +308,25 @@ def write_model_repository(
     instances: int = 1,
     built_by: Optional[Dict[str, Any]] = None,
     log: Log = print,
+    cuda_graphs: bool = False,
 ) -> Path:
     """Write `repo/grefel` for `model_file` (an .engine/.plan or .onnx) whose graph is
     `onnx_path` (the ONNX itself, or the one the engine was built from); returns the folder.
 
     built_by: {tensorrt, gpu, compute_capability} of a plan's builder; default: read from the
-    engine's sidecar. The work folders live beside `repo` (the module doc says why)."""
+    engine's sidecar. The work folders live beside `repo` (the module doc says why).
+    `cuda_graphs` adds `optimization { cuda { graphs: true } }` (TensorRT plans only: it is a
+    TensorRT-backend setting)."""
     model_file, repo = Path(model_file), Path(repo)
     platform = PLATFORMS.get(model_file.suffix.lower())
     if platform is None:
         raise ExportError(f"{model_file}: a Triton repository takes an .engine / .plan or .onnx")
     if max_batch < 1 or instances < 1 or max_queue_delay_us < 0:
         raise ExportError("--max-batch and --triton-instances must be >= 1, the queue delay >= 0")
+    if cuda_graphs and platform != "tensorrt_plan":
+        raise ExportError(f"{model_file}: CUDA graphs in Triton are a TensorRT-backend setting; "
+                          "this repository would serve an ONNX model (build an engine, or drop "
+                          "--triton-cuda-graphs)")
     _, outputs, classes = _io(Path(onnx_path))
     builder = _builder(model_file, platform, built_by)
     target = "model.plan" if platform == "tensorrt_plan" else "model.onnx"
@@ -325,7 +335,7 @@ def write_model_repository(
         comments.append(f"1/{target} was built by {_describe(builder)}; it runs only there")
     text = config_text(platform=platform, max_batch=max_batch, outputs=outputs,
                        max_queue_delay_us=max_queue_delay_us, instances=instances,
-                       comments=comments)
+                       comments=comments, cuda_graphs=cuda_graphs)
     record = {"format": RECORD_FORMAT, "grefel": __version__, "platform": platform,
               "model_file": f"1/{target}", "source": model_file.name,
               "model_sha256": sha256_file(model_file), "built_by": builder}

@@ -1,7 +1,7 @@
 """Lazy imports of optional, heavy or hardware-bound packages, with errors that say what to install.
 
-No module of grefel imports tensorrt, pycuda or onnxruntime at import time; `grefel.runtime`
-does not import torch either. Nothing is ever installed automatically.
+No module of grefel imports tensorrt, pycuda, cuda-bindings or onnxruntime at import time;
+`grefel.runtime` does not import torch either. Nothing is ever installed automatically.
 """
 
 from __future__ import annotations
@@ -22,9 +22,13 @@ _HINTS = {
     "tensorrt": "the TensorRT Python bindings: `pip install '.[trt]'` in a clone of grefel on a "
     "desktop GPU; on Jetson, JetPack's python3-libnvinfer in a venv made with "
     "--system-site-packages (docs/install.md)",
-    "pycuda": "pycuda: `pip install '.[trt]'` in a clone of grefel; on Jetson `pip install "
-    "pycuda`, which builds against JetPack's CUDA (export PATH=/usr/local/cuda/bin:$PATH "
-    "first; docs/install.md)",
+    "pycuda": "pycuda: `pip install 'pycuda>=2025.1.2'`, which builds against the CUDA toolkit "
+    "(export PATH=/usr/local/cuda/bin:$PATH first; docs/install.md), or cuda-bindings instead "
+    "(wheels, nothing to compile)",
+    "cuda.bindings": "cuda-bindings (NVIDIA's cuda-python; wheels, nothing to compile): `pip "
+    "install 'cuda-bindings==12.*'` on a CUDA 12 driver (JetPack 6, desktop CUDA 12) or "
+    "'cuda-bindings==13.*' on CUDA 13 (JetPack 7); it comes with `pip install '.[trt]'` "
+    "(docs/install.md)",
     "onnxruntime": "ONNX Runtime: `pip install onnxruntime` (or onnxruntime-gpu)",
     "onnx": "onnx: `pip install onnx`",
     "cv2": "OpenCV: `pip install opencv-python-headless`",
@@ -48,7 +52,12 @@ class MissingDependency(ImportError):
 
 def install_hint(name: str) -> str:
     """How to install the package that provides module `name` (or its top-level package)."""
-    return _HINTS.get(name) or _HINTS.get(name.split(".")[0]) or f"`pip install {name}`"
+    parts = name.split(".")
+    for end in range(len(parts), 0, -1):  # cuda.bindings.driver -> cuda.bindings
+        hint = _HINTS.get(".".join(parts[:end]))
+        if hint:
+            return hint
+    return f"`pip install {name}`"
 
 
 def require(name: str, needed_for: str = "") -> ModuleType:

@@ -804,6 +804,9 @@ Examples:
 @click.option("--triton-queue-delay-us", default=2000,
               type=_ranged(TritonRepoOptions, "max_queue_delay_us"),
               help="Dynamic batching: max_queue_delay_microseconds.")
+@click.option("--triton-cuda-graphs", is_flag=True,
+              help="Triton's TensorRT backend replays each batch size as a CUDA graph "
+                   "(optimization { cuda { graphs: true } }; engines only).")
 @click.option("--deepstream", type=click.Path(file_okay=False, path_type=Path),
               help="Also write a DeepStream nvinfer config here (secondary classifier on a face "
                    "detector's faces): config_infer_secondary_grefel.txt and labels_grefel.txt.")
@@ -818,7 +821,8 @@ Examples:
 @click.pass_context
 def export_cmd(ctx: click.Context, source: Path, json_path: Optional[Path],
                max_pixels: Optional[int], triton_repo: Optional[Path], triton_instances: int,
-               triton_queue_delay_us: int, verbose: bool, **options) -> None:
+               triton_queue_delay_us: int, triton_cuda_graphs: bool, verbose: bool,
+               **options) -> None:
     """Checkpoint (.safetensors) or ONNX -> checked ONNX -> TensorRT engine + sidecar.
 
     Without SOURCE, the default model that ships inside grefel: its checkpoint where torch is
@@ -870,12 +874,14 @@ def export_cmd(ctx: click.Context, source: Path, json_path: Optional[Path],
             engines = [p for p in result.artifacts if p.suffix == ".engine"]
             onnx_fp32 = result.artifacts[0]
             repo = TritonRepoOptions(instances=triton_instances,
-                                     max_queue_delay_us=triton_queue_delay_us)
+                                     max_queue_delay_us=triton_queue_delay_us,
+                                     cuda_graphs=triton_cuda_graphs)
             try:
                 folder = write_model_repository(
                     triton_repo, engines[0] if engines else onnx_fp32, onnx_fp32,
                     max_batch=options["max_batch"], max_queue_delay_us=repo.max_queue_delay_us,
-                    instances=repo.instances, log=lambda s: click.echo(s, err=True))  # fmt: skip
+                    instances=repo.instances, cuda_graphs=repo.cuda_graphs,
+                    log=lambda s: click.echo(s, err=True))  # fmt: skip
             except OSError as exc:  # e.g. a file where DIR or one of its folders should be
                 why = ("a file stands where a folder should be"
                        if isinstance(exc, (FileExistsError, NotADirectoryError))
@@ -992,6 +998,9 @@ Examples:
 @click.option("--low-memory", is_flag=True,
               help="ONNX Runtime: skip the NCHWc layout optimisation (its re-laid copy of the "
                    "convolution weights): less memory, 2-3x slower CPU convolutions.")
+@click.option("--cuda-graph", is_flag=True,
+              help="TensorRT engine: replay each batch shape as a CUDA graph (cuda-bindings; "
+                   "one warning and plain runs where capture is not possible).")
 @click.option(
     "--device",
     type=click.Choice(["auto", "cpu", "cuda"]),
@@ -1147,6 +1156,8 @@ Examples:
               help="Pipeline rows: longest side the detector sees.")
 @click.option("--max-frames", type=_ranged(PredictOptions, "max_frames"),
               help="Pipeline rows: frames per row.")
+@click.option("--cuda-graph", is_flag=True,
+              help="TensorRT rows: replay each batch shape as a CUDA graph (cuda-bindings).")
 def bench(
     weights: Tuple[Path, ...],
     backends: List[str],
@@ -1162,6 +1173,7 @@ def bench(
     det_every: List[int],
     det_size: int,
     max_frames: Optional[int],
+    cuda_graph: bool,
 ) -> None:
     """Params/FLOPs vs the paper's Table 2, latency per backend and batch size, environment;
     with --source, end-to-end FPS and ms per stage of the predict pipeline on a video.
@@ -1205,6 +1217,7 @@ def bench(
             threads=threads,
             progress=lambda m: click.echo(m, err=True),
             pipeline=pipeline,
+            cuda_graph=cuda_graph,
         )
     except BenchError as exc:
         raise click.ClickException(display_path(str(exc))) from None

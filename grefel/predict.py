@@ -201,6 +201,7 @@ class PredictOptions:
     threads: Optional[int] = ranged(None, kind=int, min=1, max=THREADS_MAX)
     show: bool = False  # show the annotated frames in a window
     low_memory: bool = False  # ONNX Runtime without the NCHWc layout copy of the weights
+    cuda_graph: bool = False  # TensorRT: replay each batch shape as a CUDA graph (cuda-bindings)
 
     def __post_init__(self) -> None:
         check_ranges(self)
@@ -635,7 +636,8 @@ def run_predict(
         require("cv2").setNumThreads(opts.threads)
     with contextlib.ExitStack() as stack:
         backend = stack.enter_context(
-            open_backend(weights, device=device, threads=opts.threads, low_memory=opts.low_memory)
+            open_backend(weights, device=device, threads=opts.threads, low_memory=opts.low_memory,
+                         cuda_graph=opts.cuda_graph)
         )
         if out is None:
             stream: IO[str] = sys.stdout

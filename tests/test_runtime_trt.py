@@ -1,7 +1,11 @@
 """The TensorRT backend (grefel.runtime.trt_backend) against the shared strict fake of
 `tensorrt` and `pycuda.driver` (tests/fakes/trt.py), whose engine runs the ONNX model in ONNX
 Runtime. Checks our glue (tensor-name API calls and their results, buffers, chunking, padding,
-CUDA context handling across threads, error messages), not TensorRT."""
+CUDA context handling across threads, error messages), not TensorRT.
+
+Every test runs twice, once per CUDA layer (grefel.runtime.cuda_layer): on pycuda, and on the
+fake `cuda.bindings.driver` (tests/fakes/cuda_bindings.py), which the backend picks by itself
+when both import."""
 
 from __future__ import annotations
 
@@ -13,13 +17,25 @@ from typing import Any, Dict, List
 import numpy as np
 import pytest
 import test_runtime as rt  # the model files and the fake_trt fixture (same module as pytest's)
-from fakes.trt import GENERATIONS, Gpu, install
+from fakes.trt import CUDA_DEFAULT, GENERATIONS, Gpu, install
 
 from grefel.runtime import BackendError, open_backend
 from grefel.runtime.trt_backend import TensorRTBackend
 
 CLASSES, NAMES, images = rt.CLASSES, rt.NAMES, rt.images
 models, fake_trt = rt.models, rt.fake_trt
+LAYERS = ("pycuda", "cuda-bindings")
+
+
+@pytest.fixture(autouse=True, params=LAYERS)
+def cuda_layer(request: Any) -> Any:
+    """The CUDA layer every Gpu() of the test gets (not monkeypatch: tests call its undo)."""
+    before = CUDA_DEFAULT[0]
+    CUDA_DEFAULT[0] = request.param
+    try:
+        yield request.param
+    finally:
+        CUDA_DEFAULT[0] = before
 
 
 def _engine(tmp_path: Path, monkeypatch: Any, onnx: Path, gen: str = "10.3", **spec: Any):
@@ -129,6 +145,9 @@ def test_tensorrt_teardown_and_no_context_left_pushed(fake_trt: Any) -> None:
         assert gpu.leftover() == {}
     assert trt._context is None and trt._engine is None and trt._runtime is None
     assert len(gpu.freed) == 4 and gpu.leftover() == {}
+    if gpu.cuda == "cuda-bindings":  # pinned buffers freed, stream and events destroyed, the
+        assert len(gpu.freed_host) == 4 and gpu.retained == 0  # primary context released
+        assert {"cuStreamDestroy", "cuEventDestroy"} <= set(gpu.cuda_calls)
 
 
 def test_tensorrt_other_threads_infer_and_close(fake_trt: Any) -> None:
@@ -307,22 +326,32 @@ def test_tensorrt_not_an_engine_and_missing_sidecar(fake_trt: Any, caplog: Any) 
 
 
 @pytest.mark.parametrize(
-    "gpu_kw, index, message",
+    "gpu_kw, index, messages",
     [
-        ({"no_gpu": True}, 0, "cannot use CUDA device 0 (RuntimeError: cuInit failed: no "
-         "CUDA-capable device is detected)"),
-        ({}, 3, "cannot use CUDA device 3 (LogicError: cuDeviceGet failed: invalid device "
-         "ordinal)"),
+        ({"no_gpu": True}, 0, {
+            "pycuda": "cannot use CUDA device 0 (RuntimeError: cuInit failed: no CUDA-capable "
+                      "device is detected)",
+            "cuda-bindings": "cannot use CUDA device 0 (cuInit failed: CUDA_ERROR_NO_DEVICE (no "
+                             "CUDA-capable device is detected))"}),
+        ({}, 3, {
+            "pycuda": "cannot use CUDA device 3 (LogicError: cuDeviceGet failed: invalid device "
+                      "ordinal)",
+            "cuda-bindings": "cannot use CUDA device 3 (cuDeviceGet failed: "
+                             "CUDA_ERROR_INVALID_DEVICE (invalid device ordinal))"}),
     ],
 )
-def test_pycuda_errors_become_one_backend_error(
-    fake_trt: Any, monkeypatch: Any, gpu_kw: Dict[str, Any], index: int, message: str
+def test_cuda_errors_become_one_backend_error(
+    fake_trt: Any, monkeypatch: Any, gpu_kw: Dict[str, Any], index: int,
+    messages: Dict[str, str], cuda_layer: str
 ) -> None:
+    """Each layer's CUDA error reaches the user as one line naming the call and the error."""
     _, engine, _, spec = fake_trt
-    install(monkeypatch, Gpu(engines={b"FAKEPLAN": spec}, **gpu_kw))
+    gpu = Gpu(engines={b"FAKEPLAN": spec}, **gpu_kw)
+    install(monkeypatch, gpu)
     with pytest.raises(BackendError) as err, TensorRTBackend(engine, gpu=index):
         pass
-    assert message in str(err.value) and "\n" not in str(err.value)
+    assert messages[cuda_layer] in str(err.value) and "\n" not in str(err.value)
+    assert gpu.leftover() == {} and gpu.retained == 0
 
 
 def test_raw_tensorrt_errors_become_backend_errors(fake_trt: Any, monkeypatch: Any) -> None:
@@ -370,3 +399,162 @@ def test_predict_and_bench_without_a_gpu_print_one_line(
     assert len(lines) == 1 and "no CUDA-capable device" in lines[0]
     rows = run([Target("e", "tensorrt", engine)], [1], min_iters=1, min_seconds=0.0)
     assert rows[0].status.startswith("unavailable: ") and "cannot use CUDA device" in rows[0].status
+
+
+def test_the_cuda_layer_is_chosen_at_open(fake_trt: Any, monkeypatch: Any, cuda_layer: str) -> None:
+    """cuda-bindings when it imports, else pycuda; GREFEL_CUDA or cuda= forces one; a forced
+    layer that is missing, or an unknown name, is one line."""
+    from grefel._lazy import MissingDependency
+
+    gpu, engine, _, _ = fake_trt
+    with open_backend(engine) as trt:
+        assert trt.cuda_layer == cuda_layer
+    monkeypatch.setenv("GREFEL_CUDA", "pycuda")
+    with open_backend(engine) as trt:
+        assert trt.cuda_layer == "pycuda"
+    monkeypatch.setenv("GREFEL_CUDA", "cuda-bindings")
+    if cuda_layer == "pycuda":  # the fake cuda.bindings is not importable
+        with pytest.raises(MissingDependency, match="cuda-bindings==12"), open_backend(engine):
+            pass
+    with TensorRTBackend(engine, cuda="pycuda") as trt:
+        assert trt.cuda_layer == "pycuda"
+    monkeypatch.setenv("GREFEL_CUDA", "cupy")
+    with pytest.raises(MissingDependency, match="GREFEL_CUDA='cupy': use one of cuda-bindings, "
+                       "pycuda"), open_backend(engine):
+        pass
+    assert gpu.leftover() == {}
+
+
+def test_a_cuda_error_in_inference_is_one_line(fake_trt: Any, monkeypatch: Any,
+                                               cuda_layer: str) -> None:
+    """A failed copy ends the inference with one BackendError naming the call and the CUDA
+    error, and leaves no context pushed."""
+    gpu, engine, cuda, _ = fake_trt
+    if cuda_layer == "cuda-bindings":
+        gpu.cuda_fail["cuMemcpyHtoDAsync"] = "CUDA_ERROR_ILLEGAL_ADDRESS"
+        expected = "inference failed (cuMemcpyHtoDAsync failed: CUDA_ERROR_ILLEGAL_ADDRESS"
+    else:
+        def illegal(*args: Any) -> None:
+            raise cuda.LogicError("cuMemcpyHtoDAsync failed: an illegal memory access was "
+                                  "encountered")
+
+        monkeypatch.setattr(cuda, "memcpy_htod_async", illegal)
+        expected = "inference failed (LogicError: cuMemcpyHtoDAsync failed: an illegal memory"
+    with open_backend(engine) as trt, pytest.raises(BackendError) as err:
+        trt.infer(images(1))
+    assert expected in str(err.value) and "\n" not in str(err.value)
+    assert gpu.leftover() == {} and len(gpu.freed) == 4
+
+
+def test_cuda_graph_captures_once_per_shape_and_replays(
+    models: Dict[str, Path], monkeypatch: Any, tmp_path: Path, cuda_layer: str, caplog: Any
+) -> None:
+    """--cuda-graph on cuda-bindings: per input shape one warm-up enqueue, one capture (which
+    runs nothing), then replays, with outputs equal to ONNX Runtime's every time. On pycuda one
+    warning and plain enqueues."""
+    import logging
+
+    gpu, engine = _engine(tmp_path, monkeypatch, models["onnx"], profile=(1, 1, 4))
+    x = images(6, seed=4)
+    with open_backend(models["onnx"]) as ox:
+        ref = ox.infer(x)
+    with caplog.at_level(logging.WARNING), TensorRTBackend(engine, cuda_graph=True) as trt:
+        outs = [trt.infer(x) for _ in range(3)]  # chunks 4 + 2, three times
+    for out in outs:
+        np.testing.assert_allclose(out["probs"], ref["probs"], atol=1e-5)
+    if cuda_layer == "cuda-bindings":
+        # run 1: warm-up enqueues of 4 and 2; run 2: both captured, then launched; run 3: two
+        # launches
+        assert (gpu.enqueues, gpu.graph_launches) == (2, 4) and not caplog.text
+        assert gpu.cuda_calls.count("cuStreamBeginCapture") == 2
+        assert gpu.cuda_calls.count("cuGraphExecDestroy") == 2
+    else:
+        assert (gpu.enqueues, gpu.graph_launches) == (6, 0)
+        assert "--cuda-graph needs cuda-bindings (pycuda is in use)" in caplog.text
+
+
+@pytest.mark.parametrize("cuda_layer", ["cuda-bindings"], indirect=True)  # capture: bindings only
+def test_cuda_graph_capture_failure_falls_back_with_one_warning(
+    models: Dict[str, Path], monkeypatch: Any, tmp_path: Path, cuda_layer: str, caplog: Any
+) -> None:
+    import logging
+
+    gpu, engine = _engine(tmp_path, monkeypatch, models["onnx"], profile=(1, 1, 4))
+    gpu.cuda_fail["cuGraphInstantiate"] = "CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED"
+    x = images(3, seed=5)
+    with open_backend(models["onnx"]) as ox:
+        ref = ox.infer(x)
+    with caplog.at_level(logging.WARNING), TensorRTBackend(engine, cuda_graph=True) as trt:
+        outs = [trt.infer(x) for _ in range(3)]
+        assert trt.cuda_graph is False
+    for out in outs:
+        np.testing.assert_allclose(out["probs"], ref["probs"], atol=1e-5)
+    warnings = [r.getMessage() for r in caplog.records if "CUDA graph capture failed" in
+                r.getMessage()]
+    assert len(warnings) == 1 and "cuGraphInstantiate failed: " \
+        "CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED" in warnings[0]
+    assert gpu.capturing == {} and gpu.graph_launches == 0 and gpu.enqueues == 3
+
+
+@pytest.mark.parametrize("cuda_layer", ["cuda-bindings"], indirect=True)
+def test_cuda_graph_flag_reaches_the_backend_from_predict_and_bench(
+    fake_trt: Any, monkeypatch: Any, tmp_path: Path, cuda_layer: str
+) -> None:
+    """`--cuda-graph` on predict and bench opens the engine with cuda_graph=True."""
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from benchmarks.latency import Target, run
+    from grefel.cli import cli
+
+    seen: List[bool] = []
+    real_init = TensorRTBackend.__init__
+
+    def spy(self: Any, *args: Any, **kwargs: Any) -> None:
+        real_init(self, *args, **kwargs)
+        seen.append(self.cuda_graph)
+
+    monkeypatch.setattr(TensorRTBackend, "__init__", spy)
+    _, engine, _, _ = fake_trt
+    image = tmp_path / "face.png"
+    Image.fromarray(np.zeros((112, 112, 3), np.uint8)).save(image)
+    res = CliRunner().invoke(cli, ["predict", str(image), "-w", str(engine), "--aligned",
+                                   "--cuda-graph", "--out", str(tmp_path / "p.jsonl")])
+    assert res.exit_code == 0, res.output
+    rows = run([Target("e", "tensorrt", engine)], [1], min_iters=1, min_seconds=0.0,
+               cuda_graph=True)
+    assert rows[0].status == "ok" and seen == [True, True]
+    import benchmarks.report as report
+
+    kwargs: Dict[str, Any] = {}
+
+    def record_call(**kw: Any) -> Any:
+        kwargs.update(kw)
+        raise report.BenchError("stop here")
+
+    monkeypatch.setattr(report, "run_bench", record_call)
+    res = CliRunner().invoke(cli, ["bench", "-w", str(engine), "--cuda-graph", "--out",
+                                   str(tmp_path / "bench")])
+    assert "stop here" in res.output and kwargs["cuda_graph"] is True
+
+
+def test_the_sidecar_names_the_gpu_as_the_runtime_reads_it(fake_trt: Any, cuda_layer: str,
+                                                            monkeypatch: Any) -> None:
+    """export's sidecar takes the GPU name and compute capability from the same CUDA layer
+    the backend compares them with (nvidia-smi's name differs on Jetson), never nvidia-smi
+    when a layer works."""
+    import subprocess
+
+    from export.sidecar import device_info
+
+    def no_smi(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("nvidia-smi asked although a CUDA layer works")
+
+    monkeypatch.setattr(subprocess, "run", no_smi)
+    gpu, engine, _, _ = fake_trt
+    info = device_info()
+    assert (info["gpu"], info["compute_capability"], info["cuda_layer"]) == (
+        "Fake Orin", "8.7", cuda_layer)
+    assert info["cuda_driver_version"] in (12060,) and gpu.leftover() == {}
+    with open_backend(engine) as trt:
+        assert trt.device == f"cuda:0 ({info['gpu']})"

@@ -95,6 +95,23 @@ def test_engine_repository_and_failed_write_keeps_the_old_one(models, tmp_path, 
     assert not list((tmp_path / "repo").glob(".grefel-*"))
 
 
+def test_cuda_graphs_option_parses_and_needs_an_engine(models, tmp_path):
+    """--triton-cuda-graphs writes `optimization { cuda { graphs: true } }`, which Triton's
+    ModelConfig parses; an ONNX repository refuses it before writing anything."""
+    engine = tmp_path / "tiny_fp16_b8.engine"
+    engine.write_bytes(b"plan bytes")
+    folder = write_model_repository(tmp_path / "repo", engine, models["onnx"], max_batch=8,
+                                    cuda_graphs=True)
+    cfg = parse(folder / "config.pbtxt")
+    assert cfg.optimization.cuda.graphs is True and cfg.platform == "tensorrt_plan"
+    plain = write_model_repository(tmp_path / "plain", engine, models["onnx"], max_batch=8)
+    assert not parse(plain / "config.pbtxt").HasField("optimization")
+    with pytest.raises(ExportError, match="TensorRT-backend setting"):
+        write_model_repository(tmp_path / "r", models["onnx"], models["onnx"], max_batch=8,
+                               cuda_graphs=True)
+    assert not (tmp_path / "r" / "grefel").exists()
+
+
 def test_static_batch_and_bad_files_are_clean_errors(models, tmp_path):
     result = CliRunner().invoke(cli, ["export", str(models["onnx"]), "--static", "--triton",
                                       str(tmp_path / "repo")])

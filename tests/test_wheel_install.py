@@ -164,7 +164,7 @@ def test_the_wheel_requires_no_torch_and_its_extras_exist(installed: Installed) 
                   and r.marker.evaluate({"extra": e})} - core
               for e in ("train", "trt", "serve", "faces", "dev")}
     assert {"torch", "onnxsim", "safetensors"} <= extras["train"]
-    assert {"tensorrt", "pycuda"} <= extras["trt"]
+    assert {"tensorrt", "cuda-bindings"} <= extras["trt"]
     assert "nvidia-pytriton" in extras["serve"] and "ai-edge-litert" in extras["faces"]
     assert {"grefel", "pytest"} <= extras["dev"]  # dev = grefel[train] + the test tools
 

@@ -34,16 +34,19 @@ def open_backend(
     device: Optional[str] = None,
     threads: Optional[int] = None,
     low_memory: bool = False,
+    cuda_graph: bool = False,
 ) -> Backend:
     """The backend for a model file, chosen by suffix (not yet opened: use it with `with`).
 
     Args:
-        path: `.engine` (TensorRT + pycuda), `.onnx` (ONNX Runtime, CUDA provider when present)
-            or `.safetensors` (a grefel checkpoint, PyTorch).
+        path: `.engine` (TensorRT + cuda-bindings or pycuda), `.onnx` (ONNX Runtime, CUDA
+            provider when present) or `.safetensors` (a grefel checkpoint, PyTorch).
         device: "cpu" or "cuda" (ONNX Runtime and PyTorch); None picks CUDA when available.
         threads: CPU threads for ONNX Runtime / PyTorch (None: the library default).
         low_memory: ONNX Runtime without its NCHWc layout optimisation (less memory, slower
             CPU convolutions; `OrtBackend`).
+        cuda_graph: TensorRT: replay each input shape's enqueue as a CUDA graph (cuda-bindings;
+            `TensorRTBackend`); other backends ignore it.
     """
     path = Path(path)
     kind = BACKENDS.get(path.suffix.lower())
@@ -58,7 +61,7 @@ def open_backend(
     if kind == "tensorrt":
         from grefel.runtime.trt_backend import TensorRTBackend
 
-        backend = TensorRTBackend(path)
+        backend = TensorRTBackend(path, cuda_graph=cuda_graph)
     elif kind == "onnx":
         from grefel.runtime.ort_backend import OrtBackend
 

@@ -1,19 +1,26 @@
-"""TensorRT backend: a plain `.engine` plan run with pycuda.
+"""TensorRT backend: a plain `.engine` plan run with cuda-bindings or pycuda.
 
 - Tensor-name API only (TensorRT >= 8.5): `num_io_tensors`, `get_tensor_name/mode/dtype`,
   `get_tensor_profile_shape`, `set_input_shape`, `set_tensor_address`, `execute_async_v3`;
   every bool they return is checked (False is a BackendError, never a silent wrong shape).
 - TensorRT dtypes map to numpy in our own table (`numpy_dtype`), not `trt.nptype`: TensorRT
   8.5.2's `nptype` (JetPack 5.1) builds `np.bool`, which numpy 1.24-1.26 no longer has.
-- The device's primary context (`Device(i).retain_primary_context()`), shared with the CUDA
-  runtime that TensorRT uses, is pushed around each operation (open, inference, close) by the
-  thread doing it and popped by that same thread (pycuda's `Context.pop()` is static: it pops
-  the calling thread's top). Between calls no context stays pushed, so any thread may use or
-  close the backend, and an unclosed backend cannot make pycuda abort at interpreter exit; a
-  finaliser frees the device buffers of a backend that was never closed. One lock serialises
-  inference (one execution context, one stream, one set of pinned buffers).
-  `with backend.thread_context():` keeps the context current in a thread for a block of the
-  caller's own pycuda work.
+- CUDA through one small layer (`grefel.runtime.cuda_layer`): cuda-bindings where importable
+  (wheels on Jetson and desktop), else pycuda; `cuda=` or $GREFEL_CUDA forces one. Every failed
+  CUDA call is a `CudaError` naming the call and the CUDA error, which becomes this backend's
+  one-line BackendError.
+- The device's primary context, shared with the CUDA runtime that TensorRT uses, is pushed
+  around each operation (open, inference, close) by the thread doing it and popped by that same
+  thread (pycuda's `Context.pop()` and `cuCtxPopCurrent` pop the calling thread's top). Between
+  calls no context stays pushed, so any thread may use or close the backend, and an unclosed
+  backend cannot make pycuda abort at interpreter exit; a finaliser frees the buffers of a
+  backend that was never closed. One lock serialises inference (one execution context, one
+  stream, one set of pinned buffers). `with backend.thread_context():` keeps the context
+  current in a thread for a block of the caller's own CUDA work.
+- `cuda_graph=True` (cuda-bindings only): per input shape, the first chunk runs normally (the
+  warm-up TensorRT needs before capture), the second captures `execute_async_v3` into a CUDA
+  graph, and later ones replay it with one launch; a capture that fails logs one warning and
+  the backend goes on without graphs.
 - Pinned host buffers and device buffers sized once for the profile's maximum batch, one
   non-default stream; a larger batch is split into chunks of that maximum, and a chunk below
   the profile's minimum (a fixed-batch or DLA engine, or a trtexec engine with --minShapes) is
@@ -50,6 +57,7 @@ from grefel.runtime.base import (
     generic_classes,
     read_sidecar,
 )
+from grefel.runtime.cuda_layer import CudaError, CudaLayer, open_layer
 
 __all__ = ["TensorRTBackend", "check_build_target", "numpy_dtype", "sidecar_facts", "trt_logger"]
 
@@ -81,25 +89,65 @@ def numpy_dtype(trt: Any, dtype: Any) -> np.dtype:
 
 def _first_line(exc: BaseException) -> str:
     text = (str(exc).strip().splitlines() or [""])[0]
+    if isinstance(exc, CudaError):  # already "cuMemAlloc failed: CUDA_ERROR_OUT_OF_MEMORY"
+        return text
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _release(ctx: Any, cuda: Any, allocations: List[Any]) -> None:
-    """Finaliser of a backend that was never closed: free its device buffers."""
-    if ctx is None or not allocations:
+class _Owned:
+    """What a backend allocated in its context, freed in this order by `_free`."""
+
+    def __init__(self) -> None:
+        self.graphs: List[Tuple[Any, Any]] = []  # (graph, graph exec)
+        self.device: List[Any] = []
+        self.pinned: List[np.ndarray] = []
+        self.streams: List[Any] = []
+        self.events: List[Any] = []
+
+    def __bool__(self) -> bool:
+        return any((self.graphs, self.device, self.pinned, self.streams, self.events))
+
+
+def _free_graphs(layer: CudaLayer, owned: _Owned) -> None:
+    while owned.graphs:
+        layer.destroy_graph(*owned.graphs.pop())
+
+
+def _free(layer: CudaLayer, owned: _Owned) -> None:
+    """Device buffers, pinned buffers, streams and events (context current); the first
+    CudaError is raised after everything else was tried."""
+    first: Optional[CudaError] = None
+    for items, free in ((owned.device, layer.free), (owned.pinned, layer.free_pinned),
+                        (owned.streams, layer.destroy_stream),
+                        (owned.events, layer.destroy_event)):
+        for item in items:
+            try:
+                free(item)
+            except CudaError as exc:
+                first = first or exc
+        items.clear()
+    if first is not None:
+        raise first
+
+
+def _release(layer: CudaLayer, owned: _Owned) -> None:
+    """Finaliser of a backend that was never closed: free its buffers, release the context."""
+    if not owned:
         return
     try:
-        ctx.push()
+        layer.push()
     except Exception:  # the driver is already gone at interpreter exit
         return
     try:
-        for alloc in allocations:
-            with contextlib.suppress(Exception):
-                alloc.free()
-        allocations.clear()
+        with contextlib.suppress(Exception):
+            _free_graphs(layer, owned)
+        with contextlib.suppress(Exception):
+            _free(layer, owned)
     finally:
         with contextlib.suppress(Exception):
-            cuda.Context.pop()
+            layer.pop()
+        with contextlib.suppress(Exception):
+            layer.release()
 
 
 def _cc_string(value: Any) -> str:
@@ -167,26 +215,35 @@ class TensorRTBackend(Backend):
         gpu: CUDA device index.
         sidecar: False for an engine this process has just built (`grefel export --verify`):
             no sidecar is read, so there is no build-target check and classes are generic.
+        cuda: "cuda-bindings" or "pycuda" (None: $GREFEL_CUDA, else cuda-bindings when
+            importable, else pycuda).
+        cuda_graph: replay `execute_async_v3` as a CUDA graph per input shape (cuda-bindings).
     """
 
     name = "tensorrt"
 
-    def __init__(self, path: Path, gpu: int = 0, sidecar: bool = True) -> None:
+    def __init__(self, path: Path, gpu: int = 0, sidecar: bool = True,
+                 cuda: Optional[str] = None, cuda_graph: bool = False) -> None:
         super().__init__(path)
         self.gpu = gpu
         self._read_sidecar = sidecar
+        self._cuda_choice = cuda
+        self.cuda_graph = cuda_graph
+        self.cuda_layer = ""  # the layer in use once open: "cuda-bindings" or "pycuda"
         self.max_batch = 0
         self.min_batch = 1
         self._trt: Any = None
-        self._cuda: Any = None
-        self._ctx: Any = None
+        self._layer: Optional[CudaLayer] = None
         self._runtime: Any = None
         self._engine: Any = None
         self._context: Any = None
         self._stream: Any = None
+        self._events: Tuple[Any, ...] = ()
         self._input: Optional[_IO] = None
         self._outputs: List[_IO] = []
-        self._allocations: List[Any] = []
+        self._owned = _Owned()
+        self._graphs: Dict[Tuple[int, ...], Any] = {}  # input shape -> graph exec
+        self._warm: set = set()  # input shapes run once (captured on their next run)
         self._finalizer: Optional[weakref.finalize] = None
         self._lock = threading.RLock()
         self._local = threading.local()
@@ -197,26 +254,27 @@ class TensorRTBackend(Backend):
     def _current(self) -> Iterator[None]:
         """The primary context current in this thread for the block; pushed and popped here."""
         depth = getattr(self._local, "depth", 0)
-        if depth or self._ctx is None:
+        if depth or self._layer is None:
             self._local.depth = depth + 1
             try:
                 yield
             finally:
                 self._local.depth = depth
             return
-        self._ctx.push()
+        layer = self._layer
+        layer.push()
         self._local.depth = 1
         try:
             yield
         finally:
             self._local.depth = 0
-            self._cuda.Context.pop()  # static: pops this thread's top, the context pushed above
+            layer.pop()  # pops this thread's top, the context pushed above
 
     @contextlib.contextmanager
     def thread_context(self) -> Iterator[TensorRTBackend]:
         """Keep the backend's CUDA context current in this thread for the block (for the
-        caller's own pycuda work; inference pushes it by itself)."""
-        if self._ctx is None:
+        caller's own CUDA work; inference pushes it by itself)."""
+        if self._layer is None:
             raise BackendError(f"{self.describe()}: open the backend before using it in a thread")
         with self._current():
             yield self
@@ -227,37 +285,42 @@ class TensorRTBackend(Backend):
         if not Path(self.path).is_file():
             raise BackendError(f"{self.path}: no such engine file")
         sidecar = read_sidecar(Path(self.path)) if self._read_sidecar else None
-        self._trt, self._cuda = require("tensorrt"), require("pycuda.driver")
+        self._trt = require("tensorrt")
+        layer = open_layer(self._cuda_choice)
         try:
-            device = self._device()
-            check_build_target(Path(self.path), sidecar, self._trt.__version__, device.name(),
-                               _cc_string(device.compute_capability()))
-            self._ctx = device.retain_primary_context()
-            self._finalizer = weakref.finalize(self, _release, self._ctx, self._cuda,
-                                               self._allocations)
+            gpu_name, cc = self._device(layer)
+            self._layer, self.cuda_layer = layer, layer.name
+            check_build_target(Path(self.path), sidecar, self._trt.__version__, gpu_name, cc)
+            self._finalizer = weakref.finalize(self, _release, layer, self._owned)
             with self._current():
                 self._load(Path(self.path).read_bytes())
-            self.device = f"cuda:{self.gpu} ({device.name()})"
+            self.device = f"cuda:{self.gpu} ({gpu_name})"
             self.classes = self._classes(sidecar)
+            if self.cuda_graph and not layer.graphs:
+                log.warning("%s: --cuda-graph needs cuda-bindings (%s is in use): running "
+                            "without CUDA graphs", self.path, layer.name)
+                self.cuda_graph = False
         except BaseException as exc:
-            self._close()
+            with contextlib.suppress(BackendError):  # the first error is the one to report
+                self._close()
             if isinstance(exc, (BackendError, KeyboardInterrupt, SystemExit)):
                 raise
             raise BackendError(f"{self.path}: TensorRT could not load this engine "
                                f"({_first_line(exc)})") from None
 
-    def _device(self) -> Any:
-        cuda = self._cuda
+    def _device(self, layer: CudaLayer) -> Tuple[str, str]:
+        """(GPU name, compute capability) of device `self.gpu`, its primary context retained."""
         try:
-            cuda.init()
-            return cuda.Device(self.gpu)
-        except Exception as exc:  # pycuda's LogicError / RuntimeError
+            return layer.open(self.gpu)
+        except CudaError as exc:
+            with contextlib.suppress(CudaError):
+                layer.release()
             raise BackendError(f"{self.path}: cannot use CUDA device {self.gpu} "
                                f"({_first_line(exc)}); is a GPU visible (nvidia-smi) and the "
                                "device index right?") from None
 
     def _load(self, plan: bytes) -> None:
-        trt, cuda = self._trt, self._cuda
+        trt, layer = self._trt, self._layer
         self._runtime = trt.Runtime(trt_logger(trt))
         self._engine = self._runtime.deserialize_cuda_engine(plan)
         if self._engine is None:
@@ -268,7 +331,10 @@ class TensorRTBackend(Backend):
         self._context = self._engine.create_execution_context()
         if self._context is None:
             raise BackendError(f"{self.path}: TensorRT could not create an execution context")
-        self._stream = cuda.Stream()
+        self._stream = layer.stream()
+        self._owned.streams.append(self._stream)
+        self._events = (layer.event(), layer.event())
+        self._owned.events.extend(self._events)
         names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
         inputs = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         if len(inputs) != 1:
@@ -301,9 +367,10 @@ class TensorRTBackend(Backend):
     def _allocate(self, name: str, shape: Tuple[int, ...]) -> _IO:
         """Pinned host + device buffer for `shape` (the profile max), bound to the context."""
         dtype = numpy_dtype(self._trt, self._engine.get_tensor_dtype(name))
-        host = self._cuda.pagelocked_empty(int(np.prod(shape)), dtype)
-        device = self._cuda.mem_alloc(host.nbytes)
-        self._allocations.append(device)
+        host = self._layer.pinned(int(np.prod(shape)), dtype)
+        self._owned.pinned.append(host)
+        device = self._layer.alloc(host.nbytes)
+        self._owned.device.append(device)
         if not self._context.set_tensor_address(name, int(device)):
             raise BackendError(f"{self.path}: TensorRT refused the buffer address of {name!r}")
         return _IO(name, dtype, host, device)
@@ -318,22 +385,32 @@ class TensorRTBackend(Backend):
         return generic_classes(self.output_width)
 
     def _close(self) -> None:
-        """Context -> engine -> runtime -> device buffers -> pop the CUDA context."""
+        """CUDA graphs -> context -> engine -> runtime -> buffers, stream, events -> pop the
+        CUDA context -> release it."""
         with self._lock:
-            if self._ctx is None:
+            layer = self._layer
+            if layer is None:
                 self._context = self._engine = self._runtime = None
                 return
-            with self._current():
-                self._context = None
-                self._engine = None
-                self._runtime = None
-                for alloc in self._allocations:
-                    alloc.free()
-                self._allocations.clear()
-                self._input, self._outputs, self._stream = None, [], None
-            if self._finalizer is not None:
-                self._finalizer.detach()
-            self._ctx = None
+            try:
+                with self._current():
+                    try:
+                        _free_graphs(layer, self._owned)
+                    finally:
+                        self._graphs.clear()
+                        self._context = None
+                        self._engine = None
+                        self._runtime = None
+                        self._input, self._outputs, self._stream = None, [], None
+                        _free(layer, self._owned)
+                if self._finalizer is not None:
+                    self._finalizer.detach()
+                self._layer = None
+                layer.release()
+            except CudaError as exc:
+                self._layer = None
+                raise BackendError(f"{self.path}: closing the engine failed "
+                                   f"({_first_line(exc)})") from None
 
     # -- inference ------------------------------------------------------------------------------
 
@@ -367,29 +444,71 @@ class TensorRTBackend(Backend):
             pad = np.zeros((self.min_batch - n,) + chunk.shape[1:], chunk.dtype)
             out = self._run_chunk(np.concatenate([chunk, pad]), gpu_times)
             return {name: value[:n] for name, value in out.items()}
-        cuda, ctx, stream, inp = self._cuda, self._context, self._stream, self._input
+        layer, ctx, stream, inp = self._layer, self._context, self._stream, self._input
         self._set_shape(inp.name, chunk.shape)
         n_in = chunk.size
         inp.host[:n_in] = chunk.ravel()  # casts to the engine's input dtype (FP16 I/O engines)
-        cuda.memcpy_htod_async(inp.device, inp.host[:n_in], stream)
-        start = end = None
+        layer.htod(inp.device, inp.host[:n_in], stream)
+        start, end = self._events
         if gpu_times is not None:
-            start, end = cuda.Event(), cuda.Event()
-            start.record(stream)
-        if not ctx.execute_async_v3(stream.handle):
-            raise BackendError(f"{self.path}: TensorRT failed to enqueue the inference")
-        if end is not None:
-            end.record(stream)
+            layer.record(start, stream)
+        self._enqueue(tuple(chunk.shape))
+        if gpu_times is not None:
+            layer.record(end, stream)
         shapes = {io.name: tuple(ctx.get_tensor_shape(io.name)) for io in self._outputs}
         for io in self._outputs:
             count = int(np.prod(shapes[io.name]))
-            cuda.memcpy_dtoh_async(io.host[:count], io.device, stream)
-        stream.synchronize()
-        if end is not None:
-            gpu_times.append(end.time_since(start))
+            layer.dtoh(io.host[:count], io.device, stream)
+        layer.synchronize(stream)
+        if gpu_times is not None:
+            gpu_times.append(layer.elapsed_ms(start, end))
         return {
             io.name: io.host[: int(np.prod(shapes[io.name]))]
             .reshape(shapes[io.name])
             .astype(np.float32)  # a copy: the pinned buffer is reused by the next call
             for io in self._outputs
         }
+
+    def _enqueue(self, shape: Tuple[int, ...]) -> None:
+        """execute_async_v3, or with `cuda_graph` its CUDA graph for this input shape: the
+        first run of a shape is the warm-up, the second captures, later ones replay."""
+        layer, stream = self._layer, self._stream
+        if self.cuda_graph:
+            graph_exec = self._graphs.get(shape)
+            if graph_exec is None and shape in self._warm:
+                graph_exec = self._capture(shape)
+            if graph_exec is not None:
+                layer.launch(graph_exec, stream)
+                return
+            self._warm.add(shape)
+        if not self._context.execute_async_v3(layer.stream_handle(stream)):
+            raise BackendError(f"{self.path}: TensorRT failed to enqueue the inference")
+
+    def _capture(self, shape: Tuple[int, ...]) -> Optional[Any]:
+        """The graph exec of one enqueue at `shape`, or None (one warning; graphs off) when
+        capture fails: the stream is taken out of capture mode either way."""
+        layer, stream = self._layer, self._stream
+        graph = graph_exec = None
+        capturing = False
+        try:
+            layer.begin_capture(stream)
+            capturing = True
+            enqueued = self._context.execute_async_v3(layer.stream_handle(stream))
+            capturing = False
+            graph = layer.end_capture(stream)
+            if not enqueued:
+                raise CudaError("execute_async_v3 returned False during capture")
+            graph_exec = layer.instantiate(graph)
+        except CudaError as exc:
+            if capturing:
+                with contextlib.suppress(CudaError):
+                    graph = layer.end_capture(stream)
+            with contextlib.suppress(CudaError):
+                layer.destroy_graph(graph, graph_exec)
+            log.warning("%s: CUDA graph capture failed at input shape %s (%s): running without "
+                        "CUDA graphs", self.path, shape, _first_line(exc))
+            self.cuda_graph = False
+            return None
+        self._owned.graphs.append((graph, graph_exec))
+        self._graphs[shape] = graph_exec
+        return graph_exec

@@ -49,6 +49,7 @@ ENUMS = ["DataType", "NetworkDefinitionCreationFlag", "BuilderFlag", "MemoryPool
          "DeviceType", "LayerType", "TensorIOMode", "ProfilingVerbosity"]
 IMAGES = "images"
 CHW = (3, 112, 112)
+CUDA_DEFAULT = ["pycuda"]  # Gpu.cuda's default; tests/test_runtime_trt.py runs both layers
 
 
 @functools.lru_cache(maxsize=None)
@@ -185,6 +186,17 @@ class Gpu:
     last: Dict[str, Any] = field(default_factory=dict)  # last builder/config/context made
     stacks: Dict[int, List[Any]] = field(default_factory=dict)  # thread id -> context stack
     freed: List[int] = field(default_factory=list)
+    # the CUDA layer the backend gets: "pycuda" (only pycuda importable) or "cuda-bindings"
+    # (both importable, so the backend's own preference picks it); see tests/fakes/cuda_bindings
+    cuda: str = field(default_factory=lambda: CUDA_DEFAULT[0])
+    cuda_fail: Dict[str, str] = field(default_factory=dict)  # cuda-bindings function -> CUresult
+    cuda_calls: List[str] = field(default_factory=list)  # cuda-bindings functions called
+    host: Dict[int, np.ndarray] = field(default_factory=dict)  # pinned blocks (cuda-bindings)
+    freed_host: List[int] = field(default_factory=list)
+    capturing: Dict[int, List[Callable[[], None]]] = field(default_factory=dict)  # stream -> work
+    graph_launches: int = 0
+    enqueues: int = 0  # execute_async_v3 calls that ran (not captured)
+    retained: int = 0  # primary-context references held (cuda-bindings)
 
     def stack(self) -> List[Any]:
         return self.stacks.setdefault(threading.get_ident(), [])
@@ -610,14 +622,22 @@ def _make_trt(gpu: Gpu) -> types.ModuleType:  # noqa: C901 - one generation of t
             if self._shape is None or set(self._addr) != set(self._engine._names):
                 log_error("IExecutionContext::enqueueV3: shapes or addresses not set")
                 return False
-            spec, shape = self._engine._spec, self._shape
-            dt = np.dtype(_NUMPY[spec.input_dtype])
-            raw = gpu.allocs[self._addr[IMAGES]]
-            count = int(np.prod(shape))
-            batch = raw.view(dt)[:count].reshape(shape).astype(np.float32)
-            for name, value in spec.fn(batch).items():
-                out = gpu.allocs[self._addr[name]].view(_NUMPY[spec.output_dtype])
-                out[: value.size] = np.asarray(value).ravel()
+            spec, shape, addr = self._engine._spec, self._shape, dict(self._addr)
+
+            def work() -> None:
+                dt = np.dtype(_NUMPY[spec.input_dtype])
+                raw = gpu.allocs[addr[IMAGES]]
+                count = int(np.prod(shape))
+                batch = raw.view(dt)[:count].reshape(shape).astype(np.float32)
+                for name, value in spec.fn(batch).items():
+                    out = gpu.allocs[addr[name]].view(_NUMPY[spec.output_dtype])
+                    out[: value.size] = np.asarray(value).ravel()
+
+            if int(stream_handle) in gpu.capturing:  # recorded into the graph, not run
+                gpu.capturing[int(stream_handle)].append(work)
+            else:
+                gpu.enqueues += 1
+                work()
             return True
 
     @real("ICudaEngine")
@@ -831,19 +851,30 @@ def _make_cuda(gpu: Gpu) -> types.ModuleType:
     return cuda
 
 
+CUDA_BINDINGS = ("cuda", "cuda.bindings", "cuda.bindings.driver")
+
+
 def install(monkeypatch: Any, gpu: Gpu) -> Tuple[types.ModuleType, types.ModuleType]:
-    """Put the fakes of `gpu` into sys.modules as `tensorrt`, `pycuda` and `pycuda.driver`."""
+    """Put the fakes of `gpu` into sys.modules as `tensorrt`, `pycuda` and `pycuda.driver`, and
+    with `gpu.cuda == "cuda-bindings"` the fake `cuda.bindings.driver` too (else `cuda` is made
+    unimportable, whatever is installed). Returns (tensorrt, pycuda.driver)."""
+    from .cuda_bindings import modules
+
     trt, cuda = make_fakes(gpu)
     pycuda = types.ModuleType("pycuda")
     pycuda.driver = cuda
-    monkeypatch.setitem(__import__("sys").modules, "tensorrt", trt)
-    monkeypatch.setitem(__import__("sys").modules, "pycuda", pycuda)
-    monkeypatch.setitem(__import__("sys").modules, "pycuda.driver", cuda)
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setitem(sys.modules, "pycuda", pycuda)
+    monkeypatch.setitem(sys.modules, "pycuda.driver", cuda)
+    bindings = modules(gpu) if gpu.cuda == "cuda-bindings" else dict.fromkeys(CUDA_BINDINGS)
+    for name, module in bindings.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.delenv("GREFEL_CUDA", raising=False)
     return trt, cuda
 
 
 def block(monkeypatch: Any) -> None:
     """Make `import tensorrt` / `import pycuda` fail as on a machine without them, whatever is
     installed: a test of what happens without TensorRT must hold on a Jetson or a GPU box too."""
-    for name in ("tensorrt", "pycuda", "pycuda.driver", "pycuda.autoinit"):
+    for name in ("tensorrt", "pycuda", "pycuda.driver", "pycuda.autoinit") + CUDA_BINDINGS:
         monkeypatch.setitem(sys.modules, name, None)
