@@ -131,8 +131,9 @@ def check_class_names(names: Any, source: Union[str, Path], width: Optional[int]
     """`names` as a tuple, checked once for every place class names come from (ONNX metadata,
     engine / checkpoint sidecars, a checkpoint's config, classes.txt): a list of strings, none
     empty, none holding a control or format character (a byte-order mark, a tab, a newline),
-    no two equal after stripping spaces, and exactly `width` of them when the model's output
-    width is known. Else a ClassNamesError naming `source`, ending with `fix` (what to do).
+    no two equal after stripping spaces or in all but case, and exactly `width` of them when
+    the model's output width is known. Else a ClassNamesError naming `source`, ending with
+    `fix` (what to do).
 
     A wrong list is never used: records keyed by these names would silently lose or merge
     classes (5 names for 7 outputs; "happy" twice) or carry a name no one can type
@@ -159,6 +160,10 @@ def check_class_names(names: Any, source: Union[str, Path], width: Optional[int]
     twice = sorted({n for n in stripped if stripped.count(n) > 1})
     if twice:
         problems.append(f"name(s) given twice: {', '.join(twice)}")
+    folded = [n.casefold() for n in stripped]  # "neutral" and "Neutral": one class, typed twice
+    cased = sorted({n for n, f in zip(stripped, folded) if folded.count(f) > 1} - set(twice))
+    if cased:
+        problems.append(f"name(s) that differ only in case: {', '.join(cased)}")
     if problems:
         raise ClassNamesError(f"{where}: {'; '.join(problems)} (class names: "
                               f"{', '.join(map(repr, names))}){tail}")

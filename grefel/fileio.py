@@ -358,7 +358,10 @@ def _claim(out: Output, path: Path) -> str:
 
 
 def _real(path: Path) -> str:
-    return os.path.realpath(os.path.abspath(path))
+    """The path with every symbolic link resolved in order, before a `..` after it is applied
+    (`link/../x` is x beside the link's target, as the kernel opens it; os.path.abspath first
+    would drop `link/..` as text and miss the file the kernel writes)."""
+    return os.path.realpath(path)
 
 
 def _same(a: Path, b: Path) -> bool:

@@ -112,6 +112,11 @@ def check_annotate(out: Path, src: str) -> Path:
         if inside:
             raise OutputError(f"--annotate {name}: is inside the source folder {src}; give a "
                               "folder outside it (the copies would replace or join the inputs)")
+        if (out.is_dir() and not (out / ANNOTATED_MARKER).exists()
+                and any(not entry.name.startswith(".") for entry in out.iterdir())):
+            raise OutputError(f"--annotate {name}: holds files that grefel did not write (no "
+                              f"{ANNOTATED_MARKER}); the annotated copies would replace those "
+                              "of the same name: give a new or empty folder")
         return out
     if out.is_dir():
         what = "an image file (.png, .jpg)" if kind == "image" else "a .avi or .mp4 file"
@@ -634,6 +639,9 @@ def run_predict(
     plot = plot_target(out, src)
     if opts.threads:
         require("cv2").setNumThreads(opts.threads)
+    if out is None and sys.stdout is None:  # `grefel predict x.jpg >&-`: descriptor 1 closed
+        raise OutputError("standard output is closed, so the records have nowhere to go; give "
+                          "--out FILE")
     with contextlib.ExitStack() as stack:
         backend = stack.enter_context(
             open_backend(weights, device=device, threads=opts.threads, low_memory=opts.low_memory,

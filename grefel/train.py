@@ -565,6 +565,10 @@ def build_loaders(d: DataConfig, seed: int, rank: int, world: int) -> Dict[str, 
                       f"{', '.join(absent)}: its accuracy and macro-F1 (--select macro_f1 picks "
                       "best.safetensors by it) leave them out, and every prediction of them "
                       "counts as an error; add their images to the split for a full measure")
+        if d.val_split == "test":  # the user asked for it; the test scores must say so
+            log(rank, f"warning: --val-split test: best.safetensors (and --select) is chosen on "
+                      f"the test split of {d.root}, so its test scores are optimistic; keep the "
+                      "test split for the final measure and choose on val")
         shared = shared_images(samples, val_samples)
         if shared:  # a warning: the user may mean it (a smoke run), but must know
             log(rank, f"warning: {d.root}: split {d.val_split!r} shares {len(shared)} image(s) "

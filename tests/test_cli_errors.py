@@ -318,6 +318,25 @@ def test_closed_stdout_is_a_quiet_exit(tmp_path: Path) -> None:
     assert proc.returncode != 0 and proc.stderr.decode().strip() == ""
 
 
+def test_a_closed_stdout_descriptor_is_one_line_for_predict(tmp_path: Path) -> None:
+    """`grefel predict x.jpg >&-`: descriptor 1 closed, sys.stdout is None; it was an internal
+    error (AttributeError) with a crash report."""
+    from benchmarks.fault_corpus import mini_onnx
+
+    image = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(image)
+    proc = subprocess.run(
+        [sys.executable, "-m", "grefel", "predict", str(image), "-w",
+         str(mini_onnx(tmp_path / "m.onnx")), "--aligned"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT, timeout=120,
+        preexec_fn=lambda: os.close(1))
+    errors = [x for x in proc.stderr.decode().splitlines() if x.startswith("Error:")]
+    assert proc.returncode == 1 and len(errors) == 1, proc.stderr.decode()
+    assert "standard output is closed" in errors[0] and "--out FILE" in errors[0]
+
+
 def test_option_defaults_still_match_the_dataclasses() -> None:
     """Moving ranges into field metadata keeps the defaults the CLI reads."""
     fields = {f.name: f.default for f in dataclasses.fields(TrainConfig)}

@@ -366,3 +366,13 @@ def test_data_synth_warns_of_a_split_without_a_class(tmp_path):
     result = CliRunner().invoke(cli, ["data", "synth", "--out", str(tmp_path / "u"), "--n", "70",
                                       "--size", "32", "--imbalance", "uniform"])
     assert "warning: split 'train'" not in result.output
+
+
+def test_choosing_on_the_test_split_is_warned_about(tmp_path, capsys):
+    data = _dataset(tmp_path / "data", {"train": _good(14), "test": _good(7)})
+    run_training(DataConfig(root=str(data), batch_size=8, workers=0, augment=False,
+                            val_split="test"),
+                 TrainConfig(out=str(tmp_path / "run"), preset="tiny", epochs=1, device="cpu",
+                             threads=1, image_warmup=0, precise_bn=0, freeze="none"))
+    warnings = [x for x in capsys.readouterr().err.splitlines() if "--val-split test" in x]
+    assert len(warnings) == 1 and "optimistic" in warnings[0]

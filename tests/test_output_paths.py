@@ -232,3 +232,44 @@ def test_train_then_eval_into_its_run_folder_is_refused(tmp_path):
                                       str(data), "--out", str(run)])
     assert result.exit_code == 1 and "is the folder of a `grefel train` run" in result.output
     assert (run / "metrics.json").read_bytes() == before
+
+
+def test_a_dot_dot_after_a_link_is_resolved_as_the_kernel_does(tmp_path):
+    """`--out link/../p01.png` with link -> DIR/sub writes DIR/p01.png (the kernel resolves the
+    link, then `..`); a textual abspath dropped `link/..` and let a photo of DIR be replaced."""
+    folder = tmp_path / "DIR"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "p01.png").write_bytes(b"photo")
+    (tmp_path / "link").symlink_to(folder / "sub")
+    source = [Input("SRC", folder, "the source folder", folder=True, suffixes=(".png",))]
+    with pytest.raises(OutputClash, match="is a file in the source folder"):
+        check_outputs(source, [Output("--out", tmp_path / "link" / ".." / "p01.png")])
+    with pytest.raises(OutputClash, match="is the input"):
+        check_outputs([Input("SRC", folder / "p01.png", "the input image")],
+                      [Output("--out", tmp_path / "link" / ".." / "p01.png")])
+
+
+def test_annotate_never_replaces_files_grefel_did_not_write(tmp_path):
+    """`predict DIR --annotate BACKUP` with the user's own p01.png in BACKUP replaced it: a
+    folder of annotated copies must be new, empty, or one grefel wrote (its marker); a second
+    run into grefel's own folder is fine."""
+    from PIL import Image
+
+    from benchmarks.fault_corpus import mini_onnx
+    from grefel.cli import cli
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGB", (16, 16), (200, 10, 10)).save(photos / "p01.png")
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    (backup / "p01.png").write_bytes(b"the user's own file")
+    model = mini_onnx(tmp_path / "m.onnx")
+    args = ["predict", str(photos), "-w", str(model), "--aligned", "--annotate"]
+    result = CliRunner().invoke(cli, [*args, str(backup)])
+    assert result.exit_code == 1 and "holds files that grefel did not write" in result.output
+    assert (backup / "p01.png").read_bytes() == b"the user's own file"
+    for _ in range(2):  # a new folder, then the same folder again (grefel's own copies)
+        result = CliRunner().invoke(cli, [*args, str(tmp_path / "annotated")])
+        assert result.exit_code == 0, result.output
+    assert (tmp_path / "annotated" / "p01.png").is_file()

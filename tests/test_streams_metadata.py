@@ -39,6 +39,7 @@ from grefel.runtime.sources import (
     (["a", "b", "c", "d", "e"], 7, "5 class names for 7 model outputs"),
     (["a", "a", "b"], 3, "given twice: a"),
     (["a", " b", "b "], 3, "given twice: b"),
+    (["neutral", "Neutral", "happy"], 3, "differ only in case: Neutral, neutral"),
     (["a", "", "b"], 3, "empty name"),
     (["\ufeffneutral", "happy"], 2, "byte-order mark"),
     (["ne\tutral", "happy"], None, "control or invisible"),
@@ -248,3 +249,72 @@ def test_a_model_whose_probs_are_no_distribution_is_refused(tmp_path: Path) -> N
         assert backend.infer(batch, finite_outputs=False)["probs"].shape == (2, 3)
     with open_backend(corpus.mini_onnx(tmp_path / "mini.onnx"), device="cpu") as backend:
         np.testing.assert_allclose(backend.infer(batch)["probs"], 1 / 3, rtol=1e-6)
+
+
+def test_a_subfolder_that_cannot_be_opened_is_skipped_with_a_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A subfolder without search permission refused the whole run with an error naming
+    `.grefel-annotated` (the marker check raised PermissionError): it is one skip line and the
+    rest of the folder is read. (Patched as a non-root user sees it: the tests may run as
+    root, whom permissions do not stop.)"""
+    import grefel.runtime.sources as sources
+
+    root = tmp_path / "photos"
+    (root / "locked").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(root / "a.png")
+    real_scandir, real_stat = os.scandir, os.stat
+
+    def scandir(path):
+        if Path(path).name == "locked":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    def stat(path, *args, **kwargs):
+        if Path(path).parent.name == "locked":  # anything inside: no search permission
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(sources.os, "scandir", scandir)
+    monkeypatch.setattr(os, "stat", stat)
+    items = list(walk_folder(root))
+    monkeypatch.undo()
+    assert [p.name for p in items if isinstance(p, Path)] == ["a.png"]
+    skipped = [item for item in items if isinstance(item, Skipped)]
+    assert len(skipped) == 1 and skipped[0].source.endswith("locked")
+    assert "cannot list the folder" in skipped[0].reason
+
+
+def test_a_named_pipe_without_a_writer_can_be_interrupted(tmp_path: Path) -> None:
+    """`grefel predict cam.avi` where cam.avi is a named pipe nobody writes to blocked inside
+    OpenCV's open, where Ctrl-C and SIGTERM could not reach it (only SIGKILL ended it): the wait
+    for a writer is Python's own open, which a signal interrupts."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    fifo = tmp_path / "cam.avi"
+    os.mkfifo(fifo)
+    proc = subprocess.Popen([sys.executable, "-m", "grefel", "predict", str(fifo), "-w",
+                             str(corpus.mini_onnx(tmp_path / "m.onnx")), "--aligned"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    wchan = Path(f"/proc/{proc.pid}/wchan")
+    try:
+        deadline = time.monotonic() + 120
+        while proc.poll() is None:  # until the kernel holds it in a pipe's open, for a writer
+            try:
+                if wchan.read_text().strip() == "wait_for_partner":
+                    break
+            except OSError:
+                pytest.skip("no /proc/PID/wchan here")
+            if time.monotonic() > deadline:
+                pytest.skip("this kernel does not name the wait (/proc/PID/wchan)")
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err.decode()
+    assert b"interrupted" in err and b"Traceback" not in err

@@ -186,6 +186,8 @@ def cases(scratch: Path) -> List[Case]:
 
         first = train(w, data)
         path = w / "run" / "last.state.pt"
+        if not path.is_file():  # the first run failed: that is the outcome to classify
+            return [first]
         state = torch.load(path, weights_only=True)
         key = sorted(k for k, v in state["model"].items() if v.is_floating_point())[0]
         state["model"][key].view(-1)[0] = math.nan

@@ -44,6 +44,7 @@ Python gives it (for file operations) and messages, `Skipped.source` and records
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from pathlib import Path
@@ -247,7 +248,7 @@ def walk_folder(root: Union[str, Path], exclude: Iterable[Union[str, Path]] = ()
                 if ident in seen:
                     yield Skipped(name, "a link to a folder already walked (a loop of links, "
                                         "or the same folder twice); not followed")
-                elif (path / ANNOTATED_MARKER).exists():
+                elif os.path.exists(path / ANNOTATED_MARKER):  # False where it cannot look
                     yield Skipped(name, f"annotated copies written by `grefel predict "
                                         f"--annotate` (it holds {ANNOTATED_MARKER}); not read "
                                         "as photos")
@@ -278,7 +279,9 @@ def _capture(
     else:
         name = label
         cannot_open = no_frame = f"camera index {target} does not exist or cannot be opened"
-    cap = cv2.VideoCapture(target) if api is None else cv2.VideoCapture(target, getattr(cv2, api))
+    with _writer_present(target):
+        cap = (cv2.VideoCapture(target) if api is None
+               else cv2.VideoCapture(target, getattr(cv2, api)))
     try:
         if not cap.isOpened():
             raise SourceError(cannot_open)
@@ -293,6 +296,29 @@ def _capture(
         yield from _frames(cap, cv2, label, name, declared, fps, no_frame)
     finally:
         cap.release()
+
+
+@contextlib.contextmanager
+def _writer_present(target: Union[str, int]) -> Iterator[None]:
+    """For a named pipe (`mkfifo x.avi`): wait in Python until a writer opens it, holding the
+    pipe open while OpenCV opens it too. OpenCV's open of a pipe without a writer blocks inside
+    native code, where neither Ctrl-C nor SIGTERM can stop it (the run hung until SIGKILL);
+    Python's own open is interrupted by both. Anything else: nothing to do."""
+    if not isinstance(target, str) or not _is_fifo(target):
+        yield
+        return
+    fd = os.open(target, os.O_RDONLY)  # blocks for a writer; a signal interrupts it
+    try:
+        yield
+    finally:
+        os.close(fd)
+
+
+def _is_fifo(path: str) -> bool:
+    try:
+        return stat.S_ISFIFO(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _stretch(first: int, end: int) -> str:
