@@ -45,6 +45,7 @@ from benchmarks.fault_families import family_modules
 ROOT = Path(__file__).resolve().parents[1]
 CATEGORIES = ("clear error", "handled", "traceback", "segfault", "silently wrong", "lost",
               "unclear error", "hang")
+INTERNAL = "Error: internal error"  # grefel.cli.main's line for a bug (a saved crash report)
 CRASH_SIGNALS = {signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT, signal.SIGFPE}
 TINY_TRAIN = ["--preset", "tiny", "--epochs", "1", "--batch-size", "8", "--image-warmup", "0",
               "--workers", "0", "--device", "cpu", "--threads", "1", "--no-augment",
@@ -123,6 +124,11 @@ def classify(case: Case, procs: List[Proc], work: Path) -> Outcome:
         category = "traceback"
         note = next(line for line in reversed([x for p in procs for x in p.output.splitlines()])
                     if line.strip())
+    elif any(line.startswith(INTERNAL) for p in procs for line in p.error_lines()):
+        # the net in grefel.cli.main caught a bug: one line and a report, still a traceback
+        category = "traceback"
+        note = next(line for p in procs for line in p.error_lines()
+                    if line.startswith(INTERNAL))[:300]
     else:
         try:
             problem = case.check(procs, work)
@@ -576,6 +582,31 @@ def train_cases(scratch: Path) -> List[Case]:
 # -- the record ------------------------------------------------------------------------------
 
 
+def run_cases(cases: Sequence[Case], work_root: Path, log: Callable[[str], None] = print,
+              judge: Callable[[Case, List[Proc], Path], Outcome] = None,  # type: ignore
+              prepare: Optional[Callable[[Path], None]] = None) -> List[Outcome]:
+    """Run each case in its own work folder (`work_root/NNN`, made; `prepare(work)` first) and
+    judge it (`classify` unless another judge is given), logging one line per case. A case
+    whose own setup raises is recorded as the harness's failure ("unclear error", exit 99),
+    not a crash of the campaign."""
+    judge = judge or classify
+    outcomes: List[Outcome] = []
+    for i, case in enumerate(cases):
+        work = work_root / f"{i:03d}"
+        work.mkdir(parents=True)
+        if prepare is not None:
+            prepare(work)
+        try:
+            procs = case.run(work)
+        except Exception as exc:  # noqa: BLE001 - the harness's failure: say so, go on
+            procs = [Proc(["setup"], 99, "", f"harness: {type(exc).__name__}: {exc}", 0.0)]
+        outcome = judge(case, procs, work)
+        outcomes.append(outcome)
+        log(f"[{i + 1}/{len(cases)}] {outcome.category:14s} {case.item:28s} {case.name}"
+            + (f"  -- {outcome.note[:200]}" if outcome.note else ""))
+    return outcomes
+
+
 def run_campaign(only: Optional[str], out_dir: Path, log: Callable[[str], None] = print,
                  match: str = "") -> Dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="grefel-faults-") as tmp:
@@ -589,16 +620,7 @@ def run_campaign(only: Optional[str], out_dir: Path, log: Callable[[str], None] 
             side = module.__name__.rsplit(".", 1)[1]
             if only in (None, "families", side):
                 cases += module.cases(tmp_path / "families" / side)
-        cases = [c for c in cases if match in c.name]
-        outcomes: List[Outcome] = []
-        for i, case in enumerate(cases):
-            work = tmp_path / "work" / f"{i:03d}"
-            work.mkdir(parents=True)
-            procs = case.run(work)
-            outcome = classify(case, procs, work)
-            outcomes.append(outcome)
-            log(f"[{i + 1}/{len(cases)}] {outcome.category:14s} {case.name}"
-                + (f"  -- {outcome.note}" if outcome.note else ""))
+        outcomes = run_cases([c for c in cases if match in c.name], tmp_path / "work", log)
     sides = list(dict.fromkeys(o.side for o in outcomes))
     counts = {side: {c: sum(o.category == c and o.side == side for o in outcomes)
                      for c in CATEGORIES} for side in sides}

@@ -48,6 +48,7 @@ from benchmarks.fault_campaign import (
     _tiny_checkpoint,
     classify,
     grefel,
+    run_cases,
     summary_line,
 )
 
@@ -1461,7 +1462,9 @@ def records_or_gpu(procs: List[Proc], work: Path) -> str:
 # -- run and record --------------------------------------------------------------------------
 
 
-def _classify(case: Case, procs: List[Proc], work: Path) -> Outcome:
+def judge(case: Case, procs: List[Proc], work: Path) -> Outcome:
+    """The campaign's `classify`; a case marked "ok or error" (EITHER) that ended in one clear
+    `Error:` line and a non-zero exit is judged as a refusal."""
     outcome = classify(case, procs, work)
     if _EITHER.get(case.name) and outcome.category == "unclear error" \
             and len(procs[-1].error_lines()) == 1:
@@ -1473,26 +1476,11 @@ def _classify(case: Case, procs: List[Proc], work: Path) -> Outcome:
     return outcome
 
 
-def run_fresh(out_dir: Path, match: str = "", log: Callable[[str], None] = print
-              ) -> Dict[str, Any]:
+def fresh_record(outcomes: List[Outcome]) -> Dict[str, Any]:
+    """The record of a fresh campaign: counts, counts per family (a case's `item`), outcomes."""
     from benchmarks.fault_campaign import _git
 
-    with tempfile.TemporaryDirectory(prefix="grefel-fresh-") as tmp:
-        tmp_path = Path(tmp)
-        chosen = [c for c in cases(tmp_path / "scratch") if match in c.name]
-        outcomes: List[Outcome] = []
-        for i, case in enumerate(chosen):
-            work = tmp_path / "work" / f"{i:03d}"
-            work.mkdir(parents=True)
-            try:
-                procs = case.run(work)
-            except Exception as exc:  # noqa: BLE001 - a setup failure is the harness's, say so
-                procs = [Proc(["setup"], 99, "", f"harness: {type(exc).__name__}: {exc}", 0.0)]
-            outcome = _classify(case, procs, work)
-            outcomes.append(outcome)
-            log(f"[{i + 1}/{len(chosen)}] {outcome.category:14s} {case.item:30s} {case.name}"
-                + (f"  -- {outcome.note}" if outcome.note else ""))
-    record = {
+    return {
         "schema": "grefel-fault-fresh/1",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "git": _git(),
@@ -1504,23 +1492,35 @@ def run_fresh(out_dir: Path, match: str = "", log: Callable[[str], None] = print
             for fam in dict.fromkeys(o.item for o in outcomes)},
         "outcomes": [asdict(o) for o in outcomes],
     }
+
+
+def run_fresh(out_dir: Path, match: str = "", log: Callable[[str], None] = print
+              ) -> Dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="grefel-fresh-") as tmp:
+        tmp_path = Path(tmp)
+        chosen = [c for c in cases(tmp_path / "scratch") if match in c.name]
+        record = fresh_record(run_cases(chosen, tmp_path / "work", log, judge))
     write(record, out_dir)
     return record
 
 
-def to_markdown(record: Dict[str, Any]) -> str:
-    lines = [f"# Fresh fault campaign, {record['created']} ({record['git']})", "",
-             f"{record['cases']} new cases through the CLI (`python -m benchmarks.fault_fresh`), "
-             "none of them a case of the corpus, the campaign, the tests or issue 27's examples; "
-             "each is assigned one of issue 27's families or a new one.", "",
+TITLE = "Fresh fault campaign"
+BLURB = ("new cases through the CLI (`python -m benchmarks.fault_fresh`), none of them a case of "
+         "the corpus, the campaign, the tests or issue 27's examples; each is assigned one of "
+         "issue 27's families or a new one.")
+
+
+def to_markdown(record: Dict[str, Any], title: str = TITLE, blurb: str = BLURB) -> str:
+    lines = [f"# {title}, {record['created']} ({record['git']})", "",
+             f"{record['cases']} {blurb}", "",
              summary_line(record), "",
              "| category | count |", "|---|---|"]
     lines += [f"| {c} | {record['counts'][c]} |" for c in CATEGORIES]
     lines += ["", "| family | cases | defects |", "|---|---|---|"]
     for fam, counts in record["counts_by_family"].items():
         bad = sum(n for c, n in counts.items() if c not in ("clear error", "handled"))
-        title = f"{fam} {FAMILIES[fam]}" if fam in FAMILIES else fam
-        lines.append(f"| {title} | {sum(counts.values())} | {bad} |")
+        title_ = f"{fam} {FAMILIES[fam]}" if fam in FAMILIES else fam
+        lines.append(f"| {title_} | {sum(counts.values())} | {bad} |")
     lines += ["", "| # | family | case | expected | outcome | exit | note |",
               "|---|---|---|---|---|---|---|"]
     for i, o in enumerate(record["outcomes"], 1):
@@ -1531,13 +1531,14 @@ def to_markdown(record: Dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write(record: Dict[str, Any], out_dir: Path) -> Path:
+def write(record: Dict[str, Any], out_dir: Path, stem: str = "fault_fresh",
+          markdown: Optional[str] = None) -> Path:
     from benchmarks.report import write_json_and_markdown
 
-    stem = Path(out_dir) / f"fault_fresh_{time.strftime('%Y-%m-%d')}"
-    write_json_and_markdown(stem.with_suffix(".json"), stem.with_suffix(".md"), record,
-                            to_markdown(record))
-    return stem
+    path = Path(out_dir) / f"{stem}_{time.strftime('%Y-%m-%d')}"
+    write_json_and_markdown(path.with_suffix(".json"), path.with_suffix(".md"), record,
+                            markdown if markdown is not None else to_markdown(record))
+    return path
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -29,23 +29,20 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from benchmarks.fault_campaign import (
-    CATEGORIES,
     ROOT,
     SEVEN,
     TINY_TRAIN,
     Case,
-    Outcome,
     Proc,
     _csv_dataset,
     _default_sigint,
     _tiny_checkpoint,
-    classify,
     grefel,
+    run_cases,
     summary_line,
 )
 from benchmarks.fault_fresh import (
@@ -53,7 +50,6 @@ from benchmarks.fault_fresh import (
     DEFAULT_CKPT,
     DEFAULT_ONNX,
     EITHER,
-    FAMILIES,
     _both,
     _finish,
     _intact,
@@ -65,6 +61,10 @@ from benchmarks.fault_fresh import (
     _said,
     _stdout_records,
     _video,
+    fresh_record,
+    judge,
+    to_markdown,
+    write,
 )
 
 __all__ = ["cases", "main", "run_fresh2"]
@@ -1474,98 +1474,31 @@ def cases(scratch: Path) -> List[Case]:  # noqa: C901 - one flat list of cases, 
 # -- run and record ------------------------------------------------------------------------------
 
 
-def _classify(case: Case, procs: List[Proc], work: Path) -> Outcome:
-    outcome = classify(case, procs, work)
-    internal = next((line for p in procs for line in p.error_lines()
-                     if line.startswith("Error: internal error")), "")
-    if internal and outcome.category in ("clear error", "handled", "unclear error"):
-        # The net's line for a bug (the project's own definition): a traceback, caught.
-        outcome.category = "traceback"
-        outcome.note = f"internal error (the net caught a bug): {internal[:200]}"
-        return outcome
-    if _EITHER.get(case.name) and outcome.category == "unclear error" \
-            and len(procs[-1].error_lines()) == 1:
-        as_error = Case(case.name, case.side, case.item, "error", case.run, case.check,
-                        case.ok_codes)
-        outcome = classify(as_error, procs, work)
-    if _EITHER.get(case.name):
-        outcome.expect = EITHER
-    return outcome
+def _open_work(work: Path) -> None:
+    """The unprivileged cases (run as nobody) walk down to their work folders."""
+    os.chmod(work.parent, 0o755)
+    os.chmod(work, 0o777)
 
 
 def run_fresh2(out_dir: Path, match: str = "", log: Callable[[str], None] = print
                ) -> Dict[str, Any]:
-    from benchmarks.fault_campaign import _git
-
     with tempfile.TemporaryDirectory(prefix="grefel-fresh2-") as tmp:
         tmp_path = Path(tmp)
-        os.chmod(tmp_path, 0o755)  # the unprivileged cases walk down to their work folders
+        os.chmod(tmp_path, 0o755)
         chosen = [c for c in cases(tmp_path / "scratch") if match in c.name]
-        outcomes: List[Outcome] = []
-        for i, case in enumerate(chosen):
-            work = tmp_path / "work" / f"{i:03d}"
-            work.mkdir(parents=True)
-            os.chmod(work.parent, 0o755)
-            os.chmod(work, 0o777)
-            try:
-                procs = case.run(work)
-            except Exception as exc:  # noqa: BLE001 - a setup failure is the harness's, say so
-                procs = [Proc(["setup"], 99, "", f"harness: {type(exc).__name__}: {exc}", 0.0)]
-            outcome = _classify(case, procs, work)
-            outcomes.append(outcome)
-            log(f"[{i + 1}/{len(chosen)}] {outcome.category:14s} {case.item:28s} {case.name}"
-                + (f"  -- {outcome.note[:160]}" if outcome.note else ""))
+        record = fresh_record(run_cases(chosen, tmp_path / "work", log, judge, _open_work))
         with contextlib.suppress(OSError):  # chmod 000 folders: make them removable
             for dirpath, dirs, _ in os.walk(tmp_path):
                 for d in dirs:
                     os.chmod(Path(dirpath) / d, 0o755)
-    record = {
-        "schema": "grefel-fault-fresh/1",
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "git": _git(),
-        "cases": len(outcomes),
-        "counts": {c: sum(o.category == c for o in outcomes) for c in CATEGORIES},
-        "counts_by_family": {
-            fam: {c: sum(o.category == c and o.item == fam for o in outcomes)
-                  for c in CATEGORIES}
-            for fam in dict.fromkeys(o.item for o in outcomes)},
-        "outcomes": [asdict(o) for o in outcomes],
-    }
-    write(record, out_dir)
+    write(record, out_dir, "fault_fresh2", to_markdown(record, TITLE, BLURB))
     return record
 
 
-def to_markdown(record: Dict[str, Any]) -> str:
-    lines = [f"# Second fresh fault campaign, {record['created']} ({record['git']})", "",
-             f"{record['cases']} new cases through the CLI (`python -m benchmarks.fault_fresh2`), "
-             "none of them a case of the corpus, the campaign, the families, the first fresh "
-             "campaign, the tests or issue 27's examples; each is assigned one of issue 27's "
-             "families or a new one.", "",
-             summary_line(record), "",
-             "| category | count |", "|---|---|"]
-    lines += [f"| {c} | {record['counts'][c]} |" for c in CATEGORIES]
-    lines += ["", "| family | cases | defects |", "|---|---|---|"]
-    for fam, counts in record["counts_by_family"].items():
-        bad = sum(n for c, n in counts.items() if c not in ("clear error", "handled"))
-        title = f"{fam} {FAMILIES[fam]}" if fam in FAMILIES else fam
-        lines.append(f"| {title} | {sum(counts.values())} | {bad} |")
-    lines += ["", "| # | family | case | expected | outcome | exit | note |",
-              "|---|---|---|---|---|---|---|"]
-    for i, o in enumerate(record["outcomes"], 1):
-        note = o["note"].replace("|", "\\|").replace("\n", " ")[:200]
-        name = o["name"].replace("|", "\\|")
-        lines.append(f"| {i} | {o['item']} | {name} | {o['expect']} | {o['category']} | "
-                     f"{o['returncode']} | {note} |")
-    return "\n".join(lines) + "\n"
-
-
-def write(record: Dict[str, Any], out_dir: Path) -> Path:
-    from benchmarks.report import write_json_and_markdown
-
-    stem = Path(out_dir) / f"fault_fresh2_{time.strftime('%Y-%m-%d')}"
-    write_json_and_markdown(stem.with_suffix(".json"), stem.with_suffix(".md"), record,
-                            to_markdown(record))
-    return stem
+TITLE = "Second fresh fault campaign"
+BLURB = ("new cases through the CLI (`python -m benchmarks.fault_fresh2`), none of them a case "
+         "of the corpus, the campaign, the families, the first fresh campaign, the tests or "
+         "issue 27's examples; each is assigned one of issue 27's families or a new one.")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -30,3 +30,17 @@ def test_family_holds(module: ModuleType, tmp_path: Path) -> None:
             failed.append(f"{case.name}: {outcome.category}: {outcome.note} "
                           f"| {' / '.join(outcome.output_head[-3:])}")
     assert not failed, "\n".join(failed)
+
+
+def test_the_nets_line_for_a_bug_counts_as_a_traceback(tmp_path: Path) -> None:
+    """grefel.cli.main turns a bug into one `Error: internal error ...` line and a crash report:
+    the campaign must still count it a traceback, not a clear error."""
+    from benchmarks.fault_campaign import Case, Proc
+
+    case = Case("x", "side", "27.8", "error", lambda work: [])
+    line = "Error: internal error (AttributeError: boom); a report was saved to /r.txt"
+    outcome = classify(case, [Proc(["grefel"], 1, "", line + "\n", 0.1)], tmp_path)
+    assert outcome.category == "traceback" and "AttributeError" in outcome.note
+    clear = classify(case, [Proc(["grefel"], 1, "", "Error: x.jpg: no such file\n", 0.1)],
+                     tmp_path)
+    assert clear.category == "clear error"
