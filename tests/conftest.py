@@ -45,3 +45,20 @@ def no_tensorrt(monkeypatch: pytest.MonkeyPatch) -> None:
     from fakes.trt import block
 
     block(monkeypatch)
+
+
+@pytest.fixture
+def serve_ports() -> list:
+    """`--http-port A --grpc-port B --metrics-port C`, three ports free now: a `grefel serve`
+    test must not rely on the default 8000-8002 being free (another server may hold them)."""
+    import socket
+
+    holders = [socket.socket() for _ in range(3)]
+    try:
+        for s in holders:  # held together, so the three differ
+            s.bind(("127.0.0.1", 0))
+        ports = [str(s.getsockname()[1]) for s in holders]
+    finally:
+        for s in holders:
+            s.close()
+    return ["--http-port", ports[0], "--grpc-port", ports[1], "--metrics-port", ports[2]]

@@ -378,27 +378,30 @@ def test_health_and_metrics_endpoints(server) -> None:
     assert config["dynamic_batching"]["max_queue_delay_microseconds"] == 5000
 
 
-def test_numpy2_and_missing_pytriton_are_one_clear_line(weights, monkeypatch, tmp_path) -> None:
+def test_numpy2_and_missing_pytriton_are_one_clear_line(weights, monkeypatch, tmp_path,
+                                                       serve_ports) -> None:
     from grefel import serve
 
     monkeypatch.setattr(serve.np, "__version__", "2.1.3")
-    result = CliRunner().invoke(cli, ["serve", "--out", str(tmp_path), "--weights", str(weights)])
+    result = CliRunner().invoke(cli, ["serve", "--out", str(tmp_path), "--weights", str(weights),
+                                      *serve_ports])
     assert result.exit_code == 1 and "Traceback" not in result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "numpy<2" in lines[0] and "numpy 2.1.3" in lines[0]
     monkeypatch.setattr(serve.np, "__version__", "1.26.4")
     monkeypatch.setitem(sys.modules, "pytriton.triton", None)
-    result = CliRunner().invoke(cli, ["serve", "--out", str(tmp_path), "--weights", str(weights)])
+    result = CliRunner().invoke(cli, ["serve", "--out", str(tmp_path), "--weights", str(weights),
+                                      *serve_ports])
     assert result.exit_code == 1 and "pip install '.[serve]'" in result.output
     assert len(result.output.strip().splitlines()) == 1
     monkeypatch.undo()
     result = CliRunner().invoke(cli, ["serve", "--out", str(tmp_path), "--weights",
-                                      str(weights.with_name("none.onnx"))])
+                                      str(weights.with_name("none.onnx")), *serve_ports])
     assert result.exit_code == 1 and "none.onnx: no such model file" in result.output
     assert len(result.output.strip().splitlines()) == 1
 
 
-def test_missing_blazeface_is_one_clear_line(weights, monkeypatch, tmp_path) -> None:
+def test_missing_blazeface_is_one_clear_line(weights, monkeypatch, tmp_path, serve_ports) -> None:
     """--detector blazeface in an install that lacks its model file: one line naming the file,
     before tritonserver starts."""
     from grefel.runtime import detectors
@@ -406,7 +409,7 @@ def test_missing_blazeface_is_one_clear_line(weights, monkeypatch, tmp_path) -> 
     monkeypatch.setattr(detectors, "MODELS", tmp_path)
     monkeypatch.setenv("LD_LIBRARY_PATH", os.environ.get("LD_LIBRARY_PATH", ""))  # restored
     result = CliRunner().invoke(cli, ["serve", "--out", str(tmp_path), "-w", str(weights),
-                                      "--detector", "blazeface"])
+                                      "--detector", "blazeface", *serve_ports])
     assert result.exit_code == 1 and "Traceback" not in result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "missing from this grefel install" in lines[0]
