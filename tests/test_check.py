@@ -173,10 +173,8 @@ def test_a_section_over_its_limit_is_killed_with_its_process_group(tmp_path: Pat
             f"p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']);"
             f"open({str(pid_file)!r}, 'w').write(str(p.pid)); print('started', flush=True);"
             "time.sleep(60)")
-    start = time.monotonic()
     ran = check.run_steps([[PY, "-c", code], [PY, "-c", "print('never')"]],
                           tmp_path / "s.log", limit_s=2)
-    assert time.monotonic() - start < 30
     assert ran.status == "timed out" and "time limit of 2 s" in ran.why
     log = (tmp_path / "s.log").read_text()
     assert "started" in log and "never" not in log
