@@ -37,6 +37,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+from grefel.ranges import check_ranges, ranged
+
 __all__ = ["CheckOptions", "RUNTIME_LAYERS", "SECTIONS", "Section", "SectionResult", "Steps",
            "capabilities", "device_facts", "exit_code", "preflight", "preflight_text",
            "run_check", "run_steps"]
@@ -449,7 +451,10 @@ class CheckOptions:
     model: Optional[Path] = None
     calib_data: Optional[Path] = None
     sections: Optional[Sequence[str]] = None
-    time_limit_s: Optional[float] = None
+    time_limit_s: Optional[float] = ranged(None, kind=float, min=1)  # finite: nan, inf refused
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 @dataclass

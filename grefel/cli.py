@@ -15,12 +15,21 @@ import click
 from click.core import ParameterSource
 
 # The settings dataclasses own every numeric option's range (grefel.ranges); all torch-free.
+from benchmarks.check import CheckOptions
 from export.options import ExportOptions, TritonRepoOptions
 from grefel.config import DataConfig, GReFELConfig, PretrainConfig, TrainConfig
 from grefel.predict import PredictOptions
 from grefel.serve import ServeOptions
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "max_content_width": 100}
+
+
+def _float_range(min: float, max: float, max_open: bool = False) -> Any:
+    """A finite float range for an option no dataclass owns (data synth's, passed straight to
+    generate_synthfer): click.FloatRange alone lets nan and inf through its comparisons."""
+    from grefel.ranges import Range, range_type
+
+    return range_type(Range(kind=float, min=min, max=max, max_open=max_open))
 
 
 def _ranged(cls: type, name: str) -> Any:
@@ -84,13 +93,13 @@ Examples:
 @click.option("--n", "n", type=click.IntRange(min=3), default=2000, help="Number of images.")
 @click.option("--seed", type=_ranged(TrainConfig, "seed"), default=0,
               help="Same seed and options give the same bytes.")
-@click.option("--noise", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.0,
+@click.option("--noise", type=_float_range(0.0, 1.0, max_open=True), default=0.0,
               help="Fraction of TRAIN labels flipped to another class (val/test stay clean).")
 @click.option("--imbalance", type=click.Choice(["rafdb", "uniform"]), default="rafdb",
               help="Class frequencies: RAF-DB basic train counts, or equal.")
 @click.option("--contempt/--no-contempt", default=False, help="Add contempt as an 8th class.")
 @click.option("--size", type=click.IntRange(min=32), default=112, help="Image side in pixels.")
-@click.option("--difficulty", type=click.FloatRange(0.0, 1.0), default=1.0,
+@click.option("--difficulty", type=_float_range(0.0, 1.0), default=1.0,
               help="Scale of pose, clutter, occlusion, blur, noise and weak expressions "
                    "(the CPU demo uses a lower value).")
 @click.option("--overwrite", is_flag=True,
@@ -175,6 +184,12 @@ def data_split(root: str, json_path: Optional[str]) -> None:
     except DatasetError as e:
         raise click.ClickException(str(e)) from None
     click.echo(split_table(record))
+    missing = record.get("listed_images_missing") or []
+    if missing:  # every command that reads the split leaves them out: say so now
+        shown = ", ".join(missing[:5]) + (f", ... and {len(missing) - 5} more"
+                                          if len(missing) > 5 else "")
+        click.echo(f"warning: {len(missing)} image(s) listed in data/legend.csv are missing from "
+                   f"images/ and are left out of every split when read: {shown}", err=True)
     flagged = record["flagged_fewer_than_10_test_images"]
     if flagged:
         click.echo("flagged (fewer than 10 test images: their test metrics are noise): "
@@ -686,7 +701,8 @@ def weights_import(src, kind, preset, out, num_classes, linear_head, lenient, js
     if out.suffix != ".safetensors":
         raise click.BadParameter("must end in .safetensors", param_hint="--out")
     _check_outputs(model_inputs("SRC", src, "the source weights"),
-                   [Output("--out", out), Output("the sidecar of --out", out.with_suffix(".json")),
+                   [Output("--out", out),
+                    Output("the sidecar of --out", out.with_suffix(".json"), beside=out),
                     Output("--json", json_path)])
     click.echo(f"reading {src} ({kind}) ...", err=True)
     overrides = {"head_hidden": ()} if linear_head else None
@@ -1068,7 +1084,7 @@ def predict_command(
              *model_inputs("--weights", weights)],
             [Output("--out", out), Output("--annotate", annotate, folder=kind == "folder"),
              Output("--json", json_path),
-             Output("the expression plot of --out", plot_target(out, src))])
+             Output("the expression plot of --out", plot_target(out, src), beside=out)])
         with signals_end_run():
             summary = run_predict(
                 src, weights, PredictOptions(**opts), fmt=fmt, out=out, annotate=annotate,
@@ -1381,7 +1397,7 @@ Examples:
 @click.option("--sections", default=None, help="--run: comma-separated sections [default: all: "
               "engine-fp16, latency-b1, latency-b8, latency-b32, trtexec, engine-int8, "
               "paper-fp16].")
-@click.option("--time-limit", type=click.FloatRange(min=1), default=None,
+@click.option("--time-limit", type=_ranged(CheckOptions, "time_limit_s"), default=None,
               help="--run: seconds each section may take [default: each section's own].")
 def check_command(run_sections: bool, out: Optional[Path], json_path: Optional[Path],
                   model: Optional[Path], calib_data: Optional[Path], sections: Optional[str],
@@ -1492,7 +1508,8 @@ def _run_pretrain(task: str, json_path: Optional[str], align_faces: str, **opts:
     _check_align_options(click.get_current_context(), align_faces, opts["data"], opts["dataset"])
     _check_outputs([Input("--data", opts["data"], "the dataset folder", folder=True)],
                    [Output("--out", opts["out"]),
-                    Output("the sidecar of --out", Path(opts["out"]).with_suffix(".json")),
+                    Output("the sidecar of --out", Path(opts["out"]).with_suffix(".json"),
+                           beside=Path(opts["out"])),
                     Output("--json", json_path),
                     Output("--align-cache", opts["align_cache"] or None, folder=True)])
     face = {k[len("face_"):]: opts.pop(k) for k in list(opts) if k.startswith("face_")}
@@ -1601,6 +1618,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         sys.exit(code)
 
     try:
+        from grefel.environment import check_environment
+
+        check_environment()  # a bad GREFEL_* value is one line, before any command reads it
         code = cli.main(args=None if argv is None else list(argv), standalone_mode=False)
     except click.exceptions.Abort as exc:  # Click's form of KeyboardInterrupt and EOFError
         interrupted = isinstance(exc.__cause__ or exc.__context__, KeyboardInterrupt)

@@ -242,6 +242,10 @@ class Output:
         owner: for a run folder, the command it belongs to ("train", "eval", ...): a folder
             that another command's run owns (its RUN_MARKER, written by `claim_run_folder`
             where the command makes its folder) is refused.
+        beside: for a companion file the user did not name (a checkpoint's sidecar, the plot
+            beside --out), the output it goes with: an existing companion is replaced only
+            where that output exists too (an earlier run's pair), never a file of the user's
+            that merely has the name (notes.json beside a new notes.safetensors).
     """
 
     option: str
@@ -249,6 +253,7 @@ class Output:
     folder: bool = False
     writes: Tuple[str, ...] = ()
     owner: Optional[str] = None
+    beside: Optional[PathLike] = None
 
 
 def model_inputs(option: str, path: Optional[PathLike], what: str = "the model") -> List[Input]:
@@ -300,6 +305,13 @@ def check_outputs(inputs: Sequence[Input], outputs: Sequence[Output]) -> None:
                     and a != Path(first.path) else f"{verb} {_claim(first, a)}")  # type: ignore
             raise OutputClash(f"{second.option} {display_path(second.path)}: {its}{what}; give "
                               "each output its own path")
+    for out in outputs:
+        if (out.beside is not None and out.path is not None and os.path.lexists(out.path)
+                and not os.path.lexists(out.beside)):
+            raise OutputClash(f"{out.option} {display_path(out.path)}: exists without "
+                              f"{display_path(Path(out.beside).name)} beside it, so it is not "
+                              "an earlier run's; it would be replaced: move it, or choose "
+                              "another name")
     owned = [out for out in outputs if out.owner and out.path is not None]
     for out in owned:
         other = run_owner(Path(out.path))  # type: ignore[arg-type]

@@ -57,13 +57,26 @@ def _command(path: str) -> click.Command:
 # --- ranges -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", COMMANDS)
+def _every_command(group: click.Group = cli, prefix: str = "") -> List[str]:
+    out: List[str] = []
+    for name, cmd in sorted(group.commands.items()):
+        path = f"{prefix} {name}".strip()
+        out += _every_command(cmd, path) if isinstance(cmd, click.Group) else [path]
+    return out
+
+
+@pytest.mark.parametrize("path", _every_command())
 def test_every_numeric_option_has_a_range(path: str) -> None:
-    """A plain INT / FLOAT option accepts -1, nan or 1e30 and fails deep inside the library:
-    every numeric option of a command must carry a range type."""
+    """A plain INT / FLOAT option accepts -1, nan or 1e30 and fails deep inside the library,
+    and a plain click.FloatRange accepts nan and inf (`check --time-limit nan`): every numeric
+    option of every command carries a range type, its floats finite (grefel.ranges)."""
+    from grefel.ranges import range_type
+
+    finite = type(range_type(Range(kind=float)))
     bare = [p.opts[0] for p in _command(path).params
-            if isinstance(p, click.Option) and p.type in (click.INT, click.FLOAT)]
-    assert not bare, f"grefel {path}: numeric options without a range: {bare}"
+            if isinstance(p, click.Option) and (p.type in (click.INT, click.FLOAT) or (
+                isinstance(p.type, click.FloatRange) and not isinstance(p.type, finite)))]
+    assert not bare, f"grefel {path}: numeric options without a (finite) range: {bare}"
 
 
 def test_settings_defaults_pass_their_own_ranges() -> None:
@@ -342,3 +355,32 @@ def test_option_defaults_still_match_the_dataclasses() -> None:
     fields = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     assert fields["lr"] == 3e-4 and fields["head_dropout"] is None
     assert PredictOptions.det_size == FaceAlignment.det_size == 640
+
+
+@pytest.mark.parametrize("name, value, argv", [
+    ("GREFEL_MAX_PIXELS", "lots", ["eval", "--data", "d", "x.onnx"]),
+    ("GREFEL_MAX_PIXELS", "-5", ["serve", "-w", "x.onnx"]),
+    ("GREFEL_CUDA", "bogus", ["check"]),
+])
+def test_a_bad_environment_variable_is_one_line_before_any_command(
+        name: str, value: str, argv: List[str], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture) -> None:
+    """GREFEL_MAX_PIXELS=lots made eval call every image unreadable and serve start as if
+    nothing were wrong; GREFEL_CUDA=bogus went unsaid until an engine ran: every GREFEL_*
+    variable is checked once, by main, naming it (grefel.environment)."""
+    from grefel import cli as cli_module
+
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as exit_:
+        cli_module.main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 1 and len(err) == 1 and err[0].startswith(f"Error: {name}="), err
+
+
+def test_cuda_graph_on_a_model_that_is_no_engine_is_said(tmp_path: Path, caplog) -> None:
+    from benchmarks.fault_corpus import mini_onnx
+    from grefel.runtime import open_backend
+
+    with caplog.at_level("WARNING", logger="grefel.runtime"):
+        backend = open_backend(mini_onnx(tmp_path / "m.onnx"), cuda_graph=True)
+    assert backend.name and "--cuda-graph replays TensorRT engines only" in caplog.text

@@ -270,3 +270,27 @@ def test_a_read_only_folder_gets_the_same_split_in_memory(
     assert "could not be written into the data folder" in caplog.text
     assert {s: Counter(Path(x.path).name for x in got[s]) for s in SPLITS} == \
         {s: Counter(Path(x.path).name for x in expected[s]) for s in SPLITS}
+
+
+@pytest.mark.parametrize("name", ["../../secret.jpg", "/etc/hostname", "sub/a.jpg", ".."])
+def test_an_image_that_is_not_a_file_name_of_images_is_refused(tmp_path: Path, name: str) -> None:
+    """A legend row `../../secret.jpg` (or an absolute path) was put into the split, reading a
+    file outside the dataset: the layout lists file names of images/ only."""
+    rows = realistic_rows() + [("9", name, "HAPPINESS")]
+    root = write_layout(tmp_path / "mux", rows, missing=[name])  # (no file written for it)
+    with pytest.raises(DatasetError, match=r"not a file name in images/.*line \d+: "):
+        load_samples(root, "muxspace", "train")
+
+
+def test_data_split_names_the_listed_images_that_are_missing(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from grefel.cli import cli
+
+    rows = realistic_rows()
+    gone = sorted(r[1] for r in rows[:3])
+    root = write_layout(tmp_path / "mux", rows, missing=gone)
+    result = CliRunner().invoke(cli, ["data", "split", str(root)])
+    assert result.exit_code == 0, result.output
+    lines = [x for x in result.output.splitlines() if x.startswith("warning: 3 image(s)")]
+    assert len(lines) == 1 and all(name in lines[0] for name in gone)

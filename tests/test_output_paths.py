@@ -273,3 +273,19 @@ def test_annotate_never_replaces_files_grefel_did_not_write(tmp_path):
         result = CliRunner().invoke(cli, [*args, str(tmp_path / "annotated")])
         assert result.exit_code == 0, result.output
     assert (tmp_path / "annotated" / "p01.png").is_file()
+
+
+def test_a_companion_file_replaces_only_an_earlier_runs(tmp_path):
+    """`weights import ... --out notes.safetensors` replaced the user's notes.json with its
+    sidecar (and `predict --out r.csv` their r.expressions.png with its plot): a companion file
+    is replaced only where the output it goes with exists too (an earlier run's pair)."""
+    notes = tmp_path / "notes.json"
+    notes.write_text("my notes")
+    out = tmp_path / "notes.safetensors"
+    outputs = [Output("--out", out), Output("the sidecar of --out", notes, beside=out)]
+    with pytest.raises(OutputClash, match="notes.json: exists without notes.safetensors"):
+        check_outputs([], outputs)
+    out.write_bytes(b"an earlier run's checkpoint")  # the pair of an earlier run: replaced
+    check_outputs([], outputs)
+    check_outputs([], [Output("the sidecar of --out", tmp_path / "new.json",
+                              beside=tmp_path / "new.safetensors")])  # nothing there: fine

@@ -122,10 +122,13 @@ def read_legend(root: Path) -> Legend:
                            f"{', '.join(cols) or 'no header'})")
     out = Legend(sha256=sha256_file(path))
     seen: Dict[str, Optional[str]] = {}
-    unknown = []
+    unknown, not_names = [], []
     for line, row in enumerate(reader, start=2):
         row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
         image, raw = row["image"], row["emotion"]
+        if not image or "/" in image or "\\" in image or image in (".", ".."):
+            not_names.append(f"line {line}: {image!r}")  # images/NAME only: never outside it
+            continue
         label = LABELS.get(raw.lower())
         if label is None:
             unknown.append(f"line {line}: {raw!r}")
@@ -138,6 +141,10 @@ def read_legend(root: Path) -> Legend:
                 seen[image] = None
             continue
         seen[image] = label
+    if not_names:
+        raise DatasetError(f"{path}: {len(not_names)} image(s) that are not a file name in "
+                           f"{IMAGES}/ (a path, or empty): {_listing(not_names)}; the layout "
+                           f"lists file names of {IMAGES}/ only")
     if unknown:
         raise DatasetError(f"{path}: {len(unknown)} unknown emotion label(s) (known: "
                            f"{', '.join(sorted(LABELS))}): {_listing(unknown)}")
@@ -169,6 +176,7 @@ def _make_split(root: Path, legend: Legend) -> Tuple[Dict[str, str], Dict[str, o
         "legend_duplicate_rows": legend.duplicates,
         "legend_conflicting_images": sorted(legend.conflicting),
         "unlabelled_images_on_disk": len(on_disk - set(legend.labels)),
+        "listed_images_missing": sorted(set(legend.labels) - on_disk),
     }
     return assignment, record
 

@@ -10,6 +10,7 @@ pycuda only.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -46,7 +47,7 @@ def open_backend(
         low_memory: ONNX Runtime without its NCHWc layout optimisation (less memory, slower
             CPU convolutions; `OrtBackend`).
         cuda_graph: TensorRT: replay each input shape's enqueue as a CUDA graph (cuda-bindings;
-            `TensorRTBackend`); other backends ignore it.
+            `TensorRTBackend`); other backends run without, with a warning saying so.
     """
     path = Path(path)
     kind = BACKENDS.get(path.suffix.lower())
@@ -57,6 +58,10 @@ def open_backend(
         )
     if not path.is_file():
         raise BackendError(f"{path}: no such model file")
+    if cuda_graph and kind != "tensorrt":  # said, not silently ignored
+        logging.getLogger(__name__).warning(
+            "%s: --cuda-graph replays TensorRT engines only; this %s model runs without CUDA "
+            "graphs", path, "ONNX Runtime" if kind == "onnx" else "PyTorch")
     backend: Any
     if kind == "tensorrt":
         from grefel.runtime.trt_backend import TensorRTBackend

@@ -1,0 +1,42 @@
+"""The GREFEL_* environment variables: each has one home (the module that reads it) and is
+checked once, by `grefel.cli.main`, before any command runs.
+
+A variable read deep inside a command is read where a bad value cannot be told from a bad input:
+`GREFEL_MAX_PIXELS=lots` made `grefel eval` call every image unreadable and `grefel serve` start
+as if nothing were wrong. Checked up front, a bad value is one `Error:` line naming the variable.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Dict
+
+from grefel.errors import ConfigError
+
+__all__ = ["VARIABLES", "check_environment"]
+
+# name -> what it sets (its home reads it; docs/reliability.md lists them)
+VARIABLES: Dict[str, str] = {
+    "GREFEL_MAX_PIXELS": "the pixel limit of every image and video decoder (grefel.contract)",
+    "GREFEL_CUDA": "the TensorRT backend's CUDA layer (grefel.runtime.cuda_layer)",
+    "GREFEL_CRASH_DIR": "where the report of a bug is saved (grefel.crash)",
+}
+
+
+def check_environment() -> None:
+    """ConfigError naming the first GREFEL_* variable whose value its home would refuse.
+    Nothing is imported for a variable that is not set."""
+    if os.environ.get("GREFEL_MAX_PIXELS", "").strip():
+        from grefel.contract import ImageError, max_pixels
+
+        try:
+            max_pixels()
+        except ImageError as exc:
+            raise ConfigError(str(exc)) from None
+    cuda = os.environ.get("GREFEL_CUDA", "").strip()
+    if cuda:
+        from grefel.runtime.cuda_layer import CHOICES, ENV
+
+        if cuda not in CHOICES:
+            raise ConfigError(f"{ENV}={cuda!r}: use one of {', '.join(CHOICES)}, or unset it "
+                              "(cuda-bindings where installed, else pycuda)")
