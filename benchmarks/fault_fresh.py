@@ -226,6 +226,32 @@ def _said(*words: str) -> Callable[[List[Proc], Path], str]:
 # -- the cases -------------------------------------------------------------------------------
 
 
+def _copy(src: Path, dst: Path) -> Path:
+    """A copy of `src` (a folder: links kept; a model: with its sidecar NAME.json)."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if src.is_dir():
+        shutil.copytree(src, dst, symlinks=True)
+    else:
+        shutil.copyfile(src, dst)
+        side = src.with_suffix(".json")
+        if side.exists() and src.suffix != ".json":
+            shutil.copyfile(side, dst.with_suffix(".json"))
+    return dst
+
+
+def case_adder(out: List[Case], side: str) -> Callable[..., None]:
+    """`add(name, family, expect, run, check=_intact, ok_codes=(0,))`, appending a Case to `out`;
+    `expect` EITHER marks a case whose refusal is as good as its right result (judge)."""
+    def add(name: str, family: str, expect: str, run: Callable[[Path], List[Proc]],
+            check: Callable[[List[Proc], Path], str] = _intact,
+            ok_codes: Sequence[int] = (0,)) -> None:
+        if expect == EITHER:
+            _EITHER[name] = True
+        out.append(Case(name, side, family, "ok" if expect == EITHER else expect, run, check,
+                        ok_codes))
+    return add
+
+
 def cases(scratch: Path) -> List[Case]:
     """The fresh campaign's cases; shared inputs are made under `scratch`."""
     from benchmarks.fault_corpus import mini_onnx
@@ -247,24 +273,9 @@ def cases(scratch: Path) -> List[Case]:
                            ["red", "green", "blue"])  # the mini model's classes
     out: List[Case] = []
 
-    def add(name: str, family: str, expect: str, run: Callable[[Path], List[Proc]],
-            check: Callable[[List[Proc], Path], str] = _intact,
-            ok_codes: Sequence[int] = (0,)) -> None:
-        if expect == EITHER:
-            _EITHER[name] = True
-        out.append(Case(name, SIDE, family, "ok" if expect == EITHER else expect, run, check,
-                        ok_codes))
+    add = case_adder(out, SIDE)
 
-    def copy(src: Path, dst: Path) -> Path:
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if src.is_dir():
-            shutil.copytree(src, dst, symlinks=True)
-        else:
-            shutil.copyfile(src, dst)
-            side = src.with_suffix(".json")
-            if side.exists() and src.suffix != ".json":
-                shutil.copyfile(side, dst.with_suffix(".json"))
-        return dst
+    copy = _copy
 
     def train(w: Path, data: Path, *extra: Any, run: str = "run") -> Proc:
         return grefel("train", "--data", data, "--out", w / run, *TINY_TRAIN, *extra)
@@ -1541,14 +1552,20 @@ def write(record: Dict[str, Any], out_dir: Path, stem: str = "fault_fresh",
     return path
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def fresh_main(run: Callable[..., Dict[str, Any]], doc: Optional[str],
+               argv: Optional[Sequence[str]] = None) -> int:
+    """The command line of a fresh campaign: `--out DIR` (its record), `--match S` (a subset);
+    prints the summary line."""
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--match", default="", help="Only cases whose name contains this.")
     args = parser.parse_args(argv)
-    record = run_fresh(args.out, match=args.match)
-    print(summary_line(record))
+    print(summary_line(run(args.out, match=args.match)))
     return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return fresh_main(run_fresh, __doc__, argv)
 
 
 if __name__ == "__main__":

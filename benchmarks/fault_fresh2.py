@@ -18,7 +18,6 @@ port 0-picked free ports and are always stopped.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import fcntl
 import json
@@ -43,16 +42,14 @@ from benchmarks.fault_campaign import (
     _tiny_checkpoint,
     grefel,
     run_cases,
-    summary_line,
 )
 from benchmarks.fault_fresh import (
-    _EITHER,
     DEFAULT_CKPT,
     DEFAULT_ONNX,
     EITHER,
     _both,
+    _copy,
     _finish,
-    _intact,
     _no_nonfinite,
     _png,
     _popen,
@@ -61,6 +58,8 @@ from benchmarks.fault_fresh import (
     _said,
     _stdout_records,
     _video,
+    case_adder,
+    fresh_main,
     fresh_record,
     judge,
     to_markdown,
@@ -112,18 +111,6 @@ def _open_to_all(path: Path) -> None:
     `path` itself writable by them (the unprivileged cases need a place to write)."""
     path.mkdir(parents=True, exist_ok=True)
     os.chmod(path, 0o777)
-
-
-def _copy(src: Path, dst: Path) -> Path:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    if src.is_dir():
-        shutil.copytree(src, dst, symlinks=True)
-    else:
-        shutil.copyfile(src, dst)
-        side = src.with_suffix(".json")
-        if side.exists() and src.suffix != ".json":
-            shutil.copyfile(side, dst.with_suffix(".json"))
-    return dst
 
 
 def _named_onnx(src: Path, path: Path, names: Sequence[str]) -> Path:
@@ -256,13 +243,7 @@ def cases(scratch: Path) -> List[Case]:  # noqa: C901 - one flat list of cases, 
     poster = _poster(scratch / "poster.pth")
     out: List[Case] = []
 
-    def add(name: str, family: str, expect: str, run: Callable[[Path], List[Proc]],
-            check: Callable[[List[Proc], Path], str] = _intact,
-            ok_codes: Sequence[int] = (0,)) -> None:
-        if expect == EITHER:
-            _EITHER[name] = True
-        out.append(Case(name, SIDE, family, "ok" if expect == EITHER else expect, run, check,
-                        ok_codes))
+    add = case_adder(out, SIDE)
 
     def train(w: Path, data: Path, *extra: Any, run: str = "run", **kw: Any) -> Proc:
         return grefel("train", "--data", data, "--out", w / run, *TINY_TRAIN, *extra, **kw)
@@ -1502,13 +1483,7 @@ BLURB = ("new cases through the CLI (`python -m benchmarks.fault_fresh2`), none 
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    parser.add_argument("--match", default="", help="Only cases whose name contains this.")
-    args = parser.parse_args(argv)
-    record = run_fresh2(args.out, match=args.match)
-    print(summary_line(record))
-    return 0
+    return fresh_main(run_fresh2, __doc__, argv)
 
 
 if __name__ == "__main__":

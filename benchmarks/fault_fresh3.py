@@ -22,7 +22,6 @@ binds ports picked free by binding port 0 and is always stopped.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import csv
 import json
@@ -47,25 +46,26 @@ from benchmarks.fault_campaign import (
     _tiny_checkpoint,
     grefel,
     run_cases,
-    summary_line,
 )
 from benchmarks.fault_fresh import (
-    _EITHER,
     EITHER,
     _both,
+    _copy,
     _intact,
     _no_nonfinite,
     _png,
     _protect,
     _records,
     _said,
-    _stdout_records,
     _video,
+    case_adder,
+    fresh_main,
     fresh_record,
     judge,
     to_markdown,
     write,
 )
+from benchmarks.fault_fresh2 import _named_onnx, _one_record
 
 __all__ = ["cases", "main", "run_fresh3"]
 
@@ -79,19 +79,6 @@ QUICK = ["--precise-bn", "0", "--threads", "1", "--batch-size", "4", "--steps", 
 
 
 # -- helpers -----------------------------------------------------------------------------------
-
-
-def _copy(src: Path, dst: Path) -> Path:
-    """A copy of `src` (a folder: links kept; a model: with its sidecar NAME.json)."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    if src.is_dir():
-        shutil.copytree(src, dst, symlinks=True)
-    else:
-        shutil.copyfile(src, dst)
-        side = src.with_suffix(".json")
-        if side.exists() and src.suffix != ".json":
-            shutil.copyfile(side, dst.with_suffix(".json"))
-    return dst
 
 
 def _mux(root: Path, people: int = 30, per: int = 4,
@@ -131,18 +118,6 @@ def _nan_checkpoint(src: Path, dst: Path) -> Path:
     meta["weights_sha256"] = sha256_file(model)
     side.write_text(json.dumps(meta))
     return model
-
-
-def _named_onnx(src: Path, path: Path, names: Sequence[str]) -> Path:
-    import onnx
-
-    proto = onnx.load(str(src))
-    for prop in proto.metadata_props:
-        if prop.key == "grefel.class_names":
-            prop.value = json.dumps(list(names))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(proto, str(path))
-    return path
 
 
 def _free_ports(n: int) -> List[int]:
@@ -211,19 +186,6 @@ def _json_ok(name: str, key: str) -> Callable[[List[Proc], Path], str]:
     return check
 
 
-def _one_record(procs: List[Proc], work: Path) -> str:
-    """On exit 0: one record on stdout with finite probabilities."""
-    if procs[-1].returncode != 0:
-        return ""
-    recs = _stdout_records(procs[-1])
-    if len(recs) != 1:
-        return f"lost: {len(recs)} records for one image"
-    probs = recs[0].get("probs") or {}
-    if len(probs) < 2 or any(v != v for v in probs.values()):
-        return f"a record without finite probabilities: {probs}"
-    return ""
-
-
 def _line_names(*words: str) -> Callable[[List[Proc], Path], str]:
     """A refusal must name one of `words` in its Error: line (the option or file at fault)."""
     def check(procs: List[Proc], work: Path) -> str:
@@ -270,13 +232,7 @@ def cases(scratch: Path) -> List[Case]:  # noqa: C901 - one list of cases, read 
         _png(calib / f"c{i}.png", colour=(40 * (i % 4), 120, 60), size=(64, 64), seed=i)
     out: List[Case] = []
 
-    def add(name: str, family: str, expect: str, run: Callable[[Path], List[Proc]],
-            check: Callable[[List[Proc], Path], str] = _intact,
-            ok_codes: Sequence[int] = (0,)) -> None:
-        if expect == EITHER:
-            _EITHER[name] = True
-        out.append(Case(name, SIDE, family, "ok" if expect == EITHER else expect, run, check,
-                        ok_codes))
+    add = case_adder(out, SIDE)
 
     # ---- grefel check / check --run ------------------------------------------------------------
 
@@ -1130,13 +1086,7 @@ def run_fresh3(out_dir: Path, match: str = "", log: Callable[[str], None] = prin
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    parser.add_argument("--match", default="", help="Only cases whose name contains this.")
-    args = parser.parse_args(argv)
-    record = run_fresh3(args.out, match=args.match)
-    print(summary_line(record))
-    return 0
+    return fresh_main(run_fresh3, __doc__, argv)
 
 
 if __name__ == "__main__":
