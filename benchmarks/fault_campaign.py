@@ -638,11 +638,17 @@ def run_campaign(only: Optional[str], out_dir: Path, log: Callable[[str], None] 
 
 
 def _git() -> str:
+    """The commit the cases ran at, `-dirty` when files other than the records of
+    benchmarks/results/ differ from it (a campaign's own earlier records are not the code)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=ROOT,
+                              timeout=10).stdout.strip()
     try:
-        return subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True,
-                              text=True, cwd=ROOT, timeout=10).stdout.strip()
+        head = git("describe", "--always")
+        changed = git("status", "--porcelain", "--", ".", ":(exclude)benchmarks/results")
     except (OSError, subprocess.SubprocessError):
         return ""
+    return f"{head}-dirty" if head and changed else head
 
 
 def summary_line(record: Dict[str, Any]) -> str:
