@@ -239,6 +239,27 @@ def _copy(src: Path, dst: Path) -> Path:
     return dst
 
 
+def _nan_checkpoint(src: Path, dst: Path) -> Path:
+    """A copy of the checkpoint `src` at `dst` whose first large weight is all NaN, with a
+    sidecar whose SHA-256 matches (so only the finiteness check can refuse it)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from grefel.fileio import sha256_file
+
+    model = _copy(src, dst)
+    tensors = load_file(str(model))
+    key = next(k for k, v in tensors.items() if v.is_floating_point() and v.numel() > 10
+               and "weight" in k)
+    tensors[key] = torch.full_like(tensors[key], float("nan"))
+    save_file(tensors, str(model))
+    side = model.with_suffix(".json")
+    meta = json.loads(side.read_text())
+    meta["weights_sha256"] = sha256_file(model)
+    side.write_text(json.dumps(meta))
+    return model
+
+
 def case_adder(out: List[Case], side: str) -> Callable[..., None]:
     """`add(name, family, expect, run, check=_intact, ok_codes=(0,))`, appending a Case to `out`;
     `expect` EITHER marks a case whose refusal is as good as its right result (judge)."""
@@ -523,22 +544,7 @@ def cases(scratch: Path) -> List[Case]:
             _no_nonfinite(lambda w: w / "run"))
 
     def nan_checkpoint(w: Path) -> Path:
-        import torch
-        from safetensors.torch import load_file, save_file
-
-        from grefel.fileio import sha256_file
-
-        model = copy(ckpt, w / "nan.safetensors")
-        tensors = load_file(str(model))
-        key = next(k for k, v in tensors.items() if v.is_floating_point() and v.numel() > 10
-                   and "weight" in k)
-        tensors[key] = torch.full_like(tensors[key], float("nan"))
-        save_file(tensors, str(model))
-        side = model.with_suffix(".json")
-        meta = json.loads(side.read_text())
-        meta["weights_sha256"] = sha256_file(model)
-        side.write_text(json.dumps(meta))
-        return model
+        return _nan_checkpoint(ckpt, w / "nan.safetensors")
 
     def export_nan(w: Path) -> List[Proc]:
         return [grefel("export", nan_checkpoint(w), "--onnx-only", "--fp32", "--out", w / "e")]

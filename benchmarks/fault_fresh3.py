@@ -52,6 +52,7 @@ from benchmarks.fault_fresh import (
     _both,
     _copy,
     _intact,
+    _nan_checkpoint,
     _no_nonfinite,
     _png,
     _protect,
@@ -98,26 +99,6 @@ def _mux(root: Path, people: int = 30, per: int = 4,
     with open(root / "data" / "legend.csv", "w", newline="") as f:
         csv.writer(f).writerows(rows)
     return root
-
-
-def _nan_checkpoint(src: Path, dst: Path) -> Path:
-    """A copy of checkpoint `src` with one weight tensor NaN (its sidecar's hash made right)."""
-    import torch
-    from safetensors.torch import load_file, save_file
-
-    from grefel.fileio import sha256_file
-
-    model = _copy(src, dst)
-    tensors = load_file(str(model))
-    key = next(k for k, v in tensors.items() if v.is_floating_point() and v.numel() > 10
-               and "weight" in k)
-    tensors[key] = torch.full_like(tensors[key], float("nan"))
-    save_file(tensors, str(model))
-    side = model.with_suffix(".json")
-    meta = json.loads(side.read_text())
-    meta["weights_sha256"] = sha256_file(model)
-    side.write_text(json.dumps(meta))
-    return model
 
 
 def _free_ports(n: int) -> List[int]:

@@ -24,9 +24,10 @@ from grefel.serve import ServeOptions
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "max_content_width": 100}
 
 
-def _float_range(min: float, max: float, max_open: bool = False) -> Any:
+def _float_range(min: float, max: Optional[float] = None, max_open: bool = False) -> Any:
     """A finite float range for an option no dataclass owns (data synth's, passed straight to
-    generate_synthfer): click.FloatRange alone lets nan and inf through its comparisons."""
+    generate_synthfer; bench's --seconds): click.FloatRange alone lets nan and inf through its
+    comparisons."""
     from grefel.ranges import Range, range_type
 
     return range_type(Range(kind=float, min=min, max=max, max_open=max_open))
@@ -223,13 +224,6 @@ def _default_train_folder(preset: str) -> str:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return str(RUNS / "train" / preset)
     return str(new_run_folder("train", preset))
-
-
-def _seconds_type() -> Any:
-    """`grefel bench --seconds`: a finite time budget >= 0 (run_bench has no settings class)."""
-    from grefel.ranges import Range, range_type
-
-    return range_type(Range(kind=float, min=0))
 
 
 def _wrote(path: Any, what: str) -> None:
@@ -1142,7 +1136,7 @@ Examples:
 )
 @click.option("--batch-sizes", default="1,8,32", callback=_csv_list(int))
 @click.option("--iters", type=click.IntRange(min=1), default=20, help="Timed calls, at least.")
-@click.option("--seconds", type=_seconds_type(), default=3.0, help="Timed time, at least.")
+@click.option("--seconds", type=_float_range(0.0), default=3.0, help="Timed time, at least.")
 @click.option(
     "--presets",
     default="paper",

@@ -325,8 +325,7 @@ def _warn_shared_with_train(data: Any, dataset: str, split: str, samples: Sequen
     """A warning line when the evaluated split shares images with the dataset's training split
     (a test.csv that lists training images scores memory, not recognition). A dataset without a
     readable training split has nothing to compare."""
-    from grefel.data import DatasetError, load_samples, shared_images
-    from grefel.fileio import display_path
+    from grefel.data import DatasetError, load_samples, shared_images, shared_warning
 
     if split == "train":
         return
@@ -336,10 +335,7 @@ def _warn_shared_with_train(data: Any, dataset: str, split: str, samples: Sequen
         return
     shared = shared_images(train, samples)
     if shared:
-        sys.stderr.write(f"warning: {data}: split {split!r} shares {len(shared)} image(s) with "
-                         f"split 'train' (e.g. {display_path(shared[0])}): its scores measure "
-                         "memory of training images, not recognition; make the splits "
-                         "disjoint\n")
+        sys.stderr.write(shared_warning(data, split, "train", shared) + "\n")
 
 
 def evaluate_model(

@@ -534,8 +534,8 @@ def build_loaders(d: DataConfig, seed: int, rank: int, world: int) -> Dict[str, 
         load_samples,
         make_transforms,
         shared_images,
+        shared_warning,
     )
-    from grefel.fileio import display_path
 
     samples, classes = load_samples(d.root, d.dataset, d.train_split)
     absent = absent_classes(samples, classes)
@@ -571,10 +571,8 @@ def build_loaders(d: DataConfig, seed: int, rank: int, world: int) -> Dict[str, 
                       "test split for the final measure and choose on val")
         shared = shared_images(samples, val_samples)
         if shared:  # a warning: the user may mean it (a smoke run), but must know
-            log(rank, f"warning: {d.root}: split {d.val_split!r} shares {len(shared)} image(s) "
-                      f"with split {d.train_split!r} (e.g. {display_path(shared[0])}): its "
-                      "scores, and the choice of best.safetensors, measure memory of training "
-                      "images, not recognition; make the splits disjoint")
+            log(rank, shared_warning(d.root, d.val_split, d.train_split, shared,
+                                     "its scores, and the choice of best.safetensors,"))
         check_readable(val_samples, f"{d.root} split {d.val_split!r}")
         aligned["val"] = align_split(d, val_samples, rank, world, d.val_split)
         val_set = FERDataset(val_samples, classes, make_transforms(False), strict=d.strict,

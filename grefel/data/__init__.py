@@ -23,6 +23,7 @@ __all__ = [
     "load_samples",
     "make_transforms",
     "shared_images",
+    "shared_warning",
 ]
 
 _LAZY = {
@@ -32,6 +33,7 @@ _LAZY = {
     "absent_classes": "grefel.data.samples",
     "class_counts": "grefel.data.samples",
     "shared_images": "grefel.data.samples",
+    "shared_warning": "grefel.data.samples",
     "check_readable": "grefel.data.datasets",
     "collate_skip": "grefel.data.datasets",
     "load_samples": "grefel.data.datasets",

@@ -14,7 +14,7 @@ from typing import Dict, List, Sequence, Set
 from grefel.errors import GrefelError
 
 __all__ = ["DatasetError", "Sample", "absent_classes", "class_counts", "conflicting_labels",
-           "shared_images"]
+           "shared_images", "shared_warning"]
 
 
 class DatasetError(GrefelError, ValueError):
@@ -74,3 +74,14 @@ def shared_images(first: Sequence[Sample], second: Sequence[Sample]) -> List[str
     """The image paths that both lists hold (sorted): a validation or test split that shares
     images with the training split measures memory, not recognition."""
     return sorted({s.path for s in first} & {s.path for s in second})
+
+
+def shared_warning(root: object, split: str, train_split: str, shared: Sequence[str],
+                   scores: str = "its scores") -> str:
+    """The warning line for `split` sharing the images `shared` with `train_split` (train's
+    validation split, eval's evaluated one): what they measure then, and the fix."""
+    from grefel.fileio import display_path
+
+    return (f"warning: {root}: split {split!r} shares {len(shared)} image(s) with split "
+            f"{train_split!r} (e.g. {display_path(shared[0])}): {scores} measure memory of "
+            "training images, not recognition; make the splits disjoint")
