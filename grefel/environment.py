@@ -9,23 +9,16 @@ as if nothing were wrong. Checked up front, a bad value is one `Error:` line nam
 from __future__ import annotations
 
 import os
-from typing import Dict
 
 from grefel.errors import ConfigError
 
-__all__ = ["VARIABLES", "check_environment"]
-
-# name -> what it sets (its home reads it; docs/reliability.md lists them)
-VARIABLES: Dict[str, str] = {
-    "GREFEL_MAX_PIXELS": "the pixel limit of every image and video decoder (grefel.contract)",
-    "GREFEL_CUDA": "the TensorRT backend's CUDA layer (grefel.runtime.cuda_layer)",
-    "GREFEL_CRASH_DIR": "where the report of a bug is saved (grefel.crash)",
-}
-
+__all__ = ["check_environment"]
 
 def check_environment() -> None:
-    """ConfigError naming the first GREFEL_* variable whose value its home would refuse.
-    Nothing is imported for a variable that is not set."""
+    """ConfigError naming the first GREFEL_* variable whose value its home would refuse:
+    GREFEL_MAX_PIXELS (grefel.contract.max_pixels) and GREFEL_CUDA (grefel.runtime.cuda_layer;
+    GREFEL_CRASH_DIR, any folder, is grefel.crash's). Nothing is imported for a variable that
+    is not set."""
     if os.environ.get("GREFEL_MAX_PIXELS", "").strip():
         from grefel.contract import ImageError, max_pixels
 
