@@ -844,7 +844,7 @@ def export_cmd(ctx: click.Context, source: Path, json_path: Optional[Path],
     from export import ExportError
     from export.pipeline import ExportOptions, planned_outputs, run_export
     from grefel.contract import set_max_pixels
-    from grefel.fileio import display_path
+    from grefel.fileio import display_path, why_unwritable
 
     if max_pixels is not None:
         set_max_pixels(max_pixels)
@@ -893,11 +893,9 @@ def export_cmd(ctx: click.Context, source: Path, json_path: Optional[Path],
                     instances=repo.instances, cuda_graphs=repo.cuda_graphs,
                     log=lambda s: click.echo(s, err=True))  # fmt: skip
             except OSError as exc:  # e.g. a file where DIR or one of its folders should be
-                why = ("a file stands where a folder should be"
-                       if isinstance(exc, (FileExistsError, NotADirectoryError))
-                       else exc.strerror or exc)
                 raise click.ClickException(f"--triton {display_path(triton_repo)}: cannot "
-                                           f"write the model repository ({why})") from None
+                                           "write the model repository "
+                                           f"({why_unwritable(exc)})") from None
             result.artifacts.append(folder / "config.pbtxt")
     except ExportError as exc:
         raise click.ClickException(str(exc)) from None

@@ -25,7 +25,7 @@ from grefel.errors import GrefelError, OutputPathError
 __all__ = ["RUNS", "RUN_MARKER", "Input", "Output", "OutputClash", "UserTextError", "atomic_path",
            "atomic_write_bytes", "atomic_write_json", "check_outputs", "claim_run_folder",
            "deferred_signals", "display_path", "model_inputs", "new_run_folder",
-           "read_user_text", "run_owner", "sha256_file", "write_record"]
+           "read_user_text", "run_owner", "sha256_file", "why_unwritable", "write_record"]
 
 RUNS = Path("runs")  # every command's default output folder: runs/<command>/<name>
 RUN_MARKER = ".grefel-run"  # {"command": ...} in a run folder: the command that owns it
@@ -176,18 +176,24 @@ def atomic_write_json(path: PathLike, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
+def why_unwritable(exc: OSError) -> str:
+    """Why an output could not be written, in words for its one error line: a file where one
+    of its folders should be (FileExistsError / NotADirectoryError from making the folders),
+    else the system's reason (no permission, a full disk)."""
+    if isinstance(exc, (FileExistsError, NotADirectoryError)):
+        return "a file stands where its folder should be"
+    return exc.strerror or str(exc)
+
+
 def write_record(path: PathLike, record: Any, option: str = "--json") -> None:
     """Write a command's JSON record (`--json PATH`) atomically: the one writer every command's
     `--json` goes through. Any OSError (a folder that is a file, no permission, a full disk) is
     an OutputPathError naming the option and the path, for one `Error:` line."""
-
     try:
         atomic_write_json(path, record)
     except OSError as exc:
-        why = exc.strerror or str(exc)
-        if isinstance(exc, (FileExistsError, NotADirectoryError)):
-            why = "a file stands where its folder should be"
-        raise OutputPathError(f"{option} {display_path(path)}: cannot write ({why})") from None
+        raise OutputPathError(f"{option} {display_path(path)}: cannot write "
+                              f"({why_unwritable(exc)})") from None
 
 
 def sha256_file(path: PathLike, chunk: int = 1 << 20) -> str:

@@ -54,7 +54,7 @@ import numpy as np
 from grefel._lazy import require
 from grefel.config import THREADS_MAX, FaceAlignment
 from grefel.errors import GrefelError
-from grefel.fileio import display_path
+from grefel.fileio import display_path, why_unwritable
 from grefel.pipeline import STAGES, FaceResult, Pipeline, Tracker, entropy_confidence
 from grefel.progress import Progress
 from grefel.ranges import check_ranges, range_of, ranged
@@ -654,10 +654,8 @@ def run_predict(
                 Path(out).parent.mkdir(parents=True, exist_ok=True)
                 stream = open(out, "w", newline="", encoding="utf-8")  # noqa: SIM115 - closed below
             except OSError as exc:
-                why = ("a file stands where its folder should be"
-                       if isinstance(exc, (FileExistsError, NotADirectoryError))
-                       else exc.strerror or exc)
-                raise OutputError(f"--out {display_path(out)}: cannot write ({why})") from None
+                raise OutputError(f"--out {display_path(out)}: cannot write "
+                                  f"({why_unwritable(exc)})") from None
             # closing flushes the last buffered records: a full disk can fail it too
             stack.callback(RecordWriter.close_stream, stream, f"--out {display_path(out)}")
         annotator = (
