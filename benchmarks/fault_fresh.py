@@ -1345,7 +1345,8 @@ def cases(scratch: Path) -> List[Case]:
     out.append(Case("two predict --out one file at once", SIDE, "new: concurrent commands",
                     "ok", concurrent_predict_out, whole_records, ok_codes=(0, 1)))
 
-    def synth_interrupted_then_train(w: Path) -> List[Proc]:
+    def synth_interrupted(w: Path) -> Proc:
+        """`data synth --n 3000` Ctrl-C'd once 200 images are drawn."""
         start = time.perf_counter()
         proc = _popen("data", "synth", "--out", w / "ds", "--n", "3000", "--size", "32")
         end = time.monotonic() + 60
@@ -1354,22 +1355,16 @@ def cases(scratch: Path) -> List[Case]:
                 break
             time.sleep(0.05)
         proc.send_signal(signal.SIGINT)
-        first = _finish(proc, start, 60)
-        return [first, train(w, w / "ds")]
+        return _finish(proc, start, 60)
+
+    def synth_interrupted_then_train(w: Path) -> List[Proc]:
+        return [synth_interrupted(w), train(w, w / "ds")]
 
     add("data synth Ctrl-C'd, then train on its folder", "new: interrupted then rerun", "error",
         synth_interrupted_then_train)
 
     def synth_interrupted_then_rerun(w: Path) -> List[Proc]:
-        start = time.perf_counter()
-        proc = _popen("data", "synth", "--out", w / "ds", "--n", "3000", "--size", "32")
-        end = time.monotonic() + 60
-        while time.monotonic() < end and proc.poll() is None:
-            if (w / "ds" / "images").exists() and len(os.listdir(w / "ds" / "images")) > 200:
-                break
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
-        first = _finish(proc, start, 60)
+        first = synth_interrupted(w)
         return [first, grefel("data", "synth", "--out", w / "ds", "--n", "40", "--size", "32")]
 
     def complete_or_refused(procs: List[Proc], work: Path) -> str:
