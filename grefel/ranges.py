@@ -25,11 +25,14 @@ import dataclasses
 import functools
 import math
 from dataclasses import dataclass
-from typing import Any, List, Optional, Type, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type, Union
 
 from grefel.errors import ConfigError
 
-__all__ = ["Range", "check_ranges", "click_type", "range_of", "range_type", "ranged"]
+__all__ = [
+    "Range", "check_choices", "check_ranges", "choices_of", "click_type", "range_of", "range_type",
+    "ranged", "setting",
+]
 
 Number = Union[int, float]
 
@@ -87,6 +90,70 @@ def ranged(default: Any, *, kind: Optional[type] = None, min: Optional[Number] =
             raise TypeError(f"ranged() needs an int or float default or kind, got {kind!r}")
         like = Range(kind=kind, min=min, max=max, min_open=min_open, max_open=max_open)
     return dataclasses.field(default=default, metadata={"range": like})
+
+
+def setting(default: Any = dataclasses.MISSING, *, help: str, kind: Optional[type] = None,
+            min: Optional[Number] = None, max: Optional[Number] = None, min_open: bool = False,
+            max_open: bool = False, like: Optional[Range] = None,
+            choices: Union[Sequence[str], Callable[[], Sequence[str]], None] = None,
+            option: Optional[str] = None, path: Optional[str] = None,
+            default_factory: Any = dataclasses.MISSING, cli: bool = True,
+            help_default: Optional[str] = None) -> Any:
+    """A user setting: a dataclass field that is the one home of its default, its help text and
+    its valid values; the command-line option is generated from it (grefel.cli.options), so
+    nothing restates them.
+
+    help: the option's help text (one sentence or two; the default is shown by Click).
+    kind / min / max / *_open / like: a numeric field's declared Range (see `ranged`); a numeric
+        default (or `kind`) always declares one, unbounded when no bound is given.
+    choices: the allowed strings, or a function returning them (read when the CLI is built, so
+        a list that lives in a heavier module is not imported with the dataclass).
+    option: the option's declaration when it is not the field name ("--fp16/--fp32", "-w");
+        by default `--field-name` (a bool: `--name/--no-name` when it defaults to True, else the
+        flag `--name`).
+    path: "file" or "dir" for a path option (Click checks what it may be).
+    cli: False for a field no command line sets (a library-only setting).
+    help_default: what the help shows as the default when the value itself says little
+        ("$GREFEL_MAX_PIXELS, else 89,478,485").
+    """
+    metadata: Dict[str, Any] = {"help": help, "cli": cli}
+    numeric = kind in (int, float) or (kind is None and isinstance(default, (int, float))
+                                       and not isinstance(default, bool))
+    if like is not None or numeric:
+        if like is None:
+            like = Range(kind=kind or type(default), min=min, max=max, min_open=min_open,
+                         max_open=max_open)
+        metadata["range"] = like
+    for key, value in (("choices", choices), ("option", option), ("path", path),
+                       ("help_default", help_default)):
+        if value is not None:
+            metadata[key] = value
+    if default_factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=default_factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def choices_of(field: dataclasses.Field) -> Optional[Tuple[str, ...]]:
+    """The allowed values of a `setting` field (None: any), its function called if it is one."""
+    choices = field.metadata.get("choices")
+    if choices is None:
+        return None
+    return tuple(choices() if callable(choices) else choices)
+
+
+def check_choices(obj: Any) -> None:
+    """Raise ConfigError for a field of `obj` whose value is not one of its declared choices
+    (a list given as a function is left to its own module: reading it may import that)."""
+    problems = []
+    for f in dataclasses.fields(obj):
+        if callable(f.metadata.get("choices")):
+            continue
+        allowed, value = choices_of(f), getattr(obj, f.name)
+        if allowed is not None and value not in allowed and not (
+                value is None and f.default is None):
+            problems.append(f"{f.name} must be one of {', '.join(allowed)}, got {value!r}")
+    if problems:
+        raise ConfigError(f"invalid {type(obj).__name__}: " + "; ".join(problems))
 
 
 def range_of(cls: Type[Any], name: str) -> Range:
