@@ -43,6 +43,7 @@ def pipeline_rows(
 ) -> List[Dict[str, Any]]:
     """One row per (weights, detector, det_every); a row that cannot run says why."""
     from grefel._lazy import MissingDependency
+    from grefel.config import FaceAlignment
     from grefel.predict import PredictOptions, RecordWriter, stream_predictions
     from grefel.progress import Progress
     from grefel.runtime import BackendError, open_backend
@@ -63,8 +64,9 @@ def pipeline_rows(
                 if progress:
                     progress(f"pipeline: {Path(path).name} {det} det_every={every} ...")
                 try:
-                    opts = PredictOptions(detector=det, det_every=every, det_size=det_size,
-                                          threads=threads, max_frames=max_frames)
+                    opts = PredictOptions(face=FaceAlignment(detector=det, det_size=det_size),
+                                          det_every=every, threads=threads,
+                                          max_frames=max_frames)
                     load0 = os.getloadavg()[0]
                     with open_backend(path, threads=threads) as backend, \
                             open(os.devnull, "w") as sink:

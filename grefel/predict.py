@@ -52,12 +52,21 @@ from typing import IO, Any, Callable, Dict, Iterator, List, Optional, Sequence, 
 import numpy as np
 
 from grefel._lazy import require
-from grefel.config import THREADS_MAX, FaceAlignment
+from grefel.config import INFERENCE_THREADS, FaceAlignment
 from grefel.errors import GrefelError
 from grefel.fileio import display_path, why_unwritable
-from grefel.pipeline import STAGES, FaceResult, Pipeline, Tracker, entropy_confidence
+from grefel.pipeline import (
+    SMOOTH,
+    STAGES,
+    THRESHOLD,
+    FaceResult,
+    Pipeline,
+    Tracker,
+    entropy_confidence,
+    face_pipeline,
+)
 from grefel.progress import Progress
-from grefel.ranges import check_ranges, range_of, ranged
+from grefel.ranges import check_ranges, setting
 from grefel.runtime.base import Backend
 from grefel.runtime.sources import (
     ANNOTATED_MARKER,
@@ -180,36 +189,43 @@ def signals_end_run(signums: Sequence[int] = (signal.SIGTERM, signal.SIGHUP)) ->
 
 @dataclass(frozen=True)
 class PredictOptions:
-    aligned: bool = False  # inputs are face crops: no detection, the whole image is classified
-    # confidence below this marks a record `uncertain`
-    threshold: float = ranged(0.3, min=0, max=1)
-    # weight of the previous frame in the per-face smoothing (0: off)
-    smooth: float = ranged(0.6, min=0, max=1, max_open=True)
-    # most faces per backend call when frames are batched (a frame is not split)
-    batch: int = ranged(32, min=1)
-    max_frames: Optional[int] = ranged(None, kind=int, min=1)
-    # crop margin (None: 0.2 square crops, 0 aligned faces); the detector, its input size and
-    # the smallest face: grefel.config.FaceAlignment's defaults and ranges, which the dataset
-    # path shares
-    margin: Optional[float] = ranged(FaceAlignment.margin, like=range_of(FaceAlignment, "margin"))
-    detector: str = FaceAlignment.detector  # grefel.runtime.detectors.DETECTORS
-    # longest side the detector sees (0: full frame)
-    det_size: int = ranged(FaceAlignment.det_size, like=range_of(FaceAlignment, "det_size"))
-    # detect every N frames of a stream, follow the faces in between
-    det_every: int = ranged(1, min=1)
-    align: bool = FaceAlignment.align  # warp faces with keypoints onto the 5-point template
-    # smallest face side kept, frame pixels
-    min_face: int = ranged(FaceAlignment.min_face, like=range_of(FaceAlignment, "min_face"))
-    # frames per backend call (1: each frame's records before the next)
-    batch_frames: int = ranged(1, min=1)
-    # CPU threads of the backend, detector and OpenCV (None: all)
-    threads: Optional[int] = ranged(None, kind=int, min=1, max=THREADS_MAX)
-    show: bool = False  # show the annotated frames in a window
-    low_memory: bool = False  # ONNX Runtime without the NCHWc layout copy of the weights
-    cuda_graph: bool = False  # TensorRT: replay each batch shape as a CUDA graph (cuda-bindings)
+    """`grefel predict`'s settings (its options are generated from these fields); how faces
+    are found and prepared is `face`, the FaceAlignment that training and serve share."""
+
+    aligned: bool = setting(
+        False, help="Inputs are face crops: no face detection, the whole image is classified "
+                    "(without it, a frame where no face is found gets a record with face false "
+                    "and no label).")
+    threshold: float = setting(THRESHOLD, min=0, max=1,
+                               help="Records with confidence below this are marked uncertain.")
+    smooth: float = setting(SMOOTH, min=0, max=1, max_open=True,
+                            help="Per-face smoothing across video frames (weight of the past; "
+                                 "0 = off).")
+    batch: int = setting(32, min=1, help="Most faces per backend call when --batch-frames > 1 "
+                                         "(a frame is not split).")
+    batch_frames: int = setting(1, min=1, help="Frames per backend call; 1: each frame's "
+                                               "records are written before the next frame is "
+                                               "read.")
+    max_frames: Optional[int] = setting(None, kind=int, min=1,
+                                        help="Stop after this many frames.")
+    face: FaceAlignment = setting(default_factory=FaceAlignment,
+                                  help="How faces are found and prepared.")
+    det_every: int = setting(1, min=1, help="Video: detect every N frames, follow the faces in "
+                                            "between.")
+    threads: Optional[int] = setting(
+        None, like=INFERENCE_THREADS,
+        help="CPU threads of the backend, the detector and OpenCV (default: all).")
+    show: bool = setting(False, help="Show the annotated frames in a window (q quits).")
+    low_memory: bool = setting(
+        False, help="ONNX Runtime: skip the NCHWc layout optimisation (its re-laid copy of the "
+                    "convolution weights): less memory, 2-3x slower CPU convolutions.")
+    cuda_graph: bool = setting(
+        False, help="TensorRT engine: replay each batch shape as a CUDA graph (cuda-bindings; "
+                    "one warning and plain runs where capture is not possible).")
 
     def __post_init__(self) -> None:
         check_ranges(self)
+        object.__setattr__(self, "face", FaceAlignment.coerce(self.face))
 
 
 @dataclass
@@ -462,26 +478,12 @@ class ShowError(GrefelError, RuntimeError):
 def predict_pipeline(
     backend: Optional[Backend], opts: PredictOptions, video: bool, detector: Any = None
 ) -> Pipeline:
-    """The Pipeline of `grefel predict` for `opts`: for a video, camera or stream (`video`),
-    detection every `det_every` frames, tracks and smoothing; for still images, every image
-    detected on its own, no tracks (also `grefel serve`'s grefel_image, and, without a
-    backend, the dataset images of `grefel train` / `eval --align-faces detect`).
+    """The Pipeline of `grefel predict` for `opts` (grefel.pipeline.face_pipeline).
 
-    detector: a detector object replacing `opts.detector` (tests, other detectors)."""
-    det = "none" if opts.aligned else (detector if detector is not None else opts.detector)
-    return Pipeline(
-        backend,
-        detector=det,
-        det_size=opts.det_size,
-        det_every=opts.det_every if video else 1,
-        align=opts.align,
-        margin=opts.margin,
-        min_face=opts.min_face,
-        threshold=opts.threshold,
-        smooth=opts.smooth,
-        track=video,
-        threads=opts.threads,
-    )
+    detector: a detector object replacing `opts.face.detector` (tests, other detectors)."""
+    return face_pipeline(backend, opts.face, video=video, aligned=opts.aligned,
+                         det_every=opts.det_every, threshold=opts.threshold, smooth=opts.smooth,
+                         threads=opts.threads, detector=detector)
 
 
 class _Predictor:

@@ -70,11 +70,11 @@ import numpy as np
 
 from grefel import contract
 from grefel._lazy import MissingDependency, require
+from grefel.config import INFERENCE_THREADS, FaceAlignment
 from grefel.errors import GrefelError
 from grefel.fileio import display_path
-from grefel.pipeline import FaceResult, Pipeline
-from grefel.predict import PredictOptions, predict_pipeline
-from grefel.ranges import Range, check_ranges, range_of, ranged
+from grefel.pipeline import FaceResult, Pipeline, face_pipeline
+from grefel.ranges import Range, check_ranges, setting
 from grefel.runtime import Backend, open_backend
 
 __all__ = [
@@ -113,41 +113,43 @@ class RequestError(GrefelError, ValueError):
 
 @dataclass(frozen=True)
 class ServeOptions:
-    max_batch: int = ranged(8, min=1)  # samples per backend call (Triton's max_batch_size)
-    # dynamic batcher: longest wait for more requests, microseconds (0: none)
-    queue_delay_us: int = ranged(2000, min=0)
-    instances: int = ranged(1, min=1)  # model instances (one backend each) per model
-    host: str = "127.0.0.1"  # HTTP, gRPC and metrics bind address
-    http_port: int = ranged(8000, like=PORT)
-    grpc_port: int = ranged(8001, like=PORT)
-    metrics_port: int = ranged(8002, like=PORT)
-    device: Optional[str] = None  # ONNX Runtime / PyTorch device (None: CUDA when present)
-    # CPU threads per backend (and grefel_image's face detector)
-    threads: Optional[int] = ranged(None, like=range_of(PredictOptions, "threads"))
-    exit_timeout_s: int = ranged(30, min=0)  # how long a stop waits for in-flight requests
-    # grefel_image's faces: grefel predict's options for a still image, defaults and ranges
-    detector: str = PredictOptions.detector  # grefel.runtime.detectors.DETECTORS
-    # longest side the detector sees (0: full image)
-    det_size: int = ranged(PredictOptions.det_size, like=range_of(PredictOptions, "det_size"))
-    # smallest face side kept, image pixels
-    min_face: int = ranged(PredictOptions.min_face, like=range_of(PredictOptions, "min_face"))
-    align: bool = PredictOptions.align  # warp faces with keypoints onto the 5-point template
-    # None: 0.2 square crops, 0 aligned faces
-    margin: Optional[float] = ranged(PredictOptions.margin, like=range_of(PredictOptions, "margin"))
-    aligned: bool = PredictOptions.aligned  # images are face crops: no detection, whole image
-    log_file: Optional[Path] = None  # tritonserver's log (None: on stdout, as `grefel serve -v`)
+    """`grefel serve`'s settings (its options are generated from these fields); grefel_image
+    finds and prepares faces by `face`, the FaceAlignment predict and training share."""
+
+    max_batch: int = setting(8, min=1, help="Most samples per backend call (Triton "
+                                            "max_batch_size).")
+    queue_delay_us: int = setting(2000, min=0, help="Dynamic batching: longest wait for more "
+                                                    "requests, microseconds.")
+    instances: int = setting(1, min=1, help="Model instances (one backend each) per model.")
+    host: str = setting("127.0.0.1", help="Bind address (0.0.0.0: every interface).")
+    http_port: int = setting(8000, like=PORT, help="HTTP port.")
+    grpc_port: int = setting(8001, like=PORT, help="gRPC port.")
+    metrics_port: int = setting(8002, like=PORT, help="Prometheus metrics port.")
+    # ONNX Runtime / PyTorch device (None: CUDA when present); the CLI's --device auto|cpu|cuda
+    device: Optional[str] = setting(None, cli=False, help="ONNX Runtime / PyTorch device.")
+    threads: Optional[int] = setting(None, like=INFERENCE_THREADS,
+                                     help="CPU threads per backend and per face detector.")
+    exit_timeout_s: int = setting(30, min=0, option="--exit-timeout",
+                                  help="On SIGTERM, seconds to wait for in-flight requests.")
+    face: FaceAlignment = setting(default_factory=FaceAlignment,
+                                  help="How grefel_image finds and prepares faces.")
+    aligned: bool = setting(
+        False, help="grefel_image: the images are face crops: no face detection, the whole "
+                    "image is classified (without it, an image without a face gets face false, "
+                    "NaN probs and an empty label).")
+    # tritonserver's log (None: on stdout, as `grefel serve -v`); the CLI's --out / -v
+    log_file: Optional[Path] = setting(None, cli=False, help="tritonserver's log file.")
 
     def __post_init__(self) -> None:
         check_ranges(self)
+        object.__setattr__(self, "face", FaceAlignment.coerce(self.face))
 
 
 def image_pipeline(backend: Backend, opts: ServeOptions) -> Pipeline:
     """The Pipeline that prepares grefel_image's faces: the one `grefel predict` builds for
-    still images with the same options (each image detected on its own, no tracks)."""
-    faces = PredictOptions(detector=opts.detector, det_size=opts.det_size,
-                           min_face=opts.min_face, align=opts.align, margin=opts.margin,
-                           aligned=opts.aligned, threads=opts.threads)
-    return predict_pipeline(backend, faces, video=False)
+    still images with the same FaceAlignment (each image detected on its own, no tracks)."""
+    return face_pipeline(backend, opts.face, video=False, aligned=opts.aligned,
+                         threads=opts.threads)
 
 
 def check_environment() -> Any:

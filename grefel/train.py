@@ -41,7 +41,16 @@ import torch
 import torch.distributed as dist
 
 from grefel.checkpoint import save_checkpoint
-from grefel.config import MODEL_OVERRIDES, VARIANTS, DataConfig, GReFELConfig, TrainConfig
+from grefel.config import (
+    LEGACY_FACE_KEYS,
+    MODEL_OVERRIDES,
+    VARIANTS,
+    DataConfig,
+    FaceAlignment,
+    GReFELConfig,
+    TrainConfig,
+    upgrade_data_dict,
+)
 from grefel.devices import DeviceError, resolve_device
 from grefel.evaluate import collect_outputs as predict
 from grefel.fileio import atomic_write_bytes, atomic_write_json, deferred_signals
@@ -99,45 +108,61 @@ def _typed_value(pair: str, key: str, raw: str, type_name: str) -> Any:
 def apply_overrides(
     data_cfg: DataConfig, train_cfg: TrainConfig, pairs: Sequence[str]
 ) -> Tuple[DataConfig, TrainConfig]:
-    """Apply `key=value` overrides (`lr=1e-3`, `data.workers=2`); values are JSON or strings,
-    checked against the field's type (a wrong type is a ValueError naming the key)."""
-    changes: Dict[str, Dict[str, Any]] = {"data": {}, "train": {}}
+    """Apply `key=value` overrides (`lr=1e-3`, `data.workers=2`, `data.face.min_face=20`, or
+    the older `data.face_min_face=20`); values are JSON or strings, checked against the field's
+    type (a wrong type is a ValueError naming the key)."""
+    changes: Dict[str, Dict[str, Any]] = {"data": {}, "train": {}, "face": {}}
     fields = {name: {f.name: f for f in dataclasses.fields(c)}
-              for name, c in (("data", data_cfg), ("train", train_cfg))}
+              for name, c in (("data", data_cfg), ("train", train_cfg), ("face", FaceAlignment))}
+    del fields["data"]["face"]
+    legacy = {old: new for old, new in LEGACY_FACE_KEYS.items()}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         scope, _, name = key.strip().rpartition(".")
+        if scope == "data.face":
+            scope = "face"
+        elif scope in ("data", "") and name in legacy:
+            scope, name = "face", legacy[name]
         scopes = [scope] if scope else [s for s in ("train", "data") if name in fields[s]]
         if not sep or not scopes or scopes[0] not in fields or name not in fields[scopes[0]]:
             raise ValueError(f"bad override {pair!r}: use KEY=VALUE with a DataConfig or "
                              f"TrainConfig field ({', '.join(sorted(fields['train']))}; "
-                             f"data.{', data.'.join(sorted(fields['data']))})")
+                             f"data.{', data.'.join(sorted(fields['data']))}; "
+                             f"data.face.{', data.face.'.join(sorted(fields['face']))})")
         field = fields[scopes[0]][name]
         changes[scopes[0]][name] = _typed_value(pair, key.strip(), raw, str(field.type))
-    return (dataclasses.replace(data_cfg, **changes["data"]),
+    face = dataclasses.replace(data_cfg.face, **changes["face"])
+    return (dataclasses.replace(data_cfg, face=face, **changes["data"]),
             dataclasses.replace(train_cfg, **changes["train"]))
 
 
 def configs_from_options(
     options: Dict[str, Any], overrides: Sequence[str] = (), given: Optional[Set[str]] = None
 ) -> Tuple[DataConfig, TrainConfig]:
-    """Split flat `grefel train` options between the two configs, then apply KEY=VALUE.
+    """Split `grefel train` options between the two configs, then apply KEY=VALUE. `face` is a
+    FaceAlignment (or its dict); the other options are fields of DataConfig or TrainConfig.
 
-    With `resume` set and `given` (the names of the options the command line gave), the options
-    not given take the run's values from OUT/config.json: `--resume --epochs 8` continues the
-    run as it was started. What a given option may change is checked when the run is built
-    (grefel.train_state.RESUME_MAY_CHANGE).
+    With `resume` set and `given` (the names of the settings the command line gave; a face
+    setting as `face.NAME`), the settings not given take the run's values from OUT/config.json:
+    `--resume --epochs 8` continues the run as it was started. What a given option may change
+    is checked when the run is built (grefel.train_state.RESUME_MAY_CHANGE).
     """
     data_keys = {f.name for f in dataclasses.fields(DataConfig)}
     train_keys = {f.name for f in dataclasses.fields(TrainConfig)}
+    options = dict(options)
+    face = dataclasses.asdict(FaceAlignment.coerce(options.pop("face", FaceAlignment())))
     if options.get("resume") and given is not None:
         saved = read_run_config(Path(options["out"]))
-        run_values = {k: v for scope in ("data", "train") for k, v in saved[scope].items()
-                      if k in data_keys | train_keys}
+        saved_data = upgrade_data_dict(saved["data"])
+        run_values = {k: v for scope in (saved_data, saved["train"]) for k, v in scope.items()
+                      if k in (data_keys | train_keys) - {"face"}}
         options = {**options, **run_values,
                    **{k: v for k, v in options.items() if k in given},
                    "out": options["out"], "resume": True}
-    d = DataConfig(**{k: v for k, v in options.items() if k in data_keys})
+        face = {**face, **{k: v for k, v in saved_data.get("face", {}).items()
+                           if f"face.{k}" not in given}}
+    d = DataConfig(face=FaceAlignment.coerce(face),
+                   **{k: v for k, v in options.items() if k in data_keys - {"face"}})
     t = TrainConfig(**{k: v for k, v in options.items() if k in train_keys})
     return apply_overrides(d, t, overrides)
 
@@ -609,7 +634,7 @@ def align_split(d: DataConfig, samples: Sequence[Any], rank: int, world: int,
     reads the whole split back from the cache (the counts are then all "from the cache")."""
     from grefel.data.datasets import resolve_kind
 
-    alignment = d.face_alignment().for_dataset(resolve_kind(d.root, d.dataset, split))
+    alignment = d.face.for_dataset(resolve_kind(d.root, d.dataset, split))
     if alignment.mode == "off":
         return None
     from grefel.align_data import AlignError, align_samples
@@ -745,6 +770,15 @@ def init_from_checkpoint(
     return model, report
 
 
+def _with_defaults(defaults: Dict[str, Any], saved: Dict[str, Any]) -> Dict[str, Any]:
+    """`saved` with every setting it lacks (nested ones included) at its default."""
+    merged = {**defaults, **saved}
+    for name, value in defaults.items():
+        if isinstance(value, dict) and isinstance(saved.get(name), dict):
+            merged[name] = _with_defaults(value, saved[name])
+    return merged
+
+
 def _check_out(out: Path, cfg: TrainConfig, config: Dict[str, Any]) -> Dict[str, List[Any]]:
     """Refuse to overwrite a run, or to resume a missing one or with settings that change what
     it means (grefel.train_state.RESUME_MAY_CHANGE); returns the allowed changes."""
@@ -757,9 +791,10 @@ def _check_out(out: Path, cfg: TrainConfig, config: Dict[str, Any]) -> Dict[str,
     if not cfg.resume:
         return {}
     saved = read_run_config(out)
+    saved["data"] = upgrade_data_dict(saved["data"])  # face settings saved before they nested
     for scope, defaults in (("data", DataConfig()), ("train", TrainConfig())):
         # a setting added after the run was saved is compared with its default (what it ran)
-        saved[scope] = {**dataclasses.asdict(defaults), **saved[scope]}
+        saved[scope] = _with_defaults(dataclasses.asdict(defaults), saved[scope])
     refused, allowed = resume_differences(saved, config)
     if refused:
         raise TrainingError(

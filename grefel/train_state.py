@@ -225,7 +225,7 @@ def resume_differences(
     refused: List[str] = []
     allowed: Dict[str, List[Any]] = {}
     for scope in ("model", "data", "train"):
-        before, after = saved.get(scope, {}), now.get(scope, {})
+        before, after = _flat(saved.get(scope, {})), _flat(now.get(scope, {}))
         for name in sorted(set(before) | set(after)):
             key = f"{scope}.{name}"
             b, a = before.get(name), after.get(name)
@@ -239,6 +239,18 @@ def resume_differences(
         refused.append(f"world_size (processes): run {saved.get('world_size', 1)}, now "
                        f"{now.get('world_size', 1)}")
     return refused, allowed
+
+
+def _flat(config: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    """A config dict with its nested settings (`data.face`) as dotted keys (`face.min_face`),
+    so a difference names the one setting that changed."""
+    out: Dict[str, Any] = {}
+    for name, value in config.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{name}."))
+        else:
+            out[f"{prefix}{name}"] = value
+    return out
 
 
 def resume_help() -> str:

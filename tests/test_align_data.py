@@ -10,6 +10,7 @@ pixels) and counts its calls; nothing depends on an installed face detector.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import json
@@ -262,7 +263,7 @@ def test_eval_align_faces_records_settings_and_no_face_count(patched, tmp_path: 
     a = report["alignment"]
     assert (a["mode"], a["detector"], a["detector_requested"], a["no_face"]) == (
         "detect", "pasted", "haar", 2)
-    assert a["det_size"] == PredictOptions.det_size and a["min_face"] == PredictOptions.min_face
+    assert a["det_size"] == FaceAlignment.det_size and a["min_face"] == FaceAlignment.min_face
     res = CliRunner().invoke(cli, args[:-1] + [str(tmp_path / "ev2")])
     assert res.exit_code == 0 and det.calls == 6  # the second eval read the cache
     plain = CliRunner().invoke(cli, args[:8] + ["--out", str(tmp_path / "ev3")])
@@ -309,7 +310,7 @@ def test_train_align_faces_records_alignment(patched, tmp_path: Path) -> None:
     assert summary["alignment"]["val"]["reused"] == 6  # the same files: aligned once
     assert json.loads((out / "alignment.json").read_text()) == summary["alignment"]
     config = json.loads((out / "config.json").read_text())
-    assert config["data"]["align_faces"] == "detect" and config["data"]["face_min_face"] == 20
+    assert config["data"]["face"]["mode"] == "detect" and config["data"]["face"]["min_face"] == 20
     face = read_meta(out / "best.safetensors")["preprocessing"]["face_alignment"]
     assert (face["mode"], face["detector"], face["min_face"]) == ("detect", "pasted", 20)
     assert det.calls == 6
@@ -347,15 +348,15 @@ def test_a_run_saved_before_alignment_resumes(tmp_path: Path) -> None:
     out.mkdir()
     (out / "last.state.pt").write_bytes(b"")
     d, t = DataConfig(root="x"), TrainConfig(out=str(out), resume=True)
-    now = {"model": {}, "data": json.loads(json.dumps(d.__dict__)),
-           "train": json.loads(json.dumps(t.__dict__))}
+    now = {"model": {}, "data": json.loads(json.dumps(dataclasses.asdict(d))),
+           "train": json.loads(json.dumps(dataclasses.asdict(t)))}
     saved = json.loads(json.dumps(now))
-    for key in [k for k in saved["data"] if k.startswith(("align_", "face_"))]:
+    for key in [k for k in saved["data"] if k.startswith(("align_", "face"))]:
         del saved["data"][key]
     (out / "config.json").write_text(json.dumps(saved))
     assert _check_out(out, t, now) == {}
     moved = DataConfig(root="x", align_cache=str(tmp_path / "c"))
-    now["data"] = json.loads(json.dumps(moved.__dict__))
+    now["data"] = json.loads(json.dumps(dataclasses.asdict(moved)))
     assert _check_out(out, t, now) == {"data.align_cache": ["", str(tmp_path / "c")]}
 
 

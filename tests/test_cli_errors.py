@@ -354,7 +354,7 @@ def test_option_defaults_still_match_the_dataclasses() -> None:
     """Moving ranges into field metadata keeps the defaults the CLI reads."""
     fields = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     assert fields["lr"] == 3e-4 and fields["head_dropout"] is None
-    assert PredictOptions.det_size == FaceAlignment.det_size == 640
+    assert PredictOptions().face.det_size == FaceAlignment.det_size == 640
 
 
 @pytest.mark.parametrize("name, value, argv", [

@@ -17,9 +17,19 @@ from click.core import ParameterSource
 # The settings dataclasses own every numeric option's range (grefel.ranges); all torch-free.
 from benchmarks.check import CheckOptions
 from export.options import ExportOptions, TritonRepoOptions
-from grefel.config import DataConfig, GReFELConfig, PretrainConfig, TrainConfig
+from grefel.cli.options import OptionGroup
+from grefel.config import DataConfig, FaceAlignment, GReFELConfig, PretrainConfig, TrainConfig
 from grefel.predict import PredictOptions
 from grefel.serve import ServeOptions
+
+# The options generated from the settings dataclasses (grefel.cli.options): how faces are found
+# and prepared (predict, serve), the same with the dataset mode --align-faces (train, eval,
+# pretrain), and the commands' own settings around them.
+FACE = OptionGroup(FaceAlignment, prefix="face_", skip=("mode",))
+ALIGN = OptionGroup(FaceAlignment, prefix="face_", when="[--align-faces detect/auto] ",
+                    plain=("mode",))
+PREDICT = OptionGroup(PredictOptions, nested={"face": FACE})
+SERVE = OptionGroup(ServeOptions, nested={"face": FACE})
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "max_content_width": 100}
 
@@ -282,73 +292,27 @@ def _resume_epilog() -> str:
             "and what it changed.\n")
 
 
-def _face_option_list(prefix: str = "", when: str = "") -> List[Any]:
-    """Finding and preparing faces: `grefel predict`, `grefel serve` (its grefel_image model)
-    and `grefel train` / `eval --align-faces detect` (parameter names `prefix` + the
-    PredictOptions field, help texts after `when`); defaults from grefel.predict.PredictOptions
-    (grefel.config.FaceAlignment's)."""
-    from grefel.predict import PredictOptions
-    from grefel.runtime.detectors import DETECTORS
-
-    o = PredictOptions()
-    return [
-        click.option("--detector", f"{prefix}detector", type=click.Choice(list(DETECTORS)),
-                     default=o.detector,
-                     help=when + "Face detector: BlazeFace (keypoints; its models ship "
-                          "inside grefel), Haar (no keypoints); auto: BlazeFace full range, then "
-                          "short range for close-up faces (docs/predict.md)."),
-        click.option("--det-size", f"{prefix}det_size", type=_ranged(PredictOptions, "det_size"),
-                     default=o.det_size,
-                     help=when + "Longest side of the frame the detector sees (0: full size)."),
-        click.option("--align/--no-align", f"{prefix}align", default=o.align,
-                     help=when + "Warp faces with keypoints onto the 5-point 112 px template."),
-        click.option("--margin", f"{prefix}margin", type=_ranged(PredictOptions, "margin"),
-                     default=o.margin,
-                     help=when + "Crop margin, fraction of the face side [0.2 square crops, 0 "
-                                 "aligned]."),
-        click.option("--min-face", f"{prefix}min_face", type=_ranged(PredictOptions, "min_face"),
-                     default=o.min_face, help=when + "Smallest face side kept, frame pixels."),
-    ]
-
-
-def _face_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """`_face_option_list()` as a decorator (predict, serve)."""
-    return _with_options(_face_option_list)(func)
-
-
-def _align_options() -> List[Any]:
-    """`--align-faces`, predict's face options (parameters face_*) and `--align-cache`, for
-    train and eval; defaults from grefel.config.FaceAlignment (the ones predict uses)."""
-    from grefel.config import ALIGN_MODES, FaceAlignment
-
-    return [
-        click.option("--align-faces", "align_faces", type=click.Choice(ALIGN_MODES),
-                     default=FaceAlignment.mode,
-                     help="detect: find and align each image's face as `grefel predict` does "
-                          "a still image (--detector, --det-size, --align, --margin, "
-                          "--min-face; the whole image when no face is found), once, cached as "
-                          "112 px crops; off: images are used as given (aligned faces); auto: "
-                          "detect for datasets of photos (muxspace), off for the others."),
-        *_face_option_list("face_", "[--align-faces detect/auto] "),
-        click.option("--align-cache", "align_cache", type=click.Path(file_okay=False),
-                     default="", show_default=False,
-                     help="Folder of the cached aligned crops (keyed by image content and "
-                          "settings) [default: $XDG_CACHE_HOME/grefel/aligned, else "
-                          "~/.cache/grefel/aligned]."),
-    ]
+def _align_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """train, eval and pretrain: `--align-faces` and the face options (ALIGN, generated from
+    grefel.config.FaceAlignment, the settings predict and serve share), and `--align-cache`."""
+    func = click.option(
+        "--align-cache", "align_cache", type=click.Path(file_okay=False), default="",
+        show_default=False,
+        help="Folder of the cached aligned crops (keyed by image content and settings) "
+             "[default: $XDG_CACHE_HOME/grefel/aligned, else ~/.cache/grefel/aligned].")(func)
+    return ALIGN(func)
 
 
 def _check_align_options(ctx: click.Context, mode: str, data: Optional[str],
                          dataset: str) -> None:
     """UsageError for face alignment settings given while --align-faces is off, or auto on a
     dataset where auto means off (a layout the library then reports if it cannot tell)."""
-    given = [p.opts[0] for p in ctx.command.params
-             if (p.name or "").startswith("face_") or p.name == "align_cache"
-             if ctx.get_parameter_source(p.name or "") is not ParameterSource.DEFAULT]
+    given = [name for name in ALIGN.given_options(ctx) if name != "--align-faces"]
+    if ctx.get_parameter_source("align_cache") is not ParameterSource.DEFAULT:
+        given.append("--align-cache")
     if not given or mode == "detect":
         return
     if mode == "auto" and data:
-        from grefel.config import FaceAlignment
         from grefel.data import DatasetError
         from grefel.data.datasets import resolve_kind
 
@@ -477,10 +441,10 @@ def _train_options(func):
                           "import --kind posterv2`): its architecture, every tensor that fits "
                           "(strict), fresh class-dependent tensors when the classes differ; "
                           "writes init.json."),
-        *_align_options(),
         click.option("--json", "json_path", type=click.Path(dir_okay=False),
                      help="Write the run summary as JSON."),
     ]
+    func = _align_options(func)
     for option in reversed(options):
         func = option(func)
     return func
@@ -528,14 +492,16 @@ def train(**opts) -> None:
             raise click.UsageError("Missing option '--out' (the run folder to resume).")
         opts["out"] = _default_train_folder(opts["preset"])
     ctx = click.get_current_context()
-    given = {k for k in opts if ctx.get_parameter_source(k) is not ParameterSource.DEFAULT}
+    opts["face"] = ALIGN.build(opts)
+    given = {k for k in opts if ctx.get_parameter_source(k) not in (None, ParameterSource.DEFAULT)}
+    given |= {f"face.{name}" for name in ALIGN.given(ctx)}
     try:
         d, t = configs_from_options(opts, opts.pop("overrides"), given=given)
     except TrainingError as exc:
         raise _user_error(exc) from None
     except (TypeError, ValueError) as exc:
         raise click.BadParameter(str(exc)) from None
-    _check_align_options(ctx, d.align_faces, d.root, d.dataset)
+    _check_align_options(ctx, d.face.mode, d.root, d.dataset)
     _check_outputs(
         [Input("--data", d.root or None, "the dataset folder", folder=True),
          *model_inputs("--init", t.init or None, "the checkpoint"),
@@ -590,9 +556,9 @@ Examples:
                    "else fp16, the FP16 gate's).")
 @click.option("--strict", is_flag=True, help="Unreadable images are an error.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write JSON here.")
-@_with_options(_align_options)
+@_align_options
 def eval_(checkpoint, data, dataset, split, out, batch_size, workers, device, threads, reference,
-          criteria, strict, json_path, align_faces, align_cache, **face):
+          criteria, strict, json_path, align_cache, **face):
     """Accuracy, macro-F1, confusion, calibration, embedding and per-group bias of MODEL.
 
     MODEL is a checkpoint (.safetensors, PyTorch), an exported .onnx (FP32, FP16 or INT8; ONNX
@@ -607,7 +573,6 @@ def eval_(checkpoint, data, dataset, split, out, batch_size, workers, device, th
 
     from export.compare import CRITERIA, artifact_precision, measure_agreement
     from grefel.checkpoint import CheckpointError
-    from grefel.config import FaceAlignment
     from grefel.data import DatasetError
     from grefel.evaluate import (
         EvalError,
@@ -618,8 +583,8 @@ def eval_(checkpoint, data, dataset, split, out, batch_size, workers, device, th
     from grefel.progress import Progress
     from grefel.train_state import TrainingError
 
-    _check_align_options(click.get_current_context(), align_faces, data, dataset)
-    alignment = FaceAlignment(mode=align_faces, **{k[len("face_"):]: v for k, v in face.items()})
+    alignment = ALIGN.build(face)
+    _check_align_options(click.get_current_context(), alignment.mode, data, dataset)
     model = _model_or_default(checkpoint)
     if not model.is_file():
         raise click.ClickException(f"{model}: no such model file")
@@ -962,10 +927,6 @@ Examples:
     help="A .engine (TensorRT), .onnx (ONNX Runtime) or .safetensors checkpoint [default: the "
          "model that ships inside grefel, docs/models.md].",
 )
-@click.option("--aligned", is_flag=True,
-              help="Inputs are face crops: no face detection, the whole image is classified "
-                   "(without it, a frame where no face is found gets a record with face false "
-                   "and no label).")
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl")
 @click.option(
     "--out",
@@ -978,37 +939,7 @@ Examples:
     help="Annotated copy, written to exactly this name: .png/.jpg for an image, a folder for "
          "a folder, .avi/.mp4 for a video or camera (anything else is refused).",
 )
-@click.option(
-    "--threshold",
-    type=_ranged(PredictOptions, "threshold"),
-    default=0.3,
-    help="Records with confidence below this are marked uncertain.",
-)
-@click.option(
-    "--smooth",
-    type=_ranged(PredictOptions, "smooth"),
-    default=0.6,
-    help="Per-face smoothing across video frames (weight of the past; 0 = off).",
-)
-@click.option("--batch", type=_ranged(PredictOptions, "batch"), default=32,
-              help="Most faces per backend call when --batch-frames > 1 (a frame is not split).")
-@click.option("--batch-frames", type=_ranged(PredictOptions, "batch_frames"), default=1,
-              help="Frames per backend call; 1: each frame's records are written before the "
-                   "next frame is read.")
-@click.option("--max-frames", type=_ranged(PredictOptions, "max_frames"),
-              help="Stop after this many frames.")
-@_face_options
-@click.option("--det-every", type=_ranged(PredictOptions, "det_every"), default=1,
-              help="Video: detect every N frames, follow the faces in between.")
-@click.option("--threads", type=_ranged(PredictOptions, "threads"),
-              help="CPU threads of the backend, the detector and OpenCV (default: all).")
-@click.option("--show", is_flag=True, help="Show the annotated frames in a window (q quits).")
-@click.option("--low-memory", is_flag=True,
-              help="ONNX Runtime: skip the NCHWc layout optimisation (its re-laid copy of the "
-                   "convolution weights): less memory, 2-3x slower CPU convolutions.")
-@click.option("--cuda-graph", is_flag=True,
-              help="TensorRT engine: replay each batch shape as a CUDA graph (cuda-bindings; "
-                   "one warning and plain runs where capture is not possible).")
+@PREDICT
 @click.option(
     "--device",
     type=click.Choice(["auto", "cpu", "cuda"]),
@@ -1053,7 +984,6 @@ def predict_command(
     from grefel.fileio import Input, Output, display_path, model_inputs
     from grefel.predict import (
         OutputError,
-        PredictOptions,
         ShowError,
         annotated_what,
         plot_target,
@@ -1079,7 +1009,7 @@ def predict_command(
              Output("the expression plot of --out", plot_target(out, src), beside=out)])
         with signals_end_run():
             summary = run_predict(
-                src, weights, PredictOptions(**opts), fmt=fmt, out=out, annotate=annotate,
+                src, weights, PREDICT.build(opts), fmt=fmt, out=out, annotate=annotate,
                 device=None if device == "auto" else device,
                 on_skip=lambda file, why: click.echo(f"skipped {file}: {why}", err=True),
             )  # fmt: skip
@@ -1160,7 +1090,8 @@ Examples:
     str, ["auto", "blazeface", "blazeface-full", "haar"]), help="Pipeline rows: detectors.")
 @click.option("--det-every", "det_every", default="1,3", callback=_csv_list(int),
               help="Pipeline rows: detect every N frames.")
-@click.option("--det-size", type=_ranged(PredictOptions, "det_size"), default=640,
+@click.option("--det-size", type=_ranged(FaceAlignment, "det_size"),
+              default=FaceAlignment.det_size,
               help="Pipeline rows: longest side the detector sees.")
 @click.option("--max-frames", type=_ranged(PredictOptions, "max_frames"),
               help="Pipeline rows: frames per row.")
@@ -1261,28 +1192,9 @@ Examples:
 @click.option("--weights", "-w", type=click.Path(dir_okay=False, path_type=Path),
               help="A .engine (TensorRT), .onnx (ONNX Runtime) or .safetensors checkpoint "
                    "[default: the model that ships inside grefel, docs/models.md].")
-@click.option("--max-batch", default=8, type=_ranged(ServeOptions, "max_batch"),
-              help="Most samples per backend call (Triton max_batch_size).")
-@click.option("--queue-delay-us", default=2000, type=_ranged(ServeOptions, "queue_delay_us"),
-              help="Dynamic batching: longest wait for more requests, microseconds.")
-@click.option("--instances", default=1, type=_ranged(ServeOptions, "instances"),
-              help="Model instances (one backend each) per model.")
-@click.option("--host", default="127.0.0.1", help="Bind address (0.0.0.0: every interface).")
-@click.option("--http-port", default=8000, type=_ranged(ServeOptions, "http_port"))
-@click.option("--grpc-port", default=8001, type=_ranged(ServeOptions, "grpc_port"))
-@click.option("--metrics-port", default=8002, type=_ranged(ServeOptions, "metrics_port"))
+@SERVE
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               help="ONNX Runtime / PyTorch device (an engine always runs on the GPU).")
-@click.option("--threads", type=_ranged(ServeOptions, "threads"),
-              help="CPU threads per backend and per face detector.")
-@_face_options
-@click.option("--aligned", is_flag=True,
-              help="grefel_image: the images are face crops: no face detection, the whole "
-                   "image is classified (without it, an image without a face gets face false, "
-                   "NaN probs and an empty label).")
-@click.option("--exit-timeout", "exit_timeout_s", default=30,
-              type=_ranged(ServeOptions, "exit_timeout_s"),
-              help="On SIGTERM, seconds to wait for in-flight requests.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Folder for tritonserver's log, tritonserver.log [default: a new "
                    "runs/serve/MODEL, -2, ...].")
@@ -1301,7 +1213,7 @@ def serve_command(weights: Path, device: str, out: Optional[Path], verbose: bool
     """
     from grefel._lazy import MissingDependency
     from grefel.runtime import BackendError
-    from grefel.serve import ServeError, ServeOptions, serve
+    from grefel.serve import ServeError, serve
 
     weights = _model_or_default(weights)
     from grefel.fileio import Output, model_inputs
@@ -1322,8 +1234,8 @@ def serve_command(weights: Path, device: str, out: Optional[Path], verbose: bool
                                        f"log ({exc.strerror or exc})") from None
         log_file = folder / "tritonserver.log"  # serve says where once its checks pass
     try:
-        serve(weights, ServeOptions(device=None if device == "auto" else device,
-                                    log_file=log_file, **opts),
+        serve(weights, SERVE.build(opts, device=None if device == "auto" else device,
+                                   log_file=log_file),
               on_ready=lambda line: click.echo(line, err=True))
     except (ServeError, BackendError, MissingDependency) as exc:
         raise click.ClickException(str(exc)) from None
@@ -1483,29 +1395,28 @@ def _pretrain_options(func):
                      help="Keep an existing --out made with the same settings from the same data."),
         click.option("--json", "json_path", type=click.Path(dir_okay=False),
                      help="Also write the sidecar (metrics, settings) as JSON here."),
-        *_align_options(),
     ]
+    func = _align_options(func)
     for option in reversed(options):
         func = option(func)
     return func
 
 
-def _run_pretrain(task: str, json_path: Optional[str], align_faces: str, **opts: Any) -> None:
+def _run_pretrain(task: str, json_path: Optional[str], **opts: Any) -> None:
     import json
 
-    from grefel.config import FaceAlignment
     from grefel.fileio import Input, Output
     from grefel.pretrain import PretrainError, make_config, pretrain
 
-    _check_align_options(click.get_current_context(), align_faces, opts["data"], opts["dataset"])
+    alignment = ALIGN.build(opts)
+    _check_align_options(click.get_current_context(), alignment.mode, opts["data"],
+                         opts["dataset"])
     _check_outputs([Input("--data", opts["data"], "the dataset folder", folder=True)],
                    [Output("--out", opts["out"]),
                     Output("the sidecar of --out", Path(opts["out"]).with_suffix(".json"),
                            beside=Path(opts["out"])),
                     Output("--json", json_path),
                     Output("--align-cache", opts["align_cache"] or None, folder=True)])
-    face = {k[len("face_"):]: opts.pop(k) for k in list(opts) if k.startswith("face_")}
-    alignment = FaceAlignment(mode=align_faces, **face)
     try:
         meta = pretrain(make_config(task=task, alignment=alignment, **opts))
     except PretrainError as exc:
