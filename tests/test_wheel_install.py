@@ -151,8 +151,7 @@ def test_the_wheel_holds_the_package_data(installed: Installed) -> None:
     missing = [p.relative_to(ROOT).as_posix() for p in shipped
                if p.relative_to(ROOT).as_posix() not in names]
     assert not missing, f"not in {installed.wheel.name}: {missing}"
-    assert {"export/data/trt_onnx_supported_ops.json", "benchmarks/data/astronaut.jpg",
-            "benchmarks/data/face_photos.json"} <= names
+    assert {"export/data/trt_onnx_supported_ops.json", "benchmarks/data/astronaut.jpg"} <= names
 
 
 def test_the_wheel_requires_no_torch_and_its_extras_exist(installed: Installed) -> None:
