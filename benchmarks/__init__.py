@@ -1,5 +1,7 @@
-"""grefel benchmarks: sizes and FLOPs against the paper's Table 2, latency, ablations.
+"""grefel's own benchmarks, shipped in the wheel: what `grefel bench`, `grefel check` and
+`grefel info` run (sizes and FLOPs against the paper's Table 2, latency, the pipeline, the
+environment), and the serve load benchmark (`python -m benchmarks.serve_load`).
 
-Each module is a command (`python -m benchmarks.<name>`) that measures and records; results go
-to benchmarks/results/.
+The project's own records of these go to benchmarks/results/. Checks run from a checkout live in
+tools/, the research probes in research/; neither is in the wheel.
 """

@@ -2,8 +2,8 @@
 
 PReLU(x) = x for x > 0, a * x otherwise (a per channel). ONNX Runtime's CPU `PRelu` kernel
 picks one of the two per element with a branch, so its time depends on the signs of x
-(`python -m benchmarks.onnx_prelu` times it on one [1, 64, 112, 112] tensor, one thread:
-benchmarks/results/onnx_prelu.md). Activations of a face network have mixed signs; the paper
+(`python -m research.onnx_prelu` times it on one [1, 64, 112, 112] tensor, one thread:
+research/results/onnx_prelu.md). Activations of a face network have mixed signs; the paper
 preset's 55 PRelu nodes took 22-24 ms of its ~110 ms forward, where the POSTER V2 reference,
 fed its un-normalised [0, 1] input, spent 12.5 ms on the same nodes.
 

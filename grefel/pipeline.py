@@ -228,7 +228,7 @@ class FaceResult:
 class _Prepared:
     """The faces of one frame, prepared for the model. Without a face found (`found` False)
     the whole frame stands in as the one face: what the dataset path (grefel.align_data,
-    benchmarks.side_by_side) scores a labelled image by; `Pipeline.finish` classifies none of
+    research.side_by_side) scores a labelled image by; `Pipeline.finish` classifies none of
     it (`classified`)."""
 
     source: str

@@ -277,7 +277,7 @@ def warm_up_image_stream(run: Run) -> Dict[str, Any]:
     them through the cross-attention levels, the fusion ViT and the MLP head trains them
     slowly: on SynthFER the whole tiny model sits at chance for ~200 steps at lr 1e-3, and
     learns from the first steps after 100 steps of this warm-up
-    (benchmarks/results/warmup_2026-11-29.md). The warm-up trains the stream with a temporary
+    (research/results/warmup_2026-11-29.md). The warm-up trains the stream with a temporary
     linear classifier on its mean-pooled level-3 map (cross-entropy with the run's class weights
     and label smoothing, Adam at the run's lr, the training split's own labels) and then drops
     that classifier: the model and its checkpoints stay exactly GReFEL. Its batches are drawn

@@ -1,10 +1,10 @@
-"""benchmarks.ablation: the paired differences and their Student-t intervals (no training)."""
+"""research.ablation: the paired differences and their Student-t intervals (no training)."""
 
 from __future__ import annotations
 
 import pytest
 
-from benchmarks.ablation import markdown, paired_differences, t_quantile
+from research.ablation import markdown, paired_differences, t_quantile
 
 
 @pytest.mark.parametrize("df,expected", [(1, 12.7062), (2, 4.3027), (4, 2.7764), (9, 2.2622),
@@ -41,7 +41,7 @@ def test_paired_differences_pair_by_seed_and_say_whether_the_interval_excludes_z
 def test_the_record_prints_the_paired_table():
     runs = [dict(r, test_macro_f1=0.5, primary_acc=0.5, primary_macro_f1=0.5, majority_acc=0.14,
                  total_seconds=1.0) for r in _runs([(0, 0.5, 0.6), (1, 0.4, 0.45)])]
-    from benchmarks.ablation import summarise
+    from research.ablation import summarise
 
     record = {"date": "d", "summary": summarise(runs), "paired": paired_differences(runs),
               "runs": runs, "run_seconds": 2.0, "wall_seconds": 2.0, "env": {"cpus": 2},

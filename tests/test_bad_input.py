@@ -1,4 +1,4 @@
-"""The bad-input corpus (benchmarks/fault_corpus.py) through the CLI commands that meet it.
+"""The bad-input corpus (tools/fault_corpus.py) through the CLI commands that meet it.
 
 Each case asserts the exit status, one message line naming the file or option, no traceback,
 and, for a folder, that the rest of it is processed (and processed right: the corpus model's
@@ -21,10 +21,10 @@ from typing import Any, Dict, List
 import pytest
 from click.testing import CliRunner
 
-from benchmarks import fault_corpus as corpus
 from grefel import contract
 from grefel.cli import cli
 from grefel.fileio import RUN_MARKER, display_path
+from tools import fault_corpus as corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 BAD_BYTES_NAME = os.fsdecode(b"latin1-\xe9\xff.png")

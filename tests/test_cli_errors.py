@@ -334,7 +334,7 @@ def test_closed_stdout_is_a_quiet_exit(tmp_path: Path) -> None:
 def test_a_closed_stdout_descriptor_is_one_line_for_predict(tmp_path: Path) -> None:
     """`grefel predict x.jpg >&-`: descriptor 1 closed, sys.stdout is None; it was an internal
     error (AttributeError) with a crash report."""
-    from benchmarks.fault_corpus import mini_onnx
+    from tools.fault_corpus import mini_onnx
 
     image = tmp_path / "x.png"
     from PIL import Image
@@ -378,8 +378,8 @@ def test_a_bad_environment_variable_is_one_line_before_any_command(
 
 
 def test_cuda_graph_on_a_model_that_is_no_engine_is_said(tmp_path: Path, caplog) -> None:
-    from benchmarks.fault_corpus import mini_onnx
     from grefel.runtime import open_backend
+    from tools.fault_corpus import mini_onnx
 
     with caplog.at_level("WARNING", logger="grefel.runtime"):
         backend = open_backend(mini_onnx(tmp_path / "m.onnx"), cuda_graph=True)

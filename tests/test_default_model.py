@@ -95,9 +95,9 @@ def test_info_names_the_default_model(packaged: Path) -> None:
 
 
 def test_the_default_model_is_chosen_on_validation_macro_f1(tmp_path: Path) -> None:
-    """benchmarks.default_model: the run with the best val macro-F1 (not accuracy, never a
+    """research.default_model: the run with the best val macro-F1 (not accuracy, never a
     test figure); a tie keeps the run listed first; a run without val metrics is refused."""
-    from benchmarks.default_model import choose
+    from research.default_model import choose
 
     def run(name: str, metrics: Dict[str, float]) -> Path:
         folder = tmp_path / name
@@ -146,7 +146,7 @@ def test_a_fresh_install_recognises_the_smiling_astronaut() -> None:
     """Done-when of the real-faces issue: `grefel predict` on the astronaut photo (a real,
     public-domain photo: benchmarks/data/astronaut.jpg) with no --weights answers happiness,
     with the face box the detector found around her face (hand-boxed [175, 70, 275, 175] in
-    benchmarks/data/face_photos.json)."""
+    research/data/face_photos.json)."""
     photo = Path(__file__).resolve().parents[1] / "benchmarks" / "data" / "astronaut.jpg"
     res = CliRunner().invoke(cli, ["predict", str(photo)])
     assert res.exit_code == 0, res.output

@@ -1,4 +1,4 @@
-"""benchmarks/device_check.py on a machine without a GPU: the preflight ends the run early with
+"""tools/device_check.py on a machine without a GPU: the preflight ends the run early with
 the list of what is missing; sections run in child processes with hard limits (the whole
 process group is killed) and keep their whole log when they fail; the prepare step writes what
 the device run reads.
@@ -23,7 +23,7 @@ from typing import Any, Dict, List
 import numpy as np
 import pytest
 
-import benchmarks.device_check as dc
+import tools.device_check as dc
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,7 +35,7 @@ def _env(**extra: str) -> Dict[str, str]:
 def test_the_preflight_here_ends_the_run_early_with_the_missing_list(tmp_path: Path) -> None:
     out = tmp_path / "out"
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.device_check", "--prepared", str(tmp_path / "none"),
+        [sys.executable, "-m", "tools.device_check", "--prepared", str(tmp_path / "none"),
          "--out", str(out)], capture_output=True, text=True, cwd=ROOT,
         env=_env(CUDA_VISIBLE_DEVICES=""), timeout=300)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
@@ -49,7 +49,7 @@ def test_the_preflight_here_ends_the_run_early_with_the_missing_list(tmp_path: P
     missing = sections["preflight"]["result"]["missing"]
     assert any(m.startswith("the prepared inputs") for m in missing)
     assert {s["status"] for n, s in sections.items() if n != "preflight"} == {"skipped"}
-    assert record["command"].startswith("python -m benchmarks.device_check --prepared")
+    assert record["command"].startswith("python -m tools.device_check --prepared")
     assert record_path.with_suffix(".md").is_file()
 
 
@@ -201,7 +201,7 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_the_prepare_step_writes_what_the_device_run_reads(prepared: Path) -> None:
-    from benchmarks import device_sections
+    from tools import device_sections
 
     assert dc.check_prepared(prepared) == []
     manifest = json.loads((prepared / dc.MANIFEST).read_text())
@@ -226,7 +226,7 @@ def test_the_prepare_step_writes_what_the_device_run_reads(prepared: Path) -> No
 
 def test_the_fp16_comparison_plumbing_on_the_cpu(prepared: Path) -> None:
     """Plumbing only (see the module doc): torch's CPU float16 says nothing of a GPU's."""
-    from benchmarks import device_sections
+    from tools import device_sections
 
     result = device_sections.section_fp16(prepared, "tiny", device="cpu", modes=("half",))
     gate = json.loads((prepared / dc.MANIFEST).read_text())["models"]["tiny"]["fp16_gate"]

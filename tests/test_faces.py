@@ -105,7 +105,7 @@ def test_auto_finds_close_up_faces_the_full_range_model_misses(seed: int) -> Non
 def test_auto_finds_nothing_in_noise_and_keeps_full_range_faces() -> None:
     auto = make_detector("auto")
     assert isinstance(auto, detectors.AutoDetector) and auto.name == "blazeface-auto"
-    # the rule measured in benchmarks/results/faces_2026-12-06.md
+    # the rule measured in research/results/faces_2026-12-06.md
     assert (auto.short.min_score, auto.zoom_out, auto.confirm_score, auto.confirm_iou) == (
         0.5, 2.0, 0.5, 0.5)
     noise = np.random.default_rng(0).integers(0, 255, (240, 320, 3), dtype=np.uint8)
@@ -331,9 +331,9 @@ def test_runtime_order_litert_then_opencv(monkeypatch: pytest.MonkeyPatch, tmp_p
 
 
 def test_detector_bench_counts_one_face_photos(tmp_path: Path) -> None:
-    """benchmarks.detectors --one-face: the face is the detection covering the photo's centre,
+    """research.detectors --one-face: the face is the detection covering the photo's centre,
     every other detection a false positive; the sample is drawn with its seed, sorted."""
-    from benchmarks.detectors import evaluate_one_face, one_face_sample
+    from research.detectors import evaluate_one_face, one_face_sample
 
     centre, corner = Face((20, 20, 80, 60), 0.9), Face((0, 0, 10, 10), 0.6)
     found = {10: [centre], 20: [corner], 30: [centre, corner], 40: []}

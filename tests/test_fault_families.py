@@ -1,5 +1,5 @@
-"""Issue 27's fault families in CI: the cases of every `benchmarks/fault_families` module, run
-through the CLI in its own process exactly as `python -m benchmarks.fault_campaign` runs it,
+"""Issue 27's fault families in CI: the cases of every `tools/fault_families` module, run
+through the CLI in its own process exactly as `python -m tools.fault_campaign` runs it,
 must end as a clear error or a handled (and checked) result. A case marked `ci=False` (a slower
 variant of one CI runs: another server start, another training step) runs in the campaign
 only, so the suite stays within CI's time."""
@@ -11,8 +11,8 @@ from types import ModuleType
 
 import pytest
 
-from benchmarks.fault_campaign import classify
-from benchmarks.fault_families import family_modules
+from tools.fault_campaign import classify
+from tools.fault_families import family_modules
 
 HELD = ("clear error", "handled")
 
@@ -35,7 +35,7 @@ def test_family_holds(module: ModuleType, tmp_path: Path) -> None:
 def test_the_nets_line_for_a_bug_counts_as_a_traceback(tmp_path: Path) -> None:
     """grefel.cli.main turns a bug into one `Error: internal error ...` line and a crash report:
     the campaign must still count it a traceback, not a clear error."""
-    from benchmarks.fault_campaign import Case, Proc
+    from tools.fault_campaign import Case, Proc
 
     case = Case("x", "side", "27.8", "error", lambda work: [])
     line = "Error: internal error (AttributeError: boom); a report was saved to /r.txt"

@@ -1,7 +1,7 @@
 """Issue 27, families 3 and 6: no non-finite model is ever written or read as weights, and a
 training run never silently changes meaning (classes without samples, resumes on other data,
 malformed CSV rows). In-process checks of the mechanisms; the CLI cases are
-benchmarks/fault_families/training.py."""
+tools/fault_families/training.py."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ SEVEN = ["neutral", "happiness", "sadness", "surprise", "fear", "disgust", "ange
 
 def _dataset(root: Path, labels: dict, classes=SEVEN) -> Path:
     """ROOT/<split>.csv over tiny PNGs (the fault campaign's own builder)."""
-    from benchmarks.fault_campaign import _csv_dataset
+    from tools.fault_campaign import _csv_dataset
 
     return _csv_dataset(root, labels, classes)
 
@@ -245,7 +245,7 @@ def test_blank_lines_at_the_end_of_the_class_list_are_fine(tmp_path):
     assert load_samples(data, "csv", "train")[1] == ("a", "b")
 
 
-# --- found by the fresh campaign (benchmarks/fault_fresh.py) -----------------------------------
+# --- found by the fresh campaign (tools/fault_fresh.py) -----------------------------------
 
 
 def test_an_image_listed_twice_with_two_labels_is_refused(tmp_path):
@@ -288,8 +288,8 @@ def test_export_refuses_an_onnx_with_a_nan_weight(tmp_path):
     import onnx
     from onnx import helper, numpy_helper
 
-    from benchmarks import fault_corpus as corpus
     from export.pipeline import ExportError, _check_onnx_source
+    from tools import fault_corpus as corpus
 
     path = corpus.mini_onnx(tmp_path / "m.onnx")
     model = onnx.load(str(path))

@@ -1,4 +1,4 @@
-"""benchmarks.frozen_trunk and `python -m benchmarks.ablation --trunk frozen`: the cached
+"""research.frozen_trunk and `python -m research.ablation --trunk frozen`: the cached
 stream maps are the model's, the variants of one seed are paired, and the grid resumes."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 
-from benchmarks import ablation
-from benchmarks.frozen_trunk import (
+from research import ablation
+from research.frozen_trunk import (
     OnMaps,
     build_trunk,
     load_trunk,
@@ -104,7 +104,7 @@ def test_the_frozen_grid_resumes_and_records_the_trunk(tmp_path, monkeypatch):
         raise AssertionError("a finished cell was trained again")
 
     monkeypatch.setattr(ablation, "frozen_runs", no_training)
-    monkeypatch.setattr("benchmarks.frozen_trunk.build_trunk", no_training)
+    monkeypatch.setattr("research.frozen_trunk.build_trunk", no_training)
     assert ablation.main(argv) == 0  # everything is in the partial record and on disk
     again = json.loads(record_file.read_text())
     assert len(again["runs"]) == 4 and again["trunks"]["0"]["steps"] == 2

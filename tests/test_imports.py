@@ -1,8 +1,8 @@
 """The import structure, read from the source (AST): no cycles, no forbidden edges.
 
-Every `import` and `from ... import` of every module of grefel, export and benchmarks is read,
-the lazy ones inside functions included, and resolved to the project module it names. The rules
-(docs/architecture.md):
+Every `import` and `from ... import` of every module of grefel, export, benchmarks, tools and
+research is read, the lazy ones inside functions included, and resolved to the project module it
+names. The rules (docs/architecture.md):
 
 - no cycle among project modules, lazy imports counted;
 - the model (`grefel.model`) knows nothing of export, runtime, data, training or the CLI;
@@ -13,7 +13,9 @@ the lazy ones inside functions included, and resolved to the project module it n
   that `grefel eval`, `bench` and `info` import for an exported model (a torch-free install,
   tests/test_wheel_install.py). Imports under `if TYPE_CHECKING:` never run: they do not count;
 - only the CLI ties everything: nothing in `grefel` but `grefel.cli` imports `export` or
-  `benchmarks`, and nothing imports `grefel.cli` but `grefel.__main__`.
+  `benchmarks`, and nothing imports `grefel.cli` but `grefel.__main__`;
+- the product (`grefel`, `export`, `benchmarks`: what the wheel ships) never imports `tools` or
+  `research` (checks and probes run from a checkout, not in the wheel).
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from typing import Dict, List, Optional, Set, Tuple
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("grefel", "export", "benchmarks")
+PRODUCT = ("grefel", "export", "benchmarks")  # what the wheel ships (test_wheel_install.py)
+CHECKOUT_ONLY = ("tools", "research")
+PACKAGES = PRODUCT + CHECKOUT_ONLY
 
 # Training code: what serving must never pull in.
 TRAINING = ("grefel.train", "grefel.train_state", "grefel.train_utils", "grefel.evaluate",
@@ -54,6 +58,8 @@ FORBIDDEN: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
                          "export", "benchmarks") + TRAINING),
     ("export", ("benchmarks", "grefel.cli", "grefel.train")),
     ("benchmarks", ("grefel.cli",)),
+    ("tools", ("grefel.cli",)),
+    ("research", ("grefel.cli",)),
 )
 
 
@@ -200,6 +206,18 @@ def test_no_forbidden_edge(owner: str, banned: Tuple[str, ...]) -> None:
         for target in targets if any(_within(target, b) for b in banned)
     )
     assert not bad, f"{owner} must not import {', '.join(banned)}: " + "; ".join(bad)
+
+
+def test_the_product_never_imports_tools_or_research() -> None:
+    """The wheel ships grefel, export and benchmarks only: an import of tools or research from
+    them, even a lazy one, would fail on an installed grefel."""
+    graph = _graph()
+    bad = sorted(
+        f"{module} -> {target}"
+        for module, targets in graph.items() if any(_within(module, p) for p in PRODUCT)
+        for target in targets if any(_within(target, c) for c in CHECKOUT_ONLY)
+    )
+    assert not bad, "; ".join(bad)
 
 
 def test_serving_never_reaches_training_code_even_indirectly() -> None:

@@ -210,7 +210,7 @@ def test_config_validation_and_round_trip() -> None:
 
 
 def test_under_one_seed_every_variant_starts_from_the_same_shared_weights():
-    """The Table 2 variants are paired by seed (benchmarks.ablation): the parts they share must
+    """The Table 2 variants are paired by seed (research.ablation): the parts they share must
     start equal, whatever the variant adds (its modules are created and initialised last)."""
     states = {}
     for variant in ("no_rb", "anchors", "mhsa", "both"):

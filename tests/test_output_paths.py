@@ -121,9 +121,9 @@ def test_info_json_never_replaces_the_shipped_model_sidecar(tmp_path, monkeypatc
 
 
 def test_export_artifacts_keep_the_whole_stem(tmp_path):
-    from benchmarks.fault_corpus import mini_onnx
     from export.fp16 import convert_to_fp16
     from export.pipeline import ExportOptions, artifact_name, planned_outputs
+    from tools.fault_corpus import mini_onnx
 
     fp32 = mini_onnx(tmp_path / "m.onnx")
     convert_to_fp16(fp32, tmp_path / "m.fp16.onnx")
@@ -174,8 +174,8 @@ def test_a_checkpoint_rewritten_in_place_keeps_running(tmp_path):
     """safetensors maps the file only while the loaded state dict lives; the model holds copies."""
     import numpy as np
 
-    from benchmarks.fault_campaign import _tiny_checkpoint
     from grefel.runtime.torch_backend import TorchBackend
+    from tools.fault_campaign import _tiny_checkpoint
 
     path = _tiny_checkpoint(tmp_path / "x.safetensors")
     x = np.random.default_rng(0).random((2, 3, 112, 112), dtype=np.float32)
@@ -217,8 +217,8 @@ def test_a_run_folder_has_one_owner(tmp_path):
 def test_train_then_eval_into_its_run_folder_is_refused(tmp_path):
     from click.testing import CliRunner
 
-    from benchmarks.fault_campaign import SEVEN, TINY_TRAIN, _csv_dataset
     from grefel.cli import cli
+    from tools.fault_campaign import SEVEN, TINY_TRAIN, _csv_dataset
 
     data = _csv_dataset(tmp_path / "d", {"train": [i % 7 for i in range(14)],
                                          "val": [i % 7 for i in range(7)],
@@ -255,8 +255,8 @@ def test_annotate_never_replaces_files_grefel_did_not_write(tmp_path):
     run into grefel's own folder is fine."""
     from PIL import Image
 
-    from benchmarks.fault_corpus import mini_onnx
     from grefel.cli import cli
+    from tools.fault_corpus import mini_onnx
 
     photos = tmp_path / "photos"
     photos.mkdir()

@@ -1,4 +1,4 @@
-"""benchmarks.readout_probe: the cls attention and tokens it reports are the model's own."""
+"""research.readout_probe: the cls attention and tokens it reports are the model's own."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 
-from benchmarks.readout_probe import (
+from grefel.model import create_model
+from research.readout_probe import (
     attention_summary,
     cls_attention,
     collect,
@@ -16,7 +17,6 @@ from benchmarks.readout_probe import (
     ridge_r2,
     spread,
 )
-from grefel.model import create_model
 
 
 def _model(seed: int = 0):

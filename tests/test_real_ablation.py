@@ -1,4 +1,4 @@
-"""benchmarks.real_ablation: the recipe's settings reused for every run, the minority classes,
+"""research.real_ablation: the recipe's settings reused for every run, the minority classes,
 the paired differences over seeds and on the same bootstrap resamples (no training here: the
 training is grefel.train's, tested in tests/test_train.py)."""
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks import real_ablation as ra
+from research import real_ablation as ra
 
 
 def test_minority_classes_are_all_but_the_two_largest() -> None:
@@ -62,7 +62,7 @@ def test_recipe_configs_read_the_run_and_refuse_a_folder_without_one(tmp_path: P
 
 
 def test_recipe_parts_change_one_setting_where_it_lives() -> None:
-    from benchmarks.recipe_parts import PARTS, with_changes
+    from research.recipe_parts import PARTS, with_changes
 
     recipe = {"data": {"root": "/d", "refine_repeat": False, "augment_policy": "light"},
               "train": {"epochs": 8, "image_warmup": 400, "pretrained_ir50": "ir.safetensors",

@@ -4,7 +4,7 @@ The mechanism: `grefel.serve.answer_each` (each request checked before the valid
 a failed joined call rerun request by request; an unexpected error one line, its traceback
 logged), `patch_proxy` (PyTriton's proxy turns an ERROR_KEY answer into that request's own
 Triton error) and `check_ports` (a taken port refused before anything loads). The real server
-is run by the fault family `benchmarks/fault_families/serve.py` (tests/test_fault_families.py).
+is run by the fault family `tools/fault_families/serve.py` (tests/test_fault_families.py).
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from benchmarks.fault_corpus import mini_onnx
 from grefel import serve
 from grefel.cli import cli
 from grefel.runtime import open_backend
 from grefel.serve import ERROR_KEY, RequestError, ServeError, ServeOptions, answer_each
+from tools.fault_corpus import mini_onnx
 
 
 @pytest.fixture(scope="module")

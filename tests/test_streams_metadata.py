@@ -14,8 +14,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmarks import fault_corpus as corpus
-from benchmarks.fault_families import streams as family
 from grefel.contract import ClassNamesError, check_class_names
 from grefel.data.readers import read_csv_dataset
 from grefel.data.samples import DatasetError
@@ -31,6 +29,8 @@ from grefel.runtime.sources import (
     source_kind,
     walk_folder,
 )
+from tools import fault_corpus as corpus
+from tools.fault_families import streams as family
 
 # -- class names -------------------------------------------------------------------------------
 

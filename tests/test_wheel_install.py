@@ -30,8 +30,11 @@ from packaging.utils import canonicalize_name
 ROOT = Path(__file__).resolve().parents[1]
 ASTRONAUT = ROOT / "benchmarks" / "data" / "astronaut.jpg"
 DEFAULT_ONNX = ROOT / "grefel" / "runtime" / "models" / "grefel-tiny-muxspace.onnx"
-# What the wheel is built from: pyproject's package folders and the files pyproject names.
-SOURCES = ("pyproject.toml", "README.md", "grefel", "export", "benchmarks")
+# What the wheel is built from: the checkout's package folders and the files pyproject names.
+# tools/ and research/ are copied too, so that pyproject's packages.find is what keeps them out.
+SOURCES = ("pyproject.toml", "README.md", "grefel", "export", "benchmarks", "tools", "research")
+# The wheel's top-level packages: the product only (tools/ and research/ run from a checkout).
+PRODUCT = ("grefel", "export", "benchmarks")
 # Not needed by predict / eval / bench / info on an ONNX model, so not required by the wheel.
 TORCH_SIDE = ("torch", "onnxsim", "safetensors")
 
@@ -151,8 +154,17 @@ def test_the_wheel_holds_the_package_data(installed: Installed) -> None:
     missing = [p.relative_to(ROOT).as_posix() for p in shipped
                if p.relative_to(ROOT).as_posix() not in names]
     assert not missing, f"not in {installed.wheel.name}: {missing}"
-    assert {"export/data/trt_onnx_supported_ops.json", "benchmarks/data/astronaut.jpg",
-            "benchmarks/data/face_photos.json"} <= names
+    assert {"export/data/trt_onnx_supported_ops.json", "benchmarks/data/astronaut.jpg"} <= names
+
+
+def test_the_wheel_holds_the_product_only(installed: Installed) -> None:
+    """No module or file of tools/ or research/ (checks and probes run from a checkout): the
+    wheel's top level is the product's packages and its .dist-info."""
+    with zipfile.ZipFile(installed.wheel) as zf:
+        tops = {name.split("/", 1)[0] for name in zf.namelist()}
+    assert (ROOT / "tools" / "__init__.py").is_file()
+    assert (ROOT / "research" / "__init__.py").is_file()
+    assert {t for t in tops if not t.endswith(".dist-info")} == set(PRODUCT), sorted(tops)
 
 
 def test_the_wheel_requires_no_torch_and_its_extras_exist(installed: Installed) -> None:

@@ -166,7 +166,7 @@ class TrainTransform:
 # TrainTransform settings per augmentation policy (grefel.config.AUGMENT_POLICIES names them).
 # "light": on muxspace/facial_expressions' real photos at a CPU budget the paper's augmentation
 # kept the tiny model near chance for the first epochs (as on SynthFER:
-# benchmarks/results/recipe_2026-12-04.md); a small shift, the flip and mild jitter do not.
+# research/results/recipe_2026-12-04.md); a small shift, the flip and mild jitter do not.
 AUGMENT_POLICIES = {
     "paper": {},
     "light": {"max_shift": 4, "max_degrees": 0.0, "jitter": 0.2, "erase_p": 0.0},

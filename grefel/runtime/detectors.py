@@ -11,7 +11,7 @@
     auto            AutoDetector: blazeface-full; on a frame where it finds nothing, the
                     blazeface faces that blazeface-full confirms on the frame zoomed out (close-up
                     faces, which the full-range model misses; the short-range model alone also
-                    fires on round objects). Measured in benchmarks/results/faces_2026-12-06.md.
+                    fires on round objects). Measured in research/results/faces_2026-12-06.md.
 
 Nothing is downloaded at run time. Every detector takes an RGB uint8 frame and returns `Face`s,
 best first; a BlazeFace face has keypoints (right eye, left eye, nose tip, mouth centre, right
@@ -135,7 +135,7 @@ _SPECS = {
 }
 _SPECS_BY_FILE = {s.file: s.size for s in _SPECS.values()}
 # AutoDetector's confirmation of a short-range face: the full-range model on the frame centred in
-# a square twice its longer side finds a face there (benchmarks/results/faces_2026-12-06.md)
+# a square twice its longer side finds a face there (research/results/faces_2026-12-06.md)
 AUTO_ZOOM_OUT = 2.0
 AUTO_CONFIRM_SCORE = 0.5
 AUTO_CONFIRM_IOU = 0.5
@@ -388,7 +388,7 @@ class AutoDetector:
     zoomed out (`AUTO_ZOOM_OUT`: the close-up face made small), at score >= `AUTO_CONFIRM_SCORE`
     and IoU >= `AUTO_CONFIRM_IOU`. A frame costs one full-range run when it has a face the
     full-range model sees, two when the short-range model finds nothing, three otherwise.
-    Measured: benchmarks/results/faces_2026-12-06.md (docs/predict.md, "Measured").
+    Measured: research/results/faces_2026-12-06.md (docs/predict.md, "Measured").
 
     Args:
         threads: TFLite CPU threads of each model (None: the runtime's default).
@@ -396,7 +396,7 @@ class AutoDetector:
         short_min_score: the short-range model's threshold (None: MediaPipe's, 0.5).
         zoom_out, confirm_score, confirm_iou: the confirmation (zoom_out None: none, every
             short-range face is kept); the other values are the variants that
-            `benchmarks.detectors --variants` measures beside the defaults.
+            `research.detectors --variants` measures beside the defaults.
     """
 
     name = "blazeface-auto"

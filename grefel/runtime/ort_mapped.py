@@ -5,7 +5,7 @@ layout optimisations (ORT_ENABLE_ALL: the blocked NCHWc convolution kernels), ke
 originals and the re-laid copies: the paper preset's 190 MB file takes ~500 MiB of peak RSS in
 a bare session. Weights stored as *external data* are memory-mapped instead (onnxruntime PR
 #11127) and released once re-laid; the same session then peaks at ~340 MiB and runs as fast
-(benchmarks/results/predict_memory_*.md).
+(tools/results/predict_memory_*.md).
 
 `mapped_model` gets that without a second file: it walks the protobuf wire format of the file
 (through `mmap`, copying nothing but the graph's small fields) and writes a skeleton ModelProto
