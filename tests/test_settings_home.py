@@ -110,7 +110,8 @@ PROBE = textwrap.dedent('''
     from pathlib import Path
 
     import grefel
-    assert Path(grefel.__file__).resolve().is_relative_to(Path.cwd().parent.resolve()), grefel.__file__
+    here = Path.cwd().parent.resolve()
+    assert Path(grefel.__file__).resolve().is_relative_to(here), grefel.__file__
     from click.testing import CliRunner
 
     import grefel.predict, grefel.serve, grefel.train, grefel.evaluate
