@@ -42,7 +42,7 @@ from export.sidecar import device_info, engine_stem, onnx_meta, write_sidecar
 from export.simplify import simplify_onnx
 from export.trt_form import for_tensorrt
 from grefel._lazy import MissingDependency, require
-from grefel.contract import TENSORRT_TARGETS, opset_for_target, target_for_version
+from grefel.contract import INPUT_SHAPE, TENSORRT_TARGETS, opset_for_target, target_for_version
 from grefel.fileio import atomic_path, atomic_write_json, claim_run_folder
 
 __all__ = ["ExportOptions", "ExportResult", "artifact_name", "planned_outputs",
@@ -497,7 +497,7 @@ class _Run:
             rng = np.random.default_rng(0)
             results, worst = [], 0.0
             for b in sizes:
-                x = rng.random((b, 3, 112, 112), dtype=np.float32)
+                x = rng.random((b, *INPUT_SHAPE), dtype=np.float32)
                 ref = run_backend(TorchBackend(model=self.model, device="cpu"), x, chunk=b)
                 got = run_backend(OrtBackend(path, device="cpu"), x, chunk=b)
                 result = check_parity(ref, got, PARITY_TOL, label=f"batch {b}")
