@@ -1,0 +1,1 @@
+"""Checks and generators run from a checkout (not shipped in the wheel)."""
