@@ -514,17 +514,21 @@ def _trt_target(facts: Dict[str, Any]) -> str:
 def _source(facts: Dict[str, Any], opts: CheckOptions) -> Any:
     """(source model, None) or (None, why not): the ONNX, or on TensorRT 8.5 (no opset-17
     LayerNormalization) the checkpoint, which export takes to opset 16 with torch."""
+    from grefel.contract import OPSET, TENSORRT_TARGETS, opset_for_target
     from grefel.runtime.default_model import DefaultModelError, default_model
 
     if opts.model is not None:
         return opts.model, None
     try:
-        if _trt_target(facts) != "trt8.5":
+        target = _trt_target(facts)
+        opset = opset_for_target(target)
+        if opset == OPSET:  # the opset of the default model's ONNX
             return default_model("onnx"), None
         if not (facts.get("versions") or {}).get("torch"):
-            return None, ("TensorRT 8.5 needs an opset-16 ONNX, which export writes from the "
+            version = TENSORRT_TARGETS[target].description.split(" (")[0]
+            return None, (f"{version} needs an opset-{opset} ONNX, which export writes from the "
                           "checkpoint with torch (not installed): run `grefel export --target "
-                          "trt8.5 --onnx-only` where torch is and pass the ONNX with --model")
+                          f"{target} --onnx-only` where torch is and pass the ONNX with --model")
         return default_model("checkpoint"), None
     except DefaultModelError as exc:
         return None, str(exc)

@@ -44,6 +44,7 @@ def pipeline_rows(
     """One row per (weights, detector, det_every); a row that cannot run says why."""
     from grefel._lazy import MissingDependency
     from grefel.config import FaceAlignment
+    from grefel.contract import INPUT_SHAPE
     from grefel.predict import PredictOptions, RecordWriter, stream_predictions
     from grefel.progress import Progress
     from grefel.runtime import BackendError, open_backend
@@ -70,7 +71,7 @@ def pipeline_rows(
                     load0 = os.getloadavg()[0]
                     with open_backend(path, threads=threads) as backend, \
                             open(os.devnull, "w") as sink:
-                        warm = np.zeros((1, 3, 112, 112), np.float32)
+                        warm = np.zeros((1, *INPUT_SHAPE), np.float32)
                         backend.infer(warm)  # first-call setup is not a frame's time
                         summary = stream_predictions(
                             str(source), backend, RecordWriter(sink, "jsonl", backend.classes),

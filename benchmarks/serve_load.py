@@ -127,9 +127,10 @@ class Server:
 
 
 def _reference(weights: Path) -> tuple:
+    from grefel.contract import INPUT_SHAPE
     from grefel.runtime import open_backend
 
-    x = np.random.default_rng(0).random((POOL, 3, 112, 112), dtype=np.float32)
+    x = np.random.default_rng(0).random((POOL, *INPUT_SHAPE), dtype=np.float32)
     with open_backend(weights, device="cpu", threads=1) as backend:
         probs = np.concatenate([backend.infer(x[i : i + 1])["probs"] for i in range(POOL)])
     return x, probs

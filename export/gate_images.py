@@ -98,13 +98,15 @@ def calibration_split(
 
 def _synthfer(n: int, seed: int) -> np.ndarray:
     from grefel.config import DATASET_CLASSES
+    from grefel.contract import INPUT_SHAPE, INPUT_SIZE
     from grefel.data.faces import make_identity, render_face
 
     classes = DATASET_CLASSES["synthfer"]
-    out = np.empty((n, 3, 112, 112), np.float32)
+    out = np.empty((n, *INPUT_SHAPE), np.float32)
     for k in range(n):
         ident = make_identity(np.random.default_rng([seed, 3, k // 4]))
         img, _, _ = render_face(np.random.default_rng([seed, 1, k]), ident,
-                                classes[k % len(classes)], size=112, difficulty=SYNTH_DIFFICULTY)
+                                classes[k % len(classes)], size=INPUT_SIZE,
+                                difficulty=SYNTH_DIFFICULTY)
         out[k] = np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / np.float32(255.0)
     return out

@@ -18,20 +18,14 @@ from typing import Any, Callable, Dict, List, Optional, Set, Tuple, Union
 
 import onnx
 
-from grefel.contract import opset_for_target
+from grefel.contract import TENSORRT_TARGETS, TensorRTTarget, opset_for_target
 
 __all__ = ["TARGETS", "LintReport", "lint_onnx", "load_op_table", "target_table"]
 
 TABLE_PATH = Path(__file__).with_name("data") / "trt_onnx_supported_ops.json"
 
-# target -> (key in older_versions, or None for the latest table; description)
-TARGETS: Dict[str, Tuple[Optional[str], str]] = {
-    "trt8.5": ("8.5", "TensorRT 8.5 (JetPack 5.1.x, Xavier and Orin)"),
-    "trt8.6": ("8.6", "TensorRT 8.6 (JetPack 6.0; desktop 8.6.1)"),
-    "trt10": ("10.0-10.1", "TensorRT 10.0-10.3 (JetPack 6.1/6.2)"),
-    "trt10.15": ("10.15", "TensorRT 10.12-10.16 (JetPack 7.0/7.1 ships 10.13)"),
-    "trt11": (None, "TensorRT 11.x (JetPack 7.2.2+)"),
-}
+# The targets (grefel.contract.TENSORRT_TARGETS): each names its entry in the op table.
+TARGETS: Dict[str, TensorRTTarget] = TENSORRT_TARGETS
 
 
 @lru_cache(maxsize=1)
@@ -45,7 +39,7 @@ def target_table(target: str) -> Tuple[Dict[str, Dict[str, Any]], int, int]:
     if target not in TARGETS:
         raise ValueError(f"unknown TensorRT target {target!r}; choose from {sorted(TARGETS)}")
     table = load_op_table()
-    key = TARGETS[target][0]
+    key = TARGETS[target].op_table
     ops = {k: dict(v) for k, v in table["ops"].items()}
     lo, hi = table["opset_min"], table["opset_max"]
     if key is not None:
@@ -125,7 +119,8 @@ def lint_onnx(model: Union[str, Path, onnx.ModelProto], target: str) -> LintRepo
         n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}::{n.op_type}"
         for n in model.graph.node
     )
-    report = LintReport(target, TARGETS[target][1], opset, (lo, hi), dict(sorted(counts.items())))
+    report = LintReport(target, TARGETS[target].description, opset, (lo, hi),
+                        dict(sorted(counts.items())))
     for op, n in sorted(counts.items()):
         entry = ops.get(op)
         if entry is None or not entry.get("supported"):

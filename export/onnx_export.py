@@ -23,7 +23,7 @@ from torch import nn
 
 from export import ExportError
 from grefel import __version__
-from grefel.contract import INPUT_NAME, INPUT_SHAPE, input_spec, opset_for_target
+from grefel.contract import INPUT_NAME, INPUT_SHAPE, OPSET, input_spec, opset_for_target
 from grefel.contract import OUTPUTS as BASE_OUTPUTS
 from grefel.fileio import atomic_path
 
@@ -81,7 +81,7 @@ def export_onnx(
     model: nn.Module,
     path: Union[str, Path],
     *,
-    opset: int = 17,
+    opset: int = OPSET,
     batch: int = 2,
     dynamic: bool = True,
     embedding: bool = False,

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Tuple
 
+from grefel.contract import OPSET_RANGE
 from grefel.errors import ConfigError
 from grefel.ranges import check_ranges, ranged
 
@@ -23,8 +24,8 @@ class ExportOptions:
     batch: int = ranged(1, min=1)  # the engine profile's opt batch (<= max_batch)
     max_batch: int = ranged(8, min=1)  # the engine profile's max batch
     dynamic: bool = True
-    # None: chosen for the target; 13..20, what the TorchScript exporter writes
-    opset: Optional[int] = ranged(None, kind=int, min=13, max=20)
+    # None: chosen for the target (opset_for_target); else what the TorchScript exporter writes
+    opset: Optional[int] = ranged(None, kind=int, min=OPSET_RANGE[0], max=OPSET_RANGE[1])
     simplify: bool = True
     workspace_gib: Optional[float] = ranged(None, kind=float, min=0, min_open=True)
     dla_core: Optional[int] = ranged(None, kind=int, min=0)

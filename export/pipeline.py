@@ -42,7 +42,7 @@ from export.sidecar import device_info, engine_stem, onnx_meta, write_sidecar
 from export.simplify import simplify_onnx
 from export.trt_form import for_tensorrt
 from grefel._lazy import MissingDependency, require
-from grefel.contract import opset_for_target
+from grefel.contract import INPUT_SHAPE, TENSORRT_TARGETS, opset_for_target, target_for_version
 from grefel.fileio import atomic_path, atomic_write_json, claim_run_folder
 
 __all__ = ["ExportOptions", "ExportResult", "artifact_name", "planned_outputs",
@@ -53,7 +53,10 @@ WORK_PREFIX = ".export-"
 Log = Callable[[str], None]
 # The exporter writes LayerNormalization from opset 17 on, which TensorRT 8.5's parser lacks
 # although its range reaches 17: a grefel ONNX of opset 17 can never lint for 8.5.
-OPSET_CEILING = {"trt8.5": 16}
+OPSET_CEILING = {t: opset_for_target(t) for t, spec in TENSORRT_TARGETS.items()
+                 if not spec.layernorm}
+# Where no TensorRT is installed, `--target auto` builds for this one and lints every target.
+AUTO_TARGET_WITHOUT_TENSORRT = "trt10"
 PARITY_TOL = {"probs": (1e-4, 0.0), "primary": (1e-4, 0.0), "confidence": (1e-4, 0.0)}
 
 
@@ -109,14 +112,9 @@ def resolve_target(target: str, trt: Any) -> Tuple[str, List[str]]:
     if target != "auto":
         return target, [target]
     if trt is None:
-        return "trt10", list(TARGETS)
+        return AUTO_TARGET_WITHOUT_TENSORRT, list(TARGETS)
     major, minor = (int(x) for x in str(trt.__version__).split(".")[:2])
-    if major <= 8:
-        found = "trt8.5" if (major, minor) <= (8, 5) else "trt8.6"
-    elif major < 11:  # the op table for 10.12-10.16 is the 10.15 one
-        found = "trt10.15" if (major, minor) >= (10, 12) else "trt10"
-    else:
-        found = "trt11"
+    found = target_for_version(major, minor)
     return found, [found]
 
 
@@ -499,7 +497,7 @@ class _Run:
             rng = np.random.default_rng(0)
             results, worst = [], 0.0
             for b in sizes:
-                x = rng.random((b, 3, 112, 112), dtype=np.float32)
+                x = rng.random((b, *INPUT_SHAPE), dtype=np.float32)
                 ref = run_backend(TorchBackend(model=self.model, device="cpu"), x, chunk=b)
                 got = run_backend(OrtBackend(path, device="cpu"), x, chunk=b)
                 result = check_parity(ref, got, PARITY_TOL, label=f"batch {b}")
@@ -534,8 +532,9 @@ class _Run:
             notes.append(f"failed: {', '.join(failed)}" if failed else "every target passes")
             notes += [f"skipped {t}: {why}" for t, why in skipped.items()]
         if failed and not self.opts.force:
-            hint = (" (re-export from the checkpoint with --target trt8.5 for opset 16)"
-                    if "trt8.5" in failed else "")
+            older = [t for t in failed if t in OPSET_CEILING]
+            hint = (f" (re-export from the checkpoint with --target {older[0]} for opset "
+                    f"{OPSET_CEILING[older[0]]})" if older else "")
             raise ExportError(f"{self.source}: TensorRT op lint failed for {', '.join(failed)}"
                               f"{hint}; --force builds anyway")
 
@@ -679,9 +678,10 @@ class _Run:
             "picks the installed TensorRT):",
             f"  {self._build_command(onnx_path)}",
         ]
-        if not self.is_onnx:
-            lines.append("For TensorRT 8.5 (JetPack 5.1.x) export opset 16 first: grefel export "
-                         f"{self.source} --target trt8.5 --onnx-only, then build that ONNX.")
+        for target, opset in OPSET_CEILING.items() if not self.is_onnx else ():
+            lines.append(f"For {TENSORRT_TARGETS[target].description} export opset {opset} "
+                         f"first: grefel export {self.source} --target {target} --onnx-only, "
+                         "then build that ONNX.")
         return "\n".join(lines)
 
     # --- engine stages -------------------------------------------------------------------

@@ -80,7 +80,8 @@ def _io(onnx_path: Path) -> tuple:
         raise ExportError(f"{onnx_path}: fixed batch {in_dims[0]}; a Triton repository with "
                           "dynamic batching needs a dynamic batch: export without --static")
     if [int(d) for d in in_dims[1:]] != list(contract.INPUT_SHAPE):
-        raise ExportError(f"{onnx_path}: input {in_dims}, expected [N, 3, 112, 112]")
+        raise ExportError(f"{onnx_path}: input {in_dims}, expected "
+                          f"[N, {', '.join(map(str, contract.INPUT_SHAPE))}]")
     outputs = []
     for out in model.graph.output:
         dtype = _DTYPES.get(out.type.tensor_type.elem_type)

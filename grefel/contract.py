@@ -8,8 +8,9 @@ is what `grefel predict` and an engine serve (docs/contract.md):
     --align-faces detect   grefel.align_data -> grefel.pipeline.Pipeline.prepare, as predict
     predict / bench        grefel.runtime.preprocess -> decode_image, square_crop, to_model_input
     FP16 gate              export.fp16.gate_images -> load_model_input
-    export / runtime       INPUT_NAME, INPUT_SHAPE, OUTPUTS, input_spec(), opset_for_target(),
-                           the engine sidecar (engine_sidecar_doc / read_engine_sidecar)
+    export / runtime       INPUT_NAME, INPUT_SHAPE, OUTPUTS, input_spec(), the engine sidecar
+                           (engine_sidecar_doc / read_engine_sidecar), the TensorRT targets
+                           (TENSORRT_TARGETS) and their opset (opset_for_target)
 
 Input: `images`, float32 (N, 3, 112, 112), NCHW, RGB, values in [0, 1]. 112 is what both
 POSTER V2 streams really see (they decimate 224 to 112 inside forward); the resize to 112 is done
@@ -60,6 +61,9 @@ __all__ = [
     "INPUT_SHAPE",
     "INPUT_SIZE",
     "MAX_PIXELS_ENV",
+    "OPSET",
+    "OPSET_DECOMPOSED_LAYERNORM",
+    "OPSET_RANGE",
     "OPTIONAL_OUTPUTS",
     "OUTPUTS",
     "ALIGN_TEMPLATE",
@@ -68,6 +72,8 @@ __all__ = [
     "EngineSidecar",
     "ImageError",
     "SidecarError",
+    "TENSORRT_TARGETS",
+    "TensorRTTarget",
     "align_face",
     "align_template",
     "check_class_names",
@@ -81,6 +87,8 @@ __all__ = [
     "max_pixels",
     "set_max_pixels",
     "opset_for_target",
+    "opset_rule",
+    "target_for_version",
     "read_engine_sidecar",
     "resize",
     "sidecar_classes",
@@ -170,11 +178,60 @@ def check_class_names(names: Any, source: Union[str, Path], width: Optional[int]
     return names
 
 
+# --- TensorRT targets and the ONNX opset ----------------------------------------------------------
+
+# The TorchScript exporter (`dynamo=False`, docs/tensorrt.md) writes opsets 13 to 20: what
+# `grefel export --opset N` accepts.
+OPSET_RANGE: Tuple[int, int] = (13, 20)
+# LayerNormalization is an ONNX op from opset 17 on: one node that TensorRT computes in FP32.
+OPSET = 17
+# The opset before it, for a parser without a LayerNormalization importer (LayerNorm exported
+# decomposed: ReduceMean, Sub, Pow, Sqrt, Div).
+OPSET_DECOMPOSED_LAYERNORM = 16
+
+
+@dataclass(frozen=True)
+class TensorRTTarget:
+    """One TensorRT version an export is built and linted for (`grefel export --target`)."""
+
+    description: str
+    since: Tuple[int, int]  # the oldest TensorRT (major, minor) that `--target auto` maps here
+    op_table: Optional[str]  # its entry in export's ONNX-TensorRT op table; None: the latest
+    layernorm: bool = True  # whether its ONNX parser imports LayerNormalization (opset 17)
+
+
+# Every target, oldest first: the one list that export's lint, `--target auto`, the CLI's
+# choices and the opset rule read.
+TENSORRT_TARGETS: Dict[str, TensorRTTarget] = {
+    "trt8.5": TensorRTTarget("TensorRT 8.5 (JetPack 5.1.x, Xavier and Orin)", (0, 0), "8.5",
+                             layernorm=False),
+    "trt8.6": TensorRTTarget("TensorRT 8.6 (JetPack 6.0; desktop 8.6.1)", (8, 6), "8.6"),
+    "trt10": TensorRTTarget("TensorRT 10.0-10.3 (JetPack 6.1/6.2)", (9, 0), "10.0-10.1"),
+    # the op table for 10.12-10.16 is the 10.15 one
+    "trt10.15": TensorRTTarget("TensorRT 10.12-10.16 (JetPack 7.0/7.1 ships 10.13)", (10, 12),
+                               "10.15"),
+    "trt11": TensorRTTarget("TensorRT 11.x (JetPack 7.2.2+)", (11, 0), None),
+}
+
+
 def opset_for_target(target: str) -> int:
-    """ONNX opset for a TensorRT target (export/lint.py TARGETS): 16 for TensorRT 8.5, whose
-    ONNX parser has no LayerNormalization importer (LayerNorm is exported decomposed), and 17 for
-    every later version (one LayerNormalization node that TensorRT computes in FP32)."""
-    return 16 if target == "trt8.5" else 17
+    """ONNX opset for a TensorRT target (`TENSORRT_TARGETS`): `OPSET_DECOMPOSED_LAYERNORM` (16)
+    for a parser with no LayerNormalization importer (TensorRT 8.5: LayerNorm is exported
+    decomposed), else `OPSET` (17: one LayerNormalization node that TensorRT computes in FP32)."""
+    known = TENSORRT_TARGETS.get(target)
+    return OPSET if known is None or known.layernorm else OPSET_DECOMPOSED_LAYERNORM
+
+
+def opset_rule() -> str:
+    """`opset_for_target` in words, for help text and messages: "trt8.5: 16, else 17"."""
+    special = [f"{t}: {opset_for_target(t)}" for t in TENSORRT_TARGETS
+               if opset_for_target(t) != OPSET]
+    return ", ".join([*special, f"else {OPSET}"])
+
+
+def target_for_version(major: int, minor: int) -> str:
+    """The target of an installed TensorRT `major.minor`: the newest whose `since` it reaches."""
+    return [t for t, spec in TENSORRT_TARGETS.items() if (major, minor) >= spec.since][-1]
 
 
 # --- decoding ------------------------------------------------------------------------------------

@@ -21,9 +21,11 @@ from typing import Any, Dict, List
 
 import numpy as np
 
+from grefel.contract import INPUT_SIZE
+
 __all__ = ["main", "run"]
 
-SHAPE = (1, 64, 112, 112)
+SHAPE = (1, 64, INPUT_SIZE, INPUT_SIZE)  # the input layer's map: 64 channels at input size
 
 
 def _graphs() -> Dict[str, Any]:

@@ -32,6 +32,8 @@ from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
+from grefel.contract import INPUT_SIZE
+
 __all__ = ["child", "main", "run"]
 
 
@@ -61,7 +63,7 @@ def child(path: Path, batch: int, threads: int, warmup: int, iters: int) -> Dict
     opts.log_severity_level = 3
     session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     inp = session.get_inputs()[0]
-    side = inp.shape[-1] if isinstance(inp.shape[-1], int) else 112
+    side = inp.shape[-1] if isinstance(inp.shape[-1], int) else INPUT_SIZE
     x = np.random.default_rng(0).random((batch, 3, side, side), dtype=np.float32)
     times: List[float] = []
     for _ in range(warmup):

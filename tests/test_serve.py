@@ -29,6 +29,7 @@ from click.testing import CliRunner
 from benchmarks import serve_load
 from grefel import contract
 from grefel.cli import cli
+from grefel.config import FaceAlignment
 from grefel.pipeline import Pipeline
 from grefel.predict import PredictOptions, RecordWriter, stream_predictions
 from grefel.runtime import open_backend
@@ -275,16 +276,13 @@ def test_serve_face_options_are_predicts(weights, monkeypatch, tmp_path) -> None
     monkeypatch.setattr(serve, "serve", lambda w, opts, on_ready: got.append(opts))
     result = CliRunner().invoke(cli, ["serve", "-w", str(weights)])
     assert result.exit_code == 0, result.output
-    names = ("detector", "det_size", "min_face", "align", "margin", "aligned")
-    assert {n: getattr(got[0], n) for n in names} == {n: getattr(PredictOptions(), n)
-                                                      for n in names}
+    assert (got[0].face, got[0].aligned) == (PredictOptions().face, PredictOptions().aligned)
     result = CliRunner().invoke(cli, ["serve", "-w", str(weights), "--detector", "haar",
                                       "--det-size", "320", "--min-face", "24", "--no-align",
                                       "--margin", "0.3", "--aligned"])
     assert result.exit_code == 0, result.output
-    assert {n: getattr(got[1], n) for n in names} == {
-        "detector": "haar", "det_size": 320, "min_face": 24, "align": False, "margin": 0.3,
-        "aligned": True}
+    assert (got[1].face, got[1].aligned) == (FaceAlignment(
+        detector="haar", det_size=320, min_face=24, align=False, margin=0.3), True)
 
 
 def test_image_model_answers_no_face_without_expression_and_aligned_whole_image(backend) -> None:

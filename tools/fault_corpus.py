@@ -29,6 +29,8 @@ from typing import Dict, Iterator, List, Sequence
 import numpy as np
 from PIL import Image
 
+from grefel.contract import INPUT_SIZE
+
 __all__ = [
     "MINI_CLASSES",
     "bomb_png",
@@ -141,9 +143,9 @@ def _save(model, path: Path) -> Path:
     return path
 
 
-def mini_onnx(path: Path, side: int = 112, outputs: Sequence[str] = ("probs", "primary",
+def mini_onnx(path: Path, side: int = INPUT_SIZE, outputs: Sequence[str] = ("probs", "primary",
                                                                      "confidence")) -> Path:
-    """The closed-form model of the module docstring; `side` != 112 or other `outputs` make a
+    """The closed-form model of the module docstring; `side` != INPUT_SIZE or other `outputs` make a
     foreign ONNX (another input shape, other outputs)."""
     import onnx
     from onnx import TensorProto, helper

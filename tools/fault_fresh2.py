@@ -973,10 +973,12 @@ def cases(scratch: Path) -> List[Case]:  # noqa: C901 - one flat list of cases, 
     def serve_binary_mix(w: Path) -> List[Proc]:
         procs: List[Proc] = []
         start = time.perf_counter()
-        valid = [np.full((1, 3, 112, 112), 0.1 * (i + 1), np.float32) for i in range(6)]
-        nan = np.full((1, 3, 112, 112), 0.5, np.float32)
+        from grefel.contract import INPUT_SHAPE
+
+        valid = [np.full((1, *INPUT_SHAPE), 0.1 * (i + 1), np.float32) for i in range(6)]
+        nan = np.full((1, *INPUT_SHAPE), 0.5, np.float32)
         nan[0, 0, 0, 0] = np.nan
-        empty = np.zeros((0, 3, 112, 112), np.float32)
+        empty = np.zeros((0, *INPUT_SHAPE), np.float32)
         with _serving(w, mini, procs) as server:
             if server is None:
                 return [*procs, Proc(["client"], 1, "", "Error: the server never got ready",

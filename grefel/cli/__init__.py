@@ -19,6 +19,7 @@ from benchmarks.check import CheckOptions
 from export.options import ExportOptions, TritonRepoOptions
 from grefel.cli.options import OptionGroup
 from grefel.config import DataConfig, FaceAlignment, GReFELConfig, PretrainConfig, TrainConfig
+from grefel.contract import INPUT_SIZE, OPSET_RANGE, TENSORRT_TARGETS, opset_rule
 from grefel.predict import PredictOptions
 from grefel.serve import ServeOptions
 
@@ -109,7 +110,8 @@ Examples:
 @click.option("--imbalance", type=click.Choice(["rafdb", "uniform"]), default="rafdb",
               help="Class frequencies: RAF-DB basic train counts, or equal.")
 @click.option("--contempt/--no-contempt", default=False, help="Add contempt as an 8th class.")
-@click.option("--size", type=click.IntRange(min=32), default=112, help="Image side in pixels.")
+@click.option("--size", type=click.IntRange(min=32), default=INPUT_SIZE,
+              help="Image side in pixels.")
 @click.option("--difficulty", type=_float_range(0.0, 1.0), default=1.0,
               help="Scale of pose, clutter, occlusion, blur, noise and weak expressions "
                    "(the CPU demo uses a lower value).")
@@ -687,8 +689,9 @@ def weights_import(src, kind, preset, out, num_classes, linear_head, lenient, js
 def _opset(ctx: click.Context, param: click.Parameter, value: str) -> Optional[int]:
     if value == "auto":
         return None
-    if not value.isdigit() or not 13 <= int(value) <= 20:
-        raise click.BadParameter("auto, or an opset from 13 to 20 (TorchScript exporter)")
+    lo, hi = OPSET_RANGE
+    if not value.isdigit() or not lo <= int(value) <= hi:
+        raise click.BadParameter(f"auto, or an opset from {lo} to {hi} (TorchScript exporter)")
     return int(value)
 
 
@@ -733,7 +736,7 @@ Examples:
 @click.option("--max-batch", default=8, type=_ranged(ExportOptions, "max_batch"),
               help="Profile max batch.")
 @click.option("--dynamic/--static", default=True, help="Symbolic batch in the ONNX.")
-@click.option("--opset", default="auto", callback=_opset, help="auto (trt8.5: 16, else 17) or N.")
+@click.option("--opset", default="auto", callback=_opset, help=f"auto ({opset_rule()}) or N.")
 @click.option("--simplify/--no-simplify", default=True, help="onnxsim (a failure is an error).")
 @click.option("--workspace", "workspace_gib", type=_ranged(ExportOptions, "workspace_gib"),
               help="Builder workspace limit, GiB.")
@@ -744,7 +747,7 @@ Examples:
 @click.option("--tf32/--no-tf32", default=True,
               help="TF32 for FP32 layers (TensorRT's default on Ampere/Orin+); off: full FP32.")
 @click.option("--target", default="auto",
-              type=click.Choice(["auto", "trt8.5", "trt8.6", "trt10", "trt10.15", "trt11"]),
+              type=click.Choice(["auto", *TENSORRT_TARGETS]),
               help="TensorRT version to export and lint for (auto: the installed one).")
 @click.option("--onnx-only", is_flag=True, help="Stop after the checked ONNX artifacts.")
 @click.option("--force", is_flag=True, help="Continue past a failed lint / FP16 gate / verify.")

@@ -28,6 +28,8 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
+from grefel.contract import INPUT_SIZE
+
 __all__ = [
     "SKIN_TONES", "Identity", "Pose", "expression_params", "landmarks68", "make_identity",
     "project", "render_face",
@@ -508,7 +510,7 @@ def render_face(
     rng: np.random.Generator,
     ident: Identity,
     expression: str,
-    size: int = 112,
+    size: int = INPUT_SIZE,
     difficulty: float = 1.0,
 ) -> Tuple[Image.Image, np.ndarray, Dict[str, str]]:
     """Draw one face -> (RGB image size x size, landmarks [68,2] in its pixels, attrs).

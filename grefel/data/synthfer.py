@@ -26,6 +26,7 @@ from typing import Dict, List, Sequence, Tuple, Union
 import numpy as np
 
 from grefel.config import DATASET_CLASSES
+from grefel.contract import INPUT_SIZE
 from grefel.data.faces import Identity, make_identity, render_face
 from grefel.fileio import atomic_write_bytes
 
@@ -104,7 +105,7 @@ def generate_synthfer(
     noise: float = 0.0,
     imbalance: str = "rafdb",
     contempt: bool = False,
-    size: int = 112,
+    size: int = INPUT_SIZE,
     difficulty: float = 1.0,
     overwrite: bool = False,
 ) -> Path:

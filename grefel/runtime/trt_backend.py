@@ -346,7 +346,8 @@ class TensorRTBackend(Backend):
         else:  # a fixed-batch engine: smaller chunks are zero-padded
             min_shape = max_shape = shape
         if tuple(max_shape[1:]) != INPUT_SHAPE:
-            raise BackendError(f"{self.path}: input shape {max_shape}, expected (N, 3, 112, 112)")
+            raise BackendError(f"{self.path}: input shape {max_shape}, expected "
+                               f"(N, {', '.join(map(str, INPUT_SHAPE))})")
         self.max_batch, self.min_batch = int(max_shape[0]), max(int(min_shape[0]), 1)
         self._set_shape(inputs[0], max_shape)
         self._input = self._allocate(inputs[0], max_shape)

@@ -36,6 +36,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import numpy as np
 
+from grefel.contract import INPUT_SHAPE
 from tools.fault_campaign import ROOT, Case, Proc, grefel
 
 FAMILY = "27.7 serve isolates requests"
@@ -204,7 +205,7 @@ def _answers(procs: List[Proc]) -> List[Dict[str, Any]]:
 def _colour(i: int) -> np.ndarray:
     """Request i's image: a constant colour in [0, 1] (its channel means are exact)."""
     rgb = np.random.default_rng(1000 + i).random(3).astype(np.float32)
-    return np.broadcast_to(rgb[None, :, None, None], (1, 3, 112, 112)).astype(np.float32)
+    return np.broadcast_to(rgb[None, :, None, None], (1, *INPUT_SHAPE)).astype(np.float32)
 
 
 def _expected_probs(x: np.ndarray) -> np.ndarray:
@@ -382,7 +383,7 @@ MALFORMED: Dict[str, Tuple[bytes, str]] = {
     "JSON without inputs": (b'{"outputs": []}', "application/json"),
     "inputs not a list": (b'{"inputs": 5}', "application/json"),
     "data shorter than shape": (json.dumps({"inputs": [{"name": "images",
-                                                         "shape": [1, 3, 112, 112],
+                                                         "shape": [1, *INPUT_SHAPE],
                                                          "datatype": "FP32", "data": [0.5]}]}
                                            ).encode(), "application/json"),
     "huge body (80 MiB of junk)": (b"[" + b"0," * (40 * 2**20) + b"0]", "application/json"),

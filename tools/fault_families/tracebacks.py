@@ -44,7 +44,9 @@ def cases(scratch: Path) -> List[Case]:
         import numpy as np
         from PIL import Image
 
-        Image.fromarray(np.full((112, 112, 3), 128, np.uint8)).save(image)
+        from grefel.contract import INPUT_SIZE
+
+        Image.fromarray(np.full((INPUT_SIZE, INPUT_SIZE, 3), 128, np.uint8)).save(image)
     blocker = scratch / "a_file"
     blocker.write_text("not a folder")
     data = scratch / "no_data"  # never read: the options are refused before
