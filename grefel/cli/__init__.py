@@ -844,7 +844,7 @@ def export_cmd(ctx: click.Context, source: Path, json_path: Optional[Path],
     from export import ExportError
     from export.pipeline import ExportOptions, planned_outputs, run_export
     from grefel.contract import set_max_pixels
-    from grefel.fileio import display_path, why_unwritable
+    from grefel.fileio import display_path
 
     if max_pixels is not None:
         set_max_pixels(max_pixels)
@@ -875,28 +875,11 @@ def export_cmd(ctx: click.Context, source: Path, json_path: Optional[Path],
                                  "another folder", param_hint="--out")
     if not given:
         options["out"] = new_run_folder("export", options["name"] or source.stem)
+    repo = TritonRepoOptions(instances=triton_instances, max_queue_delay_us=triton_queue_delay_us,
+                             cuda_graphs=triton_cuda_graphs)
     try:
-        result = run_export(source, ExportOptions(**options),
+        result = run_export(source, ExportOptions(**options, triton=triton_repo, triton_repo=repo),
                             log=lambda s: click.echo(s, err=True), verbose=verbose)
-        if triton_repo is not None and result.exit_code in (0, 2):
-            from export.triton import write_model_repository
-
-            engines = [p for p in result.artifacts if p.suffix == ".engine"]
-            onnx_fp32 = result.artifacts[0]
-            repo = TritonRepoOptions(instances=triton_instances,
-                                     max_queue_delay_us=triton_queue_delay_us,
-                                     cuda_graphs=triton_cuda_graphs)
-            try:
-                folder = write_model_repository(
-                    triton_repo, engines[0] if engines else onnx_fp32, onnx_fp32,
-                    max_batch=options["max_batch"], max_queue_delay_us=repo.max_queue_delay_us,
-                    instances=repo.instances, cuda_graphs=repo.cuda_graphs,
-                    log=lambda s: click.echo(s, err=True))  # fmt: skip
-            except OSError as exc:  # e.g. a file where DIR or one of its folders should be
-                raise click.ClickException(f"--triton {display_path(triton_repo)}: cannot "
-                                           "write the model repository "
-                                           f"({why_unwritable(exc)})") from None
-            result.artifacts.append(folder / "config.pbtxt")
     except ExportError as exc:
         raise click.ClickException(str(exc)) from None
     if json_path is not None:
