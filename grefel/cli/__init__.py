@@ -1044,25 +1044,25 @@ def predict_command(
         signals_end_run,
     )
     from grefel.runtime import BackendError
-    from grefel.runtime.sources import SourceError, media_suffixes, source_kind
+    from grefel.runtime.sources import SourceError, classify_source, media_suffixes
 
     if max_pixels is not None:
         set_max_pixels(max_pixels)
     weights = _model_or_default(weights)
     try:
-        kind = source_kind(src)
-        is_path = kind in ("image", "video", "folder")
+        source = classify_source(src)
+        kind = source.kind
         _check_outputs(
-            [Input("SRC", src if is_path else None, f"the input {kind}"
+            [Input("SRC", src if source.is_path else None, f"the input {kind}"
                    if kind != "folder" else "the source folder", folder=kind == "folder",
                    suffixes=media_suffixes()),
              *model_inputs("--weights", weights)],
             [Output("--out", out), Output("--annotate", annotate, folder=kind == "folder"),
              Output("--json", json_path),
-             Output("the expression plot of --out", plot_target(out, src), beside=out)])
+             Output("the expression plot of --out", plot_target(out, source), beside=out)])
         with signals_end_run():
             summary = run_predict(
-                src, weights, PredictOptions(**opts), fmt=fmt, out=out, annotate=annotate,
+                source, weights, PredictOptions(**opts), fmt=fmt, out=out, annotate=annotate,
                 device=None if device == "auto" else device,
                 on_skip=lambda file, why: click.echo(f"skipped {file}: {why}", err=True),
             )  # fmt: skip
@@ -1077,10 +1077,10 @@ def predict_command(
     if out is not None:
         _wrote(out, f"records, {fmt}")
     if annotate is not None and summary.frames:
-        _wrote(annotate, annotated_what(src))
+        _wrote(annotate, annotated_what(source))
     if summary.plot is not None:
         _wrote(summary.plot, "expression-over-time plot, PNG")
-    elif summary.faces == 0 and plot_target(out, src) is not None:
+    elif summary.faces == 0 and plot_target(out, source) is not None:
         click.echo("no expression-over-time plot: no face was found in any frame", err=True)
     if json_path:
         _write_json(json_path, summary.to_dict(), "summary JSON")
