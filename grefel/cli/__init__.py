@@ -1175,6 +1175,7 @@ def bench(
     from grefel.runtime.torch_backend import prefer_passive_openmp
 
     prefer_passive_openmp()  # before anything imports torch (docs/predict.md, --threads)
+    from benchmarks.options import BenchOptions
     from benchmarks.report import BenchError, compare, load_record, run_bench, to_text
     from grefel.fileio import display_path
 
@@ -1193,23 +1194,13 @@ def bench(
         [Output("--out", out, folder=True, owner="bench")])
     if out is None:
         out = new_run_folder("bench", weights[0].stem if weights else "random-init")
-    pipeline = None if source is None else {
-        "source": source, "detectors": detectors, "det_every": det_every,
-        "det_size": det_size, "max_frames": max_frames}
+    opts = BenchOptions(backends=backends, batch_sizes=batch_sizes, min_iters=iters,
+                        min_seconds=seconds, presets=presets, threads=threads, source=source,
+                        detectors=detectors, det_every=det_every, det_size=det_size,
+                        max_frames=max_frames, cuda_graph=cuda_graph)
     try:
-        record, paths = run_bench(
-            weights=list(weights),
-            backends=backends,
-            batch_sizes=batch_sizes,
-            min_iters=iters,
-            min_seconds=seconds,
-            presets=presets,
-            out_dir=out,
-            threads=threads,
-            progress=lambda m: click.echo(m, err=True),
-            pipeline=pipeline,
-            cuda_graph=cuda_graph,
-        )
+        record, paths = run_bench(weights=list(weights), opts=opts, out_dir=out,
+                                  progress=lambda m: click.echo(m, err=True))
     except BenchError as exc:
         raise click.ClickException(display_path(str(exc))) from None
     except OSError as exc:  # --out filled up or became unwritable while timing
