@@ -603,14 +603,12 @@ def eval_(checkpoint, data, dataset, split, out, batch_size, workers, device, th
     from grefel.runtime.torch_backend import prefer_passive_openmp
 
     prefer_passive_openmp()  # before anything imports torch (docs/predict.md, --threads)
-    import functools
-
-    from export.compare import CRITERIA, artifact_precision, measure_agreement
     from grefel.checkpoint import CheckpointError
     from grefel.config import FaceAlignment
     from grefel.data import DatasetError
     from grefel.evaluate import (
         EvalError,
+        EvalOptions,
         alignment_mismatch,
         evaluate_model,
         format_report,
@@ -634,20 +632,12 @@ def eval_(checkpoint, data, dataset, split, out, batch_size, workers, device, th
          Output("--align-cache", align_cache or None, folder=True)])
     if out is None:
         out = str(new_run_folder("eval", f"{model.stem}-{split}"))
-    compare, criteria_name = None, ""
-    if reference is not None:
-        if not Path(reference).is_file():
-            raise click.BadParameter(f"{reference}: no such checkpoint", param_hint="--reference")
-        if criteria == "auto":
-            criteria = "int8" if artifact_precision(model) == "int8" else "fp16"
-        compare = functools.partial(measure_agreement, criteria=CRITERIA[criteria],
-                                    label=f"{model.name} vs {Path(reference).name}")
-        criteria_name = criteria
+    if reference is not None and not Path(reference).is_file():
+        raise click.BadParameter(f"{reference}: no such checkpoint", param_hint="--reference")
+    opts = EvalOptions(dataset=dataset, split=split, batch_size=batch_size, workers=workers,
+                       device=device, threads=threads, strict=strict, criteria=criteria)
     try:
-        report = evaluate_model(model, data, dataset=dataset, split=split, out=out,
-                                batch_size=batch_size, workers=workers, device=device,
-                                strict=strict, threads=threads, reference=reference,
-                                compare=compare, criteria_name=criteria_name,
+        report = evaluate_model(model, data, opts, out=out, reference=reference,
                                 alignment=alignment, align_cache=align_cache or None,
                                 progress=lambda what, total: Progress(what, "images", total))
     except (CheckpointError, DatasetError, EvalError, TrainingError, OSError) as exc:
