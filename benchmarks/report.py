@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from benchmarks.env import device_label
+from benchmarks.options import BACKEND_NAMES, BenchOptions
 from grefel._lazy import MissingDependency, require
 from grefel.errors import GrefelError
 from grefel.fileio import atomic_write_bytes, atomic_write_json, claim_run_folder
@@ -373,9 +374,6 @@ def compare(record: Dict[str, Any], previous: Dict[str, Any]) -> str:
     return _text(head, rows)
 
 
-BACKEND_NAMES = {"torch": "torch", "onnx": "onnx", "trt": "tensorrt"}
-
-
 def table2_sizes(presets: Sequence[str], num_classes: int = 7) -> List[Dict[str, Any]]:
     """Params / FLOPs / MACs of the four Table 2 variants per preset, with the paper's numbers
     beside the paper preset's rows (benchmarks.flops, benchmarks.paper)."""
@@ -469,21 +467,15 @@ def bench_targets(weights: Sequence[Path], backends: Sequence[str], presets: Seq
 
 def run_bench(
     weights: Sequence[Path],
-    backends: Sequence[str],
-    batch_sizes: Sequence[int],
-    min_iters: int,
-    min_seconds: float,
-    presets: Sequence[str],
-    out_dir: Optional[Path],
-    threads: Optional[int] = None,
+    opts: BenchOptions,
+    out_dir: Optional[Path] = None,
     progress: Any = None,
-    pipeline: Optional[Dict[str, Any]] = None,
-    cuda_graph: bool = False,
 ) -> Tuple[Dict[str, Any], Optional[Tuple[Path, Path]]]:
     """`grefel bench`: sizes vs Table 2, latency per backend and batch, the environment; the
-    record is written to `out_dir` (when given) and returned. With `pipeline` (source,
-    detectors, det_every, det_size, max_frames) the record holds the end-to-end pipeline rows
-    of `benchmarks.pipeline` instead of sizes and latency."""
+    record is written to `out_dir` (when given) and returned. With `opts.source` the record
+    holds the end-to-end pipeline rows of `benchmarks.pipeline` (opts.detectors x
+    opts.det_every on that video) instead of sizes and latency. `progress`: told what is being
+    measured, one line at a time."""
     import os
 
     from benchmarks.env import environment
@@ -491,18 +483,19 @@ def run_bench(
 
     if out_dir is not None:
         check_writable(out_dir)  # before anything is measured
-    targets = bench_targets(weights, backends, presets)  # a bad weights file fails here
+    backends, threads = opts.backends, opts.threads
+    targets = bench_targets(weights, backends, opts.presets)  # a bad weights file fails here
     env = environment()
     env["load"] = [round(x, 2) for x in os.getloadavg()]
+    pipeline = opts.pipeline()
     if pipeline is not None:
         from benchmarks.pipeline import pipeline_rows
 
-        rows = pipeline_rows(weights, pipeline["source"], pipeline["detectors"],
-                             pipeline["det_every"], det_size=pipeline["det_size"],
-                             threads=threads, max_frames=pipeline.get("max_frames"),
+        rows = pipeline_rows(weights, opts.source, opts.detectors, opts.det_every,
+                             det_size=opts.det_size, threads=threads, max_frames=opts.max_frames,
                              backends=backends, progress=progress)
         settings = {"weights": [str(w) for w in weights], "backends": list(backends),
-                    "threads": threads, "pipeline": dict(pipeline)}
+                    "threads": threads, "pipeline": pipeline}
         record = make_record(settings, env, [], [])
         record["pipeline"] = rows
         return record, (write_record(record, out_dir) if out_dir is not None else None)
@@ -510,18 +503,18 @@ def run_bench(
         progress("params and FLOPs of the timed models and of the Table 2 variants ...")
     timed = timed_sizes(targets)
     try:
-        sizes, sizes_note = table2_sizes(presets), ""
+        sizes, sizes_note = table2_sizes(opts.presets), ""
     except MissingDependency as exc:  # a torch-free install times its model files all the same
         sizes, sizes_note = [], str(exc)
     settings = {
         "weights": [str(w) for w in weights],
         "backends": list(backends),
-        "batch_sizes": list(batch_sizes),
-        "min_iters": min_iters,
-        "min_seconds": min_seconds,
-        "presets": list(presets),
+        "batch_sizes": list(opts.batch_sizes),
+        "min_iters": opts.min_iters,
+        "min_seconds": opts.min_seconds,
+        "presets": list(opts.presets),
         "threads": threads,
-        "cuda_graph": cuda_graph,  # TensorRT rows replayed as CUDA graphs
+        "cuda_graph": opts.cuda_graph,  # TensorRT rows replayed as CUDA graphs
     }
     record = make_record(settings, env, sizes, [], timed_sizes=timed)
     if sizes_note:
@@ -533,8 +526,8 @@ def run_bench(
         if paths is not None:
             write_record(record, out_dir, paths)  # each row is on disk as it is measured
 
-    run(targets, batch_sizes, min_iters, min_seconds, threads, progress, on_row=on_row,
-        cuda_graph=cuda_graph)
+    run(targets, opts.batch_sizes, opts.min_iters, opts.min_seconds, threads, progress,
+        on_row=on_row, cuda_graph=opts.cuda_graph)
     if paths is not None:
         write_record(record, out_dir, paths)
     return record, paths

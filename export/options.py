@@ -1,49 +1,109 @@
 """The settings of one export (`grefel export`), apart from the pipeline so that reading them
 (the command line's option declarations) imports neither onnx, torch nor TensorRT.
 
-Each numeric field declares its valid values once (grefel.ranges.ranged); the command line's
-option types and `__post_init__` both derive from that declaration.
+Each field is a `grefel.ranges.setting`: the one home of its default, its help text and its
+valid values, from which the command line's options and `__post_init__`'s checks derive.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Tuple
 
-from grefel.contract import OPSET_RANGE
+from grefel.contract import OPSET_RANGE, TENSORRT_TARGETS, opset_rule
 from grefel.errors import ConfigError
-from grefel.ranges import check_ranges, ranged
+from grefel.ranges import check_ranges, setting
 
 __all__ = ["ExportOptions", "TritonRepoOptions", "name_problem"]
 
 
 @dataclass(frozen=True)
+class TritonRepoOptions:
+    """The Triton model repository `grefel export --triton DIR` writes beside the artifacts
+    (export.triton.write_model_repository, the export's last stage): its dynamic batcher and
+    instance count."""
+
+    instances: int = setting(1, min=1, option="--triton-instances",
+                             help="instance_group count of the Triton model.")
+    max_queue_delay_us: int = setting(2000, min=0, option="--triton-queue-delay-us",
+                                      help="Dynamic batching: max_queue_delay_microseconds.")
+    cuda_graphs: bool = setting(False, option="--triton-cuda-graphs",
+                                help="Triton's TensorRT backend replays each batch size as a CUDA "
+                                     "graph (optimization { cuda { graphs: true } }; engines "
+                                     "only).")
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+
+
+def _calib_methods() -> Tuple[str, ...]:
+    """--calib-method's choices: auto and export.int8's CALIB_METHODS (which imports onnx)."""
+    from export.int8 import CALIB_METHODS
+
+    return ("auto", *CALIB_METHODS)
+
+
+@dataclass(frozen=True)
 class ExportOptions:
-    fp16: bool = True
-    batch: int = ranged(1, min=1)  # the engine profile's opt batch (<= max_batch)
-    max_batch: int = ranged(8, min=1)  # the engine profile's max batch
-    dynamic: bool = True
-    # None: chosen for the target (opset_for_target); else what the TorchScript exporter writes
-    opset: Optional[int] = ranged(None, kind=int, min=OPSET_RANGE[0], max=OPSET_RANGE[1])
-    simplify: bool = True
-    workspace_gib: Optional[float] = ranged(None, kind=float, min=0, min_open=True)
-    dla_core: Optional[int] = ranged(None, kind=int, min=0)
-    timing_cache: Optional[Path] = None
-    tf32: bool = True
-    target: str = "auto"
-    onnx_only: bool = False
-    force: bool = False
-    verify: bool = False
-    out: Path = Path("engines")
-    name: Optional[str] = None
-    embedding: bool = False
-    calib_data: Optional[Path] = None
-    int8: bool = False  # also the QDQ INT8 ONNX (needs calib_data); the engine is INT8
-    calib_method: str = "auto"  # auto: each of export.int8.CALIB_METHODS in turn
-    deepstream: Optional[Path] = None  # also a DeepStream nvinfer config folder
-    deepstream_detector_id: int = ranged(1, min=1)  # the face detector's gie-unique-id
-    deepstream_face_classes: Tuple[int, ...] = (0,)  # its face class ids
+    fp16: bool = setting(True, option="--fp16/--fp32",
+                         help="FP16 engine (with the FP16 gate) or FP32.")
+    batch: int = setting(1, min=1, help="Profile opt batch.")  # <= max_batch
+    max_batch: int = setting(8, min=1, help="Profile max batch.")
+    dynamic: bool = setting(True, option="--dynamic/--static", help="Symbolic batch in the ONNX.")
+    # None (the command line's "auto"): chosen for the target; 13..20, what the TorchScript
+    # exporter writes
+    opset: Optional[int] = setting(None, kind=int, min=OPSET_RANGE[0], max=OPSET_RANGE[1],
+                                   help_default="auto", help=f"auto ({opset_rule()}) or N.")
+    simplify: bool = setting(True, help="onnxsim (a failure is an error).")
+    workspace_gib: Optional[float] = setting(None, kind=float, min=0, min_open=True,
+                                             option="--workspace",
+                                             help="Builder workspace limit, GiB.")
+    dla_core: Optional[int] = setting(None, kind=int, min=0,
+                                      help="Build for this DLA core (GPU fallback).")
+    timing_cache: Optional[Path] = setting(None, path="file",
+                                           help="TensorRT timing cache, loaded and saved.")
+    tf32: bool = setting(True, help="TF32 for FP32 layers (TensorRT's default on Ampere/Orin+); "
+                                    "off: full FP32.")
+    target: str = setting("auto", choices=("auto", *TENSORRT_TARGETS),
+                          help="TensorRT version to export and lint for (auto: the installed "
+                               "one).")
+    onnx_only: bool = setting(False, help="Stop after the checked ONNX artifacts.")
+    force: bool = setting(False, help="Continue past a failed lint / FP16 gate / verify.")
+    verify: bool = setting(False, help="Run the engine vs ONNX Runtime after the build.")
+    # the library's default; the command line's is a new run folder (help_default)
+    out: Path = setting(Path("engines"), path="dir", help="Artifacts folder.",
+                        help_default="a new runs/export/NAME, -2, -3, ...")
+    name: Optional[str] = setting(None, help="Artifact name (default: the source file's stem).")
+    embedding: bool = setting(False, help="Also output the pooled embedding.")
+    calib_data: Optional[Path] = setting(
+        None, path="dir",
+        help="Image folder (e.g. SynthFER) for the FP16 gate and --verify; with --int8 the INT8 "
+             "calibration images and the held-out INT8 gate images (disjoint).")
+    int8: bool = setting(
+        False,
+        help="Also write NAME.int8.onnx (QDQ: per-channel int8 weights, calibrated int8 "
+             "activations; LayerNorm, Softmax and the reliability tail in float) with the INT8 "
+             "gate; the engine is INT8. Needs --calib-data.")
+    calib_method: str = setting(
+        "auto", choices=_calib_methods,
+        help="INT8 activation ranges: max |x| over the calibration images, its 99.999th "
+             "percentile, or minimal KL divergence; auto tries them in that order and keeps the "
+             "first that passes the INT8 gate.")
+    deepstream: Optional[Path] = setting(
+        None, path="dir",
+        help="Also write a DeepStream nvinfer config here (secondary classifier on a face "
+             "detector's faces): config_infer_secondary_grefel.txt and labels_grefel.txt.")
+    deepstream_detector_id: int = setting(
+        1, min=1, help="gie-unique-id of the face detector grefel runs after (operate-on-gie-id).")
+    deepstream_face_classes: Tuple[int, ...] = setting(
+        (0,), help="The detector's face class id(s), comma-separated (operate-on-class-ids).")
+    # the export's last stage (run_export), written when the export ends with 0 or 2
+    triton: Optional[Path] = setting(
+        None, path="dir",
+        help="Also write a Triton model repository here: DIR/grefel/config.pbtxt and "
+             "1/model.plan (the engine) or 1/model.onnx (no engine: ONNX Runtime).")
+    triton_repo: TritonRepoOptions = field(default_factory=TritonRepoOptions)
 
     def __post_init__(self) -> None:
         check_ranges(self)
@@ -65,15 +125,3 @@ def name_problem(name: str) -> Optional[str]:
         return f"{name!r} starts with a dot (a hidden file); give a plain name"
     return None
 
-
-@dataclass(frozen=True)
-class TritonRepoOptions:
-    """The Triton model repository `grefel export --triton DIR` writes beside the artifacts
-    (export.triton.write_model_repository): its dynamic batcher and instance count."""
-
-    instances: int = ranged(1, min=1)  # instance_group count
-    max_queue_delay_us: int = ranged(2000, min=0)  # dynamic batching: longest wait, microseconds
-    cuda_graphs: bool = False  # optimization { cuda { graphs: true } } (TensorRT plans)
-
-    def __post_init__(self) -> None:
-        check_ranges(self)

@@ -4,7 +4,8 @@
     with torch -> TensorRT op lint -> FP16-typed ONNX + FP16 gate -> (--int8: QDQ INT8 ONNX
     calibrated on --calib-data + INT8 gate on held-out images, export/int8.py) -> ONNX
     artifacts -> engine build (INT8 from the QDQ ONNX with --int8) -> --verify on the device ->
-    engine + sidecar
+    engine + sidecar -> (--triton DIR: the Triton model repository of the engine, else of the
+    ONNX)
 
 `MODEL.onnx` as the source skips the torch stages (no torch import), for a Jetson that builds
 its own engine. Every artifact is made in a work folder inside `--out` and moved into place only
@@ -43,7 +44,14 @@ from export.simplify import simplify_onnx
 from export.trt_form import for_tensorrt
 from grefel._lazy import MissingDependency, require
 from grefel.contract import INPUT_SHAPE, TENSORRT_TARGETS, opset_for_target, target_for_version
-from grefel.fileio import atomic_path, atomic_write_json, claim_run_folder
+from grefel.fileio import (
+    atomic_path,
+    atomic_write_json,
+    claim_run_folder,
+    display_path,
+    pid_alive,
+    why_unwritable,
+)
 
 __all__ = ["ExportOptions", "ExportResult", "artifact_name", "planned_outputs",
            "remove_stale_work_dirs", "resolve_target", "run_export"]
@@ -184,7 +192,7 @@ def run_export(source: Path, opts: ExportOptions, log: Log = print,
         try:
             with captured_warnings(sink=run.detail) as caught:
                 run.caught = caught
-                return run.run()
+                result = run.run()
         except ExportError as exc:
             raise ExportError(_user_message(str(exc), Path(source), Path(tmp))) from None
         except MissingDependency as exc:  # one outside a stage: an ExportError all the same
@@ -193,6 +201,32 @@ def run_export(source: Path, opts: ExportOptions, log: Log = print,
             raise ExportError(f"--out {opts.out}: cannot write the artifacts "
                               f"({exc.strerror or exc}); nothing earlier there was replaced"
                               ) from None
+    if opts.triton is not None and result.exit_code in (0, 2):
+        result.artifacts.append(_triton_repository(run, result))
+    return result
+
+
+def _triton_repository(run: _Run, result: ExportResult) -> Path:
+    """--triton DIR, the last stage: the Triton model repository of the built engine, else of
+    the FP32 ONNX (ONNX Runtime), once every artifact is in --out (a failure here leaves them
+    there); returns DIR/grefel/config.pbtxt, the artifact list's last line."""
+    from export.triton import write_model_repository
+
+    opts = run.opts
+    engines = [p for p in result.artifacts if p.suffix == ".engine"]
+    onnx_fp32 = result.artifacts[0]
+    with run.stage("Triton model repository") as notes:
+        try:
+            folder = write_model_repository(
+                opts.triton, engines[0] if engines else onnx_fp32, onnx_fp32,
+                max_batch=opts.max_batch, max_queue_delay_us=opts.triton_repo.max_queue_delay_us,
+                instances=opts.triton_repo.instances, cuda_graphs=opts.triton_repo.cuda_graphs,
+                log=run.log)
+        except OSError as exc:  # e.g. a file where DIR or one of its folders should be
+            raise ExportError(f"--triton {display_path(opts.triton)}: cannot write the model "
+                              f"repository ({why_unwritable(exc)})") from None
+        notes.append(f"{folder}, {'model.plan' if engines else 'model.onnx'}")
+    return folder / "config.pbtxt"
 
 
 def check_options(source: Path, opts: ExportOptions) -> None:
@@ -203,6 +237,9 @@ def check_options(source: Path, opts: ExportOptions) -> None:
         raise ExportError("--deepstream with --embedding: DeepStream's classifier parser would "
                           "read the embedding output as one more class attribute; export for "
                           "DeepStream without --embedding")
+    if opts.triton is not None and not opts.dynamic:
+        raise ExportError("--triton: a Triton repository with dynamic batching needs a dynamic "
+                          "batch: drop --static")
     if opts.calib_method not in ("auto", *CALIB_METHODS):
         raise ExportError(f"--calib-method {opts.calib_method}: choose auto or one of "
                           f"{', '.join(CALIB_METHODS)}")
@@ -212,16 +249,6 @@ def check_options(source: Path, opts: ExportOptions) -> None:
         return  # a QDQ INT8 ONNX is built as it is: nothing to calibrate
     raise ExportError("--int8 needs --calib-data DIR: a folder of real face crops (e.g. a "
                       "SynthFER or RAF-DB folder) to calibrate on and gate with")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
 
 
 def remove_stale_work_dirs(out: Path, log: Log = print) -> List[Path]:
@@ -235,7 +262,7 @@ def remove_stale_work_dirs(out: Path, log: Log = print) -> List[Path]:
         head = entry.name[len(WORK_PREFIX):].split("-", 1)[0]
         if head.isdigit() and "-" in entry.name[len(WORK_PREFIX):]:
             pid = int(head)
-            if pid == os.getpid() or _pid_alive(pid):
+            if pid == os.getpid() or pid_alive(pid):
                 continue  # a running export's (maybe this one's) work folder
         shutil.rmtree(entry, ignore_errors=True)
         if not entry.exists():

@@ -46,7 +46,7 @@ import onnx
 
 from export import ExportError
 from grefel import __version__, contract
-from grefel.fileio import sha256_file
+from grefel.fileio import pid_alive, sha256_file
 
 __all__ = ["MODEL_NAME", "RECORD", "config_text", "remove_stale_work_dirs",
            "write_model_repository"]
@@ -238,14 +238,12 @@ def _stage_dir(real: Path) -> Path:
 
 def _stale(entry: Path, own_prefix: str) -> bool:
     """A work folder of a process that no longer runs (or of the older layout without a pid)."""
-    from export.pipeline import _pid_alive
-
     if not entry.is_dir() or entry.is_symlink():
         return False
     head = entry.name[len(own_prefix):].split("-", 1)[0]
     if head.isdigit() and "-" in entry.name[len(own_prefix):]:
         pid = int(head)
-        return pid != os.getpid() and not _pid_alive(pid)
+        return pid != os.getpid() and not pid_alive(pid)
     return True
 
 

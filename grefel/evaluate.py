@@ -1,18 +1,19 @@
 """`grefel eval`: accuracy, macro-F1, calibration, embedding quality and bias of a model file.
 
     report = evaluate_checkpoint("runs/demo/train/best.safetensors", "data/synthfer", out="ev")
-    report = evaluate_model("engines/best.int8.onnx", "data/synthfer",
-                            reference="runs/demo/train/best.safetensors", compare=agree)
+    report = evaluate_model("engines/best.int8.onnx", "data/synthfer", EvalOptions(threads=2),
+                            reference="runs/demo/train/best.safetensors")
 
 A checkpoint runs in PyTorch; an exported `.onnx` (FP32, FP16-typed or INT8 QDQ) or a TensorRT
 `.engine` runs through its runtime backend (`grefel.runtime.open_backend`), fed by the same
 loader: `FERDataset` decodes and crops with `grefel.contract` and the eval transform is
 `grefel.contract.to_model_input`, what `grefel predict` feeds a backend. So the accuracy of an
 artifact is measured on the tensors it serves. With `reference=CKPT` the FP32 checkpoint runs
-over the same batches and the report holds both accuracies and the agreement (`compare`, the
-export gates' comparator passed in by the CLI: `export.compare.measure_agreement`). The loader
-yields numpy batches (`grefel.data.datasets.batches`; torch's DataLoader with `workers` > 0),
-so an exported model is evaluated without torch, as on a Jetson without it.
+over the same batches and the report holds both accuracies and the agreement, measured by a
+`Comparator`: by default the export gates' (`grefel.agreement.measure_agreement`) held to the
+criteria `EvalOptions.criteria` names (`agreement_comparator`); a caller may pass its own. The
+loader yields numpy batches (`grefel.data.datasets.batches`; torch's DataLoader with `workers`
+> 0), so an exported model is evaluated without torch, as on a Jetson without it.
 
 Everything is measured on one split (test by default) and written to OUT:
 
@@ -37,7 +38,9 @@ Davies-Bouldin and Calinski-Harabasz are computed on the full D-dimensional embe
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import (
     TYPE_CHECKING,
@@ -47,6 +50,7 @@ from typing import (
     Iterator,
     List,
     Optional,
+    Protocol,
     Sequence,
     Tuple,
     Union,
@@ -55,7 +59,8 @@ from typing import (
 import numpy as np
 
 from grefel._lazy import MissingDependency, require
-from grefel.config import FaceAlignment
+from grefel.agreement import CRITERIA
+from grefel.config import DataConfig, FaceAlignment
 from grefel.errors import GrefelError
 from grefel.finite import NonFiniteError, require_finite
 from grefel.metrics import (
@@ -72,13 +77,16 @@ from grefel.metrics import (
     prediction_changes,
     reliability_bins,
 )
+from grefel.predict import PredictOptions
 from grefel.progress import Progress
+from grefel.ranges import check_choices, check_ranges, range_of, setting
 
 if TYPE_CHECKING:
     import torch
 
 __all__ = [
-    "ARTIFACT_SUFFIXES", "EvalError", "OUTPUT_NAMES", "collect_backend_outputs", "collect_outputs",
+    "ARTIFACT_SUFFIXES", "Comparator", "EvalError", "EvalOptions", "OUTPUT_NAMES",
+    "agreement_comparator", "collect_backend_outputs", "collect_outputs", "criteria_for",
     "evaluate_checkpoint", "evaluate_model", "format_report", "score_predictions",
 ]
 
@@ -93,6 +101,29 @@ NOT_GROUPS = frozenset({"clean_label", "box", "intensity"})
 
 class EvalError(GrefelError, ValueError):
     """Data and checkpoint that do not fit together; the message says how."""
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """How `grefel eval` reads the split and runs the model (evaluate_model); the files (the
+    model, the data, --out, --reference) and the face alignment are given beside it."""
+
+    dataset: str = setting("auto", help="Reader kind (auto detects).")
+    split: str = setting("test", help="Split to evaluate.")
+    batch_size: int = setting(64, min=1, help="Images per batch.")
+    workers: int = setting(0, like=range_of(DataConfig, "workers"), help="DataLoader workers.")
+    device: str = setting("auto", help="auto, cpu, cuda or cuda:N.")
+    threads: Optional[int] = setting(None, like=range_of(PredictOptions, "threads"),
+                                     help="CPU threads of ONNX Runtime / PyTorch.",
+                                     help_default="the library's")
+    strict: bool = setting(False, help="Unreadable images are an error.")
+    criteria: str = setting("auto", choices=("auto", *CRITERIA),
+                            help="Agreement criteria with --reference (auto: int8 for a quantized "
+                                 "model, else fp16, the FP16 gate's).")
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+        check_choices(self)
 
 
 def collect_outputs(
@@ -286,23 +317,45 @@ def _alignment_lines(alignment: Optional[Dict[str, Any]]) -> List[str]:
             f"{'faces found / without a face':<34}{found:>12}"]
 
 
-def evaluate_checkpoint(
-    checkpoint: PathLike,
-    data: PathLike,
-    dataset: str = "auto",
-    split: str = "test",
-    out: Optional[PathLike] = None,
-    batch_size: int = 64,
-    workers: int = 0,
-    device: str = "auto",
-    strict: bool = False,
-) -> Dict[str, Any]:
-    """Evaluate `checkpoint` on `split` of the dataset at `data`; write plots + JSON to `out`."""
-    return evaluate_model(checkpoint, data, dataset=dataset, split=split, out=out,
-                          batch_size=batch_size, workers=workers, device=device, strict=strict)
+def evaluate_checkpoint(checkpoint: PathLike, data: PathLike, out: Optional[PathLike] = None,
+                        **settings: Any) -> Dict[str, Any]:
+    """Evaluate `checkpoint` on the dataset at `data` with EvalOptions(**settings) (split,
+    device, ...); write plots + JSON to `out`."""
+    return evaluate_model(checkpoint, data, EvalOptions(**settings), out=out)
 
 
-Compare = Callable[[Dict[str, np.ndarray], Dict[str, np.ndarray]], Any]
+Outputs = Dict[str, np.ndarray]
+
+
+class Comparator(Protocol):
+    """The seam between eval and the export gates: compares the reference checkpoint's outputs
+    with the evaluated model's over the same images, and returns an object with `to_dict()`
+    (a `grefel.agreement.Agreement`: the report's `reference.agreement`)."""
+
+    def __call__(self, reference: Outputs, candidate: Outputs) -> Any: ...
+
+
+def criteria_for(criteria: str, model_path: PathLike) -> str:
+    """The agreement criteria's name for `criteria`: itself, or for "auto" the model's
+    precision's (int8 for a quantized model, else fp16, the FP16 gate's: an FP32 artifact is
+    held to it too)."""
+    if criteria != "auto":
+        return criteria
+    from grefel.agreement import artifact_precision
+
+    return "int8" if artifact_precision(model_path) == "int8" else "fp16"
+
+
+def agreement_comparator(criteria: str, label: str = "agreement") -> Comparator:
+    """The default Comparator: the export gates' `measure_agreement` held to the criteria named
+    `criteria` (grefel.agreement.CRITERIA), so eval's agreement is the gates' own verdict."""
+    from grefel.agreement import measure_agreement
+
+    if criteria not in CRITERIA:
+        raise EvalError(f"criteria {criteria!r}: choose auto or one of {', '.join(CRITERIA)}")
+    return functools.partial(measure_agreement, criteria=CRITERIA[criteria], label=label)
+
+
 # (what, total images) -> the Progress of one pass over the split (`grefel eval`: stderr)
 ProgressFactory = Callable[[str, int], Progress]
 
@@ -341,26 +394,21 @@ def _warn_shared_with_train(data: Any, dataset: str, split: str, samples: Sequen
 def evaluate_model(
     model_path: PathLike,
     data: PathLike,
-    dataset: str = "auto",
-    split: str = "test",
+    opts: EvalOptions,
+    *,
     out: Optional[PathLike] = None,
-    batch_size: int = 64,
-    workers: int = 0,
-    device: str = "auto",
-    strict: bool = False,
-    threads: Optional[int] = None,
     reference: Optional[PathLike] = None,
-    compare: Optional[Compare] = None,
-    criteria_name: str = "",
+    comparator: Optional[Comparator] = None,
     alignment: Optional[FaceAlignment] = None,
     align_cache: Optional[PathLike] = None,
     progress: Optional[ProgressFactory] = None,
 ) -> Dict[str, Any]:
-    """Evaluate a checkpoint, `.onnx` or `.engine` on `split` of `data` (module doc).
+    """Evaluate a checkpoint, `.onnx` or `.engine` on `opts.split` of `data` (module doc).
 
-    reference: an FP32 checkpoint run over the same batches; needs `compare(reference outputs,
-        candidate outputs)`, returning an object with `to_dict()` (an `Agreement`).
-    threads: CPU threads of ONNX Runtime / PyTorch (None: the library default).
+    out: the folder of metrics.json, confusion.json and the plots (None: nothing written).
+    reference: an FP32 checkpoint run over the same batches; its outputs and the model's are
+        compared by `comparator`, by default `agreement_comparator` held to the criteria
+        `opts.criteria` names (`criteria_for`), recorded in the report.
     alignment: with mode "detect", every image is first detected and aligned as `grefel
         predict` does a still image (grefel.align_data, cached in `align_cache`); the
         report's `alignment` holds the settings and how many images had no face.
@@ -372,8 +420,14 @@ def evaluate_model(
     from grefel.data.datasets import batches, collate_arrays, resolve_kind
 
     model_path = Path(model_path)
-    if reference is not None and compare is None:
-        raise EvalError("a reference checkpoint needs a comparator")
+    dataset, split, batch_size, workers = opts.dataset, opts.split, opts.batch_size, opts.workers
+    device, threads, strict = opts.device, opts.threads, opts.strict
+    compare, criteria = comparator, ""
+    if reference is not None:  # the comparison is chosen before anything is loaded
+        criteria = criteria_for(opts.criteria, model_path)
+        if compare is None:
+            compare = agreement_comparator(
+                criteria, label=f"{model_path.name} vs {Path(reference).name}")
 
     samples, classes = load_samples(data, dataset, split)
     absent = absent_classes(samples, classes)
@@ -437,14 +491,14 @@ def evaluate_model(
             raise EvalError(f"{data} ({split}): the reference run read other images than "
                             f"{model_path.name} (a file changed during eval?)")
         ref_scores = score_predictions(ref_pred, classes, attrs, train_labels)
-        agreement = compare(ref_pred, pred)  # type: ignore[misc]
+        agreement = compare(ref_pred, pred)  # type: ignore[misc]  # set with reference
         report["reference"] = {
             "checkpoint": str(reference),
             "final_accuracy": ref_scores["final"]["accuracy"],
             "final_macro_f1": ref_scores["final"]["macro_f1"],
             "primary_accuracy": ref_scores["primary"]["accuracy"],
             "accuracy_delta": report["final"]["accuracy"] - ref_scores["final"]["accuracy"],
-            "criteria": criteria_name,
+            "criteria": criteria,
             "agreement": agreement.to_dict(),
         }
     if out is not None:

@@ -25,7 +25,8 @@ from grefel.errors import GrefelError, OutputPathError
 __all__ = ["RUNS", "RUN_MARKER", "Input", "Output", "OutputClash", "UserTextError", "atomic_path",
            "atomic_write_bytes", "atomic_write_json", "check_outputs", "claim_run_folder",
            "deferred_signals", "display_path", "model_inputs", "new_run_folder",
-           "read_user_text", "run_owner", "sha256_file", "why_unwritable", "write_record"]
+           "pid_alive", "read_user_text", "run_owner", "sha256_file", "why_unwritable",
+           "write_record"]
 
 RUNS = Path("runs")  # every command's default output folder: runs/<command>/<name>
 RUN_MARKER = ".grefel-run"  # {"command": ...} in a run folder: the command that owns it
@@ -174,6 +175,19 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> None:
 
 def atomic_write_json(path: PathLike, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` runs (another user's counts): a work folder named after a process
+    that no longer runs was left by a killed run and may be removed (export's `.export-<pid>-*`,
+    the Triton repository's work folders)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
 
 
 def why_unwritable(exc: OSError) -> str:

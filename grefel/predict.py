@@ -47,7 +47,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import IO, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -70,12 +70,12 @@ from grefel.ranges import check_ranges, setting
 from grefel.runtime.base import Backend
 from grefel.runtime.sources import (
     ANNOTATED_MARKER,
-    STREAM_KINDS,
     Frame,
     Skipped,
+    Source,
     StreamEnd,
+    classify_source,
     iter_source,
-    source_kind,
 )
 from grefel.timeline import Timeline, plot_path
 
@@ -105,12 +105,13 @@ ANNOTATED_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 ANNOTATED_VIDEO_CODECS = {".avi": "MJPG", ".mp4": "mp4v"}  # suffix -> OpenCV fourcc
 
 
-def check_annotate(out: Path, src: str) -> Path:
-    """`out` itself, when it is a name `--annotate` can write for `src` exactly as given; else an
-    OutputError saying what to give. An image gets an image file (.png, .jpg, .jpeg, .bmp), a
+def check_annotate(out: Path, source: Union[str, Source]) -> Path:
+    """`out` itself, when it is a name `--annotate` can write for `source` exactly as given; else
+    an OutputError saying what to give. An image gets an image file (.png, .jpg, .jpeg, .bmp), a
     folder a folder (mirroring it), a video, camera or stream a .avi (MJPG) or .mp4 (mp4v)
     file; never the source itself or a path inside the source folder."""
-    kind, name = source_kind(src), display_path(out)
+    source = classify_source(source)
+    kind, src, name = source.kind, source.target, display_path(out)
     out = Path(out)
     if kind == "folder":
         if out.exists() and not out.is_dir():
@@ -145,9 +146,9 @@ def check_annotate(out: Path, src: str) -> Path:
     return out
 
 
-def annotated_what(src: str) -> str:
-    """What `--annotate` wrote for `src`, for the `wrote PATH (...)` line."""
-    kind = source_kind(src)
+def annotated_what(source: Union[str, Source]) -> str:
+    """What `--annotate` wrote for `source`, for the `wrote PATH (...)` line."""
+    kind = classify_source(source).kind
     if kind == "folder":
         return "annotated copies, mirroring the source folder"
     return "annotated image" if kind == "image" else "annotated video"
@@ -340,11 +341,12 @@ class Annotator:
 
     WINDOW = "grefel"
 
-    def __init__(self, out: Optional[Path], src: str, show: bool = False) -> None:
+    def __init__(self, out: Optional[Path], source: Union[str, Source],
+                 show: bool = False) -> None:
         self.cv2 = require("cv2")
-        self.out = check_annotate(out, src) if out is not None else None
-        self.kind = source_kind(src)
-        self.root = Path(src) if self.kind == "folder" else None
+        self.source = classify_source(source)
+        self.out = check_annotate(out, self.source) if out is not None else None
+        self.root = Path(self.source.target) if self.source.kind == "folder" else None
         self._video: Any = None
         self._marked = False
         self.show, self.stopped = show, False
@@ -402,7 +404,7 @@ class Annotator:
                 self.stopped = True
         if self.out is None:
             return
-        if self.kind in ("video",) + STREAM_KINDS:
+        if self.source.is_video:
             self._write_video(image, frame.fps)
             return
         dest = (
@@ -554,7 +556,7 @@ class _Predictor:
 
 
 def stream_predictions(
-    src: str,
+    source: Union[str, Source],
     backend: Backend,
     writer: RecordWriter,
     opts: PredictOptions = PredictOptions(),
@@ -565,19 +567,20 @@ def stream_predictions(
     timeline: Optional[Timeline] = None,
     exclude: Sequence[Path] = (),
 ) -> PredictSummary:
-    """Stream `src` through `backend` (opened), writing one record per face to `writer`.
+    """Stream `source` (a str is classified here) through `backend` (opened), writing one
+    record per face to `writer`.
 
     detector: a detector object replacing `opts.detector` (tests, other detectors).
     exclude: the run's own output paths, which a folder walk skips with a line.
     progress: told the frames done after each frame read.
     timeline: given each frame's records (the expression-over-time plot)."""
     start = time.perf_counter()
-    video = source_kind(src) in ("video",) + STREAM_KINDS
-    runner = _Predictor(backend, writer, opts, annotator, video, detector=detector)
+    source = classify_source(source)
+    runner = _Predictor(backend, writer, opts, annotator, source.is_video, detector=detector)
     runner.timeline = timeline
     decode = 0.0
     try:
-        items = iter_source(src, opts.max_frames, exclude=exclude)
+        items = iter_source(source, opts.max_frames, exclude=exclude)
         while not runner.stopped:
             t0 = time.perf_counter()
             item = next(items, None)
@@ -609,16 +612,16 @@ def stream_predictions(
     return summary
 
 
-def plot_target(out: Optional[Path], src: str) -> Optional[Path]:
+def plot_target(out: Optional[Path], source: Union[str, Source]) -> Optional[Path]:
     """Where a run writes its expression-over-time plot: beside `out` for a video, camera or
     stream source (a .png is never such a source nor its --annotate video), else nowhere."""
-    if out is None or source_kind(src) not in ("video",) + STREAM_KINDS:
+    if out is None or not classify_source(source).is_video:
         return None
     return plot_path(out)
 
 
 def run_predict(
-    src: str,
+    source: Union[str, Source],
     weights: Path,
     opts: PredictOptions,
     fmt: str = "jsonl",
@@ -627,18 +630,19 @@ def run_predict(
     device: Optional[str] = None,
     on_skip: Callable[[str, str], None] = lambda f, r: None,
 ) -> PredictSummary:
-    """`grefel predict`: open the backend for `weights`, stream `src`, write records to `out`
+    """`grefel predict`: open the backend for `weights`, stream `source`, write records to `out`
     (line by line as produced, flushed after each frame; stdout when None) and optionally
     annotated images / video to `annotate`. An `out` that cannot be written is an OutputError
-    naming it."""
+    naming it. A str source is classified here, once (a missing path is a SourceError before
+    the model is loaded); every step after reads that Source."""
     import sys
 
     from grefel.runtime import open_backend
 
-    source_kind(src)  # a missing path, or an --annotate name that cannot be written as
-    if annotate is not None:  # given, fails before the model is loaded
-        check_annotate(annotate, src)
-    plot = plot_target(out, src)
+    source = classify_source(source)  # a missing path, or an --annotate name that cannot be
+    if annotate is not None:  # written as given, fails before the model is loaded
+        check_annotate(annotate, source)
+    plot = plot_target(out, source)
     if opts.threads:
         require("cv2").setNumThreads(opts.threads)
     if out is None and sys.stdout is None:  # `grefel predict x.jpg >&-`: descriptor 1 closed
@@ -661,7 +665,7 @@ def run_predict(
             # closing flushes the last buffered records: a full disk can fail it too
             stack.callback(RecordWriter.close_stream, stream, f"--out {display_path(out)}")
         annotator = (
-            Annotator(annotate, src, show=opts.show)
+            Annotator(annotate, source, show=opts.show)
             if annotate is not None or opts.show else None
         )
         if annotator is not None:
@@ -672,13 +676,13 @@ def run_predict(
         tty = sys.stderr.isatty() and not (out is None and sys.stdout.isatty())
         timeline = Timeline(backend.classes) if plot is not None else None
         summary = stream_predictions(
-            src, backend, writer, opts=opts, annotator=annotator, on_skip=on_skip,
+            source, backend, writer, opts=opts, annotator=annotator, on_skip=on_skip,
             progress=Progress("predict", "frames", tty=tty), timeline=timeline,
             exclude=[p for p in (out, annotate, plot) if p is not None],
         )
     if timeline is not None and plot is not None:
         try:
-            if timeline.save(plot, title=display_path(src)):
+            if timeline.save(plot, title=display_path(source.target)):
                 summary.plot = str(plot)
         except OSError as exc:
             raise OutputError(f"--out {display_path(out)}: cannot write its expression plot "

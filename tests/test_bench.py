@@ -340,3 +340,35 @@ def test_an_engine_says_its_size_is_not_read(tmp_path: Path) -> None:
                           Target("(no engine)", "tensorrt")])
     assert row["params_total"] is None and row["flops"] is None
     assert "not read from a TensorRT engine" in row["note"]
+
+
+def test_bench_settings_are_one_bench_options(tmp_path: Path, monkeypatch: Any) -> None:
+    """`grefel bench` hands its settings to run_bench as one BenchOptions, the pipeline rows'
+    settings included; the library refuses what the command line refuses."""
+    import benchmarks.report as report
+    from benchmarks.options import BenchOptions
+    from grefel.errors import ConfigError
+
+    given: dict = {}
+
+    def record_call(**kw: Any) -> Any:
+        given.update(kw)
+        raise report.BenchError("stop here")
+
+    monkeypatch.setattr(report, "run_bench", record_call)
+    weights = tmp_path / "m.onnx"
+    weights.write_bytes(b"x")
+    res = CliRunner().invoke(cli, ["bench", "-w", str(weights), "--iters", "5", "--source",
+                                   "clip.avi", "--det-every", "2", "--detectors", "haar",
+                                   "--out", str(tmp_path / "b")])
+    assert "stop here" in res.output and set(given) == {"weights", "opts", "out_dir", "progress"}
+    opts = given["opts"]
+    assert (opts.min_iters, opts.det_every, opts.detectors, opts.batch_sizes) == (
+        5, (2,), ("haar",), BenchOptions().batch_sizes)
+    assert opts.pipeline() == {"source": "clip.avi", "detectors": ["haar"], "det_every": [2],
+                               "det_size": BenchOptions().det_size, "max_frames": None}
+    assert BenchOptions().pipeline() is None
+    for bad in ({"backends": ["tpu"]}, {"batch_sizes": [0]}, {"det_every": []},
+                {"min_seconds": -1.0}, {"threads": 0}):
+        with pytest.raises(ConfigError, match=f"invalid BenchOptions: {next(iter(bad))}"):
+            BenchOptions(**bad)

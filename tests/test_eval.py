@@ -196,3 +196,39 @@ def test_eval_reports_progress_over_the_split(tmp_path, monkeypatch):
     assert [line.split(",")[0] for line in lines] == [
         "eval: 4/10 images (40 %)", "eval: 8/10 images (80 %)", "eval: 10/10 images (100 %)"]
     assert "eval:" not in res.stdout
+
+
+def test_evaluate_model_takes_one_eval_options_and_a_comparator_seam(tmp_path):
+    """evaluate_model reads its settings from one EvalOptions and compares with a reference
+    through the Comparator seam: by default the export gates' agreement held to the criteria
+    opts.criteria names (recorded in the report), or the caller's own comparator."""
+    from grefel.agreement import FP16_CRITERIA, INT8_CRITERIA
+    from grefel.errors import ConfigError
+    from grefel.evaluate import EvalOptions, agreement_comparator, criteria_for, evaluate_model
+
+    data = make_dataset(tmp_path / "ds", n_train=7, n_val=0, n_test=6)
+    ckpt = _checkpoint(tmp_path)
+    opts = EvalOptions(batch_size=4, device="cpu", criteria="int8")
+    report = evaluate_model(ckpt, data, opts, reference=ckpt)
+    assert report["n"] == 6 and report["reference"]["criteria"] == "int8"
+    assert report["reference"]["agreement"]["passed"]  # the model against itself
+
+    seen = []
+
+    class Mine:
+        def to_dict(self):
+            return {"mine": True}
+
+    def mine(reference, candidate):
+        seen.append((len(reference["probs"]), len(candidate["probs"])))
+        return Mine()
+
+    report = evaluate_model(ckpt, data, opts, reference=ckpt, comparator=mine)
+    assert seen == [(6, 6)] and report["reference"]["agreement"] == {"mine": True}
+    assert criteria_for("auto", ckpt) == "fp16" and criteria_for("int8", ckpt) == "int8"
+    assert agreement_comparator("int8").keywords["criteria"] is INT8_CRITERIA
+    assert agreement_comparator("fp16").keywords["criteria"] is FP16_CRITERIA
+    with pytest.raises(ConfigError, match="batch_size: 0"):
+        EvalOptions(batch_size=0)
+    with pytest.raises(ConfigError, match="criteria must be one of auto, fp16, int8"):
+        EvalOptions(criteria="fp8")

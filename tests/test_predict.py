@@ -389,3 +389,28 @@ def test_the_timeline_plots_the_longest_track_with_gaps(tmp_path: Path) -> None:
     assert line.save(tmp_path / "t.png", title="clip") and (tmp_path / "t.png").stat().st_size
     assert not Timeline(["a"]).save(tmp_path / "none.png")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.png"]  # no temporary left
+
+
+def test_a_run_classifies_its_source_once(models: Dict[str, Path], media: Dict[str, Path],
+                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                          ) -> None:
+    """The command classifies SRC once (a Source) and every step after (output checks,
+    --annotate, the plot, the annotator, the frame reader) reads that Source instead of
+    looking at the text and the file system again."""
+    import grefel.predict
+    from grefel.runtime import sources
+
+    classified: List[Any] = []
+    real = sources.classify_source
+
+    def counting(src: Any) -> Any:
+        if not isinstance(src, sources.Source):
+            classified.append(src)
+        return real(src)
+
+    for module in (sources, grefel.predict):
+        monkeypatch.setattr(module, "classify_source", counting)
+    res = _invoke(media["video"], "-w", models["onnx"], "--aligned", "--max-frames", "2",
+                  "--out", tmp_path / "r.jsonl", "--annotate", tmp_path / "a.avi")
+    assert res.exit_code == 0, res.output
+    assert classified == [str(media["video"])]

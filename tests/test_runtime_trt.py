@@ -535,7 +535,7 @@ def test_cuda_graph_flag_reaches_the_backend_from_predict_and_bench(
     monkeypatch.setattr(report, "run_bench", record_call)
     res = CliRunner().invoke(cli, ["bench", "-w", str(engine), "--cuda-graph", "--out",
                                    str(tmp_path / "bench")])
-    assert "stop here" in res.output and kwargs["cuda_graph"] is True
+    assert "stop here" in res.output and kwargs["opts"].cuda_graph is True
 
 
 def test_the_sidecar_names_the_gpu_as_the_runtime_reads_it(fake_trt: Any, cuda_layer: str,

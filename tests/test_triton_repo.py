@@ -126,6 +126,33 @@ def test_static_batch_and_bad_files_are_clean_errors(models, tmp_path):
     assert not (tmp_path / "r" / "grefel").exists()
 
 
+
+def test_the_repository_is_the_export_pipelines_last_stage(models, tmp_path):
+    """run_export writes --triton DIR itself (library callers get it too): the artifact list
+    ends with DIR/grefel/config.pbtxt, a --static export is refused before any work, and a DIR
+    that cannot be made is one ExportError naming --triton, the artifacts kept in --out."""
+    from export.options import ExportOptions, TritonRepoOptions
+    from export.pipeline import run_export
+
+    repo = tmp_path / "repo"
+    opts = ExportOptions(fp16=False, onnx_only=True, max_batch=4, out=tmp_path / "a",
+                         triton=repo, triton_repo=TritonRepoOptions(instances=3))
+    result = run_export(models["onnx"], opts, log=str)
+    assert result.exit_code == 0 and result.artifacts[-1] == repo / "grefel" / "config.pbtxt"
+    cfg = parse(repo / "grefel" / "config.pbtxt")
+    assert cfg.max_batch_size == 4 and [g.count for g in cfg.instance_group] == [3]
+    with pytest.raises(ExportError, match="drop --static"):
+        run_export(models["onnx"], ExportOptions(dynamic=False, onnx_only=True, triton=repo,
+                                                 out=tmp_path / "s"), log=str)
+    assert not (tmp_path / "s").exists()
+    (tmp_path / "file").write_text("x")
+    bad = ExportOptions(fp16=False, onnx_only=True, out=tmp_path / "b",
+                        triton=tmp_path / "file" / "repo")
+    with pytest.raises(ExportError, match=r"^--triton .*file/repo: cannot write the model "
+                                          r"repository \(a file stands where its folder"):
+        run_export(models["onnx"], bad, log=str)
+    assert (tmp_path / "b" / f"{models['onnx'].stem}.onnx").is_file()
+
 # --- work folders beside DIR, kills, the builder record (issue 29) -----------------------------
 def _plan(tmp_path: Path, name: str, **versions) -> Path:
     """An engine file with the sidecar `grefel export` writes beside it (its builder facts)."""

@@ -571,13 +571,11 @@ def eval_(checkpoint, data, dataset, split, out, batch_size, workers, device, th
     from grefel.runtime.torch_backend import prefer_passive_openmp
 
     prefer_passive_openmp()  # before anything imports torch (docs/predict.md, --threads)
-    import functools
-
-    from export.compare import CRITERIA, artifact_precision, measure_agreement
     from grefel.checkpoint import CheckpointError
     from grefel.data import DatasetError
     from grefel.evaluate import (
         EvalError,
+        EvalOptions,
         alignment_mismatch,
         evaluate_model,
         format_report,
@@ -601,20 +599,12 @@ def eval_(checkpoint, data, dataset, split, out, batch_size, workers, device, th
          Output("--align-cache", align_cache or None, folder=True)])
     if out is None:
         out = str(new_run_folder("eval", f"{model.stem}-{split}"))
-    compare, criteria_name = None, ""
-    if reference is not None:
-        if not Path(reference).is_file():
-            raise click.BadParameter(f"{reference}: no such checkpoint", param_hint="--reference")
-        if criteria == "auto":
-            criteria = "int8" if artifact_precision(model) == "int8" else "fp16"
-        compare = functools.partial(measure_agreement, criteria=CRITERIA[criteria],
-                                    label=f"{model.name} vs {Path(reference).name}")
-        criteria_name = criteria
+    if reference is not None and not Path(reference).is_file():
+        raise click.BadParameter(f"{reference}: no such checkpoint", param_hint="--reference")
+    opts = EvalOptions(dataset=dataset, split=split, batch_size=batch_size, workers=workers,
+                       device=device, threads=threads, strict=strict, criteria=criteria)
     try:
-        report = evaluate_model(model, data, dataset=dataset, split=split, out=out,
-                                batch_size=batch_size, workers=workers, device=device,
-                                strict=strict, threads=threads, reference=reference,
-                                compare=compare, criteria_name=criteria_name,
+        report = evaluate_model(model, data, opts, out=out, reference=reference,
                                 alignment=alignment, align_cache=align_cache or None,
                                 progress=lambda what, total: Progress(what, "images", total))
     except (CheckpointError, DatasetError, EvalError, TrainingError, OSError) as exc:
@@ -812,7 +802,7 @@ def export_cmd(ctx: click.Context, source: Path, json_path: Optional[Path],
     from export import ExportError
     from export.pipeline import ExportOptions, planned_outputs, run_export
     from grefel.contract import set_max_pixels
-    from grefel.fileio import display_path, why_unwritable
+    from grefel.fileio import display_path
 
     if max_pixels is not None:
         set_max_pixels(max_pixels)
@@ -843,28 +833,11 @@ def export_cmd(ctx: click.Context, source: Path, json_path: Optional[Path],
                                  "another folder", param_hint="--out")
     if not given:
         options["out"] = new_run_folder("export", options["name"] or source.stem)
+    repo = TritonRepoOptions(instances=triton_instances, max_queue_delay_us=triton_queue_delay_us,
+                             cuda_graphs=triton_cuda_graphs)
     try:
-        result = run_export(source, ExportOptions(**options),
+        result = run_export(source, ExportOptions(**options, triton=triton_repo, triton_repo=repo),
                             log=lambda s: click.echo(s, err=True), verbose=verbose)
-        if triton_repo is not None and result.exit_code in (0, 2):
-            from export.triton import write_model_repository
-
-            engines = [p for p in result.artifacts if p.suffix == ".engine"]
-            onnx_fp32 = result.artifacts[0]
-            repo = TritonRepoOptions(instances=triton_instances,
-                                     max_queue_delay_us=triton_queue_delay_us,
-                                     cuda_graphs=triton_cuda_graphs)
-            try:
-                folder = write_model_repository(
-                    triton_repo, engines[0] if engines else onnx_fp32, onnx_fp32,
-                    max_batch=options["max_batch"], max_queue_delay_us=repo.max_queue_delay_us,
-                    instances=repo.instances, cuda_graphs=repo.cuda_graphs,
-                    log=lambda s: click.echo(s, err=True))  # fmt: skip
-            except OSError as exc:  # e.g. a file where DIR or one of its folders should be
-                raise click.ClickException(f"--triton {display_path(triton_repo)}: cannot "
-                                           "write the model repository "
-                                           f"({why_unwritable(exc)})") from None
-            result.artifacts.append(folder / "config.pbtxt")
     except ExportError as exc:
         raise click.ClickException(str(exc)) from None
     if json_path is not None:
@@ -994,25 +967,25 @@ def predict_command(
         signals_end_run,
     )
     from grefel.runtime import BackendError
-    from grefel.runtime.sources import SourceError, media_suffixes, source_kind
+    from grefel.runtime.sources import SourceError, classify_source, media_suffixes
 
     if max_pixels is not None:
         set_max_pixels(max_pixels)
     weights = _model_or_default(weights)
     try:
-        kind = source_kind(src)
-        is_path = kind in ("image", "video", "folder")
+        source = classify_source(src)
+        kind = source.kind
         _check_outputs(
-            [Input("SRC", src if is_path else None, f"the input {kind}"
+            [Input("SRC", src if source.is_path else None, f"the input {kind}"
                    if kind != "folder" else "the source folder", folder=kind == "folder",
                    suffixes=media_suffixes()),
              *model_inputs("--weights", weights)],
             [Output("--out", out), Output("--annotate", annotate, folder=kind == "folder"),
              Output("--json", json_path),
-             Output("the expression plot of --out", plot_target(out, src), beside=out)])
+             Output("the expression plot of --out", plot_target(out, source), beside=out)])
         with signals_end_run():
             summary = run_predict(
-                src, weights, PREDICT.build(opts), fmt=fmt, out=out, annotate=annotate,
+                source, weights, PREDICT.build(opts), fmt=fmt, out=out, annotate=annotate,
                 device=None if device == "auto" else device,
                 on_skip=lambda file, why: click.echo(f"skipped {file}: {why}", err=True),
             )  # fmt: skip
@@ -1027,10 +1000,10 @@ def predict_command(
     if out is not None:
         _wrote(out, f"records, {fmt}")
     if annotate is not None and summary.frames:
-        _wrote(annotate, annotated_what(src))
+        _wrote(annotate, annotated_what(source))
     if summary.plot is not None:
         _wrote(summary.plot, "expression-over-time plot, PNG")
-    elif summary.faces == 0 and plot_target(out, src) is not None:
+    elif summary.faces == 0 and plot_target(out, source) is not None:
         click.echo("no expression-over-time plot: no face was found in any frame", err=True)
     if json_path:
         _write_json(json_path, summary.to_dict(), "summary JSON")
@@ -1126,6 +1099,7 @@ def bench(
     from grefel.runtime.torch_backend import prefer_passive_openmp
 
     prefer_passive_openmp()  # before anything imports torch (docs/predict.md, --threads)
+    from benchmarks.options import BenchOptions
     from benchmarks.report import BenchError, compare, load_record, run_bench, to_text
     from grefel.fileio import display_path
 
@@ -1144,23 +1118,13 @@ def bench(
         [Output("--out", out, folder=True, owner="bench")])
     if out is None:
         out = new_run_folder("bench", weights[0].stem if weights else "random-init")
-    pipeline = None if source is None else {
-        "source": source, "detectors": detectors, "det_every": det_every,
-        "det_size": det_size, "max_frames": max_frames}
+    opts = BenchOptions(backends=backends, batch_sizes=batch_sizes, min_iters=iters,
+                        min_seconds=seconds, presets=presets, threads=threads, source=source,
+                        detectors=detectors, det_every=det_every, det_size=det_size,
+                        max_frames=max_frames, cuda_graph=cuda_graph)
     try:
-        record, paths = run_bench(
-            weights=list(weights),
-            backends=backends,
-            batch_sizes=batch_sizes,
-            min_iters=iters,
-            min_seconds=seconds,
-            presets=presets,
-            out_dir=out,
-            threads=threads,
-            progress=lambda m: click.echo(m, err=True),
-            pipeline=pipeline,
-            cuda_graph=cuda_graph,
-        )
+        record, paths = run_bench(weights=list(weights), opts=opts, out_dir=out,
+                                  progress=lambda m: click.echo(m, err=True))
     except BenchError as exc:
         raise click.ClickException(display_path(str(exc))) from None
     except OSError as exc:  # --out filled up or became unwritable while timing

@@ -47,6 +47,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, NamedTuple, Optional, Set, Tuple, Union
 
@@ -66,8 +67,10 @@ __all__ = [
     "VIDEO_SUFFIXES",
     "Frame",
     "Skipped",
+    "Source",
     "SourceError",
     "StreamEnd",
+    "classify_source",
     "iter_source",
     "media_suffixes",
     "source_kind",
@@ -119,15 +122,39 @@ def media_suffixes() -> Tuple[str, ...]:
     return tuple(sorted({*Image.registered_extensions(), *VIDEO_SUFFIXES}))
 
 
-def source_kind(src: str) -> str:
-    """ "camera" (an integer), "stream" (a URL), "gstreamer" (a pipeline), "folder", "video"
-    (by suffix) or "image"."""
+@dataclass(frozen=True)
+class Source:
+    """A source as `classify_source` found it, once per run: every step after (the output
+    checks, the annotator, the plot, the frame reader) reads `kind` instead of looking at the
+    text or the file system again, so they cannot disagree about what the source is."""
+
+    kind: str  # "camera", "stream", "gstreamer", "folder", "video" or "image"
+    target: str  # as given: a path, a URL, a GStreamer pipeline or a camera index
+
+    @property
+    def is_path(self) -> bool:
+        """An image, a video or a folder: a path on this machine (an input no output may be)."""
+        return self.kind in ("image", "video", "folder")
+
+    @property
+    def is_video(self) -> bool:
+        """Frames in time (a video file, a camera or a stream): a timeline, an annotated video."""
+        return self.kind == "video" or self.kind in STREAM_KINDS
+
+
+def classify_source(src: Union[str, Source]) -> Source:
+    """What `src` is: a camera (an integer), a stream (a URL), a GStreamer pipeline (any text
+    with " ! "), a folder, a video (by suffix) or an image; a Source is returned as it is. A path
+    that is missing, a link to nothing or not a regular file (a FIFO would block, a device never
+    end) is a SourceError."""
+    if isinstance(src, Source):
+        return src
     if src.strip().isdigit():
-        return "camera"
+        return Source("camera", src)
     if src.strip().lower().startswith(URL_SCHEMES):
-        return "stream"
+        return Source("stream", src)
     if " ! " in src:
-        return "gstreamer"
+        return Source("gstreamer", src)
     path = Path(src)
     if not path.exists():
         if path.is_symlink():
@@ -135,13 +162,18 @@ def source_kind(src: str) -> str:
                               "loop of links)")
         raise SourceError(f"{display_path(src)}: no such file or folder")
     if path.is_dir():
-        return "folder"
+        return Source("folder", src)
     video = path.suffix.lower() in VIDEO_SUFFIXES
     if not video and not path.is_file():  # a FIFO would block, a device never end
         raise SourceError(f"{display_path(src)}: not a regular file ({_file_type(path)}); give "
                           "an image file, a folder, a video (a named pipe with a video suffix "
                           "is read as a stream) or a camera index")
-    return "video" if video else "image"
+    return Source("video" if video else "image", src)
+
+
+def source_kind(src: Union[str, Source]) -> str:
+    """ "camera", "stream", "gstreamer", "folder", "video" or "image" (classify_source's kind)."""
+    return classify_source(src).kind
 
 
 def _file_type(path: Union[str, Path]) -> str:
@@ -157,11 +189,13 @@ def _file_type(path: Union[str, Path]) -> str:
     return "not a file"
 
 
-def iter_source(src: str, max_frames: Optional[int] = None,
+def iter_source(source: Union[str, Source], max_frames: Optional[int] = None,
                 exclude: Iterable[Union[str, Path]] = ()) -> Iterator[Item]:
-    """Frames of `src` in order (a folder: sorted, recursive), at most `max_frames` of them;
-    `exclude`: paths a folder walk skips with a line (the run's own outputs)."""
-    kind = source_kind(src)
+    """Frames of `source` in order (a folder: sorted, recursive), at most `max_frames` of them;
+    `exclude`: paths a folder walk skips with a line (the run's own outputs). A str is
+    classified here (classify_source); a Source is read as it was classified."""
+    source = classify_source(source)
+    kind, src = source.kind, source.target
     if kind == "image":
         items: Iterator[Item] = iter([_image(Path(src), strict=True)])
     elif kind == "folder":
