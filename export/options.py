@@ -18,6 +18,33 @@ from grefel.ranges import check_ranges, setting
 __all__ = ["ExportOptions", "TritonRepoOptions", "name_problem"]
 
 
+def parse_opset(value: str) -> Optional[int]:
+    """--opset: "auto" (None: the target's, grefel.contract.opset_for_target) or a number in
+    OPSET_RANGE."""
+    if value == "auto":
+        return None
+    lo, hi = OPSET_RANGE
+    if not value.isdigit() or not lo <= int(value) <= hi:
+        raise ValueError(f"auto, or an opset from {lo} to {hi} (TorchScript exporter)")
+    return int(value)
+
+
+def parse_name(value: str) -> str:
+    """--name, refused while parsing by the rule ExportOptions applies (name_problem)."""
+    why = name_problem(value)
+    if why:
+        raise ValueError(why)
+    return value
+
+
+def parse_class_ids(value: str) -> Tuple[int, ...]:
+    """--deepstream-face-classes: the detector's face class ids, "0" or "0,2"."""
+    parts = [v.strip() for v in value.split(",") if v.strip()]
+    if not parts or not all(p.isdigit() for p in parts):
+        raise ValueError(f"{value!r}: give the detector's face class id(s), e.g. 0 or 0,2")
+    return tuple(int(p) for p in parts)
+
+
 @dataclass(frozen=True)
 class TritonRepoOptions:
     """The Triton model repository `grefel export --triton DIR` writes beside the artifacts
@@ -54,7 +81,8 @@ class ExportOptions:
     # None (the command line's "auto"): chosen for the target; 13..20, what the TorchScript
     # exporter writes
     opset: Optional[int] = setting(None, kind=int, min=OPSET_RANGE[0], max=OPSET_RANGE[1],
-                                   help_default="auto", help=f"auto ({opset_rule()}) or N.")
+                                   parse=parse_opset, cli_default="auto",
+                                   help=f"auto ({opset_rule()}) or N.")
     simplify: bool = setting(True, help="onnxsim (a failure is an error).")
     workspace_gib: Optional[float] = setting(None, kind=float, min=0, min_open=True,
                                              option="--workspace",
@@ -72,12 +100,13 @@ class ExportOptions:
     force: bool = setting(False, help="Continue past a failed lint / FP16 gate / verify.")
     verify: bool = setting(False, help="Run the engine vs ONNX Runtime after the build.")
     # the library's default; the command line's is a new run folder (help_default)
-    out: Path = setting(Path("engines"), path="dir", help="Artifacts folder.",
+    out: Path = setting(Path("engines"), path="dir", help="Artifacts folder.", cli_default=None,
                         help_default="a new runs/export/NAME, -2, -3, ...")
-    name: Optional[str] = setting(None, help="Artifact name (default: the source file's stem).")
+    name: Optional[str] = setting(None, parse=parse_name,
+                                  help="Artifact name (default: the source file's stem).")
     embedding: bool = setting(False, help="Also output the pooled embedding.")
     calib_data: Optional[Path] = setting(
-        None, path="dir",
+        None, path="existing-dir",
         help="Image folder (e.g. SynthFER) for the FP16 gate and --verify; with --int8 the INT8 "
              "calibration images and the held-out INT8 gate images (disjoint).")
     int8: bool = setting(
@@ -97,7 +126,8 @@ class ExportOptions:
     deepstream_detector_id: int = setting(
         1, min=1, help="gie-unique-id of the face detector grefel runs after (operate-on-gie-id).")
     deepstream_face_classes: Tuple[int, ...] = setting(
-        (0,), help="The detector's face class id(s), comma-separated (operate-on-class-ids).")
+        (0,), parse=parse_class_ids, cli_default="0",
+        help="The detector's face class id(s), comma-separated (operate-on-class-ids).")
     # the export's last stage (run_export), written when the export ends with 0 or 2
     triton: Optional[Path] = setting(
         None, path="dir",

@@ -98,7 +98,8 @@ def setting(default: Any = dataclasses.MISSING, *, help: str, kind: Optional[typ
             choices: Union[Sequence[str], Callable[[], Sequence[str]], None] = None,
             option: Optional[str] = None, path: Optional[str] = None,
             default_factory: Any = dataclasses.MISSING, cli: bool = True,
-            help_default: Optional[str] = None) -> Any:
+            help_default: Optional[str] = None, parse: Optional[Callable[[str], Any]] = None,
+            cli_default: Any = dataclasses.MISSING) -> Any:
     """A user setting: a dataclass field that is the one home of its default, its help text and
     its valid values; the command-line option is generated from it (grefel.cli.options), so
     nothing restates them.
@@ -115,6 +116,13 @@ def setting(default: Any = dataclasses.MISSING, *, help: str, kind: Optional[typ
     cli: False for a field no command line sets (a library-only setting).
     help_default: what the help shows as the default when the value itself says little
         ("$GREFEL_MAX_PIXELS, else 89,478,485").
+    parse: the option is text, turned into the value by this function (a ValueError is Click's
+        "Invalid value" line): "auto" for None, a name checked by a rule of its own.
+    cli_default: the option's default where the command line's differs from the library's on
+        purpose (export's --out: a new run folder, where the library writes to engines/).
+
+    A tuple default is a comma-separated list on the command line, each item checked against
+    the field's choices (strings) or taken as a positive integer.
     """
     metadata: Dict[str, Any] = {"help": help, "cli": cli}
     numeric = kind in (int, float) or (kind is None and isinstance(default, (int, float))
@@ -125,9 +133,11 @@ def setting(default: Any = dataclasses.MISSING, *, help: str, kind: Optional[typ
                          max_open=max_open)
         metadata["range"] = like
     for key, value in (("choices", choices), ("option", option), ("path", path),
-                       ("help_default", help_default)):
+                       ("help_default", help_default), ("parse", parse)):
         if value is not None:
             metadata[key] = value
+    if cli_default is not dataclasses.MISSING:
+        metadata["cli_default"] = cli_default
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)

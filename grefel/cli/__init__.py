@@ -16,10 +16,12 @@ from click.core import ParameterSource
 
 # The settings dataclasses own every numeric option's range (grefel.ranges); all torch-free.
 from benchmarks.check import CheckOptions
+from benchmarks.options import BenchOptions
 from export.options import ExportOptions, TritonRepoOptions
 from grefel.cli.options import OptionGroup
 from grefel.config import DataConfig, FaceAlignment, GReFELConfig, PretrainConfig, TrainConfig
-from grefel.contract import INPUT_SIZE, OPSET_RANGE, TENSORRT_TARGETS, opset_rule
+from grefel.contract import INPUT_SIZE
+from grefel.evaluate import EvalOptions
 from grefel.predict import PredictOptions
 from grefel.serve import ServeOptions
 
@@ -31,6 +33,10 @@ ALIGN = OptionGroup(FaceAlignment, prefix="face_", when="[--align-faces detect/a
                     plain=("mode",))
 PREDICT = OptionGroup(PredictOptions, nested={"face": FACE})
 SERVE = OptionGroup(ServeOptions, nested={"face": FACE})
+BENCH = OptionGroup(BenchOptions)
+EVAL = OptionGroup(EvalOptions)
+EXPORT = OptionGroup(ExportOptions,
+                     nested={"triton_repo": OptionGroup(TritonRepoOptions, prefix="triton_")})
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "max_content_width": 100}
 
@@ -540,27 +546,16 @@ Examples:
 )
 @click.argument("checkpoint", metavar="[MODEL]", type=click.Path(dir_okay=False), required=False)
 @click.option("--data", required=True, type=click.Path(file_okay=False), help="Dataset folder.")
-@click.option("--dataset", default="auto", help="Reader kind (auto detects).")
-@click.option("--split", default="test", help="Split to evaluate.")
+@EVAL
 @click.option("--out", type=click.Path(file_okay=False),
               help="Report folder [default: a new runs/eval/MODEL-SPLIT, -2, -3, ...].")
-@click.option("--batch-size", type=click.IntRange(min=1), default=64)
-@click.option("--workers", type=_ranged(DataConfig, "workers"), default=0,
-              help="DataLoader workers.")
-@click.option("--device", default="auto", help="auto, cpu, cuda or cuda:N.")
-@click.option("--threads", type=_ranged(PredictOptions, "threads"),
-              help="CPU threads of ONNX Runtime / PyTorch [default: the library's].")
 @click.option("--reference", type=click.Path(dir_okay=False),
               help="FP32 checkpoint to compare with over the same images: both accuracies and "
                    "the export gates' agreement (decisive flips, |dp|, NaN).")
-@click.option("--criteria", type=click.Choice(["auto", "fp16", "int8"]), default="auto",
-              help="Agreement criteria with --reference (auto: int8 for a quantized model, "
-                   "else fp16, the FP16 gate's).")
-@click.option("--strict", is_flag=True, help="Unreadable images are an error.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write JSON here.")
 @_align_options
-def eval_(checkpoint, data, dataset, split, out, batch_size, workers, device, threads, reference,
-          criteria, strict, json_path, align_cache, **face):
+def eval_(checkpoint: Optional[str], data: str, out: Optional[str], reference: Optional[str],
+          json_path: Optional[str], align_cache: str, **params: Any) -> None:
     """Accuracy, macro-F1, confusion, calibration, embedding and per-group bias of MODEL.
 
     MODEL is a checkpoint (.safetensors, PyTorch), an exported .onnx (FP32, FP16 or INT8; ONNX
@@ -575,7 +570,6 @@ def eval_(checkpoint, data, dataset, split, out, batch_size, workers, device, th
     from grefel.data import DatasetError
     from grefel.evaluate import (
         EvalError,
-        EvalOptions,
         alignment_mismatch,
         evaluate_model,
         format_report,
@@ -583,8 +577,8 @@ def eval_(checkpoint, data, dataset, split, out, batch_size, workers, device, th
     from grefel.progress import Progress
     from grefel.train_state import TrainingError
 
-    alignment = ALIGN.build(face)
-    _check_align_options(click.get_current_context(), alignment.mode, data, dataset)
+    alignment, opts = ALIGN.build(params), EVAL.build(params)
+    _check_align_options(click.get_current_context(), alignment.mode, data, opts.dataset)
     model = _model_or_default(checkpoint)
     if not model.is_file():
         raise click.ClickException(f"{model}: no such model file")
@@ -598,11 +592,9 @@ def eval_(checkpoint, data, dataset, split, out, batch_size, workers, device, th
          Output("--json", json_path),
          Output("--align-cache", align_cache or None, folder=True)])
     if out is None:
-        out = str(new_run_folder("eval", f"{model.stem}-{split}"))
+        out = str(new_run_folder("eval", f"{model.stem}-{opts.split}"))
     if reference is not None and not Path(reference).is_file():
         raise click.BadParameter(f"{reference}: no such checkpoint", param_hint="--reference")
-    opts = EvalOptions(dataset=dataset, split=split, batch_size=batch_size, workers=workers,
-                       device=device, threads=threads, strict=strict, criteria=criteria)
     try:
         report = evaluate_model(model, data, opts, out=out, reference=reference,
                                 alignment=alignment, align_cache=align_cache or None,
@@ -676,34 +668,6 @@ def weights_import(src, kind, preset, out, num_classes, linear_head, lenient, js
 # --- export (issue 5) --------------------------------------------------------------------------
 
 
-def _opset(ctx: click.Context, param: click.Parameter, value: str) -> Optional[int]:
-    if value == "auto":
-        return None
-    lo, hi = OPSET_RANGE
-    if not value.isdigit() or not lo <= int(value) <= hi:
-        raise click.BadParameter(f"auto, or an opset from {lo} to {hi} (TorchScript exporter)")
-    return int(value)
-
-
-def _artifact_name(ctx: click.Context, param: click.Parameter,
-                   value: Optional[str]) -> Optional[str]:
-    """--name, refused while parsing by the rule ExportOptions applies (export.options)."""
-    from export.options import name_problem
-
-    why = None if value is None else name_problem(value)
-    if why:
-        raise click.BadParameter(why)
-    return value
-
-
-def _class_ids(ctx: click.Context, param: click.Parameter, value: str) -> Tuple[int, ...]:
-    parts = [v.strip() for v in value.split(",") if v.strip()]
-    if not parts or not all(p.isdigit() for p in parts):
-        raise click.BadParameter(f"{value!r}: give the detector's face class id(s), e.g. 0 or "
-                                 "0,2")
-    return tuple(int(p) for p in parts)
-
-
 @cli.command(
     "export",
     context_settings=CONTEXT,
@@ -721,123 +685,61 @@ Examples:
 )
 @click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path),
                 required=False)
-@click.option("--fp16/--fp32", default=True, help="FP16 engine (with the FP16 gate) or FP32.")
-@click.option("--batch", default=1, type=_ranged(ExportOptions, "batch"), help="Profile opt batch.")
-@click.option("--max-batch", default=8, type=_ranged(ExportOptions, "max_batch"),
-              help="Profile max batch.")
-@click.option("--dynamic/--static", default=True, help="Symbolic batch in the ONNX.")
-@click.option("--opset", default="auto", callback=_opset, help=f"auto ({opset_rule()}) or N.")
-@click.option("--simplify/--no-simplify", default=True, help="onnxsim (a failure is an error).")
-@click.option("--workspace", "workspace_gib", type=_ranged(ExportOptions, "workspace_gib"),
-              help="Builder workspace limit, GiB.")
-@click.option("--dla-core", type=_ranged(ExportOptions, "dla_core"),
-              help="Build for this DLA core (GPU fallback).")
-@click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path),
-              help="TensorRT timing cache, loaded and saved.")
-@click.option("--tf32/--no-tf32", default=True,
-              help="TF32 for FP32 layers (TensorRT's default on Ampere/Orin+); off: full FP32.")
-@click.option("--target", default="auto",
-              type=click.Choice(["auto", *TENSORRT_TARGETS]),
-              help="TensorRT version to export and lint for (auto: the installed one).")
-@click.option("--onnx-only", is_flag=True, help="Stop after the checked ONNX artifacts.")
-@click.option("--force", is_flag=True, help="Continue past a failed lint / FP16 gate / verify.")
-@click.option("--verify", is_flag=True, help="Run the engine vs ONNX Runtime after the build.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
-              help="Artifacts folder [default: a new runs/export/NAME, -2, -3, ...].")
-@click.option("--name", callback=_artifact_name,
-              help="Artifact name (default: the source file's stem).")
-@click.option("--embedding", is_flag=True, help="Also output the pooled embedding.")
-@click.option("--calib-data", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Image folder (e.g. SynthFER) for the FP16 gate and --verify; with --int8 "
-                   "the INT8 calibration images and the held-out INT8 gate images (disjoint).")
-@click.option("--int8", is_flag=True,
-              help="Also write NAME.int8.onnx (QDQ: per-channel int8 weights, calibrated int8 "
-                   "activations; LayerNorm, Softmax and the reliability tail in float) with the "
-                   "INT8 gate; the engine is INT8. Needs --calib-data.")
-@click.option("--calib-method", type=click.Choice(["auto", "minmax", "percentile", "entropy"]),
-              default="auto", help="INT8 activation ranges: max |x| over the calibration images, "
-                                   "its 99.999th percentile, or minimal KL divergence; auto tries "
-                                   "them in that order and keeps the first that passes the INT8 "
-                                   "gate.")
+@EXPORT
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the gate results as JSON here.")
 @click.option("--max-pixels", type=click.IntRange(min=0),
               help="Largest --calib-data image decoded, in pixels (0 = no limit) [default: "
                    "$GREFEL_MAX_PIXELS, else 89,478,485].")
-@click.option("--triton", "triton_repo", type=click.Path(file_okay=False, path_type=Path),
-              help="Also write a Triton model repository here: DIR/grefel/config.pbtxt and "
-                   "1/model.plan (the engine) or 1/model.onnx (no engine: ONNX Runtime).")
-@click.option("--triton-instances", default=1, type=_ranged(TritonRepoOptions, "instances"),
-              help="instance_group count of the Triton model.")
-@click.option("--triton-queue-delay-us", default=2000,
-              type=_ranged(TritonRepoOptions, "max_queue_delay_us"),
-              help="Dynamic batching: max_queue_delay_microseconds.")
-@click.option("--triton-cuda-graphs", is_flag=True,
-              help="Triton's TensorRT backend replays each batch size as a CUDA graph "
-                   "(optimization { cuda { graphs: true } }; engines only).")
-@click.option("--deepstream", type=click.Path(file_okay=False, path_type=Path),
-              help="Also write a DeepStream nvinfer config here (secondary classifier on a face "
-                   "detector's faces): config_infer_secondary_grefel.txt and labels_grefel.txt.")
-@click.option("--deepstream-detector-id", default=1,
-              type=_ranged(ExportOptions, "deepstream_detector_id"),
-              help="gie-unique-id of the face detector grefel runs after (operate-on-gie-id).")
-@click.option("--deepstream-face-classes", default="0", callback=_class_ids,
-              help="The detector's face class id(s), comma-separated (operate-on-class-ids).")
 @click.option("-v", "--verbose", is_flag=True,
               help="Also print each stage's details (lint reports, per-batch parity, captured "
                    "third-party warnings); NAME.checks.json keeps them either way.")
 @click.pass_context
 def export_cmd(ctx: click.Context, source: Path, json_path: Optional[Path],
-               max_pixels: Optional[int], triton_repo: Optional[Path], triton_instances: int,
-               triton_queue_delay_us: int, triton_cuda_graphs: bool, verbose: bool,
-               **options) -> None:
+               max_pixels: Optional[int], verbose: bool, **params: Any) -> None:
     """Checkpoint (.safetensors) or ONNX -> checked ONNX -> TensorRT engine + sidecar.
 
     Without SOURCE, the default model that ships inside grefel: its checkpoint where torch is
     installed, else its ONNX. Work happens in a hidden `.export-<pid>-*` folder inside --out;
     the ones that killed exports left behind are removed first.
     """
+    import dataclasses
     import importlib.util
 
     from export import ExportError
-    from export.pipeline import ExportOptions, planned_outputs, run_export
+    from export.deepstream import CONFIG_NAME, LABELS_NAME
+    from export.pipeline import planned_outputs, run_export
+    from export.triton import MODEL_NAME
     from grefel.contract import set_max_pixels
-    from grefel.fileio import display_path
+    from grefel.fileio import Input, Output, display_path, model_inputs, new_run_folder
 
     if max_pixels is not None:
         set_max_pixels(max_pixels)
     if source is None:
         has_torch = importlib.util.find_spec("torch") is not None
         source = _model_or_default(None, "checkpoint" if has_torch else "onnx")
-    if triton_repo is not None and not options["dynamic"]:
+    opts = EXPORT.build(params)
+    if opts.triton is not None and not opts.dynamic:
         raise click.BadParameter("a Triton repository with dynamic batching needs a dynamic "
                                  "batch: drop --static", param_hint="--triton")
-    from export.deepstream import CONFIG_NAME, LABELS_NAME
-    from export.triton import MODEL_NAME
-    from grefel.fileio import Input, Output, model_inputs, new_run_folder
-
-    given = options["out"] is not None  # else a new folder: nothing in it to replace
+    given = opts.out is not None  # else a new folder: nothing in it to replace
     _check_outputs(
         [*model_inputs("SOURCE", source),
-         Input("--calib-data", options["calib_data"], "the calibration images", folder=True)],
-        [Output("--out", options["out"], folder=True, owner="export",
-                writes=planned_outputs(source, ExportOptions(**options)) if given else ()),
-         Output("--json", json_path), Output("--timing-cache", options["timing_cache"]),
-         Output("--triton", triton_repo, folder=True, writes=(MODEL_NAME,)),
-         Output("--deepstream", options["deepstream"], folder=True,
-                writes=(CONFIG_NAME, LABELS_NAME))])
-    if triton_repo is not None and given and _inside(options["out"], triton_repo):
-        raise click.BadParameter(f"{display_path(options['out'])} is in the Triton repository "
-                                 f"{display_path(triton_repo)}, where Triton takes every folder "
+         Input("--calib-data", opts.calib_data, "the calibration images", folder=True)],
+        [Output("--out", opts.out, folder=True, owner="export",
+                writes=planned_outputs(source, opts) if given else ()),
+         Output("--json", json_path), Output("--timing-cache", opts.timing_cache),
+         Output("--triton", opts.triton, folder=True, writes=(MODEL_NAME,)),
+         Output("--deepstream", opts.deepstream, folder=True, writes=(CONFIG_NAME, LABELS_NAME))])
+    if opts.triton is not None and given and _inside(opts.out, opts.triton):
+        raise click.BadParameter(f"{display_path(opts.out)} is in the Triton repository "
+                                 f"{display_path(opts.triton)}, where Triton takes every folder "
                                  "(the export's work folder too) for a model: give --out "
                                  "another folder", param_hint="--out")
     if not given:
-        options["out"] = new_run_folder("export", options["name"] or source.stem)
-    repo = TritonRepoOptions(instances=triton_instances, max_queue_delay_us=triton_queue_delay_us,
-                             cuda_graphs=triton_cuda_graphs)
+        opts = dataclasses.replace(opts, out=new_run_folder("export", opts.name or source.stem))
     try:
-        result = run_export(source, ExportOptions(**options, triton=triton_repo, triton_repo=repo),
-                            log=lambda s: click.echo(s, err=True), verbose=verbose)
+        result = run_export(source, opts, log=lambda s: click.echo(s, err=True), verbose=verbose)
     except ExportError as exc:
         raise click.ClickException(str(exc)) from None
     if json_path is not None:
@@ -846,7 +748,6 @@ def export_cmd(ctx: click.Context, source: Path, json_path: Optional[Path],
     for path in result.artifacts:
         click.echo(str(path))
     ctx.exit(result.exit_code)
-
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -1032,23 +933,7 @@ Examples:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Model files to time (repeatable); none: random init.",
 )
-@click.option(
-    "--backends",
-    default="torch,onnx,trt",
-    callback=_csv_list(str, ["torch", "onnx", "trt"]),
-    help="Backends to time.",
-)
-@click.option("--batch-sizes", default="1,8,32", callback=_csv_list(int))
-@click.option("--iters", type=click.IntRange(min=1), default=20, help="Timed calls, at least.")
-@click.option("--seconds", type=_float_range(0.0), default=3.0, help="Timed time, at least.")
-@click.option(
-    "--presets",
-    default="paper",
-    callback=_csv_list(str, ["paper", "tiny"]),
-    help="Presets for the params/FLOPs table and the random-init model.",
-)
-@click.option("--threads", type=_ranged(PredictOptions, "threads"),
-              help="CPU threads (default: all).")
+@BENCH
 @click.option(
     "--compare",
     "compare_path",
@@ -1060,35 +945,8 @@ Examples:
     type=click.Path(file_okay=False, path_type=Path),
     help="Folder for the JSON and Markdown record [default: a new runs/bench/MODEL, -2, ...].",
 )
-@click.option("--source", help="A video (or camera / stream): time the end-to-end pipeline on "
-              "it for each --weights file instead of the model alone.")
-@click.option("--detectors", default="auto", callback=_csv_list(
-    str, ["auto", "blazeface", "blazeface-full", "haar"]), help="Pipeline rows: detectors.")
-@click.option("--det-every", "det_every", default="1,3", callback=_csv_list(int),
-              help="Pipeline rows: detect every N frames.")
-@click.option("--det-size", type=_ranged(FaceAlignment, "det_size"),
-              default=FaceAlignment.det_size,
-              help="Pipeline rows: longest side the detector sees.")
-@click.option("--max-frames", type=_ranged(PredictOptions, "max_frames"),
-              help="Pipeline rows: frames per row.")
-@click.option("--cuda-graph", is_flag=True,
-              help="TensorRT rows: replay each batch shape as a CUDA graph (cuda-bindings).")
 def bench(
-    weights: Tuple[Path, ...],
-    backends: List[str],
-    batch_sizes: List[int],
-    iters: int,
-    seconds: float,
-    presets: List[str],
-    threads: Optional[int],
-    compare_path: Optional[Path],
-    out: Optional[Path],
-    source: Optional[str],
-    detectors: List[str],
-    det_every: List[int],
-    det_size: int,
-    max_frames: Optional[int],
-    cuda_graph: bool,
+    weights: Tuple[Path, ...], compare_path: Optional[Path], out: Optional[Path], **params: Any
 ) -> None:
     """Params/FLOPs vs the paper's Table 2, latency per backend and batch size, environment;
     with --source, end-to-end FPS and ms per stage of the predict pipeline on a video.
@@ -1099,7 +957,6 @@ def bench(
     from grefel.runtime.torch_backend import prefer_passive_openmp
 
     prefer_passive_openmp()  # before anything imports torch (docs/predict.md, --threads)
-    from benchmarks.options import BenchOptions
     from benchmarks.report import BenchError, compare, load_record, run_bench, to_text
     from grefel.fileio import display_path
 
@@ -1107,6 +964,8 @@ def bench(
         previous = load_record(compare_path) if compare_path else None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--compare") from None
+    opts = BENCH.build(params)
+    source = opts.source
     if source is not None and not weights:
         raise click.BadParameter("the pipeline rows need model files", param_hint="--weights")
     from grefel.fileio import Input, Output, model_inputs, new_run_folder
@@ -1118,10 +977,6 @@ def bench(
         [Output("--out", out, folder=True, owner="bench")])
     if out is None:
         out = new_run_folder("bench", weights[0].stem if weights else "random-init")
-    opts = BenchOptions(backends=backends, batch_sizes=batch_sizes, min_iters=iters,
-                        min_seconds=seconds, presets=presets, threads=threads, source=source,
-                        detectors=detectors, det_every=det_every, det_size=det_size,
-                        max_frames=max_frames, cuda_graph=cuda_graph)
     try:
         record, paths = run_bench(weights=list(weights), opts=opts, out_dir=out,
                                   progress=lambda m: click.echo(m, err=True))

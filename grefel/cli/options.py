@@ -55,12 +55,56 @@ def _flag_name(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def _parsed(parse: Callable[[str], Any]) -> Callable[..., Any]:
+    """A Click callback applying a field's `parse` (its ValueError: Click's usage line)."""
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if value is None:
+            return None
+        try:
+            return parse(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+
+    return callback
+
+
+def _comma_list(f: dataclasses.Field) -> Callable[[str], Tuple[Any, ...]]:
+    """The parser of a tuple field given as "a,b,c": each item one of the field's choices, or a
+    positive integer when the default holds integers."""
+    allowed = choices_of(f)
+    numbers = bool(f.default) and isinstance(f.default[0], int)
+
+    def parse(value: str) -> Tuple[Any, ...]:
+        items = [v.strip() for v in str(value).split(",") if v.strip()]
+        if numbers:
+            if not all(v.isdigit() for v in items):
+                raise ValueError(f"{value!r}: give comma-separated positive integers")
+            got: List[Any] = [int(v) for v in items]
+        else:
+            got = items
+        bad = [i for i in got if allowed is not None and i not in allowed]
+        if bad:
+            raise ValueError(f"{value!r}: choose from {list(allowed or ())}")
+        if not got or (numbers and min(got) < 1):
+            raise ValueError(f"{value!r}: give at least one positive value")
+        return tuple(got)
+
+    return parse
+
+
 def _option(owner: type, f: dataclasses.Field, param: str, when: str) -> SettingOption:
     """The Click option of field `f` of `owner`, its parameter named `param`."""
     meta = f.metadata
-    default = f.default
+    default = meta.get("cli_default", f.default)
     decls: List[str] = []
     kwargs: Dict[str, Any] = {"help": when + meta["help"], "default": default}
+    parse = meta.get("parse")
+    if parse is None and isinstance(default, tuple):
+        parse, kwargs["default"] = _comma_list(f), ",".join(str(v) for v in default)
+    if parse is not None:
+        decls.append(str(meta.get("option") or _flag_name(f.name)))
+        kwargs["callback"] = _parsed(parse)
+        return SettingOption(decls + [param], owner=owner, field_name=f.name, **kwargs)
     declared = meta.get("option")
     if isinstance(default, bool):
         if declared is None:
@@ -75,8 +119,10 @@ def _option(owner: type, f: dataclasses.Field, param: str, when: str) -> Setting
     elif "range" in meta:
         kwargs["type"] = range_type(meta["range"])
     elif meta.get("path") is not None:
-        kwargs["type"] = click.Path(file_okay=meta["path"] != "dir",
-                                    dir_okay=meta["path"] != "file", path_type=Path)
+        kind = meta["path"].replace("existing-", "")
+        kwargs["type"] = click.Path(exists=meta["path"].startswith("existing-"),
+                                    file_okay=kind != "dir", dir_okay=kind != "file",
+                                    path_type=Path)
     if "help_default" in meta:
         kwargs["help"] += f" [default: {meta['help_default']}]"
         kwargs["show_default"] = False
@@ -102,7 +148,8 @@ class OptionGroup:
 
     def _fields(self) -> Iterator[dataclasses.Field]:
         for f in dataclasses.fields(self.cls):
-            if f.name in self.skip or not f.metadata.get("cli", "help" in f.metadata):
+            if f.name in self.skip or (f.name not in self.nested
+                                       and not f.metadata.get("cli", "help" in f.metadata)):
                 continue
             yield f
 
