@@ -759,29 +759,6 @@ def _inside(path: Path, folder: Path) -> bool:
 # --- predict, bench, info (issue 6) ------------------------------------------------------------
 
 
-def _csv_list(kind: type, allowed: Optional[Sequence[str]] = None) -> Callable[..., list]:
-    """A click callback parsing "a,b,c" into a list of `kind`, checked against `allowed`."""
-
-    def parse(ctx: click.Context, param: click.Parameter, value: Optional[str]) -> list:
-        if value is None:
-            return []
-        try:
-            items = [kind(v.strip()) for v in value.split(",") if v.strip()]
-        except ValueError:
-            msg = f"{value!r}: not a comma-separated list of {kind.__name__}"
-            raise click.BadParameter(msg) from None
-        bad = [i for i in items if allowed is not None and i not in allowed]
-        if bad or not items or (kind is int and min(items) < 1):
-            raise click.BadParameter(
-                f"{value!r}: choose from {allowed}"
-                if bad
-                else f"{value!r}: give at least one positive value"
-            )
-        return items
-
-    return parse
-
-
 @cli.command(
     "predict",
     epilog="""\b

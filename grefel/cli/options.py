@@ -76,12 +76,10 @@ def _comma_list(f: dataclasses.Field) -> Callable[[str], Tuple[Any, ...]]:
 
     def parse(value: str) -> Tuple[Any, ...]:
         items = [v.strip() for v in str(value).split(",") if v.strip()]
-        if numbers:
-            if not all(v.isdigit() for v in items):
-                raise ValueError(f"{value!r}: give comma-separated positive integers")
-            got: List[Any] = [int(v) for v in items]
-        else:
-            got = items
+        try:
+            got: List[Any] = [int(v) for v in items] if numbers else items
+        except ValueError:
+            raise ValueError(f"{value!r}: not a comma-separated list of int") from None
         bad = [i for i in got if allowed is not None and i not in allowed]
         if bad:
             raise ValueError(f"{value!r}: choose from {list(allowed or ())}")
