@@ -54,7 +54,7 @@ import numpy as np
 from grefel._lazy import require
 from grefel.config import INFERENCE_THREADS, FaceAlignment
 from grefel.errors import GrefelError
-from grefel.fileio import display_path, why_unwritable
+from grefel.fileio import deferred_signals, display_path, why_unwritable
 from grefel.pipeline import (
     SMOOTH,
     STAGES,
@@ -152,6 +152,10 @@ def annotated_what(source: Union[str, Source]) -> str:
     if kind == "folder":
         return "annotated copies, mirroring the source folder"
     return "annotated image" if kind == "image" else "annotated video"
+
+
+# The signals that end a predict run (Ctrl-C, and those signals_end_run turns into StopSignal)
+END_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class StopSignal(KeyboardInterrupt):
@@ -537,13 +541,17 @@ class _Predictor:
         t0 = time.perf_counter()
         for frame, faces in zip(frames, results):
             recs = [f.record(display_path(frame.source), frame.index) for f in faces]
-            for rec in recs:
-                self.writer.write(rec)
-            self.writer.flush()
             found = faces[0].face  # a frame without a face has one result, FaceResult.no_face()
-            self.summary.frames += 1
-            self.summary.faces += len(faces) if found else 0
-            self.summary.no_face_frames += 0 if found else 1
+            # A frame's records and its count in the summary go together: a stop signal that
+            # arrives while they are written takes effect after both (the summary never
+            # disagrees with the records file).
+            with deferred_signals(END_SIGNALS):
+                for rec in recs:
+                    self.writer.write(rec)
+                self.writer.flush()
+                self.summary.frames += 1
+                self.summary.faces += len(faces) if found else 0
+                self.summary.no_face_frames += 0 if found else 1
             if self.annotator is not None:
                 self.annotator.add(frame, recs)
             if self.timeline is not None:
