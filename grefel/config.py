@@ -351,24 +351,33 @@ LEGACY_FACE_KEYS: Dict[str, str] = {
 class DataConfig:
     """Where the training images come from and how they are batched (`grefel train`)."""
 
-    root: str = "data/synthfer"
-    dataset: str = "auto"  # a grefel.data.load_samples kind
-    train_split: str = "train"
-    val_split: str = "val"  # "" = no validation (best = best training accuracy)
-    batch_size: int = ranged(32, min=2)  # per process
-    workers: int = ranged(0, min=0, max=256)
-    refine_per_class: int = ranged(0, min=0)  # B of paper §4.1; 0 = plain shuffle of the split
-    refine_per_group: int = ranged(0, min=0)  # N_pg of paper §4.1; 0 = no per-group cap
-    # a class with fewer than B images: repeat them up to B (paper), or take each once
-    refine_repeat: bool = True
-    strict: bool = False  # unreadable images are an error instead of skipped
-    augment: bool = True  # the training augmentation; off = the eval resize only
-    # which augmentation (grefel.data.transforms.AUGMENT_POLICIES): "paper" (shift, rotation,
-    # flip, colour jitter, erasing) or "light" (small shift, flip, mild jitter)
-    augment_policy: str = "paper"
+    root: str = setting(
+        "data/synthfer", option="--data", path="dir", cli_default=None,
+        help="Dataset folder (e.g. from `grefel data synth`); required unless --resume.")
+    dataset: str = setting("auto", help="Reader kind (auto detects).")  # a load_samples kind
+    train_split: str = setting("train", cli=False, help="Training split.")
+    val_split: str = setting("val", help='Validation split; "" = none (best = best training '
+                                         'accuracy).')
+    batch_size: int = setting(32, min=2, help="Per process.")
+    workers: int = setting(0, min=0, max=256, help="DataLoader workers.")
+    refine_per_class: int = setting(0, min=0, help="Data refinement B per class per epoch "
+                                                   "(paper 4.1); 0 = plain shuffle.")
+    refine_per_group: int = setting(0, min=0, help="Data refinement N_pg per face group / "
+                                                   "video; 0 = no cap.")
+    refine_repeat: bool = setting(True, help="A class with fewer than B images: repeat them up "
+                                             "to B (the paper's B per class), or take each once.")
+    strict: bool = setting(False, help="Unreadable images are an error.")
+    augment: bool = setting(True, help="Training augmentation (off: eval resize only).")
+    augment_policy: str = setting(
+        "paper", choices=AUGMENT_POLICIES,
+        help="paper: shift 8 px, rotation 10 deg, flip, colour jitter 0.3, erasing; light: "
+             "shift 4 px, flip, jitter 0.2.")
     # How the images become faces (grefel.align_data)
     face: FaceAlignment = dataclasses.field(default_factory=FaceAlignment)
-    align_cache: str = ""  # folder of the aligned crops; "" = grefel.align_data.default_cache()
+    align_cache: str = setting(
+        "", path="dir", help="Folder of the cached aligned crops (keyed by image content and "
+                             "settings).",
+        help_default="$XDG_CACHE_HOME/grefel/aligned, else ~/.cache/grefel/aligned")
 
     def __post_init__(self) -> None:
         check_ranges(self)
@@ -406,6 +415,8 @@ MODEL_OVERRIDES = (
 
 
 FREEZE_CHOICES = ("auto", "landmark", "image", "none")  # TrainConfig.freeze
+CLASS_WEIGHTS = ("none", "inverse")  # TrainConfig.class_weights
+SELECT_BY = ("accuracy", "macro_f1")  # TrainConfig.select
 # Steps of the image-stream warm-up when TrainConfig.image_warmup is auto: make demo's (with it
 # the tiny preset learns from the first epoch; without it, it stays at chance: docs/research.md)
 AUTO_IMAGE_WARMUP = 150
@@ -421,55 +432,78 @@ class TrainConfig:
     it the tiny preset stays at chance: docs/research.md).
     """
 
-    out: str = ""  # "": `grefel train` makes a new runs/train/PRESET (-2, -3, ...)
-    preset: str = "tiny"
-    variant: str = "both"  # row of the paper's Table 2
-    epochs: int = ranged(10, min=1)
-    lr: float = ranged(3e-4, min=0, min_open=True)  # Adam
-    gamma: float = ranged(0.995, min=0, max=1, min_open=True)  # exponential LR decay per epoch
-    label_smoothing: float = ranged(0.0, min=0, max=1, max_open=True)
-    class_weights: str = "none"  # none | inverse (inverse frequency, mean 1)
-    clip_grad: float = ranged(5.0, min=0)  # max gradient norm; 0 = off
-    # training images to recompute BatchNorm statistics on; 0 = off
-    precise_bn: int = ranged(512, min=0)
-    # landmark | image | none | auto: landmark when it starts from weights (pretrained_mobilefacenet
-    # or init), else none (see frozen_stream); a fresh run may freeze only a stream with weights
-    freeze: str = "auto"
-    amp: bool = True  # autocast + GradScaler, on CUDA only
-    seed: int = ranged(0, min=0, max=SEED_MAX)
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    # torch CPU threads per process; 0 = torch's default
-    threads: int = ranged(0, min=0, max=THREADS_MAX)
-    resume: bool = False
+    out: str = setting(
+        "", path="dir", help="Run folder (checkpoints, metrics, config) [default: a new "
+                             "runs/train/PRESET, -2, -3, ...; under torchrun runs/train/PRESET].")
+    preset: str = setting("tiny", choices=("tiny", "paper"), help="Model preset.")
+    variant: str = setting("both", choices=tuple(VARIANTS), help="Row of the paper's Table 2.")
+    epochs: int = setting(10, min=1, help="Training epochs.")
+    lr: float = setting(3e-4, min=0, min_open=True, help="Adam learning rate.")
+    gamma: float = setting(0.995, min=0, max=1, min_open=True, help="LR decay per epoch.")
+    label_smoothing: float = setting(
+        0.0, min=0, max=1, max_open=True,
+        help="Eq. 20 smoothing; the paper supplement's \"smoothing term 11\" reads as 0.11 to "
+             "us.")
+    class_weights: str = setting("none", choices=CLASS_WEIGHTS,
+                                 help="inverse: inverse frequency, mean 1.")
+    clip_grad: float = setting(5.0, min=0, help="Max grad norm; 0 off.")
+    precise_bn: int = setting(512, min=0, help="Training images to recompute BatchNorm "
+                                               "statistics on after each epoch; 0 = off.")
+    freeze: str = setting(
+        "auto", choices=FREEZE_CHOICES,
+        help="Stream kept frozen; only a stream with weights (--pretrained-mobilefacenet, "
+             "--pretrained-ir50, --init). auto: landmark when it has them, else none.")
+    amp: bool = setting(True, help="Mixed precision (CUDA only).")  # autocast + GradScaler
+    seed: int = setting(0, min=0, max=SEED_MAX, help="Random seed.")
+    device: str = setting("auto", help="auto, cpu, cuda or cuda:N.")
+    threads: int = setting(0, min=0, max=THREADS_MAX,
+                           help="torch CPU threads per process; 0 = torch's default.")
+    # the command line's --resume (its help is grefel.train_state.resume_help)
+    resume: bool = setting(False, cli=False, help="Continue the run in out.")
     # GReFELConfig overrides (MODEL_OVERRIDES; None keeps the preset's), with its ranges
-    lambda_cls: Optional[float] = ranged(None, like=range_of(GReFELConfig, "lambda_cls"))
-    lambda_anchor: Optional[float] = ranged(None, like=range_of(GReFELConfig, "lambda_anchor"))
-    lambda_center: Optional[float] = ranged(None, like=range_of(GReFELConfig, "lambda_center"))
-    anchors_per_class: Optional[int] = ranged(  # K
-        None, like=range_of(GReFELConfig, "anchors_per_class"))
-    delta: Optional[float] = ranged(None, like=range_of(GReFELConfig, "delta"))
-    # dropout of eq. 9's MLP head [preset: 0.5]
-    head_dropout: Optional[float] = ranged(None, like=range_of(GReFELConfig, "head_dropout"))
-    pretrained_ir50: str = ""
-    pretrained_mobilefacenet: str = ""
-    # A grefel checkpoint to fine-tune from (grefel.train.init_from_checkpoint): its architecture
-    # and input normalisation, every tensor that fits; "" = a fresh model.
-    init: str = ""
-    # Steps that train the image stream alone before epoch 1 (grefel.train.warm_up_image_stream):
-    # a stand-in for the paper's pretrained IR-50 where no pretrained weights exist (tiny).
+    lambda_cls: Optional[float] = setting(None, like=range_of(GReFELConfig, "lambda_cls"),
+                                          help="Eq. 23 weight [preset: 1].")
+    lambda_anchor: Optional[float] = setting(None, like=range_of(GReFELConfig, "lambda_anchor"),
+                                             help="Eq. 23 weight [preset: 1].")
+    lambda_center: Optional[float] = setting(None, like=range_of(GReFELConfig, "lambda_center"),
+                                             help="Eq. 23 weight [preset: 1].")
+    anchors_per_class: Optional[int] = setting(
+        None, like=range_of(GReFELConfig, "anchors_per_class"), help="K [preset: 10].")
+    delta: Optional[float] = setting(None, like=range_of(GReFELConfig, "delta"),
+                                     help="Eq. 14 softmax steepness [preset: 1].")
+    head_dropout: Optional[float] = setting(None, like=range_of(GReFELConfig, "head_dropout"),
+                                            help="Eq. 9 MLP dropout [preset: 0.5].")
+    pretrained_ir50: str = setting(
+        "", path="file", help="face.evoLVe / POSTER V2 IR-50 weights for the image stream.")
+    pretrained_mobilefacenet: str = setting(
+        "", path="file", help="pytorch_face_landmark MobileFaceNet weights (landmark stream).")
+    # A grefel checkpoint to fine-tune from (grefel.train.init_from_checkpoint)
+    init: str = setting(
+        "", path="file",
+        help="Fine-tune from this grefel checkpoint (e.g. from `grefel weights import --kind "
+             "posterv2`): its architecture, every tensor that fits (strict), fresh "
+             "class-dependent tensors when the classes differ; writes init.json.")
+    # Steps that train the image stream alone before epoch 1 (grefel.train.warm_up_image_stream);
     # None = auto: AUTO_IMAGE_WARMUP unless the image stream is frozen or comes from init.
-    image_warmup: Optional[int] = ranged(None, kind=int, min=0)
-    # what best.safetensors is chosen by: validation accuracy, or macro-F1 (imbalanced data,
-    # where the majority class alone scores a high accuracy); train accuracy without val
-    select: str = "accuracy"
+    image_warmup: Optional[int] = setting(
+        None, kind=int, min=0,
+        help="Steps that train the image stream alone (pooled linear classifier, then dropped) "
+             "before epoch 1: a stand-in for a pretrained IR-50 when there is none (the tiny "
+             "preset); 0: off.",
+        help_default=f"{AUTO_IMAGE_WARMUP}, 0 with --freeze image or --init")
+    # what best.safetensors is chosen by (train accuracy without val)
+    select: str = setting("accuracy", choices=SELECT_BY,
+                          help="What best.safetensors is chosen by on the validation split "
+                               "(macro_f1 for imbalanced data).")
 
     def __post_init__(self) -> None:
         check_ranges(self)
         _require(self.preset in PRESETS, f"unknown preset {self.preset!r}")
         _require(self.variant in VARIANTS, f"unknown variant {self.variant!r}")
-        _require(self.class_weights in ("none", "inverse"), "class_weights: none or inverse")
+        _require(self.class_weights in CLASS_WEIGHTS,
+                 f"class_weights: {' or '.join(CLASS_WEIGHTS)}")
         _require(self.freeze in FREEZE_CHOICES, f"freeze: {', '.join(FREEZE_CHOICES)}")
-        _require(self.select in ("accuracy", "macro_f1"), "select: accuracy or macro_f1")
+        _require(self.select in SELECT_BY, f"select: {' or '.join(SELECT_BY)}")
         _require(not (self.image_warmup and self.frozen_stream() == "image"),
                  "image_warmup trains the image stream, which freeze=image keeps frozen")
         _require(not (self.init and (self.pretrained_ir50 or self.pretrained_mobilefacenet)),

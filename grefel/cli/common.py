@@ -13,7 +13,7 @@ from click.core import ParameterSource
 from benchmarks.options import BenchOptions
 from export.options import ExportOptions, TritonRepoOptions
 from grefel.cli.options import OptionGroup
-from grefel.config import FaceAlignment
+from grefel.config import DataConfig, FaceAlignment, TrainConfig
 from grefel.evaluate import EvalOptions
 from grefel.predict import PredictOptions
 from grefel.serve import ServeOptions
@@ -24,6 +24,9 @@ from grefel.serve import ServeOptions
 FACE = OptionGroup(FaceAlignment, prefix="face_", skip=("mode",))
 ALIGN = OptionGroup(FaceAlignment, prefix="face_", when="[--align-faces detect/auto] ",
                     plain=("mode",))
+ALIGN_CACHE = OptionGroup(DataConfig, only=("align_cache",))
+TRAIN_DATA = OptionGroup(DataConfig, nested={"face": ALIGN})
+TRAIN = OptionGroup(TrainConfig)
 PREDICT = OptionGroup(PredictOptions, nested={"face": FACE})
 SERVE = OptionGroup(ServeOptions, nested={"face": FACE})
 BENCH = OptionGroup(BenchOptions)
@@ -122,14 +125,10 @@ def check_outputs(inputs: Sequence[Any], outputs: Sequence[Any]) -> None:
 
 
 def align_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """train, eval and pretrain: `--align-faces` and the face options (ALIGN, generated from
-    grefel.config.FaceAlignment, the settings predict and serve share), and `--align-cache`."""
-    func = click.option(
-        "--align-cache", "align_cache", type=click.Path(file_okay=False), default="",
-        show_default=False,
-        help="Folder of the cached aligned crops (keyed by image content and settings) "
-             "[default: $XDG_CACHE_HOME/grefel/aligned, else ~/.cache/grefel/aligned].")(func)
-    return ALIGN(func)
+    """eval and pretrain: `--align-faces` and the face options (ALIGN, generated from
+    grefel.config.FaceAlignment, the settings predict and serve share), and `--align-cache`
+    (DataConfig's)."""
+    return ALIGN(ALIGN_CACHE(func))
 
 
 def check_align_options(ctx: click.Context, mode: str, data: Optional[str],
