@@ -553,39 +553,56 @@ LANDMARK_SOURCES = ("auto", "file", "mesh")  # grefel pretrain landmarks --landm
 class PretrainConfig:
     """One `grefel pretrain` run (grefel.pretrain); the only home of its defaults."""
 
-    task: str  # landmarks | identity
-    data: str  # a SynthFER folder (grefel data synth)
-    out: str  # OUT.safetensors
-    preset: str = "tiny"
-    steps: int = ranged(300, min=1)
-    batch_size: int = ranged(32, min=2)
-    lr: float = ranged(1e-3, like=range_of(TrainConfig, "lr"))  # Adam
-    seed: int = ranged(0, like=range_of(TrainConfig, "seed"))
-    device: str = "cpu"
-    threads: int = ranged(0, like=range_of(TrainConfig, "threads"))  # 0 = torch's default
-    augment: bool = True  # identity: flips and shifts; landmarks: brightness/contrast only
-    dataset: str = "auto"  # a grefel.data.load_samples kind
-    # landmarks only: the targets. "file": the dataset's landmarks.csv (SynthFER's ground
-    # truth); "mesh": MediaPipe's 468-point face mesh run on each face (grefel.runtime.face_mesh);
-    # "auto": the file where there is one and the faces are the images as given, else the mesh
-    landmarks: str = "auto"
+    task: str = setting(cli=False, choices=PRETRAIN_TASKS, help="landmarks or identity.")
+    data: str = setting(
+        path="dir", help="Dataset folder with identities (SynthFER from grefel data synth, "
+                         "muxspace/facial_expressions, or any reader's layout).")
+    out: str = setting(path="file", help="Checkpoint to write (.safetensors + .json sidecar).")
+    preset: str = setting("tiny", choices=("tiny", "paper"),
+                          help="GReFEL preset whose stream is trained (widths, depths).")
+    steps: int = setting(300, min=1, help="Optimisation steps.")
+    batch_size: int = setting(32, min=2, help="Images per step.")
+    lr: float = setting(1e-3, like=range_of(TrainConfig, "lr"), help="Adam learning rate.")
+    seed: int = setting(0, like=range_of(TrainConfig, "seed"), help="Random seed.")
+    device: str = setting("cpu", help="cpu, cuda or cuda:N.")
+    threads: int = setting(0, like=range_of(TrainConfig, "threads"),
+                           help="torch CPU threads; 0 = torch's default.")
+    augment: bool = setting(True, help="landmarks: brightness/contrast jitter; identity: flips "
+                                       "and shifts.")
+    dataset: str = setting("auto", help="Reader kind (auto detects).")  # a load_samples kind
+    # landmarks only: the targets
+    landmarks: str = setting(
+        "auto", choices=LANDMARK_SOURCES,
+        help="Targets: file = the dataset's landmarks.csv (SynthFER's 68 ground-truth points); "
+             "mesh = MediaPipe's 468-point face mesh (shipped in grefel) run on each face; auto "
+             "= the file where there is one and faces are not aligned.")
     # the stream trained: "auto" = the task's own (landmarks: the landmark stream MobileFaceNet;
-    # identity: the image stream IR-50); "image" with landmarks: IR-50 stages 1-3 on landmarks
-    stream: str = "auto"
+    # identity: the image stream IR-50); `grefel pretrain landmarks` names it (landmark)
+    stream: str = setting(
+        "auto", choices=("auto", "landmark", "image"), cli_default="landmark",
+        help="landmark: the MobileFaceNet trunk (the paper's landmark stream; "
+             "--pretrained-mobilefacenet); image: IR-50 stages 1-3, the image stream "
+             "(--pretrained-ir50), where no face-recognition IR-50 exists (tiny).")
     # How the images become faces: as `grefel train` (auto: aligned for datasets of photos)
     alignment: FaceAlignment = FaceAlignment()
     align_cache: str = ""  # folder of the aligned crops; "" = grefel.align_data.default_cache()
     # identity only
-    margin_head: str = "arcface"  # arcface | cosface
-    scale: float = ranged(64.0, min=0, min_open=True)  # s of the margin head (face.evoLVe: 64)
-    # m; None = 0.5 for ArcFace, 0.35 for CosFace
-    margin: Optional[float] = ranged(None, kind=float, min=0, max=1, max_open=True)
-    embedding: int = ranged(512, min=2)  # face.evoLVe's embedding size
-    # every k-th image of an identity is held out for the accuracy
-    holdout_every: int = ranged(5, min=2)
-    # training images for the BatchNorm statistics before evaluation
-    precise_bn: int = ranged(512, like=range_of(TrainConfig, "precise_bn"))
-    reuse: bool = False  # an existing OUT with the same settings and data is kept
+    margin_head: str = setting("arcface", choices=("arcface", "cosface"),
+                               help="face.evoLVe's margin heads.")
+    scale: float = setting(64.0, min=0, min_open=True,
+                           help="s of the margin head.")  # face.evoLVe: 64
+    margin: Optional[float] = setting(None, kind=float, min=0, max=1, max_open=True,
+                                      option="--head-margin",
+                                      help="m of the margin head [default: 0.5 ArcFace, 0.35 "
+                                           "CosFace].")
+    embedding: int = setting(512, min=2, help="Embedding size of the output layer.")
+    holdout_every: int = setting(5, min=2, help="Every k-th image of each training identity is "
+                                                "held out for the accuracy.")
+    precise_bn: int = setting(512, like=range_of(TrainConfig, "precise_bn"),
+                              help="Training images for the BatchNorm statistics before "
+                                   "evaluation.")
+    reuse: bool = setting(False, help="Keep an existing --out made with the same settings from "
+                                      "the same data.")
 
     def __post_init__(self) -> None:
         check_ranges(self)

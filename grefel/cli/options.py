@@ -96,6 +96,9 @@ def _option(owner: type, f: dataclasses.Field, param: str, when: str) -> Setting
     default = meta.get("cli_default", f.default)
     decls: List[str] = []
     kwargs: Dict[str, Any] = {"help": when + meta["help"], "default": default}
+    if default is dataclasses.MISSING:  # a field without a default: the option is required
+        del kwargs["default"]
+        kwargs["required"] = True
     parse = meta.get("parse")
     if parse is None and isinstance(default, tuple):
         parse, kwargs["default"] = _comma_list(f), ",".join(str(v) for v in default)
@@ -120,7 +123,7 @@ def _option(owner: type, f: dataclasses.Field, param: str, when: str) -> Setting
         kind = meta["path"].replace("existing-", "")
         kwargs["type"] = click.Path(exists=meta["path"].startswith("existing-"),
                                     file_okay=kind != "dir", dir_okay=kind != "file",
-                                    path_type=str if isinstance(f.default, str) else Path)
+                                    path_type=Path if "Path" in str(f.type) else str)
     if default == "":  # an empty path or name: "none" (the help says what that means)
         kwargs["show_default"] = False
     if "help_default" in meta:
