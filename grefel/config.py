@@ -408,6 +408,32 @@ def upgrade_data_dict(data: Dict[str, Any]) -> Dict[str, Any]:
     return data
 
 
+@dataclass(frozen=True)
+class SynthConfig:
+    """`grefel data synth`: how SynthFER, the bundled drawn dataset, is made
+    (grefel.data.synthfer.generate_synthfer, whose defaults these are)."""
+
+    n: int = setting(2000, min=3, help="Number of images.")
+    seed: int = setting(0, min=0, max=SEED_MAX, help="Same seed and options give the same bytes.")
+    noise: float = setting(0.0, min=0, max=1, max_open=True,
+                           help="Fraction of TRAIN labels flipped to another class (val/test "
+                                "stay clean).")
+    imbalance: str = setting("rafdb", choices=("rafdb", "uniform"),
+                             help="Class frequencies: RAF-DB basic train counts, or equal.")
+    contempt: bool = setting(False, option="--contempt/--no-contempt",
+                             help="Add contempt as an 8th class.")
+    size: int = setting(INPUT_SIZE, min=32, help="Image side in pixels.")
+    difficulty: float = setting(1.0, min=0, max=1,
+                                help="Scale of pose, clutter, occlusion, blur, noise and weak "
+                                     "expressions (the CPU demo uses a lower value).")
+    overwrite: bool = setting(False, help="Replace what --out holds (without it, a folder that "
+                                          "is not empty is refused).")
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+        check_choices(self)
+
+
 # TrainConfig fields that override GReFELConfig fields (None keeps the preset's value).
 MODEL_OVERRIDES = (
     "lambda_cls", "lambda_anchor", "lambda_center", "anchors_per_class", "delta", "head_dropout",

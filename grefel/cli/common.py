@@ -5,7 +5,7 @@ types."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import click
 from click.core import ParameterSource
@@ -33,15 +33,6 @@ BENCH = OptionGroup(BenchOptions)
 EVAL = OptionGroup(EvalOptions)
 EXPORT = OptionGroup(ExportOptions,
                      nested={"triton_repo": OptionGroup(TritonRepoOptions, prefix="triton_")})
-
-
-def float_range(min: float, max: Optional[float] = None, max_open: bool = False) -> Any:
-    """A finite float range for an option no dataclass owns (data synth's, passed straight to
-    generate_synthfer; bench's --seconds): click.FloatRange alone lets nan and inf through its
-    comparisons."""
-    from grefel.ranges import Range, range_type
-
-    return range_type(Range(kind=float, min=min, max=max, max_open=max_open))
 
 
 def ranged_type(cls: type, name: str) -> Any:
@@ -155,16 +146,6 @@ def check_align_options(ctx: click.Context, mode: str, data: Optional[str],
                                "--align-faces detect to align them")
     raise click.UsageError(f"{', '.join(given)}: face alignment settings, used with "
                            "--align-faces detect or auto (it is off)")
-
-
-def with_options(options: Callable[[], List[Any]]) -> Callable[[Any], Any]:
-    """A decorator adding the click options `options()` returns, in their order."""
-    def decorate(func: Any) -> Any:
-        for option in reversed(options()):
-            func = option(func)
-        return func
-
-    return decorate
 
 
 def inside(path: Path, folder: Path) -> bool:
