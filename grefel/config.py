@@ -351,24 +351,33 @@ LEGACY_FACE_KEYS: Dict[str, str] = {
 class DataConfig:
     """Where the training images come from and how they are batched (`grefel train`)."""
 
-    root: str = "data/synthfer"
-    dataset: str = "auto"  # a grefel.data.load_samples kind
-    train_split: str = "train"
-    val_split: str = "val"  # "" = no validation (best = best training accuracy)
-    batch_size: int = ranged(32, min=2)  # per process
-    workers: int = ranged(0, min=0, max=256)
-    refine_per_class: int = ranged(0, min=0)  # B of paper §4.1; 0 = plain shuffle of the split
-    refine_per_group: int = ranged(0, min=0)  # N_pg of paper §4.1; 0 = no per-group cap
-    # a class with fewer than B images: repeat them up to B (paper), or take each once
-    refine_repeat: bool = True
-    strict: bool = False  # unreadable images are an error instead of skipped
-    augment: bool = True  # the training augmentation; off = the eval resize only
-    # which augmentation (grefel.data.transforms.AUGMENT_POLICIES): "paper" (shift, rotation,
-    # flip, colour jitter, erasing) or "light" (small shift, flip, mild jitter)
-    augment_policy: str = "paper"
+    root: str = setting(
+        "data/synthfer", option="--data", path="dir", cli_default=None,
+        help="Dataset folder (e.g. from `grefel data synth`); required unless --resume.")
+    dataset: str = setting("auto", help="Reader kind (auto detects).")  # a load_samples kind
+    train_split: str = setting("train", cli=False, help="Training split.")
+    val_split: str = setting("val", help='Validation split; "" = none (best = best training '
+                                         'accuracy).')
+    batch_size: int = setting(32, min=2, help="Per process.")
+    workers: int = setting(0, min=0, max=256, help="DataLoader workers.")
+    refine_per_class: int = setting(0, min=0, help="Data refinement B per class per epoch "
+                                                   "(paper 4.1); 0 = plain shuffle.")
+    refine_per_group: int = setting(0, min=0, help="Data refinement N_pg per face group / "
+                                                   "video; 0 = no cap.")
+    refine_repeat: bool = setting(True, help="A class with fewer than B images: repeat them up "
+                                             "to B (the paper's B per class), or take each once.")
+    strict: bool = setting(False, help="Unreadable images are an error.")
+    augment: bool = setting(True, help="Training augmentation (off: eval resize only).")
+    augment_policy: str = setting(
+        "paper", choices=AUGMENT_POLICIES,
+        help="paper: shift 8 px, rotation 10 deg, flip, colour jitter 0.3, erasing; light: "
+             "shift 4 px, flip, jitter 0.2.")
     # How the images become faces (grefel.align_data)
     face: FaceAlignment = dataclasses.field(default_factory=FaceAlignment)
-    align_cache: str = ""  # folder of the aligned crops; "" = grefel.align_data.default_cache()
+    align_cache: str = setting(
+        "", path="dir", help="Folder of the cached aligned crops (keyed by image content and "
+                             "settings).",
+        help_default="$XDG_CACHE_HOME/grefel/aligned, else ~/.cache/grefel/aligned")
 
     def __post_init__(self) -> None:
         check_ranges(self)
@@ -399,6 +408,32 @@ def upgrade_data_dict(data: Dict[str, Any]) -> Dict[str, Any]:
     return data
 
 
+@dataclass(frozen=True)
+class SynthConfig:
+    """`grefel data synth`: how SynthFER, the bundled drawn dataset, is made
+    (grefel.data.synthfer.generate_synthfer, whose defaults these are)."""
+
+    n: int = setting(2000, min=3, help="Number of images.")
+    seed: int = setting(0, min=0, max=SEED_MAX, help="Same seed and options give the same bytes.")
+    noise: float = setting(0.0, min=0, max=1, max_open=True,
+                           help="Fraction of TRAIN labels flipped to another class (val/test "
+                                "stay clean).")
+    imbalance: str = setting("rafdb", choices=("rafdb", "uniform"),
+                             help="Class frequencies: RAF-DB basic train counts, or equal.")
+    contempt: bool = setting(False, option="--contempt/--no-contempt",
+                             help="Add contempt as an 8th class.")
+    size: int = setting(INPUT_SIZE, min=32, help="Image side in pixels.")
+    difficulty: float = setting(1.0, min=0, max=1,
+                                help="Scale of pose, clutter, occlusion, blur, noise and weak "
+                                     "expressions (the CPU demo uses a lower value).")
+    overwrite: bool = setting(False, help="Replace what --out holds (without it, a folder that "
+                                          "is not empty is refused).")
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+        check_choices(self)
+
+
 # TrainConfig fields that override GReFELConfig fields (None keeps the preset's value).
 MODEL_OVERRIDES = (
     "lambda_cls", "lambda_anchor", "lambda_center", "anchors_per_class", "delta", "head_dropout",
@@ -406,6 +441,8 @@ MODEL_OVERRIDES = (
 
 
 FREEZE_CHOICES = ("auto", "landmark", "image", "none")  # TrainConfig.freeze
+CLASS_WEIGHTS = ("none", "inverse")  # TrainConfig.class_weights
+SELECT_BY = ("accuracy", "macro_f1")  # TrainConfig.select
 # Steps of the image-stream warm-up when TrainConfig.image_warmup is auto: make demo's (with it
 # the tiny preset learns from the first epoch; without it, it stays at chance: docs/research.md)
 AUTO_IMAGE_WARMUP = 150
@@ -421,55 +458,78 @@ class TrainConfig:
     it the tiny preset stays at chance: docs/research.md).
     """
 
-    out: str = ""  # "": `grefel train` makes a new runs/train/PRESET (-2, -3, ...)
-    preset: str = "tiny"
-    variant: str = "both"  # row of the paper's Table 2
-    epochs: int = ranged(10, min=1)
-    lr: float = ranged(3e-4, min=0, min_open=True)  # Adam
-    gamma: float = ranged(0.995, min=0, max=1, min_open=True)  # exponential LR decay per epoch
-    label_smoothing: float = ranged(0.0, min=0, max=1, max_open=True)
-    class_weights: str = "none"  # none | inverse (inverse frequency, mean 1)
-    clip_grad: float = ranged(5.0, min=0)  # max gradient norm; 0 = off
-    # training images to recompute BatchNorm statistics on; 0 = off
-    precise_bn: int = ranged(512, min=0)
-    # landmark | image | none | auto: landmark when it starts from weights (pretrained_mobilefacenet
-    # or init), else none (see frozen_stream); a fresh run may freeze only a stream with weights
-    freeze: str = "auto"
-    amp: bool = True  # autocast + GradScaler, on CUDA only
-    seed: int = ranged(0, min=0, max=SEED_MAX)
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    # torch CPU threads per process; 0 = torch's default
-    threads: int = ranged(0, min=0, max=THREADS_MAX)
-    resume: bool = False
+    out: str = setting(
+        "", path="dir", help="Run folder (checkpoints, metrics, config) [default: a new "
+                             "runs/train/PRESET, -2, -3, ...; under torchrun runs/train/PRESET].")
+    preset: str = setting("tiny", choices=("tiny", "paper"), help="Model preset.")
+    variant: str = setting("both", choices=tuple(VARIANTS), help="Row of the paper's Table 2.")
+    epochs: int = setting(10, min=1, help="Training epochs.")
+    lr: float = setting(3e-4, min=0, min_open=True, help="Adam learning rate.")
+    gamma: float = setting(0.995, min=0, max=1, min_open=True, help="LR decay per epoch.")
+    label_smoothing: float = setting(
+        0.0, min=0, max=1, max_open=True,
+        help="Eq. 20 smoothing; the paper supplement's \"smoothing term 11\" reads as 0.11 to "
+             "us.")
+    class_weights: str = setting("none", choices=CLASS_WEIGHTS,
+                                 help="inverse: inverse frequency, mean 1.")
+    clip_grad: float = setting(5.0, min=0, help="Max grad norm; 0 off.")
+    precise_bn: int = setting(512, min=0, help="Training images to recompute BatchNorm "
+                                               "statistics on after each epoch; 0 = off.")
+    freeze: str = setting(
+        "auto", choices=FREEZE_CHOICES,
+        help="Stream kept frozen; only a stream with weights (--pretrained-mobilefacenet, "
+             "--pretrained-ir50, --init). auto: landmark when it has them, else none.")
+    amp: bool = setting(True, help="Mixed precision (CUDA only).")  # autocast + GradScaler
+    seed: int = setting(0, min=0, max=SEED_MAX, help="Random seed.")
+    device: str = setting("auto", help="auto, cpu, cuda or cuda:N.")
+    threads: int = setting(0, min=0, max=THREADS_MAX,
+                           help="torch CPU threads per process; 0 = torch's default.")
+    # the command line's --resume (its help is grefel.train_state.resume_help)
+    resume: bool = setting(False, cli=False, help="Continue the run in out.")
     # GReFELConfig overrides (MODEL_OVERRIDES; None keeps the preset's), with its ranges
-    lambda_cls: Optional[float] = ranged(None, like=range_of(GReFELConfig, "lambda_cls"))
-    lambda_anchor: Optional[float] = ranged(None, like=range_of(GReFELConfig, "lambda_anchor"))
-    lambda_center: Optional[float] = ranged(None, like=range_of(GReFELConfig, "lambda_center"))
-    anchors_per_class: Optional[int] = ranged(  # K
-        None, like=range_of(GReFELConfig, "anchors_per_class"))
-    delta: Optional[float] = ranged(None, like=range_of(GReFELConfig, "delta"))
-    # dropout of eq. 9's MLP head [preset: 0.5]
-    head_dropout: Optional[float] = ranged(None, like=range_of(GReFELConfig, "head_dropout"))
-    pretrained_ir50: str = ""
-    pretrained_mobilefacenet: str = ""
-    # A grefel checkpoint to fine-tune from (grefel.train.init_from_checkpoint): its architecture
-    # and input normalisation, every tensor that fits; "" = a fresh model.
-    init: str = ""
-    # Steps that train the image stream alone before epoch 1 (grefel.train.warm_up_image_stream):
-    # a stand-in for the paper's pretrained IR-50 where no pretrained weights exist (tiny).
+    lambda_cls: Optional[float] = setting(None, like=range_of(GReFELConfig, "lambda_cls"),
+                                          help="Eq. 23 weight [preset: 1].")
+    lambda_anchor: Optional[float] = setting(None, like=range_of(GReFELConfig, "lambda_anchor"),
+                                             help="Eq. 23 weight [preset: 1].")
+    lambda_center: Optional[float] = setting(None, like=range_of(GReFELConfig, "lambda_center"),
+                                             help="Eq. 23 weight [preset: 1].")
+    anchors_per_class: Optional[int] = setting(
+        None, like=range_of(GReFELConfig, "anchors_per_class"), help="K [preset: 10].")
+    delta: Optional[float] = setting(None, like=range_of(GReFELConfig, "delta"),
+                                     help="Eq. 14 softmax steepness [preset: 1].")
+    head_dropout: Optional[float] = setting(None, like=range_of(GReFELConfig, "head_dropout"),
+                                            help="Eq. 9 MLP dropout [preset: 0.5].")
+    pretrained_ir50: str = setting(
+        "", path="file", help="face.evoLVe / POSTER V2 IR-50 weights for the image stream.")
+    pretrained_mobilefacenet: str = setting(
+        "", path="file", help="pytorch_face_landmark MobileFaceNet weights (landmark stream).")
+    # A grefel checkpoint to fine-tune from (grefel.train.init_from_checkpoint)
+    init: str = setting(
+        "", path="file",
+        help="Fine-tune from this grefel checkpoint (e.g. from `grefel weights import --kind "
+             "posterv2`): its architecture, every tensor that fits (strict), fresh "
+             "class-dependent tensors when the classes differ; writes init.json.")
+    # Steps that train the image stream alone before epoch 1 (grefel.train.warm_up_image_stream);
     # None = auto: AUTO_IMAGE_WARMUP unless the image stream is frozen or comes from init.
-    image_warmup: Optional[int] = ranged(None, kind=int, min=0)
-    # what best.safetensors is chosen by: validation accuracy, or macro-F1 (imbalanced data,
-    # where the majority class alone scores a high accuracy); train accuracy without val
-    select: str = "accuracy"
+    image_warmup: Optional[int] = setting(
+        None, kind=int, min=0,
+        help="Steps that train the image stream alone (pooled linear classifier, then dropped) "
+             "before epoch 1: a stand-in for a pretrained IR-50 when there is none (the tiny "
+             "preset); 0: off.",
+        help_default=f"{AUTO_IMAGE_WARMUP}, 0 with --freeze image or --init")
+    # what best.safetensors is chosen by (train accuracy without val)
+    select: str = setting("accuracy", choices=SELECT_BY,
+                          help="What best.safetensors is chosen by on the validation split "
+                               "(macro_f1 for imbalanced data).")
 
     def __post_init__(self) -> None:
         check_ranges(self)
         _require(self.preset in PRESETS, f"unknown preset {self.preset!r}")
         _require(self.variant in VARIANTS, f"unknown variant {self.variant!r}")
-        _require(self.class_weights in ("none", "inverse"), "class_weights: none or inverse")
+        _require(self.class_weights in CLASS_WEIGHTS,
+                 f"class_weights: {' or '.join(CLASS_WEIGHTS)}")
         _require(self.freeze in FREEZE_CHOICES, f"freeze: {', '.join(FREEZE_CHOICES)}")
-        _require(self.select in ("accuracy", "macro_f1"), "select: accuracy or macro_f1")
+        _require(self.select in SELECT_BY, f"select: {' or '.join(SELECT_BY)}")
         _require(not (self.image_warmup and self.frozen_stream() == "image"),
                  "image_warmup trains the image stream, which freeze=image keeps frozen")
         _require(not (self.init and (self.pretrained_ir50 or self.pretrained_mobilefacenet)),
@@ -519,39 +579,56 @@ LANDMARK_SOURCES = ("auto", "file", "mesh")  # grefel pretrain landmarks --landm
 class PretrainConfig:
     """One `grefel pretrain` run (grefel.pretrain); the only home of its defaults."""
 
-    task: str  # landmarks | identity
-    data: str  # a SynthFER folder (grefel data synth)
-    out: str  # OUT.safetensors
-    preset: str = "tiny"
-    steps: int = ranged(300, min=1)
-    batch_size: int = ranged(32, min=2)
-    lr: float = ranged(1e-3, like=range_of(TrainConfig, "lr"))  # Adam
-    seed: int = ranged(0, like=range_of(TrainConfig, "seed"))
-    device: str = "cpu"
-    threads: int = ranged(0, like=range_of(TrainConfig, "threads"))  # 0 = torch's default
-    augment: bool = True  # identity: flips and shifts; landmarks: brightness/contrast only
-    dataset: str = "auto"  # a grefel.data.load_samples kind
-    # landmarks only: the targets. "file": the dataset's landmarks.csv (SynthFER's ground
-    # truth); "mesh": MediaPipe's 468-point face mesh run on each face (grefel.runtime.face_mesh);
-    # "auto": the file where there is one and the faces are the images as given, else the mesh
-    landmarks: str = "auto"
+    task: str = setting(cli=False, choices=PRETRAIN_TASKS, help="landmarks or identity.")
+    data: str = setting(
+        path="dir", help="Dataset folder with identities (SynthFER from grefel data synth, "
+                         "muxspace/facial_expressions, or any reader's layout).")
+    out: str = setting(path="file", help="Checkpoint to write (.safetensors + .json sidecar).")
+    preset: str = setting("tiny", choices=("tiny", "paper"),
+                          help="GReFEL preset whose stream is trained (widths, depths).")
+    steps: int = setting(300, min=1, help="Optimisation steps.")
+    batch_size: int = setting(32, min=2, help="Images per step.")
+    lr: float = setting(1e-3, like=range_of(TrainConfig, "lr"), help="Adam learning rate.")
+    seed: int = setting(0, like=range_of(TrainConfig, "seed"), help="Random seed.")
+    device: str = setting("cpu", help="cpu, cuda or cuda:N.")
+    threads: int = setting(0, like=range_of(TrainConfig, "threads"),
+                           help="torch CPU threads; 0 = torch's default.")
+    augment: bool = setting(True, help="landmarks: brightness/contrast jitter; identity: flips "
+                                       "and shifts.")
+    dataset: str = setting("auto", help="Reader kind (auto detects).")  # a load_samples kind
+    # landmarks only: the targets
+    landmarks: str = setting(
+        "auto", choices=LANDMARK_SOURCES,
+        help="Targets: file = the dataset's landmarks.csv (SynthFER's 68 ground-truth points); "
+             "mesh = MediaPipe's 468-point face mesh (shipped in grefel) run on each face; auto "
+             "= the file where there is one and faces are not aligned.")
     # the stream trained: "auto" = the task's own (landmarks: the landmark stream MobileFaceNet;
-    # identity: the image stream IR-50); "image" with landmarks: IR-50 stages 1-3 on landmarks
-    stream: str = "auto"
+    # identity: the image stream IR-50); `grefel pretrain landmarks` names it (landmark)
+    stream: str = setting(
+        "auto", choices=("auto", "landmark", "image"), cli_default="landmark",
+        help="landmark: the MobileFaceNet trunk (the paper's landmark stream; "
+             "--pretrained-mobilefacenet); image: IR-50 stages 1-3, the image stream "
+             "(--pretrained-ir50), where no face-recognition IR-50 exists (tiny).")
     # How the images become faces: as `grefel train` (auto: aligned for datasets of photos)
     alignment: FaceAlignment = FaceAlignment()
     align_cache: str = ""  # folder of the aligned crops; "" = grefel.align_data.default_cache()
     # identity only
-    margin_head: str = "arcface"  # arcface | cosface
-    scale: float = ranged(64.0, min=0, min_open=True)  # s of the margin head (face.evoLVe: 64)
-    # m; None = 0.5 for ArcFace, 0.35 for CosFace
-    margin: Optional[float] = ranged(None, kind=float, min=0, max=1, max_open=True)
-    embedding: int = ranged(512, min=2)  # face.evoLVe's embedding size
-    # every k-th image of an identity is held out for the accuracy
-    holdout_every: int = ranged(5, min=2)
-    # training images for the BatchNorm statistics before evaluation
-    precise_bn: int = ranged(512, like=range_of(TrainConfig, "precise_bn"))
-    reuse: bool = False  # an existing OUT with the same settings and data is kept
+    margin_head: str = setting("arcface", choices=("arcface", "cosface"),
+                               help="face.evoLVe's margin heads.")
+    scale: float = setting(64.0, min=0, min_open=True,
+                           help="s of the margin head.")  # face.evoLVe: 64
+    margin: Optional[float] = setting(None, kind=float, min=0, max=1, max_open=True,
+                                      option="--head-margin",
+                                      help="m of the margin head [default: 0.5 ArcFace, 0.35 "
+                                           "CosFace].")
+    embedding: int = setting(512, min=2, help="Embedding size of the output layer.")
+    holdout_every: int = setting(5, min=2, help="Every k-th image of each training identity is "
+                                                "held out for the accuracy.")
+    precise_bn: int = setting(512, like=range_of(TrainConfig, "precise_bn"),
+                              help="Training images for the BatchNorm statistics before "
+                                   "evaluation.")
+    reuse: bool = setting(False, help="Keep an existing --out made with the same settings from "
+                                      "the same data.")
 
     def __post_init__(self) -> None:
         check_ranges(self)

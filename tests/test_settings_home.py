@@ -71,7 +71,10 @@ def test_no_option_retypes_a_generated_setting() -> None:
                 want = field.metadata.get("cli_default", field.default)
                 if isinstance(want, tuple):  # a list option: "a,b" on the command line
                     want = ",".join(str(v) for v in want)
-                assert param.default == want, (name, param.name)
+                if want is dataclasses.MISSING:  # no default: the option is required
+                    assert param.required, (name, param.name)
+                else:
+                    assert param.default == want, (name, param.name)
                 if choices_of(field) is not None and "parse" not in field.metadata \
                         and not isinstance(field.default, tuple):
                     assert list(param.type.choices) == list(choices_of(field)), (name, param.name)

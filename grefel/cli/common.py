@@ -5,7 +5,7 @@ types."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import click
 from click.core import ParameterSource
@@ -13,7 +13,7 @@ from click.core import ParameterSource
 from benchmarks.options import BenchOptions
 from export.options import ExportOptions, TritonRepoOptions
 from grefel.cli.options import OptionGroup
-from grefel.config import FaceAlignment
+from grefel.config import DataConfig, FaceAlignment, TrainConfig
 from grefel.evaluate import EvalOptions
 from grefel.predict import PredictOptions
 from grefel.serve import ServeOptions
@@ -24,21 +24,15 @@ from grefel.serve import ServeOptions
 FACE = OptionGroup(FaceAlignment, prefix="face_", skip=("mode",))
 ALIGN = OptionGroup(FaceAlignment, prefix="face_", when="[--align-faces detect/auto] ",
                     plain=("mode",))
+ALIGN_CACHE = OptionGroup(DataConfig, only=("align_cache",))
+TRAIN_DATA = OptionGroup(DataConfig, nested={"face": ALIGN})
+TRAIN = OptionGroup(TrainConfig)
 PREDICT = OptionGroup(PredictOptions, nested={"face": FACE})
 SERVE = OptionGroup(ServeOptions, nested={"face": FACE})
 BENCH = OptionGroup(BenchOptions)
 EVAL = OptionGroup(EvalOptions)
 EXPORT = OptionGroup(ExportOptions,
                      nested={"triton_repo": OptionGroup(TritonRepoOptions, prefix="triton_")})
-
-
-def float_range(min: float, max: Optional[float] = None, max_open: bool = False) -> Any:
-    """A finite float range for an option no dataclass owns (data synth's, passed straight to
-    generate_synthfer; bench's --seconds): click.FloatRange alone lets nan and inf through its
-    comparisons."""
-    from grefel.ranges import Range, range_type
-
-    return range_type(Range(kind=float, min=min, max=max, max_open=max_open))
 
 
 def ranged_type(cls: type, name: str) -> Any:
@@ -122,14 +116,10 @@ def check_outputs(inputs: Sequence[Any], outputs: Sequence[Any]) -> None:
 
 
 def align_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """train, eval and pretrain: `--align-faces` and the face options (ALIGN, generated from
-    grefel.config.FaceAlignment, the settings predict and serve share), and `--align-cache`."""
-    func = click.option(
-        "--align-cache", "align_cache", type=click.Path(file_okay=False), default="",
-        show_default=False,
-        help="Folder of the cached aligned crops (keyed by image content and settings) "
-             "[default: $XDG_CACHE_HOME/grefel/aligned, else ~/.cache/grefel/aligned].")(func)
-    return ALIGN(func)
+    """eval and pretrain: `--align-faces` and the face options (ALIGN, generated from
+    grefel.config.FaceAlignment, the settings predict and serve share), and `--align-cache`
+    (DataConfig's)."""
+    return ALIGN(ALIGN_CACHE(func))
 
 
 def check_align_options(ctx: click.Context, mode: str, data: Optional[str],
@@ -156,16 +146,6 @@ def check_align_options(ctx: click.Context, mode: str, data: Optional[str],
                                "--align-faces detect to align them")
     raise click.UsageError(f"{', '.join(given)}: face alignment settings, used with "
                            "--align-faces detect or auto (it is off)")
-
-
-def with_options(options: Callable[[], List[Any]]) -> Callable[[Any], Any]:
-    """A decorator adding the click options `options()` returns, in their order."""
-    def decorate(func: Any) -> Any:
-        for option in reversed(options()):
-            func = option(func)
-        return func
-
-    return decorate
 
 
 def inside(path: Path, folder: Path) -> bool:

@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import click
 
 from grefel.cli.app import data
 from grefel.cli.common import (
     check_outputs,
-    float_range,
-    ranged_type,
     user_error,
     write_json,
     wrote,
 )
-from grefel.config import TrainConfig
-from grefel.contract import INPUT_SIZE
+from grefel.cli.options import OptionGroup
+from grefel.config import SynthConfig
+
+SYNTH = OptionGroup(SynthConfig)
 
 
 @data.command(
@@ -31,34 +31,19 @@ Examples:
 )
 @click.option("--out", "out", type=click.Path(file_okay=False), required=True,
               help="Folder to write images/, train/val/test.csv, classes.txt, landmarks.csv.")
-@click.option("--n", "n", type=click.IntRange(min=3), default=2000, help="Number of images.")
-@click.option("--seed", type=ranged_type(TrainConfig, "seed"), default=0,
-              help="Same seed and options give the same bytes.")
-@click.option("--noise", type=float_range(0.0, 1.0, max_open=True), default=0.0,
-              help="Fraction of TRAIN labels flipped to another class (val/test stay clean).")
-@click.option("--imbalance", type=click.Choice(["rafdb", "uniform"]), default="rafdb",
-              help="Class frequencies: RAF-DB basic train counts, or equal.")
-@click.option("--contempt/--no-contempt", default=False, help="Add contempt as an 8th class.")
-@click.option("--size", type=click.IntRange(min=32), default=INPUT_SIZE,
-              help="Image side in pixels.")
-@click.option("--difficulty", type=float_range(0.0, 1.0), default=1.0,
-              help="Scale of pose, clutter, occlusion, blur, noise and weak expressions "
-                   "(the CPU demo uses a lower value).")
-@click.option("--overwrite", is_flag=True,
-              help="Replace what --out holds (without it, a folder that is not empty is refused).")
-def data_synth(out: str, n: int, seed: int, noise: float, imbalance: str, contempt: bool,
-               size: int, difficulty: float, overwrite: bool) -> None:
+@SYNTH
+def data_synth(out: str, **params: Any) -> None:
     """Generate SynthFER, the bundled procedurally drawn expression dataset."""
+    import dataclasses
     import time
 
     from grefel.data.synthfer import generate_synthfer, split_identities
 
+    opts = SYNTH.build(params)
     start = time.perf_counter()
-    click.echo(f"drawing {n} faces into {out} ...", err=True)
+    click.echo(f"drawing {opts.n} faces into {out} ...", err=True)
     try:
-        path = generate_synthfer(out, n, seed=seed, noise=noise, imbalance=imbalance,
-                                 contempt=contempt, size=size, difficulty=difficulty,
-                                 overwrite=overwrite)
+        path = generate_synthfer(out, **dataclasses.asdict(opts))
     except FileExistsError as e:
         raise click.BadParameter(str(e), param_hint="--out") from None
     except OSError as e:
@@ -73,7 +58,7 @@ def data_synth(out: str, n: int, seed: int, noise: float, imbalance: str, contem
                    "face, not faces the model never saw; a larger --n gives each split more",
                    err=True)
     _warn_absent_classes(path)
-    wrote(path, f"{n} images, train/val/test CSVs, classes.txt, README.txt")
+    wrote(path, f"{opts.n} images, train/val/test CSVs, classes.txt, README.txt")
 
 
 def _warn_absent_classes(root: Path) -> None:

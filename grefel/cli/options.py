@@ -96,6 +96,9 @@ def _option(owner: type, f: dataclasses.Field, param: str, when: str) -> Setting
     default = meta.get("cli_default", f.default)
     decls: List[str] = []
     kwargs: Dict[str, Any] = {"help": when + meta["help"], "default": default}
+    if default is dataclasses.MISSING:  # a field without a default: the option is required
+        del kwargs["default"]
+        kwargs["required"] = True
     parse = meta.get("parse")
     if parse is None and isinstance(default, tuple):
         parse, kwargs["default"] = _comma_list(f), ",".join(str(v) for v in default)
@@ -120,7 +123,9 @@ def _option(owner: type, f: dataclasses.Field, param: str, when: str) -> Setting
         kind = meta["path"].replace("existing-", "")
         kwargs["type"] = click.Path(exists=meta["path"].startswith("existing-"),
                                     file_okay=kind != "dir", dir_okay=kind != "file",
-                                    path_type=Path)
+                                    path_type=Path if "Path" in str(f.type) else str)
+    if default == "":  # an empty path or name: "none" (the help says what that means)
+        kwargs["show_default"] = False
     if "help_default" in meta:
         kwargs["help"] += f" [default: {meta['help_default']}]"
         kwargs["show_default"] = False
@@ -133,6 +138,7 @@ class OptionGroup:
 
     prefix: put before each parameter name (`face_` keeps a nested group's parameters apart).
     skip: fields that get no option here (e.g. FaceAlignment.mode where only datasets read it).
+    only: when given, the only fields that get one (eval's --align-cache of DataConfig).
     when: put before each help text ("[--align-faces detect/auto] ") but those of `plain`.
     nested: field name -> the group of that field's dataclass.
     """
@@ -140,13 +146,16 @@ class OptionGroup:
     cls: type
     prefix: str = ""
     skip: Tuple[str, ...] = ()
+    only: Optional[Tuple[str, ...]] = None
     when: str = ""
     plain: Tuple[str, ...] = ()
     nested: Mapping[str, OptionGroup] = dataclasses.field(default_factory=dict)
 
     def _fields(self) -> Iterator[dataclasses.Field]:
         for f in dataclasses.fields(self.cls):
-            if f.name in self.skip or (f.name not in self.nested
+            if f.name in self.skip or (self.only is not None and f.name not in self.only):
+                continue
+            if (f.name not in self.nested
                                        and not f.metadata.get("cli", "help" in f.metadata)):
                 continue
             yield f

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import click
 
@@ -13,60 +13,27 @@ from grefel.cli.common import (
     align_options,
     check_align_options,
     check_outputs,
-    ranged_type,
     write_json,
     wrote,
 )
+from grefel.cli.options import OptionGroup
 from grefel.config import PretrainConfig
 
-
-def _pretrain_defaults() -> dict:
-    """grefel.config.PretrainConfig's defaults (torch-free), for the option declarations."""
-    import dataclasses
-
-    from grefel.config import PretrainConfig
-
-    return {f.name: f.default for f in dataclasses.fields(PretrainConfig)}
-
-
-_PRETRAIN_DEFAULTS = _pretrain_defaults()
+# The options generated from grefel.config.PretrainConfig: those both commands share, and each
+# command's own (the face settings: ALIGN and --align-cache, as train's).
+_LANDMARKS = ("landmarks", "stream")
+_IDENTITY = ("margin_head", "scale", "margin", "embedding", "holdout_every")
+PRETRAIN = OptionGroup(PretrainConfig, skip=("task", "alignment", "align_cache", *_LANDMARKS,
+                                             *_IDENTITY))
+LANDMARKS = OptionGroup(PretrainConfig, only=_LANDMARKS)
+IDENTITY = OptionGroup(PretrainConfig, only=_IDENTITY)
 
 
-def _pretrain_options(func):
-    """Options both pretraining commands share; defaults from grefel.config.PretrainConfig."""
-    c = _PRETRAIN_DEFAULTS
-    options = [
-        click.option("--data", required=True, type=click.Path(file_okay=False),
-                     help="Dataset folder with identities (SynthFER from grefel data synth, "
-                          "muxspace/facial_expressions, or any reader's layout)."),
-        click.option("--dataset", default=c["dataset"], help="Reader kind (auto detects)."),
-        click.option("--out", required=True, type=click.Path(dir_okay=False),
-                     help="Checkpoint to write (.safetensors + .json sidecar)."),
-        click.option("--preset", type=click.Choice(["tiny", "paper"]), default=c["preset"],
-                     help="GReFEL preset whose stream is trained (widths, depths)."),
-        click.option("--steps", type=ranged_type(PretrainConfig, "steps"), default=c["steps"]),
-        click.option("--batch-size", type=ranged_type(PretrainConfig, "batch_size"),
-                     default=c["batch_size"]),
-        click.option("--lr", type=ranged_type(PretrainConfig, "lr"), default=c["lr"],
-                     help="Adam learning rate."),
-        click.option("--seed", type=ranged_type(PretrainConfig, "seed"), default=c["seed"]),
-        click.option("--device", default=c["device"], help="cpu, cuda or cuda:N."),
-        click.option("--threads", type=ranged_type(PretrainConfig, "threads"), default=c["threads"],
-                     help="torch CPU threads; 0 = torch's default."),
-        click.option("--augment/--no-augment", default=c["augment"],
-                     help="landmarks: brightness/contrast jitter; identity: flips and shifts."),
-        click.option("--precise-bn", type=ranged_type(PretrainConfig, "precise_bn"),
-                     default=c["precise_bn"],
-                     help="Training images for the BatchNorm statistics before evaluation."),
-        click.option("--reuse", is_flag=True,
-                     help="Keep an existing --out made with the same settings from the same data."),
-        click.option("--json", "json_path", type=click.Path(dir_okay=False),
-                     help="Also write the sidecar (metrics, settings) as JSON here."),
-    ]
-    func = align_options(func)
-    for option in reversed(options):
-        func = option(func)
-    return func
+def _pretrain_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Options both pretraining commands share (PRETRAIN, the face settings, --json)."""
+    func = click.option("--json", "json_path", type=click.Path(dir_okay=False),
+                        help="Also write the sidecar (metrics, settings) as JSON here.")(func)
+    return PRETRAIN(align_options(func))
 
 
 def _run_pretrain(task: str, json_path: Optional[str], **opts: Any) -> None:
@@ -111,15 +78,7 @@ Examples:
 """,
 )
 @_pretrain_options
-@click.option("--landmarks", type=click.Choice(["auto", "file", "mesh"]),
-              default=_PRETRAIN_DEFAULTS["landmarks"],
-              help="Targets: file = the dataset's landmarks.csv (SynthFER's 68 ground-truth "
-                   "points); mesh = MediaPipe's 468-point face mesh (shipped in grefel) run on "
-                   "each face; auto = the file where there is one and faces are not aligned.")
-@click.option("--stream", type=click.Choice(["landmark", "image"]), default="landmark",
-              help="landmark: the MobileFaceNet trunk (the paper's landmark stream; "
-                   "--pretrained-mobilefacenet); image: IR-50 stages 1-3, the image stream "
-                   "(--pretrained-ir50), where no face-recognition IR-50 exists (tiny).")
+@LANDMARKS
 def pretrain_landmarks(json_path: Optional[str], **opts: Any) -> None:
     """MobileFaceNet trunk (or, with --stream image, IR-50 stages 1-3) + GDC head regressing
     facial landmarks.
@@ -143,19 +102,7 @@ Examples:
 """,
 )
 @_pretrain_options
-@click.option("--margin-head", type=click.Choice(["arcface", "cosface"]),
-              default=_PRETRAIN_DEFAULTS["margin_head"], help="face.evoLVe's margin heads.")
-@click.option("--scale", type=ranged_type(PretrainConfig, "scale"),
-              default=_PRETRAIN_DEFAULTS["scale"],
-              help="s of the margin head.")
-@click.option("--head-margin", "margin", type=ranged_type(PretrainConfig, "margin"), default=None,
-              help="m of the margin head [default: 0.5 ArcFace, 0.35 CosFace].")
-@click.option("--embedding", type=ranged_type(PretrainConfig, "embedding"),
-              default=_PRETRAIN_DEFAULTS["embedding"],
-              help="Embedding size of the output layer.")
-@click.option("--holdout-every", type=ranged_type(PretrainConfig, "holdout_every"),
-              default=_PRETRAIN_DEFAULTS["holdout_every"],
-              help="Every k-th image of each training identity is held out for the accuracy.")
+@IDENTITY
 def pretrain_identity(json_path: Optional[str], **opts: Any) -> None:
     """IR-50 stages 1-3 on identity classification with an ArcFace / CosFace margin loss.
 

@@ -25,8 +25,7 @@ from typing import Dict, List, Sequence, Tuple, Union
 
 import numpy as np
 
-from grefel.config import DATASET_CLASSES
-from grefel.contract import INPUT_SIZE
+from grefel.config import DATASET_CLASSES, SynthConfig
 from grefel.data.faces import Identity, make_identity, render_face
 from grefel.fileio import atomic_write_bytes
 
@@ -101,13 +100,13 @@ def split_identities(path: Path) -> Dict[str, int]:
 def generate_synthfer(
     out: Union[str, Path],
     n: int,
-    seed: int = 0,
-    noise: float = 0.0,
-    imbalance: str = "rafdb",
-    contempt: bool = False,
-    size: int = INPUT_SIZE,
-    difficulty: float = 1.0,
-    overwrite: bool = False,
+    seed: int = SynthConfig.seed,
+    noise: float = SynthConfig.noise,
+    imbalance: str = SynthConfig.imbalance,
+    contempt: bool = SynthConfig.contempt,
+    size: int = SynthConfig.size,
+    difficulty: float = SynthConfig.difficulty,
+    overwrite: bool = SynthConfig.overwrite,
 ) -> Path:
     """Write a SynthFER dataset of `n` images to `out` (layout in the module docstring).
 
