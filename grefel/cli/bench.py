@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import click
 
@@ -56,7 +56,7 @@ def bench(
     from grefel.runtime.torch_backend import prefer_passive_openmp
 
     prefer_passive_openmp()  # before anything imports torch (docs/predict.md, --threads)
-    from benchmarks.report import BenchError, compare, load_record, run_bench, to_text
+    from benchmarks.report import BenchError, load_record, run_bench
     from grefel.fileio import display_path
 
     try:
@@ -67,14 +67,10 @@ def bench(
     source = opts.source
     if source is not None and not weights:
         raise click.BadParameter("the pipeline rows need model files", param_hint="--weights")
-    from grefel.fileio import Input, Output, model_inputs, new_run_folder
-
-    check_outputs(
-        [*(i for w in weights for i in model_inputs("--weights", w)),
-         Input("--compare", compare_path, "the earlier record"),
-         Input("--source", source if source and Path(source).exists() else None, "the video")],
-        [Output("--out", out, folder=True, owner="bench")])
+    _check_io(weights, compare_path, source, out)
     if out is None:
+        from grefel.fileio import new_run_folder
+
         out = new_run_folder("bench", weights[0].stem if weights else "random-init")
     try:
         record, paths = run_bench(weights=list(weights), opts=opts, out_dir=out,
@@ -85,6 +81,26 @@ def bench(
         raise click.ClickException(f"--out {out}: cannot write the record "
                                    f"({exc.strerror or exc}); rows measured so far are in it"
                                    ) from None
+    _report(record, previous, compare_path, paths)
+
+
+def _check_io(weights: Sequence[Path], compare_path: Optional[Path], source: Optional[str],
+              out: Optional[Path]) -> None:
+    """The models, the earlier record and the video against --out, before any timing."""
+    from grefel.fileio import Input, Output, model_inputs
+
+    check_outputs(
+        [*(i for w in weights for i in model_inputs("--weights", w)),
+         Input("--compare", compare_path, "the earlier record"),
+         Input("--source", source if source and Path(source).exists() else None, "the video")],
+        [Output("--out", out, folder=True, owner="bench")])
+
+
+def _report(record: Dict[str, Any], previous: Optional[Dict[str, Any]],
+            compare_path: Optional[Path], paths: Sequence[Path]) -> None:
+    """A line per row that could not run, the table, the ratios to --compare, the files."""
+    from benchmarks.report import compare, to_text
+
     for row in record["latency"]:
         if row["status"] != "ok":
             click.echo(f"{row['backend']} {row['model']} batch {row['batch']}: {row['status']}",

@@ -70,22 +70,11 @@ def eval_(checkpoint: Optional[str], data: str, out: Optional[str], reference: O
 
     alignment, opts = ALIGN.build(params), EVAL.build(params)
     check_align_options(click.get_current_context(), alignment.mode, data, opts.dataset)
-    model = model_or_default(checkpoint)
-    if not model.is_file():
-        raise click.ClickException(f"{model}: no such model file")
-    from grefel.evaluate import OUTPUT_NAMES
-    from grefel.fileio import Input, Output, model_inputs, new_run_folder
-
-    check_outputs(
-        [*model_inputs("MODEL", model), Input("--data", data, "the dataset folder", folder=True),
-         *model_inputs("--reference", reference, "the reference checkpoint")],
-        [Output("--out", out, folder=True, writes=OUTPUT_NAMES, owner="eval"),
-         Output("--json", json_path),
-         Output("--align-cache", align_cache or None, folder=True)])
+    model = _check_io(checkpoint, data, out, reference, json_path, align_cache)
     if out is None:
+        from grefel.fileio import new_run_folder
+
         out = str(new_run_folder("eval", f"{model.stem}-{opts.split}"))
-    if reference is not None and not Path(reference).is_file():
-        raise click.BadParameter(f"{reference}: no such checkpoint", param_hint="--reference")
     try:
         report = evaluate_model(model, data, opts, out=out, reference=reference,
                                 alignment=alignment, align_cache=align_cache or None,
@@ -98,3 +87,24 @@ def eval_(checkpoint: Optional[str], data: str, out: Optional[str], reference: O
     wrote(out, "metrics.json, confusion.json, PNG plots")
     if json_path:
         write_json(json_path, report, "report JSON")
+
+
+def _check_io(checkpoint: Optional[str], data: str, out: Optional[str],
+              reference: Optional[str], json_path: Optional[str], align_cache: str) -> Path:
+    """The model (MODEL, or the one that ships inside grefel), the data and the reference
+    against the outputs, before anything is opened; returns the model's path."""
+    from grefel.evaluate import OUTPUT_NAMES
+    from grefel.fileio import Input, Output, model_inputs
+
+    model = model_or_default(checkpoint)
+    if not model.is_file():
+        raise click.ClickException(f"{model}: no such model file")
+    check_outputs(
+        [*model_inputs("MODEL", model), Input("--data", data, "the dataset folder", folder=True),
+         *model_inputs("--reference", reference, "the reference checkpoint")],
+        [Output("--out", out, folder=True, writes=OUTPUT_NAMES, owner="eval"),
+         Output("--json", json_path),
+         Output("--align-cache", align_cache or None, folder=True)])
+    if reference is not None and not Path(reference).is_file():
+        raise click.BadParameter(f"{reference}: no such checkpoint", param_hint="--reference")
+    return model

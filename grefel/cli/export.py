@@ -53,25 +53,52 @@ def export_cmd(ctx: click.Context, source: Path, json_path: Optional[Path],
     the ones that killed exports left behind are removed first.
     """
     import dataclasses
-    import importlib.util
 
     from export import ExportError
-    from export.deepstream import CONFIG_NAME, LABELS_NAME
-    from export.pipeline import planned_outputs, run_export
-    from export.triton import MODEL_NAME
+    from export.pipeline import run_export
     from grefel.contract import set_max_pixels
-    from grefel.fileio import Input, Output, display_path, model_inputs, new_run_folder
+    from grefel.fileio import new_run_folder
 
     if max_pixels is not None:
         set_max_pixels(max_pixels)
-    if source is None:
-        has_torch = importlib.util.find_spec("torch") is not None
-        source = model_or_default(None, "checkpoint" if has_torch else "onnx")
+    source = source if source is not None else _default_source()
     opts = EXPORT.build(params)
+    _check_io(source, opts, json_path)
+    if opts.out is None:  # a new run folder: nothing in it to replace
+        opts = dataclasses.replace(opts, out=new_run_folder("export", opts.name or source.stem))
+    try:
+        result = run_export(source, opts, log=lambda s: click.echo(s, err=True), verbose=verbose)
+    except ExportError as exc:
+        raise click.ClickException(str(exc)) from None
+    if json_path is not None:
+        write_json(json_path, {"exit_code": result.exit_code, **result.gates}, "gate results JSON")
+    click.echo(result.message)
+    for path in result.artifacts:
+        click.echo(str(path))
+    ctx.exit(result.exit_code)
+
+
+def _default_source() -> Path:
+    """The model that ships inside grefel: its checkpoint where torch is installed, else its
+    ONNX."""
+    import importlib.util
+
+    has_torch = importlib.util.find_spec("torch") is not None
+    return model_or_default(None, "checkpoint" if has_torch else "onnx")
+
+
+def _check_io(source: Path, opts: Any, json_path: Optional[Path]) -> None:
+    """The inputs against every output the export will write, and the Triton rules, before
+    anything is opened."""
+    from export.deepstream import CONFIG_NAME, LABELS_NAME
+    from export.pipeline import planned_outputs
+    from export.triton import MODEL_NAME
+    from grefel.fileio import Input, Output, display_path, model_inputs
+
     if opts.triton is not None and not opts.dynamic:
         raise click.BadParameter("a Triton repository with dynamic batching needs a dynamic "
                                  "batch: drop --static", param_hint="--triton")
-    given = opts.out is not None  # else a new folder: nothing in it to replace
+    given = opts.out is not None
     check_outputs(
         [*model_inputs("SOURCE", source),
          Input("--calib-data", opts.calib_data, "the calibration images", folder=True)],
@@ -85,15 +112,3 @@ def export_cmd(ctx: click.Context, source: Path, json_path: Optional[Path],
                                  f"{display_path(opts.triton)}, where Triton takes every folder "
                                  "(the export's work folder too) for a model: give --out "
                                  "another folder", param_hint="--out")
-    if not given:
-        opts = dataclasses.replace(opts, out=new_run_folder("export", opts.name or source.stem))
-    try:
-        result = run_export(source, opts, log=lambda s: click.echo(s, err=True), verbose=verbose)
-    except ExportError as exc:
-        raise click.ClickException(str(exc)) from None
-    if json_path is not None:
-        write_json(json_path, {"exit_code": result.exit_code, **result.gates}, "gate results JSON")
-    click.echo(result.message)
-    for path in result.artifacts:
-        click.echo(str(path))
-    ctx.exit(result.exit_code)

@@ -93,32 +93,16 @@ def predict_command(
     prefer_passive_openmp()  # before anything imports torch (docs/predict.md, --threads)
     from grefel._lazy import MissingDependency
     from grefel.contract import ImageError, set_max_pixels
-    from grefel.fileio import Input, Output, display_path, model_inputs
-    from grefel.predict import (
-        OutputError,
-        ShowError,
-        annotated_what,
-        plot_target,
-        run_predict,
-        signals_end_run,
-    )
+    from grefel.predict import OutputError, ShowError, run_predict, signals_end_run
     from grefel.runtime import BackendError
-    from grefel.runtime.sources import SourceError, classify_source, media_suffixes
+    from grefel.runtime.sources import SourceError, classify_source
 
     if max_pixels is not None:
         set_max_pixels(max_pixels)
     weights = model_or_default(weights)
     try:
         source = classify_source(src)
-        kind = source.kind
-        check_outputs(
-            [Input("SRC", src if source.is_path else None, f"the input {kind}"
-                   if kind != "folder" else "the source folder", folder=kind == "folder",
-                   suffixes=media_suffixes()),
-             *model_inputs("--weights", weights)],
-            [Output("--out", out), Output("--annotate", annotate, folder=kind == "folder"),
-             Output("--json", json_path),
-             Output("the expression plot of --out", plot_target(out, source), beside=out)])
+        _check_io(source, weights, out, annotate, json_path)
         with signals_end_run():
             summary = run_predict(
                 source, weights, PREDICT.build(opts), fmt=fmt, out=out, annotate=annotate,
@@ -132,6 +116,33 @@ def predict_command(
         signum = getattr(exc, "signum", 2)
         click.echo(f"interrupted before any record was written (signal {signum})", err=True)
         ctx.exit(128 + signum)
+    _report(ctx, summary, source, fmt, out, annotate, json_path)
+
+
+def _check_io(source: Any, weights: Path, out: Optional[Path], annotate: Optional[Path],
+              json_path: Optional[Path]) -> None:
+    """The inputs (SRC, the model) against the outputs, before anything is opened."""
+    from grefel.fileio import Input, Output, model_inputs
+    from grefel.predict import plot_target
+    from grefel.runtime.sources import media_suffixes
+
+    kind = source.kind
+    check_outputs(
+        [Input("SRC", source.target if source.is_path else None, f"the input {kind}"
+               if kind != "folder" else "the source folder", folder=kind == "folder",
+               suffixes=media_suffixes()),
+         *model_inputs("--weights", weights)],
+        [Output("--out", out), Output("--annotate", annotate, folder=kind == "folder"),
+         Output("--json", json_path),
+         Output("the expression plot of --out", plot_target(out, source), beside=out)])
+
+
+def _report(ctx: click.Context, summary: Any, source: Any, fmt: str, out: Optional[Path],
+            annotate: Optional[Path], json_path: Optional[Path]) -> None:
+    """The summary line, a line per file written, the --json record and the exit status."""
+    from grefel.fileio import display_path
+    from grefel.predict import annotated_what, plot_target
+
     click.echo(summary.describe(), err=True)
     if out is not None:
         wrote(out, f"records, {fmt}")
@@ -148,4 +159,4 @@ def predict_command(
     if summary.ended:  # a video that stopped before its declared end: records kept, exit 1
         raise click.ClickException(summary.ended)
     if summary.frames == 0:
-        raise click.ClickException(f"{display_path(src)}: no readable image or frame")
+        raise click.ClickException(f"{display_path(source.target)}: no readable image or frame")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import click
 from click.core import ParameterSource
@@ -76,9 +76,7 @@ def train(**opts) -> None:
     import json
 
     from grefel.data import DatasetError
-    from grefel.fileio import Input, Output, model_inputs
     from grefel.train import TrainingError, configs_from_options, run_training
-    from grefel.train_state import RUN_FILES
     from grefel.weights import WeightsError
 
     json_path = opts.pop("json_path")
@@ -99,15 +97,7 @@ def train(**opts) -> None:
     except (TypeError, ValueError) as exc:
         raise click.BadParameter(str(exc)) from None
     check_align_options(ctx, d.face.mode, d.root, d.dataset)
-    check_outputs(
-        [Input("--data", d.root or None, "the dataset folder", folder=True),
-         *model_inputs("--init", t.init or None, "the checkpoint"),
-         *model_inputs("--pretrained-ir50", t.pretrained_ir50 or None, "the IR-50 weights"),
-         *model_inputs("--pretrained-mobilefacenet", t.pretrained_mobilefacenet or None,
-                       "the MobileFaceNet weights")],
-        [Output("--out", t.out, folder=True, writes=RUN_FILES, owner="train"),
-         Output("--json", json_path),
-         Output("--align-cache", d.align_cache or None, folder=True)])
+    _check_io(d, t, json_path)
     try:
         summary = run_training(d, t)
     except (DatasetError, TrainingError, WeightsError, OSError) as exc:
@@ -117,3 +107,20 @@ def train(**opts) -> None:
         wrote(summary["out"], "run folder: best and last .safetensors, config.json, metrics")
         if json_path:
             write_json(json_path, summary, "summary JSON")
+
+
+def _check_io(d: Any, t: Any, json_path: Optional[str]) -> None:
+    """The data and the weights a run reads against what it writes, before anything is
+    opened."""
+    from grefel.fileio import Input, Output, model_inputs
+    from grefel.train_state import RUN_FILES
+
+    check_outputs(
+        [Input("--data", d.root or None, "the dataset folder", folder=True),
+         *model_inputs("--init", t.init or None, "the checkpoint"),
+         *model_inputs("--pretrained-ir50", t.pretrained_ir50 or None, "the IR-50 weights"),
+         *model_inputs("--pretrained-mobilefacenet", t.pretrained_mobilefacenet or None,
+                       "the MobileFaceNet weights")],
+        [Output("--out", t.out, folder=True, writes=RUN_FILES, owner="train"),
+         Output("--json", json_path),
+         Output("--align-cache", d.align_cache or None, folder=True)])
