@@ -51,6 +51,7 @@ import onnx
 from export import ExportError
 from export.compare import INT8_CRITERIA, Agreement, GateCriteria, measure_agreement, run_backend
 from export.fp16 import _Graph, drop_unused_initializers, fp32_node_names, set_nodes
+from export.options import CALIB_METHODS
 from grefel._lazy import require
 from grefel.fileio import atomic_path
 
@@ -65,7 +66,6 @@ __all__ = [
     "to_uint8_activations",
 ]
 
-CALIB_METHODS = ("minmax", "percentile", "entropy")
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
 PERCENTILE = 99.999
 U8_ZERO_POINT = "grefel_u8_zero_point"  # uint8 128: every activation Q/DQ pair in the file

@@ -15,7 +15,10 @@ from grefel.contract import OPSET_RANGE, TENSORRT_TARGETS, opset_rule
 from grefel.errors import ConfigError
 from grefel.ranges import check_ranges, setting
 
-__all__ = ["ExportOptions", "TritonRepoOptions", "name_problem"]
+__all__ = ["CALIB_METHODS", "ExportOptions", "TritonRepoOptions", "name_problem"]
+
+# INT8 calibration methods (export.int8), in the order `--calib-method auto` tries them
+CALIB_METHODS = ("minmax", "percentile", "entropy")
 
 
 def parse_opset(value: str) -> Optional[int]:
@@ -64,13 +67,6 @@ class TritonRepoOptions:
         check_ranges(self)
 
 
-def _calib_methods() -> Tuple[str, ...]:
-    """--calib-method's choices: auto and export.int8's CALIB_METHODS (which imports onnx)."""
-    from export.int8 import CALIB_METHODS
-
-    return ("auto", *CALIB_METHODS)
-
-
 @dataclass(frozen=True)
 class ExportOptions:
     fp16: bool = setting(True, option="--fp16/--fp32",
@@ -115,7 +111,7 @@ class ExportOptions:
              "activations; LayerNorm, Softmax and the reliability tail in float) with the INT8 "
              "gate; the engine is INT8. Needs --calib-data.")
     calib_method: str = setting(
-        "auto", choices=_calib_methods,
+        "auto", choices=("auto", *CALIB_METHODS),
         help="INT8 activation ranges: max |x| over the calibration images, its 99.999th "
              "percentile, or minimal KL divergence; auto tries them in that order and keeps the "
              "first that passes the INT8 gate.")

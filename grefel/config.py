@@ -35,6 +35,7 @@ __all__ = [
     "THREADS_MAX",
     "INFERENCE_THREADS",
     "VARIANTS",
+    "EvalOptions",
     "FaceAlignment",
     "GReFELConfig",
     "PretrainConfig",
@@ -408,6 +409,39 @@ def upgrade_data_dict(data: Dict[str, Any]) -> Dict[str, Any]:
     return data
 
 
+def _criteria_names() -> Tuple[str, ...]:
+    """`grefel eval --criteria`: auto and grefel.agreement's CRITERIA (read when a command line
+    is built or an EvalOptions is made, not when this module is imported)."""
+    from grefel.agreement import CRITERIA
+
+    return ("auto", *CRITERIA)
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """How `grefel eval` reads the split and runs the model (grefel.evaluate.evaluate_model);
+    the files (the model, the data, --out, --reference) and the face alignment are given beside
+    it."""
+
+    dataset: str = setting("auto", help="Reader kind (auto detects).")
+    split: str = setting("test", help="Split to evaluate.")
+    batch_size: int = setting(64, min=1, help="Images per batch.")
+    workers: int = setting(0, like=range_of(DataConfig, "workers"), help="DataLoader workers.")
+    device: str = setting("auto", help="auto, cpu, cuda or cuda:N.")
+    threads: Optional[int] = setting(None, like=INFERENCE_THREADS,
+                                     help="CPU threads of ONNX Runtime / PyTorch.",
+                                     help_default="the library's")
+    strict: bool = setting(False, help="Unreadable images are an error.")
+    criteria: str = setting("auto", choices=_criteria_names,
+                            help="Agreement criteria with --reference (auto: int8 for a quantized "
+                                 "model, else fp16, the FP16 gate's).")
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+        check_choices(self, functions=True)  # grefel.agreement: an eval imports it anyway
+
+
+
 @dataclass(frozen=True)
 class SynthConfig:
     """`grefel data synth`: how SynthFER, the bundled drawn dataset, is made
@@ -461,7 +495,7 @@ class TrainConfig:
     out: str = setting(
         "", path="dir", help="Run folder (checkpoints, metrics, config) [default: a new "
                              "runs/train/PRESET, -2, -3, ...; under torchrun runs/train/PRESET].")
-    preset: str = setting("tiny", choices=("tiny", "paper"), help="Model preset.")
+    preset: str = setting("tiny", choices=tuple(PRESETS), help="Model preset.")
     variant: str = setting("both", choices=tuple(VARIANTS), help="Row of the paper's Table 2.")
     epochs: int = setting(10, min=1, help="Training epochs.")
     lr: float = setting(3e-4, min=0, min_open=True, help="Adam learning rate.")
@@ -584,7 +618,7 @@ class PretrainConfig:
         path="dir", help="Dataset folder with identities (SynthFER from grefel data synth, "
                          "muxspace/facial_expressions, or any reader's layout).")
     out: str = setting(path="file", help="Checkpoint to write (.safetensors + .json sidecar).")
-    preset: str = setting("tiny", choices=("tiny", "paper"),
+    preset: str = setting("tiny", choices=tuple(PRESETS),
                           help="GReFEL preset whose stream is trained (widths, depths).")
     steps: int = setting(300, min=1, help="Optimisation steps.")
     batch_size: int = setting(32, min=2, help="Images per step.")

@@ -40,7 +40,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import (
     TYPE_CHECKING,
@@ -59,8 +58,7 @@ from typing import (
 import numpy as np
 
 from grefel._lazy import MissingDependency, require
-from grefel.agreement import CRITERIA
-from grefel.config import DataConfig, FaceAlignment
+from grefel.config import EvalOptions, FaceAlignment
 from grefel.errors import GrefelError
 from grefel.finite import NonFiniteError, require_finite
 from grefel.metrics import (
@@ -77,9 +75,7 @@ from grefel.metrics import (
     prediction_changes,
     reliability_bins,
 )
-from grefel.predict import PredictOptions
 from grefel.progress import Progress
-from grefel.ranges import check_choices, check_ranges, range_of, setting
 
 if TYPE_CHECKING:
     import torch
@@ -101,29 +97,6 @@ NOT_GROUPS = frozenset({"clean_label", "box", "intensity"})
 
 class EvalError(GrefelError, ValueError):
     """Data and checkpoint that do not fit together; the message says how."""
-
-
-@dataclass(frozen=True)
-class EvalOptions:
-    """How `grefel eval` reads the split and runs the model (evaluate_model); the files (the
-    model, the data, --out, --reference) and the face alignment are given beside it."""
-
-    dataset: str = setting("auto", help="Reader kind (auto detects).")
-    split: str = setting("test", help="Split to evaluate.")
-    batch_size: int = setting(64, min=1, help="Images per batch.")
-    workers: int = setting(0, like=range_of(DataConfig, "workers"), help="DataLoader workers.")
-    device: str = setting("auto", help="auto, cpu, cuda or cuda:N.")
-    threads: Optional[int] = setting(None, like=range_of(PredictOptions, "threads"),
-                                     help="CPU threads of ONNX Runtime / PyTorch.",
-                                     help_default="the library's")
-    strict: bool = setting(False, help="Unreadable images are an error.")
-    criteria: str = setting("auto", choices=("auto", *CRITERIA),
-                            help="Agreement criteria with --reference (auto: int8 for a quantized "
-                                 "model, else fp16, the FP16 gate's).")
-
-    def __post_init__(self) -> None:
-        check_ranges(self)
-        check_choices(self)
 
 
 def collect_outputs(
@@ -349,7 +322,7 @@ def criteria_for(criteria: str, model_path: PathLike) -> str:
 def agreement_comparator(criteria: str, label: str = "agreement") -> Comparator:
     """The default Comparator: the export gates' `measure_agreement` held to the criteria named
     `criteria` (grefel.agreement.CRITERIA), so eval's agreement is the gates' own verdict."""
-    from grefel.agreement import measure_agreement
+    from grefel.agreement import CRITERIA, measure_agreement
 
     if criteria not in CRITERIA:
         raise EvalError(f"criteria {criteria!r}: choose auto or one of {', '.join(CRITERIA)}")

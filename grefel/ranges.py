@@ -151,12 +151,13 @@ def choices_of(field: dataclasses.Field) -> Optional[Tuple[str, ...]]:
     return tuple(choices() if callable(choices) else choices)
 
 
-def check_choices(obj: Any) -> None:
-    """Raise ConfigError for a field of `obj` whose value is not one of its declared choices
-    (a list given as a function is left to its own module: reading it may import that)."""
+def check_choices(obj: Any, *, functions: bool = False) -> None:
+    """Raise ConfigError for a field of `obj` whose value is not one of its declared choices.
+    A list given as a function is checked only with `functions` (calling it may import the
+    module that holds the list: the caller says when that is wanted)."""
     problems = []
     for f in dataclasses.fields(obj):
-        if callable(f.metadata.get("choices")):
+        if callable(f.metadata.get("choices")) and not functions:
             continue
         allowed, value = choices_of(f), getattr(obj, f.name)
         if allowed is not None and value not in allowed and not (

@@ -8,13 +8,11 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import click
-from click.core import ParameterSource
 
 from benchmarks.options import BenchOptions
 from export.options import ExportOptions, TritonRepoOptions
 from grefel.cli.options import OptionGroup
-from grefel.config import DataConfig, FaceAlignment, TrainConfig
-from grefel.evaluate import EvalOptions
+from grefel.config import DataConfig, EvalOptions, FaceAlignment, TrainConfig
 from grefel.predict import PredictOptions
 from grefel.serve import ServeOptions
 
@@ -126,9 +124,8 @@ def check_align_options(ctx: click.Context, mode: str, data: Optional[str],
                          dataset: str) -> None:
     """UsageError for face alignment settings given while --align-faces is off, or auto on a
     dataset where auto means off (a layout the library then reports if it cannot tell)."""
-    given = [name for name in ALIGN.given_options(ctx) if name != "--align-faces"]
-    if ctx.get_parameter_source("align_cache") is not ParameterSource.DEFAULT:
-        given.append("--align-cache")
+    given = [name for name in ALIGN.given_options(ctx) + ALIGN_CACHE.given_options(ctx)
+             if name != "--align-faces"]
     if not given or mode == "detect":
         return
     if mode == "auto" and data:
