@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
-from grefel.config import PRESETS, FaceAlignment
+from grefel.config import INFERENCE_THREADS, PRESETS, FaceAlignment
 from grefel.errors import ConfigError
 from grefel.predict import PredictOptions
 from grefel.ranges import check_ranges, choices_of, range_of, setting
@@ -22,8 +22,6 @@ __all__ = ["BACKEND_NAMES", "BenchOptions"]
 
 # --backends names -> the backend names the runtime and the records use
 BACKEND_NAMES = {"torch": "torch", "onnx": "onnx", "trt": "tensorrt"}
-_LISTS = ("backends", "batch_sizes", "presets", "detectors", "det_every")
-_COUNTS = ("batch_sizes", "det_every")  # lists of positive integers
 
 
 @dataclass(frozen=True)
@@ -40,7 +38,7 @@ class BenchOptions:
     presets: Tuple[str, ...] = setting(
         ("paper",), choices=tuple(PRESETS),
         help="Presets for the params/FLOPs table and the random-init model.")
-    threads: Optional[int] = setting(None, like=range_of(PredictOptions, "threads"),
+    threads: Optional[int] = setting(None, like=INFERENCE_THREADS,
                                      help="CPU threads (default: all).")
     source: Optional[str] = setting(
         None, help="A video (or camera / stream): time the end-to-end pipeline on it for each "
@@ -56,17 +54,17 @@ class BenchOptions:
                                            "graph (cuda-bindings).")
 
     def __post_init__(self) -> None:
-        for name in _LISTS:  # a list given is kept as a tuple: the options stay immutable
-            object.__setattr__(self, name, tuple(getattr(self, name)))
+        lists = [f for f in dataclasses.fields(self) if isinstance(f.default, tuple)]
+        for f in lists:  # a list given is kept as a tuple: the options stay immutable
+            object.__setattr__(self, f.name, tuple(getattr(self, f.name)))
         check_ranges(self)
         problems = []
-        for f in dataclasses.fields(self):
-            if f.name not in _LISTS:
-                continue
+        for f in lists:
             items = getattr(self, f.name)
             allowed = choices_of(f)
+            counts = isinstance(f.default[0], int)  # batch sizes, det_every: positive integers
             bad = [i for i in items if (allowed is not None and i not in allowed) or (
-                f.name in _COUNTS and (isinstance(i, bool) or not isinstance(i, int) or i < 1))]
+                counts and (isinstance(i, bool) or not isinstance(i, int) or i < 1))]
             if not items or bad:
                 want = f"one or more of {', '.join(allowed)}" if allowed else \
                     "one or more positive integers"

@@ -294,8 +294,6 @@ class Pipeline:
         else:
             self.detector = detector
         self.det_every, self.threshold = det_every, threshold
-        self.det_size, self.align = face.det_size, face.align
-        self.margin, self.min_face = face.margin, face.min_face
         self.tracker = Tracker(smooth) if track else None
         self.follower = FaceFollower() if det_every > 1 else None
         self.times: Dict[str, float] = {s: 0.0 for s in STAGES}
@@ -315,8 +313,8 @@ class Pipeline:
         det = self.detector
         h, w = image.shape[:2]
         scale = 1.0
-        if self.det_size and max(h, w) > self.det_size:
-            scale = self.det_size / float(max(h, w))
+        if self.face.det_size and max(h, w) > self.face.det_size:
+            scale = self.face.det_size / float(max(h, w))
             cv2 = require("cv2")
             size = (max(int(round(w * scale)), 1), max(int(round(h * scale)), 1))
             image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
@@ -335,7 +333,7 @@ class Pipeline:
         if fresh:
             faces = self._detect(image)
             faces = [f for f in faces
-                     if min(f.box[2] - f.box[0], f.box[3] - f.box[1]) >= self.min_face]
+                     if min(f.box[2] - f.box[0], f.box[3] - f.box[1]) >= self.face.min_face]
             if self.follower is not None:
                 self.follower.reset(image, faces)
             return faces
@@ -370,13 +368,13 @@ class Pipeline:
             prep.crops = [resize(image)]
         for f in faces:
             kp = f.keypoints
-            if self.align and kp is not None and len(kp) >= 4:
+            if self.face.align and kp is not None and len(kp) >= 4:
                 crop = align_face(image, kp[:5] if len(kp) == 5 else kp[:4],
-                                  margin=0.0 if self.margin is None else self.margin)
+                                  margin=0.0 if self.face.margin is None else self.face.margin)
                 prep.aligned.append(True)
             else:
-                crop = square_crop(image, f.box, margin=0.2 if self.margin is None
-                                   else self.margin)
+                crop = square_crop(image, f.box, margin=0.2 if self.face.margin is None
+                                   else self.face.margin)
                 prep.aligned.append(False)
             prep.crops.append(resize(crop))
         prep.inputs = [to_model_input(c) for c in prep.crops]  # resize(c) is c: 112 already

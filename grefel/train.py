@@ -115,14 +115,13 @@ def apply_overrides(
     fields = {name: {f.name: f for f in dataclasses.fields(c)}
               for name, c in (("data", data_cfg), ("train", train_cfg), ("face", FaceAlignment))}
     del fields["data"]["face"]
-    legacy = {old: new for old, new in LEGACY_FACE_KEYS.items()}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         scope, _, name = key.strip().rpartition(".")
         if scope == "data.face":
             scope = "face"
-        elif scope in ("data", "") and name in legacy:
-            scope, name = "face", legacy[name]
+        elif scope in ("data", "") and name in LEGACY_FACE_KEYS:
+            scope, name = "face", LEGACY_FACE_KEYS[name]
         scopes = [scope] if scope else [s for s in ("train", "data") if name in fields[s]]
         if not sep or not scopes or scopes[0] not in fields or name not in fields[scopes[0]]:
             raise ValueError(f"bad override {pair!r}: use KEY=VALUE with a DataConfig or "

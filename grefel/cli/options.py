@@ -38,7 +38,7 @@ from click.core import ParameterSource
 
 from grefel.ranges import choices_of, range_type
 
-__all__ = ["OptionGroup", "SettingOption", "groups_of"]
+__all__ = ["OptionGroup", "SettingOption", "groups_of", "was_given"]
 
 GROUPS_ATTR = "__grefel_option_groups__"
 
@@ -90,8 +90,9 @@ def _comma_list(f: dataclasses.Field) -> Callable[[str], Tuple[Any, ...]]:
     return parse
 
 
-def _option(owner: type, f: dataclasses.Field, param: str, when: str) -> SettingOption:
-    """The Click option of field `f` of `owner`, its parameter named `param`."""
+def _option(owner: type, f: dataclasses.Field, param: str, when: str) -> Callable[[Any], Any]:
+    """The decorator adding the Click option of field `f` of `owner` (a SettingOption), its
+    parameter named `param`."""
     meta = f.metadata
     default = meta.get("cli_default", f.default)
     decls: List[str] = []
@@ -105,7 +106,8 @@ def _option(owner: type, f: dataclasses.Field, param: str, when: str) -> Setting
     if parse is not None:
         decls.append(str(meta.get("option") or _flag_name(f.name)))
         kwargs["callback"] = _parsed(parse)
-        return SettingOption(decls + [param], owner=owner, field_name=f.name, **kwargs)
+        return click.option(*decls, param, cls=SettingOption, owner=owner, field_name=f.name,
+                            **kwargs)
     declared = meta.get("option")
     if isinstance(default, bool):
         if declared is None:
@@ -129,7 +131,8 @@ def _option(owner: type, f: dataclasses.Field, param: str, when: str) -> Setting
     if "help_default" in meta:
         kwargs["help"] += f" [default: {meta['help_default']}]"
         kwargs["show_default"] = False
-    return SettingOption(decls + [param], owner=owner, field_name=f.name, **kwargs)
+    return click.option(*decls, param, cls=SettingOption, owner=owner, field_name=f.name,
+                        **kwargs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,14 +158,13 @@ class OptionGroup:
         for f in dataclasses.fields(self.cls):
             if f.name in self.skip or (self.only is not None and f.name not in self.only):
                 continue
-            if (f.name not in self.nested
-                                       and not f.metadata.get("cli", "help" in f.metadata)):
-                continue
-            yield f
+            if f.name in self.nested or f.metadata.get("cli", False):  # a `setting` for the CLI
+                yield f
 
-    def options(self) -> List[click.Option]:
-        """The Click options, in the order of the fields (a nested group's in its place)."""
-        out: List[click.Option] = []
+    def options(self) -> List[Callable[[Any], Any]]:
+        """The decorators adding the Click options, in the order of the fields (a nested
+        group's in its place)."""
+        out: List[Callable[[Any], Any]] = []
         for f in self._fields():
             if f.name in self.nested:
                 out.extend(self.nested[f.name].options())
@@ -184,8 +186,7 @@ class OptionGroup:
     def __call__(self, func: Callable[..., Any]) -> Callable[..., Any]:
         """Decorate a command callback with the options (and record the group on it)."""
         for option in reversed(self.options()):
-            option_decorator = _attach(option)
-            func = option_decorator(func)
+            func = option(func)
         setattr(func, GROUPS_ATTR, (*getattr(func, GROUPS_ATTR, ()), self))
         return func
 
@@ -202,34 +203,19 @@ class OptionGroup:
 
     def given(self, ctx: click.Context) -> Set[str]:
         """The dotted settings the command line gave (not left at their defaults)."""
-        return {setting for param, setting in self.params().items()
-                if ctx.get_parameter_source(param) not in (None, ParameterSource.DEFAULT)}
+        return {setting for param, setting in self.params().items() if was_given(ctx, param)}
 
     def given_options(self, ctx: click.Context) -> List[str]:
         """The option names (`--min-face`) of the settings the command line gave."""
         names = self.params()
-        return [p.opts[0] for p in ctx.command.params
-                if p.name in names
-                and ctx.get_parameter_source(p.name) not in (None, ParameterSource.DEFAULT)]
+        return [p.opts[0] for p in ctx.command.params if p.name in names and was_given(ctx, p.name)]
 
 
-def _attach(option: click.Option) -> Callable[[Any], Any]:
-    """A decorator adding the already built `option` to a callback (click.option builds its
-    own; this keeps the SettingOption)."""
-    def decorate(func: Any) -> Any:
-        if not hasattr(func, "__click_params__"):
-            func.__click_params__ = []
-        func.__click_params__.append(option)
-        return func
-
-    return decorate
+def was_given(ctx: click.Context, param: str) -> bool:
+    """The command line (or the environment) gave `param`: it is not at its default."""
+    return ctx.get_parameter_source(param) not in (None, ParameterSource.DEFAULT)
 
 
 def groups_of(command: click.Command) -> Sequence[OptionGroup]:
     """The OptionGroups a command's callback was decorated with."""
     return getattr(command.callback, GROUPS_ATTR, ())
-
-
-def settings_field(cls: type, name: str) -> Optional[dataclasses.Field]:
-    """Field `name` of dataclass `cls`, or None."""
-    return next((f for f in dataclasses.fields(cls) if f.name == name), None)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any, Callable, Optional
 
 import click
-from click.core import ParameterSource
 
 from grefel.cli.app import cli
 from grefel.cli.common import (
@@ -19,6 +18,7 @@ from grefel.cli.common import (
     write_json,
     wrote,
 )
+from grefel.cli.options import was_given
 
 
 def _resume_epilog() -> str:
@@ -88,7 +88,7 @@ def train(**opts) -> None:
         opts["out"] = default_train_folder(opts["preset"])
     ctx = click.get_current_context()
     opts["face"] = ALIGN.build(opts)
-    given = {k for k in opts if ctx.get_parameter_source(k) not in (None, ParameterSource.DEFAULT)}
+    given = {k for k in opts if was_given(ctx, k)}
     given |= {f"face.{name}" for name in ALIGN.given(ctx)}
     try:
         d, t = configs_from_options(opts, opts.pop("overrides"), given=given)
