@@ -49,7 +49,7 @@ from grefel.fileio import (
     atomic_write_json,
     claim_run_folder,
     display_path,
-    pid_alive,
+    left_by_dead_run,
     why_unwritable,
 )
 
@@ -257,13 +257,8 @@ def remove_stale_work_dirs(out: Path, log: Log = print) -> List[Path]:
     return the removed paths."""
     removed = []
     for entry in sorted(Path(out).glob(f"{WORK_PREFIX}*")):
-        if not entry.is_dir() or entry.is_symlink():
-            continue
-        head = entry.name[len(WORK_PREFIX):].split("-", 1)[0]
-        if head.isdigit() and "-" in entry.name[len(WORK_PREFIX):]:
-            pid = int(head)
-            if pid == os.getpid() or pid_alive(pid):
-                continue  # a running export's (maybe this one's) work folder
+        if not left_by_dead_run(entry, WORK_PREFIX):
+            continue  # a running export's (maybe this one's) work folder
         shutil.rmtree(entry, ignore_errors=True)
         if not entry.exists():
             removed.append(entry)

@@ -46,7 +46,7 @@ import onnx
 
 from export import ExportError
 from grefel import __version__, contract
-from grefel.fileio import pid_alive, sha256_file
+from grefel.fileio import left_by_dead_run, sha256_file
 
 __all__ = ["MODEL_NAME", "RECORD", "config_text", "remove_stale_work_dirs",
            "write_model_repository"]
@@ -236,17 +236,6 @@ def _stage_dir(real: Path) -> Path:
     return real
 
 
-def _stale(entry: Path, own_prefix: str) -> bool:
-    """A work folder of a process that no longer runs (or of the older layout without a pid)."""
-    if not entry.is_dir() or entry.is_symlink():
-        return False
-    head = entry.name[len(own_prefix):].split("-", 1)[0]
-    if head.isdigit() and "-" in entry.name[len(own_prefix):]:
-        pid = int(head)
-        return pid != os.getpid() and not pid_alive(pid)
-    return True
-
-
 def remove_stale_work_dirs(repo: Path, log: Log = print) -> List[Path]:
     """Remove the work folders of repository writes that were killed: `.DIRNAME.grefel-work-*`
     and `.DIRNAME.grefel-old-*` beside DIR (and inside DIR, where its parent could not hold
@@ -263,7 +252,7 @@ def remove_stale_work_dirs(repo: Path, log: Log = print) -> List[Path]:
     found += [(e, ".grefel-") for e in sorted(real.glob(".grefel-*"))]  # grefel <= 0.x layout
     removed = []
     for entry, prefix in found:
-        if not _stale(entry, prefix):
+        if not left_by_dead_run(entry, prefix):
             continue
         kept = entry / MODEL_NAME
         if not final.exists() and kept.is_dir() and (kept / "config.pbtxt").is_file() and (

@@ -25,7 +25,7 @@ from grefel.errors import GrefelError, OutputPathError
 __all__ = ["RUNS", "RUN_MARKER", "Input", "Output", "OutputClash", "UserTextError", "atomic_path",
            "atomic_write_bytes", "atomic_write_json", "check_outputs", "claim_run_folder",
            "deferred_signals", "display_path", "model_inputs", "new_run_folder",
-           "pid_alive", "read_user_text", "run_owner", "sha256_file", "why_unwritable",
+           "left_by_dead_run", "read_user_text", "run_owner", "sha256_file", "why_unwritable",
            "write_record"]
 
 RUNS = Path("runs")  # every command's default output folder: runs/<command>/<name>
@@ -177,17 +177,27 @@ def atomic_write_json(path: PathLike, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether process `pid` runs (another user's counts): a work folder named after a process
-    that no longer runs was left by a killed run and may be removed (export's `.export-<pid>-*`,
-    the Triton repository's work folders)."""
+def left_by_dead_run(entry: Path, prefix: str) -> bool:
+    """Whether `entry`, a work folder named `<prefix><pid>-...`, was left by a run whose process
+    no longer runs (or has the older name without a pid, which no running grefel makes): a
+    killed run's leftover that may be removed (export's `.export-<pid>-*`, the Triton
+    repository's work folders). This process's own and another live one's are kept."""
+    if not entry.is_dir() or entry.is_symlink():
+        return False
+    rest = entry.name[len(prefix):]
+    head = rest.split("-", 1)[0]
+    if not (head.isdigit() and "-" in rest):
+        return True
+    pid = int(head)
+    if pid == os.getpid():
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
         return True
-    return True
+    except PermissionError:  # another user's live process
+        return False
+    return False
 
 
 def why_unwritable(exc: OSError) -> str:
