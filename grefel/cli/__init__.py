@@ -1,12 +1,10 @@
 """The `grefel` command line: train, eval, export, predict, bench, info and helpers.
 
-Heavy libraries (torch, onnxruntime, TensorRT) are imported inside the command callbacks, so
-`grefel --help` and the engine-only commands run on a Jetson without torch. Each callback maps
-its options to one library call.
-
 One module per command (grefel/cli/train.py, predict.py, ...), each a thin callback that maps
 its options to one library call; what they share is grefel/cli/common.py, the options generated
-from the settings dataclasses grefel/cli/options.py, the group grefel/cli/app.py.
+from the settings dataclasses grefel/cli/options.py, the group grefel/cli/app.py. Heavy
+libraries (torch, onnxruntime, TensorRT) are imported inside the callbacks, so `grefel --help`
+and the engine-only commands run on a Jetson without torch.
 """
 
 from __future__ import annotations
@@ -29,6 +27,8 @@ from grefel.cli import (  # noqa: F401 - each module adds its commands to the gr
     weights,
 )
 from grefel.cli.app import cli
+
+# tests/test_run_folders.py reads the default run folder under its older name
 from grefel.cli.common import default_train_folder as _default_train_folder  # noqa: F401
 
 __all__ = ["cli", "main"]
