@@ -159,6 +159,16 @@ def classify(case: Case, procs: List[Proc], work: Path) -> Outcome:
 # -- inference cases -------------------------------------------------------------------------
 
 
+# `grefel bench` as quick as it goes: one batch size, one timed call, the tiny preset's table
+QUICK_BENCH = ("--batch-sizes", "1", "--iters", "1", "--seconds", "0", "--presets", "tiny")
+
+
+def latency_rows(folder: Path) -> List[Dict[str, Any]]:
+    """The latency rows of the bench records in `folder` (none where it holds none)."""
+    return [r for p in folder.glob("bench_*.json")
+            for r in json.loads(p.read_text()).get("latency", [])]
+
+
 def _records(path: Path) -> List[Dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
@@ -271,13 +281,11 @@ def infer_cases(corpus_dir: Path) -> List[Case]:
                                                        "--fp32", "--out", w / "e")]))
 
             def bench_row(w: Path, k: str = key) -> List[Proc]:
-                return [grefel("bench", "-w", models[k], "--backends", "onnx", "--batch-sizes",
-                               "1", "--iters", "1", "--seconds", "0", "--presets", "tiny",
+                return [grefel("bench", "-w", models[k], "--backends", "onnx", *QUICK_BENCH,
                                "--out", w / "r")]
 
             def bench_says(procs: List[Proc], work: Path) -> str:
-                rows = [r for p in (work / "r").glob("bench_*.json")
-                        for r in json.loads(p.read_text())["latency"]]
+                rows = latency_rows(work / "r")
                 bad = [r for r in rows if r["status"] != "ok" and r["backend"] == "onnx"]
                 return "" if bad else "lost: no row saying why the model cannot run"
 

@@ -37,6 +37,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from tools.fault_campaign import (
     CATEGORIES,
+    QUICK_BENCH,
     ROOT,
     SEVEN,
     TINY_TRAIN,
@@ -48,6 +49,7 @@ from tools.fault_campaign import (
     _tiny_checkpoint,
     classify,
     grefel,
+    latency_rows,
     run_cases,
     summary_line,
 )
@@ -605,14 +607,11 @@ def cases(scratch: Path) -> List[Case]:
                           w / "ev")])
 
     def bench_nan(w: Path) -> List[Proc]:
-        return [grefel("bench", "-w", nan_checkpoint(w), "--backends", "torch", "--batch-sizes",
-                       "1", "--iters", "1", "--seconds", "0", "--presets", "tiny", "--out",
-                       w / "r")]
+        return [grefel("bench", "-w", nan_checkpoint(w), "--backends", "torch", *QUICK_BENCH,
+                       "--out", w / "r")]
 
     def bench_says_nan(procs: List[Proc], work: Path) -> str:
-        rows = [r for p in (work / "r").glob("bench_*.json")
-                for r in json.loads(p.read_text()).get("latency", [])] \
-            if (work / "r").exists() else []
+        rows = latency_rows(work / "r")
         if procs[-1].returncode == 0 and all(r.get("status") == "ok" for r in rows):
             text = procs[-1].output.lower()
             if "nan" not in text and "finite" not in text:
@@ -1185,8 +1184,7 @@ def cases(scratch: Path) -> List[Case]:
             args = {
                 "eval": ["eval", ckpt, "--data", synth, "--out", target],
                 "export": ["export", mini, "--onnx-only", "--fp32", "--out", target],
-                "bench": ["bench", "-w", mini, "--backends", "onnx", "--batch-sizes", "1",
-                          "--iters", "1", "--seconds", "0", "--presets", "tiny", "--out",
+                "bench": ["bench", "-w", mini, "--backends", "onnx", *QUICK_BENCH, "--out",
                           target],
                 "train": ["train", "--data", synth, "--out", target, *TINY_TRAIN],
                 "serve": ["serve", "-w", mini, "--out", target, "--http-port", "18751",

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from tools.fault_campaign import (
+    QUICK_BENCH,
     ROOT,
     SEVEN,
     TINY_TRAIN,
@@ -41,6 +42,7 @@ from tools.fault_campaign import (
     _default_sigint,
     _tiny_checkpoint,
     grefel,
+    latency_rows,
     run_cases,
 )
 from tools.fault_fresh import (
@@ -326,14 +328,12 @@ def cases(scratch: Path) -> List[Case]:  # noqa: C901 - one flat list of cases, 
         "error", annotate_user_folder)
 
     def bench_compare_own(w: Path) -> List[Proc]:
-        first = grefel("bench", "-w", mini, "--backends", "onnx", "--batch-sizes", "1",
-                       "--iters", "1", "--seconds", "0", "--presets", "tiny", "--out", w / "r")
+        first = grefel("bench", "-w", mini, "--backends", "onnx", *QUICK_BENCH, "--out", w / "r")
         record = next(iter(sorted((w / "r").glob("bench_*.json"))), None)
         if record is None:
             return [first]
         _protect(w, record)
-        second = grefel("bench", "-w", mini, "--backends", "onnx", "--batch-sizes", "1",
-                        "--iters", "1", "--seconds", "0", "--presets", "tiny", "--out", w / "r",
+        second = grefel("bench", "-w", mini, "--backends", "onnx", *QUICK_BENCH, "--out", w / "r",
                         "--compare", record)
         return [first, second]
 
@@ -554,14 +554,11 @@ def cases(scratch: Path) -> List[Case]:  # noqa: C901 - one flat list of cases, 
                 node.input[0] = "mb"
         proto.graph.node.insert(1, helper.make_node("Add", ["means", "b"], ["mb"]))
         onnx.save(proto, str(w / "inf.onnx"))
-        return [grefel("bench", "-w", w / "inf.onnx", "--backends", "onnx", "--batch-sizes",
-                       "1", "--iters", "1", "--seconds", "0", "--presets", "tiny", "--out",
+        return [grefel("bench", "-w", w / "inf.onnx", "--backends", "onnx", *QUICK_BENCH, "--out",
                        w / "r")]
 
     def bench_row_says(procs: List[Proc], work: Path) -> str:
-        rows = [r for p in (work / "r").glob("bench_*.json")
-                for r in json.loads(p.read_text()).get("latency", [])] \
-            if (work / "r").exists() else []
+        rows = latency_rows(work / "r")
         if procs[-1].returncode == 0 and rows and all(r.get("status") == "ok" for r in rows):
             return "an ONNX with an inf initializer (NaN outputs) timed as ok"
         return ""
@@ -939,36 +936,22 @@ def cases(scratch: Path) -> List[Case]:  # noqa: C901 - one flat list of cases, 
 
     # ==== 27.7 serve: other request kinds ========================================================
 
-    from tools.fault_families.serve import _at_once, _image_request, _serving
+    from tools.fault_families.serve import (
+        _at_once,
+        _image_request,
+        _post,
+        _serving,
+        _tensor_body,
+    )
 
-    def tensor_body(x: np.ndarray, binary: bool = False) -> Any:
+    def send(url: str, x: np.ndarray, binary: bool = False) -> Any:
         if not binary:
-            return json.dumps({"inputs": [{"name": "images", "shape": list(x.shape),
-                                           "datatype": "FP32",
-                                           "data": [float(v) for v in x.ravel()]}]}).encode(), \
-                "application/json", None
+            return _post(url, _tensor_body(x))
         raw = np.ascontiguousarray(x, np.float32).tobytes()
         header = json.dumps({"inputs": [{"name": "images", "shape": list(x.shape),
                                          "datatype": "FP32",
                                          "parameters": {"binary_data_size": len(raw)}}]}).encode()
-        return header + raw, "application/octet-stream", len(header)
-
-    def send(url: str, x: np.ndarray, binary: bool = False) -> Any:
-        import urllib.error
-        import urllib.request
-
-        body, ctype, hlen = tensor_body(x, binary)
-        headers = {"Content-Type": ctype}
-        if hlen is not None:
-            headers["Inference-Header-Content-Length"] = str(hlen)
-        req = urllib.request.Request(url, data=body, headers=headers)
-        try:
-            with urllib.request.urlopen(req, timeout=60) as r:
-                return r.status, r.read().decode("utf-8", "replace")
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read().decode("utf-8", "replace")
-        except OSError as exc:
-            return 0, f"no answer: {exc}"
+        return _post(url, header + raw, "application/octet-stream", header_length=len(header))
 
     def serve_binary_mix(w: Path) -> List[Proc]:
         procs: List[Proc] = []
@@ -1144,8 +1127,7 @@ def cases(scratch: Path) -> List[Case]:  # noqa: C901 - one flat list of cases, 
         lambda w: [_nobody("weights", "import", poster, "--kind", "posterv2", "--preset", "tiny",
                            "--out", ro(w) / "x.safetensors")])
     add("bench --out in a read-only folder (unprivileged)", "27.8", "error",
-        lambda w: [_nobody("bench", "-w", mini, "--backends", "onnx", "--batch-sizes", "1",
-                           "--iters", "1", "--seconds", "0", "--presets", "tiny", "--out",
+        lambda w: [_nobody("bench", "-w", mini, "--backends", "onnx", *QUICK_BENCH, "--out",
                            ro(w) / "r")])
     add("pretrain --out in a read-only folder (unprivileged)", "27.8", "error",
         lambda w: [_nobody("pretrain", "landmarks", "--data", synth, "--out",
@@ -1199,8 +1181,7 @@ def cases(scratch: Path) -> List[Case]:  # noqa: C901 - one flat list of cases, 
 
     add("bench --compare a JSON list", "27.8", "error",
         lambda w: [(w / "c.json").write_text("[1, 2]") and grefel(
-            "bench", "-w", mini, "--backends", "onnx", "--batch-sizes", "1", "--iters", "1",
-            "--seconds", "0", "--presets", "tiny", "--out", w / "r", "--compare",
+            "bench", "-w", mini, "--backends", "onnx", *QUICK_BENCH, "--out", w / "r", "--compare",
             w / "c.json")])
     add("bench --batch-sizes '1,,8'", "27.8", EITHER,
         lambda w: [grefel("bench", "-w", mini, "--backends", "onnx", "--batch-sizes", "1,,8",

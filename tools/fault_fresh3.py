@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from tools.fault_campaign import (
+    QUICK_BENCH,
     ROOT,
     SEVEN,
     TINY_TRAIN,
@@ -943,14 +944,12 @@ def cases(scratch: Path) -> List[Case]:  # noqa: C901 - one list of cases, read 
         lambda w: [pr(plain, "-w", mini, "--aligned", "--cuda-graph")],
         _both(_one_record, _said("cuda-graph", "cuda graph", "CUDA graph")))
     add("bench -w ONNX --backends onnx --cuda-graph (no GPU: a word)", "27.8", EITHER,
-        lambda w: [grefel("bench", "-w", mini, "--backends", "onnx", "--batch-sizes", "1",
-                          "--iters", "1", "--seconds", "0", "--presets", "tiny",
+        lambda w: [grefel("bench", "-w", mini, "--backends", "onnx", *QUICK_BENCH,
                           "--cuda-graph", "--out", w / "b")],
         _said("cuda-graph", "cuda graph", "CUDA graph"))
     add("GREFEL_CUDA=bogus, bench --backends trt (a row or a line naming the variable)", "27.8",
         EITHER,
-        lambda w: [grefel("bench", "-w", mini, "--backends", "trt", "--batch-sizes", "1",
-                          "--iters", "1", "--seconds", "0", "--presets", "tiny", "--out",
+        lambda w: [grefel("bench", "-w", mini, "--backends", "trt", *QUICK_BENCH, "--out",
                           w / "b", env={"GREFEL_CUDA": "bogus"})],
         lambda p, w: "")
     add("GREFEL_MAX_PIXELS=1000, predict a 120x90 photo", "27.5", "error",

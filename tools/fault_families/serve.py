@@ -121,8 +121,13 @@ def _serving(work: Path, model: Path, procs: List[Proc],
 
 
 def _post(url: str, body: bytes, content_type: str = "application/json",
-          timeout: float = 60.0) -> Answer:
-    req = urllib.request.Request(url, data=body, headers={"Content-Type": content_type})
+          timeout: float = 60.0, header_length: Optional[int] = None) -> Answer:
+    """POST `body`; (HTTP status, text), status 0 when nothing answered. header_length: the
+    JSON header's length of a body in Triton's binary-data extension."""
+    headers = {"Content-Type": content_type}
+    if header_length is not None:
+        headers["Inference-Header-Content-Length"] = str(header_length)
+    req = urllib.request.Request(url, data=body, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, r.read().decode("utf-8", "replace")
@@ -146,16 +151,7 @@ def _image_request(url: str, files: Sequence[bytes]) -> Answer:
                                      "parameters": {"binary_data_size": len(raw)}}],
                          "outputs": [{"name": n, "parameters": {"binary_data": False}}
                                      for n in ("probs", "label", "face")]}).encode()
-    req = urllib.request.Request(url, data=header + raw, headers={
-        "Content-Type": "application/octet-stream",
-        "Inference-Header-Content-Length": str(len(header))})
-    try:
-        with urllib.request.urlopen(req, timeout=60) as r:
-            return r.status, r.read().decode("utf-8", "replace")
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode("utf-8", "replace")
-    except OSError as exc:
-        return 0, f"no answer: {exc}"
+    return _post(url, header + raw, "application/octet-stream", header_length=len(header))
 
 
 def _at_once(calls: Sequence[Callable[[], Answer]]) -> List[Answer]:
