@@ -20,11 +20,12 @@ names. The rules (docs/architecture.md):
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 from typing import Dict, List, Optional, Set, Tuple
 
 import pytest
+
+from tools.import_graph import graph, imports, modules
 
 ROOT = Path(__file__).resolve().parent.parent
 PRODUCT = ("grefel", "export", "benchmarks")  # what the wheel ships (test_wheel_install.py)
@@ -63,82 +64,18 @@ FORBIDDEN: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
 )
 
 
-def _module_name(path: Path) -> str:
-    parts = list(path.relative_to(ROOT).with_suffix("").parts)
-    if parts[-1] == "__init__":
-        parts.pop()
-    return ".".join(parts)
-
-
-def _modules() -> Dict[str, Path]:
-    found = {}
-    for package in PACKAGES:
-        for path in sorted((ROOT / package).rglob("*.py")):
-            found[_module_name(path)] = path
-    return found
-
-
-MODULES = _modules()
-
-
-def _is_package(name: str) -> bool:
-    return MODULES[name].name == "__init__.py"
-
-
-def _resolve(name: str) -> Optional[str]:
-    """The project module `name` refers to (itself, or its longest project prefix)."""
-    parts = name.split(".")
-    while parts:
-        candidate = ".".join(parts)
-        if candidate in MODULES:
-            return candidate
-        parts.pop()
-    return None
-
-
-def _type_checking(node: ast.AST) -> bool:
-    """Whether `node` is an `if TYPE_CHECKING:` block (never run)."""
-    if not isinstance(node, ast.If):
-        return False
-    test = node.test
-    name = test.attr if isinstance(test, ast.Attribute) else getattr(test, "id", "")
-    return name == "TYPE_CHECKING" and not node.orelse
+MODULES = modules(ROOT, PACKAGES)
 
 
 def _imports(module: str) -> List[Tuple[str, bool]]:
     """(imported name, at module level) for every import statement of `module`; those under
     `if TYPE_CHECKING:` count as lazy (they never run)."""
-    tree = ast.parse(MODULES[module].read_text(encoding="utf-8"))
-    top_level = {id(node) for node in tree.body}
-    for node in tree.body:  # other if / try blocks at module level count as top level
-        if isinstance(node, (ast.If, ast.Try)) and not _type_checking(node):
-            top_level |= {id(n) for n in ast.walk(node)}
-    out: List[Tuple[str, bool]] = []
-    for node in ast.walk(tree):
-        top = id(node) in top_level
-        if isinstance(node, ast.Import):
-            out += [(alias.name, top) for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = module.split(".")
-                anchor = anchor if _is_package(module) else anchor[:-1]
-                anchor = anchor[: len(anchor) - node.level + 1]
-                base = ".".join(anchor + ([base] if base else []))
-            for alias in node.names:
-                full = f"{base}.{alias.name}"
-                out.append((full if _resolve(full) == full else base, top))
-    return out
+    return [(i.name, i.top) for i in imports(module, MODULES)]
 
 
 def _graph(top_level_only: bool = False) -> Dict[str, Set[str]]:
     """Project module -> the project modules it imports (self-imports dropped)."""
-    graph: Dict[str, Set[str]] = {}
-    for module in MODULES:
-        targets = {_resolve(name) for name, top in _imports(module)
-                   if top or not top_level_only}
-        graph[module] = {t for t in targets if t is not None and t != module}
-    return graph
+    return graph(MODULES, top_level_only)
 
 
 def _within(name: str, prefix: str) -> bool:

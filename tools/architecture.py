@@ -4,9 +4,10 @@
     python -m tools.architecture --check   exit 1 when that block is not what the code gives
 
 Every `import` and `from ... import` of every module of grefel, export, benchmarks (and tools
-and research where they exist) is read with `ast` (the lazy ones inside functions included;
-those under `if TYPE_CHECKING:` never run and are left out) and resolved to the project module it
-names. Modules are then grouped into nodes, so the picture shows the layout, not 100 files:
+and research where they exist) is read by tools.import_graph (the reader the import rules use:
+the lazy ones inside functions included; those under `if TYPE_CHECKING:` never run and are left
+out here) and resolved to the project module it names. Modules are then grouped into nodes, so
+the picture shows the layout, not 100 files:
 
 - a top-level package other than grefel is one node (export, benchmarks, tools, research);
 - in grefel, a subpackage is one node (model, data, runtime; cli, whether a module or a folder),
@@ -25,17 +26,16 @@ picture cannot go stale.
 from __future__ import annotations
 
 import argparse
-import ast
 import re
 import sys
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from tools.import_graph import ROOT, imports, modules, resolve
 
 __all__ = ["ROLES", "generated_block", "import_graph", "main", "node_of", "node_graph"]
 
-ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "architecture.md"
-PACKAGES = ("grefel", "export", "benchmarks", "tools", "research")
 BEGIN = "<!-- BEGIN GENERATED: import graph (python -m tools.architecture) -->"
 END = "<!-- END GENERATED: import graph -->"
 
@@ -64,81 +64,17 @@ def node_of(module: str) -> str:
     return _ROLE_OF.get(first, first)
 
 
-# --- reading the imports -------------------------------------------------------------------------
-
-
-def _modules(root: Path) -> Dict[str, Path]:
-    found: Dict[str, Path] = {}
-    for package in PACKAGES:
-        if not (root / package / "__init__.py").is_file():
-            continue
-        for path in sorted((root / package).rglob("*.py")):
-            parts = list(path.relative_to(root).with_suffix("").parts)
-            if parts[-1] == "__init__":
-                parts.pop()
-            found[".".join(parts)] = path
-    return found
-
-
-def _resolve(name: str, modules: Dict[str, Path]) -> Optional[str]:
-    """The project module `name` refers to: itself, or its longest project prefix."""
-    parts = name.split(".")
-    while parts:
-        if ".".join(parts) in modules:
-            return ".".join(parts)
-        parts.pop()
-    return None
-
-
-def _never_run(node: ast.AST) -> bool:
-    """An `if TYPE_CHECKING:` block (without else)."""
-    if not isinstance(node, ast.If) or node.orelse:
-        return False
-    test = node.test
-    return (test.attr if isinstance(test, ast.Attribute) else getattr(test, "id", "")) \
-        == "TYPE_CHECKING"
-
-
-def _imports(module: str, modules: Dict[str, Path]) -> Iterable[Tuple[str, bool]]:
-    """(imported project module, runs at import time) for each import statement of `module`."""
-    tree = ast.parse(modules[module].read_text(encoding="utf-8"))
-    skipped: Set[int] = set()
-    eager: Set[int] = set()
-    for top in tree.body:
-        inner = {id(n) for n in ast.walk(top)}
-        if _never_run(top):
-            skipped |= inner
-        elif not isinstance(top, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            eager |= inner
-    is_package = modules[module].name == "__init__.py"
-    for node in ast.walk(tree):
-        if id(node) in skipped:
-            continue
-        if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = module.split(".")[: None if is_package else -1]
-                anchor = anchor[: len(anchor) - node.level + 1]
-                base = ".".join(anchor + ([base] if base else []))
-            names = [f"{base}.{alias.name}" for alias in node.names]
-        else:
-            continue
-        for name in names:
-            target = _resolve(name, modules)
-            if target is not None and target != module:
-                yield target, id(node) in eager
-
-
 def import_graph(root: Path = ROOT) -> Dict[str, Dict[str, bool]]:
     """module -> {imported project module: whether some import of it runs at import time}."""
-    modules = _modules(root)
+    known = modules(root)
     graph: Dict[str, Dict[str, bool]] = {}
-    for module in modules:
+    for module in known:
         edges = graph.setdefault(module, {})
-        for target, eager in _imports(module, modules):
-            edges[target] = edges.get(target, False) or eager
+        for found in imports(module, known):
+            target = resolve(found.name, known)
+            if found.type_checking or target is None or target == module:
+                continue  # an import under `if TYPE_CHECKING:` never runs: no edge
+            edges[target] = edges.get(target, False) or found.top
     return graph
 
 
