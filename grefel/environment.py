@@ -26,10 +26,10 @@ def check_environment() -> None:
             max_pixels()
         except ImageError as exc:
             raise ConfigError(str(exc)) from None
-    cuda = os.environ.get("GREFEL_CUDA", "").strip()
-    if cuda:
-        from grefel.runtime.cuda_layer import CHOICES, ENV
+    if os.environ.get("GREFEL_CUDA", "").strip():
+        from grefel.runtime.cuda_layer import layer_choice
 
-        if cuda not in CHOICES:
-            raise ConfigError(f"{ENV}={cuda!r}: use one of {', '.join(CHOICES)}, or unset it "
-                              "(cuda-bindings where installed, else pycuda)")
+        try:
+            layer_choice()
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None

@@ -218,7 +218,8 @@ def _error_response(code: str, message: str) -> Dict[str, np.ndarray]:
 
 def _internal_error(exc: BaseException, where: str) -> Dict[str, np.ndarray]:
     """An unexpected error of one request: logged with its traceback, answered in one line."""
-    log.error("a request failed: %s", "".join(traceback.format_exception(exc)).rstrip())
+    log.error("a request failed: %s", "".join(
+        traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip())
     first = (str(exc).strip().splitlines() or [""])[0]
     return _error_response("INTERNAL", f"internal error of grefel serve ({type(exc).__name__}"
                                        f"{': ' + first if first else ''}); its traceback is "
@@ -518,8 +519,6 @@ def serve(
 
     Raises ServeError (environment, options) or BackendError (the model file) before serving.
     """
-    if opts.instances < 1 or opts.max_batch < 1 or opts.queue_delay_us < 0:
-        raise ServeError("--instances and --max-batch must be >= 1, --queue-delay-us >= 0")
     check_ports(opts)  # before anything slow: a taken port is one line at once
     check_environment()
     from pytriton import model_config as pmc

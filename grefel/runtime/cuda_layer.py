@@ -357,13 +357,24 @@ def _address(array: np.ndarray) -> int:
     return int(array.ctypes.data)
 
 
+def layer_choice(prefer: Optional[str] = None) -> str:
+    """The CUDA layer asked for: `prefer`, else $GREFEL_CUDA (spaces stripped), else "auto"; a
+    ValueError naming the variable for anything but CHOICES and "auto". The one reader of the
+    variable: `open_layer` and the start-up check of every command (grefel.environment)."""
+    choice = prefer or os.environ.get(ENV, "").strip() or "auto"
+    if choice not in CHOICES + ("auto",):
+        raise ValueError(f"{ENV}={choice!r}: use one of {', '.join(CHOICES)}, or unset it "
+                         "(cuda-bindings where installed, else pycuda)")
+    return choice
+
+
 def open_layer(prefer: Optional[str] = None) -> CudaLayer:
     """The CUDA layer to use: `prefer`, else $GREFEL_CUDA, else cuda-bindings when importable,
     else pycuda. MissingDependency (naming both packages) when the chosen one is missing."""
-    choice = prefer or os.environ.get(ENV) or "auto"
-    if choice not in CHOICES + ("auto",):
-        raise MissingDependency(f"{ENV}={choice!r}: use one of {', '.join(CHOICES)} (or unset it "
-                                "to use cuda-bindings where installed, else pycuda)")
+    try:
+        choice = layer_choice(prefer)
+    except ValueError as exc:
+        raise MissingDependency(str(exc)) from None
     if choice in ("auto", "cuda-bindings"):
         try:
             return BindingsLayer(require("cuda.bindings.driver"))

@@ -385,9 +385,8 @@ def _frames(cap: Any, cv2: Any, label: str, name: str, declared: int, fps: float
             break
     if read == 0:
         raise SourceError(no_frame)
-    if bad is not None or index < declared - FRAME_COUNT_SLACK:
-        stop = bad if bad is not None else index
-        yield StreamEnd(name, f"{name}: the video ended at frame {stop} of the {declared} its "
-                              f"container declares (frame {stop} and after could not be read: "
+    if bad is not None:  # the loop ends without a bad stretch only at the declared end
+        yield StreamEnd(name, f"{name}: the video ended at frame {bad} of the {declared} its "
+                              f"container declares (frame {bad} and after could not be read: "
                               f"a damaged or cut-short file); the {read} frames read before it "
                               "have records")
