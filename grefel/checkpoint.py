@@ -148,11 +148,9 @@ def load_weights_into(model: torch.nn.Module, path: PathLike) -> None:
     problems = misfit(model.state_dict(), state)
     if problems:
         raise CheckpointError(f"{path}: weights do not fit the model: {problems}")
-    try:  # the same check as every writer's: a model with NaN/inf weights computes only NaN
-        require_finite(state, str(path), "a broken checkpoint that no command can use; train it "
-                       "again (with a lower --lr) or use another file")
-    except NonFiniteError as exc:
-        raise CheckpointError(str(exc)) from None
+    # the same check as every writer's: a model with NaN/inf weights computes only NaN
+    require_finite(state, str(path), "a broken checkpoint that no command can use; train it "
+                   "again (with a lower --lr) or use another file", error=CheckpointError)
     model.load_state_dict(state, strict=True)
 
 

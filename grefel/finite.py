@@ -18,7 +18,7 @@ neither torch nor anything heavy (the engine-only runtime uses it for its output
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterator, List, Mapping, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -110,12 +110,15 @@ def total_values(values: Any) -> int:
                for _, v in _leaves(values, ""))
 
 
-def require_finite(values: Any, what: str, hint: str = "") -> None:
+def require_finite(values: Any, what: str, hint: str = "",
+                   error: Optional[Callable[[str], BaseException]] = None) -> None:
     """NonFiniteError "WHAT: N of M values in K tensors (...) are NaN or inf; HINT" unless every
     floating tensor of `values` is finite. The one check behind every model writer and reader.
-    """
+
+    error: the caller's own error class, raised with that message instead (a checkpoint
+        reader's CheckpointError, a run's TrainingError)."""
     counts = nonfinite_counts(values)
     if counts:
-        raise NonFiniteError(
-            f"{what}: {describe_nonfinite(counts, total_values(values))} are NaN or inf"
-            + (f"; {hint}" if hint else ""), counts)
+        message = (f"{what}: {describe_nonfinite(counts, total_values(values))} are NaN or inf"
+                   + (f"; {hint}" if hint else ""))
+        raise error(message) if error is not None else NonFiniteError(message, counts)

@@ -80,7 +80,7 @@ from grefel.fileio import (
     read_user_text,
     sha256_file,
 )
-from grefel.finite import NonFiniteError, require_finite
+from grefel.finite import require_finite
 from grefel.model.ir50 import IR50Stream
 from grefel.model.mobilefacenet import MobileFaceNetTrunk
 from grefel.train_utils import recalibrate_batchnorm, seed_everything
@@ -540,11 +540,8 @@ def _flip_shift(x: torch.Tensor, g: torch.Generator, pixels: int = 6) -> torch.T
 def _require_finite(values: Any, what: str, cfg: PretrainConfig) -> None:
     """PretrainError "WHAT: N of M values ... are NaN or inf; the run stops ..." unless every
     floating tensor of `values` is finite (grefel.finite: the check of every model writer)."""
-    try:
-        require_finite(values, what)
-    except NonFiniteError as exc:
-        raise PretrainError(f"{exc}; the run stops and writes nothing (nothing non-finite is "
-                            f"saved); lower --lr (now {cfg.lr:g})") from None
+    require_finite(values, what, "the run stops and writes nothing (nothing non-finite is "
+                   f"saved); lower --lr (now {cfg.lr:g})", error=PretrainError)
 
 
 def _log(message: str) -> None:

@@ -345,10 +345,7 @@ def check_weights(run: Run, when: str, values: Any) -> None:
     """TrainingError "WHEN: N of M values in K tensors (...) are NaN or inf; the run stops ..."
     unless every floating tensor of `values` is finite (grefel.finite, the check of every model
     writer): a run stops at the step that broke its weights, before evaluating or saving them."""
-    try:
-        require_finite(values, when)
-    except NonFiniteError as exc:
-        raise TrainingError(f"{exc}; {stop_hint(run)}") from None
+    require_finite(values, when, stop_hint(run), error=TrainingError)
 
 
 def _check_finite(run: Run, terms: Any, indices: torch.Tensor, epoch: int, step: int):
@@ -730,11 +727,9 @@ def init_from_checkpoint(
         state = load_file(str(path))
     except Exception as exc:  # safetensors raises several types for corrupt files
         raise TrainingError(f"--init {path}: not a readable safetensors file ({exc})") from None
-    try:  # the check of every model reader (grefel.finite)
-        require_finite(state, f"--init {path}", "a broken checkpoint that cannot be trained "
-                       "on; use another file")
-    except NonFiniteError as exc:
-        raise TrainingError(str(exc)) from None
+    # the check of every model reader (grefel.finite)
+    require_finite(state, f"--init {path}", "a broken checkpoint that cannot be trained on; use "
+                   "another file", error=TrainingError)
     unexpected = sorted(set(state) - set(own))
     missing = sorted(k for k in set(own) - set(state) if k not in per_class)
     misfit = sorted(f"{k}: file {tuple(state[k].shape)} vs model {own[k]}"

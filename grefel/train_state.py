@@ -382,16 +382,14 @@ def load_state(run: Any) -> None:
     problems = misfit(run.raw.state_dict(), state.get("model") or {})
     if problems:
         raise TrainingError(f"{path}: the saved model does not fit this config ({problems})")
-    from grefel.finite import NonFiniteError, require_finite
+    from grefel.finite import require_finite
 
-    try:  # the same check as the writer's: a state with NaN/inf would only train on in NaN
-        optimizer = state.get("optimizer")
-        require_finite({"model": state["model"], "optimizer": optimizer.get("state", {})
-                        if isinstance(optimizer, dict) else {}},
-                       str(path), "a broken training state that cannot be resumed; start a "
-                       "new run (with a lower --lr) in another --out")
-    except NonFiniteError as exc:
-        raise TrainingError(str(exc)) from None
+    # the same check as the writer's: a state with NaN/inf would only train on in NaN
+    optimizer = state.get("optimizer")
+    require_finite({"model": state["model"], "optimizer": optimizer.get("state", {})
+                    if isinstance(optimizer, dict) else {}},
+                   str(path), "a broken training state that cannot be resumed; start a new run "
+                   "(with a lower --lr) in another --out", error=TrainingError)
     try:
         run.raw.load_state_dict(state["model"], strict=True)
         run.optimizer.load_state_dict(state["optimizer"])

@@ -50,7 +50,7 @@ from grefel.config import (
     GReFELConfig,
 )
 from grefel.errors import GrefelError
-from grefel.finite import NonFiniteError, require_finite
+from grefel.finite import require_finite
 from grefel.model.grefel import GReFEL
 from grefel.unpickle import Inert, UnsafeFileError, safe_load
 
@@ -546,11 +546,10 @@ def import_state_dict(
             report,
         )
     report.dropped = report.errors
-    try:  # the check of every model reader and writer (grefel.finite), on what is imported
-        require_finite({src: state[src] for src in mapped.values()}, source,
-                       "broken weights that grefel does not import; use another file")
-    except NonFiniteError as exc:
-        raise WeightsError(str(exc)) from None
+    # the check of every model reader and writer (grefel.finite), on what is imported
+    require_finite({src: state[src] for src in mapped.values()}, source,
+                   "broken weights that grefel does not import; use another file",
+                   error=WeightsError)
     own = model.state_dict()
     with torch.no_grad():
         for ours, src in mapped.items():
