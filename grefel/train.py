@@ -64,6 +64,7 @@ from grefel.train_state import (
     TrainingError,
     data_differences,
     data_fingerprint,
+    flat_settings,
     load_state,
     lock_run_folder,
     read_run_config,
@@ -764,15 +765,6 @@ def init_from_checkpoint(
     return model, report
 
 
-def _with_defaults(defaults: Dict[str, Any], saved: Dict[str, Any]) -> Dict[str, Any]:
-    """`saved` with every setting it lacks (nested ones included) at its default."""
-    merged = {**defaults, **saved}
-    for name, value in defaults.items():
-        if isinstance(value, dict) and isinstance(saved.get(name), dict):
-            merged[name] = _with_defaults(value, saved[name])
-    return merged
-
-
 def _check_out(out: Path, cfg: TrainConfig, config: Dict[str, Any]) -> Dict[str, List[Any]]:
     """Refuse to overwrite a run, or to resume a missing one or with settings that change what
     it means (grefel.train_state.RESUME_MAY_CHANGE); returns the allowed changes."""
@@ -788,7 +780,8 @@ def _check_out(out: Path, cfg: TrainConfig, config: Dict[str, Any]) -> Dict[str,
     saved["data"] = upgrade_data_dict(saved["data"])  # face settings saved before they nested
     for scope, defaults in (("data", DataConfig()), ("train", TrainConfig())):
         # a setting added after the run was saved is compared with its default (what it ran)
-        saved[scope] = _with_defaults(dataclasses.asdict(defaults), saved[scope])
+        saved[scope] = {**flat_settings(dataclasses.asdict(defaults)),
+                        **flat_settings(saved[scope])}
     refused, allowed = resume_differences(saved, config)
     if refused:
         raise TrainingError(

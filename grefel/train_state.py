@@ -45,6 +45,7 @@ __all__ = [
     "TrainingError",
     "data_differences",
     "data_fingerprint",
+    "flat_settings",
     "lock_run_folder",
     "read_run_config",
     "resume_differences",
@@ -225,7 +226,7 @@ def resume_differences(
     refused: List[str] = []
     allowed: Dict[str, List[Any]] = {}
     for scope in ("model", "data", "train"):
-        before, after = _flat(saved.get(scope, {})), _flat(now.get(scope, {}))
+        before, after = flat_settings(saved.get(scope, {})), flat_settings(now.get(scope, {}))
         for name in sorted(set(before) | set(after)):
             key = f"{scope}.{name}"
             b, a = before.get(name), after.get(name)
@@ -241,13 +242,13 @@ def resume_differences(
     return refused, allowed
 
 
-def _flat(config: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+def flat_settings(config: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
     """A config dict with its nested settings (`data.face`) as dotted keys (`face.min_face`),
     so a difference names the one setting that changed."""
     out: Dict[str, Any] = {}
     for name, value in config.items():
         if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{name}."))
+            out.update(flat_settings(value, f"{prefix}{name}."))
         else:
             out[f"{prefix}{name}"] = value
     return out
