@@ -18,7 +18,7 @@ import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from grefel.errors import GrefelError, OutputPathError
 
@@ -433,26 +433,28 @@ class UserTextError(GrefelError, ValueError):
 _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 
 
-def read_user_text(path: PathLike) -> str:
+def read_user_text(path: PathLike,
+                   error: Optional[Callable[[str], BaseException]] = None) -> str:
     """The text of a file a user gave (classes.txt, a dataset's CSV splits and label lists,
     legend files, landmarks CSV): the one reader every such file goes through, so each gets the
     same decoding. UTF-8, with or without a byte-order mark (Excel's and Notepad's "UTF-8 with
     BOM": the mark is dropped, never part of the first name), or UTF-16 with its byte-order mark
     (Windows' "Unicode"); CRLF line ends are read as line ends by `str.splitlines` and `csv`.
     Anything else is a UserTextError naming the file: bytes that are not UTF-8, or NUL
-    characters (UTF-16 without a mark). Callers strip the fields they take."""
-    name = display_path(path)
+    characters (UTF-16 without a mark); `error`: the caller's own error class raised instead (a
+    dataset reader's DatasetError). Callers strip the fields they take."""
+    name, fail = display_path(path), error or UserTextError
     try:
         raw = Path(path).read_bytes()
     except OSError as exc:
-        raise UserTextError(f"{name}: cannot read ({exc.strerror or exc})") from None
+        raise fail(f"{name}: cannot read ({exc.strerror or exc})") from None
     encoding = "utf-16" if raw.startswith(_UTF16_BOMS) else "utf-8-sig"
     try:
         text = raw.decode(encoding)
     except UnicodeDecodeError as exc:
-        raise UserTextError(f"{name}: not UTF-8 text (byte {exc.start}: {exc.reason}); save it "
+        raise fail(f"{name}: not UTF-8 text (byte {exc.start}: {exc.reason}); save it "
                             "as UTF-8") from None
     if "\x00" in text:
-        raise UserTextError(f"{name}: holds NUL characters (UTF-16 without a byte-order mark, "
+        raise fail(f"{name}: holds NUL characters (UTF-16 without a byte-order mark, "
                             "or not a text file); save it as UTF-8")
     return text

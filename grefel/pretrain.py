@@ -74,7 +74,6 @@ from grefel.config import PRETRAIN_TASKS as TASKS
 from grefel.config import GReFELConfig, PretrainConfig
 from grefel.errors import GrefelError
 from grefel.fileio import (
-    UserTextError,
     atomic_path,
     atomic_write_json,
     read_user_text,
@@ -379,10 +378,7 @@ def read_landmarks(root: Path) -> Dict[str, np.ndarray]:
                             "with ground-truth landmarks (grefel data synth --out ...), "
                             "--landmarks mesh labels the faces with MediaPipe's face mesh")
     out: Dict[str, np.ndarray] = {}
-    try:
-        text = read_user_text(path)
-    except UserTextError as exc:
-        raise PretrainError(str(exc)) from None
+    text = read_user_text(path, error=PretrainError)
     for row_no, row in enumerate(csv.reader(io.StringIO(text, newline=""))):
         if row_no == 0:
             continue

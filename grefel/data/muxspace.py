@@ -44,7 +44,6 @@ from grefel.config import DATASET_CLASSES
 from grefel.data.samples import DatasetError, Sample
 from grefel.data.splits import FRACTIONS, MAX_SHARE, SPLITS, stratified_group_split
 from grefel.fileio import (
-    UserTextError,
     atomic_write_bytes,
     atomic_write_json,
     read_user_text,
@@ -111,10 +110,7 @@ def read_legend(root: Path) -> Legend:
     if not path.is_file():
         raise DatasetError(f"{path}: missing (the muxspace/facial_expressions layout has "
                            "data/legend.csv with columns user.id,image,emotion)")
-    try:
-        text = read_user_text(path)
-    except UserTextError as exc:
-        raise DatasetError(str(exc)) from None
+    text = read_user_text(path, error=DatasetError)
     reader = csv.DictReader(io.StringIO(text, newline=""))
     cols = [c.strip() for c in reader.fieldnames or []]
     if "image" not in cols or "emotion" not in cols:

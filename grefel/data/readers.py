@@ -74,7 +74,7 @@ from grefel.config import DATASET_CLASSES
 from grefel.contract import ClassNamesError, check_class_names
 from grefel.data.muxspace import looks_muxspace, read_muxspace, read_muxspace8
 from grefel.data.samples import DatasetError, Sample
-from grefel.fileio import UserTextError, read_user_text
+from grefel.fileio import read_user_text
 
 __all__ = ["READERS", "detect_kind", "table_image"]
 
@@ -114,20 +114,11 @@ def _absolute(root: Path, path: str) -> str:
         return os.path.abspath(joined)
 
 
-def _text(path: Path) -> str:
-    """A dataset's text file through `grefel.fileio.read_user_text` (a byte-order mark, UTF-16,
-    CRLF), its errors as DatasetError."""
-    try:
-        return read_user_text(path)
-    except UserTextError as exc:
-        raise DatasetError(str(exc)) from None
-
-
 def _read_csv(path: Path, required: Sequence[str]) -> List[Dict[str, str]]:
     """Rows of a CSV with a header; DatasetError if a required column is absent, or naming the
     line of a row whose field count is not the header's (an unquoted comma in a file name
     would otherwise shift the label into another column, or the row into a traceback)."""
-    reader = csv.DictReader(io.StringIO(_text(path), newline=""))
+    reader = csv.DictReader(io.StringIO(read_user_text(path, error=DatasetError), newline=""))
     line = 1
     try:
         cols = [c.strip() for c in (reader.fieldnames or [])]
@@ -171,7 +162,7 @@ def _classes_file(root: Path) -> Optional[Tuple[str, ...]]:
     path = root / "classes.txt"
     if not path.exists():
         return None
-    lines = [line.strip() for line in _text(path).splitlines()]
+    lines = [line.strip() for line in read_user_text(path, error=DatasetError).splitlines()]
     while lines and not lines[-1]:  # blank lines at the end mean nothing
         lines.pop()
     if "" in lines:  # line k names class k: a blank line would shift every class after it
@@ -300,7 +291,8 @@ _RAF_ATTRS = {
 
 def _raf_attrs(path: Path) -> Dict[str, str]:
     """gender / race / age from a RAF-DB manual attribute file (lines 6-8, after 5 landmarks)."""
-    lines = [ln.strip() for ln in _text(path).splitlines() if ln.strip()]
+    text = read_user_text(path, error=DatasetError)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     if len(lines) < 8:
         raise DatasetError(f"{path}: expected 5 landmark lines then gender, race, age "
                            f"({len(lines)} lines)")
@@ -321,7 +313,8 @@ def read_rafdb(root: Path, split: str, **_: object) -> Result:
     classes = DATASET_CLASSES["rafdb"]
     manual = root / "Annotation" / "manual"
     samples, bad = [], []
-    for n, line in enumerate(_text(labels_file).splitlines(), start=1):
+    text = read_user_text(labels_file, error=DatasetError)
+    for n, line in enumerate(text.splitlines(), start=1):
         parts = line.split()
         if not parts:
             continue
@@ -533,7 +526,7 @@ def read_affwild2(root: Path, split: str, **_: object) -> Result:
     classes = DATASET_CLASSES["affwild2"]
     samples, no_image, bad = [], 0, []
     for txt in files:
-        lines = _text(txt).splitlines()
+        lines = read_user_text(txt, error=DatasetError).splitlines()
         if not lines or lines[0].replace(" ", "").lower() != _AFFWILD_HEADER:
             bad.append(f"{txt.name}: header {lines[0][:60] if lines else ''!r}")
             continue
