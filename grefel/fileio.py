@@ -25,8 +25,8 @@ from grefel.errors import GrefelError, OutputPathError
 __all__ = ["RUNS", "RUN_MARKER", "Input", "Output", "OutputClash", "UserTextError", "atomic_path",
            "atomic_write_bytes", "atomic_write_json", "check_outputs", "claim_run_folder",
            "deferred_signals", "display_path", "model_inputs", "new_run_folder",
-           "left_by_dead_run", "read_user_text", "run_owner", "sha256_file", "why_unwritable",
-           "write_record"]
+           "left_by_dead_run", "pid_alive", "read_user_text", "run_owner", "sha256_file",
+           "why_unwritable", "write_record"]
 
 RUNS = Path("runs")  # every command's default output folder: runs/<command>/<name>
 RUN_MARKER = ".grefel-run"  # {"command": ...} in a run folder: the command that owns it
@@ -189,15 +189,18 @@ def left_by_dead_run(entry: Path, prefix: str) -> bool:
     if not (head.isdigit() and "-" in rest):
         return True
     pid = int(head)
-    if pid == os.getpid():
-        return False
+    return pid != os.getpid() and not pid_alive(pid)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` runs on this host (another user's live process counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return True
-    except PermissionError:  # another user's live process
         return False
-    return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
 
 
 def why_unwritable(exc: OSError) -> str:

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from grefel.errors import GrefelError
-from grefel.fileio import RUN_MARKER, claim_run_folder, run_owner
+from grefel.fileio import RUN_MARKER, claim_run_folder, pid_alive, run_owner
 
 __all__ = [
     "LOCK_NAME",
@@ -130,12 +130,9 @@ def _alive_here(owner: Optional[Dict[str, Any]]) -> bool:
     if not owner or owner.get("host") != socket.gethostname():
         return bool(owner)  # another host's owner cannot be checked: assume it is alive
     try:
-        os.kill(int(owner["pid"]), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, KeyError, TypeError, ValueError):
+        return pid_alive(int(owner["pid"]))
+    except (KeyError, TypeError, ValueError):  # an owner record without a pid: assume alive
         return True
-    return True
 
 
 def _flock(fd: int) -> bool:
