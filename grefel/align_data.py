@@ -43,7 +43,6 @@ import dataclasses
 import hashlib
 import io
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,7 +57,7 @@ from grefel.contract import INPUT_SIZE
 from grefel.data.datasets import is_table_row, load_image
 from grefel.data.samples import DatasetError, Sample
 from grefel.errors import GrefelError
-from grefel.fileio import atomic_write_bytes, atomic_write_json, sha256_file
+from grefel.fileio import atomic_write_bytes, atomic_write_json, cache_folder, sha256_file
 from grefel.pipeline import Pipeline, face_pipeline
 from grefel.runtime.detectors import DETECTORS
 
@@ -84,8 +83,7 @@ class AlignError(GrefelError, ValueError):
 
 def default_cache() -> Path:
     """$XDG_CACHE_HOME/grefel/aligned, else ~/.cache/grefel/aligned."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "grefel" / "aligned"
+    return cache_folder("aligned")
 
 
 def alignment_settings(alignment: FaceAlignment, detector: str) -> Dict[str, Any]:

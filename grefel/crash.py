@@ -23,7 +23,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Optional, Sequence
 
-from grefel.fileio import atomic_write_bytes
+from grefel.fileio import atomic_write_bytes, cache_folder
 
 __all__ = ["CRASH_DIR_ENV", "crash_dir", "report_text", "save_report"]
 
@@ -37,8 +37,7 @@ def crash_dir() -> Path:
     """The folder crash reports go to (see the module docstring)."""
     if os.environ.get(CRASH_DIR_ENV):
         return Path(os.environ[CRASH_DIR_ENV]).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache) / "grefel" / "crash"
+    return cache_folder("crash")
 
 
 def _version(names: Sequence[str]) -> str:

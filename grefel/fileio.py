@@ -23,10 +23,10 @@ from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Uni
 from grefel.errors import GrefelError, OutputPathError
 
 __all__ = ["RUNS", "RUN_MARKER", "Input", "Output", "OutputClash", "UserTextError", "atomic_path",
-           "atomic_write_bytes", "atomic_write_json", "check_outputs", "claim_run_folder",
-           "deferred_signals", "display_path", "model_inputs", "new_run_folder",
-           "left_by_dead_run", "pid_alive", "read_user_text", "run_owner", "sha256_file",
-           "why_unwritable", "write_record"]
+           "atomic_write_bytes", "atomic_write_json", "cache_folder", "check_outputs",
+           "claim_run_folder", "deferred_signals", "display_path", "left_by_dead_run",
+           "model_inputs", "new_run_folder", "pid_alive", "read_user_text", "run_owner",
+           "sha256_file", "why_unwritable", "write_record"]
 
 RUNS = Path("runs")  # every command's default output folder: runs/<command>/<name>
 RUN_MARKER = ".grefel-run"  # {"command": ...} in a run folder: the command that owns it
@@ -190,6 +190,13 @@ def left_by_dead_run(entry: Path, prefix: str) -> bool:
         return True
     pid = int(head)
     return pid != os.getpid() and not pid_alive(pid)
+
+
+def cache_folder(name: str) -> Path:
+    """grefel's cache folder `name`: $XDG_CACHE_HOME/grefel/NAME, else ~/.cache/grefel/NAME
+    (the aligned face crops, crash reports)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "grefel" / name
 
 
 def pid_alive(pid: int) -> bool:
