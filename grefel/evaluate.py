@@ -347,18 +347,27 @@ def with_progress(loader: Any, progress: Optional[Progress]) -> Iterator[Any]:
     progress.close()
 
 
-def _warn_shared_with_train(data: Any, dataset: str, split: str, samples: Sequence[Any]) -> None:
+def _training_split(data: Any, dataset: str) -> Optional[List[Any]]:
+    """The dataset's training samples (the shared-images warning and the majority baseline),
+    None when it has no readable training split."""
+    from grefel.data import DatasetError, load_samples
+
+    with contextlib.suppress(DatasetError):
+        return load_samples(data, dataset, "train")[0]
+    return None
+
+
+def _warn_shared_with_train(data: Any, dataset: str, split: str, samples: Sequence[Any],
+                            train: Optional[Sequence[Any]] = None) -> None:
     """A warning line when the evaluated split shares images with the dataset's training split
-    (a test.csv that lists training images scores memory, not recognition). A dataset without a
-    readable training split has nothing to compare."""
-    from grefel.data import DatasetError, load_samples, shared_images, shared_warning
+    (a test.csv that lists training images scores memory, not recognition). `train`: the
+    training samples when the caller has read them (none: read here; a dataset without a
+    readable training split has nothing to compare)."""
+    from grefel.data import shared_images, shared_warning
 
     if split == "train":
         return
-    try:
-        train, _ = load_samples(data, dataset, "train")
-    except DatasetError:
-        return
+    train = train if train is not None else _training_split(data, dataset) or []
     shared = shared_images(train, samples)
     if shared:
         sys.stderr.write(shared_warning(data, split, "train", shared) + "\n")
@@ -389,7 +398,7 @@ def evaluate_model(
         told the images done after every batch.
     """
     from grefel import contract
-    from grefel.data import DatasetError, FERDataset, absent_classes, load_samples
+    from grefel.data import FERDataset, absent_classes, load_samples
     from grefel.data.datasets import batches, collate_arrays, resolve_kind
 
     model_path = Path(model_path)
@@ -408,7 +417,8 @@ def evaluate_model(
         sys.stderr.write(f"warning: {data}: split {split!r} has no sample of class(es) "
                          f"{', '.join(absent)}: its macro-F1 and per-class scores leave them "
                          "out, and every prediction of them counts as an error\n")
-    _warn_shared_with_train(data, dataset, split, samples)
+    train = samples if split == "train" else _training_split(data, dataset)  # read once
+    _warn_shared_with_train(data, dataset, split, samples, train or [])
     if alignment is not None:
         alignment = alignment.for_dataset(resolve_kind(data, dataset, split))
     aligned = _aligned(samples, alignment, align_cache)
@@ -443,9 +453,8 @@ def evaluate_model(
             raise EvalError(f"{model_path}: {exc}") from None
     if len(pred["labels"]) == 0:
         raise EvalError(f"{data} ({split}): none of its {len(samples)} images could be read")
-    train_labels = None  # without a train split the majority class is the evaluated split's
-    with contextlib.suppress(DatasetError):
-        train_labels = [s.label for s in load_samples(data, dataset, "train")[0]]
+    # without a train split the majority class is the evaluated split's
+    train_labels = None if train is None else [s.label for s in train]
     attrs = [samples[int(i)].attrs for i in pred["indices"]]
     report = score_predictions(pred, classes, attrs, train_labels)
     report.update(model=str(model_path), backend=backend_name, data=str(data), split=split,
