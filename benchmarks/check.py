@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+from grefel.errors import first_line
 from grefel.ranges import check_ranges, ranged
 
 __all__ = ["CheckOptions", "RUNTIME_LAYERS", "SECTIONS", "Section", "SectionResult", "Steps",
@@ -100,11 +101,6 @@ def device_facts() -> Dict[str, Any]:
     return {"tensorrt": _tensorrt_facts(), "cuda_layers": _cuda_layer_facts()}
 
 
-def _first_line(exc: BaseException) -> str:
-    text = (str(exc).strip().splitlines() or [""])[0][:300]
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
 def _tensorrt_facts() -> Dict[str, Any]:
     from grefel._lazy import MissingDependency, require
 
@@ -134,7 +130,7 @@ def _tensorrt_facts() -> Dict[str, Any]:
         facts["fast_fp16"] = getattr(builder, "platform_has_fast_fp16", None)
         facts["fast_int8"] = getattr(builder, "platform_has_fast_int8", None)
     except Exception as exc:  # no GPU, driver mismatch: the bindings' own words
-        facts["builder"] = f"failed: {_first_line(exc)}"
+        facts["builder"] = f"failed: {first_line(exc, 300)}"
     return facts
 
 
@@ -153,7 +149,7 @@ def _cuda_layer_facts() -> Dict[str, Any]:
         try:
             layers[layer] = {"installed": True, **query(mod)}
         except Exception as exc:  # no GPU, no driver: the layer's own error
-            layers[layer] = {"installed": True, "error": _first_line(exc)}
+            layers[layer] = {"installed": True, "error": first_line(exc, 300)}
     return layers
 
 
@@ -796,7 +792,7 @@ def run_section(section: Section, facts: Dict[str, Any], opts: CheckOptions,
     try:
         plan = section.plan(facts, opts, done)
     except Exception as exc:  # a planning bug must not cost the other sections
-        plan = Plan(skip=f"could not be planned ({_first_line(exc)})")
+        plan = Plan(skip=f"could not be planned ({first_line(exc, 300)})")
     result = SectionResult(section.name, section.title, "skipped", why=plan.skip or "")
     if plan.skip:
         return result
@@ -810,7 +806,7 @@ def run_section(section: Section, facts: Dict[str, Any], opts: CheckOptions,
         try:
             result.numbers = plan.collect(ran)
         except Exception as exc:  # numbers of a partial run may be missing
-            result.numbers = {"collect_error": _first_line(exc)}
+            result.numbers = {"collect_error": first_line(exc, 300)}
     if ran.status != "passed":
         result.log_tail = _tail(log.read_text(errors="replace"))
     return result

@@ -1,4 +1,4 @@
-"""The one base class of grefel's expected errors (no imports: every layer may use it).
+"""The one base class of grefel's expected errors (no project imports: every layer may use it).
 
 An expected error is one a user can cause and fix: a bad file, a bad option value, a dataset in
 the wrong layout, a disk that is full. Each library module keeps its own class (CheckpointError,
@@ -9,7 +9,9 @@ command line's top-level handler (grefel.cli.main) needs one clause to turn any 
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "GrefelError", "OutputPathError"]
+from typing import Optional
+
+__all__ = ["ConfigError", "GrefelError", "OutputPathError", "first_line"]
 
 
 class GrefelError(Exception):
@@ -24,3 +26,10 @@ class ConfigError(GrefelError, ValueError):
 class OutputPathError(GrefelError, OSError):
     """An output a command was told to write (`--json PATH`, `--out PATH`) cannot be written;
     the message names the option and the path (grefel.fileio.write_record)."""
+
+
+def first_line(exc: BaseException, limit: Optional[int] = None) -> str:
+    """An unexpected error in one line: "Type: the first line of its message" (at most `limit`
+    characters of it), the type alone when the message is empty."""
+    text = (str(exc).strip().splitlines() or [""])[0][:limit]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

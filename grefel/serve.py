@@ -71,7 +71,7 @@ import numpy as np
 from grefel import contract
 from grefel._lazy import MissingDependency, require
 from grefel.config import INFERENCE_THREADS, FaceAlignment
-from grefel.errors import GrefelError
+from grefel.errors import GrefelError, first_line
 from grefel.fileio import display_path
 from grefel.pipeline import FaceResult, Pipeline, face_pipeline
 from grefel.ranges import Range, check_ranges, setting
@@ -220,10 +220,8 @@ def _internal_error(exc: BaseException, where: str) -> Dict[str, np.ndarray]:
     """An unexpected error of one request: logged with its traceback, answered in one line."""
     log.error("a request failed: %s", "".join(
         traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip())
-    first = (str(exc).strip().splitlines() or [""])[0]
-    return _error_response("INTERNAL", f"internal error of grefel serve ({type(exc).__name__}"
-                                       f"{': ' + first if first else ''}); its traceback is "
-                                       f"in {where}")
+    return _error_response("INTERNAL", f"internal error of grefel serve ({first_line(exc)}); "
+                                       f"its traceback is in {where}")
 
 
 def answer_each(requests: Sequence[Any], prepare: Callable[[Any], Any],

@@ -97,10 +97,10 @@ def _internal_error(exc: BaseException, argv: Optional[Sequence[str]]) -> None:
     import traceback
 
     from grefel.crash import crash_dir, save_report
+    from grefel.errors import first_line
     from grefel.fileio import display_path
 
-    first = (str(exc).strip().splitlines() or [""])[0]
-    what = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    what = first_line(exc)
     args = None if argv is None else [sys.argv[0], *argv]
     try:
         path = save_report(exc, args)

@@ -33,6 +33,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from grefel._lazy import MissingDependency, install_hint, require
+from grefel.errors import first_line
 
 __all__ = ["CHOICES", "ENV", "BindingsLayer", "CudaError", "CudaLayer", "PycudaLayer",
            "open_layer"]
@@ -44,11 +45,6 @@ _NAME_LENGTH = 256  # cuDeviceGetName's buffer
 
 class CudaError(RuntimeError):
     """A CUDA call failed; the message is one line naming the call and the CUDA error."""
-
-
-def _first_line(exc: BaseException) -> str:
-    text = (str(exc).strip().splitlines() or [""])[0]
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 class CudaLayer:
@@ -153,7 +149,7 @@ class PycudaLayer(CudaLayer):
         try:
             return fn(*args)
         except self.cuda.Error as exc:
-            raise CudaError(_first_line(exc)) from None
+            raise CudaError(first_line(exc)) from None
 
     def open(self, index: int) -> Tuple[str, str]:
         self._do(self.cuda.init)
@@ -226,7 +222,7 @@ class BindingsLayer(CudaLayer):
         try:
             result = getattr(self.driver, call)(*args)
         except Exception as exc:  # no libcuda (RuntimeError / DynamicLibNotFoundError), a type
-            raise CudaError(f"{call} failed: {_first_line(exc)}") from None
+            raise CudaError(f"{call} failed: {first_line(exc)}") from None
         err, values = result[0], result[1:]
         if err != self.driver.CUresult.CUDA_SUCCESS:
             raise CudaError(f"{call} failed: {self._error_name(err)}")

@@ -48,6 +48,7 @@ import numpy as np
 
 from grefel._lazy import require
 from grefel.contract import EngineSidecar
+from grefel.errors import first_line
 from grefel.runtime.base import (
     INPUT_SHAPE,
     Backend,
@@ -88,10 +89,9 @@ def numpy_dtype(trt: Any, dtype: Any) -> np.dtype:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = (str(exc).strip().splitlines() or [""])[0]
     if isinstance(exc, CudaError):  # already "cuMemAlloc failed: CUDA_ERROR_OUT_OF_MEMORY"
-        return text
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+        return (str(exc).strip().splitlines() or [""])[0]
+    return first_line(exc)
 
 
 class _Owned:
