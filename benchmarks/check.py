@@ -497,14 +497,15 @@ def _grefel(*args: Any) -> List[str]:
 
 
 def _trt_target(facts: Dict[str, Any]) -> str:
-    """export.pipeline.resolve_target's choice for the installed TensorRT."""
-    import types
-
-    from export.pipeline import resolve_target
+    """The target `grefel export --target auto` builds for with the installed TensorRT
+    (grefel.contract.target_for_version; without TensorRT, export's own default)."""
+    from grefel.contract import AUTO_TARGET_WITHOUT_TENSORRT, target_for_version
 
     version = _trt(facts).get("version")
-    return resolve_target("auto", types.SimpleNamespace(__version__=version) if version
-                          else None)[0]
+    if not version:
+        return AUTO_TARGET_WITHOUT_TENSORRT
+    major, minor = (int(x) for x in str(version).split(".")[:2])
+    return target_for_version(major, minor)
 
 
 def _source(facts: Dict[str, Any], opts: CheckOptions) -> Any:

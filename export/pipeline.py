@@ -43,7 +43,13 @@ from export.sidecar import device_info, engine_stem, onnx_meta, write_sidecar
 from export.simplify import simplify_onnx
 from export.trt_form import for_tensorrt
 from grefel._lazy import MissingDependency, require
-from grefel.contract import INPUT_SHAPE, TENSORRT_TARGETS, opset_for_target, target_for_version
+from grefel.contract import (
+    AUTO_TARGET_WITHOUT_TENSORRT,
+    INPUT_SHAPE,
+    TENSORRT_TARGETS,
+    opset_for_target,
+    target_for_version,
+)
 from grefel.fileio import (
     atomic_path,
     atomic_write_json,
@@ -63,8 +69,6 @@ Log = Callable[[str], None]
 # although its range reaches 17: a grefel ONNX of opset 17 can never lint for 8.5.
 OPSET_CEILING = {t: opset_for_target(t) for t, spec in TENSORRT_TARGETS.items()
                  if not spec.layernorm}
-# Where no TensorRT is installed, `--target auto` builds for this one and lints every target.
-AUTO_TARGET_WITHOUT_TENSORRT = "trt10"
 PARITY_TOL = {"probs": (1e-4, 0.0), "primary": (1e-4, 0.0), "confidence": (1e-4, 0.0)}
 
 

@@ -67,6 +67,7 @@ __all__ = [
     "OPTIONAL_OUTPUTS",
     "OUTPUTS",
     "ALIGN_TEMPLATE",
+    "AUTO_TARGET_WITHOUT_TENSORRT",
     "Box",
     "ClassNamesError",
     "EngineSidecar",
@@ -212,6 +213,11 @@ TENSORRT_TARGETS: Dict[str, TensorRTTarget] = {
                                "10.15"),
     "trt11": TensorRTTarget("TensorRT 11.x (JetPack 7.2.2+)", (11, 0), None),
 }
+
+
+# Where no TensorRT is installed, `grefel export --target auto` builds for this one (and lints
+# every target).
+AUTO_TARGET_WITHOUT_TENSORRT = "trt10"
 
 
 def opset_for_target(target: str) -> int:

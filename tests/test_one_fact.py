@@ -32,11 +32,9 @@ HOME = "grefel/contract.py"
 # (file, value) -> why a 112 there is not a copy of the input size. Empty today: 0x0112 (the
 # EXIF orientation tag) is the integer 274 to the AST and is not matched.
 UNRELATED_112: Dict[Tuple[str, str], str] = {}
-# (file, target name) -> why that file names one target on its own.
-TARGET_NAMED: Dict[Tuple[str, str], str] = {
-    ("export/pipeline.py", "trt10"): "AUTO_TARGET_WITHOUT_TENSORRT: export's choice of build "
-                                     "target when no TensorRT is installed, defined once there",
-}
+# (file, target name) -> why that file names one target on its own. Empty today: export's
+# build target without TensorRT (AUTO_TARGET_WITHOUT_TENSORRT) lives in the home too.
+TARGET_NAMED: Dict[Tuple[str, str], str] = {}
 
 _112 = re.compile(r"(?<![\d.])112(?!\d)")
 

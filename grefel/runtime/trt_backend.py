@@ -150,13 +150,6 @@ def _release(layer: CudaLayer, owned: _Owned) -> None:
             layer.release()
 
 
-def _cc_string(value: Any) -> str:
-    """Compute capability as "8.7" from "8.7", [8, 7] or (8, 7)."""
-    if isinstance(value, (list, tuple)):
-        return ".".join(str(int(v)) for v in value)
-    return str(value)
-
-
 def _trt_release(version: str) -> str:
     """major.minor.patch: plans are tied to the TensorRT release that built them."""
     return ".".join(str(version).split(".")[:3])
@@ -187,8 +180,8 @@ def check_build_target(
     if built_trt and _trt_release(built_trt) != _trt_release(trt_version):
         problems.append(f"TensorRT {built_trt} (running {trt_version})")
     built_cc = sidecar.get("compute_capability")
-    if built_cc is not None and _cc_string(built_cc) != cc:
-        problems.append(f"compute capability {_cc_string(built_cc)} (running {cc})")
+    if built_cc is not None and built_cc != cc:  # "8.7": read_engine_sidecar normalises it
+        problems.append(f"compute capability {built_cc} (running {cc})")
     built_gpu = sidecar.get("gpu_name")
     if built_gpu and built_gpu != gpu:
         problems.append(f"GPU {built_gpu!r} (running {gpu!r})")
