@@ -37,8 +37,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+from benchmarks.options import CheckOptions
 from grefel.errors import first_line
-from grefel.ranges import check_ranges, ranged
+from grefel.runtime.cuda_layer import CHOICES
 
 __all__ = ["CheckOptions", "RUNTIME_LAYERS", "SECTIONS", "Section", "SectionResult", "Steps",
            "capabilities", "device_facts", "exit_code", "preflight", "preflight_text",
@@ -46,7 +47,7 @@ __all__ = ["CheckOptions", "RUNTIME_LAYERS", "SECTIONS", "Section", "SectionResu
 
 # The CUDA Python layers grefel's TensorRT backend runs on, in its order of preference
 # (grefel.runtime.cuda_layer.open_layer: cuda-bindings where importable, else pycuda).
-RUNTIME_LAYERS = ("cuda-bindings", "pycuda")
+RUNTIME_LAYERS = CHOICES
 PROBE_LIMIT_S = 60.0  # creating TensorRT's builder initialises CUDA: seconds on a Jetson
 KILL_GRACE_S = 5.0
 # grefel._lazy's hint, short enough for one line per section (docs/install.md has the rest)
@@ -428,29 +429,6 @@ def _tail(text: str, n: int = LOG_TAIL_LINES) -> List[str]:
 
 
 # --- the sections ------------------------------------------------------------------------------
-
-
-@dataclass
-class CheckOptions:
-    """`grefel check --run`'s settings.
-
-    Args:
-        out: the report folder (made and claimed by the caller).
-        model: the model whose engines are built (None: the default model's ONNX; on
-            TensorRT 8.5 its checkpoint, which needs torch, for an opset-16 export).
-        calib_data: INT8 calibration images (None: a SynthFER folder drawn by the section).
-        sections: which sections to run (None: all).
-        time_limit_s: every section's limit (None: each its own `Section.limit_s`).
-    """
-
-    out: Path
-    model: Optional[Path] = None
-    calib_data: Optional[Path] = None
-    sections: Optional[Sequence[str]] = None
-    time_limit_s: Optional[float] = ranged(None, kind=float, min=1)  # finite: nan, inf refused
-
-    def __post_init__(self) -> None:
-        check_ranges(self)
 
 
 @dataclass

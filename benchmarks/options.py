@@ -1,5 +1,6 @@
-"""The settings of one `grefel bench` run, apart from the benchmark code so that reading them
-(the command line's option declarations) imports neither torch nor a backend.
+"""The settings of one `grefel bench` run (and of `grefel check --run`), apart from the
+benchmark code so that reading them (the command line's option declarations) imports neither
+torch nor a backend.
 
 Each field is a `grefel.ranges.setting`: the one home of its default, its help text and its
 valid values. The list-valued fields (backends, batch sizes, presets, detectors, det-every) are
@@ -10,15 +11,16 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 from grefel.config import INFERENCE_THREADS, PRESETS, FaceAlignment
 from grefel.errors import ConfigError
 from grefel.predict import PredictOptions
-from grefel.ranges import check_ranges, choices_of, range_of, setting
+from grefel.ranges import check_ranges, choices_of, range_of, ranged, setting
 from grefel.runtime.detectors import DETECTORS
 
-__all__ = ["BACKEND_NAMES", "BenchOptions"]
+__all__ = ["BACKEND_NAMES", "BenchOptions", "CheckOptions"]
 
 # --backends names -> the backend names the runtime and the records use
 BACKEND_NAMES = {"torch": "torch", "onnx": "onnx", "trt": "tensorrt"}
@@ -79,3 +81,26 @@ class BenchOptions:
         return {"source": self.source, "detectors": list(self.detectors),
                 "det_every": list(self.det_every), "det_size": self.det_size,
                 "max_frames": self.max_frames}
+
+
+@dataclass
+class CheckOptions:
+    """`grefel check --run`'s settings.
+
+    Args:
+        out: the report folder (made and claimed by the caller).
+        model: the model whose engines are built (None: the default model's ONNX; on
+            TensorRT 8.5 its checkpoint, which needs torch, for an opset-16 export).
+        calib_data: INT8 calibration images (None: a SynthFER folder drawn by the section).
+        sections: which sections to run (None: all).
+        time_limit_s: every section's limit (None: each its own `Section.limit_s`).
+    """
+
+    out: Path
+    model: Optional[Path] = None
+    calib_data: Optional[Path] = None
+    sections: Optional[Sequence[str]] = None
+    time_limit_s: Optional[float] = ranged(None, kind=float, min=1)  # finite: nan, inf refused
+
+    def __post_init__(self) -> None:
+        check_ranges(self)

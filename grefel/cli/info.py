@@ -8,7 +8,7 @@ from typing import Optional
 
 import click
 
-from benchmarks.check import CheckOptions
+from benchmarks.options import CheckOptions
 from grefel.cli.app import cli
 from grefel.cli.common import (
     check_outputs,
