@@ -20,10 +20,26 @@ so `grefel export MODEL.onnx` runs on a Jetson that has no torch.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any, List, Optional
+
 from grefel.errors import GrefelError
 
-__all__ = ["ExportError"]
+__all__ = ["ExportError", "checked_classes"]
 
 
 class ExportError(GrefelError, RuntimeError):
     """An export step failed; the message names the file and what went wrong."""
+
+
+def checked_classes(classes: Any, onnx_path: Path, n: Optional[int] = None) -> List[str]:
+    """The class names of `onnx_path` through grefel's one check
+    (`grefel.contract.check_class_names`, `n` of them when given), as an ExportError: the
+    labels a DeepStream or Triton config writes next must not lose or merge classes."""
+    from grefel import contract
+
+    try:
+        return list(contract.check_class_names(
+            classes, onnx_path, n, fix="re-export the model with `grefel export`"))
+    except contract.ClassNamesError as exc:
+        raise ExportError(str(exc)) from None

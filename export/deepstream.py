@@ -27,7 +27,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from export import ExportError
+from export import ExportError, checked_classes
 from grefel.fileio import atomic_write_bytes
 
 __all__ = [
@@ -93,19 +93,7 @@ def _onnx_facts(onnx_path: Path) -> Dict[str, Any]:
                           "export it with `grefel export`")
     return {"shape": dims[1:], "color": spec.get("color"), "range": spec.get("range"),
             "layout": spec.get("layout", "NCHW"), "outputs": [o.name for o in model.graph.output],
-            "classes": _checked_classes(classes, onnx_path)}
-
-
-def _checked_classes(classes: Any, onnx_path: Path) -> List[str]:
-    """The class names through grefel's one check (`grefel.contract.check_class_names`): the
-    labels file DeepStream writes next must not lose or merge classes."""
-    from grefel import contract
-
-    try:
-        return list(contract.check_class_names(
-            classes, onnx_path, fix="re-export the model with `grefel export`"))
-    except contract.ClassNamesError as exc:
-        raise ExportError(str(exc)) from None
+            "classes": checked_classes(classes, onnx_path)}
 
 
 def _scaling(facts: Dict[str, Any], onnx_path: Path) -> Tuple[str, str, str]:

@@ -35,6 +35,7 @@ recorded, is replaced.
 from __future__ import annotations
 
 import errno
+import glob
 import json
 import os
 import secrets
@@ -44,7 +45,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import onnx
 
-from export import ExportError
+from export import ExportError, checked_classes
 from grefel import __version__, contract
 from grefel.fileio import left_by_dead_run, sha256_file
 
@@ -101,11 +102,7 @@ def _io(onnx_path: Path) -> tuple:
                               "in its grefel.class_names metadata")
         n = len(classes)
     classes = classes or [f"class{i}" for i in range(n)]
-    try:  # the one check of class names (grefel.contract), as every backend's
-        classes = list(contract.check_class_names(
-            classes, onnx_path, n, fix="re-export the model with `grefel export`"))
-    except contract.ClassNamesError as exc:
-        raise ExportError(str(exc)) from None
+    classes = checked_classes(classes, onnx_path, n)  # the one check, as every backend's
     outputs = [(name, dtype, [n] if name in ("probs", "primary") else
                 [d if isinstance(d, int) and d > 0 else -1 for d in dims])
                for name, dtype, dims in outputs]
@@ -248,7 +245,7 @@ def remove_stale_work_dirs(repo: Path, log: Log = print) -> List[Path]:
     for where in {real.parent, real}:
         for tag in (WORK_TAG, OLD_TAG):
             prefix = f".{real.name}{tag}"
-            found += [(e, prefix) for e in sorted(where.glob(f"{_glob_escape(prefix)}*"))]
+            found += [(e, prefix) for e in sorted(where.glob(f"{glob.escape(prefix)}*"))]
     found += [(e, ".grefel-") for e in sorted(real.glob(".grefel-*"))]  # grefel <= 0.x layout
     removed = []
     for entry, prefix in found:
@@ -264,13 +261,6 @@ def remove_stale_work_dirs(repo: Path, log: Log = print) -> List[Path]:
             removed.append(entry)
             log(f"removed {entry}, the work folder of a Triton repository write that was killed")
     return removed
-
-
-def _glob_escape(name: str) -> str:
-    """`name` with glob's special characters escaped (a folder may be called `repo[1]`)."""
-    import glob
-
-    return glob.escape(name)
 
 
 def _new_dir(where: Path, prefix: str) -> Path:

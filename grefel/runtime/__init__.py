@@ -3,9 +3,9 @@
     with open_backend("engines/best_fp16_b8.engine") as backend:   # or .onnx / .safetensors
         out = backend.infer(batch)        # float32 (N, 3, 112, 112) -> {"probs": (N, C), ...}
 
-Importing this package imports neither torch nor onnxruntime, tensorrt or pycuda: each backend
-imports its library when it opens, so a Jetson that runs engines needs numpy, TensorRT and
-pycuda only.
+Importing this package imports neither torch nor onnxruntime, tensorrt or a CUDA layer: each
+backend imports its library when it opens, so a Jetson that runs engines needs numpy, TensorRT
+and cuda-bindings (or pycuda) only (grefel.runtime.cuda_layer).
 """
 
 from __future__ import annotations
