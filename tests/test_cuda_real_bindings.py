@@ -32,23 +32,18 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 import pytest
+from fakes import unavailable
 
 ROOT = Path(__file__).resolve().parents[1]
 PROBE = Path(__file__).resolve().parent / "cuda_real" / "probe.py"
 VERSIONS = ("12.8.0", "12.9.10", "13.5.0")
 
 
-def _unavailable(reason: str) -> None:
-    if os.environ.get("GREFEL_REQUIRE_TRT_BINDINGS") == "1":
-        pytest.fail(f"{reason} (GREFEL_REQUIRE_TRT_BINDINGS=1)")
-    pytest.skip(reason)
-
-
 def _wheel(pattern: str) -> Path:
     folder = Path(os.environ.get("GREFEL_CUDA_WHEELS", ROOT / ".whl" / "cuda"))
     found = sorted(folder.glob(pattern))
     if not found:
-        _unavailable(f"real cuda-bindings not tested: no {pattern} in {folder} "
+        unavailable(f"real cuda-bindings not tested: no {pattern} in {folder} "
                      "(run `make cuda-bindings`)")
     return found[-1]
 
@@ -56,7 +51,7 @@ def _wheel(pattern: str) -> Path:
 @pytest.fixture(scope="module")
 def stub(tmp_path_factory: Any) -> Path:
     if shutil.which("gcc") is None:
-        _unavailable("real cuda-bindings not tested: gcc not found")
+        unavailable("real cuda-bindings not tested: gcc not found")
     out = tmp_path_factory.mktemp("libcuda")
     subprocess.run(["gcc", "-shared", "-fPIC", "-Wl,-soname,libcuda.so.1", "-o",
                     str(out / "libcuda.so.1"), str(PROBE.parent / "libcuda_stub.c")], check=True)

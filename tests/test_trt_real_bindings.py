@@ -39,6 +39,7 @@ from typing import Any, Dict, List
 
 import numpy as np
 import pytest
+from fakes import unavailable
 from fakes.trt import (
     FAKE_CLASSES,
     GENERATIONS,
@@ -192,18 +193,12 @@ def test_fake_pycuda_only_has_pycuda_names() -> None:
 
 
 # --- the real bindings --------------------------------------------------------------------------
-def _unavailable(reason: str) -> None:
-    if os.environ.get("GREFEL_REQUIRE_TRT_BINDINGS") == "1":
-        pytest.fail(f"{reason} (GREFEL_REQUIRE_TRT_BINDINGS=1)")
-    pytest.skip(reason)
-
-
 def _wheel(version: str) -> Path:
     folder = Path(os.environ.get("GREFEL_TRT_WHEELS", ROOT / ".whl" / "trt"))
     tag = f"cp{sys.version_info[0]}{sys.version_info[1]}"
     found = sorted(folder.glob(f"{WHEELS[version]}-{version}-{tag}-*.whl"))
     if not found:
-        _unavailable(f"real TensorRT {version} bindings not tested: no {WHEELS[version]} "
+        unavailable(f"real TensorRT {version} bindings not tested: no {WHEELS[version]} "
                      f"{version} {tag} wheel in {folder} (run `make trt-bindings`)")
     return found[0]
 
@@ -212,7 +207,7 @@ def _wheel(version: str) -> Path:
 def stubs(tmp_path_factory: Any) -> Path:
     """Stand-in native libraries per major version, compiled with gcc / g++."""
     if shutil.which("gcc") is None or shutil.which("g++") is None:
-        _unavailable("real TensorRT bindings not tested: gcc/g++ not found")
+        unavailable("real TensorRT bindings not tested: gcc/g++ not found")
     src = PROBE.parent
     root = tmp_path_factory.mktemp("trt-stubs")
     for major in ("8", "10", "11"):
